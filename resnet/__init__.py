@@ -1,0 +1,43 @@
+"""
+# ResNet, annotated
+
+`resnet.model` is the tutorial: it walks through *Deep Residual Learning for Image Recognition* and
+builds every module on the way. This package re-exports what users import, and adds
+`resnet.torchvision_interop` to move weights between these models and torchvision's.
+"""
+
+from resnet.model import (
+    PRESETS,
+    SHORTCUTS,
+    STEMS,
+    BottleneckResidualBlock,
+    ResidualBlock,
+    ResNetBase,
+    ResNetClassifier,
+    ResNetStem,
+    ShortcutProjection,
+    ZeroPadShortcut,
+    cifar_resnet,
+    imagenet_resnet,
+    make_shortcut,
+    resnet18,
+    resnet20,
+    resnet32,
+    resnet34,
+    resnet44,
+    resnet50,
+    resnet56,
+    resnet101,
+    resnet110,
+    resnet152,
+    resnet1202,
+)
+from resnet.torchvision_interop import from_torchvision, to_torchvision
+
+__all__ = [
+    "PRESETS", "SHORTCUTS", "STEMS", "BottleneckResidualBlock", "ResidualBlock", "ResNetBase",
+    "ResNetClassifier", "ResNetStem", "ShortcutProjection", "ZeroPadShortcut", "cifar_resnet",
+    "imagenet_resnet", "make_shortcut", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44",
+    "resnet50", "resnet56", "resnet101", "resnet110", "resnet152", "resnet1202", "from_torchvision",
+    "to_torchvision",
+]
