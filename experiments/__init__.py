@@ -1,0 +1,1 @@
+"""Training wiring for the annotated ResNet: CIFAR-10 data, the tensor batch loader and the labml trainer."""

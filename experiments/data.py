@@ -1,0 +1,497 @@
+r"""
+# CIFAR-10 on disk: finding it, checking it, reading it
+
+The paper's CIFAR-10 experiments (§4.2) train on the 50,000 training images and report error on the
+10,000 test images; for choosing hyper-parameters it holds out 5,000 of the training images as a
+validation set. This module turns whatever the user has on disk into four tensors and does nothing else:
+augmentation and batching live in `experiments.loader`.
+
+## Where the data comes from, in order of preference
+
+1. `data_dir/cifar-10-batches-py/`, the folder the official archive unpacks to.
+2. `data_dir/cifar-10-python.tar.gz`, the official archive, which we unpack next to itself.
+3. A download of that archive, when `download=True` and the machine is online.
+
+The user's files are treated as read-only. We never download when an archive is already there, never
+unpack over an existing folder, and never delete or rewrite anything we did not create in this call.
+Unpacking goes into a private staging folder that is renamed into place only once it is complete, so an
+interrupted run cannot leave a half-filled `cifar-10-batches-py/` that later runs would trust. A failed
+download removes its partial file and any folders it had to create.
+
+## Why every file is checked before use
+
+A training run that dies an hour in with `_pickle.UnpicklingError` from deep inside numpy tells the user
+nothing. So every file is examined up front: present, readable, the official md5 sum (when
+`VERIFY_CHECKSUMS` is on), a pickle we can read, images of shape $[n, 3072]$ in `uint8`, and labels in
+$0 \dots 9$. Any problem becomes a `DataError` whose message is one line naming the file and the fix.
+
+The batches are pickles, and unpickling runs whatever the file asks for. We only let them build numpy
+arrays and plain Python values, so a damaged or substituted file is reported instead of executed.
+
+## Why `uint8`
+
+The whole training set is $50000 \times 3 \times 32 \times 32$ bytes, about 150 MB as `uint8` and four
+times that as `float32`. Keeping bytes lets the loader park the entire set on the GPU once and normalise
+each batch as it is drawn, which costs far less than shipping floats from the host every step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+
+# Real users get every file checked against the official md5 sums. Synthetic test files cannot match,
+# so tests (and only tests) turn this off: in-process by monkeypatching, in subprocesses through
+# `tests/synthetic_main.py`.
+VERIFY_CHECKSUMS: bool = True
+
+# Where the official archive lives (the address torchvision uses), and how long one network read may
+# stall before we give up. Short, so an offline machine fails in seconds instead of hanging.
+CIFAR10_URL: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+DOWNLOAD_TIMEOUT_S: float = 10.0
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+
+# The md5 sums published with the data set (torchvision checks the same ones).
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+
+# Per-channel mean and standard deviation of the 50,000 training images, on a 0..1 scale. The paper
+# only subtracts the per-pixel mean; dividing by the deviation as well is the common modern choice and
+# keeps the three channels on the same scale.
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+_IMAGE_VALUES = 3 * 32 * 32
+
+
+class DataError(Exception):
+    """
+    The data on disk cannot be used. `str(error)` is a single line: the path, what is wrong, and the fix,
+    so the trainer can print it and exit without a traceback.
+    """
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = Path(path)
+        message = f"{path}: {problem}. Fix: {fix}"
+        super().__init__(" ".join(message.split()))
+
+
+@dataclass(frozen=True)
+class CifarArrays:
+    """
+    The whole of CIFAR-10 as tensors.
+
+    * `train_images`: `uint8` `[50000, 3, 32, 32]`, channels in R, G, B order.
+    * `train_labels`: `int64` `[50000]`, values in 0..9.
+    * `test_images`, `test_labels`: the same for the 10,000 test images.
+    * `classes`: the ten class names from `batches.meta`, indexed by label.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...] = ()
+
+
+def default_data_dir() -> Path:
+    """labml's data folder for this project (`data/` next to `.labml.yaml` unless configured)."""
+    from labml import lab
+
+    return Path(lab.get_data_path())
+
+
+def load_cifar10(data_dir: Path, *, download: bool = True) -> CifarArrays:
+    """
+    Read CIFAR-10 from `data_dir`, unpacking or downloading the official archive first if needed.
+
+    * `data_dir`: the folder holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz`.
+    * `download`: fetch the archive when neither is there. Offline, this fails within seconds.
+
+    Raises `DataError` for anything wrong with the files; nothing in `data_dir` is modified except that a
+    missing `cifar-10-batches-py/` (and, when downloading, the archive) may be added.
+    """
+    data_dir = Path(data_dir)
+    folder = data_dir / BATCHES_FOLDER
+    archive = data_dir / ARCHIVE_NAME
+    if _exists(data_dir):
+        _check_folder(data_dir)
+    if not _exists(folder):
+        if _exists(archive):
+            _extract_archive(archive, data_dir)
+        elif download:
+            _download_archive(data_dir)
+            _extract_archive(archive, data_dir)
+        else:
+            raise DataError(
+                data_dir,
+                f"no CIFAR-10 here (neither {BATCHES_FOLDER}/ nor {ARCHIVE_NAME})",
+                f"put {ARCHIVE_NAME} from {CIFAR10_URL} (or the folder it unpacks to) into {data_dir}, "
+                "or allow downloading",
+            )
+    return _read_batches(folder)
+
+
+def split_validation(
+    images: torch.Tensor, labels: torch.Tensor, n_valid: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Hold out `n_valid` random images, as the paper's 45k/5k split does (§4.2).
+
+    Returns `(train_images, train_labels, valid_images, valid_labels)`. Which images are held out
+    depends only on `seed`; both parts keep the original file order, and the loader shuffles later.
+    Classes are not balanced: with 5,000 draws from 50,000 each class gets about 500 anyway.
+    """
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"split_validation got {n} images but {len(labels)} labels; pass matching tensors")
+    if not 0 <= n_valid < n:
+        raise ValueError(f"n_valid must be in 0..{n - 1} for {n} images, got {n_valid}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    valid_index = order[:n_valid].sort().values
+    train_index = order[n_valid:].sort().values
+    return images[train_index], labels[train_index], images[valid_index], labels[valid_index]
+
+
+# ## Checking and reading the extracted files
+
+
+def _exists(path: Path) -> bool:
+    """`Path.exists` that turns a permission problem on the way into a `DataError`."""
+    try:
+        return path.exists()
+    except PermissionError:
+        raise DataError(path, "cannot be checked (permission denied)", _permission_fix(path)) from None
+
+
+def _permission_fix(path: Path) -> str:
+    return f"give the user running training read access, e.g. `chmod -R u+rX {path}`"
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DataError(folder, "is not a folder", "point the data directory at a folder")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(folder, "cannot be read (permission denied)", _permission_fix(folder))
+    try:
+        next(iter(folder.iterdir()), None)
+    except PermissionError:
+        raise DataError(folder, "cannot be read (permission denied)", _permission_fix(folder)) from None
+
+
+def _read_batches(folder: Path) -> CifarArrays:
+    _check_folder(folder)
+    names = [*TRAIN_FILES, TEST_FILE, META_FILE]
+    refill = (
+        f"put the files from {ARCHIVE_NAME} there, or move the folder away and run again "
+        "so it is unpacked or downloaded afresh"
+    )
+    if not any(folder.iterdir()):
+        raise DataError(folder, "is empty", refill)
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DataError(folder / missing[0], f"is missing (missing: {', '.join(missing)})", refill)
+
+    classes = _read_meta(folder / META_FILE)
+    train = [_read_batch(folder / name) for name in TRAIN_FILES]
+    test = _read_batch(folder / TEST_FILE)
+    train_images = np.concatenate([images for images, _ in train])
+    train_labels = np.concatenate([labels for _, labels in train])
+    return CifarArrays(
+        train_images=torch.from_numpy(train_images.reshape(-1, 3, 32, 32)),
+        train_labels=torch.from_numpy(train_labels),
+        test_images=torch.from_numpy(test[0].reshape(-1, 3, 32, 32)),
+        test_labels=torch.from_numpy(test[1]),
+        classes=classes,
+    )
+
+
+def _read_meta(path: Path) -> tuple[str, ...]:
+    entry = _load_entry(path)
+    names = entry.get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        problem = f"does not list {NUM_CLASSES} class names under 'label_names'"
+        raise DataError(path, problem, _replace_fix(path))
+    return tuple(name.decode("latin1") if isinstance(name, bytes) else str(name) for name in names)
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file as (`uint8` `[n, 3072]`, `int64` `[n]`), after checking shapes and labels."""
+    entry = _load_entry(path)
+    fix = _replace_fix(path)
+    if "data" not in entry or "labels" not in entry:
+        raise DataError(path, "has no 'data' and 'labels' entries, so it is not a CIFAR-10 batch", fix)
+    images = entry["data"]
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
+        is_array = isinstance(images, np.ndarray)
+        found = f"{images.dtype} {list(images.shape)}" if is_array else type(images).__name__
+        raise DataError(path, f"holds images as {found}, expected uint8 [n, {_IMAGE_VALUES}]", fix)
+    if images.shape[1] != _IMAGE_VALUES or images.shape[0] == 0:
+        problem = f"holds images of shape {list(images.shape)}, expected [n>0, {_IMAGE_VALUES}]"
+        raise DataError(path, problem, fix)
+    try:
+        labels = np.asarray(entry["labels"])
+    except (TypeError, ValueError):
+        raise DataError(path, "has labels that are not a list of integers", fix) from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(path, "has labels that are not a flat list of integers", fix)
+    if len(labels) != len(images):
+        raise DataError(path, f"has {len(images)} images but {len(labels)} labels", fix)
+    out_of_range = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if len(out_of_range):
+        raise DataError(path, f"has labels outside 0..{NUM_CLASSES - 1} (e.g. {int(out_of_range[0])})", fix)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _replace_fix(path: Path) -> str:
+    return (
+        f"{path.name} is damaged or not from the official archive; move {path.parent} away and run "
+        f"again to unpack {ARCHIVE_NAME} or download afresh"
+    )
+
+
+def _load_entry(path: Path) -> dict[str, Any]:
+    """Read, verify and unpickle one file; keys come back as `str` whatever the pickle used."""
+    raw = _read_bytes(path)
+    if VERIFY_CHECKSUMS:
+        _verify_md5(path, hashlib.md5(raw, usedforsecurity=False).hexdigest(), FILE_MD5[path.name])
+    try:
+        entry = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _ForbiddenGlobal as error:
+        raise DataError(path, f"asks the unpickler to build {error}, which a CIFAR-10 file never does",
+                        _replace_fix(path)) from None
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the bytes are damaged
+        raise DataError(path, f"is truncated or corrupt ({type(error).__name__} while unpickling)",
+                        _replace_fix(path)) from None
+    if not isinstance(entry, dict):
+        raise DataError(path, f"holds a {type(entry).__name__}, not a CIFAR-10 dict", _replace_fix(path))
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not os.access(path, os.R_OK):
+        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path))
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except PermissionError:
+        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path)) from None
+    except OSError as error:
+        raise DataError(path, f"cannot be read ({error.strerror})", "check the disk and the file") from None
+
+
+def _verify_md5(path: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise DataError(
+            path,
+            f"md5 {actual} does not match the official {expected}",
+            f"the file is damaged or not the official one; move it away and run again, or replace it "
+            f"with the file from {ARCHIVE_NAME} ({CIFAR10_URL})",
+        )
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+# numpy 2 moved its internals from `numpy.core` to `numpy._core`; the original files name the old place.
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that can only build numpy arrays and plain Python values."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        if module.startswith(("numpy.core.", "numpy._core.")):
+            module = _NUMPY_CORE + "." + module.split(".", 2)[2]
+        return super().find_class(module, name)
+
+
+# ## Unpacking the archive
+
+
+def _extract_archive(archive: Path, data_dir: Path) -> None:
+    """
+    Unpack `archive` so that `data_dir/cifar-10-batches-py/` appears complete, or not at all.
+
+    Members with absolute paths, `..`, links or device files are refused: the official archive has none,
+    and unpacking them could write outside `data_dir`.
+    """
+    _read_access(archive)
+    if VERIFY_CHECKSUMS:
+        _verify_md5(archive, _file_md5(archive), ARCHIVE_MD5)
+    corrupt_fix = f"move {archive} away and run again to download it afresh, or put the official file there"
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".cifar-10-unpacking-", dir=data_dir))
+    except OSError as error:
+        raise DataError(
+            data_dir,
+            f"cannot unpack {ARCHIVE_NAME} here ({error.strerror})",
+            f"make the folder writable, or unpack it yourself: tar -xzf {archive} -C {data_dir}",
+        ) from None
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(archive, member)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, members=members, filter="data")
+            else:  # Python before 3.11.4: the checks above already refuse everything the filter would
+                tar.extractall(staging, members=members)
+        unpacked = staging / BATCHES_FOLDER
+        if not unpacked.is_dir():
+            raise DataError(archive, f"does not contain {BATCHES_FOLDER}/", corrupt_fix)
+        target = data_dir / BATCHES_FOLDER
+        if target.exists():
+            raise DataError(target, "appeared while unpacking; not overwriting it", "run again")
+        os.rename(unpacked, target)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        problem = f"is truncated or corrupt ({type(error).__name__}: {error})"
+        raise DataError(archive, problem, corrupt_fix) from None
+    except OSError as error:
+        raise DataError(
+            data_dir,
+            f"unpacking {ARCHIVE_NAME} failed ({error.strerror})",
+            "free disk space or fix permissions",
+        ) from None
+    finally:
+        # Only our own staging folder is removed; the archive and everything else stay as they were.
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith(("/", "\\")) or ".." in parts:
+        raise DataError(archive, f"contains the unsafe path {member.name!r}; refusing to unpack",
+                        "use the official archive")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(archive, f"contains {member.name!r}, which is not a plain file or folder; "
+                        "refusing to unpack", "use the official archive")
+
+
+def _read_access(path: Path) -> None:
+    if not os.access(path, os.R_OK):
+        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path))
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    except PermissionError:
+        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path)) from None
+    return digest.hexdigest()
+
+
+# ## Downloading
+
+
+def _download_archive(data_dir: Path) -> Path:
+    """
+    Fetch the official archive into `data_dir`.
+
+    The bytes go to a uniquely named partial file that only becomes `cifar-10-python.tar.gz` once
+    complete (and verified), so no run ever mistakes half a download for the archive. On failure the
+    partial file and any folders this call created are removed, leaving `data_dir` as it was.
+    """
+    archive = data_dir / ARCHIVE_NAME
+    offline_fix = (
+        f"put {ARCHIVE_NAME} (from {CIFAR10_URL}, e.g. copied from a machine that is online) "
+        f"or the unpacked {BATCHES_FOLDER}/ folder into {data_dir}"
+    )
+    created = _make_folders(data_dir)
+    partial: Path | None = None
+    succeeded = False
+    try:
+        handle, partial_name = tempfile.mkstemp(prefix=".cifar-10-download-", suffix=".part", dir=data_dir)
+        partial = Path(partial_name)
+        with (
+            os.fdopen(handle, "wb") as out,
+            urllib.request.urlopen(CIFAR10_URL, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
+            shutil.copyfileobj(response, out, 1 << 20)
+        if VERIFY_CHECKSUMS and (actual := _file_md5(partial)) != ARCHIVE_MD5:
+            raise DataError(data_dir, f"the archive downloaded from {CIFAR10_URL} has md5 {actual}, "
+                            f"not the official {ARCHIVE_MD5}", f"run again, or {offline_fix}")
+        if archive.exists():
+            raise DataError(archive, "appeared while downloading; not overwriting it", "run again")
+        os.rename(partial, archive)
+        partial = None
+        succeeded = True
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise DataError(data_dir, f"CIFAR-10 is not here and downloading {CIFAR10_URL} failed ({reason})",
+                        offline_fix) from None
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        if not succeeded:
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    return archive
+
+
+def _make_folders(data_dir: Path) -> list[Path]:
+    """Create `data_dir` and any missing parents; return the ones created, outermost first."""
+    missing = []
+    folder = data_dir.absolute()
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for folder in missing:
+        try:
+            folder.mkdir()
+        except OSError as error:
+            for made in reversed(missing[: missing.index(folder)]):
+                made.rmdir()
+            raise DataError(folder, f"cannot be created ({error.strerror})",
+                            "choose a data directory you can write to") from None
+    return missing
