@@ -82,3 +82,12 @@ def test_pickle_and_state_dict_round_trips(name):
     fresh = small_models()[name].eval()
     fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_torch_compile_default_backend_matches_eager():
+    # The default (inductor) backend generates and compiles C++ for the CPU: slow to build (~30 s), so
+    # one small model in eval mode stands for all.
+    model = MODELS["option A"].eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True)
+    assert torch.allclose(compiled(x), model(x), atol=1e-5)
