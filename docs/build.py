@@ -40,15 +40,19 @@ DEFAULT_PACKAGES = ("resnet", "experiments")
 
 # Pages are listed in the order a newcomer should read them: the tutorial module first (residual
 # learning -> shortcuts -> blocks -> stage stack -> presets), then the rest of the library, then the
-# training script. Modules not named here are appended alphabetically, package by package, so a new
+# training script. Packages keep the order they are given in (resnet before experiments); inside a
+# package, modules named here come first and any other module is appended alphabetically, so a new
 # file is never silently left out of the site.
 READING_ORDER = (
     "resnet/model.py",
+    "resnet/checks.py",
+    "resnet/torchvision_interop.py",
     "resnet/__init__.py",
-    "resnet/blocks.py",
-    "resnet/presets.py",
-    "resnet/torchvision_weights.py",
     "experiments/cifar10.py",
+    "experiments/data.py",
+    "experiments/recipes.py",
+    "experiments/checkpoint.py",
+    "experiments/__init__.py",
 )
 
 SITE_TITLE = "Deep Residual Learning — an annotated PyTorch implementation"
@@ -85,6 +89,7 @@ class Section:
     prose: list[str] = field(default_factory=list)
     code: list[str] = field(default_factory=list)
     first_line: int = 1
+    code_line_numbers: list[int] = field(default_factory=list)
 
     def has_code(self) -> bool:
         return any(line.strip() for line in self.code)
@@ -148,6 +153,24 @@ def _comment_lines(source: str, path: str) -> dict[int, str]:
     return comments
 
 
+def definition_lines(source: str) -> dict[int, str]:
+    """Map the line of every `class`/`def` to its anchor name: `Name`, or `Class.method` inside a class.
+
+    Prose can then link a definition as `[ResNetBase](#ResNetBase)` and land on the row that defines it.
+    """
+    names: dict[int, str] = {}
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                names[node.lineno] = prefix + node.name
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, f"{prefix}{node.name}.")
+
+    visit(ast.parse(source).body, "")
+    return names
+
+
 def split_sections(source: str, path: str = "<string>") -> list[Section]:
     """Split Python source into (prose, code) sections.
 
@@ -184,9 +207,11 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
                 in_comment_run = False
                 number = last + 1
             current.code = []  # only blank lines can sit between prose blocks of one section
+            current.code_line_numbers = []
             continue
         in_comment_run = False
         current.code.append(lines[number - 1])
+        current.code_line_numbers.append(number)
         number += 1
     if current.prose or current.has_code():
         sections.append(current)
@@ -194,8 +219,10 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
     for section in sections:
         while section.code and not section.code[0].strip():
             section.code.pop(0)
+            section.code_line_numbers.pop(0)
         while section.code and not section.code[-1].strip():
             section.code.pop()
+            section.code_line_numbers.pop()
     return sections
 
 
@@ -273,7 +300,7 @@ _PAPER_REF = re.compile(
     r"(?P<section>(?:§|Sec\.|Section)\s*(?P<section_number>[1-4](?:\.[1-4])?|[ABC])\b)"
     r"|(?P<table>(?:Table|Tab\.)\s*(?P<table_number>\d{1,2})\b)"
     r"|(?P<figure>(?:Figure|Fig\.)\s*(?P<figure_number>\d{1,2})\b)"
-    r"|(?P<equation>(?:Equation|Eqn\.|Eq\.)\s*\(?(?P<equation_number>[12])\)?)"
+    r"|(?P<equation>(?:Equation|Eqn\.|Eq\.)\s*(?:\((?P<equation_number>[12])\)|(?P<equation_bare>[12])\b))"
 )
 
 
@@ -303,7 +330,7 @@ def link_paper_references(html_text: str) -> str:
 
         def to_link(match: re.Match[str]) -> str:
             kind = next(name for name in ("section", "table", "figure", "equation") if match.group(name))
-            url = paper_url(kind, match.group(f"{kind}_number"))
+            url = paper_url(kind, match.group(f"{kind}_number") or match.group("equation_bare"))
             return (f'<a class="paper-ref" href="{url}" title="Open this in the paper (arXiv 1512.03385)">'
                     f"{match.group(0)}</a>")
 
@@ -362,22 +389,24 @@ def _front_matter(text: str) -> tuple[dict[str, str], str]:
 def discover_modules(source_root: Path, packages: list[str]) -> list[Module]:
     """Every non-empty `*.py` file under the packages, in reading order."""
     found: dict[str, Path] = {}
-    for package in packages:
+    package_of: dict[str, int] = {}
+    for package_rank, package in enumerate(packages):
         package_dir = source_root / package
         if not package_dir.is_dir():
             continue
         for path in sorted(package_dir.rglob("*.py")):
             if "__pycache__" in path.parts or not path.read_text(encoding="utf-8").strip():
                 continue
-            found[path.relative_to(source_root).as_posix()] = path
+            name = path.relative_to(source_root).as_posix()
+            found[name] = path
+            package_of.setdefault(name, package_rank)
     if not found:
         raise BuildError(f"no Python modules found under {source_root} in packages {packages}; "
                          "pass --source-root pointing at the repository (the folder holding resnet/).")
-    known = [name for name in READING_ORDER if name in found]
-    package_rank = {package: rank for rank, package in enumerate(packages)}
-    unknown = sorted((name for name in found if name not in known),
-                     key=lambda name: (package_rank.get(name.split("/")[0], len(packages)), name))
-    return [Module(source=found[name], relative=name, page=name[:-3] + ".html") for name in known + unknown]
+    known_rank = {name: rank for rank, name in enumerate(READING_ORDER)}
+    ordered = sorted(found, key=lambda name: (package_of[name],
+                                              known_rank.get(name, len(READING_ORDER)), name))
+    return [Module(source=found[name], relative=name, page=name[:-3] + ".html") for name in ordered]
 
 
 def _relative(from_page: str, to_path: str) -> str:
@@ -442,6 +471,7 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
     rewrite = _url_rewriter(module, modules)
     root = _relative(module.page, "index.html")[: -len("index.html")]
 
+    definitions = definition_lines(source)
     rows = []
     for number, section in enumerate(sections):
         prose_text = "\n\n".join(section.prose)
@@ -451,9 +481,11 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
         prose_html = render_prose(prose_text, where, rewrite) if prose_text.strip() else ""
         code_html = highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter) if section.code else ""
         anchor = f"section-{number}"
+        targets = "".join(f'<span class="target" id="{html.escape(definitions[line])}"></span>'
+                          for line in section.code_line_numbers if line in definitions)
         rows.append(
             f'<div class="section" id="{anchor}">\n'
-            f'<div class="docs"><a class="anchor" href="#{anchor}" aria-label="Link to this section">#</a>\n'
+            f'<div class="docs">{targets}<a class="anchor" href="#{anchor}" aria-label="Link to this section">#</a>\n'
             f"{prose_html}</div>\n"
             f'<div class="code">{code_html}</div>\n'
             "</div>"
@@ -491,9 +523,25 @@ def _describe(module: Module) -> None:
         module.title = heading.group(1).strip() if heading else ""
     if not module.summary:
         paragraphs = [p for p in re.split(r"\n\s*\n", rest) if p.strip() and not p.lstrip().startswith(("#", "!["))]
-        module.summary = " ".join(paragraphs[0].split()) if paragraphs else ""
-    if len(module.summary) > 240:
-        module.summary = module.summary[:237].rsplit(" ", 1)[0] + "…"
+        module.summary = _opening_sentences(" ".join(paragraphs[0].split())) if paragraphs else ""
+
+
+def _opening_sentences(paragraph: str, enough: int = 160) -> str:
+    """The first sentences of a paragraph, about `enough` characters, never cutting a formula or link.
+
+    Cutting at a sentence end keeps `$...$`, backticks and `[text](url)` whole in practice; if a cut would
+    still leave one of them open, the whole paragraph is used instead.
+    """
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph)
+    summary = ""
+    for sentence in sentences:
+        summary = f"{summary} {sentence}".strip()
+        if len(summary) >= enough:
+            break
+    unescaped_dollars = len(re.findall(r"(?<!\\)\$", summary))
+    balanced = (unescaped_dollars % 2 == 0 and summary.count("`") % 2 == 0
+                and summary.count("[") == summary.count("]") and summary.count("(") == summary.count(")"))
+    return summary if balanced else paragraph
 
 
 def render_index(modules: list[Module]) -> str:
@@ -548,6 +596,14 @@ def _prepare_output(out_dir: Path, source_root: Path) -> list[str]:
     return []
 
 
+def _warn_about_missing_anchors(module: Module, page: str) -> None:
+    """Name in-page links such as `[Foo](#Foo)` whose target does not exist on the page."""
+    ids = set(re.findall(r'\bid="([^"]+)"', page))
+    for target in sorted(set(re.findall(r'href="#([^"]+)"', page)) - ids):
+        print(f"docs/build.py: warning: {module.relative} links to #{target}, which is not defined in that "
+              "module; link to a class or function of the same file, or to the other page", file=sys.stderr)
+
+
 def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str] | None = None) -> list[Path]:
     """Build the whole site into `out_dir` and return the pages written, index first."""
     packages = list(packages or DEFAULT_PACKAGES)
@@ -560,6 +616,7 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
     written: dict[str, str] = {"index.html": render_index(modules)}
     for module in modules:
         written[module.page] = render_module(module, modules, formatter)
+        _warn_about_missing_anchors(module, written[module.page])
     written["style.css"] = ((DOCS_DIR / "style.css").read_text(encoding="utf-8")
                             + "\n/* Code colours, generated by pygments */\n"
                             + formatter.get_style_defs(".highlight"))

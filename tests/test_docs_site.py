@@ -1,0 +1,561 @@
+"""The documentation site: prose beside code, formulas as MathML, working links, no network.
+
+Most checks read the generated HTML; the browser tests load the pages in headless Chromium over the
+DevTools protocol and ask the rendered page itself whether formulas were laid out as math, images
+decoded and the two columns sit side by side. They are skipped when no Chromium binary is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import html
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "docs"))
+
+import build  # noqa: E402  (docs/build.py is a script folder, not a package)
+
+# A tiny stand-in for the library, so these tests do not depend on the tutorial's exact wording.
+FIXTURE_TUTORIAL = r'''r"""
+---
+title: Residual learning in brief
+summary: A block learns $\mathcal{F}(x) = H(x) - x$ instead of $H(x)$.
+---
+
+# Residual learning
+
+A few stacked layers with weights $\{W_i\}$ fit $\mathcal{F}(x) = H(x) - x$ (§3.1), and the block adds
+$x$ back:
+
+$$y = \mathcal{F}(x, \{W_i\}) + x$$
+
+Products such as $a*b*c$ and subscripts such as $x_i$ and $y_i$ stay formulas, not emphasis.
+Table 3 compares the shortcut options of §3.3; Figure 6 shows CIFAR-10 training.
+
+![Basic residual block](figures/basic_block.svg)
+"""
+
+from torch import nn
+
+
+# ## The block
+#
+# Two $3 \times 3$ layers, as in Fig. 2. A `#` inside code or a string is not a comment.
+class Block(nn.Module):
+    r"""Computes $\mathcal{F}(x) + x$ in [`forward`](#Block.forward); see [the helpers](helpers.py)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        text = "# not a comment"
+        # The residual branch $\mathcal{F}$
+        self.branch = nn.Conv2d(channels, channels, 3, padding=1)  # trailing comments stay in the code
+
+    def forward(self, x):  # noqa: D102
+        return self.branch(x) + x
+'''
+
+FIXTURE_MODULES = {
+    "resnet/model.py": FIXTURE_TUTORIAL,
+    "resnet/helpers.py": '"""Small helpers. ![Bottleneck block](figures/bottleneck_block.svg)"""\n\nVALUE = 1\n',
+    "resnet/zoo/deep.py": (
+        '"""A module two folders down.\n\n![Shortcut options A, B and C](figures/shortcut_options.svg)\n"""\n\n'
+        "DEPTH = 2\n"
+    ),
+    "resnet/__init__.py": "",  # empty modules get no page
+    "experiments/cifar10.py": '"""Training on CIFAR-10 (§4.2)."""\n\nEPOCHS = 1\n',
+    "experiments/aaa_tools.py": "# Tools that sort first alphabetically but come after cifar10.py.\nTOOLS = 1\n",
+    "experiments/data.py": "# Reading data.\nDATA = 1\n",
+}
+
+FIGURES = {
+    "basic_block.svg": ("3×3 conv", "ReLU", "identity shortcut"),
+    "bottleneck_block.svg": ("1×1 conv, 64 filters", "3×3 conv, 64", "1×1 conv, 256 filters"),
+    "shortcut_options.svg": ("Option A", "Option B", "Option C", "zero", "1×1 conv, stride 2"),
+}
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fixture_repo")
+    for name, text in FIXTURE_MODULES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixture_site(fixture_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("fixture_site") / "site"
+    build.build_site(site, fixture_root)
+    return site
+
+
+def _repo_has_modules() -> bool:
+    return any(path.read_text(encoding="utf-8").strip()
+               for package in build.DEFAULT_PACKAGES for path in (REPO_ROOT / package).rglob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def repo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not _repo_has_modules():
+        pytest.skip("resnet/ and experiments/ hold no modules yet, so there is no real site to check")
+    site = tmp_path_factory.mktemp("repo_site") / "site"
+    build.build_site(site)
+    return site
+
+
+# ---------------------------------------------------------------------------------------------------
+# Math is protected from markdown
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_set_braces_survive_markdown() -> None:
+    rendered = build.render_prose(r"weights $\{W_i\}$ of the block")
+    assert rendered.count("<math") == 1
+    assert "&#x0007B;" in rendered and "&#x0007D;" in rendered  # "{" and "}" as MathML operators
+    assert "\\{" not in rendered and "$" not in rendered
+
+
+def test_star_and_underscore_inside_math_are_not_emphasis() -> None:
+    rendered = build.render_prose(r"$a*b*c$ and $x_i$ and $y_i$")
+    assert "<em>" not in rendered and "<strong>" not in rendered
+    assert rendered.count("<math") == 3
+    assert "<msub><mi>x</mi><mi>i</mi></msub>" in rendered
+    assert "<msub><mi>y</mi><mi>i</mi></msub>" in rendered
+
+
+def test_protect_math_hides_formulas_from_markdown() -> None:
+    text, formulas = build.protect_math(r"$\mathcal{F}(x) = H(x) - x$ with $a*b*c$ and $$y = x_1$$")
+    assert len(formulas) == 3
+    assert not re.search(r"[$*_\\{}]", text), text  # nothing markdown could act on is left
+    assert sum('display="block"' in formula for formula in formulas) == 1
+    assert build.restore_math(text, formulas).count("<math") == 3
+
+
+def test_residual_definition_renders_as_script_f() -> None:
+    rendered = build.render_prose(r"$\mathcal{F}(x) = H(x) - x$")
+    assert "&#x02131;" in rendered  # U+2131 SCRIPT CAPITAL F
+    assert "&#x02212;" in rendered  # a real minus sign
+
+
+def test_display_math_is_not_wrapped_in_a_paragraph() -> None:
+    rendered = build.render_prose("Before.\n\n$$y = F(x) + x$$\n\nAfter.")
+    assert 'display="block"' in rendered
+    assert "<p><math" not in rendered
+
+
+def test_dollars_in_code_escaped_or_prices_stay_text() -> None:
+    rendered = build.render_prose(r"Use `$x$` literally, pay \$5, or costs $5 and $6.")
+    assert "<math" not in rendered
+    assert "<code>$x$</code>" in rendered
+    assert "pay $5" in rendered and "costs $5 and $6" in rendered
+
+
+def test_unsupported_latex_is_a_clear_error() -> None:
+    with pytest.raises(build.BuildError, match=r"\\notacommand.*rewrite the formula"):
+        build.render_prose(r"$\notacommand{x}$", where="resnet/model.py:3")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Links to the paper
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reference", "page"), [
+    ("§3.3", 3), ("§4.2", 7), ("Table 3", 6), ("Figure 6", 8), ("Fig. 5", 6), ("Eqn. (2)", 3), ("Table 1", 5),
+])
+def test_paper_references_open_the_right_pdf_page(reference: str, page: int) -> None:
+    linked = build.link_paper_references(f"<p>see {reference}.</p>")
+    assert f'href="https://arxiv.org/pdf/1512.03385#page={page}"' in linked
+    assert f">{reference}</a>" in linked
+
+
+def test_equation_reference_does_not_swallow_the_closing_parenthesis() -> None:
+    linked = build.link_paper_references("<p>(§3.2, Eq. 1)</p>")
+    assert ">Eq. 1</a>)" in linked
+
+
+def test_paper_references_inside_code_or_links_are_left_alone() -> None:
+    source = '<p><code>Table 3</code> <a href="x.html">Figure 6</a></p>'
+    assert build.link_paper_references(source) == source
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splitting a module into rows
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_each_comment_run_or_docstring_starts_a_row_with_the_code_below_it() -> None:
+    sections = build.split_sections(FIXTURE_TUTORIAL)
+    prose = [" ".join(section.prose) for section in sections]
+    assert prose[0].startswith("---")  # the module docstring, front matter included
+    assert sections[0].code == ["from torch import nn"]
+    assert prose[1].startswith("## The block")
+    assert "\n\nTwo $3 \\times 3$ layers" in prose[1]  # the empty `#` line became a paragraph break
+    assert sections[1].code == ["class Block(nn.Module):"]
+    assert prose[2].startswith("Computes")
+    assert 'text = "# not a comment"' in "\n".join(sections[2].code)
+    assert prose[3] == r"The residual branch $\mathcal{F}$"
+    branch_code = "\n".join(sections[3].code)
+    assert "# trailing comments stay in the code" in branch_code
+    assert "# noqa: D102" in branch_code  # tool directives are code, not prose
+    assert len(sections) == 4
+
+
+def test_code_before_any_comment_gets_a_row_without_prose() -> None:
+    sections = build.split_sections("import os\n\n# Why we need it.\nx = os.sep\n")
+    assert sections[0].prose == [] and sections[0].code == ["import os"]
+    assert sections[1].prose == ["Why we need it."] and sections[1].code == ["x = os.sep"]
+
+
+def test_syntax_error_names_the_file() -> None:
+    with pytest.raises(build.BuildError, match="broken.py.*syntax"):
+        build.split_sections("def f(:\n", "broken.py")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built site
+# ---------------------------------------------------------------------------------------------------
+
+
+class _PageLinks(HTMLParser):
+    """Collects every URL a page refers to, which element refers to it, and every id it defines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(values["id"] or "")
+        if tag == "script":
+            self.scripts += 1
+        for name in ("href", "src"):
+            if values.get(name) is not None:
+                self.urls.append((tag, values[name] or ""))
+
+
+def _parse(page: Path) -> _PageLinks:
+    parser = _PageLinks()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def assert_site_is_self_contained(site: Path) -> list[Path]:
+    """Every internal link and image resolves; nothing is loaded from the network; no scripts."""
+    pages = sorted(site.rglob("*.html"))
+    assert pages, f"no pages in {site}"
+    ids = {page: _parse(page).ids for page in pages}
+    for page in pages:
+        parsed = _parse(page)
+        assert parsed.scripts == 0, f"{page} has a <script>; the site must work without JavaScript"
+        for tag, url in parsed.urls:
+            parts = urlsplit(url)
+            if parts.scheme or parts.netloc:
+                assert tag == "a" and parts.scheme == "https" and parts.netloc == "arxiv.org", (
+                    f"{page.relative_to(site)} refers to {url} from <{tag}>; only links to the paper may leave the site")
+                continue
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            assert target.is_file(), f"{page.relative_to(site)}: <{tag}> {url!r} points at a missing file"
+            assert site.resolve() in target.parents, f"{page.relative_to(site)}: {url!r} leaves the site"
+            if parts.fragment and target.suffix == ".html":
+                assert parts.fragment in ids[target], f"{page.relative_to(site)}: no #{parts.fragment} in {url}"
+    return pages
+
+
+def _prose_text(page: Path) -> str:
+    """The visible text of the prose column, formulas removed (they are MathML, not text with `$`)."""
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"<math\b.*?</math>", " ", text, flags=re.DOTALL)
+    text = re.sub(r"<pre\b.*?</pre>|<code\b.*?</code>", " ", text, flags=re.DOTALL)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+RAW_MATH = re.compile(r"\$\$.+?\$\$|\$(?=\S)[^$\n]+?(?<=\S)\$(?!\d)", re.DOTALL)
+
+
+def test_fixture_site_pages_follow_the_reading_order(fixture_site: Path) -> None:
+    index = (fixture_site / "index.html").read_text(encoding="utf-8")
+    order = re.findall(r'<li><a href="([^"]+)"', index)
+    assert order == ["resnet/model.html", "resnet/helpers.html", "resnet/zoo/deep.html",
+                     "experiments/cifar10.html", "experiments/data.html", "experiments/aaa_tools.html"]
+    assert not (fixture_site / "resnet" / "__init__.html").exists()
+    assert "Residual learning in brief" in index  # title from the front matter
+
+
+def test_fixture_site_links_and_images_resolve(fixture_site: Path) -> None:
+    pages = assert_site_is_self_contained(fixture_site)
+    assert len(pages) == 7
+    for name in FIGURES:
+        assert (fixture_site / "figures" / name).is_file()
+    deep = (fixture_site / "resnet" / "zoo" / "deep.html").read_text(encoding="utf-8")
+    assert 'src="../../figures/shortcut_options.svg"' in deep
+    tutorial = (fixture_site / "resnet" / "model.html").read_text(encoding="utf-8")
+    assert 'href="helpers.html"' in tutorial  # a link to helpers.py leads to its page
+
+
+def test_fixture_tutorial_page_has_math_and_no_raw_dollars(fixture_site: Path) -> None:
+    page = fixture_site / "resnet" / "model.html"
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<math") >= 8
+    assert "$" not in _prose_text(page)
+    assert "\\{" not in text and "<em>b</em>" not in text and "<em>i" not in text
+    assert "title:" not in text and "summary:" not in text  # front matter is not shown as prose
+    assert text.count('class="section"') == 4
+    assert '<span class="k">class</span>' in text  # pygments highlighted the code
+    assert re.search(r'href="https://arxiv.org/pdf/1512.03385#page=6"[^>]*>Table 3</a>', text)
+    assert 'id="Block"' in text and 'id="Block.forward"' in text  # definitions can be linked as #Name
+
+
+def test_a_second_build_replaces_its_own_output(fixture_root: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    build.build_site(site, fixture_root)
+    extra = fixture_root / "experiments" / "renamed_later.py"
+    extra.write_text("# Short-lived.\nX = 1\n", encoding="utf-8")
+    try:
+        build.build_site(site, fixture_root)
+        assert (site / "experiments" / "renamed_later.html").is_file()
+    finally:
+        extra.unlink()
+    build.build_site(site, fixture_root)
+    assert not (site / "experiments" / "renamed_later.html").exists()  # its stale page was removed
+
+
+def test_refuses_to_write_into_a_folder_it_did_not_make(fixture_root: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine", encoding="utf-8")
+    with pytest.raises(build.BuildError, match="not empty and was not made by docs/build.py"):
+        build.build_site(tmp_path, fixture_root)
+    assert notes.read_text(encoding="utf-8") == "mine"
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_command_line_reports_a_missing_source_root(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "docs" / "build.py"), str(tmp_path / "site"),
+                             "--source-root", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no Python modules found" in result.stderr and "--source-root" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figures_are_labelled_svg(name: str) -> None:
+    root = ElementTree.parse(REPO_ROOT / "docs" / "figures" / name).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert root.find("{http://www.w3.org/2000/svg}title") is not None
+    labels = " ".join("".join(element.itertext()) for element in root.iter("{http://www.w3.org/2000/svg}text"))
+    for label in FIGURES[name]:
+        assert label in labels, f"{name} lacks the label {label!r}"
+
+
+def test_repo_site_links_resolve_and_math_is_rendered(repo_site: Path) -> None:
+    pages = assert_site_is_self_contained(repo_site)
+    for page in pages:
+        leftover = RAW_MATH.search(_prose_text(page))
+        assert leftover is None, f"{page.relative_to(repo_site)} shows raw LaTeX: {leftover.group(0)!r}"
+    tutorial = repo_site / "resnet" / "model.html"
+    if tutorial.exists():
+        assert "<math" in tutorial.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# In a real browser
+# ---------------------------------------------------------------------------------------------------
+
+
+def _find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (no extra packages, no ports)."""
+
+    def __init__(self, binary: str, profile: Path, width: int = 1400, height: int = 1000) -> None:
+        to_browser_read, self._to_browser = os.pipe()
+        self._from_browser, from_browser_write = os.pipe()
+        # Chromium expects the pipe on file descriptors 3 (commands in) and 4 (replies out).
+        high_in = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD, 10)
+        high_out = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD, 10)
+
+        def attach_pipe() -> None:
+            os.dup2(high_in, 3)
+            os.dup2(high_out, 4)
+
+        arguments = [binary, "--headless", "--remote-debugging-pipe", "--disable-gpu", "--hide-scrollbars",
+                     "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+                     f"--window-size={width},{height}", "about:blank"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            arguments.insert(1, "--no-sandbox")  # Chromium refuses to start its sandbox as root
+        self._process = subprocess.Popen(arguments, preexec_fn=attach_pipe, pass_fds=(3, 4),
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in (to_browser_read, from_browser_write, high_in, high_out):
+            os.close(fd)
+        self._buffer = b""
+        self._next_id = 0
+        self._events: list[dict] = []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Page.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._from_browser], [], [], remaining)[0]:
+                raise TimeoutError("Chromium did not answer within the time limit")
+            chunk = os.read(self._from_browser, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe (did it fail to start?)")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, session: bool = False, timeout: float = 30.0, **params: object) -> dict:
+        self._next_id += 1
+        message: dict = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self._session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method} failed: {reply['error']}")
+                return reply.get("result", {})
+            self._events.append(reply)
+
+    def open(self, url: str, timeout: float = 30.0) -> None:
+        self._events.clear()
+        self.call("Page.navigate", session=True, url=url)
+        deadline = time.monotonic() + timeout
+        while not any(event.get("method") == "Page.loadEventFired" for event in self._events):
+            self._events.append(self._read_message(deadline))
+
+    def evaluate(self, expression: str) -> object:
+        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+# What the rendered page says about itself: formulas laid out by the MathML engine, images decoded,
+# prose and code columns next to each other, code coloured by the stylesheet.
+PAGE_REPORT = """(() => {
+  const maths = [...document.querySelectorAll('math')];
+  const rows = [...document.querySelectorAll('.section')].filter(row => row.querySelector('.code pre'));
+  const firstRow = rows[0];
+  const box = element => { const r = element.getBoundingClientRect(); return [r.left, r.right, r.top, r.width]; };
+  const keyword = document.querySelector('.code .k');
+  return {
+    mathCount: maths.length,
+    mathLaidOut: maths.filter(m => getComputedStyle(m).display.includes('math')
+                                   && m.getBoundingClientRect().width > 0).length,
+    brokenImages: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
+                                      .map(i => i.getAttribute('src')),
+    imageCount: document.images.length,
+    proseText: [...document.querySelectorAll('.docs')].map(d => d.innerText).join('\\n'),
+    prose: firstRow ? box(firstRow.querySelector('.docs')) : null,
+    code: firstRow ? box(firstRow.querySelector('.code')) : null,
+    keywordColour: keyword ? getComputedStyle(keyword).color : null,
+    bodyColour: getComputedStyle(document.body).color,
+  };
+})()"""
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    binary = _find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium binary on PATH (install the Debian package `chromium` to run browser tests)")
+    session = Browser(binary, tmp_path_factory.mktemp("chromium_profile"))
+    yield session
+    session.close()
+
+
+def _check_pages_in_browser(browser: Browser, site: Path) -> dict[str, dict]:
+    reports = {}
+    for page in sorted(site.rglob("*.html")):
+        browser.open(page.as_uri())
+        report = browser.evaluate(PAGE_REPORT)
+        assert isinstance(report, dict)
+        name = page.relative_to(site).as_posix()
+        assert report["brokenImages"] == [], f"{name}: images failed to load: {report['brokenImages']}"
+        assert report["mathLaidOut"] == report["mathCount"], f"{name}: some formulas were not laid out as math"
+        leftover = RAW_MATH.search(report["proseText"])
+        assert leftover is None, f"{name}: raw LaTeX in the rendered text: {leftover.group(0)!r}"
+        reports[name] = report
+    return reports
+
+
+def _save_screenshot(browser: Browser, page: Path, path: Path) -> None:
+    browser.open(page.as_uri())
+    browser.screenshot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Keep a copy for people who want to look at it (tests never write into the repository).
+    keep = os.environ.get("DOCS_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(keep) / path.name)
+
+
+def test_fixture_site_renders_in_chromium(browser: Browser, fixture_site: Path, tmp_path: Path) -> None:
+    reports = _check_pages_in_browser(browser, fixture_site)
+    tutorial = reports["resnet/model.html"]
+    assert tutorial["mathCount"] >= 8 and tutorial["imageCount"] == 1
+    assert "$" not in tutorial["proseText"]
+    prose_left, prose_right, prose_top, _ = tutorial["prose"]
+    code_left, _, code_top, code_width = tutorial["code"]
+    assert prose_right <= code_left + 1 and abs(prose_top - code_top) < 1, "prose and code are not side by side"
+    assert code_width > 500
+    assert tutorial["keywordColour"] != tutorial["bodyColour"], "code is not highlighted"
+    assert reports["resnet/zoo/deep.html"]["imageCount"] == 1
+    _save_screenshot(browser, fixture_site / "resnet" / "model.html", tmp_path / "fixture_tutorial.png")
+
+
+def test_repo_site_renders_in_chromium(browser: Browser, repo_site: Path, tmp_path: Path) -> None:
+    reports = _check_pages_in_browser(browser, repo_site)
+    if "resnet/model.html" in reports:
+        assert reports["resnet/model.html"]["mathCount"] > 0, "the tutorial page shows no formulas"
+        _save_screenshot(browser, repo_site / "resnet" / "model.html", tmp_path / "repo_tutorial.png")
+    _save_screenshot(browser, repo_site / "index.html", tmp_path / "repo_index.png")
