@@ -1,0 +1,198 @@
+r"""
+# Batches straight from a tensor on the training device
+
+CIFAR-10 is small enough to hold whole: 50,000 images of $3 \times 32 \times 32$ bytes are about 150 MB.
+So instead of a `DataLoader` with worker processes decoding one PIL image at a time, `TensorBatches`
+moves the `uint8` set to the training device once and builds every batch there with a handful of tensor
+operations: gather the batch, crop and flip it with one more gather, and scale to normalised floats.
+There is no Python work per image, so the cost of a batch does not grow with its size in the interpreter,
+and on a GPU the data never crosses the PCIe bus again after the first copy.
+
+## Augmentation (paper §4.2)
+
+> 4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the padded image or its
+> horizontal flip.
+
+The padding is black, i.e. zero in pixel space before normalisation, which is what padding the raw image
+means. A crop at offset $(d_y, d_x) \in \{0, \dots, 8\}^2$ of the padded image picks output pixel
+$(i, j)$ from input pixel $(i + d_y - 4, j + d_x - 4)$, or zero when that falls outside; a flip reverses
+$j$ first. Both are folded into a single index computation per batch.
+
+## Everything is a pure function of (seed, epoch, batch)
+
+The order of an epoch comes from a generator seeded by `seed + epoch` (the rule of
+`torch.utils.data.DistributedSampler`, which we use for the indices), and the crops and flips of batch
+$b$ come from a generator seeded by a hash of (seed, epoch, rank, $b$). Nothing carries over from one
+batch to the next, which buys two things:
+
+* **exact resumption**: a run stopped after batch $k$ continues with `epoch(e, start_batch=k)` and sees
+  precisely the batches it would have seen without the interruption;
+* **the same batches on CPU and GPU**: random numbers are drawn by CPU generators and the few bytes of
+  crop offsets and flip bits are copied over, so the device does not change the data.
+
+With `world_size > 1` each rank takes its own slice of the shuffled order, as `DistributedSampler`
+would give it: the slices are disjoint, and when the set does not divide evenly the sampler repeats a
+few images so every rank runs the same number of steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
+
+# §4.2: pad 4 pixels on each side before taking the random crop.
+PAD = 4
+
+
+class TensorBatches:
+    """
+    Shuffled, augmented, normalised batches drawn from a `uint8` image tensor kept on `device`.
+
+    * `images`: `uint8` `[n, C, H, W]`, e.g. `CifarArrays.train_images`.
+    * `labels`: integer `[n]`.
+    * `batch_size`: images per batch on this rank.
+    * `shuffle`: visit the images in a new random order every epoch (training) or in file order (evaluation).
+    * `augment`: random 4-pixel-padded crop and horizontal flip (training only).
+    * `device`: where the set lives and batches are built.
+    * `seed`: with the epoch and batch index, fixes the order and the augmentation.
+    * `mean`, `std`: per-channel statistics on a 0..1 scale, e.g. `CIFAR10_MEAN` and `CIFAR10_STD`.
+    * `drop_last`: skip the final batch when it would be smaller than `batch_size`.
+    * `rank`, `world_size`: this process's place among data-parallel processes.
+    * `channels_last`: hand out batches in NHWC memory layout, which convolutions on recent GPUs prefer.
+    * `dtype`: float type of the images handed out (`torch.float32`, or `bfloat16`/`float16`).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        device: torch.device | str,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 tensor [n, C, H, W], got {images.dtype} {list(images.shape)}"
+            )
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be [{len(images)}] to match the images, got {list(labels.shape)}")
+        if len(images) == 0:
+            raise ValueError("TensorBatches needs at least one image")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"mean and std need {channels} entries each and std > 0, got {mean} and {std}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.dtype = dtype
+        # $(x / 255 - \mu) / \sigma$ as one multiply and one subtract.
+        std_tensor = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std_tensor)
+        self._shift = mean_tensor / std_tensor
+        # The sampler only ever sees indices, so a `range` stands in for a data set.
+        self._sampler = DistributedSampler(
+            range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images this rank hands out per epoch (fewer than its share when `drop_last` drops a batch)."""
+        if self.drop_last:
+            return len(self) * self.batch_size
+        return self._sampler.num_samples
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.drop_last:
+            return self._sampler.num_samples // self.batch_size
+        return math.ceil(self._sampler.num_samples / self.batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Yield `(images, labels)` for batches `start_batch, start_batch + 1, …` of epoch `epoch`.
+
+        Images are `[batch, C, H, W]` in `dtype`, labels `int64 [batch]`, both on `device`.
+        """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in 0..{len(self)} for epoch of {len(self)} batches, "
+                             f"got {start_batch}")
+        self._sampler.set_epoch(epoch)
+        order = torch.tensor(list(self._sampler), dtype=torch.int64).to(self.device)
+        return self._batches(epoch, order, start_batch)
+
+    def _batches(
+        self, epoch: int, order: torch.Tensor, start_batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in range(start_batch, len(self)):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = self._crop_and_flip(images, self._batch_generator(epoch, batch))
+            yield self._normalise(images), self.labels[index]
+
+    def _batch_generator(self, epoch: int, batch: int) -> torch.Generator:
+        # A hash rather than `seed + epoch + batch`, so that neighbouring (epoch, batch) pairs never share
+        # a stream, e.g. epoch 1 batch 0 and epoch 0 batch 1.
+        key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator().manual_seed(seed)
+
+    def _crop_and_flip(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """
+        Random `H x W` crop of the zero-padded batch, mirrored left-right for a random half of the images.
+
+        One gather with per-image row and column indices does both, so the batch is never split up.
+        """
+        n, channels, height, width = images.shape
+        offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator)
+        flip = torch.randint(0, 2, (n,), generator=generator).bool()
+        offsets, flip = offsets.to(self.device), flip.to(self.device)
+
+        padded = F.pad(images, (PAD, PAD, PAD, PAD))
+        rows = offsets[0, :, None] + torch.arange(height, device=self.device)
+        columns = torch.arange(width, device=self.device).expand(n, width)
+        # A mirrored crop reads its columns right to left.
+        columns = torch.where(flip[:, None], columns.flip(1), columns) + offsets[1, :, None]
+        return padded[
+            torch.arange(n, device=self.device)[:, None, None, None],
+            torch.arange(channels, device=self.device)[None, :, None, None],
+            rows[:, None, :, None],
+            columns[:, None, None, :],
+        ]
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        out = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out

@@ -1,0 +1,238 @@
+"""
+What `TensorBatches` promises: normalised batches, an order and augmentation fixed by (seed, epoch,
+batch), exact mid-epoch resumption, the paper's pad-crop-flip, disjoint shards per rank, and no Python
+work per image.
+
+Labels are set to `0..n-1` in most tests, so each label says which image a batch row came from.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from experiments.loader import TensorBatches
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+N_IMAGES = 24
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (N_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.uint8)
+
+
+def make(images: torch.Tensor, **overrides) -> TensorBatches:
+    arguments = dict(batch_size=8, shuffle=True, augment=True, device="cpu", seed=3, mean=MEAN, std=STD)
+    arguments.update(overrides)
+    return TensorBatches(images, torch.arange(len(images)), **arguments)
+
+
+def normalised(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def assert_same_batches(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for (images_a, labels_a), (images_b, labels_b) in zip(first, second, strict=True):
+        assert torch.equal(images_a, images_b)
+        assert torch.equal(labels_a, labels_b)
+
+
+def test_batches_are_float_images_and_int64_labels_covering_the_set(images: torch.Tensor) -> None:
+    batches = list(make(images, batch_size=10).epoch(0))
+    assert [len(labels) for _, labels in batches] == [10, 10, 4]
+    for batch_images, labels in batches:
+        assert batch_images.dtype == torch.float32 and labels.dtype == torch.int64
+        assert batch_images.shape == (len(labels), 3, 32, 32)
+    assert sorted(torch.cat([labels for _, labels in batches]).tolist()) == list(range(N_IMAGES))
+
+
+def test_length_and_images_per_epoch_follow_drop_last(images: torch.Tensor) -> None:
+    keep = make(images, batch_size=10)
+    drop = make(images, batch_size=10, drop_last=True)
+    assert (len(keep), keep.images_per_epoch) == (3, 24)
+    assert (len(drop), drop.images_per_epoch) == (2, 20)
+    assert [len(labels) for _, labels in drop.epoch(0)] == [10, 10]
+
+
+def test_without_augmentation_batches_are_the_normalised_originals(images: torch.Tensor) -> None:
+    for batch_images, labels in make(images, augment=False).epoch(2):
+        torch.testing.assert_close(batch_images, normalised(images[labels]))
+
+
+def test_without_shuffling_batches_come_in_file_order(images: torch.Tensor) -> None:
+    labels = torch.cat([labels for _, labels in make(images, shuffle=False, augment=False).epoch(5)])
+    assert labels.tolist() == list(range(N_IMAGES))
+
+
+def test_same_seed_and_epoch_give_identical_batches(images: torch.Tensor) -> None:
+    assert_same_batches(list(make(images).epoch(4)), list(make(images).epoch(4)))
+
+
+def test_different_epochs_differ_in_order_and_augmentation(images: torch.Tensor) -> None:
+    loader = make(images)
+    first, second = list(loader.epoch(0)), list(loader.epoch(1))
+    assert not torch.equal(first[0][1], second[0][1])
+    # Same images in the same order, so any difference is the augmentation's.
+    fixed = make(images, shuffle=False)
+    assert not torch.equal(next(fixed.epoch(0))[0], next(fixed.epoch(1))[0])
+
+
+def test_different_seeds_differ(images: torch.Tensor) -> None:
+    assert not torch.equal(next(make(images, seed=1).epoch(0))[1], next(make(images, seed=2).epoch(0))[1])
+
+
+@pytest.mark.parametrize("start_batch", [0, 1, 2, 3])
+def test_resuming_mid_epoch_gives_the_tail_of_the_uninterrupted_epoch(
+    images: torch.Tensor, start_batch: int
+) -> None:
+    uninterrupted = list(make(images).epoch(7))
+    # A fresh loader, as after a restart: nothing may depend on earlier epochs or batches.
+    assert_same_batches(list(make(images).epoch(7, start_batch=start_batch)), uninterrupted[start_batch:])
+
+
+def test_start_batch_beyond_the_epoch_is_refused(images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="start_batch"):
+        make(images).epoch(0, start_batch=4)
+
+
+def window(image: torch.Tensor, top: int, left: int, flipped: bool) -> torch.Tensor:
+    """The paper's crop, written out by hand: zero-pad by 4, cut 32x32 at (top, left), maybe mirror."""
+    padded = torch.zeros(3, 40, 40, dtype=torch.float32)
+    padded[:, 4:36, 4:36] = image
+    crop = padded[:, top : top + 32, left : left + 32]
+    return crop.flip(-1) if flipped else crop
+
+
+def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it() -> None:
+    # Channel 0 holds the row number + 1 and channel 1 the column number + 1, so every pixel is unique,
+    # and only the padding is zero. With mean 0 and std 1/255 the loader hands out the raw pixel values.
+    rows = torch.arange(1, 33, dtype=torch.uint8).view(32, 1).expand(32, 32)
+    columns = torch.arange(1, 33, dtype=torch.uint8).view(1, 32).expand(32, 32)
+    image = torch.stack([rows, columns, torch.full((32, 32), 200, dtype=torch.uint8)])
+    copies = image.expand(64, 3, 32, 32).contiguous()
+    loader = TensorBatches(copies, torch.zeros(64, dtype=torch.int64), batch_size=64, shuffle=False,
+                           augment=True, device="cpu", seed=0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    crops, _ = next(loader.epoch(0))
+
+    seen = set()
+    for crop in crops.round():
+        matches = [
+            (top, left, flipped)
+            for top in range(9)
+            for left in range(9)
+            for flipped in (False, True)
+            if torch.equal(crop, window(image, top, left, flipped))
+        ]
+        assert len(matches) == 1, "every output must be exactly one window of the padded image"
+        seen.add(matches[0])
+        # Independently of the reference: a mirrored crop reads column numbers right to left.
+        middle_row = crop[1, 16]
+        steps = middle_row[middle_row > 0].diff()
+        assert (steps < 0).all() if matches[0][2] else (steps > 0).all()
+    assert {flipped for _, _, flipped in seen} == {False, True}
+    assert len({(top, left) for top, left, _ in seen}) > 10
+    assert any((top, left) != (4, 4) for top, left, _ in seen), "some crops must reach into the padding"
+
+
+def test_world_size_two_gives_disjoint_shards_that_cover_the_set(images: torch.Tensor) -> None:
+    shards = [
+        torch.cat([labels for _, labels in make(images, rank=rank, world_size=2).epoch(3)]).tolist()
+        for rank in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == N_IMAGES // 2
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == list(range(N_IMAGES))
+    for rank in (0, 1):
+        assert len(make(images, rank=rank, world_size=2)) == math.ceil(N_IMAGES / 2 / 8)
+
+
+def test_shards_follow_distributed_sampler_order(images: torch.Tensor) -> None:
+    # An uneven split: the sampler pads by repeating images so both ranks run the same number of steps.
+    images = images[:23]
+    for rank in (0, 1):
+        sampler = DistributedSampler(range(23), num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(6)
+        loaded = torch.cat([labels for _, labels in make(images, rank=rank, world_size=2).epoch(6)])
+        assert loaded.tolist() == list(sampler)
+
+
+def test_channels_last_changes_layout_not_values(images: torch.Tensor) -> None:
+    plain = next(make(images).epoch(1))[0]
+    channels_last = next(make(images, channels_last=True).epoch(1))[0]
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, channels_last)
+
+
+def test_reduced_precision_output(images: torch.Tensor) -> None:
+    batch = next(make(images, dtype=torch.bfloat16, channels_last=True).epoch(0))[0]
+    assert batch.dtype == torch.bfloat16
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(rank=2, world_size=2), "rank"),
+        (dict(mean=(0.5, 0.5)), "mean and std"),
+        (dict(std=(0.2, 0.0, 0.2)), "std > 0"),
+        (dict(dtype=torch.int32), "floating point"),
+    ],
+)
+def test_bad_arguments_are_refused(images: torch.Tensor, overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(images, **overrides)
+
+
+def test_images_must_be_uint8_with_matching_labels(images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        TensorBatches(images.float(), torch.arange(N_IMAGES), batch_size=4, shuffle=True, augment=True,
+                      device="cpu", seed=0, mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="labels"):
+        TensorBatches(images, torch.arange(N_IMAGES - 1), batch_size=4, shuffle=True, augment=True,
+                      device="cpu", seed=0, mean=MEAN, std=STD)
+
+
+def count_python_calls(loader: TensorBatches) -> int:
+    """Python-level and C-level calls made while building the first batch of an epoch."""
+    calls = 0
+
+    def profile(frame, event, argument) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        next(loader.epoch(0))
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_building_a_batch_costs_the_same_python_calls_at_any_batch_size() -> None:
+    many = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
+    small = count_python_calls(make(many, batch_size=2))
+    large = count_python_calls(make(many, batch_size=256))
+    assert small == large, "the interpreter must not loop over the images of a batch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_cpu_batches(images: torch.Tensor) -> None:
+    cpu = list(make(images).epoch(2))
+    cuda = list(make(images, device="cuda").epoch(2))
+    for (cpu_images, cpu_labels), (cuda_images, cuda_labels) in zip(cpu, cuda, strict=True):
+        assert cuda_images.device.type == "cuda"
+        torch.testing.assert_close(cuda_images.cpu(), cpu_images)
+        assert torch.equal(cuda_labels.cpu(), cpu_labels)
