@@ -1,0 +1,308 @@
+"""
+# Model speed against reference implementations
+
+Are our networks as fast as the ones people would otherwise use? For every preset asked for, this
+script times a training step (forward, cross-entropy, backward, SGD step) and an inference forward pass
+of our model and of a reference with **the same architecture**, on the same batch and image size:
+
+* ImageNet presets (`resnet18` ... `resnet152`) against `torchvision.models.resnetXX`;
+* CIFAR presets (`resnet20` ... `resnet1202`) against [`ReferenceCifarResNet`](#ReferenceCifarResNet),
+  a deliberately plain option-A CIFAR ResNet written below, the way short CIFAR scripts write it.
+
+Both models of a pair are checked to have the same number of parameters before they are timed. The two
+are measured in alternating repeats and the median images/s is reported with its ratio
+`ours / reference`; a ratio of 1.0 or more means we are not slower. Each pair is measured in the
+variants asked for: plain eager NCHW, `channels_last`, `torch.compile`, and both.
+
+    python -m benchmarks.model_speed --device cpu --models resnet20,resnet56 --repeats 7
+    python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --batch-size 128
+"""
+
+import argparse
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import resnet
+from benchmarks.common import alternate, machine_description, parse_device, print_table, rate_summary
+
+# $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
+CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18,
+                "resnet1202": 200}
+IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+MODES = ("train", "infer")
+
+
+class ReferencePadShortcut(nn.Module):
+    """Option A the short way: keep every other pixel, pad the new channels with zeros on both sides."""
+
+    def __init__(self, extra_channels: int):
+        super().__init__()
+        self.before = extra_channels // 2
+        self.after = extra_channels - self.before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.before, self.after))
+
+
+class ReferenceBlock(nn.Module):
+    """The basic block with functional ReLUs and no checks: as little Python per call as it gets."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.shortcut = ReferencePadShortcut(out_channels - in_channels) if changes_shape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ReferenceCifarResNet(nn.Module):
+    """
+    ## The CIFAR reference
+
+    The $6n + 2$-layer network of §4.2 as a minimal script writes it: a $3 \\times 3$ stem, three stages
+    of `n` blocks with 16, 32, 64 channels, the first block of the second and third stage striding by
+    2, global average pooling and a linear layer. Nothing else: no argument or input checks, no
+    configurable shortcut, no base class from another library. It is the bar our `resnet20` and
+    `resnet56` have to clear.
+    """
+
+    def __init__(self, n: int, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        blocks: list[nn.Module] = []
+        in_channels = 16
+        for stage, channels in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(ReferenceBlock(in_channels, channels, 2 if stage > 0 and i == 0 else 1))
+                in_channels = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
+    """Our preset `name`, the reference with the same architecture, and what that reference is."""
+    ours = resnet.PRESETS[name]()
+    if name in CIFAR_DEPTHS:
+        reference: nn.Module = ReferenceCifarResNet(CIFAR_DEPTHS[name])
+        described = "minimal option-A CIFAR ResNet"
+    else:
+        reference = getattr(torchvision.models, name)(weights=None)
+        described = f"torchvision.models.{name}"
+    ours_count = sum(p.numel() for p in ours.parameters())
+    reference_count = sum(p.numel() for p in reference.parameters())
+    if ours_count != reference_count:
+        raise RuntimeError(f"{name}: ours has {ours_count} parameters, the reference {reference_count}; "
+                           f"the comparison would not be between equal architectures")
+    return ours, reference, described
+
+
+@dataclass
+class Setting:
+    """Everything that decides what one timed call does."""
+
+    device: torch.device
+    batch_size: int
+    image_size: int
+    variant: str
+    autocast: str
+    steps: int
+
+
+def prepare(model: nn.Module, setting: Setting) -> nn.Module:
+    """Move the model to the device and memory format of the variant, and compile it if asked."""
+    model = model.to(setting.device)
+    if "channels_last" in setting.variant:
+        model = model.to(memory_format=torch.channels_last)
+    if setting.variant.startswith("compile"):
+        model = torch.compile(model)
+    return model
+
+
+def autocast_context(setting: Setting) -> AbstractContextManager:
+    if setting.autocast == "bf16":
+        return torch.autocast(setting.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_inputs(setting: Setting, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(setting.batch_size, 3, setting.image_size, setting.image_size, generator=generator)
+    labels = torch.randint(0, num_classes, (setting.batch_size,), generator=generator)
+    images = images.to(setting.device)
+    if "channels_last" in setting.variant:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(setting.device)
+
+
+def train_steps(model: nn.Module, setting: Setting, num_classes: int) -> Callable[[], None]:
+    """A callable that runs `setting.steps` full training steps, the way a trainer would."""
+    images, labels = make_inputs(setting, num_classes)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def run() -> None:
+        for _ in range(setting.steps):
+            with autocast_context(setting):
+                loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def infer_steps(model: nn.Module, setting: Setting, num_classes: int) -> Callable[[], None]:
+    """A callable that runs `setting.steps` forward passes in evaluation mode without autograd."""
+    images, _ = make_inputs(setting, num_classes)
+    model.eval()
+
+    def run() -> None:
+        with torch.inference_mode(), autocast_context(setting):
+            for _ in range(setting.steps):
+                model(images)
+
+    return run
+
+
+@dataclass
+class Result:
+    name: str
+    variant: str
+    mode: str
+    setting: Setting
+    ours: float
+    reference: float
+    spread: float
+    described: str
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.reference
+
+
+def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, warmup: int) -> list[Result]:
+    """Time ours and the reference on `name` in one variant, for each mode, in alternating repeats."""
+    ours, reference, described = build_pair(name)
+    num_classes = ours.head.out_features
+    pair = [prepare(ours, setting), prepare(reference, setting)]
+    results = []
+    for mode in modes:
+        make = train_steps if mode == "train" else infer_steps
+        runs = [make(model, setting, num_classes) for model in pair]
+        # Warm-up: compilation, cuDNN's algorithm search and the allocator's first requests are paid
+        # here, outside the measured repeats.
+        for run in runs:
+            for _ in range(warmup):
+                run()
+        seconds = alternate(runs, repeats, setting.device)
+        images = setting.batch_size * setting.steps
+        ours_rate, ours_spread = rate_summary(images, seconds[0])
+        reference_rate, reference_spread = rate_summary(images, seconds[1])
+        results.append(Result(name, setting.variant, mode, setting, ours_rate, reference_rate,
+                              max(ours_spread, reference_spread), described))
+    return results
+
+
+def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise SystemExit(f"{flag}: unknown or empty {unknown or text!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet20,resnet56,resnet18,resnet50",
+                        help="comma-separated presets (CIFAR: resnet20..resnet1202, ImageNet: resnet18..152)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per step (default: 128 for CIFAR presets, 32 for ImageNet presets)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square image side (default: 32 for CIFAR presets, 224 for ImageNet presets)")
+    parser.add_argument("--variants", default="eager,channels_last,compile",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
+    parser.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
+    parser.add_argument("--modes", default="train,infer", help="train, infer or both")
+    parser.add_argument("--repeats", type=int, default=7, help="alternating timed repeats per side")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls (of --steps steps) per side")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                        help="bf16 autocast around the forward pass (pays on GPUs and bf16-capable CPUs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a seconds-long smoke run: resnet20 and resnet18, batch 4, 32x32, eager and "
+                             "channels_last, 2 repeats of 1 step")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batch_size, args.image_size = "resnet20,resnet18", 4, 32
+        args.variants, args.repeats, args.steps, args.warmup = "eager,channels_last", 2, 1, 1
+    for flag in ("batch_size", "image_size", "repeats", "steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.warmup < 0:
+        raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
+    args.models = parse_list(args.models, (*CIFAR_DEPTHS, *IMAGENET_PRESETS), "--models")
+    args.variants = [v for v in parse_list(args.variants, VARIANTS, "--variants")
+                     if not (args.no_compile and v.startswith("compile"))
+                     and not (args.no_channels_last and "channels_last" in v)]
+    if not args.variants:
+        raise SystemExit("--no-compile/--no-channels-last removed every variant; keep at least one")
+    args.modes = parse_list(args.modes, MODES, "--modes")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    device = parse_device(args.device)
+    print(f"machine: {machine_description(device)}")
+    results: list[Result] = []
+    for name in args.models:
+        cifar = name in CIFAR_DEPTHS
+        for variant in args.variants:
+            setting = Setting(device, args.batch_size or (128 if cifar else 32),
+                              args.image_size or (32 if cifar else 224), variant, args.autocast, args.steps)
+            results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
+
+    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
+          f"autocast {args.autocast}; spread = (max - min) / median of the noisier side")
+    print_table(["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
+                 "spread", "reference"],
+                [[r.name, r.variant, r.mode, str(r.setting.batch_size), str(r.setting.image_size),
+                  f"{r.ours:.1f}", f"{r.reference:.1f}", f"{r.ratio:.3f}", f"{r.spread:.0%}", r.described]
+                 for r in results])
+    print()
+    for r in results:
+        verdict = "meets" if r.ratio >= 1.0 else "below"
+        print(f"ratio {r.name} {r.variant} {r.mode}: {r.ratio:.3f} (ours/reference, {verdict} the 1.0 bar)")
+    geometric_mean = math.exp(statistics.fmean(math.log(r.ratio) for r in results))
+    print(f"ratio geometric mean over {len(results)} rows: {geometric_mean:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
