@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,8 +96,11 @@ class Section:
         return any(line.strip() for line in self.code)
 
 
-def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str]]:
-    """Map the first line of every bare string statement to (last line, its text).
+def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str, int | None]]:
+    """Map the first line of every bare string statement to (last line, its text, header start).
+
+    The header start is set for the docstring of a class or function: the line of its first decorator,
+    or of the `class`/`def` keyword. The header is shown beside the docstring that explains it.
 
     Any string literal used as a statement is prose, not only the docstrings Python attaches to
     modules, classes and functions: labml-style code puts explanation strings inside function bodies.
@@ -108,7 +112,14 @@ def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str]]:
         raise BuildError(f"{path}: cannot parse Python ({error.msg}, line {error.lineno}); "
                          "fix the syntax error before building the docs") from error
     lines = source.splitlines()
-    spans: dict[int, tuple[int, str]] = {}
+    headers: dict[int, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                decorators = [decorator.lineno for decorator in node.decorator_list]
+                headers[first.lineno] = min([node.lineno, *decorators])
+    spans: dict[int, tuple[int, str, int | None]] = {}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
                 and isinstance(node.value.value, str)):
@@ -118,7 +129,7 @@ def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str]]:
         after = lines[last - 1][node.end_col_offset:]
         if before.strip() or (after.strip() and not after.strip().startswith("#")):
             continue
-        spans[first] = (last, _clean_docstring(node.value.value))
+        spans[first] = (last, _clean_docstring(node.value.value), headers.get(first))
     return spans
 
 
@@ -176,7 +187,8 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
 
     A section starts at a run of comment lines or a docstring and takes every code line up to the next
     comment run or docstring. Prose blocks separated only by blank lines join into one section, so a
-    paragraph break in a comment does not produce a row without code.
+    paragraph break in a comment does not produce a row without code. The `class`/`def` line above a
+    docstring moves down into the docstring's section, so a class sits beside its own explanation.
     """
     lines = source.splitlines()
     docstrings = _docstring_spans(source, path)
@@ -188,6 +200,11 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
     number = 1
     while number <= len(lines):
         if number in comments or number in docstrings:
+            header: list[tuple[int, str]] = []
+            header_start = docstrings[number][2] if number in docstrings else None
+            while (header_start is not None and current.code_line_numbers
+                   and current.code_line_numbers[-1] >= header_start):
+                header.insert(0, (current.code_line_numbers.pop(), current.code.pop()))
             if current.has_code():
                 sections.append(current)
                 current = Section(first_line=number)
@@ -202,12 +219,13 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
                 in_comment_run = True
                 number += 1
             else:
-                last, text = docstrings[number]
+                last, text, _ = docstrings[number]
                 current.prose.append(text)
                 in_comment_run = False
                 number = last + 1
-            current.code = []  # only blank lines can sit between prose blocks of one section
-            current.code_line_numbers = []
+            # Only blank lines can sit between prose blocks of one section; a moved header stays.
+            current.code = [line for _, line in header]
+            current.code_line_numbers = [line_number for line_number, _ in header]
             continue
         in_comment_run = False
         current.code.append(lines[number - 1])
@@ -275,7 +293,7 @@ def protect_math(text: str, where: str = "") -> tuple[str, list[str]]:
 
     rendered: list[str] = []
 
-    def stash_math(display: bool) -> object:
+    def stash_math(display: bool) -> Callable[[re.Match[str]], str]:
         def replace(match: re.Match[str]) -> str:
             rendered.append(render_math(match.group(1), display, where))
             return _PLACEHOLDER.format(len(rendered) - 1)
@@ -338,17 +356,18 @@ def link_paper_references(html_text: str) -> str:
     return "".join(pieces)
 
 
-def _rewrite_relative_urls(html_text: str, rewrite: object) -> str:
+def _rewrite_relative_urls(html_text: str, rewrite: Callable[[str], str]) -> str:
     def replace(match: re.Match[str]) -> str:
-        return f'{match.group(1)}="{html.escape(rewrite(html.unescape(match.group(2))))}"'  # type: ignore[operator]
+        return f'{match.group(1)}="{html.escape(rewrite(html.unescape(match.group(2))))}"'
     return re.sub(r'\b(src|href)="([^"]*)"', replace, html_text)
 
 
-def render_prose(text: str, where: str = "", rewrite_url: object = None) -> str:
+def render_prose(text: str, where: str = "", rewrite_url: Callable[[str], str] | None = None) -> str:
     """Markdown + math + paper links for one prose block."""
     protected, rendered = protect_math(text, where)
     body = markdown.markdown(protected, extensions=["tables", "fenced_code", "codehilite", "sane_lists"],
-                             extension_configs={"codehilite": {"guess_lang": False, "css_class": "highlight"}})
+                             extension_configs={"codehilite": {"guess_lang": False,
+                                                               "css_class": "highlight"}})
     if rewrite_url is not None:
         body = _rewrite_relative_urls(body, rewrite_url)
     body = link_paper_references(body)
@@ -414,7 +433,7 @@ def _relative(from_page: str, to_path: str) -> str:
     return os.path.relpath(to_path, start=os.path.dirname(from_page) or ".").replace(os.sep, "/")
 
 
-def _url_rewriter(module: Module, modules: list[Module]) -> object:
+def _url_rewriter(module: Module, modules: list[Module]) -> Callable[[str], str]:
     """Make prose links written relative to the docs root (figures/...) or to source files resolve.
 
     Authors write `figures/basic_block.svg` no matter how deep the module sits, and may link another
@@ -479,13 +498,15 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
             _, prose_text = _front_matter(prose_text)
         where = f"{module.relative}:{section.first_line}"
         prose_html = render_prose(prose_text, where, rewrite) if prose_text.strip() else ""
-        code_html = highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter) if section.code else ""
+        code_html = (highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter)
+                     if section.code else "")
         anchor = f"section-{number}"
         targets = "".join(f'<span class="target" id="{html.escape(definitions[line])}"></span>'
                           for line in section.code_line_numbers if line in definitions)
         rows.append(
             f'<div class="section" id="{anchor}">\n'
-            f'<div class="docs">{targets}<a class="anchor" href="#{anchor}" aria-label="Link to this section">#</a>\n'
+            f'<div class="docs">{targets}'
+            f'<a class="anchor" href="#{anchor}" aria-label="Link to this section">#</a>\n'
             f"{prose_html}</div>\n"
             f'<div class="code">{code_html}</div>\n'
             "</div>"
@@ -522,7 +543,8 @@ def _describe(module: Module) -> None:
         heading = re.search(r"^#+\s*(.+)$", rest, re.MULTILINE)
         module.title = heading.group(1).strip() if heading else ""
     if not module.summary:
-        paragraphs = [p for p in re.split(r"\n\s*\n", rest) if p.strip() and not p.lstrip().startswith(("#", "!["))]
+        paragraphs = [paragraph for paragraph in re.split(r"\n\s*\n", rest)
+                      if paragraph.strip() and not paragraph.lstrip().startswith(("#", "!["))]
         module.summary = _opening_sentences(" ".join(paragraphs[0].split())) if paragraphs else ""
 
 
@@ -561,7 +583,8 @@ def render_index(modules: list[Module]) -> str:
         '<ol class="modules">\n' + "\n".join(items) + "\n</ol>\n</div>"
     )
     return PAGE_TEMPLATE.format(title=html.escape(SITE_TITLE), root="", site_title=html.escape(SITE_TITLE),
-                                nav=f'<a href="{PAPER_ABS_URL}">Paper</a>', body=body, paper_abs=PAPER_ABS_URL,
+                                nav=f'<a href="{PAPER_ABS_URL}">Paper</a>', body=body,
+                                paper_abs=PAPER_ABS_URL,
                                 generated_from="resnet/ and experiments/")
 
 
@@ -643,11 +666,13 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder to write the site into (new, empty, or an earlier build)")
+    parser.add_argument("out_dir", type=Path,
+                        help="folder to write the site into (new, empty, or an earlier build)")
     parser.add_argument("--source-root", type=Path, default=REPO_ROOT,
                         help="folder holding the packages to document (default: this repository)")
     parser.add_argument("--package", action="append", dest="packages", metavar="NAME",
-                        help=f"package folder under the source root; repeatable (default: {', '.join(DEFAULT_PACKAGES)})")
+                        help="package folder under the source root; repeatable "
+                             f"(default: {', '.join(DEFAULT_PACKAGES)})")
     args = parser.parse_args(argv)
     try:
         pages = build_site(args.out_dir, args.source_root, args.packages)

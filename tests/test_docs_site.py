@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -71,14 +72,17 @@ class Block(nn.Module):
 
 FIXTURE_MODULES = {
     "resnet/model.py": FIXTURE_TUTORIAL,
-    "resnet/helpers.py": '"""Small helpers. ![Bottleneck block](figures/bottleneck_block.svg)"""\n\nVALUE = 1\n',
+    "resnet/helpers.py": (
+        '"""Small helpers. ![Bottleneck block](figures/bottleneck_block.svg)"""\n\nVALUE = 1\n'
+    ),
     "resnet/zoo/deep.py": (
-        '"""A module two folders down.\n\n![Shortcut options A, B and C](figures/shortcut_options.svg)\n"""\n\n'
+        '"""A module two folders down.\n\n'
+        '![Shortcut options A, B and C](figures/shortcut_options.svg)\n"""\n\n'
         "DEPTH = 2\n"
     ),
     "resnet/__init__.py": "",  # empty modules get no page
     "experiments/cifar10.py": '"""Training on CIFAR-10 (§4.2)."""\n\nEPOCHS = 1\n',
-    "experiments/aaa_tools.py": "# Tools that sort first alphabetically but come after cifar10.py.\nTOOLS = 1\n",
+    "experiments/aaa_tools.py": "# Sorts first alphabetically, still comes after cifar10.py.\nTOOLS = 1\n",
     "experiments/data.py": "# Reading data.\nDATA = 1\n",
 }
 
@@ -203,19 +207,39 @@ def test_paper_references_inside_code_or_links_are_left_alone() -> None:
 
 def test_each_comment_run_or_docstring_starts_a_row_with_the_code_below_it() -> None:
     sections = build.split_sections(FIXTURE_TUTORIAL)
-    prose = [" ".join(section.prose) for section in sections]
+    prose = ["\n\n".join(section.prose) for section in sections]
     assert prose[0].startswith("---")  # the module docstring, front matter included
     assert sections[0].code == ["from torch import nn"]
+    # The comment above the class and the class docstring explain the same code: one row.
     assert prose[1].startswith("## The block")
     assert "\n\nTwo $3 \\times 3$ layers" in prose[1]  # the empty `#` line became a paragraph break
-    assert sections[1].code == ["class Block(nn.Module):"]
-    assert prose[2].startswith("Computes")
-    assert 'text = "# not a comment"' in "\n".join(sections[2].code)
-    assert prose[3] == r"The residual branch $\mathcal{F}$"
-    branch_code = "\n".join(sections[3].code)
+    assert prose[1].endswith("see [the helpers](helpers.py).")
+    assert sections[1].code[0] == "class Block(nn.Module):"
+    assert 'text = "# not a comment"' in "\n".join(sections[1].code)
+    assert prose[2] == r"The residual branch $\mathcal{F}$"
+    branch_code = "\n".join(sections[2].code)
     assert "# trailing comments stay in the code" in branch_code
     assert "# noqa: D102" in branch_code  # tool directives are code, not prose
-    assert len(sections) == 4
+    assert len(sections) == 3
+
+
+def test_a_definition_sits_beside_its_own_docstring() -> None:
+    source = (
+        "x = 1\n\n\n"
+        "@decorator\n"
+        "def scaled(value: float,\n"
+        "           factor: float) -> float:\n"
+        '    """Why scaling helps."""\n'
+        "    return value * factor\n"
+    )
+    sections = build.split_sections(source)
+    assert [section.code for section in sections] == [
+        ["x = 1"],
+        ["@decorator", "def scaled(value: float,", "           factor: float) -> float:",
+         "    return value * factor"],
+    ]
+    assert sections[1].prose == ["Why scaling helps."]
+    assert sections[1].code_line_numbers == [4, 5, 6, 8]
 
 
 def test_code_before_any_comment_gets_a_row_without_prose() -> None:
@@ -272,13 +296,15 @@ def assert_site_is_self_contained(site: Path) -> list[Path]:
             parts = urlsplit(url)
             if parts.scheme or parts.netloc:
                 assert tag == "a" and parts.scheme == "https" and parts.netloc == "arxiv.org", (
-                    f"{page.relative_to(site)} refers to {url} from <{tag}>; only links to the paper may leave the site")
+                    f"{page.relative_to(site)} refers to {url} from <{tag}>; "
+                    "only links to the paper may leave the site")
                 continue
             target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
             assert target.is_file(), f"{page.relative_to(site)}: <{tag}> {url!r} points at a missing file"
             assert site.resolve() in target.parents, f"{page.relative_to(site)}: {url!r} leaves the site"
             if parts.fragment and target.suffix == ".html":
-                assert parts.fragment in ids[target], f"{page.relative_to(site)}: no #{parts.fragment} in {url}"
+                assert parts.fragment in ids[target], (
+                    f"{page.relative_to(site)}: {url} points at #{parts.fragment}, which that page lacks")
     return pages
 
 
@@ -320,7 +346,7 @@ def test_fixture_tutorial_page_has_math_and_no_raw_dollars(fixture_site: Path) -
     assert "$" not in _prose_text(page)
     assert "\\{" not in text and "<em>b</em>" not in text and "<em>i" not in text
     assert "title:" not in text and "summary:" not in text  # front matter is not shown as prose
-    assert text.count('class="section"') == 4
+    assert text.count('class="section"') == 3
     assert '<span class="k">class</span>' in text  # pygments highlighted the code
     assert re.search(r'href="https://arxiv.org/pdf/1512.03385#page=6"[^>]*>Table 3</a>', text)
     assert 'id="Block"' in text and 'id="Block.forward"' in text  # definitions can be linked as #Name
@@ -414,7 +440,7 @@ class Browser:
             os.close(fd)
         self._buffer = b""
         self._next_id = 0
-        self._events: list[dict] = []
+        self._events: list[dict[str, object]] = []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.call("Page.enable", session=True)
@@ -485,7 +511,10 @@ PAGE_REPORT = """(() => {
   const maths = [...document.querySelectorAll('math')];
   const rows = [...document.querySelectorAll('.section')].filter(row => row.querySelector('.code pre'));
   const firstRow = rows[0];
-  const box = element => { const r = element.getBoundingClientRect(); return [r.left, r.right, r.top, r.width]; };
+  const box = element => {
+    const r = element.getBoundingClientRect();
+    return [r.left, r.right, r.top, r.width];
+  };
   const keyword = document.querySelector('.code .k');
   return {
     mathCount: maths.length,
@@ -504,7 +533,7 @@ PAGE_REPORT = """(() => {
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     binary = _find_chromium()
     if binary is None:
         pytest.skip("no Chromium binary on PATH (install the Debian package `chromium` to run browser tests)")
@@ -521,7 +550,7 @@ def _check_pages_in_browser(browser: Browser, site: Path) -> dict[str, dict]:
         assert isinstance(report, dict)
         name = page.relative_to(site).as_posix()
         assert report["brokenImages"] == [], f"{name}: images failed to load: {report['brokenImages']}"
-        assert report["mathLaidOut"] == report["mathCount"], f"{name}: some formulas were not laid out as math"
+        assert report["mathLaidOut"] == report["mathCount"], f"{name}: some formulas are not laid out as math"
         leftover = RAW_MATH.search(report["proseText"])
         assert leftover is None, f"{name}: raw LaTeX in the rendered text: {leftover.group(0)!r}"
         reports[name] = report
@@ -546,7 +575,8 @@ def test_fixture_site_renders_in_chromium(browser: Browser, fixture_site: Path, 
     assert "$" not in tutorial["proseText"]
     prose_left, prose_right, prose_top, _ = tutorial["prose"]
     code_left, _, code_top, code_width = tutorial["code"]
-    assert prose_right <= code_left + 1 and abs(prose_top - code_top) < 1, "prose and code are not side by side"
+    assert prose_right <= code_left + 1, "the prose column overlaps the code column"
+    assert abs(prose_top - code_top) < 1, "prose and code of one row do not start at the same height"
     assert code_width > 500
     assert tutorial["keywordColour"] != tutorial["bodyColour"], "code is not highlighted"
     assert reports["resnet/zoo/deep.html"]["imageCount"] == 1
