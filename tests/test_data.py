@@ -1,0 +1,504 @@
+"""
+What `experiments.data` promises about the files on disk: it reads the official layout, unpacks the
+archive safely, turns every fault into a one-line `DataError` that names the file and the fix, fails fast
+when offline, and never deletes or changes anything the user already had.
+
+All data here is synthetic (`tests/cifar_synthetic.py`), so checksum verification is off unless a test
+is about checksums.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cifar_synthetic as synthetic
+import numpy as np
+import pytest
+import torch
+
+from experiments import data
+from experiments.data import DataError, load_cifar10, split_validation
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_checksums(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", False)
+
+
+@pytest.fixture
+def unreachable_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point downloads at a local port nobody listens on: a real, instant connection failure."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(data, "CIFAR10_URL", url)
+    return url
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `folder` with its size and modification time: any change shows up here."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def load_expecting_error(data_dir: Path, **kwargs) -> DataError:
+    """Load, expect a `DataError`, and check it is one clean line with no chained traceback."""
+    with pytest.raises(DataError) as caught:
+        load_cifar10(data_dir, **kwargs)
+    error = caught.value
+    message = str(error)
+    assert "\n" not in message
+    assert "Fix:" in message
+    # Raised `from None` where it replaces a lower-level error, so no raw pickle/numpy traceback is chained.
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+    return error
+
+
+# ## Reading what is there
+
+
+def test_reads_the_official_layout(tmp_path: Path) -> None:
+    synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=12, n_test=10)
+    expected = synthetic.synthetic_arrays(12, 10)
+    arrays = load_cifar10(tmp_path, download=False)
+
+    assert arrays.train_images.dtype == torch.uint8 and arrays.train_images.shape == (60, 3, 32, 32)
+    assert arrays.train_labels.dtype == torch.int64 and arrays.train_labels.shape == (60,)
+    assert arrays.test_images.shape == (10, 3, 32, 32) and arrays.test_labels.shape == (10,)
+    train_rows = np.concatenate([expected[name][0] for name in synthetic.TRAIN_FILES])
+    assert np.array_equal(arrays.train_images.reshape(60, 3072).numpy(), train_rows)
+    assert arrays.train_labels.tolist() == sum((expected[name][1] for name in synthetic.TRAIN_FILES), [])
+    assert np.array_equal(arrays.test_images.reshape(10, 3072).numpy(), expected[synthetic.TEST_FILE][0])
+    assert arrays.classes == tuple(synthetic.CLASS_NAMES)
+
+
+def test_planes_are_red_green_blue_in_row_major_order(tmp_path: Path) -> None:
+    synthetic.write_synthetic_cifar10(tmp_path)
+    rows, labels = synthetic.synthetic_batch(20, separable=False, seed=0)
+    rows[0] = 0
+    rows[0, 1024 + 33] = 7  # green plane, row 1, column 1
+    synthetic.write_batch_file(tmp_path / synthetic.BATCHES_FOLDER / "data_batch_1", rows, labels, "b")
+    image = load_cifar10(tmp_path, download=False).train_images[0]
+    assert image[1, 1, 1] == 7 and image.sum() == 7
+
+
+def test_python_2_pickles_with_text_keys_and_old_numpy_paths_read(tmp_path: Path) -> None:
+    # The official files were written by Python 2 with numpy 1: text keys and `numpy.core` globals.
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    rows, labels = synthetic.synthetic_batch(20, separable=False, seed=5)
+    blob = pickle.dumps({"batch_label": "b", "labels": labels, "data": rows}, protocol=2)
+    blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in blob
+    (folder / "test_batch").write_bytes(blob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arrays = load_cifar10(tmp_path, download=False)
+    assert np.array_equal(arrays.test_images.reshape(20, 3072).numpy(), rows)
+
+
+def test_existing_folder_is_used_and_the_archive_left_alone(tmp_path: Path) -> None:
+    synthetic.write_synthetic_cifar10(tmp_path)
+    (tmp_path / synthetic.ARCHIVE_NAME).write_bytes(b"not even gzip")  # would fail if it were opened
+    before = snapshot(tmp_path)
+    load_cifar10(tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+# ## The archive
+
+
+def test_only_the_archive_present_is_unpacked_next_to_it(tmp_path: Path) -> None:
+    archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=6)
+    archive_before = snapshot(tmp_path)
+    arrays = load_cifar10(tmp_path, download=False)
+    assert arrays.train_images.shape == (20, 3, 32, 32)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [synthetic.BATCHES_FOLDER, archive.name]
+    assert {archive.name: snapshot(tmp_path)[archive.name]} == archive_before
+    # A second load reads the folder it unpacked.
+    assert torch.equal(load_cifar10(tmp_path, download=False).train_images, arrays.train_images)
+
+
+def write_archive(path: Path, members: list[tarfile.TarInfo]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+
+
+def file_member(name: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.size = 1
+    return member
+
+
+def link_member(name: str, target: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = tarfile.SYMTYPE
+    member.linkname = target
+    return member
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        file_member("cifar-10-batches-py/../../escaped"),
+        file_member("/tmp/cifar-absolute-escape"),
+        link_member("cifar-10-batches-py/data_batch_1", "/etc/passwd"),
+    ],
+    ids=["dot-dot", "absolute", "symlink"],
+)
+def test_archive_members_that_could_escape_are_refused(tmp_path: Path, member: tarfile.TarInfo) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    harmless = file_member("cifar-10-batches-py/batches.meta")
+    write_archive(data_dir / synthetic.ARCHIVE_NAME, [harmless, member])
+    before = snapshot(data_dir)
+    error = load_expecting_error(data_dir)
+    assert synthetic.ARCHIVE_NAME in str(error) and "refusing" in str(error)
+    assert snapshot(data_dir) == before
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/cifar-absolute-escape").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_archive_is_reported_and_kept(tmp_path: Path, damage: str) -> None:
+    archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else b"\x00" * 512)
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert str(archive) in str(error) and "truncated or corrupt" in str(error)
+    assert snapshot(tmp_path) == before, "the archive stays, and no half-unpacked folder is left behind"
+
+
+def test_archive_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
+    archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert str(archive) in str(error) and "md5" in str(error) and data.ARCHIVE_MD5 in str(error)
+    assert snapshot(tmp_path) == before
+
+
+# ## Faults in the unpacked files
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-200])
+
+
+def overwrite_with_garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(1000))
+
+
+def replace_with(path: Path, content: object) -> None:
+    path.write_bytes(pickle.dumps(content, protocol=2))
+
+
+def rewrite(path: Path, changes: dict[bytes, object]) -> None:
+    entry = pickle.loads(path.read_bytes())
+    entry.update(changes)
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+class RunsShellCommand:
+    """A pickle that would run a shell command when loaded by a plain `pickle.load`."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return os.system, (self.command,)
+
+
+FAULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "missing": ("data_batch_3", lambda path: path.unlink(), "is missing"),
+    "missing meta": ("batches.meta", lambda path: path.unlink(), "is missing"),
+    "truncated": ("data_batch_2", truncate, "truncated or corrupt"),
+    "corrupt": ("test_batch", overwrite_with_garbage, "truncated or corrupt"),
+    "wrong image width": (
+        "data_batch_4",
+        lambda path: rewrite(path, {b"data": np.zeros((20, 3000), np.uint8)}),
+        "expected [n>0, 3072]",
+    ),
+    "float images": (
+        "data_batch_1",
+        lambda path: rewrite(path, {b"data": np.zeros((20, 3072), np.float32)}),
+        "expected uint8",
+    ),
+    "labels count": ("data_batch_5", lambda path: rewrite(path, {b"labels": [0] * 19}), "but 19 labels"),
+    "label 10": ("test_batch", lambda path: rewrite(path, {b"labels": [10] * 20}), "outside 0..9"),
+    "label -1": ("data_batch_1", lambda path: rewrite(path, {b"labels": [-1] + [0] * 19}), "outside 0..9"),
+    "no labels": ("data_batch_1", lambda path: replace_with(path, {b"data": 1}), "'labels'"),
+    "not a dict": ("data_batch_1", lambda path: replace_with(path, [1, 2]), "not a CIFAR-10"),
+    "meta without names": ("batches.meta", lambda path: rewrite(path, {b"label_names": []}), "class names"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_file_faults_give_one_line_naming_the_file_and_touch_nothing(tmp_path: Path, fault: str) -> None:
+    name, damage, problem = FAULTS[fault]
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    damage(folder / name)
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert str(folder / name) in str(error)
+    assert problem in str(error)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path: Path) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    sentinel = tmp_path / "ran"
+    (folder / "data_batch_1").write_bytes(pickle.dumps(RunsShellCommand(f"touch {sentinel}"), protocol=2))
+    error = load_expecting_error(tmp_path)
+    assert "data_batch_1" in str(error) and "system" in str(error)
+    assert not sentinel.exists()
+
+
+def test_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert "md5" in str(error) and str(folder) in str(error)
+    assert snapshot(tmp_path) == before
+
+
+def test_empty_data_directory_without_download(tmp_path: Path) -> None:
+    error = load_expecting_error(tmp_path, download=False)
+    assert str(tmp_path) in str(error) and synthetic.ARCHIVE_NAME in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_batches_folder(tmp_path: Path) -> None:
+    (tmp_path / synthetic.BATCHES_FOLDER).mkdir()
+    error = load_expecting_error(tmp_path, download=False)
+    assert "is empty" in str(error) and synthetic.BATCHES_FOLDER in str(error)
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_text("user's notes")
+    error = load_expecting_error(path)
+    assert "not a folder" in str(error)
+    assert path.read_text() == "user's notes"
+
+
+# ## Permissions
+#
+# The tests run as root in CI, and root reads any file whatever its mode. So the real check, when run as
+# root, starts a subprocess through `setpriv` without the two capabilities that let root ignore file
+# modes; two more tests make the operating system answer "permission denied" to reach the same code paths
+# from inside this process.
+
+UNREADABLE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from experiments import data
+data.VERIFY_CHECKSUMS = False
+try:
+    data.load_cifar10(sys.argv[2], download=False)
+except data.DataError as error:
+    print(error)
+    sys.exit(3)
+"""
+WITHOUT_ROOT_FILE_ACCESS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def message_when_unreadable(data_dir: Path) -> str:
+    if os.geteuid() != 0:
+        return str(load_expecting_error(data_dir))
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, which ignores file modes, and setpriv is not installed to drop that")
+    probe = subprocess.run([*WITHOUT_ROOT_FILE_ACCESS, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"running as root, which ignores file modes, and setpriv failed: {probe.stderr}")
+    result = subprocess.run(
+        [*WITHOUT_ROOT_FILE_ACCESS, sys.executable, "-c", UNREADABLE_SCRIPT, str(REPO_ROOT), str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    return result.stdout.strip()
+
+
+def test_unreadable_folder_really_denied(tmp_path: Path) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    folder.chmod(0o000)
+    try:
+        before = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+        message = message_when_unreadable(tmp_path)
+        assert "permission denied" in message and str(folder) in message
+        assert "\n" not in message
+        assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == before
+    finally:
+        folder.chmod(0o755)
+    assert len(list(folder.iterdir())) == 7, "the files are all still there"
+
+
+def test_folder_the_os_says_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    real_access = os.access
+    denied = lambda path, mode: Path(path) != folder and real_access(path, mode)  # noqa: E731
+    monkeypatch.setattr(data.os, "access", denied)
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert "permission denied" in str(error) and str(folder) in str(error)
+    assert snapshot(tmp_path) == before
+
+
+def test_file_whose_open_is_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+
+    def denying_open(path: Path, *args, **kwargs) -> io.BufferedReader:
+        if Path(path).name == "data_batch_2":
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "open", denying_open, raising=False)
+    error = load_expecting_error(tmp_path)
+    assert "permission denied" in str(error) and str(folder / "data_batch_2") in str(error)
+
+
+# ## Downloading
+
+
+def test_offline_download_fails_fast_and_leaves_no_folders(tmp_path: Path, unreachable_url: str) -> None:
+    data_dir = tmp_path / "new" / "cifar"
+    started = time.monotonic()
+    error = load_expecting_error(data_dir, download=True)
+    # A bound on a hang, not a benchmark: offline must not wait on the network for long.
+    assert time.monotonic() - started < 30
+    assert str(data_dir) in str(error) and synthetic.ARCHIVE_NAME in str(error)
+    assert list(tmp_path.iterdir()) == [], "the folders created for the download are removed again"
+
+
+def test_offline_download_leaves_an_existing_directory_alone(tmp_path: Path, unreachable_url: str) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    load_expecting_error(tmp_path, download=True)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def silent_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A server that accepts connections and never answers: the hang an unreliable network causes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setattr(data, "CIFAR10_URL", f"http://127.0.0.1:{server.getsockname()[1]}/x.tar.gz")
+        monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
+        yield
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path, silent_server: None) -> None:
+    started = time.monotonic()
+    error = load_expecting_error(tmp_path, download=True)
+    assert time.monotonic() - started < 30
+    assert "timed out" in str(error)
+    assert list(tmp_path.iterdir()) == [], "no partial download is left behind"
+
+
+@pytest.fixture
+def archive_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Serve a synthetic archive over local HTTP, as the real site serves the real one."""
+    served = tmp_path / "served"
+    archive = synthetic.write_synthetic_cifar10_archive(served, n_per_train_batch=4, n_test=4)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setattr(data, "CIFAR10_URL", f"http://127.0.0.1:{server.server_port}/{archive.name}")
+    yield archive
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_saves_the_archive_and_unpacks_it(tmp_path: Path, archive_server: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    arrays = load_cifar10(data_dir, download=True)
+    assert arrays.train_images.shape == (20, 3, 32, 32)
+    expected_names = sorted([synthetic.ARCHIVE_NAME, synthetic.BATCHES_FOLDER])
+    assert sorted(path.name for path in data_dir.iterdir()) == expected_names
+    assert (data_dir / synthetic.ARCHIVE_NAME).read_bytes() == archive_server.read_bytes()
+
+
+def test_download_with_wrong_md5_keeps_nothing(
+    tmp_path: Path, archive_server: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
+    data_dir = tmp_path / "fresh"
+    error = load_expecting_error(data_dir, download=True)
+    assert "md5" in str(error)
+    assert not data_dir.exists()
+
+
+def test_never_downloads_over_the_users_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
+
+    def no_network(*args, **kwargs) -> None:
+        raise AssertionError("must not download when the archive is already there")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    assert load_cifar10(tmp_path, download=True).train_images.shape == (20, 3, 32, 32)
+
+
+# ## The rest of the API
+
+
+def test_data_error_is_one_line_naming_path_and_fix() -> None:
+    error = DataError(Path("/data/x"), "is odd\nvery odd", "do\nthis")
+    assert str(error) == "/data/x: is odd very odd. Fix: do this"
+    assert error.path == Path("/data/x")
+
+
+def test_statistics_are_three_channels_on_a_unit_scale() -> None:
+    for statistic in (data.CIFAR10_MEAN, data.CIFAR10_STD):
+        assert len(statistic) == 3 and all(0 < value < 1 for value in statistic)
+
+
+def test_default_data_dir_is_labml_data_path() -> None:
+    from labml import lab
+
+    assert data.default_data_dir() == Path(lab.get_data_path())
+
+
+def test_split_validation_holds_out_a_seeded_disjoint_part() -> None:
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 32, 32)
+    labels = torch.arange(100)
+    train_images, train_labels, valid_images, valid_labels = split_validation(images, labels, 10, seed=4)
+    assert len(train_labels) == 90 and len(valid_labels) == 10
+    assert sorted(train_labels.tolist() + valid_labels.tolist()) == list(range(100))
+    assert torch.equal(train_images[:, 0, 0, 0].long(), train_labels), "images stay with their labels"
+    assert torch.equal(valid_images[:, 0, 0, 0].long(), valid_labels)
+    assert torch.equal(split_validation(images, labels, 10, seed=4)[3], valid_labels)
+    assert not torch.equal(split_validation(images, labels, 10, seed=5)[3], valid_labels)
+
+
+@pytest.mark.parametrize("n_valid", [-1, 100])
+def test_split_validation_refuses_impossible_sizes(n_valid: int) -> None:
+    with pytest.raises(ValueError, match="n_valid"):
+        split_validation(torch.zeros(100, 3, 32, 32, dtype=torch.uint8), torch.zeros(100), n_valid, seed=0)
