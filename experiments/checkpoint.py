@@ -1,0 +1,184 @@
+"""
+# Checkpoints that survive crashes and cannot run code
+
+A training run on a shared machine can be killed at any moment: by the user, by a scheduler, by a full
+disk. A checkpoint is only useful if whatever happens, the last one written is complete, and if
+loading one can never do anything but load numbers. This module makes both true.
+
+**Atomic writes.** The checkpoint is written to a temporary file in the same folder, flushed and
+`fsync`ed, and then renamed over the old one with `os.replace`. On POSIX a rename within a folder is
+atomic: a reader sees either the old file or the new one, never half of either. A crash (even
+`kill -9`) in the middle of a write leaves the previous checkpoint untouched and at worst a stray
+`.tmp` file that nothing ever reads.
+
+**Safe loading.** A checkpoint is a pickle, and unpickling can call arbitrary code. We load with
+`torch.load(weights_only=True)`, which only rebuilds tensors and plain containers (dicts, lists,
+tuples, numbers, strings). Everything we save is chosen to fit: RNG states as tensors, positions as
+ints, the configuration as strings and numbers; no numpy arrays, no objects.
+
+**Clear refusals.** Every way a file can be wrong (missing, truncated, not a checkpoint, from another
+network, carrying code) ends in a [`CheckpointError`](#CheckpointError) with one line that names the
+file and what to do.
+"""
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Written into every checkpoint so we can tell our files from any other pickle.
+FORMAT = "resnet-annotated/cifar10-checkpoint"
+VERSION = 1
+
+# The file name of the newest checkpoint inside a run folder.
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; its message is one line naming the file and the fix."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """
+    Write `state` to `path` atomically: either the whole new file is there afterwards, or the old one
+    is untouched. Errors (a full disk, a read-only folder) propagate after the temporary file is
+    removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Whatever stopped the write, the half-written file must not stay behind.
+        tmp.unlink(missing_ok=True)
+        raise
+    # The rename itself lives in the folder's metadata; sync it too, so a power cut after we return
+    # cannot bring back the old file. Some file systems do not support syncing a folder.
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """
+    Load and check a checkpoint written by [`save_checkpoint`](#save_checkpoint). Tensors come back on
+    the CPU. Raises `CheckpointError` for anything that is not a complete checkpoint of this trainer.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass a checkpoint file (e.g. {path / LAST}) "
+                              f"or use --resume with the run folder")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # `weights_only=True` refuses pickles that would construct objects or call functions.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer: it holds objects or code that "
+                              f"a weights-only load refuses to run ({reason[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); "
+                              f"use an earlier checkpoint or start a new run") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint written by experiments/cifar10.py")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')!r}; this trainer "
+                              f"reads version {VERSION}")
+    for key in ("model", "config", "signature", "position"):
+        if key not in state:
+            raise CheckpointError(f"{path} is incomplete: it has no '{key}' entry")
+    return state
+
+
+def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """
+    Refuse a checkpoint of another network. `saved` and `expected` are
+    [`model_signature`](#model_signature)s; the message names the first difference in words a user
+    recognises (preset, number of classes) before falling back to tensor shapes.
+    """
+    for key, what in (("model", "model"), ("num_classes", "number of classes")):
+        if saved.get(key) != expected.get(key):
+            raise CheckpointError(f"{path} was written for {what} {saved.get(key)!r}, but this run uses "
+                                  f"{expected.get(key)!r}; pass the matching --model/num_classes or "
+                                  f"another checkpoint")
+    saved_shapes, expected_shapes = saved.get("shapes", {}), expected.get("shapes", {})
+    if saved_shapes != expected_shapes:
+        names = sorted(set(saved_shapes) ^ set(expected_shapes))
+        names += sorted(n for n in set(saved_shapes) & set(expected_shapes)
+                        if saved_shapes[n] != expected_shapes[n])
+        raise CheckpointError(f"{path} holds a network of another shape (first difference: "
+                              f"{names[0] if names else '?'}); it does not fit this model")
+
+
+def model_signature(model_name: str, num_classes: int, model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a network: its name, classes and the shape of every tensor in its state."""
+    return {"model": model_name, "num_classes": int(num_classes),
+            "shapes": {name: list(t.shape) for name, t in model.state_dict().items()}}
+
+
+def find_checkpoint(reference: str, logs_dir: Path) -> Path:
+    """
+    Turn what a user passes to `--resume` into a checkpoint file: a checkpoint path, a run folder, or a
+    run's uuid (searched for under `logs_dir/<experiment>/`).
+    """
+    candidate = Path(reference).expanduser()
+    if candidate.is_file():
+        return candidate
+    if candidate.is_dir():
+        run_dir = candidate
+    else:
+        matches = sorted(logs_dir.glob(f"*/{reference}")) if logs_dir.is_dir() and reference else []
+        matches = [m for m in matches if m.is_dir()]
+        if not matches:
+            raise CheckpointError(f"no run '{reference}': pass a run uuid from {logs_dir}, a run folder "
+                                  f"or a checkpoint file")
+        run_dir = matches[0]
+    checkpoint = run_dir / CHECKPOINT_DIR / LAST
+    if not checkpoint.is_file():
+        raise CheckpointError(f"run folder {run_dir} has no checkpoint ({checkpoint} is missing); the run "
+                              f"stopped before its first checkpoint, start it again")
+    return checkpoint
+
+
+def rng_state() -> dict[str, Any]:
+    """The random number generators' states, as tensors and ints (weights-only loadable)."""
+    import random
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python_version": int(version),
+        "python_state": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": gauss,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what [`rng_state`](#rng_state) captured."""
+    import random
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)

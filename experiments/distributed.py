@@ -1,0 +1,83 @@
+"""
+# Several processes, one model
+
+`torchrun --nproc_per_node=N experiments/cifar10.py ...` starts N copies of the trainer and tells each
+its `RANK`, `LOCAL_RANK` and `WORLD_SIZE` through environment variables. Each copy reads its own share
+of every epoch (the loader shards the shuffled order the way `DistributedSampler` does), computes
+gradients on it, and `DistributedDataParallel` averages the gradients across copies before each
+optimizer step, so all copies hold the same weights after every step.
+
+Only rank 0 talks to the user: it prints progress, writes the run folder, checkpoints and
+`results.json`. The other ranks compute and stay quiet.
+
+Decisions that must be the same on every rank (stop because of a signal, stop because the loss went
+non-finite) are made with an all-reduce, so no rank waits forever for a partner that already left.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits among the training processes."""
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_environment() -> World:
+    """The world torchrun describes, or a world of one when started without it."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", "0")), size=size)
+
+
+def init_process_group(world: World, device: torch.device) -> None:
+    """NCCL between GPUs, gloo between CPU processes."""
+    if not world.is_distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+
+
+def destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: torch.Tensor, world: World) -> torch.Tensor:
+    """Element-wise "true on any rank" for a small integer tensor of flags."""
+    if world.is_distributed:
+        flag = flag.clone()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag
+
+
+def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum of a tensor over all ranks (epoch loss sums and counts)."""
+    if world.is_distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def state_hashes(state_hash: str, world: World) -> list[str]:
+    """Every rank's weight hash, gathered on all ranks, to prove they agree."""
+    if not world.is_distributed:
+        return [state_hash]
+    gathered: list[str] = [""] * world.size
+    dist.all_gather_object(gathered, state_hash)
+    return gathered
