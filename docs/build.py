@@ -371,7 +371,17 @@ def render_prose(text: str, where: str = "", rewrite_url: Callable[[str], str] |
     if rewrite_url is not None:
         body = _rewrite_relative_urls(body, rewrite_url)
     body = link_paper_references(body)
+    body = _link_images_to_full_size(body)
     return restore_math(body, rendered)
+
+
+def _link_images_to_full_size(html_text: str) -> str:
+    """Wrap each image in a link to itself: a figure shrunk to the prose column opens at full size."""
+    def wrap(match: re.Match[str]) -> str:
+        if re.search(r"<a\b[^>]*>\s*$", match.string[: match.start()]):
+            return match.group(0)  # already a link, as in [![figure](a.svg)](elsewhere)
+        return f'<a class="figure-link" href="{match.group(2)}">{match.group(1)}</a>'
+    return re.sub(r'(<img\b[^>]*?\bsrc="([^"]+)"[^>]*>)', wrap, html_text)
 
 
 # ---------------------------------------------------------------------------------------------------
