@@ -1,0 +1,204 @@
+"""
+# Data pipeline: does the loader keep the model busy?
+
+A training step can only go as fast as its batches arrive. This script measures, on synthetic `uint8`
+data of CIFAR-10's shape (no files needed):
+
+* **supply**: images/s that [`experiments.loader.TensorBatches`](../experiments/loader.py) delivers with
+  the paper's augmentation (pad 4, random 32x32 crop, horizontal flip) and normalisation;
+* the same for the usual alternative, a `torch.utils.data.DataLoader` over PIL images with
+  `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(...)`, with 0 and 2
+  worker processes (workers are persistent, so their start-up is not counted per epoch);
+* **demand**: images/s a `resnet20` training step consumes on the same device.
+
+Supply divided by demand says how much head-room the loader leaves: below 1 the model waits for data.
+The last rows feed each loader into the training step, which is what a trainer sees.
+
+    python -m benchmarks.data_pipeline --device cpu --batches 20 --repeats 5
+"""
+
+import argparse
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+import resnet
+from benchmarks.common import alternate, machine_description, parse_device, print_table, rate_summary
+from experiments.data import CIFAR10_MEAN, CIFAR10_STD
+from experiments.loader import TensorBatches
+
+
+class PilCifar(Dataset):
+    """CIFAR-shaped `uint8` arrays served one PIL image at a time, as `torchvision.datasets.CIFAR10` does."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[Image.Image], torch.Tensor]):
+        # torchvision's CIFAR10 keeps its images as HWC arrays and converts each one to PIL on access.
+        self.images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return images, torch.randint(0, 10, (n,), generator=generator)
+
+
+def endless(make_epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
+    for epoch in itertools.count():
+        yield from make_epoch(epoch)
+
+
+def pil_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
+               device: torch.device) -> DataLoader:
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+    ])
+    return DataLoader(PilCifar(images.numpy(), labels.numpy(), transform), batch_size=batch_size,
+                      shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=device.type == "cuda", drop_last=True)
+
+
+def take(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], count: int, device: torch.device,
+         consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:
+    """A callable that pulls `count` batches, moves them to `device` and hands them to `consume`."""
+
+    def run() -> None:
+        for images, labels in itertools.islice(batches, count):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if consume is not None:
+                consume(images, labels)
+
+    return run
+
+
+def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One `resnet20` SGD step per call, the demand side."""
+    model = resnet.resnet20().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--images", type=int, default=50_000, help="synthetic training-set size")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=20, help="batches per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating timed repeats per pipeline")
+    parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the model (and have TensorBatches hand out batches) in channels_last")
+    parser.add_argument("--no-end-to-end", action="store_true",
+                        help="skip the loader + training-step rows (the slowest part on a CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds-long smoke run: 128 images, batch 8, 2 batches, 2 repeats, workers 0")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, "0"
+    for flag in ("images", "batch_size", "batches", "repeats"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    try:
+        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        raise SystemExit(f"--workers must be comma-separated integers, got {args.workers!r}") from None
+    if any(w < 0 for w in args.workers):
+        raise SystemExit(f"--workers must be 0 or more, got {args.workers}")
+    if args.images < args.batch_size:
+        raise SystemExit(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    device = parse_device(args.device)
+    print(f"machine: {machine_description(device)}")
+    images, labels = synthetic_cifar(args.images, seed=0)
+    tensor_batches = TensorBatches(images, labels, batch_size=args.batch_size, shuffle=True, augment=True,
+                                   device=device, seed=0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                   drop_last=True, channels_last=args.channels_last)
+    loaders: dict[str, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = {
+        "TensorBatches": lambda: endless(tensor_batches.epoch)}
+    for workers in args.workers:
+        loader = pil_loader(images, labels, args.batch_size, workers, device)
+        loaders[f"DataLoader+PIL workers={workers}"] = lambda loader=loader: endless(lambda _: iter(loader))
+    step = train_step(device, args.channels_last)
+    fixed_images, fixed_labels = next(tensor_batches.epoch(0))
+
+    def model_only() -> None:
+        for _ in range(args.batches):
+            step(fixed_images, fixed_labels)
+
+    # Each row: (name, callable). Iterators are created once, so workers start and warm up only once.
+    rows: list[tuple[str, Callable[[], None]]] = [
+        (f"supply: {name}", take(make(), args.batches, device, None)) for name, make in loaders.items()]
+    rows.append(("demand: resnet20 train step (fixed batch)", model_only))
+    if not args.no_end_to_end:
+        rows += [(f"end to end: {name} -> resnet20 step", take(make(), args.batches, device, step))
+                 for name, make in loaders.items()]
+    for _, run in rows:  # warm-up: worker start-up, allocator, first-call costs
+        run()
+    seconds = alternate([run for _, run in rows], args.repeats, device)
+    images_per_repeat = args.batches * args.batch_size
+    rates = {}
+    table = []
+    for (name, _), times in zip(rows, seconds, strict=True):
+        rate, spread = rate_summary(images_per_repeat, times)
+        rates[name] = rate
+        table.append([name, f"{rate:.0f}", f"{spread:.0%}"])
+
+    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
+          f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
+          f"channels_last={args.channels_last}")
+    print_table(["pipeline", "images/s", "spread"], table)
+    print()
+    demand = rates["demand: resnet20 train step (fixed batch)"]
+    tensor_supply = rates["supply: TensorBatches"]
+    for name in loaders:
+        print(f"ratio supply/demand {name}: {rates[f'supply: {name}'] / demand:.2f} "
+              f"(above 1: the loader outpaces a resnet20 step)")
+    for workers in args.workers:
+        name = f"DataLoader+PIL workers={workers}"
+        print(f"ratio TensorBatches/{name} supply: {tensor_supply / rates[f'supply: {name}']:.2f}")
+        if not args.no_end_to_end:
+            ours = rates["end to end: TensorBatches -> resnet20 step"]
+            theirs = rates[f"end to end: {name} -> resnet20 step"]
+            print(f"ratio TensorBatches/{name} end to end: {ours / theirs:.2f}")
+    return rates
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""
+The benchmark scripts run end to end in their `--quick` mode and print what BENCHMARKS.md quotes: a table
+row per measurement and the ratio lines. Only the output's shape is checked, never a timing: the numbers
+depend on the machine and on whatever else runs on it.
+"""
+
+import re
+
+import pytest
+import torch
+
+from benchmarks import data_pipeline, model_speed
+
+NUMBER = r"\d+(\.\d+)?"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """
+    The shared test machine is often busy; a second OpenMP thread then mostly waits for a core, and the
+    smoke runs take several times longer. One thread keeps them quick; timings are not checked anyway.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_model_speed_prints_a_row_and_a_ratio_for_every_model_variant_and_mode(capsys):
+    results = model_speed.main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith("machine: CPU ")
+    expected = [(model, variant, mode) for model in ("resnet20", "resnet18")
+                for variant in ("eager", "channels_last") for mode in ("train", "infer")]
+    assert [(r.name, r.variant, r.mode) for r in results] == expected
+    for model, variant, mode in expected:
+        assert re.search(rf"^\| {model} +\| {variant} +\| {mode} +\| 4 +\| 32 +\| {NUMBER} +\| {NUMBER} +"
+                         rf"\| {NUMBER} +\|", out, re.MULTILINE), (model, variant, mode)
+        assert re.search(rf"^ratio {model} {variant} {mode}: {NUMBER} \(ours/reference", out, re.MULTILINE)
+    assert "torchvision.models.resnet18" in out and "minimal option-A CIFAR ResNet" in out
+    assert re.search(rf"^ratio geometric mean over 8 rows: {NUMBER}$", out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet18", "resnet50"])
+def test_model_speed_compares_equal_architectures(name):
+    ours, reference, _ = model_speed.build_pair(name)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_the_cifar_reference_has_the_papers_shape():
+    reference = model_speed.ReferenceCifarResNet(3)
+    assert len(reference.blocks) == 9
+    assert reference(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_model_speed_flags_can_skip_compile_and_channels_last(capsys):
+    results = model_speed.main(["--models", "resnet20", "--batch-size", "2", "--repeats", "1", "--steps", "1",
+                                "--warmup", "0", "--modes", "infer", "--no-channels-last", "--no-compile",
+                                "--device", "cpu"])
+    assert [(r.variant, r.mode) for r in results] == [("eager", "infer")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "resnet7"], "--models"),
+    (["--variants", "fast"], "--variants"),
+    (["--repeats", "0"], "--repeats"),
+    (["--variants", "compile", "--no-compile"], "removed every variant"),
+])
+def test_model_speed_rejects_bad_flags_with_a_message(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        model_speed.main(argv)
+
+
+def test_data_pipeline_prints_supply_demand_and_the_loader_ratios(capsys):
+    rates = data_pipeline.main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith("machine: CPU ")
+    for row in ("supply: TensorBatches", "supply: DataLoader+PIL workers=0",
+                "demand: resnet20 train step (fixed batch)", "end to end: TensorBatches -> resnet20 step",
+                "end to end: DataLoader+PIL workers=0 -> resnet20 step"):
+        assert row in rates
+        assert re.search(rf"^\| {re.escape(row)} +\| \d+ +\| \d+% +\|$", out, re.MULTILINE), row
+    for line in ("ratio supply/demand TensorBatches", "ratio supply/demand DataLoader+PIL workers=0",
+                 "ratio TensorBatches/DataLoader+PIL workers=0 supply",
+                 "ratio TensorBatches/DataLoader+PIL workers=0 end to end"):
+        assert re.search(rf"^{re.escape(line)}: {NUMBER}", out, re.MULTILINE), line
+
+
+def test_data_pipeline_rejects_more_batch_than_images():
+    with pytest.raises(SystemExit, match="--images"):
+        data_pipeline.main(["--images", "8", "--batch-size", "16"])
