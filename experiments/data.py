@@ -269,7 +269,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     out_of_range = labels[(labels < 0) | (labels >= NUM_CLASSES)]
     if len(out_of_range):
         raise DataError(path, f"has labels outside 0..{NUM_CLASSES - 1} (e.g. {int(out_of_range[0])})", fix)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    # A writable, contiguous copy when the pickle gave anything else, so torch can share its memory.
+    return np.require(images, requirements=["C", "W"]), labels.astype(np.int64)
 
 
 def _replace_fix(path: Path) -> str:

@@ -20,6 +20,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -387,6 +388,23 @@ def test_offline_download_fails_fast_and_leaves_no_folders(tmp_path: Path, unrea
     assert time.monotonic() - started < 30
     assert str(data_dir) in str(error) and synthetic.ARCHIVE_NAME in str(error)
     assert list(tmp_path.iterdir()) == [], "the folders created for the download are removed again"
+
+
+def test_official_url_on_an_offline_machine_fails_fast(tmp_path: Path) -> None:
+    # The real address, unchanged. Only where its name does not resolve: online this would fetch 170 MB.
+    host = urllib.parse.urlsplit(data.CIFAR10_URL).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        pass
+    else:
+        pytest.skip(f"{host} resolves, so this machine may be online and would really download CIFAR-10")
+    data_dir = tmp_path / "cifar"
+    started = time.monotonic()
+    error = load_expecting_error(data_dir, download=True)
+    assert time.monotonic() - started < 30, "a bound on a hang, not a benchmark"
+    assert data.CIFAR10_URL in str(error) and str(data_dir) in str(error)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_download_leaves_an_existing_directory_alone(tmp_path: Path, unreachable_url: str) -> None:
