@@ -520,3 +520,13 @@ def test_split_validation_holds_out_a_seeded_disjoint_part() -> None:
 def test_split_validation_refuses_impossible_sizes(n_valid: int) -> None:
     with pytest.raises(ValueError, match="n_valid"):
         split_validation(torch.zeros(100, 3, 32, 32, dtype=torch.uint8), torch.zeros(100), n_valid, seed=0)
+
+
+def test_separable_synthetic_classes_are_told_apart_by_colour(tmp_path: Path) -> None:
+    # The trainer's tests rely on this variant being learnable; the mean colour alone must give the label.
+    synthetic.write_synthetic_cifar10(tmp_path, separable=True)
+    arrays = load_cifar10(tmp_path, download=False)
+    colours = arrays.train_images.float().mean(dim=(2, 3))
+    centres = torch.stack([colours[arrays.train_labels == label].mean(0) for label in range(10)])
+    nearest = torch.cdist(colours, centres).argmin(1)
+    assert torch.equal(nearest, arrays.train_labels)
