@@ -566,6 +566,13 @@ class Trainer:
             }
             if c.eval_every_epoch or self.epoch + 1 >= c.epochs or self.step >= c.iterations:
                 loss, accuracy = self.evaluate(eval_loader, eval_name)
+                if not math.isfinite(loss):
+                    # Weights that give non-finite logits are as diverged as a non-finite training loss,
+                    # and must not replace the last good checkpoint either.
+                    lower = self.scheduler.base_lrs[0] / 10
+                    raise Diverged(f"the {eval_name} loss became non-finite (NaN or infinite) after step "
+                                   f"{self.step}; the learning rate is probably too high: try a lower one, "
+                                   f"e.g. --lr {lower:g}")
                 record[f"{eval_name}_loss"], record[f"{eval_name}_accuracy"] = loss, accuracy
                 if eval_name == "test":
                     last_test = (loss, accuracy)

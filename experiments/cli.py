@@ -143,7 +143,8 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     """Parse and check the command line; exits with status 2 and a usage message on bad input."""
     model_names = _options(configs_class, "model")
     parser = build_parser(recipes, model_names)
-    args = parser.parse_args(argv)
+    # Intermixed: `key=value` settings may come before, between or after the flags.
+    args = parser.parse_intermixed_args(argv)
 
     user: dict[str, Any] = {}
     for item in args.overrides:

@@ -1,22 +1,63 @@
 """
-Run the CIFAR-10 trainer on synthetic data in a subprocess (signals, torchrun/DDP, exit codes).
+Run the CIFAR-10 trainer on synthetic data, in a subprocess or in the test process.
 
-Synthetic files cannot match the official md5 sums, so this launcher switches the check off and then
-calls `experiments.cifar10.main` with the command-line arguments it was given. Real users never need it.
+Synthetic files cannot match the official md5 sums, so the launcher switches the check off and then
+calls `experiments.cifar10.main` with the arguments it was given. Subprocess tests (signals, torchrun,
+exit codes) run this file; in-process tests call [`run_trainer`](#run_trainer). Real users never need it.
+
+Both pin PyTorch to one thread: two cores are shared by everything that runs here, and the same thread
+count in and out of process keeps CPU results bit-for-bit comparable between them.
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 from experiments import cifar10, data  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+
+# A network small enough to train in a second on one core: one block per stage, narrow stages.
+TINY_MODEL = ["model=custom", "n_blocks=[1,1,1]", "n_channels=[8,16,32]"]
+# 5 training batches of 64 images (320 in all) and 64 test images, in the real on-disk format.
+IMAGES_PER_TRAIN_FILE = 64
+TEST_IMAGES = 64
+
+
+def write_data(root: Path, *, separable: bool = True) -> Path:
+    """Synthetic CIFAR-10 (with easy-to-separate classes by default) under `root`; returns `root`."""
+    from cifar_synthetic import write_synthetic_cifar10
+    write_synthetic_cifar10(root, n_per_train_batch=IMAGES_PER_TRAIN_FILE, n_test=TEST_IMAGES,
+                            separable=separable)
+    return root
+
+
+def tiny_args(data_dir: Path, logs_dir: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """Command-line arguments for a tiny CPU run: 5 steps of 64 images per epoch."""
+    return ["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), "--device", "cpu",
+            "--epochs", str(epochs), "--batch-size", "64", *TINY_MODEL, *extra]
+
+
+def run_trainer(argv: list[str]) -> int:
+    """`experiments.cifar10.main` in this process, on synthetic data; returns the exit status."""
+    verify, threads = data.VERIFY_CHECKSUMS, torch.get_num_threads()
+    data.VERIFY_CHECKSUMS = False
+    torch.set_num_threads(1)
+    try:
+        return cifar10.main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        data.VERIFY_CHECKSUMS = verify
+        torch.set_num_threads(threads)
+
+
 if __name__ == "__main__":
     data.VERIFY_CHECKSUMS = False
-    # Two cores are shared by everything running here; one thread per process keeps runs deterministic
-    # and torchrun's two ranks from fighting over them.
     torch.set_num_threads(1)
     sys.exit(cifar10.main(sys.argv[1:]))

@@ -1,0 +1,206 @@
+"""
+The CIFAR-10 trainer end to end, on synthetic data in the real on-disk format: what a run produces,
+that it learns, that it is reproducible, and that an interrupted run resumes to exactly the same result.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic_main import run_trainer, tiny_args, write_data
+
+from experiments.checkpoint import load_checkpoint
+from experiments.recipes import StepSchedule, WarmupCosineSchedule
+
+# Values that measure the machine rather than the run; everything else must match exactly.
+TIMING_KEYS = {"wall_time_s", "train_time_s", "train_images_per_s", "run_dir", "resumed_from"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_data(tmp_path_factory.mktemp("cifar"))
+
+
+def train(data_dir: Path, logs: Path, *extra: str, epochs: int = 2) -> tuple[int, dict, Path]:
+    """Run the trainer in-process; returns (exit status, results.json, run folder)."""
+    results = logs.parent / f"results-{len(list(logs.parent.glob('results-*')))}.json"
+    status = run_trainer(tiny_args(data_dir, logs, "--results", str(results), *extra, epochs=epochs))
+    if not results.exists():
+        return status, {}, Path()
+    value = json.loads(results.read_text())
+    return status, value, Path(value["run_dir"])
+
+
+def comparable(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in TIMING_KEYS}
+
+
+def epoch_metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "train_images_per_s"} for line in lines]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    state_a, state_b = load_checkpoint(a), load_checkpoint(b)
+    assert state_a["model"].keys() == state_b["model"].keys()
+    for name in state_a["model"]:
+        assert torch.equal(state_a["model"][name], state_b["model"][name]), name
+    momentum_a = [s["momentum_buffer"] for s in state_a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in state_b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """An uninterrupted two-epoch run that the other tests compare against."""
+    status, results, run_dir = train(data_dir, tmp_path_factory.mktemp("reference") / "logs")
+    assert status == 0
+    return results, run_dir
+
+
+def test_a_run_leaves_results_metrics_and_a_weights_only_checkpoint(reference: tuple[dict, Path]) -> None:
+    results, run_dir = reference
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epochs", "wall_time_s",
+                "train_images_per_s", "device", "model", "parameters"):
+        assert results[key] is not None, key
+    assert results["epochs"] == 2 and results["steps"] == 10
+    assert results["device"].startswith("cpu") and results["model"] == "custom"
+    assert json.loads((run_dir / "results.json").read_text()) == results
+    assert [m["epoch"] for m in epoch_metrics(run_dir)] == [1, 2]
+    assert (run_dir / "configs.yaml").exists()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["position"] == {"step": 10, "epoch": 2, "batch": 0}
+
+
+def test_the_script_runs_end_to_end_and_prints_test_accuracy_last(data_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from synthetic_main import SCRIPT
+    process = subprocess.run([sys.executable, str(SCRIPT), *tiny_args(data_dir, tmp_path / "logs")],
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-2000:]
+    last_line = process.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"test accuracy: [01]\.\d{4}", last_line)
+    (run_dir,) = (tmp_path / "logs" / "cifar10").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert last_line == f"test accuracy: {results['test_accuracy']:.4f}"
+    assert results["epochs"] == 1
+    load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def test_separable_classes_are_learned_well_above_chance(data_dir: Path, tmp_path: Path) -> None:
+    status, results, _ = train(data_dir, tmp_path / "logs", "--batch-size", "16", "--lr", "0.05", epochs=3)
+    assert status == 0
+    # Ten classes: chance is 0.1.
+    assert results["test_accuracy"] > 0.5
+    assert results["train_accuracy"] > 0.5
+
+
+def test_the_same_seed_twice_gives_identical_metrics_and_weights(reference: tuple[dict, Path], data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    status, results, run_dir = train(data_dir, tmp_path / "logs")
+    assert status == 0
+    assert comparable(results) == comparable(reference[0])
+    assert epoch_metrics(run_dir) == epoch_metrics(reference[1])
+    assert_same_weights(run_dir / "checkpoints" / "last.pt", reference[1] / "checkpoints" / "last.pt")
+
+
+def test_another_seed_gives_other_weights(reference: tuple[dict, Path], data_dir: Path,
+                                          tmp_path: Path) -> None:
+    status, results, _ = train(data_dir, tmp_path / "logs", "--seed", "6")
+    assert status == 0
+    assert results["weights_sha256"] != reference[0]["weights_sha256"]
+
+
+def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(reference: tuple[dict, Path], data_dir: Path,
+                                                            tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    # Step 7 is batch 2 of the second epoch: the resumed epoch must pick up the partial sums too.
+    status = run_trainer(tiny_args(data_dir, logs, "--stop-after-steps", "7", epochs=2))
+    assert status == 0
+    (stopped,) = (logs / "cifar10").iterdir()
+    position = load_checkpoint(stopped / "checkpoints" / "last.pt")["position"]
+    assert position == {"step": 7, "epoch": 1, "batch": 2}
+    before = {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()}
+
+    results_path = tmp_path / "resumed.json"
+    status = run_trainer(["--logs-dir", str(logs), "--resume", stopped.name, "--results", str(results_path)])
+    assert status == 0
+    results = json.loads(results_path.read_text())
+    assert comparable(results) == comparable(reference[0])
+    resumed = Path(results["run_dir"])
+    assert resumed != stopped
+    assert epoch_metrics(resumed) == epoch_metrics(reference[1])
+    assert_same_weights(resumed / "checkpoints" / "last.pt", reference[1] / "checkpoints" / "last.pt")
+    # The interrupted run's folder is left exactly as it was.
+    assert {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()} == before
+
+
+def test_eval_measures_a_checkpoint_on_the_test_set(reference: tuple[dict, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    results_path = tmp_path / "eval.json"
+    checkpoint = reference[1] / "checkpoints" / "last.pt"
+    assert run_trainer(["--eval", str(checkpoint), "--results", str(results_path)]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line == f"test accuracy: {reference[0]['test_accuracy']:.4f}"
+    assert json.loads(results_path.read_text())["test_accuracy"] == reference[0]["test_accuracy"]
+
+
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
+        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Epoch 1 trains at 1e3 x 1e-6 (the warm-up factor); at step 5 the rate jumps to 1e3 and diverges.
+    logs = tmp_path / "logs"
+    status = run_trainer(tiny_args(data_dir, logs, "--lr", "1e3", "lr_warmup_steps=5",
+                                   "lr_warmup_factor=1e-6", epochs=3))
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    step = int(re.search(r"non-finite .* (?:at|after) step (\d+)", error).group(1))
+    assert step >= 5 and "--lr" in error and "last good checkpoint" in error
+    (run_dir,) = (logs / "cifar10").iterdir()
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["position"]["step"] <= step
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (run_dir / "results.json").exists()
+
+
+def test_the_resnet110_warm_up_goes_back_to_the_full_rate() -> None:
+    schedule = StepSchedule([32_000, 48_000], 0.1, warmup_steps=400, warmup_factor=0.1)
+    assert [schedule(s) for s in (0, 399)] == [0.1, 0.1]
+    assert schedule(400) == 1.0 and schedule(31_999) == 1.0
+    assert schedule(32_000) == pytest.approx(0.1) and schedule(48_000) == pytest.approx(0.01)
+
+
+def test_the_trainer_applies_the_warm_up_then_the_base_rate(data_dir: Path, tmp_path: Path) -> None:
+    status, results, run_dir = train(data_dir, tmp_path / "logs", "lr_warmup_steps=3", epochs=1)
+    assert status == 0
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    # After 5 steps with a 3-step warm-up the rate is back at 0.1, not stuck at 0.01.
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1)
+    assert epoch_metrics(run_dir)[0]["lr"] == pytest.approx(0.1)
+
+
+def test_cosine_schedule_warms_up_linearly_and_ends_at_zero() -> None:
+    schedule = WarmupCosineSchedule(total_steps=100, warmup_steps=10, warmup_factor=0.1)
+    assert schedule(0) == pytest.approx(0.1) and schedule(5) == pytest.approx(0.55)
+    assert schedule(10) == pytest.approx(1.0) and schedule(100) == pytest.approx(0.0)
+
+
+def test_the_fast_recipe_runs_on_cpu_without_bf16(data_dir: Path, tmp_path: Path) -> None:
+    status, results, run_dir = train(data_dir, tmp_path / "logs", "--recipe", "fast", epochs=1)
+    assert status == 0
+    # bf16 stays off on a CPU; the --batch-size flag beats the recipe's 512.
+    assert results["recipe"] == "fast" and results["amp"] == "none" and results["batch_size"] == 64
+    configs = (run_dir / "configs.yaml").read_text()
+    assert "warmup_cosine" in configs and "label_smoothing" in configs
+
+
+def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(data_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    status, results, run_dir = train(data_dir, tmp_path / "logs", "--valid-split", "64", epochs=1)
+    assert status == 0
+    assert results["valid_accuracy"] is not None and results["test_accuracy"] is not None
+    (metrics,) = epoch_metrics(run_dir)
+    assert "valid_accuracy" in metrics and "test_accuracy" not in metrics
