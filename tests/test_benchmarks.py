@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import data_pipeline, model_speed
+from benchmarks import data_pipeline, model_speed, trainer_overhead
 
 NUMBER = r"\d+(\.\d+)?"
 
@@ -89,3 +89,27 @@ def test_data_pipeline_prints_supply_demand_and_the_loader_ratios(capsys):
 def test_data_pipeline_rejects_more_batch_than_images():
     with pytest.raises(SystemExit, match="--images"):
         data_pipeline.main(["--images", "8", "--batch-size", "16"])
+
+
+def test_trainer_overhead_prints_both_loops_and_the_overhead(capsys):
+    overhead = trainer_overhead.main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.startswith("machine: CPU ")
+    for loop in ("labml trainer (Trainer.train_epoch)", "bare PyTorch loop"):
+        assert re.search(rf"^\| {re.escape(loop)} +\| {NUMBER} +\| {NUMBER} +\| \d+% +\|$", out, re.MULTILINE)
+    assert re.search(rf"^ratio trainer/bare epoch time: {NUMBER}$", out, re.MULTILINE)
+    assert f"overhead: {overhead:+.2%} (target: at most +3%)" in out
+
+
+def test_both_loops_of_the_overhead_benchmark_do_the_same_arithmetic():
+    """Same start, same batches, same optimizer: one epoch of each must end at the same weights."""
+    trainer = trainer_overhead.build_trainer({"model": "resnet20", "batch_size": 16,
+                                              "device.use_cuda": False},
+                                             trainer_overhead.synthetic_dataset(32, 16, seed=0))
+    bare = trainer_overhead.BareEpoch(trainer, [0])
+    trainer_overhead.trainer_epoch(trainer, [0])()
+    bare()
+    assert trainer.step == 2
+    for (name, ours), theirs in zip(trainer.model.state_dict().items(), bare.model.state_dict().values(),
+                                    strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
