@@ -1,0 +1,148 @@
+"""
+The trainer's command line: every setting is checked against the configuration's types, options and
+ranges before any data is read or any folder is created, and a mistake exits with status 2 and a usage
+message that says what was expected.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from labml_helpers.device import DeviceConfigs
+from synthetic_main import run_trainer
+
+from experiments import cli
+from experiments.cifar10 import NESTED_CONFIGS, Configs, SGDConfigs
+from experiments.recipes import RECIPES
+
+
+def parse(*argv: str, world_size: int = 1) -> dict:
+    invocation = cli.parse(list(argv), Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world_size=world_size)
+    return invocation.overrides
+
+
+BAD_COMMAND_LINES = [
+    (["--epochs", "-1"], "epochs"),
+    (["--epochs", "0"], "epochs"),
+    (["epochs=abc"], "epochs"),
+    (["epochs=1.5"], "epochs"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--lr", "-0.1"], "learning_rate"),
+    (["--model", "resnet21"], "resnet20"),
+    (["model=resnt20"], "resnet20"),
+    (["optimiser.learning_rate=0.1"], "optimizer.learning_rate"),
+    (["optimizer.learning_rat=0.1"], "optimizer.learning_rate"),
+    (["epoch=3"], "epochs"),
+    (["unknown_setting=1"], "unknown"),
+    (["epochs"], "key=value"),
+    (["dataset=mine"], "unknown"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:x"], "--device"),
+    (["n_blocks=[1,0,1]"], "n_blocks"),
+    (["n_blocks=abc"], "n_blocks"),
+    (["model=custom", "n_blocks=[1,1]"], "custom model"),
+    (["num_classes=5"], "num_classes"),
+    (["label_smoothing=1.5"], "label_smoothing"),
+    (["shortcut=D"], "shortcut"),
+    (["download=maybe"], "download"),
+    (["amp=fp8"], "amp"),
+    (["--amp", "fp8"], "--amp"),
+    (["--recipe", "slow"], "--recipe"),
+    (["--valid-split", "-5"], "valid_split"),
+    (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
+    (["--stop-after-steps", "0"], "--stop-after-steps"),
+    (["--eval", "no/such/checkpoint.pt"], "--eval"),
+]
+
+
+@pytest.mark.parametrize(("argv", "mentions"), BAD_COMMAND_LINES,
+                         ids=[" ".join(argv) for argv, _ in BAD_COMMAND_LINES])
+def test_bad_input_exits_2_with_usage_before_touching_anything(argv: list[str], mentions: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    data_dir, logs_dir = tmp_path / "data", tmp_path / "logs"
+    status = run_trainer(["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), *argv])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and mentions in err
+    assert "Traceback" not in err
+    assert not data_dir.exists() and not logs_dir.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without a GPU")
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--device", "cuda:1"], ["device.use_cuda=true"]])
+def test_asking_for_cuda_without_a_gpu_is_a_usage_error(argv: list[str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert run_trainer(["--logs-dir", str(tmp_path / "logs"), *argv]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_sync_bn_across_cpu_processes_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--device", "cpu", "--sync-bn", "--batch-size", "64", world_size=2)
+    assert exit_info.value.code == 2
+
+
+def test_the_global_batch_must_split_evenly_over_processes() -> None:
+    with pytest.raises(SystemExit):
+        parse("--batch-size", "63", world_size=2)
+
+
+def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--help")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli.build_parser(RECIPES, ["resnet20"])
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in text, flag
+    assert "key=value" in text and "torchrun" in text and "not been measured" in text
+
+
+def test_values_are_converted_to_their_annotated_types() -> None:
+    overrides = parse("optimizer.learning_rate=0.05", "n_blocks=[2,2,2]", "bottlenecks=None",
+                      "download=false",
+                      "iterations=100", "optimizer.nesterov=yes", "model=plain20", "scheduler=warmup_cosine")
+    assert isinstance(overrides["optimizer.learning_rate"], float)
+    assert overrides["optimizer.learning_rate"] == 0.05
+    assert overrides["n_blocks"] == [2, 2, 2] and overrides["bottlenecks"] is None
+    assert overrides["download"] is False and overrides["iterations"] == 100
+    assert overrides["optimizer.nesterov"] is True and overrides["model"] == "plain20"
+
+
+def test_flags_map_onto_configuration_keys() -> None:
+    overrides = parse("--model", "resnet56", "--epochs", "3", "--batch-size", "256", "--lr", "0.2",
+                      "--seed", "1",
+                      "--device", "cpu", "--valid-split", "--channels-last", "--amp", "bf16")
+    assert overrides["model"] == "resnet56" and overrides["batch_size"] == 256
+    # An explicit epoch count replaces the paper's 64k iterations as the length of the run.
+    assert overrides["epochs"] == 3 and overrides["iterations"] == "from_epochs"
+    assert overrides["optimizer.learning_rate"] == 0.2 and overrides["seed"] == 1
+    assert overrides["device.use_cuda"] is False and overrides["valid_split"] == 5000
+    assert overrides["channels_last"] is True and overrides["amp"] == "bf16"
+
+
+def test_the_paper_recipe_is_the_default_and_changes_nothing() -> None:
+    assert parse() == {"recipe": "paper"}
+    c = Configs()
+    assert (c.batch_size, c.iterations, c.lr_milestones) == (128, 64_000, [32_000, 48_000])
+    assert (SGDConfigs.learning_rate, SGDConfigs.momentum, SGDConfigs.weight_decay) != (None, None, None)
+
+
+def test_recipe_values_yield_to_key_values_and_flags() -> None:
+    overrides = parse("--recipe", "fast", "label_smoothing=0.2", "--batch-size", "128", "batch_size=64")
+    assert overrides["scheduler"] == "warmup_cosine" and overrides["optimizer.nesterov"] is True
+    assert overrides["label_smoothing"] == 0.2 and overrides["batch_size"] == 128
+    assert "device.use_cuda" not in overrides
+    assert (overrides.get("amp") == "bf16") == torch.cuda.is_available()
+
+
+def test_a_misspelled_key_gets_a_suggestion(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        parse("optimizer.learning_rat=0.1")
+    assert "did you mean 'optimizer.learning_rate'" in capsys.readouterr().err
+
+
+def test_nested_configuration_classes_are_the_ones_the_trainer_uses() -> None:
+    assert NESTED_CONFIGS == {"optimizer": SGDConfigs, "device": DeviceConfigs}
