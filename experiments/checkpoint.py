@@ -23,7 +23,6 @@ file and what to do.
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +91,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
         raise CheckpointError(f"{path} is not a checkpoint of this trainer: it holds objects or code that "
                               f"a weights-only load refuses to run ({reason[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:
+        # Truncated zips, garbage bytes read as a legacy pickle (KeyError, IndexError, ...): any failure
+        # to parse means the file is not a usable checkpoint.
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); "
                               f"use an earlier checkpoint or start a new run") from None

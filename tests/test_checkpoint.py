@@ -1,0 +1,177 @@
+"""
+Checkpoints: written atomically, loaded without running code, and refused with a one-line reason when
+they are truncated, foreign, malicious or from another network.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic_main import run_trainer, tiny_args, write_data
+
+from experiments import checkpoint as ckpt
+from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
+
+
+def minimal_state(value: float = 1.0) -> dict:
+    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"w": torch.full((3,), value)},
+            "config": {}, "signature": {"model": "m", "num_classes": 10, "shapes": {"w": [3]}},
+            "position": {"step": 0, "epoch": 0, "batch": 0}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint from a one-epoch tiny run."""
+    root = tmp_path_factory.mktemp("trained")
+    data_dir = write_data(root / "data")
+    assert run_trainer(tiny_args(data_dir, root / "logs")) == 0
+    (run_dir,) = (root / "logs" / "cifar10").iterdir()
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, minimal_state(1.0))
+
+    def disk_full(state: dict, f) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(path, minimal_state(2.0))
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_process_killed_mid_write_leaves_the_previous_checkpoint_for_resume(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, minimal_state(1.0))
+    # A child process starts a second write and is killed with SIGKILL half way through it.
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import torch
+from experiments import checkpoint as ckpt
+def dying_save(state, f):
+    f.write(b"PK half of a zip")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+ckpt.torch.save = dying_save
+ckpt.save_checkpoint(ckpt.Path({str(path)!r}), {{"format": "x"}})
+"""
+    process = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert process.returncode == -9
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    # The stray temporary file is never what --resume picks.
+    assert find_checkpoint(str(tmp_path), tmp_path) == path
+
+
+def test_a_truncated_checkpoint_is_refused(trained: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n"])
+def test_a_file_that_is_not_a_checkpoint_is_refused(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "file.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_another_programs_tensor_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_pickle_carrying_code_is_refused_without_running_it(writer: str, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    state = {**minimal_state(), "model": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(state, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(state, f, protocol=2)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_shape_is_refused_naming_the_tensor() -> None:
+    saved = {"model": "custom", "num_classes": 10, "shapes": {"head.weight": [10, 32]}}
+    expected = {"model": "custom", "num_classes": 10, "shapes": {"head.weight": [10, 64]}}
+    with pytest.raises(CheckpointError, match="head.weight"):
+        check_signature(Path("x.pt"), saved, expected)
+
+
+def test_resuming_with_another_preset_is_refused(trained: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(trained), "--model", "resnet20"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("error: ") and "'custom'" in err and "'resnet20'" in err
+    assert "Traceback" not in err
+    # Refused before a run folder was made.
+    assert not (logs / "cifar10").exists()
+
+
+def test_evaluating_with_another_number_of_classes_is_refused(trained: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    assert run_trainer(["--eval", str(trained), "num_classes=12"]) == 1
+    assert "number of classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["truncated", "text", "evil"])
+def test_eval_of_a_bad_file_is_a_one_line_error(make: str, trained: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.pt"
+    marker = tmp_path / "code-ran"
+    if make == "truncated":
+        path.write_bytes(trained.read_bytes()[:1000])
+    elif make == "text":
+        path.write_text("hello\n")
+    else:
+        torch.save({**minimal_state(), "model": _Payload(marker)}, path)
+    assert run_trainer(["--eval", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
+    assert not marker.exists()
+
+
+def test_resume_finds_runs_by_uuid_folder_or_file(trained: Path) -> None:
+    run_dir = trained.parent.parent
+    logs = run_dir.parent.parent
+    assert find_checkpoint(run_dir.name, logs) == trained
+    assert find_checkpoint(str(run_dir), logs) == trained
+    assert find_checkpoint(str(trained), logs) == trained
+    with pytest.raises(CheckpointError, match="no run"):
+        find_checkpoint("0123abcd", logs)
+
+
+def test_every_saved_entry_loads_weights_only(trained: Path) -> None:
+    state = torch.load(trained, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "position", "rng", "config", "signature"} <= state.keys()
+    assert state["config"]["model"] == "custom" and os.fspath(trained).endswith("last.pt")
