@@ -8,6 +8,7 @@ which one unlucky repeat cannot move. The spread printed beside it says how much
 """
 
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -64,6 +65,23 @@ def rate_summary(images: int, seconds: Sequence[float]) -> tuple[float, float]:
     return median, (max(rates) - min(rates)) / median
 
 
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """
+    The median over repeats of `numerator[i] / denominator[i]`. The two times of one repeat were
+    measured back to back, under the same load, so their ratio cancels most of a slow spell that a
+    ratio of two separate medians would keep.
+    """
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def set_threads(threads: int | None) -> None:
+    """`--threads`: leave torch's default (one per core) unless a number is given."""
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def machine_description(device: torch.device) -> str:
     """One line naming what the numbers were measured on, for BENCHMARKS.md."""
     cpu = platform.processor() or platform.machine()
@@ -75,7 +93,7 @@ def machine_description(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    parts = [f"CPU {cpu}", f"{torch.get_num_threads()} torch threads",
+    parts = [f"CPU {cpu}", f"{os.cpu_count()} cores", f"{torch.get_num_threads()} torch threads",
              f"torch {torch.__version__}",
              datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]
     if device.type == "cuda":

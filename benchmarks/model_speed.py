@@ -10,9 +10,10 @@ of our model and of a reference with **the same architecture**, on the same batc
   a deliberately plain option-A CIFAR ResNet written below, the way short CIFAR scripts write it.
 
 Both models of a pair are checked to have the same number of parameters before they are timed. The two
-are measured in alternating repeats and the median images/s is reported with its ratio
-`ours / reference`; a ratio of 1.0 or more means we are not slower. Each pair is measured in the
-variants asked for: plain eager NCHW, `channels_last`, `torch.compile`, and both.
+are measured in alternating repeats; the table gives each side's median images/s and the ratio
+`ours / reference` as the median of the per-repeat ratios (the two runs of a repeat are back to back,
+so they share the machine's load). A ratio of 1.0 or more means we are not slower. Each pair is
+measured in the variants asked for: plain eager NCHW, `channels_last`, `torch.compile`, and both.
 
     python -m benchmarks.model_speed --device cpu --models resnet20,resnet56 --repeats 7
     python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --batch-size 128
@@ -21,6 +22,7 @@ variants asked for: plain eager NCHW, `channels_last`, `torch.compile`, and both
 import argparse
 import math
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -31,7 +33,15 @@ import torchvision
 from torch import nn
 
 import resnet
-from benchmarks.common import alternate, machine_description, parse_device, print_table, rate_summary
+from benchmarks.common import (
+    alternate,
+    machine_description,
+    paired_ratio,
+    parse_device,
+    print_table,
+    rate_summary,
+    set_threads,
+)
 
 # $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18,
@@ -193,21 +203,20 @@ class Result:
     setting: Setting
     ours: float
     reference: float
+    ratio: float
     spread: float
     described: str
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.reference
 
 
 def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, warmup: int) -> list[Result]:
     """Time ours and the reference on `name` in one variant, for each mode, in alternating repeats."""
-    ours, reference, described = build_pair(name)
-    num_classes = ours.head.out_features
-    pair = [prepare(ours, setting), prepare(reference, setting)]
     results = []
     for mode in modes:
+        # Fresh models for every mode, so inference never runs on weights that training steps on random
+        # data have pushed somewhere unusual.
+        ours, reference, described = build_pair(name)
+        num_classes = ours.head.out_features
+        pair = [prepare(ours, setting), prepare(reference, setting)]
         make = train_steps if mode == "train" else infer_steps
         runs = [make(model, setting, num_classes) for model in pair]
         # Warm-up: compilation, cuDNN's algorithm search and the allocator's first requests are paid
@@ -219,8 +228,13 @@ def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, war
         images = setting.batch_size * setting.steps
         ours_rate, ours_spread = rate_summary(images, seconds[0])
         reference_rate, reference_spread = rate_summary(images, seconds[1])
-        results.append(Result(name, setting.variant, mode, setting, ours_rate, reference_rate,
+        # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
+        ratio = paired_ratio(seconds[1], seconds[0])
+        results.append(Result(name, setting.variant, mode, setting, ours_rate, reference_rate, ratio,
                               max(ours_spread, reference_spread), described))
+        # Progress for long runs; the table at the end is on stdout.
+        print(f"  {name} {setting.variant} {mode}: ours {ours_rate:.1f}, reference {reference_rate:.1f} "
+              f"images/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -251,6 +265,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls (of --steps steps) per side")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own choice, one per core)")
     parser.add_argument("--autocast", choices=("none", "bf16"), default="none",
                         help="bf16 autocast around the forward pass (pays on GPUs and bf16-capable CPUs)")
     parser.add_argument("--quick", action="store_true",
@@ -279,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     device = parse_device(args.device)
+    set_threads(args.threads)
     print(f"machine: {machine_description(device)}")
     results: list[Result] = []
     for name in args.models:
@@ -289,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
-          f"autocast {args.autocast}; spread = (max - min) / median of the noisier side")
+          f"autocast {args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
+          f"spread = (max - min) / median of the noisier side")
     print_table(["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
                  "spread", "reference"],
                 [[r.name, r.variant, r.mode, str(r.setting.batch_size), str(r.setting.image_size),
