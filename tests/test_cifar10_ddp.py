@@ -1,0 +1,92 @@
+"""
+Two processes with DistributedDataParallel on CPU (gloo), launched with torchrun as a user would.
+
+The documented expectation: with N ranks and a global batch $b$, every rank draws its own $b/N$ images
+of the step's $b$ (the loader shards the epoch's order like `DistributedSampler`), computes its loss
+with batch-norm statistics of its own images, and DDP averages the gradients. So one step equals a single
+process that averages the losses of the N per-rank batches, each normalised with its own statistics;
+the running batch-norm statistics are rank 0's (DDP broadcasts rank 0's buffers before every forward
+pass). We rebuild exactly that here in one process and compare the weights. (With `--sync-bn` on GPUs
+the statistics span all ranks instead; PyTorch's SyncBatchNorm does not run on CPU, so that case is not
+tested here.)
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from synthetic_main import SCRIPT, tiny_args, write_data
+from torch.func import functional_call
+
+from experiments import data as cifar_data
+from experiments.checkpoint import load_checkpoint
+from experiments.cifar10 import build_model
+from experiments.loader import TensorBatches
+from experiments.recipes import StepSchedule
+
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("ddp")
+    data_dir = write_data(root / "data")
+    results = root / "results.json"
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(SCRIPT),
+               *tiny_args(data_dir, root / "logs", "--results", str(results))]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return data_dir, root / "logs", json.loads(results.read_text())
+
+
+def test_both_ranks_end_with_identical_weights_and_only_rank_0_writes(
+        ddp_run: tuple[Path, Path, dict]) -> None:
+    _, logs, results = ddp_run
+    assert results["world_size"] == 2 and results["ranks_agree"] is True
+    assert results["steps"] == 5 and results["epochs"] == 1
+    (run_dir,) = (logs / "cifar10").iterdir()
+    assert (run_dir / "results.json").exists() and (run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_the_weights_match_one_process_averaging_the_ranks_gradients(ddp_run: tuple[Path, Path, dict],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, logs, _ = ddp_run
+    monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
+    torch.set_num_threads(1)
+    arrays = cifar_data.load_cifar10(data_dir, download=False)
+    # The trainer's defaults: seed 5, global batch 64 split over two ranks, SGD as in the paper.
+    torch.manual_seed(5)
+    model = build_model("custom", num_classes=10, shortcut="preset", n_blocks=[1, 1, 1],
+                        n_channels=[8, 16, 32],
+                        bottlenecks=None, zero_init_residual=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule([32_000, 48_000], 0.1))
+    ranks = [TensorBatches(arrays.train_images, arrays.train_labels, batch_size=32, shuffle=True,
+                           augment=True,
+                           device="cpu", seed=5, mean=cifar_data.CIFAR10_MEAN, std=cifar_data.CIFAR10_STD,
+                           rank=rank, world_size=2) for rank in (0, 1)]
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for (x0, y0), (x1, y1) in zip(ranks[0].epoch(0), ranks[1].epoch(0), strict=True):
+        loss0 = criterion(model(x0), y0)
+        # Rank 1 normalises with its own batch statistics, but its running statistics are discarded.
+        params = dict(model.named_parameters())
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        loss1 = criterion(functional_call(model, {**params, **buffers}, (x1,)), y1)
+        optimizer.zero_grad()
+        ((loss0 + loss1) / 2).backward()
+        optimizer.step()
+        scheduler.step()
+
+    (run_dir,) = (logs / "cifar10").iterdir()
+    trained = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    expected = model.state_dict()
+    assert trained.keys() == expected.keys()
+    for name, tensor in expected.items():
+        # Gradients are summed in another order across processes: equal up to float rounding.
+        assert torch.allclose(trained[name].float(), tensor.float(), rtol=1e-4, atol=1e-5), name
