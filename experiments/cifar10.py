@@ -227,6 +227,10 @@ def _train_valid_loaders(c: Configs) -> tuple:
     d = c.dataset
     if c.valid_split == 0:
         return _batches(c, d.train_images, d.train_labels, train=True), None
+    if c.valid_split >= len(d.train_images):
+        raise cifar_data.DataError(Path(c.data_dir), f"valid_split={c.valid_split} leaves no training images "
+                                   f"(the set has {len(d.train_images)})",
+                                   "hold out fewer, e.g. --valid-split 5000")
     train_x, train_y, valid_x, valid_y = cifar_data.split_validation(d.train_images, d.train_labels,
                                                                      c.valid_split, c.seed)
     return (_batches(c, train_x, train_y, train=True), _batches(c, valid_x, valid_y, train=False))
@@ -587,7 +591,7 @@ class Trainer:
                 tracker.new_line()
                 self._append_metrics(record)
             self.save()
-        if last_test is None or not c.eval_every_epoch and eval_name != "test":
+        if last_test is None:
             last_test = self.evaluate(c.test_loader, "test")
         return self._results(*last_test)
 
