@@ -10,6 +10,14 @@ optimizer step, so all copies hold the same weights after every step.
 Only rank 0 talks to the user: it prints progress, writes the run folder, checkpoints and
 `results.json`. The other ranks compute and stay quiet.
 
+`--batch-size` is the *global* batch: with N processes each takes `batch_size / N` images per step, so
+the recipe does not change with the number of GPUs. What a multi-process step equals, exactly: one
+process that averages the losses of the N per-rank batches, each normalised with batch-norm statistics
+of its own images, keeping rank 0's running statistics (DDP broadcasts rank 0's buffers before every
+forward pass). `tests/test_cifar10_ddp.py` rebuilds that in one process and finds the same weights up to
+float rounding. With `--sync-bn` (GPUs only: PyTorch's `SyncBatchNorm` has no CPU implementation) the
+statistics span all ranks, and N processes × `b/N` images approximate one process with batch `b`.
+
 Decisions that must be the same on every rank (stop because of a signal, stop because the loss went
 non-finite) are made with an all-reduce, so no rank waits forever for a partner that already left.
 """
