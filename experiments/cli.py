@@ -177,7 +177,10 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     recipe = overrides.get("recipe", args.recipe) if args.recipe == "paper" else args.recipe
     if recipe not in recipes:
         parser.error(f"recipe={recipe!r}: must be one of {', '.join(sorted(recipes))}")
-    overrides["recipe"] = recipe
+    if recipe != "paper":
+        # The paper's recipe is the configuration's default; leaving it out lets a resumed run keep the
+        # recipe it was started with.
+        overrides["recipe"] = recipe
     overrides = {**_recipe_overrides(recipes, recipe, overrides), **overrides}
     _check_combinations(parser, overrides, world_size)
 

@@ -204,3 +204,16 @@ def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(data_di
     assert results["valid_accuracy"] is not None and results["test_accuracy"] is not None
     (metrics,) = epoch_metrics(run_dir)
     assert "valid_accuracy" in metrics and "test_accuracy" not in metrics
+
+
+def test_a_resumed_run_keeps_its_recipe_without_repeating_the_flag(data_dir: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, "--recipe", "fast", "--stop-after-steps", "2")) == 0
+    (stopped,) = (logs / "cifar10").iterdir()
+    results_path = tmp_path / "resumed.json"
+    status = run_trainer(["--logs-dir", str(logs), "--resume", str(stopped), "--results", str(results_path)])
+    assert status == 0
+    results = json.loads(results_path.read_text())
+    assert results["recipe"] == "fast" and results["batch_size"] == 64 and results["steps"] == 5
+    configs = (Path(results["run_dir"]) / "configs.yaml").read_text()
+    assert "warmup_cosine" in configs

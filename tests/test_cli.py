@@ -124,7 +124,7 @@ def test_flags_map_onto_configuration_keys() -> None:
 
 
 def test_the_paper_recipe_is_the_default_and_changes_nothing() -> None:
-    assert parse() == {"recipe": "paper"}
+    assert parse() == {}
     c = Configs()
     assert (c.batch_size, c.iterations, c.lr_milestones) == (128, 64_000, [32_000, 48_000])
     assert (SGDConfigs.learning_rate, SGDConfigs.momentum, SGDConfigs.weight_decay) != (None, None, None)
