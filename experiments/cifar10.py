@@ -50,7 +50,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +352,7 @@ class Trainer:
         self.train_loader: TensorBatches = c.train_loader
         self.signature = model_signature(_model_name(overrides), c.num_classes, self.model)
 
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[c.amp]
+        self.amp_dtype = AMP_DTYPES[c.amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if c.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.forward_model = self._wrap_model()
@@ -531,24 +531,13 @@ class Trainer:
             self.train_time_s += time.perf_counter() - start
         self._epoch_train_images = self.train_images - images_before
 
-    @torch.no_grad()
     def evaluate(self, loader: TensorBatches, name: str) -> tuple[float, float]:
-        """Mean loss (without label smoothing) and accuracy over a whole evaluation set."""
-        model = self.forward_model
-        model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        for x, y in monit.iterate(name.capitalize(), loader.epoch(0), total_steps=len(loader)):
+        """Mean loss and accuracy over a whole evaluation set; a stop request aborts it."""
+        def check_stop() -> None:
             if self.stop_signal:
                 raise StopRequested()
-            with self._autocast():
-                logits = model(x).float()
-                if self.c.flip_tta:
-                    logits = (logits + model(x.flip(3)).float()) / 2
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == y).sum()
-        n = loader.images_per_epoch
-        return loss_sum.item() / n, correct.item() / n
+        return evaluate(self.forward_model, loader, name, amp_dtype=self.amp_dtype, flip_tta=self.c.flip_tta,
+                        before_batch=check_stop)
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or until stopped) and return the final metrics."""
@@ -628,6 +617,33 @@ class Trainer:
 
 
 _NO_BAD_STEP = 2 ** 62
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorBatches, name: str, *, amp_dtype: torch.dtype | None,
+             flip_tta: bool, before_batch: Callable[[], None] | None = None) -> tuple[float, float]:
+    """
+    Mean cross-entropy (without label smoothing, so runs with and without it compare) and accuracy of
+    `model` over every image of `loader`. With `flip_tta` the logits of each image and its mirror image
+    are averaged: a free gain, since CIFAR's classes look the same mirrored.
+    """
+    model.eval()
+    device = loader.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in monit.iterate(name.capitalize(), loader.epoch(0), total_steps=len(loader)):
+        if before_batch is not None:
+            before_batch()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
+    n = loader.images_per_epoch
+    return loss_sum.item() / n, correct.item() / n
 
 
 def _model_name(overrides: dict[str, Any]) -> str:
@@ -856,10 +872,7 @@ def _run_evaluation(args: cli.Invocation) -> int:
     model.to(c.device)
     if c.channels_last:
         model.to(memory_format=torch.channels_last)
-    trainer = Trainer.__new__(Trainer)
-    trainer.c, trainer.device, trainer.forward_model, trainer.stop_signal = c, c.device, model, None
-    trainer.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[c.amp]
-    loss, accuracy = trainer.evaluate(c.test_loader, "test")
+    loss, accuracy = evaluate(model, c.test_loader, "test", amp_dtype=AMP_DTYPES[c.amp], flip_tta=c.flip_tta)
     results = {"checkpoint": str(path), "model": expected["model"], "test_loss": loss,
                "test_accuracy": accuracy,
                "device": device_description(c.device), "position": saved["position"]}
