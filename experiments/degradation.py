@@ -1,0 +1,608 @@
+"""
+# The degradation problem: plain networks against residual networks (Figure 6)
+
+```
+python experiments/degradation.py --quick                    # a CIFAR-10 subset, minutes per network
+python experiments/degradation.py                            # the paper's full schedule (GPU hours)
+python experiments/degradation.py --quick --depths 20 32 --out figure6.png
+python experiments/degradation.py --quick --stand-in         # no CIFAR-10 here: a synthetic stand-in
+```
+
+## What the paper observed
+
+Stacking more layers should never make a network *worse on its own training set*: a deeper network
+could copy a shallower one and set its extra layers to the identity. Yet §4.2 and Figure 6 of He et
+al. (2015) show exactly that on CIFAR-10. A 56-layer *plain* network (the same stack of $3 \\times 3$
+convolutions and batch normalisation, without shortcuts) ends with a **higher training error** than a
+20-layer one. This is not overfitting, which would show as lower training error and higher test error;
+it is an optimisation failure, and the paper names it the *degradation problem*. Batch normalisation
+keeps the signals healthy, so vanishing gradients are not the explanation; the solver simply has a hard
+time finding the near-identity mappings that the extra layers would need.
+
+Residual networks ask each block to learn $\\mathcal{F}(x) = \\mathcal{H}(x) - x$ instead of
+$\\mathcal{H}(x)$, so "do nothing" is the easy default of zero weights. With the shortcuts in place the
+order flips back to what one expects: **ResNet-56 has lower training and test error than ResNet-20**.
+
+## What this script does
+
+It trains the four networks (plain and residual, at two depths; `--depths` changes them) with one and
+the same recipe, each as an ordinary run of the trainer [`experiments/cifar10.py`](cifar10.py), so
+every run is a labml experiment with its own run folder. After each epoch the trainer records the
+training error (on the augmented batches of that epoch, as the paper's thin curves are) and the test
+error; this script reads them back from each run's `metrics.jsonl` and draws Figure 6's two panels:
+plain networks on the left, residual ones on the right, training error dashed, test error solid, one
+colour per depth. The numbers go into a JSON file next to the plot and into a table on the console.
+
+The plain networks are the CIFAR presets with `shortcut="none"`; the residual ones keep the paper's
+option A (zero-padding identity shortcuts). Option A adds no parameters, so each plain network and its
+residual twin have exactly the same weights to learn: the shortcuts are the only difference.
+
+## The recipe
+
+Without `--quick`: the paper's §4.2 recipe on all 50,000 training images (batch 128, SGD with momentum
+0.9, weight decay $10^{-4}$, learning rate 0.1 divided by 10 at 32k and 48k iterations, 64k
+iterations). That is four GPU runs of an hour or so each.
+
+With `--quick`: a class-balanced subset (5,000 training and 1,000 test images by default), 20 epochs of
+batch 128, and the same shape of schedule compressed: the learning rate drops by 10 at 50% and 75% of
+the iterations, as 32k and 48k are of 64k. With a different batch the learning rate follows the linear
+scaling rule, $0.1 \\times B / 128$, unless `--lr` says otherwise.
+
+## What the quick mode can and cannot show
+
+It can show the *early* part of Figure 6: whether the deep plain network falls behind the shallow one
+in training error, and whether the residual pair keeps the expected order, after some hundreds of
+iterations rather than 64,000. It cannot reproduce the final numbers (ResNet-56 at 6.97% test error, the
+plain networks' final gap), because it sees a tenth of the data for about one percent of the
+iterations; with so few test images a test error differs from run to run by a point or more; and a
+short schedule favours whatever learns fastest at first, which need not be what ends best. One seed per
+network is one sample: read small gaps as noise.
+
+## When CIFAR-10 is not at hand
+
+`--stand-in` writes a synthetic data set in CIFAR-10's on-disk format into a temporary folder and runs
+the same experiment on it (see [`write_stand_in`](#write_stand_in)): ten classes of noisy stripe
+patterns. Its figure and JSON say so in their titles. It exercises the whole pipeline and asks the same
+optimisation question on a different task; what it says about CIFAR-10 is nothing.
+"""
+
+import argparse
+import json
+import math
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # `python experiments/degradation.py` puts `experiments/` on the path; we need the project root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+import resnet
+from experiments import cifar10
+from experiments import data as cifar_data
+
+# The paper's CIFAR widths (§4.2: 16, 32 and 64 filters in the three stages).
+PAPER_WIDTHS = [16, 32, 64]
+# Figure 6 compares 20 and 56 layers (it also shows 32, 44 and 110).
+DEFAULT_DEPTHS = [20, 56]
+QUICK_TRAIN_IMAGES = 5_000
+QUICK_TEST_IMAGES = 1_000
+QUICK_EPOCHS = 20
+PAPER_BATCH = 128
+PAPER_LR = 0.1
+# The paper drops the rate at 32k and 48k of 64k iterations: at these fractions of the run.
+DROP_FRACTIONS = (0.5, 0.75)
+
+# Stand-in defaults, small enough for a CPU core.
+STAND_IN_TRAIN_IMAGES = 1_280
+STAND_IN_TEST_IMAGES = 500
+
+
+class DegradationError(Exception):
+    """A problem that ends the experiment with a one-line message and exit status 1."""
+
+
+# ## The networks
+
+@dataclass(frozen=True)
+class Network:
+    """One of the compared networks: `plain` (no shortcuts) or `residual` (option A), `depth` layers."""
+    kind: str
+    depth: int
+    widths: tuple[int, ...] = tuple(PAPER_WIDTHS)
+
+    @property
+    def name(self) -> str:
+        return f"{'plain' if self.kind == 'plain' else 'ResNet'}-{self.depth}"
+
+    @property
+    def blocks_per_stage(self) -> int:
+        # §4.2: $6n + 2$ layers, the stem, $2n$ convolutions in each of three stages, and the classifier.
+        return (self.depth - 2) // 6
+
+    def trainer_args(self) -> list[str]:
+        """How the trainer names this network: a preset where one exists, else a `custom` network."""
+        preset = f"plain{self.depth}" if self.kind == "plain" else f"resnet{self.depth}"
+        known = cifar10.PLAIN_NETWORKS if self.kind == "plain" else resnet.PRESETS
+        if list(self.widths) == PAPER_WIDTHS and preset in known:
+            return ["--model", preset]
+        n = self.blocks_per_stage
+        shortcut = "none" if self.kind == "plain" else "A"
+        return ["model=custom", f"n_blocks=[{n},{n},{n}]",
+                f"n_channels=[{','.join(str(w) for w in self.widths)}]", f"shortcut={shortcut}"]
+
+
+def networks_for(depths: list[int], widths: list[int]) -> list[Network]:
+    """Plain networks first (the left panel), then residual ones, each in the order of `depths`."""
+    return [Network(kind, depth, tuple(widths)) for kind in ("plain", "residual") for depth in depths]
+
+
+def check_depth(depth: int) -> None:
+    if depth < 8 or (depth - 2) % 6:
+        raise DegradationError(f"depth {depth} is not a CIFAR network depth: it must be 6n+2 with n >= 1 "
+                               f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
+
+
+# ## The data
+
+@dataclass
+class DataPlan:
+    """Where the images come from, and how many of them a run uses (None: all)."""
+    description: str
+    data_dir: Path | None
+    stand_in: bool
+    train_images: int | None
+    test_images: int | None
+    seed: int
+
+
+def class_balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """
+    Indices of `n` images, as close to `n / 10` per class as the classes allow, in a random order
+    fixed by `seed`. Balance matters on small subsets: a class with a third fewer images would shift the
+    error curves for reasons that have nothing to do with depth.
+    """
+    if n > len(labels):
+        raise DegradationError(f"asked for {n} images but the set holds only {len(labels)}; lower "
+                               f"--train-images/--test-images")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[order]
+    # Rank of each image within its class in the shuffled order; take ranks round-robin over classes.
+    rank = torch.zeros_like(shuffled)
+    for c in shuffled.unique():
+        members = shuffled == c
+        rank[members] = torch.arange(int(members.sum()))
+    take = torch.argsort(rank * 10 + shuffled, stable=True)[:n]
+    return order[take].sort().values
+
+
+def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                       classes: tuple[str, ...], description: str) -> None:
+    """
+    Write images (uint8 `[n, 3, 32, 32]`) and labels in CIFAR-10's on-disk layout under
+    `root/cifar-10-batches-py/`, so the trainer reads them with the same code as the real set. The
+    training images are spread over the five `data_batch_*` files.
+    """
+    folder = root / cifar_data.BATCHES_FOLDER
+    folder.mkdir(parents=True)
+
+    def dump(name: str, images: np.ndarray, labels: np.ndarray, batch_label: str) -> None:
+        entry = {b"batch_label": batch_label.encode(), b"labels": [int(v) for v in labels],
+                 b"data": np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8),
+                 b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(labels))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    images, labels = train
+    parts = np.array_split(np.arange(len(labels)), len(cifar_data.TRAIN_FILES))
+    for i, (name, part) in enumerate(zip(cifar_data.TRAIN_FILES, parts, strict=True)):
+        dump(name, images[part], labels[part], f"{description}: training batch {i + 1} of 5")
+    dump(cifar_data.TEST_FILE, *test, f"{description}: testing batch")
+    with open(folder / cifar_data.META_FILE, "wb") as f:
+        pickle.dump({b"num_cases_per_batch": len(parts[0]), b"num_vis": 3072,
+                     b"label_names": [c.encode() for c in classes]}, f, protocol=2)
+
+
+def write_subset(source: cifar_data.CifarArrays, root: Path, n_train: int | None, n_test: int | None,
+                 seed: int) -> None:
+    """Copy a class-balanced subset of an already loaded (and checked) CIFAR-10 into `root`."""
+    def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int) -> tuple:
+        index = torch.arange(len(labels)) if n is None else class_balanced_subset(labels, n, seed)
+        return images[index].numpy(), labels[index].numpy()
+
+    write_cifar_folder(root, pick(source.train_images, source.train_labels, n_train, seed),
+                       pick(source.test_images, source.test_labels, n_test, seed + 1),
+                       source.classes, "CIFAR-10 subset")
+
+
+STAND_IN_CLASSES = tuple(f"{axis} stripes, {cycles} cycles" for axis in ("vertical", "horizontal")
+                         for cycles in (2, 3, 4, 5, 6))
+
+
+def stand_in_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    `n` stand-in images (uint8 `[n, 3, 32, 32]`) and labels, balanced over the ten classes.
+
+    Class $k$ is a sinusoidal stripe pattern: vertical stripes for classes 0–4 and horizontal ones for
+    5–9, with 2, 3, 4, 5 or 6 periods across the image. Each image gets its own random phase, contrast
+    (amplitude 20–50 grey levels) and flat background colour, plus Gaussian pixel noise (σ = 40), so
+    neither colour nor a single pixel tells the class: a network has to pick up frequency and
+    orientation, which survive the trainer's crops and horizontal flips. Nothing was tuned to favour
+    plain or residual networks; the numbers were fixed before the first run.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 10)
+    cycles = np.array([2, 3, 4, 5, 6])[labels % 5].astype(np.float64)
+    vertical = labels < 5
+    position = np.arange(32, dtype=np.float64) / 32
+    phase = rng.uniform(0, 2 * math.pi, size=n)
+    wave = np.sin(2 * math.pi * cycles[:, None] * position[None, :] + phase[:, None])  # [n, 32]
+    pattern = np.where(vertical[:, None, None], wave[:, None, :], wave[:, :, None])     # [n, 32, 32]
+    amplitude = rng.uniform(20, 50, size=(n, 1, 1, 1))
+    background = rng.uniform(60, 196, size=(n, 3, 1, 1))
+    noise = rng.normal(0, 40, size=(n, 3, 32, 32))
+    images = background + amplitude * pattern[:, None] + noise
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def write_stand_in(root: Path, n_train: int, n_test: int, seed: int) -> None:
+    """The stand-in set in CIFAR-10's layout under `root` (training and test images from different seeds)."""
+    write_cifar_folder(root, stand_in_images(n_train, seed), stand_in_images(n_test, seed + 10_000),
+                       STAND_IN_CLASSES, "synthetic stand-in (stripes), not CIFAR-10")
+
+
+@contextmanager
+def prepared_data(plan: DataPlan, download: bool) -> Iterator[Path]:
+    """
+    A data folder the trainer can read, kept for as long as the experiment runs.
+
+    The full set is used in place. A subset or the stand-in is written to a temporary folder, because
+    the trainer has no subset setting of its own; the user's data folder is only read. The official md5
+    sums cannot match such derived files, so the check is switched off while the trainer reads them; the
+    subset's source files were read with the check on.
+    """
+    if not plan.stand_in and plan.train_images is None and plan.test_images is None:
+        assert plan.data_dir is not None
+        yield plan.data_dir
+        return
+    source = None
+    if not plan.stand_in:
+        assert plan.data_dir is not None
+        source = cifar_data.load_cifar10(plan.data_dir, download=download)
+    with tempfile.TemporaryDirectory(prefix="degradation-data-") as tmp:
+        root = Path(tmp)
+        if source is None:
+            write_stand_in(root, plan.train_images or STAND_IN_TRAIN_IMAGES,
+                           plan.test_images or STAND_IN_TEST_IMAGES, plan.seed)
+        else:
+            write_subset(source, root, plan.train_images, plan.test_images, plan.seed)
+        verify = cifar_data.VERIFY_CHECKSUMS
+        cifar_data.VERIFY_CHECKSUMS = False
+        try:
+            yield root
+        finally:
+            cifar_data.VERIFY_CHECKSUMS = verify
+
+
+# ## Running the trainer
+
+@dataclass
+class Curve:
+    """What one network's run recorded: per-epoch errors (fractions, not percent) and where it lives."""
+    network: str
+    kind: str
+    depth: int
+    epochs: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    train_error: list[float] = field(default_factory=list)
+    test_error: list[float] = field(default_factory=list)
+    parameters: int = 0
+    run_dir: str = ""
+    wall_time_s: float = 0.0
+    device: str = ""
+
+
+@dataclass
+class Schedule:
+    """The one recipe every network gets."""
+    epochs: int | None
+    batch_size: int
+    learning_rate: float
+    lr_milestones: list[int] | None
+    steps_per_epoch: int | None
+
+    def trainer_args(self) -> list[str]:
+        args = ["--batch-size", str(self.batch_size), "--lr", repr(self.learning_rate)]
+        if self.epochs is not None:
+            args += ["--epochs", str(self.epochs)]
+        if self.lr_milestones is not None:
+            args.append(f"lr_milestones=[{','.join(str(m) for m in self.lr_milestones)}]")
+        return args
+
+
+def make_schedule(epochs: int | None, batch_size: int, learning_rate: float | None,
+                  train_images: int | None) -> Schedule:
+    """
+    The paper's schedule, compressed to `epochs` when given: drops at 50% and 75% of the iterations.
+    Without `epochs` the trainer's defaults (64k iterations, drops at 32k and 48k) apply unchanged.
+    """
+    lr = learning_rate if learning_rate is not None else PAPER_LR * batch_size / PAPER_BATCH
+    if epochs is None:
+        return Schedule(None, batch_size, lr, None, None)
+    # The trainer keeps the last, smaller batch of an epoch (no drop_last), so an epoch is a ceiling.
+    n = train_images if train_images is not None else 50_000
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    milestones = [max(1, round(total * f)) for f in DROP_FRACTIONS]
+    return Schedule(epochs, batch_size, lr, milestones, steps_per_epoch)
+
+
+def read_curve(network: Network, results: dict[str, Any]) -> Curve:
+    """Per-epoch errors from the run folder's `metrics.jsonl` (one line per epoch, written by the trainer)."""
+    run_dir = Path(results["run_dir"])
+    curve = Curve(network.name, network.kind, network.depth, parameters=int(results["parameters"]),
+                  run_dir=str(run_dir), wall_time_s=float(results["wall_time_s"]),
+                  device=str(results["device"]))
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "test_accuracy" not in record:
+            raise DegradationError(f"{run_dir / 'metrics.jsonl'} has an epoch without a test error; the "
+                                   f"runs must evaluate on the test set every epoch")
+        curve.epochs.append(int(record["epoch"]))
+        curve.steps.append(int(record["step"]))
+        curve.train_error.append(1.0 - float(record["train_accuracy"]))
+        curve.test_error.append(1.0 - float(record["test_accuracy"]))
+    return curve
+
+
+def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, device: str,
+          logs_dir: Path | None, download: bool) -> Curve:
+    """One ordinary trainer run (its own labml experiment and run folder); returns its curve."""
+    with tempfile.TemporaryDirectory(prefix="degradation-results-") as tmp:
+        results_path = Path(tmp) / "results.json"
+        # Figure 6 plots test error every epoch, so every epoch is evaluated on the test set.
+        argv = ["--data-dir", str(data_dir), "--device", device, "--seed", str(seed),
+                "--results", str(results_path), "eval_every_epoch=True", "valid_split=0",
+                *network.trainer_args(), *schedule.trainer_args()]
+        if not download:
+            argv.append("--no-download")
+        if logs_dir is not None:
+            argv += ["--logs-dir", str(logs_dir)]
+        print(f"\n=== {network.name}: experiments/cifar10.py {' '.join(argv)}", flush=True)
+        status = cifar10.main(argv)
+        if status != 0:
+            raise DegradationError(f"the trainer stopped with status {status} while training {network.name} "
+                                   f"(its message is above); the runs finished so far are in their folders")
+        results = json.loads(results_path.read_text())
+    return read_curve(network, results)
+
+
+# ## The figure
+
+# One colour per depth, the same in both panels, so a depth is easy to follow across them.
+COLOURS = ["tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown"]
+
+
+def build_figure(curves: list[Curve], title: str, *, x_axis: str = "epochs") -> Any:
+    """
+    Figure 6's layout: plain networks on the left, residual networks on the right, error in percent,
+    training error dashed and test error solid, one colour per depth. Returns the matplotlib figure.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    depths = sorted({c.depth for c in curves})
+    colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, kind, label in zip(axes, ("plain", "residual"), ("plain networks", "residual networks"),
+                               strict=True):
+        for curve in (c for c in curves if c.kind == kind):
+            x = curve.epochs if x_axis == "epochs" else curve.steps
+            ax.plot(x, [100 * e for e in curve.train_error], linestyle="--", linewidth=1.2,
+                    color=colour[curve.depth], label=f"{curve.network} train")
+            ax.plot(x, [100 * e for e in curve.test_error], linestyle="-", linewidth=2,
+                    color=colour[curve.depth], label=f"{curve.network} test")
+        ax.set_title(label)
+        ax.set_xlabel("epoch" if x_axis == "epochs" else "iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    axes[0].set_ylim(bottom=0)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Write the PNG through a temporary name, so an interrupted run never leaves half an image."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def summary_table(curves: list[Curve]) -> str:
+    lines = [f"{'network':<12} {'params':>9} {'epochs':>6} {'train err %':>11} {'test err %':>10} "
+             f"{'minutes':>8}"]
+    for c in curves:
+        lines.append(f"{c.network:<12} {c.parameters:>9,} {len(c.epochs):>6} "
+                     f"{100 * c.train_error[-1]:>11.2f} {100 * c.test_error[-1]:>10.2f} "
+                     f"{c.wall_time_s / 60:>8.1f}")
+    return "\n".join(lines)
+
+
+# ## The command line
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="experiments/degradation.py",
+        description="Figure 6 of He et al. (2015): train plain and residual CIFAR networks of two depths "
+                    "with one recipe (each an ordinary experiments/cifar10.py run, tracked by labml) and "
+                    "plot their training error (dashed) and test error (solid) per epoch.",
+        epilog="--quick: a class-balanced subset (5,000 train / 1,000 test images), 20 epochs, the paper's "
+               "step schedule compressed (drops at 50%% and 75%% of the iterations). It shows the early "
+               "trend only, not the paper's final numbers. Without --quick: the paper's full recipe.")
+    parser.add_argument("--quick", action="store_true", help="a subset and a short schedule (see below)")
+    parser.add_argument("--depths", type=int, nargs="+", default=DEFAULT_DEPTHS, metavar="D",
+                        help="network depths, each 6n+2 (default: 20 56)")
+    parser.add_argument("--widths", type=int, nargs=3, default=PAPER_WIDTHS, metavar="W",
+                        help="filters in the three stages (default: the paper's 16 32 64)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="folder with CIFAR-10 (cifar-10-batches-py/ or the .tar.gz); default: labml's "
+                             "data folder")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="no CIFAR-10: use a synthetic stripe-pattern set in CIFAR-10's format (written "
+                             "to a temporary folder; the figure says so)")
+    parser.add_argument("--out", type=Path, metavar="PNG",
+                        help="plot path; the numbers go next to it as .json (default: degradation.png, or "
+                             "degradation_quick.png with --quick)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing plot and JSON")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="epochs per network (default: 20 with --quick, else the paper's 64k iterations)")
+    parser.add_argument("--batch-size", type=int, default=PAPER_BATCH, metavar="N", help="default 128")
+    parser.add_argument("--lr", type=float, metavar="LR",
+                        help="learning rate (default: 0.1 x batch/128, the paper's 0.1 at batch 128)")
+    parser.add_argument("--train-images", type=int, metavar="N",
+                        help=f"training subset size (default: {QUICK_TRAIN_IMAGES} with --quick, else all)")
+    parser.add_argument("--test-images", type=int, metavar="N",
+                        help=f"test subset size (default: {QUICK_TEST_IMAGES} with --quick, else all)")
+    parser.add_argument("--seed", type=int, default=5, help="seed for every run and for the subset")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for PyTorch (on a busy machine 1 can be much faster than several)")
+    parser.add_argument("--logs-dir", type=Path, metavar="DIR",
+                        help="where the trainer's run folders go (default: labml's logs folder)")
+    parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    parser.add_argument("--x-axis", choices=("epochs", "iterations"), default="epochs",
+                        help="what the plot's x axis counts")
+    return parser
+
+
+@dataclass
+class Plan:
+    networks: list[Network]
+    data: DataPlan
+    schedule: Schedule
+    out: Path
+    json_out: Path
+    title: str
+
+
+def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan:
+    """Check every argument and decide everything before any data is read or any run starts."""
+    try:
+        for depth in args.depths:
+            check_depth(depth)
+    except DegradationError as e:
+        parser.error(str(e))
+    if len(set(args.depths)) != len(args.depths):
+        parser.error(f"--depths {' '.join(map(str, args.depths))}: each depth once, please")
+    if any(w < 1 for w in args.widths):
+        parser.error("--widths must be three positive integers, e.g. 16 32 64")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--train-images", args.train_images), ("--test-images", args.test_images),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.stand_in and args.data_dir is not None:
+        parser.error("--stand-in writes its own data; leave out --data-dir")
+
+    quick = args.quick
+    train_images = args.train_images or (QUICK_TRAIN_IMAGES if quick else None)
+    test_images = args.test_images or (QUICK_TEST_IMAGES if quick else None)
+    if args.stand_in:
+        train_images = args.train_images or STAND_IN_TRAIN_IMAGES
+        test_images = args.test_images or STAND_IN_TEST_IMAGES
+    epochs = args.epochs or (QUICK_EPOCHS if quick or args.stand_in else None)
+    data_dir = None if args.stand_in else (args.data_dir or cifar_data.default_data_dir())
+    if args.stand_in:
+        description = (f"synthetic stand-in (stripe patterns), NOT CIFAR-10: {train_images} train / "
+                       f"{test_images} test images")
+    elif train_images is None and test_images is None:
+        description = "CIFAR-10, all 50,000 train / 10,000 test images"
+    else:
+        description = (f"CIFAR-10 subset: {train_images or 'all'} train / {test_images or 'all'} test "
+                       f"images (class-balanced, seed {args.seed})")
+    schedule = make_schedule(epochs, args.batch_size, args.lr, train_images)
+
+    out = args.out or Path("degradation_quick.png" if quick else "degradation.png")
+    if out.suffix.lower() != ".png":
+        parser.error(f"--out {out}: the plot is a PNG, give a path ending in .png")
+    json_out = out.with_suffix(".json")
+    for path in (out, json_out):
+        if path.exists() and not args.overwrite:
+            parser.error(f"{path} exists; pass --overwrite to replace it or choose another --out")
+    if not out.parent.exists():
+        parser.error(f"--out {out}: the folder {out.parent} does not exist")
+
+    length = f"{epochs} epochs" if epochs else "64k iterations"
+    title = (f"{'Synthetic stand-in, not CIFAR-10' if args.stand_in else 'CIFAR-10'}"
+             f"{' (quick mode)' if quick else ''}: {description.split(': ', 1)[-1]}, {length}, "
+             f"batch {schedule.batch_size}, lr {schedule.learning_rate:g}\n"
+             f"dashed: training error, solid: test error")
+    return Plan(networks_for(args.depths, args.widths),
+                DataPlan(description, data_dir, args.stand_in, train_images, test_images, args.seed),
+                schedule, out, json_out, title)
+
+
+def run(plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool) -> list[Curve]:
+    curves = []
+    with prepared_data(plan.data, download) as data_dir:
+        for network in plan.networks:
+            curves.append(train(network, data_dir, plan.schedule, seed=seed, device=device,
+                                logs_dir=logs_dir, download=download))
+    return curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, train the networks one after another, write the plot and the JSON; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    plan = plan_from_args(args, parser)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    try:
+        curves = run(plan, seed=args.seed, device=args.device, logs_dir=args.logs_dir,
+                     download=not args.no_download)
+    except (DegradationError, cifar_data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        torch.set_num_threads(threads)
+    figure = build_figure(curves, plan.title, x_axis=args.x_axis)
+    save_figure(figure, plan.out)
+    summary = {
+        "title": plan.title, "data": plan.data.description, "quick": args.quick,
+        "schedule": asdict(plan.schedule), "seed": args.seed, "threads": args.threads,
+        "total_wall_time_s": time.perf_counter() - started,
+        "networks": [asdict(c) for c in curves],
+    }
+    cifar10.write_json(plan.json_out, summary)
+    print("\n" + plan.data.description)
+    print(summary_table(curves))
+    print(f"plot: {plan.out}\nnumbers: {plan.json_out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""
+The degradation experiment (`experiments/degradation.py`) end to end on tiny synthetic CIFAR-10.
+
+The real networks and the real data set are far too slow for CI, so the end-to-end test trains 8- and
+14-layer networks with narrow stages for two epochs on 40 images. What it checks is the plumbing the
+figure depends on: four ordinary trainer runs, their per-epoch errors read back from the run folders,
+a JSON with every series at the right length, and a PNG in Figure 6's layout.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cifar_synthetic import write_synthetic_cifar10
+
+from experiments import data as cifar_data
+from experiments import degradation
+
+TINY = ["--depths", "8", "14", "--widths", "4", "8", "16", "--epochs", "2", "--batch-size", "16",
+        "--train-images", "40", "--test-images", "20", "--device", "cpu", "--threads", "1", "--no-download"]
+
+
+@pytest.fixture
+def synthetic_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small synthetic CIFAR-10 in the official layout; its files cannot match the official md5 sums."""
+    monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
+    root = tmp_path / "cifar"
+    write_synthetic_cifar10(root, n_per_train_batch=16, n_test=20, separable=True)
+    return root
+
+
+def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figure" / "degradation.png"
+    out.parent.mkdir()
+    status = degradation.main(["--quick", "--data-dir", str(synthetic_cifar), "--logs-dir",
+                               str(tmp_path / "logs"), "--out", str(out), *TINY])
+    assert status == 0
+
+    summary = json.loads(out.with_suffix(".json").read_text())
+    names = [n["network"] for n in summary["networks"]]
+    assert names == ["plain-8", "plain-14", "ResNet-8", "ResNet-14"]
+    assert summary["data"].startswith("CIFAR-10 subset: 40 train / 20 test")
+    for network in summary["networks"]:
+        assert network["epochs"] == [1, 2]
+        assert len(network["train_error"]) == len(network["test_error"]) == 2
+        assert all(0.0 <= e <= 1.0 for e in network["train_error"] + network["test_error"])
+        # The numbers come from the trainer's own run folder (one labml run per network).
+        metrics = Path(network["run_dir"]) / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert [1 - r["test_accuracy"] for r in records] == pytest.approx(network["test_error"])
+        # 40 images in batches of 16: three steps per epoch.
+        assert network["steps"] == [3, 6]
+    # Plain and residual twins have the same parameters: option A adds none.
+    params = {n["network"]: n["parameters"] for n in summary["networks"]}
+    assert params["plain-8"] == params["ResNet-8"] < params["plain-14"] == params["ResNet-14"]
+
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < out.stat().st_size < 500_000
+    # The derived subset was read with the check off; the switch is back as the caller had it.
+    assert cifar_data.VERIFY_CHECKSUMS is False
+
+
+def test_an_existing_plot_is_never_overwritten_without_asking(synthetic_cifar: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"someone's figure")
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.main(["--quick", "--data-dir", str(synthetic_cifar), "--out", str(out), *TINY])
+    assert exit_info.value.code == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"someone's figure"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--depths", "21", "56"], "6n+2"),
+    (["--depths", "20", "20"], "each depth once"),
+    (["--epochs", "0"], "at least 1"),
+    (["--lr", "-0.1"], "positive"),
+    (["--out", "figure.svg"], "ending in .png"),
+    (["--stand-in", "--data-dir", "somewhere"], "leave out --data-dir"),
+])
+def test_bad_arguments_exit_2_with_the_fix(bad: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    argv = ["--quick", "--out", str(tmp_path / "x.png"), *bad]
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_too_large_a_subset_is_a_one_line_error(synthetic_cifar: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    argv = ["--quick", "--data-dir", str(synthetic_cifar), "--out", str(tmp_path / "x.png"), *TINY,
+            "--train-images", "5000"]
+    assert degradation.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "only 80" in err and "--train-images" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def _curve(kind: str, depth: int) -> degradation.Curve:
+    return degradation.Curve(f"{kind}-{depth}", kind, depth, epochs=[1, 2, 3], steps=[10, 20, 30],
+                             train_error=[0.9, 0.5, 0.3], test_error=[0.9, 0.6, 0.4])
+
+
+def test_figure_has_figure_6s_layout() -> None:
+    curves = [_curve(kind, depth) for kind in ("plain", "residual") for depth in (20, 56)]
+    figure = degradation.build_figure(curves, "title")
+    plain, residual = figure.axes
+    for ax, kind in ((plain, "plain"), (residual, "residual")):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {f"{kind}-{d} {s}" for d in (20, 56) for s in ("train", "test")}
+        for depth in (20, 56):
+            train, test = lines[f"{kind}-{depth} train"], lines[f"{kind}-{depth} test"]
+            assert train.get_linestyle() == "--" and test.get_linestyle() == "-"
+            assert train.get_color() == test.get_color()
+            # Error in percent.
+            assert list(test.get_ydata()) == pytest.approx([90, 60, 40])
+    colour = {line.get_label(): line.get_color() for ax in figure.axes for line in ax.get_lines()}
+    # One colour per depth, the same in both panels; different depths differ.
+    assert colour["plain-20 test"] == colour["residual-20 test"] != colour["plain-56 test"]
+
+
+def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> None:
+    assert degradation.Network("plain", 56).trainer_args() == ["--model", "plain56"]
+    assert degradation.Network("residual", 20).trainer_args() == ["--model", "resnet20"]
+    assert degradation.Network("plain", 8, (4, 8, 16)).trainer_args() == [
+        "model=custom", "n_blocks=[1,1,1]", "n_channels=[4,8,16]", "shortcut=none"]
+    assert degradation.Network("residual", 14).trainer_args()[-1] == "shortcut=A"
+
+
+def test_quick_schedule_compresses_the_papers_drops_to_half_and_three_quarters() -> None:
+    schedule = degradation.make_schedule(20, 128, None, 5_000)
+    assert schedule.steps_per_epoch == 40
+    assert schedule.lr_milestones == [400, 600]
+    assert schedule.learning_rate == pytest.approx(0.1)
+    # Linear scaling: a quarter of the batch, a quarter of the rate.
+    assert degradation.make_schedule(20, 32, None, 5_000).learning_rate == pytest.approx(0.025)
+    # Without a length the trainer's 64k-iteration schedule applies unchanged.
+    assert degradation.make_schedule(None, 128, None, None).trainer_args() == ["--batch-size", "128",
+                                                                               "--lr", "0.1"]
+
+
+def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
+    labels = torch.arange(1_000) % 10
+    labels[:300] = 3  # an unbalanced source
+    index = degradation.class_balanced_subset(labels, 50, seed=1)
+    assert len(set(index.tolist())) == 50
+    assert torch.bincount(labels[index], minlength=10).tolist() == [5] * 10
+    assert torch.equal(index, degradation.class_balanced_subset(labels, 50, seed=1))
+    assert not torch.equal(index, degradation.class_balanced_subset(labels, 50, seed=2))
+
+
+def test_stand_in_is_balanced_reproducible_and_not_separable_by_colour() -> None:
+    images, labels = degradation.stand_in_images(1_000, seed=0)
+    assert images.shape == (1_000, 3, 32, 32) and images.dtype.name == "uint8"
+    assert torch.bincount(torch.from_numpy(labels)).tolist() == [100] * 10
+    again, _ = degradation.stand_in_images(1_000, seed=0)
+    assert (images == again).all()
+    # Colour says nothing about the class: the class means differ by much less than images of one
+    # class differ from each other (the random background colour).
+    colour = torch.from_numpy(images).float().mean(dim=(2, 3))  # [n, 3]
+    labels_t = torch.from_numpy(labels)
+    class_means = torch.stack([colour[labels_t == k].mean(dim=0) for k in range(10)])
+    within = torch.stack([colour[labels_t == k].std(dim=0) for k in range(10)]).mean(dim=0)
+    spread = class_means.max(dim=0).values - class_means.min(dim=0).values
+    assert (spread < 0.5 * within).all()
+
+
+def test_stand_in_data_is_written_in_cifar_format_and_restores_the_checksum_switch() -> None:
+    plan = degradation.DataPlan("stand-in", None, True, 30, 20, seed=0)
+    assert cifar_data.VERIFY_CHECKSUMS is True
+    with degradation.prepared_data(plan, download=False) as root:
+        arrays = cifar_data.load_cifar10(root, download=False)
+        assert arrays.train_images.shape == (30, 3, 32, 32)
+        assert arrays.test_images.shape == (20, 3, 32, 32)
+        assert arrays.classes == degradation.STAND_IN_CLASSES
+    assert cifar_data.VERIFY_CHECKSUMS is True
+    assert not root.exists()
