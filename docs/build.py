@@ -659,7 +659,9 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
-    figures = sorted((DOCS_DIR / "figures").glob("*.svg")) if (DOCS_DIR / "figures").is_dir() else []
+    # Hand-drawn diagrams (SVG) and plots our experiments produce (PNG).
+    figures = sorted(path for path in (DOCS_DIR / "figures").glob("*")
+                     if path.suffix in (".svg", ".png")) if (DOCS_DIR / "figures").is_dir() else []
     for figure in figures:
         (out_dir / "figures").mkdir(exist_ok=True)
         shutil.copyfile(figure, out_dir / "figures" / figure.name)

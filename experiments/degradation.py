@@ -77,6 +77,8 @@ plain-56 did not learn at all in its 400 iterations (88% training and test error
 plain-20 reached 11% training and 2% test error: the plain half of Figure 6, in an extreme form. The
 residual half did *not* appear: the task is too easy to separate ResNet-56 from ResNet-20 (both end
 at 0% test error), and ResNet-56 got there more slowly.
+
+![Degradation experiment on the synthetic stand-in (not CIFAR-10)](figures/degradation_quick.png)
 """
 
 import argparse
