@@ -58,6 +58,9 @@ def init_process_group(world: World, device: torch.device) -> None:
     if not world.is_distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        # NCCL's collectives (and `all_gather_object`) run on the current device: make it ours.
+        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
 
 
