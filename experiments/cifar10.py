@@ -148,8 +148,15 @@ class Configs(BaseConfigs):
     # ### The data
     data_dir: str
     download: bool = True
+    # Check the files against the official md5 sums; off only for data in CIFAR-10's format that is
+    # meant to differ from it (a synthetic stand-in).
+    verify_checksums: bool = True
     # Hold out this many training images for validation (the paper uses 5,000); 0 trains on all 50,000.
     valid_split: int = 0
+    # Train on / evaluate on a class-balanced random subset of this many images (fixed by `seed`); 0
+    # uses all. For quick experiments; the validation images are held out before the subset is drawn.
+    train_subset: int = 0
+    test_subset: int = 0
     augment: bool = True
     dataset: Any
     train_loader: TensorBatches
@@ -205,7 +212,7 @@ def _data_dir(c: Configs) -> str:
 
 @option(Configs.dataset)
 def _dataset(c: Configs) -> Any:
-    return cifar_data.load_cifar10(Path(c.data_dir), download=c.download)
+    return cifar_data.load_cifar10(Path(c.data_dir), download=c.download, verify_checksums=c.verify_checksums)
 
 
 def _batches(c: Configs, images: torch.Tensor, labels: torch.Tensor, *, train: bool) -> TensorBatches:
@@ -222,23 +229,45 @@ def _batches(c: Configs, images: torch.Tensor, labels: torch.Tensor, *, train: b
                          channels_last=c.channels_last)
 
 
+def _subset(c: Configs, images: torch.Tensor, labels: torch.Tensor, n: int, key: str,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class-balanced subset of `n` images that `key` (`train_subset`/`test_subset`) asks for."""
+    if n == 0:
+        return images, labels
+    if n > len(labels):
+        held_out = ""
+        if key == "train_subset" and c.valid_split:
+            held_out = f" after holding out valid_split={c.valid_split}"
+        raise cifar_data.DataError(Path(c.data_dir), f"{key}={n}, but the set holds only {len(labels)} "
+                                   f"images{held_out}", f"ask for at most {len(labels)} (0 uses all)")
+    index = cifar_data.class_balanced_subset(labels, n, seed)
+    return images[index], labels[index]
+
+
 @option([Configs.train_loader, Configs.valid_loader])
 def _train_valid_loaders(c: Configs) -> tuple:
     d = c.dataset
     if c.valid_split == 0:
-        return _batches(c, d.train_images, d.train_labels, train=True), None
+        train_x, train_y = _subset(c, d.train_images, d.train_labels, c.train_subset, "train_subset", c.seed)
+        return _batches(c, train_x, train_y, train=True), None
     if c.valid_split >= len(d.train_images):
         raise cifar_data.DataError(Path(c.data_dir), f"valid_split={c.valid_split} leaves no training images "
                                    f"(the set has {len(d.train_images)})",
                                    "hold out fewer, e.g. --valid-split 5000")
+    # The held-out images do not depend on `train_subset`, so runs on subsets of different sizes are
+    # validated on the same images.
     train_x, train_y, valid_x, valid_y = cifar_data.split_validation(d.train_images, d.train_labels,
                                                                      c.valid_split, c.seed)
+    train_x, train_y = _subset(c, train_x, train_y, c.train_subset, "train_subset", c.seed)
     return (_batches(c, train_x, train_y, train=True), _batches(c, valid_x, valid_y, train=False))
 
 
 @option(Configs.test_loader)
 def _test_loader(c: Configs) -> TensorBatches:
-    return _batches(c, c.dataset.test_images, c.dataset.test_labels, train=False)
+    # Another seed than the training subset's, so the two draws are independent.
+    images, labels = _subset(c, c.dataset.test_images, c.dataset.test_labels, c.test_subset, "test_subset",
+                             c.seed + 1)
+    return _batches(c, images, labels, train=False)
 
 
 @option(Configs.steps_per_epoch)

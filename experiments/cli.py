@@ -64,6 +64,7 @@ def _non_negative_list(v: Any) -> str | None:
 RULES: dict[str, Callable[[Any], str | None]] = {
     "epochs": _at_least(1), "iterations": _at_least(1), "batch_size": _at_least(1),
     "eval_batch_size": _at_least(1), "valid_split": _at_least(0), "seed": _at_least(0),
+    "train_subset": _at_least(0), "test_subset": _at_least(0),
     # CIFAR-10's labels run 0..9, so the head needs at least ten outputs.
     "num_classes": _at_least(10), "log_every": _at_least(1),
     "lr_warmup_steps": _at_least(0), "lr_warmup_factor": _within(0, 1, high_inclusive=True),
@@ -95,7 +96,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                     "and the paper's recipe. Checkpoints after every epoch and on SIGINT/SIGTERM; "
                     "--resume continues exactly.",
         epilog="Any configuration can also be given as key=value, e.g. optimizer.learning_rate=0.05, "
-               "n_blocks=[2,2,2], lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000. "
+               "n_blocks=[2,2,2], lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
+               "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
                "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
                "the global batch, split evenly across processes.")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

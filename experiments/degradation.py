@@ -180,26 +180,21 @@ class DataPlan:
     test_images: int | None
     seed: int
 
-
-def class_balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """
-    Indices of `n` images, as close to `n / 10` per class as the classes allow, in a random order
-    fixed by `seed`. Balance matters on small subsets: a class with a third fewer images would shift the
-    error curves for reasons that have nothing to do with depth.
-    """
-    if n > len(labels):
-        raise DegradationError(f"asked for {n} images but the set holds only {len(labels)}; lower "
-                               f"--train-images/--test-images")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=generator)
-    shuffled = labels[order]
-    # Rank of each image within its class in the shuffled order; take ranks round-robin over classes.
-    rank = torch.zeros_like(shuffled)
-    for c in shuffled.unique():
-        members = shuffled == c
-        rank[members] = torch.arange(int(members.sum()))
-    take = torch.argsort(rank * 10 + shuffled, stable=True)[:n]
-    return order[take].sort().values
+    def trainer_args(self) -> list[str]:
+        """
+        How the trainer is told which images to use. A CIFAR-10 subset is the trainer's own
+        `train_subset`/`test_subset` (class-balanced, drawn from the run's seed) of the user's folder, read
+        with every check on. The stand-in already has exactly the planned sizes and is not the official
+        data, so only its md5 check is off.
+        """
+        if self.stand_in:
+            return ["verify_checksums=False"]
+        args = []
+        if self.train_images is not None:
+            args.append(f"train_subset={self.train_images}")
+        if self.test_images is not None:
+            args.append(f"test_subset={self.test_images}")
+        return args
 
 
 def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
@@ -227,18 +222,6 @@ def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: t
     with open(folder / cifar_data.META_FILE, "wb") as f:
         pickle.dump({b"num_cases_per_batch": len(parts[0]), b"num_vis": 3072,
                      b"label_names": [c.encode() for c in classes]}, f, protocol=2)
-
-
-def write_subset(source: cifar_data.CifarArrays, root: Path, n_train: int | None, n_test: int | None,
-                 seed: int) -> None:
-    """Copy a class-balanced subset of an already loaded (and checked) CIFAR-10 into `root`."""
-    def pick(images: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int) -> tuple:
-        index = torch.arange(len(labels)) if n is None else class_balanced_subset(labels, n, seed)
-        return images[index].numpy(), labels[index].numpy()
-
-    write_cifar_folder(root, pick(source.train_images, source.train_labels, n_train, seed),
-                       pick(source.test_images, source.test_labels, n_test, seed + 1),
-                       source.classes, "CIFAR-10 subset")
 
 
 STAND_IN_CLASSES = tuple(f"{axis} stripes, {cycles} cycles" for axis in ("vertical", "horizontal")
@@ -278,36 +261,21 @@ def write_stand_in(root: Path, n_train: int, n_test: int, seed: int) -> None:
 
 
 @contextmanager
-def prepared_data(plan: DataPlan, download: bool) -> Iterator[Path]:
+def prepared_data(plan: DataPlan) -> Iterator[Path]:
     """
-    A data folder the trainer can read, kept for as long as the experiment runs.
-
-    The full set is used in place. A subset or the stand-in is written to a temporary folder, because
-    the trainer has no subset setting of its own; the user's data folder is only read. The official md5
-    sums cannot match such derived files, so the check is switched off while the trainer reads them; the
-    subset's source files were read with the check on.
+    The data folder the trainer reads, kept for as long as the experiment runs: the user's folder, used
+    in place and only read (a subset is chosen by the trainer), or for the stand-in a temporary folder
+    that is removed afterwards.
     """
-    if not plan.stand_in and plan.train_images is None and plan.test_images is None:
+    if not plan.stand_in:
         assert plan.data_dir is not None
         yield plan.data_dir
         return
-    source = None
-    if not plan.stand_in:
-        assert plan.data_dir is not None
-        source = cifar_data.load_cifar10(plan.data_dir, download=download)
     with tempfile.TemporaryDirectory(prefix="degradation-data-") as tmp:
         root = Path(tmp)
-        if source is None:
-            write_stand_in(root, plan.train_images or STAND_IN_TRAIN_IMAGES,
-                           plan.test_images or STAND_IN_TEST_IMAGES, plan.seed)
-        else:
-            write_subset(source, root, plan.train_images, plan.test_images, plan.seed)
-        verify = cifar_data.VERIFY_CHECKSUMS
-        cifar_data.VERIFY_CHECKSUMS = False
-        try:
-            yield root
-        finally:
-            cifar_data.VERIFY_CHECKSUMS = verify
+        write_stand_in(root, plan.train_images or STAND_IN_TRAIN_IMAGES,
+                       plan.test_images or STAND_IN_TEST_IMAGES, plan.seed)
+        yield root
 
 
 # ## Running the trainer
@@ -382,14 +350,14 @@ def read_curve(network: Network, results: dict[str, Any]) -> Curve:
 
 
 def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, device: str,
-          logs_dir: Path | None, download: bool) -> Curve:
+          logs_dir: Path | None, download: bool, data_args: tuple[str, ...] = ()) -> Curve:
     """One ordinary trainer run (its own labml experiment and run folder); returns its curve."""
     with tempfile.TemporaryDirectory(prefix="degradation-results-") as tmp:
         results_path = Path(tmp) / "results.json"
         # Figure 6 plots test error every epoch, so every epoch is evaluated on the test set.
         argv = ["--data-dir", str(data_dir), "--device", device, "--seed", str(seed),
                 "--results", str(results_path), "eval_every_epoch=True", "valid_split=0",
-                *network.trainer_args(), *schedule.trainer_args()]
+                *network.trainer_args(), *schedule.trainer_args(), *data_args]
         if not download:
             argv.append("--no-download")
         if logs_dir is not None:
@@ -580,10 +548,11 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 def run(plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool) -> list[Curve]:
     curves = []
-    with prepared_data(plan.data, download) as data_dir:
+    data_args = tuple(plan.data.trainer_args())
+    with prepared_data(plan.data) as data_dir:
         for network in plan.networks:
             curves.append(train(network, data_dir, plan.schedule, seed=seed, device=device,
-                                logs_dir=logs_dir, download=download))
+                                logs_dir=logs_dir, download=download, data_args=data_args))
     return curves
 
 

@@ -217,3 +217,24 @@ def test_a_resumed_run_keeps_its_recipe_without_repeating_the_flag(data_dir: Pat
     assert results["recipe"] == "fast" and results["batch_size"] == 64 and results["steps"] == 5
     configs = (Path(results["run_dir"]) / "configs.yaml").read_text()
     assert "warmup_cosine" in configs
+
+
+def test_subsets_train_and_evaluate_on_that_many_images(data_dir: Path, tmp_path: Path) -> None:
+    # 320 training images in batches of 64 are 5 steps an epoch; a subset of 100 is 2 (64 + 36).
+    status, results, run_dir = train(data_dir, tmp_path / "logs", "train_subset=100", "test_subset=30",
+                                     epochs=1)
+    assert status == 0
+    assert results["steps"] == 2
+    # 30 test images: every accuracy is a whole number of them.
+    assert results["test_accuracy"] * 30 == pytest.approx(round(results["test_accuracy"] * 30))
+    configs = (run_dir / "configs.yaml").read_text()
+    assert "train_subset" in configs and "test_subset" in configs
+
+
+def test_a_subset_larger_than_the_set_is_a_one_line_data_error(data_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    status = run_trainer(tiny_args(data_dir, tmp_path / "logs", "test_subset=65"))
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "test_subset=65" in error[0] and "only 64" in error[0]
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.pt"))

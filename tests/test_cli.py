@@ -52,6 +52,10 @@ BAD_COMMAND_LINES = [
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
     (["--stop-after-steps", "0"], "--stop-after-steps"),
     (["--eval", "no/such/checkpoint.pt"], "--eval"),
+    (["train_subset=-1"], "train_subset"),
+    (["test_subset=-10"], "test_subset"),
+    (["train_subset=half"], "train_subset"),
+    (["verify_checksums=perhaps"], "verify_checksums"),
 ]
 
 

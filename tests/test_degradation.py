@@ -57,8 +57,10 @@ def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: P
 
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 5_000 < out.stat().st_size < 500_000
-    # The derived subset was read with the check off; the switch is back as the caller had it.
-    assert cifar_data.VERIFY_CHECKSUMS is False
+    # The subset is the trainer's own setting (no copy of the data), recorded with each run.
+    for network in summary["networks"]:
+        configs = (Path(network["run_dir"]) / "configs.yaml").read_text()
+        assert "train_subset" in configs and "test_subset" in configs
 
 
 def test_an_existing_plot_is_never_overwritten_without_asking(synthetic_cifar: Path, tmp_path: Path,
@@ -95,7 +97,8 @@ def test_too_large_a_subset_is_a_one_line_error(synthetic_cifar: Path, tmp_path:
             "--train-images", "5000"]
     assert degradation.main(argv) == 1
     err = capsys.readouterr().err
-    assert "only 80" in err and "--train-images" in err
+    # The trainer draws the subset and names its setting; the experiment says which network stopped.
+    assert "train_subset=5000" in err and "only 80" in err and "plain-8" in err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -145,11 +148,13 @@ def test_quick_schedule_compresses_the_papers_drops_to_half_and_three_quarters()
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
     labels = torch.arange(1_000) % 10
     labels[:300] = 3  # an unbalanced source
-    index = degradation.class_balanced_subset(labels, 50, seed=1)
+    index = cifar_data.class_balanced_subset(labels, 50, seed=1)
     assert len(set(index.tolist())) == 50
     assert torch.bincount(labels[index], minlength=10).tolist() == [5] * 10
-    assert torch.equal(index, degradation.class_balanced_subset(labels, 50, seed=1))
-    assert not torch.equal(index, degradation.class_balanced_subset(labels, 50, seed=2))
+    assert torch.equal(index, cifar_data.class_balanced_subset(labels, 50, seed=1))
+    assert not torch.equal(index, cifar_data.class_balanced_subset(labels, 50, seed=2))
+    with pytest.raises(ValueError, match="only 1000"):
+        cifar_data.class_balanced_subset(labels, 1_001, seed=1)
 
 
 def test_stand_in_is_balanced_reproducible_and_not_separable_by_colour() -> None:
@@ -168,13 +173,24 @@ def test_stand_in_is_balanced_reproducible_and_not_separable_by_colour() -> None
     assert (spread < 0.5 * within).all()
 
 
-def test_stand_in_data_is_written_in_cifar_format_and_restores_the_checksum_switch() -> None:
+def test_stand_in_data_is_written_in_cifar_format_and_removed_afterwards() -> None:
     plan = degradation.DataPlan("stand-in", None, True, 30, 20, seed=0)
-    assert cifar_data.VERIFY_CHECKSUMS is True
-    with degradation.prepared_data(plan, download=False) as root:
-        arrays = cifar_data.load_cifar10(root, download=False)
+    assert plan.trainer_args() == ["verify_checksums=False"]
+    with degradation.prepared_data(plan) as root:
+        # Not the official files: the md5 check refuses them, and only that check is switched off.
+        with pytest.raises(cifar_data.DataError, match="md5"):
+            cifar_data.load_cifar10(root, download=False)
+        arrays = cifar_data.load_cifar10(root, download=False, verify_checksums=False)
         assert arrays.train_images.shape == (30, 3, 32, 32)
         assert arrays.test_images.shape == (20, 3, 32, 32)
         assert arrays.classes == degradation.STAND_IN_CLASSES
     assert cifar_data.VERIFY_CHECKSUMS is True
     assert not root.exists()
+
+
+def test_a_cifar_subset_is_read_in_place_and_chosen_by_the_trainer(tmp_path: Path) -> None:
+    plan = degradation.DataPlan("subset", tmp_path, False, 5_000, 1_000, seed=0)
+    with degradation.prepared_data(plan) as root:
+        assert root == tmp_path
+    assert plan.trainer_args() == ["train_subset=5000", "test_subset=1000"]
+    assert list(tmp_path.iterdir()) == []
