@@ -919,6 +919,10 @@ def main(argv: list[str] | None = None) -> int:
     if world.is_distributed and args.overrides.get("device.use_cuda", True) and torch.cuda.is_available():
         # One GPU per process: torchrun's LOCAL_RANK picks it unless the user chose one.
         args.overrides.setdefault("device.cuda_device", world.local_rank)
+    # Restored at the end, for callers that run several trainings in one process (degradation.py).
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         if args.eval is not None:
             return _run_evaluation(args)
@@ -931,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
     finally:
         destroy_process_group()
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -350,7 +350,8 @@ def read_curve(network: Network, results: dict[str, Any]) -> Curve:
 
 
 def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, device: str,
-          logs_dir: Path | None, download: bool, data_args: tuple[str, ...] = ()) -> Curve:
+          logs_dir: Path | None, download: bool, data_args: tuple[str, ...] = (),
+          threads: int | None = None) -> Curve:
     """One ordinary trainer run (its own labml experiment and run folder); returns its curve."""
     with tempfile.TemporaryDirectory(prefix="degradation-results-") as tmp:
         results_path = Path(tmp) / "results.json"
@@ -360,6 +361,8 @@ def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, de
                 *network.trainer_args(), *schedule.trainer_args(), *data_args]
         if not download:
             argv.append("--no-download")
+        if threads is not None:
+            argv += ["--threads", str(threads)]
         if logs_dir is not None:
             argv += ["--logs-dir", str(logs_dir)]
         print(f"\n=== {network.name}: experiments/cifar10.py {' '.join(argv)}", flush=True)
@@ -546,13 +549,15 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 schedule, out, json_out, title)
 
 
-def run(plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool) -> list[Curve]:
+def run(plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool,
+        threads: int | None = None) -> list[Curve]:
     curves = []
     data_args = tuple(plan.data.trainer_args())
     with prepared_data(plan.data) as data_dir:
         for network in plan.networks:
             curves.append(train(network, data_dir, plan.schedule, seed=seed, device=device,
-                                logs_dir=logs_dir, download=download, data_args=data_args))
+                                logs_dir=logs_dir, download=download, data_args=data_args,
+                                threads=threads))
     return curves
 
 
@@ -561,18 +566,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     plan = plan_from_args(args, parser)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
+        # The trainer sets the thread count for each run (and puts it back); `--threads` passes through.
         curves = run(plan, seed=args.seed, device=args.device, logs_dir=args.logs_dir,
-                     download=not args.no_download)
+                     download=not args.no_download, threads=args.threads)
     except (DegradationError, cifar_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        torch.set_num_threads(threads)
     figure = build_figure(curves, plan.title, x_axis=args.x_axis)
     save_figure(figure, plan.out)
     summary = {

@@ -238,3 +238,11 @@ def test_a_subset_larger_than_the_set_is_a_one_line_data_error(data_dir: Path, t
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "test_subset=65" in error[0] and "only 64" in error[0]
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.pt"))
+
+
+def test_threads_sets_the_cpu_threads_for_the_run_and_puts_them_back(data_dir: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    status, results, _ = train(data_dir, tmp_path / "logs", "--threads", "2", epochs=1)
+    assert status == 0
+    assert results["device"] == "cpu (2 threads)"
+    assert torch.get_num_threads() == before

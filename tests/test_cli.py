@@ -52,6 +52,8 @@ BAD_COMMAND_LINES = [
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
     (["--stop-after-steps", "0"], "--stop-after-steps"),
     (["--eval", "no/such/checkpoint.pt"], "--eval"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "two"], "--threads"),
     (["train_subset=-1"], "train_subset"),
     (["test_subset=-10"], "test_subset"),
     (["train_subset=half"], "train_subset"),
