@@ -92,6 +92,7 @@ from experiments.distributed import (
     sum_over_ranks,
     world_from_environment,
 )
+from experiments.ema import WeightAverage
 from experiments.loader import TensorBatches
 from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule
 
@@ -180,6 +181,9 @@ class Configs(BaseConfigs):
     label_smoothing: float = 0.0
     # Average the prediction for an image and its mirror image when evaluating.
     flip_tta: bool = False
+    # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
+    # decay per step, e.g. 0.999 (see `experiments/ema.py`); 0 turns it off.
+    ema_decay: float = 0.0
     # Evaluate after every epoch (on the validation split if there is one, else the test set).
     eval_every_epoch: bool = True
 
@@ -385,6 +389,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if c.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.forward_model = self._wrap_model()
+        # Copied after `_wrap_model`, which may swap in synchronised batch norm.
+        self.ema = WeightAverage(self.model, c.ema_decay) if c.ema_decay > 0 else None
 
         # Where we are: the next step to take is batch `batch` of epoch `epoch`.
         self.step = 0
@@ -434,6 +440,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
             "epoch_sums": {k: v.detach().cpu() for k, v in self.epoch_sums.items()},
             "rng": rng_state(),
@@ -453,6 +460,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                if state.get("ema") is None:
+                    raise CheckpointError(f"{path} has no averaged weights, but this run sets ema_decay; "
+                                          f"resume without changing ema_decay")
+                self.ema.load_state_dict(state["ema"])
             position = state["position"]
             self.step, self.epoch = int(position["step"]), int(position["epoch"])
             self.batch = int(position["batch"])
@@ -533,6 +545,8 @@ class Trainer:
                     loss.backward()
                     self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
 
                 loss = loss.detach().float()
                 bad_step = torch.where(torch.isfinite(loss) | (bad_step < _NO_BAD_STEP), bad_step,
@@ -565,7 +579,8 @@ class Trainer:
         def check_stop() -> None:
             if self.stop_signal:
                 raise StopRequested()
-        return evaluate(self.forward_model, loader, name, amp_dtype=self.amp_dtype, flip_tta=self.c.flip_tta,
+        model = self.ema.model if self.ema is not None else self.forward_model
+        return evaluate(model, loader, name, amp_dtype=self.amp_dtype, flip_tta=self.c.flip_tta,
                         before_batch=check_stop)
 
     def run(self) -> dict[str, Any]:
@@ -639,6 +654,8 @@ class Trainer:
             "train_images_per_s": self.train_images / max(self.train_time_s, 1e-9),
             "device": device_description(self.device), "world_size": self.world.size,
             "amp": self.c.amp, "channels_last": self.c.channels_last, "compile": self.c.compile,
+            # With an average, the valid/test numbers are the averaged network's.
+            "ema_decay": self.c.ema_decay,
             "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
@@ -893,8 +910,10 @@ def _run_evaluation(args: cli.Invocation) -> int:
     model = c.model
     expected = model_signature(_model_name(overrides), c.num_classes, model)
     check_signature(path, saved["signature"], expected)
+    # A run with `ema_decay` reported its averaged weights, so those are the ones measured here.
+    weights = saved["ema"]["model"] if saved.get("ema") else saved["model"]
     try:
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         reason = str(e).splitlines()[0][:160]
         raise CheckpointError(f"{path} does not fit {expected['model']} ({reason})") from None
@@ -902,7 +921,8 @@ def _run_evaluation(args: cli.Invocation) -> int:
     if c.channels_last:
         model.to(memory_format=torch.channels_last)
     loss, accuracy = evaluate(model, c.test_loader, "test", amp_dtype=AMP_DTYPES[c.amp], flip_tta=c.flip_tta)
-    results = {"checkpoint": str(path), "model": expected["model"], "test_loss": loss,
+    results = {"checkpoint": str(path), "model": expected["model"],
+               "weights": "averaged (ema)" if saved.get("ema") else "trained", "test_loss": loss,
                "test_accuracy": accuracy,
                "device": device_description(c.device), "position": saved["position"]}
     if args.results is not None:

@@ -246,3 +246,38 @@ def test_threads_sets_the_cpu_threads_for_the_run_and_puts_them_back(data_dir: P
     assert status == 0
     assert results["device"] == "cpu (2 threads)"
     assert torch.get_num_threads() == before
+
+
+def test_an_ema_run_resumes_exactly_averaged_weights_included(data_dir: Path, tmp_path: Path) -> None:
+    ema = "ema_decay=0.9"
+    status, reference, reference_dir = train(data_dir, tmp_path / "reference" / "logs", ema)
+    assert status == 0 and reference["ema_decay"] == 0.9
+    reference_state = load_checkpoint(reference_dir / "checkpoints" / "last.pt")
+    assert reference_state["ema"]["updates"] == 10
+    averaged, trained = reference_state["ema"]["model"], reference_state["model"]
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+
+    logs = tmp_path / "interrupted" / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, ema, "--stop-after-steps", "7", epochs=2)) == 0
+    (stopped,) = (logs / "cifar10").iterdir()
+    results_path = tmp_path / "resumed.json"
+    status = run_trainer(["--logs-dir", str(logs), "--resume", stopped.name, "--results", str(results_path)])
+    assert status == 0
+    resumed = json.loads(results_path.read_text())
+    assert comparable(resumed) == comparable(reference)
+    resumed_dir = Path(resumed["run_dir"])
+    assert epoch_metrics(resumed_dir) == epoch_metrics(reference_dir)
+    assert_same_weights(resumed_dir / "checkpoints" / "last.pt", reference_dir / "checkpoints" / "last.pt")
+    resumed_state = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")
+    assert resumed_state["ema"]["updates"] == 10
+    for name, value in averaged.items():
+        assert torch.equal(resumed_state["ema"]["model"][name], value), name
+
+    # What the run reported is the averaged network: --eval of the checkpoint measures the same.
+    eval_path = tmp_path / "eval.json"
+    assert run_trainer(["--eval", str(reference_dir / "checkpoints" / "last.pt"), "--results",
+                        str(eval_path)]) == 0
+    evaluated = json.loads(eval_path.read_text())
+    assert evaluated["weights"] == "averaged (ema)"
+    assert evaluated["test_accuracy"] == reference["test_accuracy"]
+    assert evaluated["test_loss"] == reference["test_loss"]
