@@ -137,6 +137,7 @@ class Setting:
     variant: str
     autocast: str
     steps: int
+    compile_mode: str = "default"
 
 
 def prepare(model: nn.Module, setting: Setting) -> nn.Module:
@@ -145,7 +146,7 @@ def prepare(model: nn.Module, setting: Setting) -> nn.Module:
     if "channels_last" in setting.variant:
         model = model.to(memory_format=torch.channels_last)
     if setting.variant.startswith("compile"):
-        model = torch.compile(model)
+        model = torch.compile(model, mode=setting.compile_mode)
     return model
 
 
@@ -257,6 +258,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="square image side (default: 32 for CIFAR presets, 224 for ImageNet presets)")
     parser.add_argument("--variants", default="eager,channels_last,compile",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                        default="default", help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)")
     parser.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
     parser.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
     parser.add_argument("--modes", default="train,infer", help="train, infer or both")
@@ -296,13 +299,17 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     device = parse_device(args.device)
     set_threads(args.threads)
+    if device.type == "cuda":
+        # Let cuDNN pick the fastest algorithm for the fixed shapes, as the trainer does; both sides get it.
+        torch.backends.cudnn.benchmark = True
     print(f"machine: {machine_description(device)}")
     results: list[Result] = []
     for name in args.models:
         cifar = name in CIFAR_DEPTHS
         for variant in args.variants:
             setting = Setting(device, args.batch_size or (128 if cifar else 32),
-                              args.image_size or (32 if cifar else 224), variant, args.autocast, args.steps)
+                              args.image_size or (32 if cifar else 224), variant, args.autocast, args.steps,
+                              args.compile_mode)
             results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
