@@ -46,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -190,7 +191,8 @@ class Configs(BaseConfigs):
     # ### Hardware
     device: torch.device
     amp: str = "none"
-    channels_last: bool = False
+    # NHWC memory layout; `auto` (the default) turns it on where it was measured to win (see below).
+    channels_last: bool
     compile: bool = False
     sync_bn: bool = False
 
@@ -207,6 +209,20 @@ class Configs(BaseConfigs):
 def _device(c: Configs) -> DeviceConfigs:
     # A fresh sub-configuration per run; a class-level default would be shared between runs.
     return DeviceConfigs()
+
+
+@option(Configs.channels_last, "auto")
+def _channels_last_auto(c: Configs) -> bool:
+    """
+    NHWC where it pays: on CUDA (the tensor-core convolutions want it), and on x86 CPUs with oneDNN,
+    where a paired measurement on a 2-core AMD EPYC (AVX2) trained ResNet-20 1.21x and ResNet-56 1.26x
+    faster with it (1 thread; 1.03x with 2 threads on the busy machine) and evaluated 1.3-1.4x faster.
+    Other CPUs were not measured, so they keep PyTorch's default layout.
+    """
+    if c.device.type == "cuda":
+        return True
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return c.device.type == "cpu" and x86 and torch.backends.mkldnn.is_available()
 
 
 @option(Configs.data_dir, "labml")

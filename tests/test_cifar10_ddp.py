@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from labml.internal.configs.processor import ConfigProcessor
 from synthetic_main import SCRIPT, tiny_args, write_data
 from torch.func import functional_call
 
 from experiments import data as cifar_data
 from experiments.checkpoint import load_checkpoint
-from experiments.cifar10 import build_model
+from experiments.cifar10 import Configs, build_model
 from experiments.loader import TensorBatches
 from experiments.recipes import StepSchedule
 
@@ -59,17 +60,23 @@ def test_the_weights_match_one_process_averaging_the_ranks_gradients(ddp_run: tu
     monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
     torch.set_num_threads(1)
     arrays = cifar_data.load_cifar10(data_dir, download=False)
-    # The trainer's defaults: seed 5, global batch 64 split over two ranks, SGD as in the paper.
+    # The trainer's defaults: seed 5, global batch 64 split over two ranks, SGD as in the paper, and the
+    # memory layout `channels_last=auto` picks for this CPU (the layout changes the rounding).
+    defaults = Configs()
+    ConfigProcessor(defaults, {"device.use_cuda": False})
+    channels_last = defaults.channels_last
     torch.manual_seed(5)
     model = build_model("custom", num_classes=10, shortcut="preset", n_blocks=[1, 1, 1],
                         n_channels=[8, 16, 32],
                         bottlenecks=None, zero_init_residual=False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule([32_000, 48_000], 0.1))
     ranks = [TensorBatches(arrays.train_images, arrays.train_labels, batch_size=32, shuffle=True,
                            augment=True,
                            device="cpu", seed=5, mean=cifar_data.CIFAR10_MEAN, std=cifar_data.CIFAR10_STD,
-                           rank=rank, world_size=2) for rank in (0, 1)]
+                           rank=rank, world_size=2, channels_last=channels_last) for rank in (0, 1)]
     criterion = nn.CrossEntropyLoss()
     model.train()
     for (x0, y0), (x1, y1) in zip(ranks[0].epoch(0), ranks[1].epoch(0), strict=True):

@@ -152,3 +152,29 @@ def test_a_misspelled_key_gets_a_suggestion(capsys: pytest.CaptureFixture) -> No
 
 def test_nested_configuration_classes_are_the_ones_the_trainer_uses() -> None:
     assert NESTED_CONFIGS == {"optimizer": SGDConfigs, "device": DeviceConfigs}
+
+
+def test_channels_last_defaults_to_auto_and_both_flags_override_it() -> None:
+    assert "channels_last" not in parse()
+    assert parse("--no-channels-last")["channels_last"] is False
+    assert parse("--channels-last")["channels_last"] is True
+    assert parse("channels_last=false")["channels_last"] is False
+    # The user's flag beats the fast recipe's hardware settings.
+    assert parse("--recipe", "fast", "--no-channels-last")["channels_last"] is False
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--channels-last", "--no-channels-last")
+    assert exit_info.value.code == 2
+
+
+def test_auto_channels_last_is_on_for_x86_cpus_and_bf16_is_never_a_cpu_default() -> None:
+    import platform
+
+    from labml.internal.configs.processor import ConfigProcessor
+
+    for argv in ((), ("--recipe", "fast")):
+        c = Configs()
+        ConfigProcessor(c, parse("--device", "cpu", *argv))
+        expected = platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+        assert c.channels_last is expected
+        # bf16 autocast is slow on CPUs without bf16 units, so no recipe turns it on for a CPU.
+        assert c.amp == "none"
