@@ -37,7 +37,7 @@ promises three things that loop cannot give:
 * `train_subset=N`, `test_subset=N`: a class-balanced random subset (fixed by the seed) of N training
   or test images, 0 for all. With `--valid-split` the validation images are held out first.
 * `--threads N`: PyTorch's CPU threads for this run. On a shared machine fewer threads can be far
-  faster; on the two busy cores this was written on, 1 thread trained about 10 times faster than 2.
+  faster; on the two busy cores this was written on, 1 thread trained 6 to 10 times faster than 2.
 * `channels_last` is `auto` by default: on for CUDA and for x86 CPUs, where it was measured faster;
   `--no-channels-last` turns it off. bf16 autocast is never a CPU default.
 * `ema_decay=0.999`: evaluate, report and checkpoint an exponential moving average of the weights
