@@ -50,8 +50,8 @@ from torch import nn
 
 from resnet.checks import check_choice, check_image_batch, check_positive, check_same_length
 
-# The four shortcut options of the paper (§3.3, §4.1), plus `"none"` for the plain networks that show
-# the degradation problem.
+# The paper's three shortcut options A, B and C (§3.3, §4.1), plus `"none"` for the plain networks that
+# show the degradation problem.
 Shortcut = Literal["A", "B", "C", "none"]
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C", "none")
 Stem = Literal["seed", "cifar", "imagenet"]
