@@ -10,7 +10,8 @@ expected.
 
 Common settings have flags (`--model`, `--epochs`, `--lr`, ...). Every configuration, including those
 in the sub-configurations `optimizer.*` and `device.*`, can also be set as a positional `key=value`,
-e.g. `optimizer.learning_rate=0.05` or `n_blocks=[2,2,2]`. Precedence: recipe < `key=value` < flags.
+e.g. `optimizer.learning_rate=0.05` or `model=custom n_blocks=[2,2,2]` (the lists shape only the
+`custom` network). Precedence: recipe < `key=value` < flags.
 """
 
 import argparse
@@ -98,7 +99,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                     "and the paper's recipe. Checkpoints after every epoch and on SIGINT/SIGTERM; "
                     "--resume continues exactly.",
         epilog="Any configuration can also be given as key=value, e.g. optimizer.learning_rate=0.05, "
-               "n_blocks=[2,2,2], lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
+               "model=custom n_blocks=[2,2,2] (the lists shape only the custom network), "
+               "lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
                "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
                "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
                "the global batch, split evenly across processes.")

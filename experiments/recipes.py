@@ -63,8 +63,7 @@ RECIPE_HELP = (
     "iterations, 64k iterations). fast: batch 512, nesterov, lr 0.4 with 200 warm-up steps and cosine "
     "decay, wd 5e-4, label smoothing 0.1, flip test-time augmentation, 30 epochs; bf16, channels_last "
     "on CUDA; weight averaging off (add ema_decay=0.999 to try it). The fast recipe's CIFAR-10 "
-    "accuracy has not been measured (no data set on the machine "
-    "this was written on)."
+    "accuracy has not been measured (no data set on the machine this was written on)."
 )
 
 
