@@ -70,7 +70,7 @@ def destroy_process_group() -> None:
 
 
 def any_rank(flag: torch.Tensor, world: World) -> torch.Tensor:
-    """Element-wise "true on any rank" for a small integer tensor of flags."""
+    """Element-wise maximum over all ranks of a small tensor: a flag set on any rank is set on all."""
     if world.is_distributed:
         flag = flag.clone()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
