@@ -165,7 +165,7 @@ def networks_for(depths: list[int], widths: list[int]) -> list[Network]:
 def check_depth(depth: int) -> None:
     if depth < 8 or (depth - 2) % 6:
         raise DegradationError(f"depth {depth} is not a CIFAR network depth: it must be 6n+2 with n >= 1 "
-                               f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
+                               f"(8, 14, 20, 26, 32, 38, 44, 50, 56, ..., 110, ...)")
 
 
 # ## The data
