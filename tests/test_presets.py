@@ -63,6 +63,12 @@ def test_presets_accept_num_classes_shortcut_and_base_options():
     model = resnet.resnet32(num_classes=100, shortcut="B", zero_init_residual=True)
     assert model.head.out_features == 100
     assert isinstance(model.trunk, resnet.ResNetBase)
+    blocks = [block for stage in model.trunk.stages for block in stage]
+    # The options reach every block: option B projects where the shape changes, and every residual
+    # branch ends in a zeroed batch norm.
+    assert any(isinstance(block.shortcut, resnet.ShortcutProjection) for block in blocks)
+    assert not any(isinstance(block.shortcut, resnet.ZeroPadShortcut) for block in blocks)
+    assert all(torch.count_nonzero(block.last_norm().weight) == 0 for block in blocks)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
     assert resnet.resnet18(num_classes=7)(torch.randn(1, 3, 64, 64)).shape == (1, 7)
 
