@@ -556,7 +556,6 @@ class Trainer:
         check_every = 1 if (self.device.type == "cpu" and not self.world.is_distributed) else 10
         bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=self.device)
         start = time.perf_counter()
-        images_before = self.train_images
         batches: Iterator = loader.epoch(self.epoch, start_batch=self.batch)
         try:
             for x, y in monit.iterate("Train", batches, total_steps=n_batches - self.batch):
@@ -601,7 +600,6 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.train_time_s += time.perf_counter() - start
-        self._epoch_train_images = self.train_images - images_before
 
     def evaluate(self, loader: TensorBatches, name: str) -> tuple[float, float]:
         """Mean loss and accuracy over a whole evaluation set; a stop request aborts it."""
