@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments.checkpoint import load_checkpoint
@@ -195,6 +196,10 @@ def test_the_fast_recipe_runs_on_cpu_without_bf16(data_dir: Path, tmp_path: Path
     assert results["recipe"] == "fast" and results["amp"] == "none" and results["batch_size"] == 64
     configs = (run_dir / "configs.yaml").read_text()
     assert "warmup_cosine" in configs and "label_smoothing" in configs
+    # Every key is in configs.yaml whatever its value; the recipe's values must be what the run used.
+    computed = {key: entry["computed"] for key, entry in yaml.safe_load(configs).items()}
+    assert computed["label_smoothing"] == 0.1 and computed["flip_tta"] is True
+    assert computed["optimizer.nesterov"] is True and computed["optimizer.learning_rate"] == 0.4
 
 
 def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(data_dir: Path,
