@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cifar_synthetic import write_synthetic_cifar10
 
 from experiments import data as cifar_data
@@ -61,6 +62,10 @@ def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: P
     for network in summary["networks"]:
         configs = (Path(network["run_dir"]) / "configs.yaml").read_text()
         assert "train_subset" in configs and "test_subset" in configs
+        # Every key is in configs.yaml; the values show the subset and which networks had shortcuts.
+        computed = {key: entry["computed"] for key, entry in yaml.safe_load(configs).items()}
+        assert (computed["train_subset"], computed["test_subset"]) == (40, 20)
+        assert computed["shortcut"] == ("none" if network["kind"] == "plain" else "A")
 
 
 def test_an_existing_plot_is_never_overwritten_without_asking(synthetic_cifar: Path, tmp_path: Path,
