@@ -21,8 +21,8 @@ download removes its partial file and any folders it had to create.
 ## Why every file is checked before use
 
 A training run that dies an hour in with `_pickle.UnpicklingError` from deep inside numpy tells the user
-nothing. So every file is examined up front: present, readable, the official md5 sum (when
-`VERIFY_CHECKSUMS` is on), a pickle we can read, images of shape $[n, 3072]$ in `uint8`, and labels in
+nothing. So every file is examined up front: present, readable, the official md5 sum (unless
+`verify_checksums` is off), a pickle we can read, images of shape $[n, 3072]$ in `uint8`, and labels in
 $0 \dots 9$. Any problem becomes a `DataError` whose message is one line naming the file and the fix.
 
 The batches are pickles, and unpickling runs whatever the file asks for. We only let them build numpy
@@ -136,9 +136,10 @@ def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: boo
 
     * `data_dir`: the folder holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz`.
     * `download`: fetch the archive when neither is there. Offline, this fails within seconds.
-    * `verify_checksums`: check each extracted file against the official md5 sums. Turn it off only
-      for data that is *meant* to differ from the official files while keeping their format (a
-      synthetic stand-in); every other check (shapes, labels, safe unpickling) still applies.
+    * `verify_checksums`: check the archive and each extracted file against the official md5 sums (a
+      download is always checked). Turn it off only for data that is *meant* to differ from the
+      official files while keeping their format (a synthetic stand-in, a set you made yourself);
+      every other check (shapes, labels, safe unpickling) still applies.
 
     Raises `DataError` for anything wrong with the files; nothing in `data_dir` is modified except that a
     missing `cifar-10-batches-py/` (and, when downloading, the archive) may be added.
@@ -150,10 +151,10 @@ def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: boo
         _check_folder(data_dir)
     if not _exists(folder):
         if _exists(archive):
-            _extract_archive(archive, data_dir)
+            _extract_archive(archive, data_dir, verify=verify_checksums)
         elif download:
             _download_archive(data_dir)
-            _extract_archive(archive, data_dir)
+            _extract_archive(archive, data_dir, verify=verify_checksums)
         else:
             raise DataError(
                 data_dir,
@@ -379,7 +380,7 @@ class _BatchUnpickler(pickle.Unpickler):
 # ## Unpacking the archive
 
 
-def _extract_archive(archive: Path, data_dir: Path) -> None:
+def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
     """
     Unpack `archive` so that `data_dir/cifar-10-batches-py/` appears complete, or not at all.
 
@@ -387,7 +388,7 @@ def _extract_archive(archive: Path, data_dir: Path) -> None:
     and unpacking them could write outside `data_dir`.
     """
     _read_access(archive)
-    if VERIFY_CHECKSUMS:
+    if verify and VERIFY_CHECKSUMS:
         _verify_md5(archive, _file_md5(archive), ARCHIVE_MD5)
     corrupt_fix = f"move {archive} away and run again to download it afresh, or put the official file there"
     try:

@@ -197,6 +197,17 @@ def test_archive_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest
     assert snapshot(tmp_path) == before
 
 
+def test_an_archive_of_your_own_unpacks_with_verify_checksums_off(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # verify_checksums=False (the trainer's setting for sets made in CIFAR-10's format) skips the md5
+    # of the archive as well as of the files in it; every other check still runs.
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
+    archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
+    arrays = load_cifar10(tmp_path, download=False, verify_checksums=False)
+    assert arrays.train_images.shape == (20, 3, 32, 32) and arrays.test_images.shape == (4, 3, 32, 32)
+    assert archive.is_file() and (tmp_path / data.BATCHES_FOLDER).is_dir()
+
+
 # ## Faults in the unpacked files
 
 
