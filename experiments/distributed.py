@@ -3,7 +3,7 @@
 
 `torchrun --nproc_per_node=N experiments/cifar10.py ...` starts N copies of the trainer and tells each
 its `RANK`, `LOCAL_RANK` and `WORLD_SIZE` through environment variables. Each copy reads its own share
-of every epoch (the loader shards the shuffled order the way `DistributedSampler` does), computes
+of every epoch (the loader takes each rank's indices from a `DistributedSampler`), computes
 gradients on it, and `DistributedDataParallel` averages the gradients across copies before each
 optimizer step, so all copies hold the same weights after every step.
 
