@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with one recipe (each an ordinary experiments/cifar10.py run, tracked by labml) and "
                     "plot their training error (dashed) and test error (solid) per epoch.",
         epilog="--quick: a class-balanced subset (5,000 train / 1,000 test images), 20 epochs, the paper's "
-               "step schedule compressed (drops at 50%% and 75%% of the iterations). It shows the early "
+               "step schedule compressed (drops at 50% and 75% of the iterations). It shows the early "
                "trend only, not the paper's final numbers. Without --quick: the paper's full recipe.")
     parser.add_argument("--quick", action="store_true", help="a subset and a short schedule (see below)")
     parser.add_argument("--depths", type=int, nargs="+", default=DEFAULT_DEPTHS, metavar="D",
