@@ -187,7 +187,7 @@ class ResidualBlock(Module):
     last ReLU, so the block's output is $\\mathrm{ReLU}(\\mathcal{F}(x) + x)$.
 
     * `in_channels` is the number of channels of $x$
-    * `out_channels` is the number of output channels
+    * `out_channels` is the width of the block's output
     * `stride` is the stride of the first convolution; 2 halves the feature map
     * `shortcut` is the shortcut option, see [`make_shortcut`](#make_shortcut)
     * `conv_bias` gives the convolutions a bias (see [`ShortcutProjection`](#ShortcutProjection))
@@ -239,7 +239,7 @@ class BottleneckResidualBlock(Module):
 
     * `in_channels` is the number of channels of $x$
     * `bottleneck_channels` is the width of the $3 \\times 3$ convolution
-    * `out_channels` is the number of output channels
+    * `out_channels` is the width of the block's output
     * `stride` is the stride of the $3 \\times 3$ convolution
     """
 
