@@ -256,7 +256,16 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
                      f"{world_size} processes")
     if o.get("sync_bn") and world_size > 1 and not _wants_cuda(o):
         parser.error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
-    if o.get("model") == "custom" or any(k in o for k in ("n_blocks", "n_channels", "bottlenecks")):
+    model = o.get("model", "resnet20")
+    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in o]
+    if architecture and model != "custom":
+        # A preset fixes its own stages; accepting these and then ignoring them would train another net.
+        parser.error(f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
+                     f"add --model custom")
+    if str(model).startswith("plain") and o.get("shortcut", "preset") not in ("preset", "none"):
+        parser.error(f"{model} is a plain network without shortcuts, so shortcut={o['shortcut']} does not "
+                     f"apply; use --model resnet{model[len('plain'):]} shortcut={o['shortcut']}")
+    if model == "custom":
         import resnet
         try:
             bottlenecks = o.get("bottlenecks")

@@ -41,6 +41,9 @@ BAD_COMMAND_LINES = [
     (["n_blocks=[1,0,1]"], "n_blocks"),
     (["n_blocks=abc"], "n_blocks"),
     (["model=custom", "n_blocks=[1,1]"], "custom model"),
+    (["n_blocks=[2,2,2]"], "only apply to model=custom"),
+    (["--model", "resnet56", "n_channels=[8,16,32]"], "only apply to model=custom"),
+    (["--model", "plain20", "shortcut=B"], "plain network without shortcuts"),
     (["num_classes=5"], "num_classes"),
     (["label_smoothing=1.5"], "label_smoothing"),
     (["shortcut=D"], "shortcut"),
@@ -109,12 +112,12 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
 def test_values_are_converted_to_their_annotated_types() -> None:
     overrides = parse("optimizer.learning_rate=0.05", "n_blocks=[2,2,2]", "bottlenecks=None",
                       "download=false",
-                      "iterations=100", "optimizer.nesterov=yes", "model=plain20", "scheduler=warmup_cosine")
+                      "iterations=100", "optimizer.nesterov=yes", "model=custom", "scheduler=warmup_cosine")
     assert isinstance(overrides["optimizer.learning_rate"], float)
     assert overrides["optimizer.learning_rate"] == 0.05
     assert overrides["n_blocks"] == [2, 2, 2] and overrides["bottlenecks"] is None
     assert overrides["download"] is False and overrides["iterations"] == 100
-    assert overrides["optimizer.nesterov"] is True and overrides["model"] == "plain20"
+    assert overrides["optimizer.nesterov"] is True and overrides["model"] == "custom"
 
 
 def test_flags_map_onto_configuration_keys() -> None:
