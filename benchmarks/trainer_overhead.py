@@ -40,6 +40,7 @@ from benchmarks.common import (
 )
 from experiments import cifar10
 from experiments.data import CifarArrays
+from experiments.models import MODEL_NAMES
 
 
 def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
@@ -125,9 +126,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag in ("images", "batch_size", "repeats"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.model not in cifar10._MODEL_NAMES:
+    if args.model not in MODEL_NAMES:
         raise SystemExit(f"--model {args.model!r} is not a trainer model; choose from "
-                         f"{', '.join(cifar10._MODEL_NAMES)}")
+                         f"{', '.join(MODEL_NAMES)}")
     return args
 
 

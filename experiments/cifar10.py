@@ -80,7 +80,6 @@ from labml.configs import BaseConfigs, option
 from labml_helpers.device import DeviceConfigs
 from torch.optim.lr_scheduler import LambdaLR
 
-import resnet
 from experiments import cli
 from experiments import data as cifar_data
 from experiments.checkpoint import (
@@ -108,12 +107,11 @@ from experiments.distributed import (
 )
 from experiments.ema import WeightAverage
 from experiments.loader import TensorBatches
+from experiments.models import MODEL_NAMES, build_model
 from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule
 
 EXPERIMENT_NAME = "cifar10"
 
-# The paper's plain (shortcut-free) CIFAR networks, named by depth like their residual twins.
-PLAIN_NETWORKS = {f"plain{depth}": f"resnet{depth}" for depth in (20, 32, 44, 56, 110)}
 
 
 class SGDConfigs(BaseConfigs):
@@ -318,28 +316,6 @@ def _iterations_from_epochs(c: Configs) -> int:
     return c.epochs * c.steps_per_epoch
 
 
-def build_model(name: str, *, num_classes: int, shortcut: str, n_blocks: list[int], n_channels: list[int],
-                bottlenecks: list[int] | None, zero_init_residual: bool) -> nn.Module:
-    """
-    A `resnet.ResNetClassifier`: a `ResNetBase` trunk with an `nn.Linear` head. `name` is a preset, a
-    `plainN` network (the preset with `shortcut="none"`), or `custom`, a CIFAR-style network (3×3 stem at
-    full resolution, §4.2) from `n_blocks`, `n_channels` and `bottlenecks`.
-    """
-    extra: dict[str, Any] = {"zero_init_residual": zero_init_residual}
-    if name == "custom":
-        default_shortcut = "A" if bottlenecks is None else "B"
-        trunk = resnet.ResNetBase(list(n_blocks), list(n_channels),
-                                  list(bottlenecks) if bottlenecks else None,
-                                  first_kernel_size=3, stem="cifar", conv_bias=False,
-                                  shortcut=default_shortcut if shortcut == "preset" else shortcut, **extra)
-        return resnet.ResNetClassifier(trunk, num_classes)
-    if name in PLAIN_NETWORKS:
-        return resnet.PRESETS[PLAIN_NETWORKS[name]](num_classes=num_classes, shortcut="none", **extra)
-    if shortcut != "preset":
-        extra["shortcut"] = shortcut
-    return resnet.PRESETS[name](num_classes=num_classes, **extra)
-
-
 def _register_model_option(name: str) -> None:
     def make(c: Configs) -> nn.Module:
         return build_model(name, num_classes=c.num_classes, shortcut=c.shortcut, n_blocks=c.n_blocks,
@@ -349,8 +325,7 @@ def _register_model_option(name: str) -> None:
 
 
 # The first registered option is the default: ResNet-20, the paper's smallest CIFAR network.
-_MODEL_NAMES = ["resnet20", *(n for n in resnet.PRESETS if n != "resnet20"), *PLAIN_NETWORKS, "custom"]
-for _name in _MODEL_NAMES:
+for _name in MODEL_NAMES:
     _register_model_option(_name)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from experiments.models import custom_trunk
 from experiments.recipes import RECIPE_HELP
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
@@ -266,14 +267,9 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
         parser.error(f"{model} is a plain network without shortcuts, so shortcut={o['shortcut']} does not "
                      f"apply; use --model resnet{model[len('plain'):]} shortcut={o['shortcut']}")
     if model == "custom":
-        import resnet
         try:
-            bottlenecks = o.get("bottlenecks")
-            shortcut = o.get("shortcut", "preset")
-            if shortcut == "preset":
-                shortcut = "A" if bottlenecks is None else "B"
-            resnet.ResNetBase(o.get("n_blocks", [3, 3, 3]), o.get("n_channels", [16, 32, 64]), bottlenecks,
-                              first_kernel_size=3, stem="cifar", shortcut=shortcut)
+            custom_trunk(o.get("n_blocks", [3, 3, 3]), o.get("n_channels", [16, 32, 64]),
+                         o.get("bottlenecks"), o.get("shortcut", "preset"))
         except (ValueError, TypeError) as e:
             parser.error(f"custom model: {e}")
 

@@ -105,6 +105,7 @@ import torch
 import resnet
 from experiments import cifar10
 from experiments import data as cifar_data
+from experiments.models import PLAIN_NETWORKS
 
 # The paper's CIFAR widths (§4.2: 16, 32 and 64 filters in the three stages).
 PAPER_WIDTHS = [16, 32, 64]
@@ -148,7 +149,7 @@ class Network:
     def trainer_args(self) -> list[str]:
         """How the trainer names this network: a preset where one exists, else a `custom` network."""
         preset = f"plain{self.depth}" if self.kind == "plain" else f"resnet{self.depth}"
-        known = cifar10.PLAIN_NETWORKS if self.kind == "plain" else resnet.PRESETS
+        known = PLAIN_NETWORKS if self.kind == "plain" else resnet.PRESETS
         if list(self.widths) == PAPER_WIDTHS and preset in known:
             return ["--model", preset]
         n = self.blocks_per_stage

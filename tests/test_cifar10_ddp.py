@@ -26,8 +26,9 @@ from torch.func import functional_call
 
 from experiments import data as cifar_data
 from experiments.checkpoint import load_checkpoint
-from experiments.cifar10 import Configs, build_model
+from experiments.cifar10 import Configs
 from experiments.loader import TensorBatches
+from experiments.models import build_model
 from experiments.recipes import StepSchedule
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
