@@ -46,6 +46,7 @@ DEFAULT_PACKAGES = ("resnet", "experiments")
 # file is never silently left out of the site.
 READING_ORDER = (
     "resnet/model.py",
+    "resnet/fast.py",
     "resnet/checks.py",
     "resnet/torchvision_interop.py",
     "resnet/__init__.py",

@@ -42,11 +42,19 @@ promises three things that loop cannot give:
   `--no-channels-last` turns it off. bf16 autocast is never a CPU default.
 * `ema_decay=0.999`: evaluate, report and checkpoint an exponential moving average of the weights
   ([`experiments/ema.py`](ema.py)); training still steps the raw weights.
+* `--compile` wraps the model in `torch.compile`; `compile_mode=` passes one of its modes through.
+  `--cuda-graphs` is `--compile` with `compile_mode=reduce-overhead`, which records each step's kernels
+  once as a CUDA graph and replays them, so the CPU no longer launches them one by one; it pays off
+  for small networks whose steps are short. CUDA only; it has not run on a GPU yet (none was available
+  while this was written).
+* `cutout=8`: Cutout augmentation (see [`experiments/loader.py`](loader.py)), used by the ResNet-9 recipe.
 
 ## What a run leaves behind
 
 A run folder `logs/cifar10/<uuid>/` (labml's layout) with `configs.yaml`, our `metrics.jsonl` (one
-line per epoch), `checkpoints/last.pt` (rewritten atomically after every epoch and on SIGINT/SIGTERM)
+line per epoch, with the training time of the epoch and of the run so far: `epoch_train_time_s`,
+`train_time_s`; the clock stops during evaluation, and after a resume the epoch's time counts only
+from the resume), `checkpoints/last.pt` (rewritten atomically after every epoch and on SIGINT/SIGTERM)
 and, at the end, `results.json`. The last line printed is `test accuracy: 0.XXXX`.
 
 The test set never chooses anything: we report the final epoch's model. With `--valid-split` the
@@ -108,7 +116,7 @@ from experiments.distributed import (
 from experiments.ema import WeightAverage
 from experiments.loader import TensorBatches
 from experiments.models import MODEL_NAMES, build_model
-from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule
+from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
 EXPERIMENT_NAME = "cifar10"
 
@@ -171,6 +179,8 @@ class Configs(BaseConfigs):
     train_subset: int = 0
     test_subset: int = 0
     augment: bool = True
+    # Side of the square Cutout blanks in every training image; 0 is off (the paper has no Cutout).
+    cutout: int = 0
     dataset: Any
     train_loader: TensorBatches
     valid_loader: TensorBatches | None
@@ -205,6 +215,9 @@ class Configs(BaseConfigs):
     # NHWC memory layout; `auto` (the default) turns it on where it was measured to win (see below).
     channels_last: bool
     compile: bool = False
+    # `torch.compile`'s mode: default, reduce-overhead (CUDA graphs), max-autotune,
+    # max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
     sync_bn: bool = False
 
     seed: int = 5
@@ -251,7 +264,7 @@ def _batches(c: Configs, images: torch.Tensor, labels: torch.Tensor, *, train: b
         return TensorBatches(images, labels, batch_size=c.batch_size // c.world.size, shuffle=True,
                              augment=c.augment, device=c.device, seed=c.seed, mean=cifar_data.CIFAR10_MEAN,
                              std=cifar_data.CIFAR10_STD, rank=c.world.rank, world_size=c.world.size,
-                             channels_last=c.channels_last)
+                             channels_last=c.channels_last, cutout=c.cutout)
     # Every rank evaluates the whole set: the weights are identical, so are the results, and no
     # sampler padding duplicates images into the metric.
     return TensorBatches(images, labels, batch_size=c.eval_batch_size, shuffle=False, augment=False,
@@ -347,6 +360,11 @@ def _cosine_schedule(c: Configs) -> LambdaLR:
     return LambdaLR(c.optimizer, WarmupCosineSchedule(c.iterations, c.lr_warmup_steps, c.lr_warmup_factor))
 
 
+@option(Configs.scheduler, "warmup_linear")
+def _linear_schedule(c: Configs) -> LambdaLR:
+    return LambdaLR(c.optimizer, WarmupLinearSchedule(c.iterations, c.lr_warmup_steps, c.lr_warmup_factor))
+
+
 # The sub-configurations reachable as `optimizer.*` and `device.*` on the command line.
 NESTED_CONFIGS = {"optimizer": SGDConfigs, "device": DeviceConfigs}
 
@@ -393,6 +411,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if c.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.forward_model = self._wrap_model()
+        # CUDA graphs reuse their output memory; each step must say it is a new one (see `train_epoch`).
+        self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead"
         # Copied after `_wrap_model`, which may swap in synchronised batch norm.
         self.ema = WeightAverage(self.model, c.ema_decay) if c.ema_decay > 0 else None
 
@@ -420,7 +440,7 @@ class Trainer:
             on_gpu = self.device.type == "cuda"
             model = DistributedDataParallel(model, device_ids=[self.device.index] if on_gpu else None)
         if self.c.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=self.c.compile_mode)
         return model
 
     def _zero_sums(self) -> dict[str, torch.Tensor]:
@@ -536,6 +556,9 @@ class Trainer:
             for x, y in monit.iterate("Train", batches, total_steps=n_batches - self.batch):
                 if self.step >= c.iterations:
                     break
+                if self.cuda_graphs:
+                    # Tells the recorded graphs that the previous step's outputs are no longer needed.
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self._autocast():
                     logits = self.forward_model(x)
                     loss = self.criterion(logits, y)
@@ -594,6 +617,7 @@ class Trainer:
         for _ in monit.loop(range(self.epoch, c.epochs)):
             if self.step >= c.iterations:
                 break
+            time_before = self.train_time_s
             self.train_epoch()
             sums = {k: sum_over_ranks(v, self.world) for k, v in self.epoch_sums.items()}
             seen = max(1, int(sums["seen"].item()))
@@ -615,6 +639,8 @@ class Trainer:
                 record[f"{eval_name}_loss"], record[f"{eval_name}_accuracy"] = loss, accuracy
                 if eval_name == "test":
                     last_test = (loss, accuracy)
+            record["epoch_train_time_s"] = self.train_time_s - time_before
+            record["train_time_s"] = self.train_time_s
             record["train_images_per_s"] = self.train_images / max(self.train_time_s, 1e-9)
             self.history.append(record)
             self.epoch += 1
@@ -656,6 +682,7 @@ class Trainer:
             "train_images_per_s": self.train_images / max(self.train_time_s, 1e-9),
             "device": device_description(self.device), "world_size": self.world.size,
             "amp": self.c.amp, "channels_last": self.c.channels_last, "compile": self.c.compile,
+            "compile_mode": self.c.compile_mode, "cutout": self.c.cutout,
             # With an average, the valid/test numbers are the averaged network's.
             "ema_decay": self.c.ema_decay,
             "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
@@ -685,7 +712,8 @@ def evaluate(model: nn.Module, loader: TensorBatches, name: str, *, amp_dtype: t
         if before_batch is not None:
             before_batch()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x).float()
+            # A copy: with CUDA graphs the second call below would write over the first one's output.
+            logits = model(x).float().clone()
             if flip_tta:
                 logits = (logits + model(x.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

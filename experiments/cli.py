@@ -35,6 +35,8 @@ INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "step
 
 SHORTCUT_CHOICES = ("preset", "A", "B", "C", "none")
 AMP_CHOICES = ("none", "bf16", "fp16")
+# `torch.compile`'s modes; reduce-overhead is the one that records CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _at_least(minimum: float) -> Callable[[Any], str | None]:
@@ -73,6 +75,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "lr_decay": _within(0, 1, high_inclusive=True), "lr_milestones": _non_negative_list,
     "label_smoothing": _within(0, 1), "ema_decay": _within(0, 1),
     "shortcut": _one_of(SHORTCUT_CHOICES), "amp": _one_of(AMP_CHOICES),
+    "compile_mode": _one_of(COMPILE_MODES),
+    # CIFAR-10 images are 32x32; a larger square would blank the whole image wherever it lands.
+    "cutout": _within(0, 32, high_inclusive=True),
     "n_blocks": _positive_list, "n_channels": _positive_list, "bottlenecks": _positive_list,
     "optimizer.learning_rate": lambda v: None if v > 0 else "must be positive",
     "optimizer.momentum": _within(0, 1), "optimizer.weight_decay": _at_least(0),
@@ -125,15 +130,19 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                         help="hold out N training images for per-epoch validation (default N: 5000, the "
                              "paper's 45k/5k split); the test set is only reported, never used to choose")
     parser.add_argument("--amp", choices=AMP_CHOICES,
-                        help="mixed precision (default none; fast recipe: bf16 on CUDA). bf16 is slow on "
-                             "CPUs without bf16 units")
+                        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA). bf16 is"
+                             " slow on CPUs without bf16 units")
     layout = parser.add_mutually_exclusive_group()
     layout.add_argument("--channels-last", action="store_true", default=None,
                         help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "
                              "CPUs, where it was measured 1.2x faster for training ResNet-20/56")
     layout.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep PyTorch's default NCHW layout")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (compile_mode=... picks torch.compile's mode)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA only: --compile with compile_mode=reduce-overhead, which replays each "
+                             "step's kernels as a recorded CUDA graph (helps small, launch-bound networks)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for PyTorch (torch.set_num_threads; default: PyTorch's own choice, "
                              "about one per core). On a busy machine fewer can be much faster: on a 2-core "
@@ -182,6 +191,9 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     for key, on in switches:
         if on:
             user[key] = (True, False)
+    if args.cuda_graphs:
+        user["compile"] = (True, False)
+        user["compile_mode"] = ("reduce-overhead", False)
     if args.epochs is not None:
         user["epochs"] = (args.epochs, False)
         # An explicit number of epochs sets the length; the paper's 64k iterations no longer apply.
@@ -217,9 +229,10 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
 def _recipe_overrides(recipes: dict[str, dict[str, Any]], recipe: str,
                       user: dict[str, Any]) -> dict[str, Any]:
     values = dict(recipes[recipe])
-    if recipe == "fast" and _wants_cuda(user):
-        # The fast recipe's hardware settings only pay off on a GPU (bf16 is slow on most CPUs).
-        values.update({"amp": "bf16", "channels_last": True})
+    # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
+    cuda_values = values.pop("cuda", {})
+    if _wants_cuda(user):
+        values.update(cuda_values)
     if "iterations" in user and user["iterations"] != "from_epochs":
         # An explicit iteration count beats the recipe's epoch count.
         values.pop("iterations", None)
@@ -255,6 +268,10 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
     if batch % world_size:
         parser.error(f"--batch-size {batch} is the global batch and must divide evenly over the "
                      f"{world_size} processes")
+    if o.get("compile_mode", "default") == "reduce-overhead" and not _wants_cuda(o):
+        parser.error("--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone")
+    if "compile_mode" in o and not o.get("compile"):
+        parser.error(f"compile_mode={o['compile_mode']} only applies with --compile")
     if o.get("sync_bn") and world_size > 1 and not _wants_cuda(o):
         parser.error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
     model = o.get("model", "resnet20")

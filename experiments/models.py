@@ -3,7 +3,8 @@
 
 The trainer's `model` setting names a network: a `resnet` preset, a `plainN` network (the CIFAR preset
 with `shortcut="none"`, the paper's plain baselines of Figure 6), or `custom`, built from `n_blocks`,
-`n_channels` and `bottlenecks`. This module is the one place that turns those settings into a
+`n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of `resnet/fast.py` (not a
+network from the paper). This module is the one place that turns those settings into a
 `resnet.ResNetClassifier`; the command line uses it too, to reject a bad custom network before
 anything is read or written.
 """
@@ -16,7 +17,8 @@ import resnet
 PLAIN_NETWORKS = {f"plain{depth}": f"resnet{depth}" for depth in (20, 32, 44, 56, 110)}
 
 # The first name is the default: ResNet-20, the paper's smallest CIFAR network.
-MODEL_NAMES = ["resnet20", *(n for n in resnet.PRESETS if n != "resnet20"), *PLAIN_NETWORKS, "custom"]
+MODEL_NAMES = ["resnet20", *(n for n in resnet.PRESETS if n != "resnet20"), *PLAIN_NETWORKS, "resnet9",
+               "custom"]
 
 
 def custom_trunk(n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str,
@@ -34,12 +36,20 @@ def custom_trunk(n_blocks: list[int], n_channels: list[int], bottlenecks: list[i
 
 
 def build_model(name: str, *, num_classes: int, shortcut: str, n_blocks: list[int], n_channels: list[int],
-                bottlenecks: list[int] | None, zero_init_residual: bool) -> resnet.ResNetClassifier:
-    """A `resnet.ResNetClassifier`: a `ResNetBase` trunk with an `nn.Linear` head, named as above."""
+                bottlenecks: list[int] | None,
+                zero_init_residual: bool) -> resnet.ResNetClassifier | resnet.ResNet9:
+    """
+    A `resnet.ResNetClassifier` (a `ResNetBase` trunk with an `nn.Linear` head) or, for `resnet9`, a
+    `resnet.ResNet9`, named as above.
+    """
     if name == "custom":
         trunk = custom_trunk(n_blocks, n_channels, bottlenecks, shortcut, zero_init_residual)
         return resnet.ResNetClassifier(trunk, num_classes)
     extra: dict[str, Any] = {"zero_init_residual": zero_init_residual}
+    if name == "resnet9":
+        # Its blocks keep their shape, so the CIFAR default (A) and B both give identity shortcuts.
+        return resnet.resnet9(num_classes=num_classes, shortcut="A" if shortcut == "preset" else shortcut,
+                              **extra)
     if name in PLAIN_NETWORKS:
         return resnet.PRESETS[PLAIN_NETWORKS[name]](num_classes=num_classes, shortcut="none", **extra)
     if shortcut != "preset":

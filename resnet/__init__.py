@@ -3,9 +3,11 @@
 
 `resnet.model` is the tutorial: it walks through *Deep Residual Learning for Image Recognition* and
 builds every module on the way. This package re-exports what users import, and adds
-`resnet.torchvision_interop` to move weights between these models and torchvision's.
+`resnet.torchvision_interop` to move weights between these models and torchvision's, and `resnet.fast`,
+a fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks.
 """
 
+from resnet.fast import ConvPool, ResNet9, resnet9
 from resnet.model import (
     PRESETS,
     SHORTCUTS,
@@ -39,5 +41,5 @@ __all__ = [
     "ResNetClassifier", "ResNetStem", "ShortcutProjection", "ZeroPadShortcut", "cifar_resnet",
     "imagenet_resnet", "make_shortcut", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44",
     "resnet50", "resnet56", "resnet101", "resnet110", "resnet152", "resnet1202", "from_torchvision",
-    "to_torchvision",
+    "to_torchvision", "ConvPool", "ResNet9", "resnet9",
 ]

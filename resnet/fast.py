@@ -1,0 +1,116 @@
+"""
+# A fast residual network for CIFAR-10 (beyond the paper)
+
+The paper's CIFAR networks are thin (16 to 64 channels) and deep, and spend most of their work on
+$32 \\times 32$ maps. That is the right shape for studying depth, but not for training fast on a GPU:
+thin layers leave most of a modern GPU idle, and every one of the many layers costs a kernel launch.
+
+The networks that hold the CIFAR-10 speed records turn this around. The best known is the "ResNet-9"
+that David Page (Myrtle.ai) trained for the DAWNBench competition in 2018: 94% test accuracy in 24
+epochs and 79 seconds on one V100, and 26 seconds after a further series of training tricks. It has only
+eight convolutions, wide ones (64 to 512 channels), a max-pool after each widening so that the expensive
+layers see small maps, and just two residual blocks. It is still a residual network, and this module
+builds it from the library's own [`ResidualBlock`](model.py#ResidualBlock).
+
+It is **not** a network from He et al. (2015), and we keep it out of `resnet.PRESETS`, which holds the
+paper's eleven. It differs from Page's in one detail: his residual branch ends in a ReLU and the sum is
+not rectified, while ours is the paper's block, $\\mathrm{ReLU}(\\mathcal{F}(x) + x)$.
+
+| layer | output (CIFAR) | what it is |
+|---|---|---|
+| stem | $64 \\times 32 \\times 32$ | $3 \\times 3$ convolution, BN, ReLU (the CIFAR stem) |
+| layer 1 | $128 \\times 16 \\times 16$ | convolution, BN, ReLU, $2 \\times 2$ max-pool; residual block |
+| layer 2 | $256 \\times 8 \\times 8$ | convolution, BN, ReLU, $2 \\times 2$ max-pool |
+| layer 3 | $512 \\times 4 \\times 4$ | convolution, BN, ReLU, $2 \\times 2$ max-pool; residual block |
+| head | 10 | global max-pool, fully connected layer without bias, logits scaled by $1/8$ |
+
+Scaling the logits down by 8 keeps the softmax from saturating early at the large learning rates these
+short schedules use. The training recipe that goes with it is `--recipe resnet9` in
+`experiments/recipes.py`.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from resnet.checks import check_image_batch, check_positive
+from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3
+
+
+class ConvPool(Module):
+    """
+    ## Widen and downsample
+
+    A $3 \\times 3$ convolution to `out_channels`, batch norm, ReLU, then a $2 \\times 2$ max-pool that
+    halves the map. Pooling after the convolution (instead of a stride-2 convolution) lets the
+    convolution see every pixel, at four times the cost of a strided one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        check_positive(in_channels=in_channels, out_channels=out_channels)
+        self.conv = conv3x3(in_channels, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.bn(self.conv(x))))
+
+
+class ResNet9(Module):
+    """
+    ## The network
+
+    * `num_classes` is the number of outputs
+    * `widths` are the channels of the stem and of the three layers
+    * `residual` says which of the three layers end in a residual block
+    * `img_channels` is the number of channels of the input images
+    * `shortcut` is the blocks' shortcut option (see `resnet.make_shortcut`); the blocks keep their
+      shape, so `"A"` and `"B"` are both identities, `"C"` projects and `"none"` removes the shortcut
+    * `logit_scale` multiplies the output of the fully connected layer
+    * `zero_init_residual` starts the last batch norm of each residual branch at zero, so each block
+      begins as the identity
+    """
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
+                 residual: Sequence[bool] = (True, False, True), *, img_channels: int = 3,
+                 shortcut: Shortcut = "A", logit_scale: float = 0.125, zero_init_residual: bool = False):
+        super().__init__()
+        if len(widths) != 4 or len(residual) != 3:
+            raise ValueError(f"ResNet9 needs 4 widths (stem and three layers) and 3 residual flags, got "
+                             f"widths={list(widths)} and residual={list(residual)}")
+        check_positive(num_classes=num_classes, img_channels=img_channels,
+                       **{f"widths[{i}]": w for i, w in enumerate(widths)})
+        self.img_channels = img_channels
+        self.logit_scale = float(logit_scale)
+        self.stem = ResNetStem(img_channels, widths[0], 3, "cifar", conv_bias=False)
+        layers: list[nn.Module] = []
+        for in_channels, out_channels, has_block in zip(widths[:-1], widths[1:], residual, strict=True):
+            layers.append(ConvPool(in_channels, out_channels))
+            if has_block:
+                block = ResidualBlock(out_channels, out_channels, 1, shortcut=shortcut, conv_bias=False)
+                if zero_init_residual:
+                    nn.init.zeros_(block.last_norm().weight)
+                layers.append(block)
+        self.layers = nn.Sequential(*layers)
+        # Three max-pools: each output pixel stands for an 8x8 patch of the input.
+        self.total_stride = 8
+        self.head = nn.Linear(widths[-1], num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        * `x` is a batch of images `[batch_size, img_channels, height, width]`, at least 8 pixels a side
+
+        Returns the logits `[batch_size, num_classes]`. The last map is max-pooled over all positions
+        (Page's choice; the paper's networks average), so any image size works.
+        """
+        check_image_batch(x, self.img_channels, self.total_stride)
+        features = self.layers(self.stem(x)).amax(dim=(2, 3))
+        return self.head(features) * self.logit_scale
+
+
+def resnet9(**kwargs) -> ResNet9:
+    """The DAWNBench-style ResNet-9 for CIFAR-10 (about 6.6M parameters); see `ResNet9` for the options."""
+    return ResNet9(**kwargs)
