@@ -113,8 +113,9 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="set any labml configuration (see configs.yaml in a run folder for the keys)")
     parser.add_argument("--model", metavar="NAME",
-                        help=f"network: {', '.join(model_names)} (plainN: no shortcuts; custom: from "
-                             f"n_blocks/n_channels/bottlenecks). Default resnet20")
+                        help=f"network: {', '.join(model_names)} (plainN: no shortcuts; resnet9: the fast "
+                             "DAWNBench network, not from the paper; custom: from "
+                             "n_blocks/n_channels/bottlenecks). Default resnet20")
     parser.add_argument("--recipe", choices=sorted(recipes), default="paper", help=RECIPE_HELP)
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="train N epochs (default: the recipe's; paper: 64k iterations)")
