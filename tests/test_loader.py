@@ -236,3 +236,114 @@ def test_cuda_batches_equal_cpu_batches(images: torch.Tensor) -> None:
         assert cuda_images.device.type == "cuda"
         torch.testing.assert_close(cuda_images.cpu(), cpu_images)
         assert torch.equal(cuda_labels.cpu(), cpu_labels)
+
+
+# ## Cutout (not from the paper; the ResNet-9 recipe's regulariser)
+
+
+def cut_region(plain: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """
+    The `[H, W]` pixels that Cutout changed in one image, after checking it only ever sets whole pixels
+    (every channel) to 0 and leaves the rest exactly as the loader without Cutout made them.
+    """
+    assert torch.all(plain != 0), "the comparison needs images without exact zeros"
+    changed = (plain != cut).any(dim=0)
+    assert torch.all(cut[:, changed] == 0)
+    assert torch.equal(cut[:, ~changed], plain[:, ~changed])
+    return changed
+
+
+def rectangle_sides(region: torch.Tensor) -> tuple[int, int, bool, bool]:
+    """(height, width, touches top/bottom, touches left/right) of a region that must be a rectangle."""
+    rows = region.any(dim=1).nonzero().flatten()
+    columns = region.any(dim=0).nonzero().flatten()
+    assert len(rows) > 0, "every augmented image gets a square"
+    top, bottom = rows.min().item(), rows.max().item()
+    left, right = columns.min().item(), columns.max().item()
+    rectangle = torch.zeros_like(region)
+    rectangle[top : bottom + 1, left : right + 1] = True
+    assert torch.equal(region, rectangle), "the blanked pixels must form one axis-aligned rectangle"
+    height, width = region.shape
+    return (bottom - top + 1, right - left + 1, top == 0 or bottom == height - 1,
+            left == 0 or right == width - 1)
+
+
+def test_cutout_zero_gives_the_batches_of_a_loader_without_it(images: torch.Tensor) -> None:
+    assert_same_batches(list(make(images, cutout=0).epoch(3)), list(make(images).epoch(3)))
+
+
+@pytest.mark.parametrize("side", [1, 5, 8, 32])
+def test_cutout_blanks_one_clipped_square_and_leaves_crops_and_flips_as_they_were(images: torch.Tensor,
+                                                                                  side: int) -> None:
+    full_squares = clipped_squares = 0
+    for epoch in range(3):
+        plain, cut = list(make(images).epoch(epoch)), list(make(images, cutout=side).epoch(epoch))
+        assert len(plain) == len(cut)
+        for (plain_images, plain_labels), (cut_images, cut_labels) in zip(plain, cut, strict=True):
+            assert torch.equal(plain_labels, cut_labels)
+            for plain_image, cut_image in zip(plain_images, cut_images, strict=True):
+                height, width, clipped_rows, clipped_columns = rectangle_sides(cut_region(plain_image,
+                                                                                          cut_image))
+                assert height <= side and width <= side
+                # The centre lies in the image, so at least about half the square does in each direction.
+                assert min(height, width) >= min(side - side // 2, side // 2 + 1)
+                # Away from the edges the square is whole.
+                assert clipped_rows or height == side
+                assert clipped_columns or width == side
+                if (height, width) == (side, side):
+                    full_squares += 1
+                else:
+                    clipped_squares += 1
+    # Both cases occur: the square is placed at random, not always inside or always over an edge.
+    if side < 32:
+        assert full_squares > 0
+    assert clipped_squares > 0 or side == 1
+
+
+def test_cutout_is_fixed_by_seed_epoch_and_batch_and_resumes_exactly(images: torch.Tensor) -> None:
+    uninterrupted = list(make(images, cutout=8).epoch(5))
+    assert_same_batches(list(make(images, cutout=8).epoch(5)), uninterrupted)
+    for start_batch in (1, 2):
+        assert_same_batches(list(make(images, cutout=8).epoch(5, start_batch=start_batch)),
+                            uninterrupted[start_batch:])
+    # Another seed moves the squares of the same (unshuffled) images.
+    first = next(make(images, cutout=8, shuffle=False, seed=1).epoch(0))[0]
+    second = next(make(images, cutout=8, shuffle=False, seed=2).epoch(0))[0]
+    assert not torch.equal(first == 0, second == 0)
+
+
+def test_cutout_is_not_applied_without_augmentation(images: torch.Tensor) -> None:
+    for batch_images, labels in make(images, augment=False, cutout=8).epoch(1):
+        torch.testing.assert_close(batch_images, normalised(images[labels]))
+        assert torch.all(batch_images != 0)
+
+
+def test_cutout_keeps_channels_last_and_reduced_precision(images: torch.Tensor) -> None:
+    reference = list(make(images, cutout=8).epoch(0))
+    for (batch, _), (expected, _) in zip(make(images, cutout=8, channels_last=True).epoch(0), reference,
+                                         strict=True):
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(batch, expected)
+    for (batch, _), (expected, _) in zip(make(images, cutout=8, dtype=torch.bfloat16).epoch(0), reference,
+                                         strict=True):
+        assert batch.dtype == torch.bfloat16
+        assert torch.equal(batch == 0, expected == 0)
+
+
+@pytest.mark.parametrize("cutout", [-1, 33, 100])
+def test_a_cutout_outside_zero_to_the_image_size_is_refused(images: torch.Tensor, cutout: int) -> None:
+    with pytest.raises(ValueError, match="cutout"):
+        make(images, cutout=cutout)
+
+
+def test_cutout_may_be_as_large_as_the_shorter_side() -> None:
+    wide = torch.randint(1, 256, (4, 3, 24, 32), dtype=torch.uint8)
+    assert next(make(wide, cutout=24).epoch(0))[0].shape == (4, 3, 24, 32)
+    with pytest.raises(ValueError, match="cutout"):
+        make(wide, cutout=25)
+
+
+def test_cutout_costs_the_same_python_calls_at_any_batch_size() -> None:
+    many = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
+    assert count_python_calls(make(many, batch_size=2, cutout=8)) == count_python_calls(
+        make(many, batch_size=256, cutout=8))
