@@ -61,6 +61,12 @@ BAD_COMMAND_LINES = [
     (["test_subset=-10"], "test_subset"),
     (["train_subset=half"], "train_subset"),
     (["verify_checksums=perhaps"], "verify_checksums"),
+    (["compile_mode=max-autotune"], "only applies with --compile"),
+    (["--compile", "compile_mode=bogus"],
+     "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    (["cutout=33"], "cutout"),
+    (["cutout=-1"], "cutout"),
+    (["cutout=2.5"], "cutout"),
 ]
 
 
@@ -78,7 +84,8 @@ def test_bad_input_exits_2_with_usage_before_touching_anything(argv: list[str], 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without a GPU")
-@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--device", "cuda:1"], ["device.use_cuda=true"]])
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--device", "cuda:1"], ["device.use_cuda=true"],
+                                  ["--cuda-graphs"], ["--compile", "compile_mode=reduce-overhead"]])
 def test_asking_for_cuda_without_a_gpu_is_a_usage_error(argv: list[str], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     assert run_trainer(["--logs-dir", str(tmp_path / "logs"), *argv]) == 2
@@ -181,3 +188,55 @@ def test_auto_channels_last_is_on_for_x86_cpus_and_bf16_is_never_a_cpu_default()
         assert c.channels_last is expected
         # bf16 autocast is slow on CPUs without bf16 units, so no recipe turns it on for a CPU.
         assert c.amp == "none"
+
+
+def test_the_resnet9_recipe_picks_its_network_cutout_and_linear_schedule_but_no_bf16_on_cpu() -> None:
+    overrides = parse("--recipe", "resnet9", "--device", "cpu")
+    assert overrides["recipe"] == "resnet9" and overrides["model"] == "resnet9"
+    assert overrides["cutout"] == 8 and overrides["scheduler"] == "warmup_linear"
+    assert overrides["label_smoothing"] == 0.2 and overrides["optimizer.nesterov"] is True
+    assert overrides["batch_size"] == 512 and overrides["iterations"] == "from_epochs"
+    assert "amp" not in overrides and "channels_last" not in overrides
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the defaults of a machine without a GPU")
+def test_without_a_gpu_the_resnet9_recipe_adds_no_hardware_settings() -> None:
+    overrides = parse("--recipe", "resnet9")
+    assert overrides["model"] == "resnet9" and "amp" not in overrides and "channels_last" not in overrides
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the recipe's GPU settings need a GPU")
+def test_on_a_gpu_the_resnet9_recipe_adds_bf16_and_channels_last() -> None:
+    overrides = parse("--recipe", "resnet9")
+    assert overrides["amp"] == "bf16" and overrides["channels_last"] is True
+
+
+def test_a_model_flag_beats_the_resnet9_recipes_network_and_keeps_the_rest_of_it() -> None:
+    overrides = parse("--model", "resnet20", "--recipe", "resnet9", "--device", "cpu")
+    assert overrides["model"] == "resnet20"
+    assert overrides["cutout"] == 8 and overrides["scheduler"] == "warmup_linear"
+    overrides = parse("--recipe", "resnet9", "model=resnet56", "cutout=0", "--device", "cpu")
+    assert overrides["model"] == "resnet56" and overrides["cutout"] == 0
+
+
+@pytest.mark.parametrize("mode", ["default", "max-autotune", "max-autotune-no-cudagraphs"])
+def test_a_compile_mode_is_accepted_with_compile(mode: str) -> None:
+    overrides = parse("--compile", f"compile_mode={mode}", "--device", "cpu")
+    assert overrides["compile"] is True and overrides["compile_mode"] == mode
+
+
+def test_compile_alone_leaves_the_mode_to_the_default() -> None:
+    overrides = parse("--compile", "--device", "cpu")
+    assert overrides["compile"] is True and "compile_mode" not in overrides
+    assert Configs().compile_mode == "default"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--cuda-graphs needs a GPU")
+def test_cuda_graphs_is_compile_in_reduce_overhead_mode() -> None:
+    overrides = parse("--cuda-graphs")
+    assert overrides["compile"] is True and overrides["compile_mode"] == "reduce-overhead"
+
+
+def test_cutout_accepts_zero_to_the_image_size() -> None:
+    assert parse("cutout=0")["cutout"] == 0
+    assert parse("cutout=32")["cutout"] == 32
