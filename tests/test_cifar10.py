@@ -12,8 +12,10 @@ import torch
 import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
+import resnet
+from experiments import cifar10
 from experiments.checkpoint import load_checkpoint
-from experiments.recipes import StepSchedule, WarmupCosineSchedule
+from experiments.recipes import StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
 # Values that measure the machine rather than the run; everything else must match exactly.
 TIMING_KEYS = {"wall_time_s", "train_time_s", "train_images_per_s", "run_dir", "resumed_from"}
@@ -288,3 +290,92 @@ def test_an_ema_run_resumes_exactly_averaged_weights_included(data_dir: Path, tm
     assert evaluated["weights"] == "averaged (ema)"
     assert evaluated["test_accuracy"] == reference["test_accuracy"]
     assert evaluated["test_loss"] == reference["test_loss"]
+
+
+def test_linear_schedule_climbs_to_the_peak_then_falls_to_zero_and_stays_there() -> None:
+    schedule = WarmupLinearSchedule(total_steps=100, warmup_steps=10, warmup_factor=0.0)
+    assert schedule(0) == 0.0 and schedule(5) == pytest.approx(0.5)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(55) == pytest.approx(0.5) and schedule(91) == pytest.approx(0.1)
+    assert schedule(100) == 0.0
+    # Past the end (e.g. a run extended beyond its schedule) the rate stays at zero, never negative.
+    assert schedule(101) == 0.0 and schedule(1000) == 0.0
+    warm_from_a_tenth = WarmupLinearSchedule(total_steps=100, warmup_steps=10, warmup_factor=0.1)
+    assert warm_from_a_tenth(0) == pytest.approx(0.1) and warm_from_a_tenth(5) == pytest.approx(0.55)
+    assert warm_from_a_tenth(55) == pytest.approx(0.5)
+
+
+def test_linear_schedule_without_warm_up_starts_at_the_peak() -> None:
+    schedule = WarmupLinearSchedule(total_steps=4)
+    assert [schedule(s) for s in range(6)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+
+
+def resnet9_args(data_dir: Path, logs: Path, results: Path, *extra: str) -> list[str]:
+    """The resnet9 recipe cut down to 4 steps of 16 images, evaluated on 16 images."""
+    return ["--data-dir", str(data_dir), "--logs-dir", str(logs), "--device", "cpu", "--threads", "1",
+            "--recipe", "resnet9", "--epochs", "1", "--batch-size", "16", "lr_warmup_steps=2",
+            "train_subset=64", "test_subset=16", "--results", str(results), *extra]
+
+
+def test_a_tiny_resnet9_recipe_run_trains_the_fast_network_with_cutout(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cutouts: list[tuple[bool, int]] = []
+
+    class RecordingBatches(cifar10.TensorBatches):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            cutouts.append((self.augment, self.cutout))
+
+    monkeypatch.setattr(cifar10, "TensorBatches", RecordingBatches)
+    results_path = tmp_path / "results.json"
+    assert run_trainer(resnet9_args(data_dir, tmp_path / "logs", results_path)) == 0
+    # The training loader blanks 8x8 squares; the test loader neither augments nor cuts.
+    assert sorted(cutouts) == [(False, 0), (True, 8)]
+    results = json.loads(results_path.read_text())
+    assert results["recipe"] == "resnet9" and results["model"] == "resnet9"
+    assert results["cutout"] == 8 and results["amp"] == "none" and results["steps"] == 4
+    assert results["parameters"] == sum(p.numel() for p in resnet.resnet9().parameters())
+    run_dir = Path(results["run_dir"])
+    configs = yaml.safe_load((run_dir / "configs.yaml").read_text())
+    computed = {key: entry["computed"] for key, entry in configs.items()}
+    # The scheduler is computed into a LambdaLR object; its value names the option that built it.
+    assert configs["scheduler"]["value"] == "warmup_linear" and computed["label_smoothing"] == 0.2
+    assert computed["cutout"] == 8 and computed["flip_tta"] is True
+    # 2 warm-up steps up to 0.4, then 2 steps down: the linear schedule ends the run at 0.
+    (metrics,) = epoch_metrics(run_dir)
+    assert metrics["lr"] == pytest.approx(0.0, abs=1e-12)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert any(name.startswith("layers.") for name in state["model"])
+
+
+def test_metrics_carry_each_epochs_training_time_and_their_running_sum(reference: tuple[dict, Path]) -> None:
+    results, run_dir = reference
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    running = 0.0
+    for line in lines:
+        assert line["epoch_train_time_s"] > 0
+        running += line["epoch_train_time_s"]
+        assert line["train_time_s"] == pytest.approx(running, rel=1e-9, abs=1e-9)
+    assert results["train_time_s"] == pytest.approx(lines[-1]["train_time_s"], rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("flags", "mode"), [
+    (["--compile"], "default"),
+    (["--compile", "compile_mode=max-autotune-no-cudagraphs"], "max-autotune-no-cudagraphs"),
+])
+def test_the_compile_mode_reaches_torch_compile(data_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, flags: list[str],
+                                               mode: str) -> None:
+    modes: list[str] = []
+
+    def record(model: torch.nn.Module, *, mode: str = "default", **options) -> torch.nn.Module:
+        # Compiling for real would cost minutes on this machine; the mode is what is checked here.
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(cifar10.torch, "compile", record)
+    status, results, _ = train(data_dir, tmp_path / "logs", *flags, epochs=1)
+    assert status == 0
+    assert modes == [mode]
+    assert results["compile"] is True and results["compile_mode"] == mode
