@@ -198,7 +198,10 @@ class Configs(BaseConfigs):
     scheduler: LambdaLR
     lr_milestones: list[int] = [32_000, 48_000]
     lr_decay: float = 0.1
+    # A number of steps, or `from_fraction`: `lr_warmup_fraction` of the run's iterations, which keeps a
+    # recipe's warm-up in proportion when `--epochs` or the batch size changes the run's length.
     lr_warmup_steps: int = 0
+    lr_warmup_fraction: float = 0.0
     lr_warmup_factor: float = 0.1
     label_smoothing: float = 0.0
     # Average the prediction for an image and its mirror image when evaluating.
@@ -347,6 +350,11 @@ def _optimizer(c: Configs) -> SGDConfigs:
     conf = SGDConfigs()
     conf.parameters = c.model.parameters()
     return conf
+
+
+@option(Configs.lr_warmup_steps, "from_fraction")
+def _warmup_from_fraction(c: Configs) -> int:
+    return round(c.lr_warmup_fraction * c.iterations)
 
 
 @option(Configs.scheduler, "step")

@@ -71,7 +71,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "train_subset": _at_least(0), "test_subset": _at_least(0),
     # CIFAR-10's labels run 0..9, so the head needs at least ten outputs.
     "num_classes": _at_least(10), "log_every": _at_least(1),
-    "lr_warmup_steps": _at_least(0), "lr_warmup_factor": _within(0, 1, high_inclusive=True),
+    "lr_warmup_steps": _at_least(0), "lr_warmup_fraction": _within(0, 1),
+    "lr_warmup_factor": _within(0, 1, high_inclusive=True),
     "lr_decay": _within(0, 1, high_inclusive=True), "lr_milestones": _non_negative_list,
     "label_smoothing": _within(0, 1), "ema_decay": _within(0, 1),
     "shortcut": _one_of(SHORTCUT_CHOICES), "amp": _one_of(AMP_CHOICES),

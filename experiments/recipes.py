@@ -41,8 +41,9 @@ momentum, weight decay $5 \\times 10^{-4}$, a learning rate that climbs linearly
 first 5 epochs and falls linearly to 0 at the end (`warmup_linear`), label smoothing 0.2, $8 \\times 8$
 Cutout on top of the paper's crops and flips, and flip TTA. (Page states his rate per image, with a
 summed loss, and his weight decay multiplied by the batch size; for our averaged loss both come out as
-the numbers above.) The warm-up is 490 steps, 5 epochs of the 50,000 images at batch 512. This recipe
-sets `model=resnet9`; `--model` picks another network for it.
+the numbers above.) The warm-up is given as a fraction of the run, 5/24 (`lr_warmup_fraction`), so
+that `--epochs` or another batch size stretch or shrink it with the run instead of leaving a run that
+never gets past its warm-up. This recipe sets `model=resnet9`; `--model` picks another network for it.
 
 We could not measure what any recipe reaches on the real CIFAR-10 here: the machines this was
 written on have no copy of the data set and no internet access. The paper's recipe reaches 91.25%
@@ -79,7 +80,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer.nesterov": True,
         "optimizer.weight_decay": 5e-4,
         "scheduler": "warmup_linear",
-        "lr_warmup_steps": 490,
+        "lr_warmup_steps": "from_fraction",
+        "lr_warmup_fraction": 5 / 24,
         "lr_warmup_factor": 0.0,
         "label_smoothing": 0.2,
         "cutout": 8,
@@ -93,9 +95,10 @@ RECIPE_HELP = (
     "iterations, 64k iterations). fast: batch 512, nesterov, lr 0.4 with 200 warm-up steps and cosine "
     "decay, wd 5e-4, label smoothing 0.1, flip test-time augmentation, 30 epochs; bf16, channels_last "
     "on CUDA; weight averaging off (add ema_decay=0.999 to try it). resnet9: the DAWNBench ResNet-9 "
-    "(model=resnet9), batch 512, 24 epochs, lr linear 0 -> 0.4 over 5 epochs and back to 0, nesterov, wd "
-    "5e-4, label smoothing 0.2, cutout 8, flip TTA; bf16, channels_last on CUDA. The fast and resnet9 "
-    "recipes' CIFAR-10 accuracy has not been measured (no data set on the machine this was written on)."
+    "(model=resnet9), batch 512, 24 epochs, lr linear 0 -> 0.4 over the first 5/24 of the run and back "
+    "to 0, nesterov, wd 5e-4, label smoothing 0.2, cutout 8, flip TTA; bf16, channels_last on CUDA. The "
+    "fast and resnet9 recipes' CIFAR-10 accuracy has not been measured (no data set on the machine this "
+    "was written on)."
 )
 
 

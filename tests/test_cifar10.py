@@ -313,7 +313,7 @@ def test_linear_schedule_without_warm_up_starts_at_the_peak() -> None:
 def resnet9_args(data_dir: Path, logs: Path, results: Path, *extra: str) -> list[str]:
     """The resnet9 recipe cut down to 4 steps of 16 images, evaluated on 16 images."""
     return ["--data-dir", str(data_dir), "--logs-dir", str(logs), "--device", "cpu", "--threads", "1",
-            "--recipe", "resnet9", "--epochs", "1", "--batch-size", "16", "lr_warmup_steps=2",
+            "--recipe", "resnet9", "--epochs", "1", "--batch-size", "16", "lr_warmup_fraction=0.5",
             "train_subset=64", "test_subset=16", "--results", str(results), *extra]
 
 
@@ -341,6 +341,8 @@ def test_a_tiny_resnet9_recipe_run_trains_the_fast_network_with_cutout(
     # The scheduler is computed into a LambdaLR object; its value names the option that built it.
     assert configs["scheduler"]["value"] == "warmup_linear" and computed["label_smoothing"] == 0.2
     assert computed["cutout"] == 8 and computed["flip_tta"] is True
+    # The recipe's warm-up is a fraction of the run: half of these 4 steps.
+    assert configs["lr_warmup_steps"]["value"] == "from_fraction" and computed["lr_warmup_steps"] == 2
     # 2 warm-up steps up to 0.4, then 2 steps down: the linear schedule ends the run at 0.
     (metrics,) = epoch_metrics(run_dir)
     assert metrics["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -65,6 +65,8 @@ BAD_COMMAND_LINES = [
     (["--compile", "compile_mode=bogus"],
      "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
     (["cutout=33"], "cutout"),
+    (["lr_warmup_fraction=1"], "lr_warmup_fraction"),
+    (["lr_warmup_steps=from_epochs"], "lr_warmup_steps"),
     (["cutout=-1"], "cutout"),
     (["cutout=2.5"], "cutout"),
 ]
@@ -113,7 +115,9 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
     for action in parser._actions:
         for flag in action.option_strings:
             assert flag in text, flag
-    assert "key=value" in text and "torchrun" in text and "not been measured" in text
+    # argparse wraps lines wherever the terminal width puts them.
+    flat = " ".join(text.split())
+    assert "key=value" in flat and "torchrun" in flat and "not been measured" in flat
 
 
 def test_values_are_converted_to_their_annotated_types() -> None:
@@ -197,6 +201,9 @@ def test_the_resnet9_recipe_picks_its_network_cutout_and_linear_schedule_but_no_
     assert overrides["label_smoothing"] == 0.2 and overrides["optimizer.nesterov"] is True
     assert overrides["batch_size"] == 512 and overrides["iterations"] == "from_epochs"
     assert "amp" not in overrides and "channels_last" not in overrides
+    # Warm-up for the first 5 of 24 epochs, as a fraction so that --epochs keeps the proportion.
+    assert overrides["lr_warmup_steps"] == "from_fraction"
+    assert overrides["lr_warmup_fraction"] == pytest.approx(5 / 24)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the defaults of a machine without a GPU")
