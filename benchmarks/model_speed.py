@@ -7,7 +7,9 @@ of our model and of a reference with **the same architecture**, on the same batc
 
 * ImageNet presets (`resnet18` ... `resnet152`) against `torchvision.models.resnetXX`;
 * CIFAR presets (`resnet20` ... `resnet1202`) against [`ReferenceCifarResNet`](#ReferenceCifarResNet),
-  a deliberately plain option-A CIFAR ResNet written below, the way short CIFAR scripts write it.
+  a deliberately plain option-A CIFAR ResNet written below, the way short CIFAR scripts write it;
+* the fast CIFAR network `resnet9` (`resnet/fast.py`, not a preset of the paper) against
+  [`reference_resnet9`](#reference_resnet9), the same eight convolutions as one plain `nn.Sequential`.
 
 Both models of a pair are checked to have the same number of parameters before they are timed. The two
 are measured in alternating repeats; the table gives each side's median images/s and the ratio
@@ -15,7 +17,7 @@ are measured in alternating repeats; the table gives each side's median images/s
 so they share the machine's load). A ratio of 1.0 or more means we are not slower. Each pair is
 measured in the variants asked for: plain eager NCHW, `channels_last`, `torch.compile`, and both.
 
-    python -m benchmarks.model_speed --device cpu --models resnet20,resnet56 --repeats 7
+    python -m benchmarks.model_speed --device cpu --models resnet20,resnet56,resnet9 --repeats 7
     python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --batch-size 128
 """
 
@@ -46,6 +48,8 @@ from benchmarks.common import (
 # $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
 CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18,
                 "resnet1202": 200}
+# The CIFAR-sized networks: the paper's presets and the fast ResNet-9.
+CIFAR_MODELS = (*CIFAR_DEPTHS, "resnet9")
 IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
 MODES = ("train", "infer")
@@ -110,8 +114,59 @@ class ReferenceCifarResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def reference_conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """A $3 \\times 3$ convolution that keeps the map's size, batch norm and an in-place ReLU."""
+    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
+
+class ReferenceResidual(nn.Module):
+    """ResNet-9's residual block: two convolutions on a branch, the identity added, a ReLU after the sum."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.branch = nn.Sequential(*reference_conv_bn_relu(channels, channels),
+                                    nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                    nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The sum is a fresh tensor, so rectifying it in place touches nothing the backward pass needs.
+        return F.relu(self.branch(x) + x, inplace=True)
+
+
+class ReferenceScale(nn.Module):
+    """Multiplies by a constant (ResNet-9's $1/8$ on the logits); a layer, so the net stays one Sequential."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
+    """
+    ## The ResNet-9 reference
+
+    The DAWNBench ResNet-9 as a short script writes it: one `nn.Sequential` of convolution, batch norm,
+    ReLU and max-pool layers, with in-place ReLUs as in David Page's code, and the two residual blocks
+    as the only custom modules. Like ours (and unlike Page's), a block's ReLU comes after the sum. No
+    checks, no configuration: the bar for `resnet.resnet9()`.
+    """
+    return nn.Sequential(
+        *reference_conv_bn_relu(3, 64),
+        *reference_conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128),
+        *reference_conv_bn_relu(128, 256), nn.MaxPool2d(2),
+        *reference_conv_bn_relu(256, 512), nn.MaxPool2d(2), ReferenceResidual(512),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(0.125),
+    )
+
+
 def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
-    """Our preset `name`, the reference with the same architecture, and what that reference is."""
+    """Our network `name`, the reference with the same architecture, and what that reference is."""
+    if name == "resnet9":
+        return _checked_pair(name, resnet.resnet9(), reference_resnet9(), "minimal ResNet-9 (nn.Sequential)")
     ours = resnet.PRESETS[name]()
     if name in CIFAR_DEPTHS:
         reference: nn.Module = ReferenceCifarResNet(CIFAR_DEPTHS[name])
@@ -119,6 +174,12 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
     else:
         reference = getattr(torchvision.models, name)(weights=None)
         described = f"torchvision.models.{name}"
+    return _checked_pair(name, ours, reference, described)
+
+
+def _checked_pair(name: str, ours: nn.Module, reference: nn.Module,
+                  described: str) -> tuple[nn.Module, nn.Module, str]:
+    """The pair, once their parameter counts agree: a cheap guard against comparing different networks."""
     ours_count = sum(p.numel() for p in ours.parameters())
     reference_count = sum(p.numel() for p in reference.parameters())
     if ours_count != reference_count:
@@ -250,12 +311,13 @@ def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet20,resnet56,resnet18,resnet50",
-                        help="comma-separated presets (CIFAR: resnet20..resnet1202, ImageNet: resnet18..152)")
+    parser.add_argument("--models", default="resnet20,resnet56,resnet9,resnet18,resnet50",
+                        help="comma-separated networks (CIFAR: resnet20..resnet1202 and resnet9, ImageNet: "
+                             "resnet18..152)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per step (default: 128 for CIFAR presets, 32 for ImageNet presets)")
+                        help="images per step (default: 128 for CIFAR networks, 32 for ImageNet presets)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="square image side (default: 32 for CIFAR presets, 224 for ImageNet presets)")
+                        help="square image side (default: 32 for CIFAR networks, 224 for ImageNet presets)")
     parser.add_argument("--variants", default="eager,channels_last,compile",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
@@ -285,7 +347,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.warmup < 0:
         raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
-    args.models = parse_list(args.models, (*CIFAR_DEPTHS, *IMAGENET_PRESETS), "--models")
+    args.models = parse_list(args.models, (*CIFAR_MODELS, *IMAGENET_PRESETS), "--models")
     args.variants = [v for v in parse_list(args.variants, VARIANTS, "--variants")
                      if not (args.no_compile and v.startswith("compile"))
                      and not (args.no_channels_last and "channels_last" in v)]
@@ -305,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     print(f"machine: {machine_description(device)}")
     results: list[Result] = []
     for name in args.models:
-        cifar = name in CIFAR_DEPTHS
+        cifar = name in CIFAR_MODELS
         for variant in args.variants:
             setting = Setting(device, args.batch_size or (128 if cifar else 32),
                               args.image_size or (32 if cifar else 224), variant, args.autocast, args.steps,

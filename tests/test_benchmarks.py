@@ -41,7 +41,7 @@ def test_model_speed_prints_a_row_and_a_ratio_for_every_model_variant_and_mode(c
     assert re.search(rf"^ratio geometric mean over 8 rows: {NUMBER}$", out, re.MULTILINE)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet9", "resnet18", "resnet50"])
 def test_model_speed_compares_equal_architectures(name):
     ours, reference, _ = model_speed.build_pair(name)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
@@ -51,6 +51,34 @@ def test_the_cifar_reference_has_the_papers_shape():
     reference = model_speed.ReferenceCifarResNet(3)
     assert len(reference.blocks) == 9
     assert reference(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_resnet9_reference_computes_the_same_function_as_ours():
+    """
+    Equal parameter counts could hide a different layer order; equal outputs from the same weights cannot.
+    Both list their parameters and buffers in the same order, so ours load into the reference one by one.
+    """
+    ours, reference, described = model_speed.build_pair("resnet9")
+    assert described == "minimal ResNet-9 (nn.Sequential)" and isinstance(reference, torch.nn.Sequential)
+    ours_state, reference_state = ours.state_dict(), reference.state_dict()
+    assert [t.shape for t in ours_state.values()] == [t.shape for t in reference_state.values()]
+    reference.load_state_dict(dict(zip(reference_state, ours_state.values(), strict=True)))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours.eval()
+    reference.eval()
+    torch.testing.assert_close(reference(images), ours(images))
+
+
+def test_model_speed_times_resnet9_at_cifar_size_against_its_reference(capsys):
+    results = model_speed.main(["--models", "resnet9", "--batch-size", "2", "--repeats", "1", "--steps", "1",
+                                "--warmup", "0", "--variants", "eager", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert [(r.name, r.mode, r.setting.image_size) for r in results] == [("resnet9", "train", 32),
+                                                                          ("resnet9", "infer", 32)]
+    for mode in ("train", "infer"):
+        row = (rf"^\| resnet9 +\| eager +\| {mode} +\| 2 +\| 32 +\| {NUMBER} +\| {NUMBER} +\| {NUMBER} +\| "
+               rf"\d+% +\| minimal ResNet-9 \(nn.Sequential\) +\|$")
+        assert re.search(row, out, re.MULTILINE), mode
 
 
 def test_model_speed_flags_can_skip_compile_and_channels_last(capsys):
