@@ -4,6 +4,7 @@ that it learns, that it is reproducible, and that an interrupted run resumes to 
 """
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from synthetic_main import run_trainer, tiny_args, write_data
 import resnet
 from experiments import cifar10
 from experiments.checkpoint import load_checkpoint
+from experiments.cifar10 import AMP_DTYPES
 from experiments.recipes import StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
 # Values that measure the machine rather than the run; everything else must match exactly.
@@ -381,3 +383,32 @@ def test_the_compile_mode_reaches_torch_compile(data_dir: Path, tmp_path: Path,
     assert status == 0
     assert modes == [mode]
     assert results["compile"] is True and results["compile_mode"] == mode
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_the_network_in_the_low_precision_type_and_resumes(
+        amp: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GPU fast path's autocast, run on the CPU: the same code, only slower here.
+    seen: list[torch.dtype] = []
+    build = cifar10.build_model
+
+    def recording_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        return model
+
+    monkeypatch.setattr(cifar10, "build_model", recording_build)
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, "--amp", amp, "--stop-after-steps", "3", epochs=1)) == 0
+    expected = AMP_DTYPES[amp]
+    # Every training step's and every evaluation batch's logits came out of autocast.
+    assert len(seen) >= 3 and set(seen) == {expected}
+    (run_dir,) = (logs / "cifar10").iterdir()
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    # fp16 needs loss scaling, and its scale must survive a resume; bf16 has fp32's range and needs none.
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    results_path = tmp_path / "resumed.json"
+    resume = ["--logs-dir", str(logs), "--resume", str(run_dir), "--results", str(results_path)]
+    assert run_trainer(resume) == 0
+    results = json.loads(results_path.read_text())
+    assert results["amp"] == amp and results["steps"] == 5 and math.isfinite(results["test_loss"])
