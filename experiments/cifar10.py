@@ -53,9 +53,10 @@ promises three things that loop cannot give:
 
 A run folder `logs/cifar10/<uuid>/` (labml's layout) with `configs.yaml`, our `metrics.jsonl` (one
 line per epoch, with the training time of the epoch and of the run so far: `epoch_train_time_s`,
-`train_time_s`; the clock stops during evaluation, and after a resume the epoch's time counts only
-from the resume), `checkpoints/last.pt` (rewritten atomically after every epoch and on SIGINT/SIGTERM)
-and, at the end, `results.json`. The last line printed is `test accuracy: 0.XXXX`.
+`train_time_s`; the clock stops during evaluation, and an epoch that was interrupted and resumed
+counts the time trained before the stop too), `checkpoints/last.pt` (rewritten atomically after every
+epoch and on SIGINT/SIGTERM) and, at the end, `results.json`. The last line printed is
+`test accuracy: 0.XXXX`.
 
 The test set never chooses anything: we report the final epoch's model. With `--valid-split` the
 per-epoch evaluation uses 5,000 held-out training images, as the paper does for its hyper-parameter
@@ -418,9 +419,9 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[c.amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if c.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
-        self.forward_model = self._wrap_model()
         # CUDA graphs reuse their output memory; each step must say it is a new one (see `train_epoch`).
         self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead"
+        self.forward_model = self._wrap_model()
         # Copied after `_wrap_model`, which may swap in synchronised batch norm.
         self.ema = WeightAverage(self.model, c.ema_decay) if c.ema_decay > 0 else None
 
@@ -447,6 +448,10 @@ class Trainer:
                 self.model = model
             on_gpu = self.device.type == "cuda"
             model = DistributedDataParallel(model, device_ids=[self.device.index] if on_gpu else None)
+        if self.cuda_graphs and self.device.type != "cuda":
+            # The command line refuses this too; a resumed run may bring the setting from its checkpoint.
+            raise RunError(f"compile_mode=reduce-overhead (--cuda-graphs) needs CUDA, but this run is on "
+                           f"{self.device}; resume on a GPU, or pass compile=False")
         if self.c.compile:
             model = torch.compile(model, mode=self.c.compile_mode)
         return model
@@ -625,7 +630,8 @@ class Trainer:
         for _ in monit.loop(range(self.epoch, c.epochs)):
             if self.step >= c.iterations:
                 break
-            time_before = self.train_time_s
+            # The clock at the end of the previous epoch, not now: a resumed epoch has already trained a part.
+            time_before = self.history[-1]["train_time_s"] if self.history else 0.0
             self.train_epoch()
             sums = {k: sum_over_ranks(v, self.world) for k, v in self.epoch_sums.items()}
             seen = max(1, int(sums["seen"].item()))

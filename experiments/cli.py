@@ -194,6 +194,11 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
         if on:
             user[key] = (True, False)
     if args.cuda_graphs:
+        clashes = [f"{key}={user[key][0]}" for key in ("compile", "compile_mode") if key in user
+                   and str(user[key][0]) not in ("True", "true", "reduce-overhead")]
+        if clashes:
+            parser.error(f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
+                         f"{' and '.join(clashes)} or --cuda-graphs")
         user["compile"] = (True, False)
         user["compile_mode"] = ("reduce-overhead", False)
     if args.epochs is not None:
@@ -213,6 +218,11 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
         # The paper's recipe is the configuration's default; leaving it out lets a resumed run keep the
         # recipe it was started with.
         overrides["recipe"] = recipe
+    warmup_steps = {**recipes[recipe], **overrides}.get("lr_warmup_steps")
+    if "lr_warmup_fraction" in overrides and warmup_steps != "from_fraction":
+        # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
+        parser.error("lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
+                     "lr_warmup_steps a number of steps")
     overrides = {**_recipe_overrides(recipes, recipe, overrides), **overrides}
     _check_combinations(parser, overrides, world_size)
 
@@ -274,6 +284,11 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
         parser.error("--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone")
     if "compile_mode" in o and not o.get("compile"):
         parser.error(f"compile_mode={o['compile_mode']} only applies with --compile")
+    if o.get("compile_mode") == "reduce-overhead" and world_size > 1:
+        # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
+        # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
+        parser.error("--cuda-graphs (compile_mode=reduce-overhead) has not been verified with several "
+                     "processes; use --compile with the default mode for multi-GPU runs")
     if o.get("sync_bn") and world_size > 1 and not _wants_cuda(o):
         parser.error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
     model = o.get("model", "resnet20")

@@ -172,12 +172,10 @@ class TensorBatches:
             if not self.augment:
                 yield self._normalise(images), self.labels[index]
                 continue
-            generator = self._batch_generator(epoch, batch)
-            images = self._normalise(self._crop_and_flip(images, generator))
+            draws = self._random_draws(len(index), images.shape[2:], self._batch_generator(epoch, batch))
+            images = self._normalise(self._crop_and_flip(images, draws))
             if self.cutout:
-                # Drawn after the crops and flips, from the same generator: turning Cutout on leaves the
-                # crops and flips of every batch as they were.
-                images = self._cut_out(images, generator)
+                images = self._cut_out(images, draws)
             yield images, self.labels[index]
 
     def _batch_generator(self, epoch: int, batch: int) -> torch.Generator:
@@ -187,17 +185,28 @@ class TensorBatches:
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
         return torch.Generator().manual_seed(seed)
 
-    def _crop_and_flip(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _random_draws(self, n: int, size: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        """
+        Everything random about a batch of `n` images, as rows of one `[3 or 5, n]` tensor on the device:
+        crop offsets (rows 0, 1), flips (row 2) and, with Cutout, the squares' centres (rows 3, 4).
+
+        The centres are drawn last, so turning Cutout on leaves every batch's crops and flips as they were,
+        and one small host-to-device copy per batch carries all the draws.
+        """
+        rows = [torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
+                torch.randint(0, 2, (1, n), generator=generator)]
+        if self.cutout:
+            rows += [torch.randint(0, size[0], (1, n), generator=generator),
+                     torch.randint(0, size[1], (1, n), generator=generator)]
+        return torch.cat(rows).to(self.device)
+
+    def _crop_and_flip(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """
         Random `H x W` crop of the zero-padded batch, mirrored left-right for a random half of the images.
 
         One gather with per-image row and column indices does both, so the batch is never split up.
         """
         n, channels, height, width = images.shape
-        offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=generator)
-        flips = torch.randint(0, 2, (1, n), generator=generator)
-        # One small host-to-device copy per batch carries all the random draws.
-        draws = torch.cat([offsets, flips]).to(self.device)
         offsets, flip = draws[:2], draws[2].bool()
 
         padded = F.pad(images, (PAD, PAD, PAD, PAD))
@@ -212,11 +221,10 @@ class TensorBatches:
             columns[:, None, None, :],
         ]
 
-    def _cut_out(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Set a `cutout` × `cutout` square around a random centre of each image to 0 (the mean colour)."""
-        n, _, height, width = images.shape
-        centres = torch.stack([torch.randint(0, height, (n,), generator=generator),
-                               torch.randint(0, width, (n,), generator=generator)]).to(self.device)
+    def _cut_out(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Set a `cutout` × `cutout` square around each image's drawn centre to 0 (the mean colour)."""
+        _, _, height, width = images.shape
+        centres = draws[3:5]
         # Rows (and columns) from centre - cutout // 2 up to, not including, that plus `cutout`.
         top_left = centres - self.cutout // 2
         rows = torch.arange(height, device=self.device) - top_left[0, :, None]

@@ -2,11 +2,11 @@
 # Which network a run trains
 
 The trainer's `model` setting names a network: a `resnet` preset, a `plainN` network (the CIFAR preset
-with `shortcut="none"`, the paper's plain baselines of Figure 6), or `custom`, built from `n_blocks`,
+with `shortcut="none"`, the paper's plain baselines of Figure 6), `custom`, built from `n_blocks`,
 `n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of `resnet/fast.py` (not a
-network from the paper). This module is the one place that turns those settings into a
-`resnet.ResNetClassifier`; the command line uses it too, to reject a bad custom network before
-anything is read or written.
+network from the paper). This module is the one place that turns those settings into a network (a
+`resnet.ResNetClassifier`, or a `resnet.ResNet9`); the command line uses it too, to reject a bad custom
+network before anything is read or written.
 """
 
 from typing import Any

@@ -33,6 +33,7 @@ from resnet.model import (
     resnet110,
     resnet152,
     resnet1202,
+    zero_init_residual_branches,
 )
 from resnet.torchvision_interop import from_torchvision, to_torchvision
 
@@ -42,4 +43,5 @@ __all__ = [
     "imagenet_resnet", "make_shortcut", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44",
     "resnet50", "resnet56", "resnet101", "resnet110", "resnet152", "resnet1202", "from_torchvision",
     "to_torchvision", "ConvPool", "ResNet9", "resnet9",
+    "zero_init_residual_branches",
 ]

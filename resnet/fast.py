@@ -5,16 +5,19 @@ The paper's CIFAR networks are thin (16 to 64 channels) and deep, and spend most
 $32 \\times 32$ maps. That is the right shape for studying depth, but not for training fast on a GPU:
 thin layers leave most of a modern GPU idle, and every one of the many layers costs a kernel launch.
 
-The networks that hold the CIFAR-10 speed records turn this around. The best known is the "ResNet-9"
+The networks that held the CIFAR-10 speed records turned this around. The best known is the "ResNet-9"
 that David Page (Myrtle.ai) trained for the DAWNBench competition in 2018: 94% test accuracy in 24
 epochs and 79 seconds on one V100, and 26 seconds after a further series of training tricks. It has only
 eight convolutions, wide ones (64 to 512 channels), a max-pool after each widening so that the expensive
-layers see small maps, and just two residual blocks. It is still a residual network, and this module
+layers see small maps, and just two residual blocks. (Later networks, such as Keller Jordan's airbench,
+are faster still.) It is still a residual network, and this module
 builds it from the library's own [`ResidualBlock`](model.py#ResidualBlock).
 
 It is **not** a network from He et al. (2015), and we keep it out of `resnet.PRESETS`, which holds the
 paper's eleven. It differs from Page's in one detail: his residual branch ends in a ReLU and the sum is
-not rectified, while ours is the paper's block, $\\mathrm{ReLU}(\\mathcal{F}(x) + x)$.
+not rectified, while ours is the paper's block, $\\mathrm{ReLU}(\\mathcal{F}(x) + x)$. The weights
+keep PyTorch's default initialisation (`ResNetBase` uses He initialisation); we have not compared the
+two for this network.
 
 | layer | output (CIFAR) | what it is |
 |---|---|---|
@@ -30,12 +33,13 @@ short schedules use. The training recipe that goes with it is `--recipe resnet9`
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from resnet.checks import check_image_batch, check_positive
-from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3
+from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
 
 
 class ConvPool(Module):
@@ -69,7 +73,7 @@ class ResNet9(Module):
     * `img_channels` is the number of channels of the input images
     * `shortcut` is the blocks' shortcut option (see `resnet.make_shortcut`); the blocks keep their
       shape, so `"A"` and `"B"` are both identities, `"C"` projects and `"none"` removes the shortcut
-    * `logit_scale` multiplies the output of the fully connected layer
+    * `logit_scale` multiplies the output of the fully connected layer; it must be positive
     * `zero_init_residual` starts the last batch norm of each residual branch at zero, so each block
       begins as the identity
     """
@@ -83,6 +87,8 @@ class ResNet9(Module):
                              f"widths={list(widths)} and residual={list(residual)}")
         check_positive(num_classes=num_classes, img_channels=img_channels,
                        **{f"widths[{i}]": w for i, w in enumerate(widths)})
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}")
         self.img_channels = img_channels
         self.logit_scale = float(logit_scale)
         self.stem = ResNetStem(img_channels, widths[0], 3, "cifar", conv_bias=False)
@@ -90,13 +96,13 @@ class ResNet9(Module):
         for in_channels, out_channels, has_block in zip(widths[:-1], widths[1:], residual, strict=True):
             layers.append(ConvPool(in_channels, out_channels))
             if has_block:
-                block = ResidualBlock(out_channels, out_channels, 1, shortcut=shortcut, conv_bias=False)
-                if zero_init_residual:
-                    nn.init.zeros_(block.last_norm().weight)
-                layers.append(block)
+                layers.append(ResidualBlock(out_channels, out_channels, 1, shortcut=shortcut,
+                                            conv_bias=False))
         self.layers = nn.Sequential(*layers)
-        # Three max-pools: each output pixel stands for an 8x8 patch of the input.
-        self.total_stride = 8
+        if zero_init_residual:
+            zero_init_residual_branches(self.layers)
+        # One 2x2 max-pool per layer: each output pixel stands for a 2^3 = 8 pixels wide patch of the input.
+        self.total_stride = 2 ** (len(widths) - 1)
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +117,6 @@ class ResNet9(Module):
         return self.head(features) * self.logit_scale
 
 
-def resnet9(**kwargs) -> ResNet9:
+def resnet9(**kwargs: Any) -> ResNet9:
     """The DAWNBench-style ResNet-9 for CIFAR-10 (about 6.6M parameters); see `ResNet9` for the options."""
     return ResNet9(**kwargs)

@@ -305,6 +305,16 @@ class ResNetStem(Module):
         return self.pool(self.act(self.bn(self.conv(x))))
 
 
+def zero_init_residual_branches(module: nn.Module) -> None:
+    """
+    Set the scale of the last batch norm of every residual block inside `module` to zero: each branch
+    $\\mathcal{F}$ then starts as 0 and each block as the identity (up to its last ReLU).
+    """
+    for block in module.modules():
+        if isinstance(block, (ResidualBlock, BottleneckResidualBlock)):
+            nn.init.zeros_(block.last_norm().weight)
+
+
 class ResNetBase(Module):
     """
     ## The residual network
@@ -381,9 +391,7 @@ class ResNetBase(Module):
         if kaiming_init:
             self._kaiming_init()
         if zero_init_residual:
-            for stage in self.stages:
-                for block in stage:
-                    nn.init.zeros_(block.last_norm().weight)
+            zero_init_residual_branches(self)
 
     def _kaiming_init(self) -> None:
         # "fan_out" keeps the gradients' scale steady in the backward pass; Delving Deep (§2.2) shows

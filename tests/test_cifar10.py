@@ -141,6 +141,8 @@ def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(reference: tuple[di
     resumed = Path(results["run_dir"])
     assert resumed != stopped
     assert epoch_metrics(resumed) == epoch_metrics(reference[1])
+    # The resumed epoch's time includes the part trained before the stop.
+    assert_epoch_times_add_up(results, resumed)
     assert_same_weights(resumed / "checkpoints" / "last.pt", reference[1] / "checkpoints" / "last.pt")
     # The interrupted run's folder is left exactly as it was.
     assert {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()} == before
@@ -353,7 +355,10 @@ def test_a_tiny_resnet9_recipe_run_trains_the_fast_network_with_cutout(
 
 
 def test_metrics_carry_each_epochs_training_time_and_their_running_sum(reference: tuple[dict, Path]) -> None:
-    results, run_dir = reference
+    assert_epoch_times_add_up(*reference)
+
+
+def assert_epoch_times_add_up(results: dict, run_dir: Path) -> None:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     running = 0.0
@@ -412,3 +417,42 @@ def test_mixed_precision_runs_the_network_in_the_low_precision_type_and_resumes(
     assert run_trainer(resume) == 0
     results = json.loads(results_path.read_text())
     assert results["amp"] == amp and results["steps"] == 5 and math.isfinite(results["test_loss"])
+
+
+def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_message(
+        reference: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The command line refuses --cuda-graphs without CUDA; a resumed run brings its settings from the
+    # checkpoint instead, e.g. one started on a GPU machine.
+    state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
+    state["config"].update({"compile": True, "compile_mode": "reduce-overhead"})
+    checkpoint = tmp_path / "from-a-gpu.pt"
+    torch.save(state, checkpoint)
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "--device", "cpu"]) == 1
+    message = capsys.readouterr().err
+    assert "needs CUDA" in message and "compile=False" in message
+
+
+def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memory() -> None:
+    # CUDA graphs hand back the same output tensor on every replay; a model that does the same on the
+    # CPU checks that evaluation keeps the first pass's logits before running the second.
+    class SharedOutput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = torch.zeros(4, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Class 0 scores the left half's brightness, class 1 the right half's.
+            self.out.zero_()
+            self.out[:, 0] = x[:, :, :, :16].mean(dim=(1, 2, 3))
+            self.out[:, 1] = x[:, :, :, 16:].mean(dim=(1, 2, 3))
+            return self.out
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, :, :16] = 255  # bright on the left: mirrored, bright on the right
+    loader = cifar10.TensorBatches(images, torch.zeros(4, dtype=torch.int64), batch_size=4, shuffle=False,
+                                   augment=False, device="cpu", seed=0, mean=[0.5] * 3, std=[0.5] * 3)
+    loss, _ = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)
+    # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
+    # [0, 0, 0, ...]: log(10). Without the copy both passes would read the mirrored pass's scores.
+    assert loss == pytest.approx(math.log(10), rel=1e-6)

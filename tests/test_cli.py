@@ -212,8 +212,13 @@ def test_without_a_gpu_the_resnet9_recipe_adds_no_hardware_settings() -> None:
     assert overrides["model"] == "resnet9" and "amp" not in overrides and "channels_last" not in overrides
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the recipe's GPU settings need a GPU")
-def test_on_a_gpu_the_resnet9_recipe_adds_bf16_and_channels_last() -> None:
+@pytest.fixture
+def gpu_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line as it behaves on a machine with a GPU (it only asks whether one is there)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_on_a_gpu_the_resnet9_recipe_adds_bf16_and_channels_last(gpu_present: None) -> None:
     overrides = parse("--recipe", "resnet9")
     assert overrides["amp"] == "bf16" and overrides["channels_last"] is True
 
@@ -238,10 +243,48 @@ def test_compile_alone_leaves_the_mode_to_the_default() -> None:
     assert Configs().compile_mode == "default"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="--cuda-graphs needs a GPU")
-def test_cuda_graphs_is_compile_in_reduce_overhead_mode() -> None:
+def test_cuda_graphs_is_compile_in_reduce_overhead_mode(gpu_present: None) -> None:
     overrides = parse("--cuda-graphs")
     assert overrides["compile"] is True and overrides["compile_mode"] == "reduce-overhead"
+    # Saying the same thing twice is fine.
+    assert parse("--cuda-graphs", "compile=True", "compile_mode=reduce-overhead")["compile"] is True
+
+
+@pytest.mark.parametrize("clash", ["compile_mode=max-autotune", "compile=False"])
+def test_cuda_graphs_refuses_settings_that_contradict_it(gpu_present: None, clash: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--cuda-graphs", clash)
+    assert exit_info.value.code == 2
+    assert f"drop {clash} or --cuda-graphs" in capsys.readouterr().err
+
+
+def test_cuda_graphs_is_refused_for_several_processes(gpu_present: None,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--cuda-graphs", world_size=2)
+    assert exit_info.value.code == 2
+    assert "several processes" in capsys.readouterr().err
+    assert parse("--compile", world_size=2)["compile"] is True
+
+
+@pytest.mark.parametrize("argv", [["lr_warmup_fraction=0.1"], ["--recipe", "fast", "lr_warmup_fraction=0.1"]])
+def test_a_warm_up_fraction_without_from_fraction_is_refused(argv: list[str],
+                                                             capsys: pytest.CaptureFixture) -> None:
+    # The schedule would ignore it and warm up for lr_warmup_steps (0 or the recipe's 200) instead.
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv, "--device", "cpu")
+    assert exit_info.value.code == 2
+    assert "lr_warmup_steps=from_fraction" in capsys.readouterr().err
+
+
+def test_a_warm_up_given_in_steps_or_fraction_replaces_the_resnet9_recipes() -> None:
+    overrides = parse("--recipe", "resnet9", "lr_warmup_steps=100", "--device", "cpu")
+    assert overrides["lr_warmup_steps"] == 100
+    overrides = parse("--recipe", "resnet9", "lr_warmup_fraction=0.3", "--device", "cpu")
+    assert overrides["lr_warmup_steps"] == "from_fraction" and overrides["lr_warmup_fraction"] == 0.3
+    overrides = parse("lr_warmup_steps=from_fraction", "lr_warmup_fraction=0.1", "--device", "cpu")
+    assert overrides["lr_warmup_steps"] == "from_fraction"
 
 
 def test_cutout_accepts_zero_to_the_image_size() -> None:
