@@ -257,3 +257,30 @@ def test_time_to_target_reads_the_trainers_own_clock_from_metrics_jsonl():
 def test_a_metrics_file_without_the_trainers_clock_is_a_clear_error():
     with pytest.raises(RuntimeError, match="no train_time_s or epoch_train_time_s for epoch 1"):
         gpu.epoch_timeline([{"epoch": 1, "test_accuracy": 0.5, "train_images_per_s": 100.0}])
+
+
+@pytest.mark.parametrize("skips", [0, 2])
+def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path, monkeypatch, skips):
+    # A stand-in for a GPU run of the trainer: it bumps torch.compile's counter the way inductor does when
+    # it falls back from CUDA graphs, and leaves what a finished run leaves.
+    from torch._dynamo.utils import counters
+
+    def fake_main(argv):
+        counters["inductor"]["cudagraph_skips"] += skips
+        run_dir = Path(argv[argv.index("--logs-dir") + 1]) / "cifar10" / "run"
+        run_dir.mkdir(parents=True)
+        record = {"epoch": 1, "test_accuracy": 0.5, "train_time_s": 2.0, "epoch_train_time_s": 2.0,
+                  "train_images_per_s": 100.0}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        Path(argv[argv.index("--results") + 1]).write_text(json.dumps(record))
+        return 0
+
+    monkeypatch.setattr(gpu.cifar10, "main", fake_main)
+    data = gpu.TrainerData(tmp_path, real=False, train_images=200)
+    plan = gpu.TrainerPlan("resnet20", "fast", epochs=1, batch_size=64, share=1.0, flags=("--cuda-graphs",),
+                           variant="CUDA graphs")
+    step = gpu.trainer_step(plan, data, torch.device("cuda"), tmp_path / "logs", skip_compile="")
+    report = gpu.StepReport(step.stage, step.name, status="done")
+    step.run(60.0, report)
+    (row,) = [r for r in report.rows if r.metric == "graphs torch.compile declined to record as CUDA graphs"]
+    assert row.value == str(skips) and row.verdict == ("pass" if skips == 0 else "fail")
