@@ -541,6 +541,9 @@ def resnet152(**kwargs) -> ResNetClassifier:
     return imagenet_resnet([3, 8, 36, 3], bottleneck=True, **kwargs)
 
 
+# The paper's eleven networks by name. Where to go next: [`fast.py`](fast.py) builds a network from
+# outside the paper, the wide and shallow ResNet-9 that fast CIFAR-10 training uses, out of the same
+# `ResidualBlock`.
 PRESETS = {preset.__name__: preset for preset in (resnet20, resnet32, resnet44, resnet56, resnet110,
                                                   resnet1202, resnet18, resnet34, resnet50, resnet101,
                                                   resnet152)}
