@@ -63,6 +63,7 @@ def test_model_speed_rows_cover_every_model_variant_precision_and_mode(quick_run
     for row in summary["summary"]:
         if row["stage"] == "model speed" and row["metric"].endswith("ours/reference"):
             ratio = float(row["value"].split()[0])
+            # The verdict follows the printed (rounded) ratio.
             assert row["verdict"] == ("pass" if ratio >= 1.0 else "fail")
             assert row["target"] == ">= 1.0"
 
@@ -284,3 +285,9 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
     step.run(60.0, report)
     (row,) = [r for r in report.rows if r.metric == "graphs torch.compile declined to record as CUDA graphs"]
     assert row.value == str(skips) and row.verdict == ("pass" if skips == 0 else "fail")
+
+
+def test_a_ratio_verdict_follows_the_printed_value():
+    assert gpu.ratio_verdict(0.9996, 3) == "pass"  # printed as 1.000
+    assert gpu.ratio_verdict(0.9994, 3) == "fail"  # printed as 0.999
+    assert gpu.ratio_verdict(0.994, 2) == "fail" and gpu.ratio_verdict(0.996, 2) == "pass"
