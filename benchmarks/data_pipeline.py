@@ -110,7 +110,8 @@ def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Ten
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+    # The opening paragraph ends in a colon: the list after it belongs in the help too.
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[1:3]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")

@@ -309,7 +309,8 @@ def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+    # The opening paragraph ends in a colon: the list after it belongs in the help too.
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[1:3]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet20,resnet56,resnet9,resnet18,resnet50",
                         help="comma-separated networks (CIFAR: resnet20..resnet1202 and resnet9, ImageNet: "

@@ -301,7 +301,7 @@ def _train_valid_loaders(c: Configs) -> tuple:
     if c.valid_split >= len(d.train_images):
         raise cifar_data.DataError(Path(c.data_dir), f"valid_split={c.valid_split} leaves no training images "
                                    f"(the set has {len(d.train_images)})",
-                                   "hold out fewer, e.g. --valid-split 5000")
+                                   f"hold out fewer, e.g. --valid-split {len(d.train_images) // 10}")
     # The held-out images do not depend on `train_subset`, so runs on subsets of different sizes are
     # validated on the same images.
     train_x, train_y, valid_x, valid_y = cifar_data.split_validation(d.train_images, d.train_labels,

@@ -456,3 +456,13 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
     # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
     # [0, 0, 0, ...]: log(10). Without the copy both passes would read the mirrored pass's scores.
     assert loss == pytest.approx(math.log(10), rel=1e-6)
+
+
+def test_a_validation_split_as_large_as_the_training_set_suggests_one_that_fits(
+        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_trainer(tiny_args(data_dir, tmp_path / "logs", "--valid-split")) == 1
+    message = capsys.readouterr().err
+    size = int(re.search(r"the set has (\d+)", message).group(1))
+    suggested = int(re.search(r"e\.g\. --valid-split (\d+)", message).group(1))
+    # The default 5000 is more than this small set holds; the advice must not repeat it.
+    assert size < 5000 and 0 < suggested < size

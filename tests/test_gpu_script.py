@@ -63,8 +63,8 @@ def test_model_speed_rows_cover_every_model_variant_precision_and_mode(quick_run
     for row in summary["summary"]:
         if row["stage"] == "model speed" and row["metric"].endswith("ours/reference"):
             ratio = float(row["value"].split()[0])
-            # The verdict follows the printed (rounded) ratio.
-            assert row["verdict"] == ("pass" if ratio >= 1.0 else "fail")
+            # --quick times batches of 2 once: it proves the code runs, not which side is faster.
+            assert ratio > 0 and row["verdict"] == "not-measurable"
             assert row["target"] == ">= 1.0"
 
 
@@ -72,7 +72,7 @@ def test_data_pipeline_rows_compare_supply_with_demand(quick_run):
     summary, _, _ = quick_run
     rows = {row["metric"]: row for row in summary["summary"] if row["stage"] == "data pipeline"}
     ratio = rows["TensorBatches supply / resnet20 demand"]
-    assert ratio["verdict"] == ("pass" if float(ratio["value"]) >= 1.0 else "fail")
+    assert float(ratio["value"]) > 0 and ratio["verdict"] == "not-measurable"
     assert "supply: TensorBatches (img/s)" in rows
     assert "end to end TensorBatches / DataLoader+PIL workers=0" in rows
 
@@ -291,3 +291,4 @@ def test_a_ratio_verdict_follows_the_printed_value():
     assert gpu.ratio_verdict(0.9996, 3) == "pass"  # printed as 1.000
     assert gpu.ratio_verdict(0.9994, 3) == "fail"  # printed as 0.999
     assert gpu.ratio_verdict(0.994, 2) == "fail" and gpu.ratio_verdict(0.996, 2) == "pass"
+    assert gpu.ratio_verdict(2.0, 2, quick=True) == "not-measurable"
