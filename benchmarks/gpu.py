@@ -7,12 +7,12 @@ python -m benchmarks.gpu --data-dir ~/data --out gpu-run   # with real CIFAR-10:
 python -m benchmarks.gpu --quick --device cpu              # a smoke run of every stage, under a minute
 ```
 
-Issue 5 asks for numbers that only a GPU can give: our networks against torchvision at ImageNet size,
-the loader against the model on the device, how fast the trainer's `fast` recipe gets ResNet-20 and
-ResNet-56 to the paper's accuracy, and how fast the `resnet9` recipe gets ResNet-9 to 94%. GPU time
-is usually lent for minutes, so this script takes them all in one go, inside a time budget, and ends
-with one table that says what passed. It only *calls* the other benchmarks and the trainer; every
-number comes from code that is also run on its own.
+Some of the project's speed goals can only be checked on a GPU: our networks against torchvision at
+ImageNet size, the loader against the model on the device, how fast the trainer's `fast` recipe gets
+ResNet-20 and ResNet-56 to the paper's accuracy, and how fast the `resnet9` recipe gets ResNet-9 to
+94%. GPU time is usually lent for minutes, so this script takes them all in one go, inside a time
+budget, and ends with one table that says what passed. It only *calls* the other benchmarks and the
+trainer; every number comes from code that is also run on its own.
 
 ## Running it on a GPU machine
 
@@ -49,7 +49,7 @@ the table says so. `--out DIR` keeps a `summary.json`, a `summary.md` and the tr
    since such a fallback only shows in a log line). For each run:
    training images/s over the whole run (the first epoch pays for warm-up and compilation) and over the
    last epoch, wall time of the whole call, final test accuracy, and on real CIFAR-10 the **training
-   time to target** (issue 5's goals on one H100):
+   time to target** (our goals on one H100):
 
    | model | recipe | target test accuracy | training time to reach it |
    |---|---|---|---|
@@ -105,11 +105,10 @@ steps, not a guess of how long they take.
 ## What the verdicts mean
 
 `pass`/`fail` compare a measured value with its target. `not-measurable`: the value cannot be compared
-here (accuracy on synthetic data, a run stopped before the end, any speed ratio of a `--quick` run). `info`: a number without a target.
-`skipped`/`stopped`/`error`: the step did not run, was stopped by the budget, or failed; the reason is
-in the value column. Timings on a CPU (`--device cpu`) check that everything runs; they say nothing
-about a GPU.
-"""
+here (accuracy on synthetic data, a run stopped before the end, any speed ratio of a `--quick` run).
+`info`: a number without a target. `skipped`/`stopped`/`error`: the step did not run, was stopped by the
+budget, or failed; the reason is in the value column. Timings on a CPU (`--device cpu`) check that
+everything runs; they say nothing about a GPU. """
 
 import argparse
 import contextlib
@@ -134,7 +133,7 @@ from benchmarks.common import machine_description, parse_device, print_table
 from experiments import cifar10
 
 STAGES = ("model_speed", "data_pipeline", "trainer")
-# Issue 5's goals for the fast path on one H100: (test accuracy, seconds of training to reach it).
+# The project's goals for the fast path on one H100: (test accuracy, seconds of training to reach it).
 # The accuracies are the paper's Table 6 numbers for ResNet-20 and ResNet-56.
 # ResNet-9's is the "fast residual preset to 94% in 10 s" of the same issue.
 TARGETS: dict[str, tuple[float, float]] = {"resnet20": (0.9125, 30.0), "resnet56": (0.9303, 90.0),
@@ -275,7 +274,7 @@ class SpeedPlan:
 
 def speed_plans(device: torch.device, quick: bool) -> list[SpeedPlan]:
     """
-    On a GPU: the sizes issue 5 names (ResNet-50 at 224 and batch 256, the CIFAR networks at the fast
+    On a GPU: the sizes of our speed goals (ResNet-50 at 224 and batch 256, the CIFAR networks at the fast
     recipe's batch 512). The compiled variant is timed for training only and for `resnet20` only:
     compiling costs tens of seconds per network and side, which the budget cannot pay for every model.
     On a CPU: the same calls at sizes that take seconds (`--quick`) or a few minutes.
@@ -441,7 +440,7 @@ def trainer_plans(device: torch.device, quick: bool, real_data: bool) -> list[Tr
     accuracy needs it. On synthetic data only throughput means something, and a few epochs give a
     steady rate after the first one's warm-up.
 
-    ResNet-9 runs first, as the network and recipe built for issue 5's speed targets. The compiled runs
+    ResNet-9 runs first, as the network and recipe built for the speed targets. The compiled runs
     run last, since how long compiling takes is the least predictable part of the script. The shares
     (see "The budget" above) are a plan, not a measurement.
     """
