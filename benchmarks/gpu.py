@@ -108,7 +108,8 @@ steps, not a guess of how long they take.
 here (accuracy on synthetic data, a run stopped before the end, any speed ratio of a `--quick` run).
 `info`: a number without a target. `skipped`/`stopped`/`error`: the step did not run, was stopped by the
 budget, or failed; the reason is in the value column. Timings on a CPU (`--device cpu`) check that
-everything runs; they say nothing about a GPU. """
+everything runs; they say nothing about a GPU.
+"""
 
 import argparse
 import contextlib
