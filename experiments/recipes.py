@@ -133,13 +133,13 @@ class StepSchedule:
         return self.decay ** sum(step >= milestone for milestone in self.milestones)
 
 
-class WarmupCosineSchedule:
+class WarmupThenDecay:
     """
-    ## Linear warm-up, then cosine decay
+    ## Linear warm-up, then a decay to zero
 
-    The multiplier climbs linearly from `warmup_factor` to 1 over `warmup_steps`, then follows half a
-    cosine down to 0 at `total_steps`. Like the one-cycle policy it spends most of the run at a high
-    rate and anneals smoothly at the end, with one setting fewer to tune.
+    The shape both fast recipes share: the multiplier climbs linearly from `warmup_factor` to 1 over
+    `warmup_steps`, then a decay curve takes it from 1 down to 0 at `total_steps` and keeps it there.
+    Subclasses give the curve as a function of the decay's progress, from 0 to 1.
     """
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.1):
@@ -151,25 +151,35 @@ class WarmupCosineSchedule:
         if step < self.warmup_steps:
             return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
         decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.decay(min(1.0, (step - self.warmup_steps) / decay_steps))
+
+    def decay(self, progress: float) -> float:
+        raise NotImplementedError
+
+
+class WarmupCosineSchedule(WarmupThenDecay):
+    """
+    ## Linear warm-up, then cosine decay
+
+    After the warm-up the multiplier follows half a cosine down to 0. Like the one-cycle policy it
+    spends most of the run at a high rate and anneals smoothly at the end, with one setting fewer to
+    tune.
+    """
+
+    def decay(self, progress: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class WarmupLinearSchedule:
+class WarmupLinearSchedule(WarmupThenDecay):
     """
     ## Linear warm-up, then linear decay
 
-    The triangular "one-cycle" shape of the DAWNBench recipes: the multiplier climbs linearly from
-    `warmup_factor` to 1 over `warmup_steps`, then falls linearly to 0 at `total_steps`.
+    The triangular "one-cycle" shape of the DAWNBench recipes: after the warm-up the multiplier falls
+    in a straight line to 0. Its warm-up starts from 0 unless `warmup_factor` says otherwise.
     """
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.0):
-        self.total_steps = int(total_steps)
-        self.warmup_steps = min(int(warmup_steps), self.total_steps)
-        self.warmup_factor = float(warmup_factor)
+        super().__init__(total_steps, warmup_steps, warmup_factor)
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        return max(0.0, 1.0 - (step - self.warmup_steps) / decay_steps)
+    def decay(self, progress: float) -> float:
+        return 1.0 - progress
