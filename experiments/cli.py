@@ -193,14 +193,6 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     for key, on in switches:
         if on:
             user[key] = (True, False)
-    if args.cuda_graphs:
-        clashes = [f"{key}={user[key][0]}" for key in ("compile", "compile_mode") if key in user
-                   and str(user[key][0]) not in ("True", "true", "reduce-overhead")]
-        if clashes:
-            parser.error(f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
-                         f"{' and '.join(clashes)} or --cuda-graphs")
-        user["compile"] = (True, False)
-        user["compile_mode"] = ("reduce-overhead", False)
     if args.epochs is not None:
         user["epochs"] = (args.epochs, False)
         # An explicit number of epochs sets the length; the paper's 64k iterations no longer apply.
@@ -211,6 +203,15 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     overrides: dict[str, Any] = {}
     for key, (value, is_text) in user.items():
         overrides[key] = _check(parser, configs_class, nested, key, value, is_text)
+    if args.cuda_graphs:
+        # Compared after conversion, so compile=yes agrees with the flag and compile=False does not.
+        graphs = {"compile": True, "compile_mode": "reduce-overhead"}
+        clashes = [f"{key}={overrides[key]}" for key in graphs if key in overrides
+                   and overrides[key] != graphs[key]]
+        if clashes:
+            parser.error(f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
+                         f"{' and '.join(clashes)} or --cuda-graphs")
+        overrides.update(graphs)
     recipe = overrides.get("recipe", args.recipe) if args.recipe == "paper" else args.recipe
     if recipe not in recipes:
         parser.error(f"recipe={recipe!r}: must be one of {', '.join(sorted(recipes))}")

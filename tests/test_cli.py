@@ -248,6 +248,7 @@ def test_cuda_graphs_is_compile_in_reduce_overhead_mode(gpu_present: None) -> No
     assert overrides["compile"] is True and overrides["compile_mode"] == "reduce-overhead"
     # Saying the same thing twice is fine.
     assert parse("--cuda-graphs", "compile=True", "compile_mode=reduce-overhead")["compile"] is True
+    assert parse("--cuda-graphs", "compile=yes")["compile_mode"] == "reduce-overhead"
 
 
 @pytest.mark.parametrize("clash", ["compile_mode=max-autotune", "compile=False"])
