@@ -17,12 +17,22 @@ import resnet
 PLAIN_NETWORKS = {f"plain{depth}": f"resnet{depth}" for depth in (20, 32, 44, 56, 110)}
 
 # The first name is the default: ResNet-20, the paper's smallest CIFAR network.
-MODEL_NAMES = ["resnet20", *(n for n in resnet.PRESETS if n != "resnet20"), *PLAIN_NETWORKS, "resnet9",
-               "custom"]
+MODEL_NAMES = [
+    "resnet20",
+    *(n for n in resnet.PRESETS if n != "resnet20"),
+    *PLAIN_NETWORKS,
+    "resnet9",
+    "custom",
+]
 
 
-def custom_trunk(n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str,
-                 zero_init_residual: bool = False) -> resnet.ResNetBase:
+def custom_trunk(
+    n_blocks: list[int],
+    n_channels: list[int],
+    bottlenecks: list[int] | None,
+    shortcut: str,
+    zero_init_residual: bool = False,
+) -> resnet.ResNetBase:
     """
     A CIFAR-style trunk (3×3 stem at full resolution, §4.2). `shortcut="preset"` picks the paper's
     choice for the block type: option A for basic blocks, as on CIFAR; option B for bottlenecks, whose
@@ -30,14 +40,28 @@ def custom_trunk(n_blocks: list[int], n_channels: list[int], bottlenecks: list[i
     """
     if shortcut == "preset":
         shortcut = "A" if bottlenecks is None else "B"
-    return resnet.ResNetBase(list(n_blocks), list(n_channels), list(bottlenecks) if bottlenecks else None,
-                             first_kernel_size=3, stem="cifar", conv_bias=False, shortcut=shortcut,
-                             zero_init_residual=zero_init_residual)
+    return resnet.ResNetBase(
+        list(n_blocks),
+        list(n_channels),
+        list(bottlenecks) if bottlenecks else None,
+        first_kernel_size=3,
+        stem="cifar",
+        conv_bias=False,
+        shortcut=shortcut,
+        zero_init_residual=zero_init_residual,
+    )
 
 
-def build_model(name: str, *, num_classes: int, shortcut: str, n_blocks: list[int], n_channels: list[int],
-                bottlenecks: list[int] | None,
-                zero_init_residual: bool) -> resnet.ResNetClassifier | resnet.ResNet9:
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    shortcut: str,
+    n_blocks: list[int],
+    n_channels: list[int],
+    bottlenecks: list[int] | None,
+    zero_init_residual: bool,
+) -> resnet.ResNetClassifier | resnet.ResNet9:
     """
     A `resnet.ResNetClassifier` (a `ResNetBase` trunk with an `nn.Linear` head) or, for `resnet9`, a
     `resnet.ResNet9`, named as above.
@@ -48,8 +72,9 @@ def build_model(name: str, *, num_classes: int, shortcut: str, n_blocks: list[in
     extra: dict[str, Any] = {"zero_init_residual": zero_init_residual}
     if name == "resnet9":
         # Its blocks keep their shape, so the CIFAR default (A) and B both give identity shortcuts.
-        return resnet.resnet9(num_classes=num_classes, shortcut="A" if shortcut == "preset" else shortcut,
-                              **extra)
+        return resnet.resnet9(
+            num_classes=num_classes, shortcut="A" if shortcut == "preset" else shortcut, **extra
+        )
     if name in PLAIN_NETWORKS:
         return resnet.PRESETS[PLAIN_NETWORKS[name]](num_classes=num_classes, shortcut="none", **extra)
     if shortcut != "preset":

@@ -45,16 +45,24 @@ def check_image_batch(x: torch.Tensor, img_channels: int, min_size: int) -> None
     on each side: smaller images would leave the last stages with nothing but padding to look at.
     """
     if x.dim() != 4:
-        raise ValueError(f"expected a 4-d image batch [batch, {img_channels}, height, width], "
-                         f"got a tensor of shape {list(x.shape)}; use x.unsqueeze(0) for a single image")
+        raise ValueError(
+            f"expected a 4-d image batch [batch, {img_channels}, height, width], "
+            f"got a tensor of shape {list(x.shape)}; use x.unsqueeze(0) for a single image"
+        )
     if x.shape[1] != img_channels:
-        raise ValueError(f"expected {img_channels} input channels, got shape {list(x.shape)} with "
-                         f"{x.shape[1]}; set img_channels={x.shape[1]} or convert the images "
-                         f"(channels go in dimension 1)")
+        raise ValueError(
+            f"expected {img_channels} input channels, got shape {list(x.shape)} with "
+            f"{x.shape[1]}; set img_channels={x.shape[1]} or convert the images "
+            f"(channels go in dimension 1)"
+        )
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point image batch, got dtype {x.dtype}; "
-                        f"convert it with x.float() (and scale uint8 images to [0, 1])")
+        raise TypeError(
+            f"expected a floating-point image batch, got dtype {x.dtype}; "
+            f"convert it with x.float() (and scale uint8 images to [0, 1])"
+        )
     if x.shape[2] < min_size or x.shape[3] < min_size:
-        raise ValueError(f"images of {x.shape[2]}x{x.shape[3]} pixels are too small for this network, "
-                         f"which downsamples by {min_size}; use images of at least "
-                         f"{min_size}x{min_size}")
+        raise ValueError(
+            f"images of {x.shape[2]}x{x.shape[3]} pixels are too small for this network, "
+            f"which downsamples by {min_size}; use images of at least "
+            f"{min_size}x{min_size}"
+        )

@@ -78,15 +78,28 @@ class ResNet9(Module):
       begins as the identity
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
-                 residual: Sequence[bool] = (True, False, True), *, img_channels: int = 3,
-                 shortcut: Shortcut = "A", logit_scale: float = 0.125, zero_init_residual: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        residual: Sequence[bool] = (True, False, True),
+        *,
+        img_channels: int = 3,
+        shortcut: Shortcut = "A",
+        logit_scale: float = 0.125,
+        zero_init_residual: bool = False,
+    ):
         super().__init__()
         if len(widths) != 4 or len(residual) != 3:
-            raise ValueError(f"ResNet9 needs 4 widths (stem and three layers) and 3 residual flags, got "
-                             f"widths={list(widths)} and residual={list(residual)}")
-        check_positive(num_classes=num_classes, img_channels=img_channels,
-                       **{f"widths[{i}]": w for i, w in enumerate(widths)})
+            raise ValueError(
+                f"ResNet9 needs 4 widths (stem and three layers) and 3 residual flags, got "
+                f"widths={list(widths)} and residual={list(residual)}"
+            )
+        check_positive(
+            num_classes=num_classes,
+            img_channels=img_channels,
+            **{f"widths[{i}]": w for i, w in enumerate(widths)},
+        )
         if not logit_scale > 0:
             raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}")
         self.img_channels = img_channels
@@ -96,8 +109,9 @@ class ResNet9(Module):
         for in_channels, out_channels, has_block in zip(widths[:-1], widths[1:], residual, strict=True):
             layers.append(ConvPool(in_channels, out_channels))
             if has_block:
-                layers.append(ResidualBlock(out_channels, out_channels, 1, shortcut=shortcut,
-                                            conv_bias=False))
+                layers.append(
+                    ResidualBlock(out_channels, out_channels, 1, shortcut=shortcut, conv_bias=False)
+                )
         self.layers = nn.Sequential(*layers)
         if zero_init_residual:
             zero_init_residual_branches(self.layers)

@@ -134,21 +134,24 @@ class ZeroPadShortcut(Module):
         super().__init__()
         check_positive(in_channels=in_channels, out_channels=out_channels, stride=stride)
         if out_channels < in_channels:
-            raise ValueError(f"ZeroPadShortcut can only add channels, but out_channels={out_channels} is "
-                             f"less than in_channels={in_channels}; use a projection (shortcut='B') "
-                             f"to reduce the width")
+            raise ValueError(
+                f"ZeroPadShortcut can only add channels, but out_channels={out_channels} is "
+                f"less than in_channels={in_channels}; use a projection (shortcut='B') "
+                f"to reduce the width"
+            )
         self.stride = stride
         self.extra_channels = out_channels - in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         # `F.pad` reads its widths from the last dimension backwards: (W, W, H, H, C before, C after).
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
-def make_shortcut(shortcut: str, in_channels: int, out_channels: int, stride: int, *,
-                  conv_bias: bool) -> nn.Module | None:
+def make_shortcut(
+    shortcut: str, in_channels: int, out_channels: int, stride: int, *, conv_bias: bool
+) -> nn.Module | None:
     """
     ## Choosing the shortcut
 
@@ -193,8 +196,15 @@ class ResidualBlock(Module):
     * `conv_bias` gives the convolutions a bias (see [`ShortcutProjection`](#ShortcutProjection))
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, *,
-                 shortcut: Shortcut = "B", conv_bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        *,
+        shortcut: Shortcut = "B",
+        conv_bias: bool = True,
+    ):
         super().__init__()
         check_positive(in_channels=in_channels, out_channels=out_channels, stride=stride)
         self.conv1 = conv3x3(in_channels, out_channels, stride, conv_bias)
@@ -243,11 +253,23 @@ class BottleneckResidualBlock(Module):
     * `stride` is the stride of the $3 \\times 3$ convolution
     """
 
-    def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, stride: int, *,
-                 shortcut: Shortcut = "B", conv_bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        stride: int,
+        *,
+        shortcut: Shortcut = "B",
+        conv_bias: bool = True,
+    ):
         super().__init__()
-        check_positive(in_channels=in_channels, bottleneck_channels=bottleneck_channels,
-                       out_channels=out_channels, stride=stride)
+        check_positive(
+            in_channels=in_channels,
+            bottleneck_channels=bottleneck_channels,
+            out_channels=out_channels,
+            stride=stride,
+        )
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(bottleneck_channels)
         self.act1 = nn.ReLU(inplace=True)
@@ -293,12 +315,17 @@ class ResNetStem(Module):
         super().__init__()
         check_choice("stem", stem, STEMS)
         stride = 1 if stem == "cifar" else 2
-        self.conv = nn.Conv2d(img_channels, out_channels, kernel_size=kernel_size, stride=stride,
-                              padding=kernel_size // 2, bias=conv_bias)
+        self.conv = nn.Conv2d(
+            img_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=conv_bias,
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
-        self.pool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet"
-                     else nn.Identity())
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         self.stride = stride * (2 if stem == "imagenet" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,19 +373,33 @@ class ResNetBase(Module):
       which the paper uses (§3.4) and which keeps the signal's scale steady through the ReLUs
     """
 
-    def __init__(self, n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None = None,
-                 img_channels: int = 3, first_kernel_size: int = 7, *,
-                 shortcut: Shortcut = "B", stem: Stem = "seed", stem_channels: int | None = None,
-                 conv_bias: bool = True, zero_init_residual: bool = False, kaiming_init: bool = True):
+    def __init__(
+        self,
+        n_blocks: list[int],
+        n_channels: list[int],
+        bottlenecks: list[int] | None = None,
+        img_channels: int = 3,
+        first_kernel_size: int = 7,
+        *,
+        shortcut: Shortcut = "B",
+        stem: Stem = "seed",
+        stem_channels: int | None = None,
+        conv_bias: bool = True,
+        zero_init_residual: bool = False,
+        kaiming_init: bool = True,
+    ):
         super().__init__()
         check_same_length(n_blocks=n_blocks, n_channels=n_channels)
         if bottlenecks is not None:
             check_same_length(n_channels=n_channels, bottlenecks=bottlenecks)
-        check_positive(img_channels=img_channels, first_kernel_size=first_kernel_size,
-                       stem_channels=stem_channels if stem_channels is not None else 1,
-                       **{f"n_blocks[{i}]": n for i, n in enumerate(n_blocks)},
-                       **{f"n_channels[{i}]": c for i, c in enumerate(n_channels)},
-                       **{f"bottlenecks[{i}]": b for i, b in enumerate(bottlenecks or [])})
+        check_positive(
+            img_channels=img_channels,
+            first_kernel_size=first_kernel_size,
+            stem_channels=stem_channels if stem_channels is not None else 1,
+            **{f"n_blocks[{i}]": n for i, n in enumerate(n_blocks)},
+            **{f"n_channels[{i}]": c for i, c in enumerate(n_channels)},
+            **{f"bottlenecks[{i}]": b for i, b in enumerate(bottlenecks or [])},
+        )
         check_choice("shortcut", shortcut, SHORTCUTS)
         self.img_channels = img_channels
         self.out_channels = n_channels[-1]
@@ -375,11 +416,20 @@ class ResNetBase(Module):
             stage = []
             for stride in strides:
                 if bottlenecks is None:
-                    stage.append(ResidualBlock(in_channels, channels, stride,
-                                               shortcut=shortcut, conv_bias=conv_bias))
+                    stage.append(
+                        ResidualBlock(in_channels, channels, stride, shortcut=shortcut, conv_bias=conv_bias)
+                    )
                 else:
-                    stage.append(BottleneckResidualBlock(in_channels, bottlenecks[i], channels, stride,
-                                                         shortcut=shortcut, conv_bias=conv_bias))
+                    stage.append(
+                        BottleneckResidualBlock(
+                            in_channels,
+                            bottlenecks[i],
+                            channels,
+                            stride,
+                            shortcut=shortcut,
+                            conv_bias=conv_bias,
+                        )
+                    )
                 in_channels = channels
             stages.append(nn.Sequential(*stage))
         self.stages = nn.ModuleList(stages)
@@ -459,13 +509,21 @@ def cifar_resnet(n: int, *, num_classes: int = 10, shortcut: Shortcut = "A", **k
     Extra keyword arguments go to [`ResNetBase`](#ResNetBase).
     """
     check_positive(n=n)
-    trunk = ResNetBase([n, n, n], [16, 32, 64], first_kernel_size=3, stem="cifar", shortcut=shortcut,
-                       conv_bias=False, **kwargs)
+    trunk = ResNetBase(
+        [n, n, n],
+        [16, 32, 64],
+        first_kernel_size=3,
+        stem="cifar",
+        shortcut=shortcut,
+        conv_bias=False,
+        **kwargs,
+    )
     return ResNetClassifier(trunk, num_classes)
 
 
-def imagenet_resnet(n_blocks: list[int], bottleneck: bool, *, num_classes: int = 1000,
-                    shortcut: Shortcut = "B", **kwargs) -> ResNetClassifier:
+def imagenet_resnet(
+    n_blocks: list[int], bottleneck: bool, *, num_classes: int = 1000, shortcut: Shortcut = "B", **kwargs
+) -> ResNetClassifier:
     """
     ## The ImageNet networks (Table 1)
 
@@ -474,9 +532,17 @@ def imagenet_resnet(n_blocks: list[int], bottleneck: bool, *, num_classes: int =
     times as many output channels. Option B shortcuts, as in the paper's Table 1 models.
     """
     widths = [64, 128, 256, 512]
-    trunk = ResNetBase(n_blocks, [4 * w for w in widths] if bottleneck else widths,
-                       widths if bottleneck else None, first_kernel_size=7, stem="imagenet",
-                       stem_channels=64, shortcut=shortcut, conv_bias=False, **kwargs)
+    trunk = ResNetBase(
+        n_blocks,
+        [4 * w for w in widths] if bottleneck else widths,
+        widths if bottleneck else None,
+        first_kernel_size=7,
+        stem="imagenet",
+        stem_channels=64,
+        shortcut=shortcut,
+        conv_bias=False,
+        **kwargs,
+    )
     return ResNetClassifier(trunk, num_classes)
 
 
@@ -485,6 +551,7 @@ def imagenet_resnet(n_blocks: list[int], bottleneck: bool, *, num_classes: int =
 # The depths of Table 6 (CIFAR-10) and Table 1 (ImageNet). Their parameter counts (tested exactly):
 # 0.27M, 0.46M, 0.66M, 0.85M, 1.7M and 19.4M for the CIFAR networks, as in Table 6; 11.7M, 21.8M,
 # 25.6M, 44.5M and 60.2M for the ImageNet ones, the same as torchvision's.
+
 
 def resnet20(**kwargs) -> ResNetClassifier:
     """ResNet-20 (CIFAR-10, $n = 3$): 8.75% test error in Table 6."""
@@ -544,6 +611,19 @@ def resnet152(**kwargs) -> ResNetClassifier:
 # The paper's eleven networks by name. Where to go next: [`fast.py`](fast.py) builds a network from
 # outside the paper, the wide and shallow ResNet-9 that fast CIFAR-10 training uses, out of the same
 # `ResidualBlock`.
-PRESETS = {preset.__name__: preset for preset in (resnet20, resnet32, resnet44, resnet56, resnet110,
-                                                  resnet1202, resnet18, resnet34, resnet50, resnet101,
-                                                  resnet152)}
+PRESETS = {
+    preset.__name__: preset
+    for preset in (
+        resnet20,
+        resnet32,
+        resnet44,
+        resnet56,
+        resnet110,
+        resnet1202,
+        resnet18,
+        resnet34,
+        resnet50,
+        resnet101,
+        resnet152,
+    )
+}

@@ -48,11 +48,13 @@ def _to_tv_key(key: str) -> str:
     raise KeyError(key)
 
 
-def _rename(state_dict: StateDict, rename: Callable[[str], str], source: str,
-            hint: str) -> dict[str, torch.Tensor]:
+def _rename(
+    state_dict: StateDict, rename: Callable[[str], str], source: str, hint: str
+) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), "
-                        f"got {type(state_dict).__name__}")
+        raise TypeError(
+            f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}"
+        )
     renamed: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
@@ -71,9 +73,13 @@ def from_torchvision(state_dict: StateDict) -> dict[str, torch.Tensor]:
     Rename a torchvision `resnet18` … `resnet152` state dict for the matching preset here
     (`resnet.resnet18()` … `resnet.resnet152()`), which then loads it with `strict=True`.
     """
-    return _rename(state_dict, _from_tv_key, "torchvision",
-                   "Pass the state dict of a torchvision.models.resnet* model (unwrap a checkpoint's "
-                   "'state_dict' entry and strip any 'module.' prefix first).")
+    return _rename(
+        state_dict,
+        _from_tv_key,
+        "torchvision",
+        "Pass the state dict of a torchvision.models.resnet* model (unwrap a checkpoint's "
+        "'state_dict' entry and strip any 'module.' prefix first).",
+    )
 
 
 def to_torchvision(state_dict: StateDict) -> dict[str, torch.Tensor]:
@@ -81,5 +87,9 @@ def to_torchvision(state_dict: StateDict) -> dict[str, torch.Tensor]:
     The inverse of [`from_torchvision`](#from_torchvision): an ImageNet preset's state dict, renamed for
     the matching `torchvision.models.resnet*`.
     """
-    return _rename(state_dict, _to_tv_key, "this library's",
-                   "Pass the state dict of one of the ImageNet presets (resnet18 ... resnet152).")
+    return _rename(
+        state_dict,
+        _to_tv_key,
+        "this library's",
+        "Pass the state dict of one of the ImageNet presets (resnet18 ... resnet152).",
+    )
