@@ -3,16 +3,20 @@ What `experiments.data` promises about the files on disk: it reads the official 
 archive safely, turns every fault into a one-line `DataError` that names the file and the fix, fails fast
 when offline, and never deletes or changes anything the user already had.
 
-All data here is synthetic (`tests/cifar_synthetic.py`), so checksum verification is off unless a test
-is about checksums.
+All data here is synthetic (`tests/cifar_synthetic.py`), written as Python 2's cPickle wrote the
+official files, so the loader under test takes the road real files take. Checksum verification is off
+unless a test is about checksums; those replace the published digests with the digests of the files
+they wrote, so the path that accepts a good file runs too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import os
 import pickle
+import pickletools
 import shutil
 import socket
 import subprocess
@@ -21,6 +25,7 @@ import tarfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +39,18 @@ from experiments import data
 from experiments.data import DataError, load_cifar10, split_validation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The md5 sums published with CIFAR-10, written out here rather than read from the code under test.
+PUBLISHED_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +96,10 @@ def load_expecting_error(data_dir: Path, **kwargs) -> DataError:
 def test_reads_the_official_layout(tmp_path: Path) -> None:
     synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=12, n_test=10)
     expected = synthetic.synthetic_arrays(12, 10)
-    arrays = load_cifar10(tmp_path, download=False)
+    with warnings.catch_warnings():
+        # The files name `numpy.core`, which numpy 2 deprecates: the loader must not import it as named.
+        warnings.simplefilter("error")
+        arrays = load_cifar10(tmp_path, download=False)
 
     assert arrays.train_images.dtype == torch.uint8 and arrays.train_images.shape == (60, 3, 32, 32)
     assert arrays.train_labels.dtype == torch.int64 and arrays.train_labels.shape == (60,)
@@ -95,14 +115,17 @@ def test_planes_are_red_green_blue_in_row_major_order(tmp_path: Path) -> None:
     synthetic.write_synthetic_cifar10(tmp_path)
     rows, labels = synthetic.synthetic_batch(20, separable=False, seed=0)
     rows[0] = 0
-    rows[0, 1024 + 33] = 7  # green plane, row 1, column 1
+    # Off the diagonal, so reading the plane as column-major (or swapping the axes) moves the value.
+    rows[0, 1024 + 1 * 32 + 2] = 7  # green plane, row 1, column 2
+    rows[0, 2 * 1024 + 5 * 32 + 0] = 9  # blue plane, row 5, column 0
     synthetic.write_batch_file(tmp_path / synthetic.BATCHES_FOLDER / "data_batch_1", rows, labels, "b")
     image = load_cifar10(tmp_path, download=False).train_images[0]
-    assert image[1, 1, 1] == 7 and image.sum() == 7
+    assert image[1, 1, 2] == 7 and image[2, 5, 0] == 9 and image.sum() == 16
 
 
-def test_python_2_pickles_with_text_keys_and_old_numpy_paths_read(tmp_path: Path) -> None:
-    # The official files were written by Python 2 with numpy 1: text keys and `numpy.core` globals.
+def test_python_3_pickles_with_text_keys_and_either_numpy_path_read(tmp_path: Path) -> None:
+    # Python 3's own protocol-2 pickles (`_codecs.encode` for bytes, `numpy._core` or, from numpy 1,
+    # `numpy.core`) read too: experiments/degradation.py writes its stand-in data set that way.
     folder = synthetic.write_synthetic_cifar10(tmp_path)
     rows, labels = synthetic.synthetic_batch(20, separable=False, seed=5)
     blob = pickle.dumps({"batch_label": "b", "labels": labels, "data": rows}, protocol=2)
@@ -120,6 +143,145 @@ def test_existing_folder_is_used_and_the_archive_left_alone(tmp_path: Path) -> N
     (tmp_path / synthetic.ARCHIVE_NAME).write_bytes(b"not even gzip")  # would fail if it were opened
     before = snapshot(tmp_path)
     load_cifar10(tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+# ## The fixtures have the official format
+#
+# The official files were written by Python 2's cPickle at protocol 2 with numpy 1. These tests pin that
+# the fixtures are too, so every other test here feeds the loader what real users' files feed it.
+
+
+def test_fixture_meta_file_is_the_official_file_byte_for_byte(tmp_path: Path) -> None:
+    # The real batches.meta lists 10,000 images per batch; its md5 sum is published, so equal sums mean
+    # the writer reproduces cPickle's strings, ints, list, dict and memo entries exactly.
+    path = tmp_path / synthetic.META_FILE
+    synthetic.write_meta_file(path, 10_000)
+    assert hashlib.md5(path.read_bytes()).hexdigest() == PUBLISHED_MD5["batches.meta"]
+
+
+def opcodes(blob: bytes) -> list[tuple[str, object]]:
+    return [(op.name, arg) for op, arg, _ in pickletools.genops(blob)]
+
+
+def test_fixture_batches_are_python_2_cpickle_output(tmp_path: Path) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=12, n_test=10)
+    rows, labels = synthetic.synthetic_arrays(12, 10)["data_batch_3"]
+    blob = (folder / "data_batch_3").read_bytes()
+    ops = opcodes(blob)
+    names = [name for name, _ in ops]
+    assert ops[0] == ("PROTO", 2) and max(op.proto for op, _, _ in pickletools.genops(blob)) == 2
+    # Python 2 `str`, never Python 3's bytes or unicode opcodes, nor `_codecs.encode` calls to make bytes.
+    strings = {name for name in names if "STRING" in name or "BYTES" in name or "UNICODE" in name}
+    assert strings == {"SHORT_BINSTRING", "BINSTRING"}
+    assert {arg for name, arg in ops if name == "GLOBAL"} == {
+        "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    assert "STACK_GLOBAL" not in names and "FRAME" not in names
+    # The pixels are one BINSTRING, the raw bytes numpy's __setstate__ receives (as latin-1 text when
+    # loaded the way loaders load these files).
+    assert [arg for name, arg in ops if name == "BINSTRING"] == [rows.tobytes().decode("latin-1")]
+    assert b"cnumpy\ndtype\nq\x0aU\x02u1K\x00K\x01\x87Rq\x0b(K\x03U\x01|NNNJ\xff\xff\xff\xff" in blob
+    # Keys in the official order; under Python 3 they read back as bytes or, with latin-1, as str.
+    as_bytes = pickle.loads(blob, encoding="bytes")
+    assert list(as_bytes) == [b"batch_label", b"labels", b"data", b"filenames"]
+    assert as_bytes[b"labels"] == labels and np.array_equal(as_bytes[b"data"], rows)
+    as_text = pickle.loads(blob, encoding="latin1")
+    assert as_text["batch_label"] == "training batch 3 of 5" and np.array_equal(as_text["data"], rows)
+
+
+def test_python_2_lists_and_dicts_are_filled_a_thousand_items_at_a_time() -> None:
+    names = [name for name, _ in opcodes(synthetic.python2_pickle({"labels": list(range(2001))}))]
+    # One item: SETITEM; 2001 items: APPENDS, APPENDS, APPEND.
+    assert names.count("SETITEM") == 1 and "SETITEMS" not in names
+    assert names.count("APPENDS") == 2 and names.count("APPEND") == 1 and names.count("MARK") == 2
+
+
+# ## Checksums on: the path every real user takes
+
+
+def publish_digests_of(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> dict[str, str]:
+    """Make the loader expect the md5 sums of `paths` (files the test wrote) instead of the official ones."""
+    digests = data.official_md5()
+    digests.update({path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in paths})
+    monkeypatch.setattr(data, "official_md5", lambda: dict(digests))
+    monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
+    return digests
+
+
+def flip_a_pixel(path: Path) -> None:
+    """Change one byte of the image payload: the file still unpickles, only its md5 sum tells."""
+    blob = bytearray(path.read_bytes())
+    at = len(blob) // 2
+    blob[at] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def test_the_sums_checked_are_the_published_ones_and_the_names_torchvisions() -> None:
+    from torchvision.datasets import CIFAR10
+
+    assert data.official_md5() == PUBLISHED_MD5
+    assert data.TRAIN_FILES == tuple(name for name, _ in CIFAR10.train_list)
+    assert (data.TEST_FILE,) == tuple(name for name, _ in CIFAR10.test_list)
+    assert data.META_FILE == CIFAR10.meta["filename"] and data.BATCHES_FOLDER == CIFAR10.base_folder
+    assert data.ARCHIVE_NAME == CIFAR10.filename and data.CIFAR10_URL == CIFAR10.url
+
+
+def test_files_with_the_expected_digests_load_with_checksums_on(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    publish_digests_of(monkeypatch, *folder.iterdir())
+    arrays = load_cifar10(tmp_path, download=False)
+    assert arrays.train_images.shape == (20, 3, 32, 32) and arrays.test_images.shape == (6, 3, 32, 32)
+    assert arrays.classes == tuple(synthetic.CLASS_NAMES)
+
+
+@pytest.mark.parametrize("name", ["data_batch_4", "test_batch", "batches.meta"])
+def test_one_byte_off_fails_the_check_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      name: str) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    digests = publish_digests_of(monkeypatch, *folder.iterdir())
+    if name == "batches.meta":
+        # A class name one letter off, same length: as readable as the original.
+        (folder / name).write_bytes((folder / name).read_bytes().replace(b"horse", b"horsf"))
+    else:
+        flip_a_pixel(folder / name)
+    assert load_cifar10(tmp_path, download=False, verify_checksums=False), "only the md5 sum can tell"
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path, download=False)
+    assert str(error).startswith(f"{folder / name}: md5 ") and digests[name] in str(error)
+    assert snapshot(tmp_path) == before
+
+
+def gzip_with_another_timestamp(archive: Path) -> None:
+    """One byte of the gzip header's timestamp changed: the archive still unpacks, to the same files."""
+    blob = bytearray(archive.read_bytes())
+    blob[4] ^= 0x01
+    archive.write_bytes(bytes(blob))
+
+
+def test_an_archive_with_the_expected_digest_unpacks_and_loads_with_checksums_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with tarfile.open(synthetic.write_synthetic_cifar10_archive(tmp_path / "made", n_per_train_batch=4,
+                                                                n_test=4)) as tar:
+        tar.extractall(tmp_path / "made", filter="data")
+    members = sorted((tmp_path / "made" / synthetic.BATCHES_FOLDER).iterdir())
+    archive = shutil.copy(tmp_path / "made" / synthetic.ARCHIVE_NAME, tmp_path / synthetic.ARCHIVE_NAME)
+    publish_digests_of(monkeypatch, Path(archive), *members)
+    arrays = load_cifar10(tmp_path, download=False)
+    assert arrays.train_images.shape == (20, 3, 32, 32)
+    assert (tmp_path / synthetic.BATCHES_FOLDER).is_dir() and Path(archive).is_file()
+
+
+def test_an_archive_one_byte_off_is_refused_and_nothing_unpacked(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
+    digests = publish_digests_of(monkeypatch, archive)
+    gzip_with_another_timestamp(archive)
+    with tarfile.open(archive) as tar:
+        assert len(tar.getmembers()) == 8, "still a sound archive"
+    before = snapshot(tmp_path)
+    error = load_expecting_error(tmp_path)
+    assert str(error).startswith(f"{archive}: md5 ") and digests[archive.name] in str(error)
     assert snapshot(tmp_path) == before
 
 
@@ -193,7 +355,7 @@ def test_archive_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest
     archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
     before = snapshot(tmp_path)
     error = load_expecting_error(tmp_path)
-    assert str(archive) in str(error) and "md5" in str(error) and data.ARCHIVE_MD5 in str(error)
+    assert str(archive) in str(error) and "md5" in str(error) and PUBLISHED_MD5[archive.name] in str(error)
     assert snapshot(tmp_path) == before
 
 
@@ -220,13 +382,13 @@ def overwrite_with_garbage(path: Path) -> None:
 
 
 def replace_with(path: Path, content: object) -> None:
-    path.write_bytes(pickle.dumps(content, protocol=2))
+    path.write_bytes(synthetic.python2_pickle(content))
 
 
 def rewrite(path: Path, changes: dict[bytes, object]) -> None:
-    entry = pickle.loads(path.read_bytes())
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
     entry.update(changes)
-    path.write_bytes(pickle.dumps(entry, protocol=2))
+    path.write_bytes(synthetic.python2_pickle(entry))
 
 
 class RunsShellCommand:
@@ -475,6 +637,17 @@ def test_download_saves_the_archive_and_unpacks_it(tmp_path: Path, archive_serve
     assert (data_dir / synthetic.ARCHIVE_NAME).read_bytes() == archive_server.read_bytes()
 
 
+def test_a_download_with_the_expected_digests_is_kept_and_loads_with_checksums_on(
+        tmp_path: Path, archive_server: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with tarfile.open(archive_server) as tar:
+        tar.extractall(tmp_path / "expected", filter="data")
+    publish_digests_of(monkeypatch, archive_server, *(tmp_path / "expected" / data.BATCHES_FOLDER).iterdir())
+    data_dir = tmp_path / "fresh"
+    assert load_cifar10(data_dir, download=True).train_images.shape == (20, 3, 32, 32)
+    assert (data_dir / synthetic.ARCHIVE_NAME).read_bytes() == archive_server.read_bytes()
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted([synthetic.ARCHIVE_NAME, data.BATCHES_FOLDER])
+
+
 def test_download_with_wrong_md5_keeps_nothing(
     tmp_path: Path, archive_server: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,7 +664,7 @@ def test_never_downloads_over_the_users_archive(tmp_path: Path, monkeypatch: pyt
     def no_network(*args, **kwargs) -> None:
         raise AssertionError("must not download when the archive is already there")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     assert load_cifar10(tmp_path, download=True).train_images.shape == (20, 3, 32, 32)
 
 
