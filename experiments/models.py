@@ -1,29 +1,30 @@
 """
 # Which network a run trains
 
-The trainer's `model` setting names a network: a `resnet` preset, a `plainN` network (the CIFAR preset
-with `shortcut="none"`, the paper's plain baselines of Figure 6), `custom`, built from `n_blocks`,
-`n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of `resnet/fast.py` (not a
-network from the paper). This module is the one place that turns those settings into a network (a
-`resnet.ResNetClassifier`, or a `resnet.ResNet9`); the command line uses it too, to reject a bad custom
-network before anything is read or written.
+The trainer's `model` setting is a name from `resnet.list_models()`: a `resnet` preset, a `plainN`
+network (the CIFAR preset with `shortcut="none"`, the paper's plain baselines of Figure 6), `custom`,
+built from `n_blocks`, `n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of
+`resnet/fast.py` (not a network from the paper). The names and the networks behind them live in the
+library (`resnet/registry.py`), so a run's `model` is also what `resnet.create_model` and `torch.hub`
+take. This module only turns the trainer's settings into that call; the command line uses it too, to
+reject a bad custom network before anything is read or written.
 """
 
 from typing import Any
 
 import resnet
+from resnet.registry import PLAIN_NETWORKS
 
-# The paper's plain (shortcut-free) CIFAR networks, named by depth like their residual twins.
-PLAIN_NETWORKS = {f"plain{depth}": f"resnet{depth}" for depth in (20, 32, 44, 56, 110)}
+__all__ = ["MODEL_NAMES", "PLAIN_NETWORKS", "build_model", "custom_trunk"]
 
-# The first name is the default: ResNet-20, the paper's smallest CIFAR network.
-MODEL_NAMES = [
-    "resnet20",
-    *(n for n in resnet.PRESETS if n != "resnet20"),
-    *PLAIN_NETWORKS,
-    "resnet9",
-    "custom",
-]
+# The first name is the trainer's default: ResNet-20, the paper's smallest CIFAR network.
+MODEL_NAMES = ["resnet20", *(name for name in resnet.list_models() if name != "resnet20")]
+
+
+def _library_shortcut(shortcut: str) -> dict[str, Any]:
+    # The trainer's `preset` means "the network's own choice", which the library gives when no shortcut
+    # is passed.
+    return {} if shortcut == "preset" else {"shortcut": shortcut}
 
 
 def custom_trunk(
@@ -33,23 +34,14 @@ def custom_trunk(
     shortcut: str,
     zero_init_residual: bool = False,
 ) -> resnet.ResNetBase:
-    """
-    A CIFAR-style trunk (3×3 stem at full resolution, §4.2). `shortcut="preset"` picks the paper's
-    choice for the block type: option A for basic blocks, as on CIFAR; option B for bottlenecks, whose
-    projections the ImageNet networks use.
-    """
-    if shortcut == "preset":
-        shortcut = "A" if bottlenecks is None else "B"
-    return resnet.ResNetBase(
+    """The trunk of the `custom` network (see `resnet.custom_resnet`); an empty `bottlenecks` is `None`."""
+    return resnet.custom_resnet(
         list(n_blocks),
         list(n_channels),
         list(bottlenecks) if bottlenecks else None,
-        first_kernel_size=3,
-        stem="cifar",
-        conv_bias=False,
-        shortcut=shortcut,
         zero_init_residual=zero_init_residual,
-    )
+        **_library_shortcut(shortcut),
+    ).trunk
 
 
 def build_model(
@@ -63,20 +55,18 @@ def build_model(
     zero_init_residual: bool,
 ) -> resnet.ResNetClassifier | resnet.ResNet9:
     """
-    A `resnet.ResNetClassifier` (a `ResNetBase` trunk with an `nn.Linear` head) or, for `resnet9`, a
-    `resnet.ResNet9`, named as above.
+    `resnet.create_model(name)` with the run's settings: a `resnet.ResNetClassifier`, or for `resnet9` a
+    `resnet.ResNet9`. The stages (`n_blocks`, `n_channels`, `bottlenecks`) reach only `custom`.
     """
+    kwargs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "zero_init_residual": zero_init_residual,
+        **_library_shortcut(shortcut),
+    }
     if name == "custom":
-        trunk = custom_trunk(n_blocks, n_channels, bottlenecks, shortcut, zero_init_residual)
-        return resnet.ResNetClassifier(trunk, num_classes)
-    extra: dict[str, Any] = {"zero_init_residual": zero_init_residual}
-    if name == "resnet9":
-        # Its blocks keep their shape, so the CIFAR default (A) and B both give identity shortcuts.
-        return resnet.resnet9(
-            num_classes=num_classes, shortcut="A" if shortcut == "preset" else shortcut, **extra
+        kwargs.update(
+            n_blocks=list(n_blocks),
+            n_channels=list(n_channels),
+            bottlenecks=list(bottlenecks) if bottlenecks else None,
         )
-    if name in PLAIN_NETWORKS:
-        return resnet.PRESETS[PLAIN_NETWORKS[name]](num_classes=num_classes, shortcut="none", **extra)
-    if shortcut != "preset":
-        extra["shortcut"] = shortcut
-    return resnet.PRESETS[name](num_classes=num_classes, **extra)
+    return resnet.create_model(name, **kwargs)

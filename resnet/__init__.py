@@ -3,9 +3,14 @@
 
 `resnet.model` is the tutorial: it walks through *Deep Residual Learning for Image Recognition* and
 builds every module on the way. This package re-exports what users import, and adds
-`resnet.torchvision_interop` to move weights between these models and torchvision's, and `resnet.fast`,
-a fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks.
+`resnet.torchvision_interop`, to move weights between these models and torchvision's; `resnet.fast`, a
+fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; and `resnet.registry`,
+which builds every network by name (`create_model("plain56")`, `list_models()`).
+
+`resnet.__version__` is the installed version.
 """
+
+from importlib.metadata import PackageNotFoundError, version
 
 from resnet.fast import ConvPool, ResNet9, resnet9
 from resnet.model import (
@@ -35,7 +40,14 @@ from resnet.model import (
     resnet1202,
     zero_init_residual_branches,
 )
+from resnet.registry import PLAIN_NETWORKS, create_model, custom_resnet, list_models, model_builder
 from resnet.torchvision_interop import from_torchvision, to_torchvision
+
+try:
+    __version__ = version("resnet-annotated")
+except PackageNotFoundError:
+    # Imported from a checkout that was never installed (torch.hub does this): no metadata to read.
+    __version__ = "0+unknown"
 
 __all__ = [
     "PRESETS",
@@ -68,4 +80,10 @@ __all__ = [
     "ResNet9",
     "resnet9",
     "zero_init_residual_branches",
+    "PLAIN_NETWORKS",
+    "create_model",
+    "custom_resnet",
+    "list_models",
+    "model_builder",
+    "__version__",
 ]
