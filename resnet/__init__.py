@@ -4,8 +4,9 @@
 `resnet.model` is the tutorial: it walks through *Deep Residual Learning for Image Recognition* and
 builds every module on the way. This package re-exports what users import, and adds
 `resnet.torchvision_interop`, to move weights between these models and torchvision's; `resnet.fast`, a
-fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; and `resnet.registry`,
-which builds every network by name (`create_model("plain56")`, `list_models()`).
+fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; `resnet.registry`,
+which builds every network by name (`create_model("plain56")`, `list_models()`); and
+`resnet.features`, which describes the feature maps a detection or segmentation head attaches to.
 
 `resnet.__version__` is the installed version.
 """
@@ -13,6 +14,7 @@ which builds every network by name (`create_model("plain56")`, `list_models()`).
 from importlib.metadata import PackageNotFoundError, version
 
 from resnet.fast import ConvPool, ResNet9, resnet9
+from resnet.features import FeatureInfo
 from resnet.model import (
     PRESETS,
     SHORTCUTS,
@@ -80,6 +82,7 @@ __all__ = [
     "ResNet9",
     "resnet9",
     "zero_init_residual_branches",
+    "FeatureInfo",
     "PLAIN_NETWORKS",
     "create_model",
     "custom_resnet",

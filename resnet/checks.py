@@ -4,6 +4,15 @@
 A mistake in a network's configuration usually surfaces much later as a shape error deep inside a
 convolution, far from the argument that caused it. These checks run where the mistake is made and name
 the argument, what it should be, and what was given.
+
+`check_image_batch` is the one check that runs on every forward pass, and the only one that looks at
+tensors. `torch.fx` traces a network by running `forward` on placeholder values whose shape is not yet
+known, so a Python `if x.dim() != 4` cannot be decided while tracing. `torch.fx.wrap` marks the check
+as a *leaf*: the tracer records one call to it instead of stepping inside, and the traced graph (a
+feature extractor from `torchvision.models.feature_extraction`, say) runs the same checks when it is
+called. The check hands its input back, so the rest of the network depends on it and graph clean-ups
+that drop unused nodes keep it. TorchScript, `torch.export` and `torch.compile` ignore the mark and see
+the plain function.
 """
 
 from collections.abc import Sequence
@@ -39,10 +48,11 @@ def check_same_length(**sequences: Any) -> None:
         raise ValueError(f"one entry per stage is needed in each list, {described}")
 
 
-def check_image_batch(x: torch.Tensor, img_channels: int, min_size: int) -> None:
+def check_image_batch(x: torch.Tensor, img_channels: int, min_size: int) -> torch.Tensor:
     """
     The trunk takes a float batch `[batch_size, img_channels, height, width]` at least `min_size` pixels
     on each side: smaller images would leave the last stages with nothing but padding to look at.
+    Returns `x` unchanged.
     """
     if x.dim() != 4:
         raise ValueError(
@@ -66,3 +76,4 @@ def check_image_batch(x: torch.Tensor, img_channels: int, min_size: int) -> None
             f"which downsamples by {min_size}; use images of at least "
             f"{min_size}x{min_size}"
         )
+    return x

@@ -33,13 +33,19 @@ short schedules use. The training recipe that goes with it is `--recipe resnet9`
 """
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from resnet.checks import check_image_batch, check_positive
+from resnet.features import FeatureInfo
 from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
+
+# A leaf for `torch.fx`, as in `model.py`: the network traces and the traced graph keeps the check.
+torch.fx.wrap("check_image_batch")
 
 
 class ConvPool(Module):
@@ -60,7 +66,8 @@ class ConvPool(Module):
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.act(self.bn(self.conv(x))))
+        pooled: torch.Tensor = self.pool(self.act(self.bn(self.conv(x))))
+        return pooled
 
 
 class ResNet9(Module):
@@ -126,9 +133,24 @@ class ResNet9(Module):
         Returns the logits `[batch_size, num_classes]`. The last map is max-pooled over all positions
         (Page's choice; the paper's networks average), so any image size works.
         """
-        check_image_batch(x, self.img_channels, self.total_stride)
+        x = check_image_batch(x, self.img_channels, self.total_stride)
         features = self.layers(self.stem(x)).amax(dim=(2, 3))
-        return self.head(features) * self.logit_scale
+        logits: torch.Tensor = self.head(features)
+        return logits * self.logit_scale
+
+    def feature_info(self) -> list[FeatureInfo]:
+        """
+        The map at the end of each of the three layers (see [`features.py`](features.py)); each layer's
+        max-pool halves it.
+        """
+        info: list[FeatureInfo] = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, ConvPool):
+                info.append(FeatureInfo(f"layers.{i}", layer.conv.out_channels, 2 ** (len(info) + 1)))
+            else:
+                # A residual block keeps the shape and closes the layer its `ConvPool` opened.
+                info[-1] = replace(info[-1], module=f"layers.{i}")
+        return info
 
 
 def resnet9(**kwargs: Any) -> ResNet9:

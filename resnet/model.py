@@ -41,14 +41,27 @@ shortcut would buy nothing.
 Everything the CIFAR-10 trainer in `experiments/cifar10.py` trains is built from the modules below.
 """
 
-from typing import Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from labml_helpers.module import Module as LabmlModule
 from torch import nn
 
 from resnet.checks import check_choice, check_image_batch, check_positive, check_same_length
+from resnet.features import FeatureInfo
+
+if TYPE_CHECKING:
+    # labml-helpers ships no type information. Its `Module` is an `nn.Module` with one more property,
+    # so type checkers are told it is one, and our classes keep `nn.Module`'s types.
+    LabmlModule = nn.Module
+else:
+    from labml_helpers.module import Module as LabmlModule
+
+# `torch.fx` records the input check as one call instead of tracing into it (see `checks.py`), so the
+# networks trace, for feature extraction among others, and the traced graph still checks its input.
+torch.fx.wrap("check_image_batch")
 
 # The paper's three shortcut options A, B and C (§3.3, §4.1), plus `"none"` for the plain networks that
 # show the degradation problem.
@@ -74,10 +87,10 @@ class Module(LabmlModule):
     @property
     def device(self) -> torch.device | None:
         """The device of the first parameter or buffer; `None` for a module that holds neither."""
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for parameter in self.parameters():
+            return parameter.device
+        for buffer in self.buffers():
+            return buffer.device
         return None
 
 
@@ -112,7 +125,8 @@ class ShortcutProjection(Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        projected: torch.Tensor = self.bn(self.conv(x))
+        return projected
 
 
 class ZeroPadShortcut(Module):
@@ -223,7 +237,8 @@ class ResidualBlock(Module):
         residual = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
         if self.shortcut is not None:
             residual = residual + self.shortcut(x)
-        return self.act2(residual)
+        y: torch.Tensor = self.act2(residual)
+        return y
 
 
 class BottleneckResidualBlock(Module):
@@ -291,7 +306,8 @@ class BottleneckResidualBlock(Module):
         residual = self.bn3(self.conv3(residual))
         if self.shortcut is not None:
             residual = residual + self.shortcut(x)
-        return self.act3(residual)
+        y: torch.Tensor = self.act3(residual)
+        return y
 
 
 class ResNetStem(Module):
@@ -329,7 +345,8 @@ class ResNetStem(Module):
         self.stride = stride * (2 if stem == "imagenet" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.act(self.bn(self.conv(x))))
+        maps: torch.Tensor = self.pool(self.act(self.bn(self.conv(x))))
+        return maps
 
 
 def zero_init_residual_branches(module: nn.Module) -> None:
@@ -402,6 +419,7 @@ class ResNetBase(Module):
         )
         check_choice("shortcut", shortcut, SHORTCUTS)
         self.img_channels = img_channels
+        self.stage_channels = tuple(n_channels)
         self.out_channels = n_channels[-1]
 
         in_channels = stem_channels or n_channels[0]
@@ -413,7 +431,7 @@ class ResNetBase(Module):
             # The first stage keeps the map the stem made. (labml's original gives stride 2 to the very
             # first block only, so its later stages never downsample; we follow the paper.)
             strides = [1 if i == 0 else 2] + [1] * (blocks - 1)
-            stage = []
+            stage: list[nn.Module] = []
             for stride in strides:
                 if bottlenecks is None:
                     stage.append(
@@ -460,13 +478,22 @@ class ResNetBase(Module):
         The feature map after each stage, highest resolution first: the multi-scale features detection
         and segmentation heads (feature pyramids, U-Nets) attach to.
         """
-        check_image_batch(x, self.img_channels, self.total_stride)
-        x = self.stem(x)
+        x = self.stem(check_image_batch(x, self.img_channels, self.total_stride))
         outputs: list[torch.Tensor] = []
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
         return outputs
+
+    def feature_info(self) -> list[FeatureInfo]:
+        """
+        The width and scale of each map `stage_outputs` returns (see [`features.py`](features.py)),
+        known without running the network: every stage after the first halves the map.
+        """
+        return [
+            FeatureInfo(f"stages.{i}", channels, self.stem.stride * 2**i)
+            for i, channels in enumerate(self.stage_channels)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -493,11 +520,18 @@ class ResNetClassifier(Module):
         self.trunk = trunk
         self.head = nn.Linear(trunk.out_channels, num_classes)
 
+    def feature_info(self) -> list[FeatureInfo]:
+        """The trunk's [`feature_info`](#ResNetBase.feature_info), with module names from here."""
+        return [replace(info, module=f"trunk.{info.module}") for info in self.trunk.feature_info()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+        logits: torch.Tensor = self.head(self.trunk(x))
+        return logits
 
 
-def cifar_resnet(n: int, *, num_classes: int = 10, shortcut: Shortcut = "A", **kwargs) -> ResNetClassifier:
+def cifar_resnet(
+    n: int, *, num_classes: int = 10, shortcut: Shortcut = "A", **kwargs: Any
+) -> ResNetClassifier:
     """
     ## The CIFAR-10 networks (§4.2)
 
@@ -522,7 +556,7 @@ def cifar_resnet(n: int, *, num_classes: int = 10, shortcut: Shortcut = "A", **k
 
 
 def imagenet_resnet(
-    n_blocks: list[int], bottleneck: bool, *, num_classes: int = 1000, shortcut: Shortcut = "B", **kwargs
+    n_blocks: list[int], bottleneck: bool, *, num_classes: int = 1000, shortcut: Shortcut = "B", **kwargs: Any
 ) -> ResNetClassifier:
     """
     ## The ImageNet networks (Table 1)
@@ -553,64 +587,65 @@ def imagenet_resnet(
 # 25.6M, 44.5M and 60.2M for the ImageNet ones, the same as torchvision's.
 
 
-def resnet20(**kwargs) -> ResNetClassifier:
+def resnet20(**kwargs: Any) -> ResNetClassifier:
     """ResNet-20 (CIFAR-10, $n = 3$): 8.75% test error in Table 6."""
     return cifar_resnet(3, **kwargs)
 
 
-def resnet32(**kwargs) -> ResNetClassifier:
+def resnet32(**kwargs: Any) -> ResNetClassifier:
     """ResNet-32 (CIFAR-10, $n = 5$): 7.51% test error in Table 6."""
     return cifar_resnet(5, **kwargs)
 
 
-def resnet44(**kwargs) -> ResNetClassifier:
+def resnet44(**kwargs: Any) -> ResNetClassifier:
     """ResNet-44 (CIFAR-10, $n = 7$): 7.17% test error in Table 6."""
     return cifar_resnet(7, **kwargs)
 
 
-def resnet56(**kwargs) -> ResNetClassifier:
+def resnet56(**kwargs: Any) -> ResNetClassifier:
     """ResNet-56 (CIFAR-10, $n = 9$): 6.97% test error in Table 6."""
     return cifar_resnet(9, **kwargs)
 
 
-def resnet110(**kwargs) -> ResNetClassifier:
+def resnet110(**kwargs: Any) -> ResNetClassifier:
     """ResNet-110 (CIFAR-10, $n = 18$): 6.43% best, 6.61±0.16% over 5 runs in Table 6."""
     return cifar_resnet(18, **kwargs)
 
 
-def resnet1202(**kwargs) -> ResNetClassifier:
+def resnet1202(**kwargs: Any) -> ResNetClassifier:
     """ResNet-1202 (CIFAR-10, $n = 200$): 7.93% in Table 6, worse than ResNet-110 through overfitting."""
     return cifar_resnet(200, **kwargs)
 
 
-def resnet18(**kwargs) -> ResNetClassifier:
+def resnet18(**kwargs: Any) -> ResNetClassifier:
     """ResNet-18 (ImageNet, basic blocks [2, 2, 2, 2])."""
     return imagenet_resnet([2, 2, 2, 2], bottleneck=False, **kwargs)
 
 
-def resnet34(**kwargs) -> ResNetClassifier:
+def resnet34(**kwargs: Any) -> ResNetClassifier:
     """ResNet-34 (ImageNet, basic blocks [3, 4, 6, 3]): 24.52% top-1 (10-crop, option B) in Table 3."""
     return imagenet_resnet([3, 4, 6, 3], bottleneck=False, **kwargs)
 
 
-def resnet50(**kwargs) -> ResNetClassifier:
+def resnet50(**kwargs: Any) -> ResNetClassifier:
     """ResNet-50 (ImageNet, bottleneck blocks [3, 4, 6, 3]): 22.85% top-1 in Table 3."""
     return imagenet_resnet([3, 4, 6, 3], bottleneck=True, **kwargs)
 
 
-def resnet101(**kwargs) -> ResNetClassifier:
+def resnet101(**kwargs: Any) -> ResNetClassifier:
     """ResNet-101 (ImageNet, bottleneck blocks [3, 4, 23, 3]): 21.75% top-1 in Table 3."""
     return imagenet_resnet([3, 4, 23, 3], bottleneck=True, **kwargs)
 
 
-def resnet152(**kwargs) -> ResNetClassifier:
+def resnet152(**kwargs: Any) -> ResNetClassifier:
     """ResNet-152 (ImageNet, bottleneck blocks [3, 8, 36, 3]): 21.43% top-1 in Table 3."""
     return imagenet_resnet([3, 8, 36, 3], bottleneck=True, **kwargs)
 
 
 # The paper's eleven networks by name. Where to go next: [`fast.py`](fast.py) builds a network from
 # outside the paper, the wide and shallow ResNet-9 that fast CIFAR-10 training uses, out of the same
-# `ResidualBlock`.
+# `ResidualBlock`; [`registry.py`](registry.py) gives every network the trainer trains a name, for
+# `resnet.create_model` and `torch.hub`.
 PRESETS = {
     preset.__name__: preset
     for preset in (
