@@ -8,7 +8,7 @@ fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networ
 which builds every network by name (`create_model("plain56")`, `list_models()`); and
 `resnet.features`, which describes the feature maps a detection or segmentation head attaches to.
 
-`resnet.__version__` is the installed version.
+The package ships type information (`py.typed`), and `resnet.__version__` is the installed version.
 """
 
 from importlib.metadata import PackageNotFoundError, version
