@@ -3,17 +3,19 @@ Checkpoints: written atomically, loaded without running code, and refused with a
 they are truncated, foreign, malicious or from another network.
 """
 
-import os
+import json
 import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments import checkpoint as ckpt
+from experiments import cifar10
 from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
 
 
@@ -43,7 +45,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         ckpt.save_checkpoint(path, minimal_state(2.0))
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -59,6 +61,7 @@ import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 import torch
 from experiments import checkpoint as ckpt
+from experiments import cifar10
 def dying_save(state, f):
     f.write(b"PK half of a zip")
     f.flush()
@@ -69,8 +72,12 @@ ckpt.save_checkpoint(ckpt.Path({str(path)!r}), {{"format": "x"}})
     process = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert process.returncode == -9
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
-    # The stray temporary file is never what --resume picks.
+    # The kill came in the middle of the write: its half-written temporary file is still there, next to
+    # the intact checkpoint, and is never what --resume picks.
+    (leftover,) = [p for p in path.parent.iterdir() if p != path]
+    assert leftover.name.startswith(".last.pt.tmp") and leftover.read_bytes() == b"PK half of a zip"
     assert find_checkpoint(str(tmp_path), tmp_path) == path
+    assert find_checkpoint(str(path.parent.parent), tmp_path) == path
 
 
 def test_a_truncated_checkpoint_is_refused(trained: Path, tmp_path: Path) -> None:
@@ -174,4 +181,10 @@ def test_resume_finds_runs_by_uuid_folder_or_file(trained: Path) -> None:
 def test_every_saved_entry_loads_weights_only(trained: Path) -> None:
     state = torch.load(trained, weights_only=True)
     assert {"model", "optimizer", "scheduler", "position", "rng", "config", "signature"} <= state.keys()
-    assert state["config"]["model"] == "custom" and os.fspath(trained).endswith("last.pt")
+    assert state["config"]["model"] == "custom" and state["signature"]["model"] == "custom"
+    # What the weights-only load gives is the trained run itself: one epoch of 5 steps, and the very
+    # weights the run reported in results.json.
+    assert state["position"] == {"step": 5, "epoch": 1, "batch": 0}
+    results = json.loads((trained.parent.parent / "results.json").read_text())
+    weights = SimpleNamespace(state_dict=lambda: state["model"])
+    assert cifar10.state_hash(weights) == results["weights_sha256"]
