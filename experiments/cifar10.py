@@ -89,7 +89,7 @@ from labml.configs import BaseConfigs, option
 from labml_helpers.device import DeviceConfigs
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments import cli
+from experiments import cli, console
 from experiments import data as cifar_data
 from experiments.checkpoint import (
     CHECKPOINT_DIR,
@@ -117,6 +117,7 @@ from experiments.distributed import (
 from experiments.ema import WeightAverage
 from experiments.loader import TensorBatches
 from experiments.models import MODEL_NAMES, build_model
+from experiments.precision import choose_amp, cpu_model_name, step_timer
 from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
 EXPERIMENT_NAME = "cifar10"
@@ -197,7 +198,9 @@ class Configs(BaseConfigs):
     epochs: int
     optimizer: torch.optim.SGD
     scheduler: LambdaLR
-    lr_milestones: list[int] = [32_000, 48_000]
+    # Where the rate drops, as fractions of `iterations`: the paper's 32k and 48k of 64k are 50% and 75%,
+    # and fractions keep that shape for a run of any length (`--epochs 30` drops at epochs 15 and 22.5).
+    lr_milestones: list[float] = [0.5, 0.75]
     lr_decay: float = 0.1
     # A number of steps, or `from_fraction`: `lr_warmup_fraction` of the run's iterations, which keeps a
     # recipe's warm-up in proportion when `--epochs` or the batch size changes the run's length.
@@ -360,7 +363,8 @@ def _warmup_from_fraction(c: Configs) -> int:
 
 @option(Configs.scheduler, "step")
 def _step_schedule(c: Configs) -> LambdaLR:
-    schedule = StepSchedule(c.lr_milestones, c.lr_decay, c.lr_warmup_steps, c.lr_warmup_factor)
+    milestones = [round(fraction * c.iterations) for fraction in c.lr_milestones]
+    schedule = StepSchedule(milestones, c.lr_decay, c.lr_warmup_steps, c.lr_warmup_factor)
     return LambdaLR(c.optimizer, schedule)
 
 
@@ -416,8 +420,13 @@ class Trainer:
         self.train_loader: TensorBatches = c.train_loader
         self.signature = model_signature(_model_name(overrides), c.num_classes, self.model)
 
-        self.amp_dtype = AMP_DTYPES[c.amp]
-        self.scaler = torch.amp.GradScaler(self.device.type) if c.amp == "fp16" else None
+        # `amp=auto` is decided here, once, by timing a copy of the network (see `experiments/precision.py`).
+        # With several processes each would measure on its own and might disagree, so they keep float32.
+        measure = None if self.world.is_distributed else step_timer(
+            self.model, (c.batch_size, 3, 32, 32), c.num_classes, self.device, c.channels_last)
+        self.amp = choose_amp(c.amp, self.device, measure)
+        self.amp_dtype = self.amp.dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp.chosen == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         # CUDA graphs reuse their output memory; each step must say it is a new one (see `train_epoch`).
         self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead"
@@ -665,6 +674,7 @@ class Trainer:
                                          if k.endswith(("loss", "accuracy"))})
                 tracker.new_line()
                 self._append_metrics(record)
+                console.print_plain(console.epoch_line(record, c.epochs))
             self.save()
         if last_test is None:
             last_test = self.evaluate(c.test_loader, "test")
@@ -695,19 +705,27 @@ class Trainer:
             "wall_time_s": self._elapsed(), "train_time_s": self.train_time_s,
             "train_images_per_s": self.train_images / max(self.train_time_s, 1e-9),
             "device": device_description(self.device), "world_size": self.world.size,
-            "amp": self.c.amp, "channels_last": self.c.channels_last, "compile": self.c.compile,
+            "amp": self.amp.chosen, "amp_choice": self.amp.as_dict(), "channels_last": self.c.channels_last,
+            "compile": self.c.compile,
             "compile_mode": self.c.compile_mode, "cutout": self.c.cutout,
             # With an average, the valid/test numbers are the averaged network's.
             "ema_decay": self.c.ema_decay,
             "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            # What the numbers were measured on, so a subset run can never pass for a full one.
+            "data": {"train_subset": self.c.train_subset, "test_subset": self.c.test_subset,
+                     "valid_split": self.c.valid_split,
+                     "train_images": self.train_loader.images_per_epoch * self.world.size,
+                     "valid_images": self.c.valid_loader.images_per_epoch if self.c.valid_loader else 0,
+                     "test_images": self.c.test_loader.images_per_epoch,
+                     "augment": self.c.augment, "cutout": self.c.cutout, "flip_tta": self.c.flip_tta},
+            "label_smoothing": self.c.label_smoothing, "images_seen": self.train_images,
+            **_software(),
         }
 
 
 _NO_BAD_STEP = 2 ** 62
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.no_grad()
@@ -750,6 +768,12 @@ def state_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _software() -> dict[str, Any]:
+    """The versions and the machine a result comes from."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model_name(),
+            "threads": torch.get_num_threads()}
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -773,10 +797,12 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 
 def _configure_labml(logs_dir: Path | None, labml_url: str | None) -> set[str]:
     """
-    Point labml at the logs folder and decide its writers. The web writer is enabled only when an app URL
-    is configured (`--labml-url`, `.labml.yaml` or the `labml_server` environment variable). labml 0.4.168
-    sends from a non-daemon thread that retries forever, which would keep the process alive after training
-    when the server is unreachable; we make that thread a daemon, so the process ends with the training.
+    Point labml at the logs folder and decide its writers. The screen writer, labml's live line of
+    numbers, is for a terminal only; a file or a pipe gets plain lines instead (`experiments/console.py`).
+    The web writer is enabled only when an app URL is configured (`--labml-url`, `.labml.yaml` or the
+    `labml_server` environment variable). labml 0.4.168 sends from a non-daemon thread that retries forever,
+    which would keep the process alive after training when the server is unreachable; we make that thread a
+    daemon, so the process ends with the training.
     """
     settings: dict[str, Any] = {}
     if logs_dir is not None:
@@ -785,7 +811,7 @@ def _configure_labml(logs_dir: Path | None, labml_url: str | None) -> set[str]:
         settings["web_api"] = labml_url
     if settings:
         lab.configure(settings)
-    writers = {"screen"}
+    writers = {"screen"} if console.use_live_console() else set()
     from labml.internal.lab import lab_singleton
     lab_singleton().set_path(__file__)
     if lab_singleton().web_api is not None:
@@ -868,7 +894,9 @@ def _run_training(args: cli.Invocation, world: World) -> int:
     c = Configs()
     c.world = world
     if world.is_main:
-        experiment.create(name=EXPERIMENT_NAME, python_file=str(Path(__file__).resolve()), writers=writers,
+        # --tensorboard: labml's TensorBoard writer, event files in the run folder's tensorboard/.
+        experiment.create(name=EXPERIMENT_NAME, python_file=str(Path(__file__).resolve()),
+                          writers=writers | ({"tensorboard"} if args.tensorboard else set()),
                           comment=f"resumed from {resumed_from}" if resumed_from else "")
         experiment.configs(c, overrides)
     else:
@@ -903,6 +931,10 @@ def _run_training(args: cli.Invocation, world: World) -> int:
                 except OSError as e:
                     raise RunError(f"cannot write to the run folder {run_dir} ({e.strerror or e}); pass "
                                    f"--logs-dir with a writable folder") from None
+                console.print_plain(console.start_line(
+                    run_dir, model=_model_name(overrides), recipe=c.recipe, epochs=c.epochs,
+                    batch_size=c.batch_size, device=device_description(c.device), resumed_from=resumed_from,
+                    epoch=trainer.epoch, step=trainer.step))
                 results = _train_or_stop(trainer)
         else:
             results = _train_or_stop(trainer)
@@ -916,6 +948,7 @@ def _run_training(args: cli.Invocation, world: World) -> int:
         write_json(run_dir / "results.json", results)
         if args.results is not None:
             write_json(args.results, results)
+        console.print_plain(console.end_line(results))
         print(f"results: {run_dir / 'results.json'}")
         print(f"test accuracy: {results['test_accuracy']:.4f}", flush=True)
     return 0
@@ -946,10 +979,14 @@ def _train_or_stop(trainer: Trainer) -> dict[str, Any] | None:
 def _run_evaluation(args: cli.Invocation) -> int:
     """`--eval CHECKPOINT`: rebuild the network the checkpoint describes and measure it on the test set."""
     from labml.internal.configs.processor import ConfigProcessor
+    console.use_live_console()
     path = Path(args.eval)
     saved = load_checkpoint(path)
     c = Configs()
-    overrides = {**saved["config"], **args.overrides}
+    # The training run's subsets describe what it trained and watched; an evaluation measures the whole
+    # test set unless this command asks for a subset itself.
+    trained_with = {k: v for k, v in saved["config"].items() if k not in ("test_subset", "train_subset")}
+    overrides = {**trained_with, **args.overrides}
     ConfigProcessor(c, overrides)
     model = c.model
     expected = model_signature(_model_name(overrides), c.num_classes, model)
@@ -964,11 +1001,14 @@ def _run_evaluation(args: cli.Invocation) -> int:
     model.to(c.device)
     if c.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss, accuracy = evaluate(model, c.test_loader, "test", amp_dtype=AMP_DTYPES[c.amp], flip_tta=c.flip_tta)
+    amp = choose_amp(c.amp, c.device)
+    loss, accuracy = evaluate(model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta)
     results = {"checkpoint": str(path), "model": expected["model"],
                "weights": "averaged (ema)" if saved.get("ema") else "trained", "test_loss": loss,
-               "test_accuracy": accuracy,
-               "device": device_description(c.device), "position": saved["position"]}
+               "test_accuracy": accuracy, "test_subset": c.test_subset,
+               "test_images": c.test_loader.images_per_epoch, "flip_tta": c.flip_tta,
+               "amp": amp.chosen, "amp_choice": amp.as_dict(),
+               "device": device_description(c.device), "position": saved["position"], **_software()}
     if args.results is not None:
         write_json(args.results, results)
     print(f"test loss: {loss:.4f}")

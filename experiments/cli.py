@@ -17,6 +17,7 @@ e.g. `optimizer.learning_rate=0.05` or `model=custom n_blocks=[2,2,2]` (the list
 import argparse
 import ast
 import difflib
+import importlib.util
 import types
 import typing
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from experiments.models import custom_trunk
+from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
@@ -34,7 +36,6 @@ INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "step
                  "optimizer.parameters", "device.device_info", "device.device"}
 
 SHORTCUT_CHOICES = ("preset", "A", "B", "C", "none")
-AMP_CHOICES = ("none", "bf16", "fp16")
 # `torch.compile`'s modes; reduce-overhead is the one that records CUDA graphs.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -60,8 +61,11 @@ def _positive_list(v: Any) -> str | None:
     return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
 
 
-def _non_negative_list(v: Any) -> str | None:
-    return None if all(x >= 0 for x in v) else "must hold non-negative iteration numbers"
+def _fractions_of_the_run(v: Any) -> str | None:
+    if all(0 < x < 1 for x in v):
+        return None
+    return ("must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (the paper's 32k and 48k of "
+            "64k iterations)")
 
 
 # What each value may be, beyond its type.
@@ -73,7 +77,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "num_classes": _at_least(10), "log_every": _at_least(1),
     "lr_warmup_steps": _at_least(0), "lr_warmup_fraction": _within(0, 1),
     "lr_warmup_factor": _within(0, 1, high_inclusive=True),
-    "lr_decay": _within(0, 1, high_inclusive=True), "lr_milestones": _non_negative_list,
+    "lr_decay": _within(0, 1, high_inclusive=True), "lr_milestones": _fractions_of_the_run,
     "label_smoothing": _within(0, 1), "ema_decay": _within(0, 1),
     "shortcut": _one_of(SHORTCUT_CHOICES), "amp": _one_of(AMP_CHOICES),
     "compile_mode": _one_of(COMPILE_MODES),
@@ -95,6 +99,7 @@ class Invocation:
     results: Path | None = None
     logs_dir: Path | None = None
     labml_url: str | None = None
+    tensorboard: bool = False
     stop_after_steps: int | None = None
     threads: int | None = None
 
@@ -132,8 +137,10 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                         help="hold out N training images for per-epoch validation (default N: 5000, the "
                              "paper's 45k/5k split); the test set is only reported, never used to choose")
     parser.add_argument("--amp", choices=AMP_CHOICES,
-                        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA). bf16 is"
-                             " slow on CPUs without bf16 units")
+                        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA; cpu "
+                             "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native bf16 "
+                             "(AMX or AVX512-BF16) when a timed step says it is faster; float32 elsewhere, "
+                             "since emulated bf16 is several times slower")
     layout = parser.add_mutually_exclusive_group()
     layout.add_argument("--channels-last", action="store_true", default=None,
                         help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "
@@ -160,6 +167,10 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                         help="where run folders go (default: labml's logs folder, ./logs)")
     parser.add_argument("--labml-url", metavar="URL",
                         help="labml app URL to stream to (default: none, nothing leaves the machine)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the curves as TensorBoard event files, to RUN_FOLDER/tensorboard/ "
+                             "(view with: tensorboard --logdir logs/cifar10); needs "
+                             "pip install -e \".[tensorboard]\"")
     parser.add_argument("--stop-after-steps", type=int, metavar="K",
                         help="debugging: behave as if interrupted after step K (save, print how to resume)")
     return parser
@@ -232,10 +243,16 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
             parser.error(f"{name} must be at least 1, got {value}")
     if args.resume is not None and args.eval is not None:
         parser.error("--resume and --eval exclude each other: --eval only measures a checkpoint")
+    if args.tensorboard and args.eval is not None:
+        parser.error("--tensorboard records training curves, and --eval trains nothing; drop one")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        # Checked here so the run stops before any folder is made, not after labml has started one.
+        parser.error('--tensorboard needs the tensorboard package, which is not installed; install it '
+                     'with: pip install -e ".[tensorboard]"')
     if args.eval is not None and not Path(args.eval).is_file():
         parser.error(f"--eval needs a checkpoint file; {args.eval} is not a file")
     return Invocation(overrides=overrides, resume=args.resume, eval=args.eval, results=args.results,
-                      logs_dir=args.logs_dir, labml_url=args.labml_url,
+                      logs_dir=args.logs_dir, labml_url=args.labml_url, tensorboard=args.tensorboard,
                       stop_after_steps=args.stop_after_steps, threads=args.threads)
 
 
@@ -396,9 +413,9 @@ def _convert_python(value: Any, annotation: Any) -> Any:
         return value
     if origin is list:
         (item,) = typing.get_args(annotation) or (int,)
-        if not isinstance(value, (list, tuple)) or not all(type(v) is item for v in value):
+        if not isinstance(value, (list, tuple)):
             raise TypeError(value)
-        return list(value)
+        return [_convert_python(v, item) for v in value]
     return _NOT_A_VALUE
 
 
@@ -408,6 +425,8 @@ def _describe(annotation: Any) -> str:
     if inner is not None:
         return f"{_describe(inner)} or None"
     if origin is list:
+        if typing.get_args(annotation) == (float,):
+            return "a list of numbers like [0.5,0.75]"
         return "a list of integers like [3,3,3]"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     return names.get(annotation, "an option name")

@@ -101,9 +101,12 @@ def test_sync_bn_across_cpu_processes_is_a_usage_error() -> None:
     assert exit_info.value.code == 2
 
 
-def test_the_global_batch_must_split_evenly_over_processes() -> None:
-    with pytest.raises(SystemExit):
+def test_the_global_batch_must_split_evenly_over_processes(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         parse("--batch-size", "63", world_size=2)
+    assert exit_info.value.code == 2
+    assert "--batch-size 63" in capsys.readouterr().err
+    assert parse("--batch-size", "64", world_size=2)["batch_size"] == 64
 
 
 def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
@@ -146,8 +149,17 @@ def test_flags_map_onto_configuration_keys() -> None:
 def test_the_paper_recipe_is_the_default_and_changes_nothing() -> None:
     assert parse() == {}
     c = Configs()
-    assert (c.batch_size, c.iterations, c.lr_milestones) == (128, 64_000, [32_000, 48_000])
-    assert (SGDConfigs.learning_rate, SGDConfigs.momentum, SGDConfigs.weight_decay) != (None, None, None)
+    assert (c.batch_size, c.iterations, c.lr_milestones) == (128, 64_000, [0.5, 0.75])
+    # §4.2: SGD with momentum 0.9, weight decay 0.0001, learning rate 0.1; plain (not Nesterov) momentum.
+    # (labml turns the class attributes into config items, so the values are read from an instance and
+    # from the optimizer the defaults build.)
+    sgd = SGDConfigs()
+    assert (sgd.learning_rate, sgd.momentum, sgd.weight_decay, sgd.nesterov) == (0.1, 0.9, 1e-4, False)
+    from labml.internal.configs.processor import ConfigProcessor
+
+    ConfigProcessor(c, parse("--device", "cpu"))
+    group = c.optimizer.param_groups[0]
+    assert [group[key] for key in ("lr", "momentum", "weight_decay", "nesterov")] == [0.1, 0.9, 1e-4, False]
 
 
 def test_recipe_values_yield_to_key_values_and_flags() -> None:
@@ -159,8 +171,9 @@ def test_recipe_values_yield_to_key_values_and_flags() -> None:
 
 
 def test_a_misspelled_key_gets_a_suggestion(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parse("optimizer.learning_rat=0.1")
+    assert exit_info.value.code == 2
     assert "did you mean 'optimizer.learning_rate'" in capsys.readouterr().err
 
 

@@ -138,16 +138,16 @@ def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> 
     assert degradation.Network("residual", 14).trainer_args()[-1] == "shortcut=A"
 
 
-def test_quick_schedule_compresses_the_papers_drops_to_half_and_three_quarters() -> None:
-    schedule = degradation.make_schedule(20, 128, None, 5_000)
-    assert schedule.steps_per_epoch == 40
-    assert schedule.lr_milestones == [400, 600]
-    assert schedule.learning_rate == pytest.approx(0.1)
+def test_quick_schedule_leaves_the_drops_to_the_trainers_fractions() -> None:
+    # The trainer places the drops at 50% and 75% of any run (tests/test_recipes.py checks where), so the
+    # degradation script passes only the length, the batch and the linearly scaled rate.
+    schedule = degradation.make_schedule(20, 128, None)
+    assert schedule.trainer_args() == ["--batch-size", "128", "--lr", "0.1", "--epochs", "20"]
+    assert not any("milestones" in a for a in schedule.trainer_args())
     # Linear scaling: a quarter of the batch, a quarter of the rate.
-    assert degradation.make_schedule(20, 32, None, 5_000).learning_rate == pytest.approx(0.025)
+    assert degradation.make_schedule(20, 32, None).learning_rate == pytest.approx(0.025)
     # Without a length the trainer's 64k-iteration schedule applies unchanged.
-    assert degradation.make_schedule(None, 128, None, None).trainer_args() == ["--batch-size", "128",
-                                                                               "--lr", "0.1"]
+    assert degradation.make_schedule(None, 128, None).trainer_args() == ["--batch-size", "128", "--lr", "0.1"]
 
 
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
