@@ -138,9 +138,9 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
                              "paper's 45k/5k split); the test set is only reported, never used to choose")
     parser.add_argument("--amp", choices=AMP_CHOICES,
                         help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA; cpu "
-                             "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native bf16 "
-                             "(AMX or AVX512-BF16) when a timed step says it is faster; float32 elsewhere, "
-                             "since emulated bf16 is several times slower")
+                             "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
+                             "bf16 (AMX or AVX512-BF16) when a timed step says it is faster; float32 "
+                             "elsewhere, since emulated bf16 is several times slower")
     layout = parser.add_mutually_exclusive_group()
     layout.add_argument("--channels-last", action="store_true", default=None,
                         help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "

@@ -73,7 +73,7 @@ def cpu_model_name() -> str:
 
 
 def choose_amp(requested: str, device: torch.device,
-               measure: Callable[[torch.dtype | None], float] | None = None) -> AmpChoice:
+               measure: "Measure | None" = None) -> AmpChoice:
     """
     Resolve `amp=auto` for `device`; any other value is returned as chosen. `measure(dtype)` returns
     seconds per training step in that format (`None` is float32); without it a CPU with native bf16
@@ -102,8 +102,11 @@ def choose_amp(requested: str, device: torch.device,
                      measured)
 
 
+Measure = Callable[[torch.dtype | None], float]
+
+
 def step_timer(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, device: torch.device,
-               channels_last: bool, *, warmup: int = 2, repeats: int = 4) -> Callable[[torch.dtype | None], float]:
+               channels_last: bool, *, warmup: int = 2, repeats: int = 4) -> Measure:
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
     images. The copy and a private random generator leave the run's weights, batch-norm statistics and
