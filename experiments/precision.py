@@ -35,6 +35,7 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat1
 @dataclass(frozen=True)
 class AmpChoice:
     """What was asked for, what a run uses, and why."""
+
     requested: str
     chosen: str
     reason: str
@@ -69,11 +70,11 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     import platform
+
     return platform.processor() or platform.machine()
 
 
-def choose_amp(requested: str, device: torch.device,
-               measure: "Measure | None" = None) -> AmpChoice:
+def choose_amp(requested: str, device: torch.device, measure: "Measure | None" = None) -> AmpChoice:
     """
     Resolve `amp=auto` for `device`; any other value is returned as chosen. `measure(dtype)` returns
     seconds per training step in that format (`None` is float32); without it a CPU with native bf16
@@ -89,29 +90,47 @@ def choose_amp(requested: str, device: torch.device,
         return AmpChoice("auto", "none", f"no automatic choice for {device.type} devices")
     units = cpu_bf16_units()
     if not units:
-        return AmpChoice("auto", "none", f"{cpu_model_name()} has no native bf16 (no AMX, no AVX512-BF16): "
-                                         f"bf16 would be emulated and slower than float32")
+        return AmpChoice(
+            "auto",
+            "none",
+            f"{cpu_model_name()} has no native bf16 (no AMX, no AVX512-BF16): "
+            f"bf16 would be emulated and slower than float32",
+        )
     if measure is None:
-        return AmpChoice("auto", "none", f"{cpu_model_name()} has {'+'.join(units)}, but no measurement "
-                                         f"was made")
+        return AmpChoice(
+            "auto", "none", f"{cpu_model_name()} has {'+'.join(units)}, but no measurement was made"
+        )
     fp32_s, bf16_s = measure(None), measure(torch.bfloat16)
     measured = {"none": fp32_s, "bf16": bf16_s}
     chosen = "bf16" if bf16_s < fp32_s else "none"
-    return AmpChoice("auto", chosen, f"{cpu_model_name()} has {'+'.join(units)}; a training step took "
-                                     f"{bf16_s * 1e3:.1f} ms in bf16 and {fp32_s * 1e3:.1f} ms in float32",
-                     measured)
+    return AmpChoice(
+        "auto",
+        chosen,
+        f"{cpu_model_name()} has {'+'.join(units)}; a training step took "
+        f"{bf16_s * 1e3:.1f} ms in bf16 and {fp32_s * 1e3:.1f} ms in float32",
+        measured,
+    )
 
 
 Measure = Callable[[torch.dtype | None], float]
 
 
-def step_timer(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, device: torch.device,
-               channels_last: bool, *, warmup: int = 2, repeats: int = 4) -> Measure:
+def step_timer(
+    model: nn.Module,
+    batch_shape: tuple[int, ...],
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    *,
+    warmup: int = 2,
+    repeats: int = 4,
+) -> Measure:
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
     images. The copy and a private random generator leave the run's weights, batch-norm statistics and
     random streams exactly as they were, so `amp=auto` does not change what the run computes.
     """
+
     def measure(dtype: torch.dtype | None) -> float:
         probe = copy.deepcopy(model).train()
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -129,4 +148,5 @@ def step_timer(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int,
             if i >= warmup:
                 times.append(time.perf_counter() - start)
         return min(times)
+
     return measure

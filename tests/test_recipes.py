@@ -26,8 +26,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def step_scheduler(iterations: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The trainer's `step` schedule option, built for a run of `iterations` with the default drops."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    c = SimpleNamespace(lr_milestones=cifar10.Configs().lr_milestones, iterations=iterations, lr_decay=0.1,
-                        lr_warmup_steps=0, lr_warmup_factor=0.1, optimizer=optimizer)
+    c = SimpleNamespace(
+        lr_milestones=cifar10.Configs().lr_milestones,
+        iterations=iterations,
+        lr_decay=0.1,
+        lr_warmup_steps=0,
+        lr_warmup_factor=0.1,
+        optimizer=optimizer,
+    )
     return cifar10._step_schedule(c)
 
 
@@ -61,8 +67,13 @@ def test_the_trainer_follows_the_fractional_drops_in_a_short_run(data_dir: Path,
 
 def test_absolute_milestones_are_refused_with_the_fractions_to_use(tmp_path: Path) -> None:
     from synthetic_main import SCRIPT
-    done = subprocess.run([sys.executable, str(SCRIPT), "lr_milestones=[32000,48000]", "--logs-dir",
-                           str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "lr_milestones=[32000,48000]", "--logs-dir", str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "lr_milestones" in done.stderr and "[0.5,0.75]" in done.stderr
     assert not (tmp_path / "logs").exists()
@@ -77,7 +88,8 @@ def test_the_cpu_recipe_trains_the_papers_resnet20_and_decides_the_number_format
 
 
 def test_auto_keeps_float32_on_a_cpu_without_bf16_units_without_measuring(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: [])
 
     def measure(dtype: torch.dtype | None) -> float:
@@ -90,7 +102,8 @@ def test_auto_keeps_float32_on_a_cpu_without_bf16_units_without_measuring(
 
 @pytest.mark.parametrize("bf16_s, expected", [(0.5, "bf16"), (2.0, "none")])
 def test_auto_takes_bf16_on_a_cpu_with_bf16_units_only_when_it_measures_faster(
-        monkeypatch: pytest.MonkeyPatch, bf16_s: float, expected: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, bf16_s: float, expected: str
+) -> None:
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: ["AMX"])
     timings = {None: 1.0, torch.bfloat16: bf16_s}
     choice = choose_amp("auto", torch.device("cpu"), lambda dtype: timings[dtype])
@@ -105,8 +118,9 @@ def test_an_explicit_format_is_not_second_guessed() -> None:
 
 def test_timing_the_formats_changes_neither_the_weights_nor_the_random_streams() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(10)
+    )
     model(torch.randn(2, 3, 8, 8))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
@@ -119,8 +133,18 @@ def test_timing_the_formats_changes_neither_the_weights_nor_the_random_streams()
 
 def test_results_record_the_data_the_format_choice_and_the_software(data_dir: Path, tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    status = run_trainer(tiny_args(data_dir, tmp_path / "logs", "--results", str(results), "--amp", "auto",
-                                   "train_subset=100", "test_subset=30"))
+    status = run_trainer(
+        tiny_args(
+            data_dir,
+            tmp_path / "logs",
+            "--results",
+            str(results),
+            "--amp",
+            "auto",
+            "train_subset=100",
+            "test_subset=30",
+        )
+    )
     assert status == 0
     value = json.loads(results.read_text())
     assert value["data"]["train_subset"] == 100 and value["data"]["test_subset"] == 30
@@ -132,8 +156,9 @@ def test_results_record_the_data_the_format_choice_and_the_software(data_dir: Pa
 
 def test_eval_measures_the_whole_test_set_unless_asked_for_a_subset(data_dir: Path, tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    assert run_trainer(tiny_args(data_dir, tmp_path / "logs", "--results", str(results),
-                                 "test_subset=30")) == 0
+    assert (
+        run_trainer(tiny_args(data_dir, tmp_path / "logs", "--results", str(results), "test_subset=30")) == 0
+    )
     checkpoint = Path(json.loads(results.read_text())["run_dir"]) / "checkpoints" / "last.pt"
     full, subset = tmp_path / "full.json", tmp_path / "subset.json"
     assert run_trainer(["--eval", str(checkpoint), "--results", str(full)]) == 0
