@@ -397,9 +397,12 @@ def test_repo_site_links_resolve_and_math_is_rendered(repo_site: Path) -> None:
     for page in pages:
         leftover = RAW_MATH.search(_prose_text(page))
         assert leftover is None, f"{page.relative_to(repo_site)} shows raw LaTeX: {leftover.group(0)!r}"
-    tutorial = repo_site / "resnet" / "model.html"
-    if tutorial.exists():
-        assert "<math" in tutorial.read_text(encoding="utf-8")
+    # The tutorial module opens the reading order; its page must exist, come first, and show formulas.
+    tutorial = build.READING_ORDER[0].removesuffix(".py") + ".html"
+    assert (repo_site / tutorial).is_file(), f"the site has no page for the tutorial {build.READING_ORDER[0]}"
+    assert "<math" in (repo_site / tutorial).read_text(encoding="utf-8")
+    first = re.search(r'<li><a href="([^"]+)"', (repo_site / "index.html").read_text(encoding="utf-8"))
+    assert first is not None and first.group(1) == tutorial
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -585,7 +588,8 @@ def test_fixture_site_renders_in_chromium(browser: Browser, fixture_site: Path, 
 
 def test_repo_site_renders_in_chromium(browser: Browser, repo_site: Path, tmp_path: Path) -> None:
     reports = _check_pages_in_browser(browser, repo_site)
-    if "resnet/model.html" in reports:
-        assert reports["resnet/model.html"]["mathCount"] > 0, "the tutorial page shows no formulas"
-        _save_screenshot(browser, repo_site / "resnet" / "model.html", tmp_path / "repo_tutorial.png")
+    tutorial = build.READING_ORDER[0].removesuffix(".py") + ".html"
+    assert tutorial in reports, f"the browser was not shown the tutorial page {tutorial}"
+    assert reports[tutorial]["mathCount"] > 0, "the tutorial page shows no formulas"
+    _save_screenshot(browser, repo_site / tutorial, tmp_path / "repo_tutorial.png")
     _save_screenshot(browser, repo_site / "index.html", tmp_path / "repo_index.png")
