@@ -92,6 +92,7 @@ reason. Read the residual panel of a quick run with this in mind.
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -536,6 +537,10 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             parser.error(f"{path} exists; pass --overwrite to replace it or choose another --out")
     if not out.parent.exists():
         parser.error(f"--out {out}: the folder {out.parent} does not exist")
+    # The plot is drawn only after every network has trained: a missing optional package must stop the
+    # run now, not after an hour of training.
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error('the plot needs matplotlib, which is not installed: pip install -e ".[plot]"')
 
     length = f"{epochs} epochs" if epochs else "64k iterations"
     title = (f"{'Synthetic stand-in, not CIFAR-10' if args.stand_in else 'CIFAR-10'}"
@@ -572,15 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     except (DegradationError, cifar_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    figure = build_figure(curves, plan.title, x_axis=args.x_axis)
-    save_figure(figure, plan.out)
     summary = {
         "title": plan.title, "data": plan.data.description, "quick": args.quick,
         "schedule": asdict(plan.schedule), "seed": args.seed, "threads": args.threads,
         "total_wall_time_s": time.perf_counter() - started,
         "networks": [asdict(c) for c in curves],
     }
+    # The numbers first: if drawing fails, the hours of training are still on disk.
     cifar10.write_json(plan.json_out, summary)
+    figure = build_figure(curves, plan.title, x_axis=args.x_axis)
+    save_figure(figure, plan.out)
     print("\n" + plan.data.description)
     print(summary_table(curves))
     print(f"plot: {plan.out}\nnumbers: {plan.json_out}", flush=True)

@@ -6,7 +6,9 @@ builds every module on the way. This package re-exports what users import, and a
 `resnet.torchvision_interop`, to move weights between these models and torchvision's; `resnet.fast`, a
 fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; `resnet.registry`,
 which builds every network by name (`create_model("plain56")`, `list_models()`); and
-`resnet.features`, which describes the feature maps a detection or segmentation head attaches to.
+`resnet.features`, which describes the feature maps a detection or segmentation head attaches to; and
+`resnet.pretrained`, the CIFAR-10 input format (`normalize_cifar10`) and the trained weights that ship
+with the package (`resnet20(weights="cifar10")`).
 
 The package ships type information (`py.typed`), and `resnet.__version__` is the installed version.
 """
@@ -42,6 +44,7 @@ from resnet.model import (
     resnet1202,
     zero_init_residual_branches,
 )
+from resnet.pretrained import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, normalize_cifar10
 from resnet.registry import PLAIN_NETWORKS, create_model, custom_resnet, list_models, model_builder
 from resnet.torchvision_interop import from_torchvision, to_torchvision
 
@@ -88,5 +91,9 @@ __all__ = [
     "custom_resnet",
     "list_models",
     "model_builder",
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "normalize_cifar10",
     "__version__",
 ]

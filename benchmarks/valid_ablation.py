@@ -1,0 +1,60 @@
+"""
+# What the averaged weights and test-time flips are worth, on the validation split
+
+```
+python -m benchmarks.valid_ablation logs/cifar10/<uuid> [key=value ...]
+```
+
+A run with `ema_decay` and `--valid-split` keeps both the trained and the averaged weights in its
+checkpoint. This evaluates the four combinations of {trained, averaged} × {no test-time augmentation,
+flip TTA} on the run's own held-out images (the same 5,000 the run validated on, rebuilt from its
+seed), so a recipe can decide to keep the average or the flips from a measurement that never looks at
+the test set. Extra `key=value` settings override the run's data settings (e.g. `data_dir=...`,
+`verify_checksums=false` for a copy of CIFAR-10 that is not the official archive).
+"""
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from labml.internal.configs.processor import ConfigProcessor
+
+from experiments import cifar10
+from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    run_dir, extra = Path(argv[0]), argv[1:]
+    saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+    if not saved.get("ema"):
+        raise SystemExit(f"{run_dir} has no averaged weights: train with ema_decay=0.999 to compare them")
+    overrides = dict(saved["config"])
+    for item in extra:
+        key, value = item.split("=", 1)
+        overrides[key] = {"false": False, "true": True}.get(value.lower(), value)
+    if not overrides.get("valid_split"):
+        raise SystemExit(f"{run_dir} has no validation split; this comparison never uses the test set")
+    c = cifar10.Configs()
+    ConfigProcessor(c, overrides)
+    model = c.model.to(c.device)
+    loader = c.valid_loader
+    print(f"{run_dir}: {loader.images_per_epoch} validation images, step {saved['position']['step']}")
+    print("weights    flip TTA  valid loss  valid accuracy")
+    for name, weights in (("trained", saved["model"]), ("averaged", saved["ema"]["model"])):
+        model.load_state_dict(weights)
+        for flip in (False, True):
+            with torch.no_grad():
+                loss, accuracy = cifar10.evaluate(model, loader, "valid", amp_dtype=None, flip_tta=flip)
+            print(f"{name:<10} {'yes' if flip else 'no':<9} {loss:>10.4f}  {accuracy:>14.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
