@@ -2,7 +2,7 @@
 # Time to the paper's ResNet-20 accuracy
 
 ```
-python -m benchmarks.time_to_accuracy --data-dir DATA_DIR [--seeds 0 1] [trainer options ...]
+python -m benchmarks.time_to_accuracy --data-dir DATA_DIR [--seeds 0,1] [trainer options ...]
 python -m benchmarks.time_to_accuracy --runs logs/cifar10/<uuid> [...]   # runs that already finished
 ```
 
@@ -90,6 +90,16 @@ def train(data_dir: Path, logs_dir: Path, seed: int, trainer_args: list[str]) ->
     return Path(json.loads(results.read_text())["run_dir"])
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds are non-negative, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.time_to_accuracy",
@@ -105,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("logs/time_to_accuracy"),
         help="where the runs go (default logs/time_to_accuracy)",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed (default 0 1)")
+    # Comma-separated, so that trainer options such as verify_checksums=false may follow in any order.
+    parser.add_argument("--seeds", type=_seed_list, default=[0, 1], help="one run per seed (default 0,1)")
     parser.add_argument(
         "--target",
         type=float,

@@ -111,3 +111,11 @@ def test_time_to_accuracy_refuses_runs_on_a_subset(tmp_path: Path) -> None:
     run = write_run(tmp_path / "a", [0.95], test_subset=100)
     with pytest.raises(SystemExit, match="test subset"):
         time_to_accuracy.summarize(run, 0.9125)
+
+
+def test_seeds_are_a_comma_separated_list_so_trainer_options_can_follow(tmp_path: Path) -> None:
+    assert time_to_accuracy._seed_list("0,1,7") == [0, 1, 7]
+    for bad in ("0 1", "a", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            time_to_accuracy.main(["--data-dir", str(tmp_path), "--seeds", bad])
+        assert exit_info.value.code == 2
