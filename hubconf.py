@@ -4,7 +4,9 @@
 `torch.hub.load("<owner>/<repo>", "resnet56")` (or `torch.hub.load(checkout, "resnet56",
 source="local")`) imports this file and calls the function named after the network. There is one per
 name in `resnet.list_models()`, each calling `resnet.create_model` with the keyword arguments given to
-`torch.hub.load`. No weights are downloaded: every network starts from its initialisation.
+`torch.hub.load`. Nothing is downloaded: every network starts from its initialisation, except
+`torch.hub.load(..., "resnet20", weights="cifar10")`, which loads the trained weights that ship inside
+the repository (`resnet/weights/`).
 """
 
 from __future__ import annotations
