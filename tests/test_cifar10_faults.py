@@ -1,11 +1,14 @@
 """
-Faults injected for real into training runs: signals during training, evaluation and checkpoint writes;
-a disk that fails mid-run; missing data offline; an unwritable logs folder; an unreachable labml server;
-two runs at once. Each must end cleanly, keep the last good checkpoint, and resume to the same result.
+Faults injected into training runs: signals during training, evaluation and checkpoint writes, and a
+second Ctrl+C; a full disk before and during a run (a real, tiny tmpfs where the machine lets the tests
+mount one, and a simulated ENOSPC everywhere); missing data offline; an unwritable or read-only logs
+folder; an unreachable labml server; two runs at once. Each must end cleanly, keep the last good
+checkpoint, and resume to the same result.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic_main import SCRIPT, run_trainer, tiny_args, write_data
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from experiments import checkpoint as ckpt
 from experiments import cifar10
@@ -137,23 +141,43 @@ def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly
     assert comparable(resume(run_dir, tmp_path)) == comparable(reference(data_dir, tmp_path_factory, 2))
 
 
+class SignalsPartWayThrough:
+    """A file whose writer receives SIGINT once the first `after` bytes of a checkpoint are written."""
+
+    def __init__(self, file, after: int) -> None:
+        self.file, self.after, self.written, self.written_at_signal = file, after, 0, None
+
+    def write(self, data) -> int:
+        count = self.file.write(data)
+        self.written += count
+        if self.written_at_signal is None and self.written >= self.after:
+            self.written_at_signal = self.written
+            os.kill(os.getpid(), signal.SIGINT)
+        return count
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def test_a_signal_during_a_checkpoint_write_lets_the_write_finish(
         data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         tmp_path_factory: pytest.TempPathFactory) -> None:
     save = ckpt.torch.save
-    writes = []
+    writes: list[SignalsPartWayThrough] = []
 
     def save_interrupted_half_way(state: dict, f) -> None:
-        writes.append(1)
-        if len(writes) == 1:
-            # Only once: a second Ctrl+C means "quit without saving".
-            os.kill(os.getpid(), signal.SIGINT)
-        save(state, f)
+        if writes:
+            return save(state, f)
+        # Only the first write is interrupted: a second Ctrl+C means "quit without saving".
+        writes.append(SignalsPartWayThrough(f, after=4096))
+        save(state, writes[0])
 
     monkeypatch.setattr(ckpt.torch, "save", save_interrupted_half_way)
     logs = tmp_path / "logs"
     assert run_trainer(tiny_args(data_dir, logs, epochs=2)) == 128 + signal.SIGINT
     monkeypatch.setattr(ckpt.torch, "save", save)
+    # The signal came with bytes of the checkpoint already written and more still to write.
+    assert 0 < writes[0].written_at_signal < writes[0].written
     run_dir = only_run(logs)
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
     # The epoch-end write completed; the run stopped right after the next step.
@@ -161,9 +185,70 @@ def test_a_signal_during_a_checkpoint_write_lets_the_write_finish(
     assert comparable(resume(run_dir, tmp_path)) == comparable(reference(data_dir, tmp_path_factory, 2))
 
 
+def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_complete_checkpoint(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    save = ckpt.torch.save
+    attempts: list[dict] = []
+    completed: list[bytes] = []
+
+    def save_and_interrupt(state: dict, f) -> None:
+        attempts.append(state["position"])
+        if len(attempts) == 1:
+            # First Ctrl+C during the epoch-end write: the write finishes, the run stops after a step.
+            os.kill(os.getpid(), signal.SIGINT)
+            save(state, f)
+            return
+        # While the stop checkpoint is being written, the user presses Ctrl+C again.
+        completed.append((run_dir() / "checkpoints" / "last.pt").read_bytes())
+        os.kill(os.getpid(), signal.SIGINT)
+        save(state, f)
+        completed.append(b"the write went on after the second Ctrl+C")
+
+    def run_dir() -> Path:
+        return only_run(tmp_path / "logs")
+
+    monkeypatch.setattr(ckpt.torch, "save", save_and_interrupt)
+    assert run_trainer(tiny_args(data_dir, tmp_path / "logs", epochs=3)) == 128 + signal.SIGINT
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    err = capsys.readouterr().err
+    assert "press Ctrl+C again to quit without saving" in err
+    assert err.strip().splitlines()[-1] == "interrupted; the last complete checkpoint is unchanged"
+    # The stop checkpoint (after step 6) was started and abandoned at once, not finished.
+    assert attempts == [{"step": 5, "epoch": 1, "batch": 0}, {"step": 6, "epoch": 1, "batch": 1}]
+    assert len(completed) == 1
+    # The epoch-end checkpoint is there byte for byte, and nothing half-written beside it.
+    checkpoints = run_dir() / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["last.pt"]
+    assert (checkpoints / "last.pt").read_bytes() == completed[0]
+    assert load_checkpoint(checkpoints / "last.pt")["position"] == attempts[0]
+
+
+def test_a_signal_lets_the_step_in_flight_finish_and_starts_no_other(
+        data_dir: Path, tmp_path: Path) -> None:
+    steps = []
+
+    def after_each_optimizer_step(optimizer, args, kwargs) -> None:
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(after_each_optimizer_step)
+    try:
+        status = run_trainer(tiny_args(data_dir, tmp_path / "logs", epochs=4))
+    finally:
+        handle.remove()
+    assert status == 128 + signal.SIGINT
+    assert len(steps) == 3, "no step may start after the signal"
+    position = load_checkpoint(only_run(tmp_path / "logs") / "checkpoints" / "last.pt")["position"]
+    assert position == {"step": 3, "epoch": 0, "batch": 3}
+
+
 def test_a_write_failure_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoint(
         data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
+    # Simulated: torch.save raises ENOSPC part way through the second write, on any machine. The real
+    # full disk is test_a_disk_that_fills_up_mid_run_..., where mounting a tmpfs is allowed.
     save = ckpt.torch.save
     writes = []
 
@@ -184,6 +269,120 @@ def test_a_write_failure_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoin
     assert "No space left on device" in error and "--resume" in error
     assert load_checkpoint(checkpoint)["position"]["epoch"] == 1
     assert [p.name for p in checkpoint.parent.iterdir()] == ["last.pt"]
+
+
+# ### A full disk and a read-only folder, for real
+#
+# The tests run as root, which ignores file modes, and no ordinary folder is ever full. So these start the
+# trainer in a child process: for a read-only folder without the two capabilities that let root write
+# anywhere (as tests/test_data.py does for unreadable data), for a full disk inside a private mount
+# namespace holding a tmpfs of a few hundred KiB. Where the machine allows neither, they skip; the
+# simulated ENOSPC above runs everywhere.
+
+WITHOUT_ROOT_FILE_ACCESS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+ON_A_TINY_DISK = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                  'mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@"', "sh"]
+
+# Runs inside the child: the trainer in-process (optionally filling the disk once the first checkpoint
+# is written), then a report of what the logs folder holds, as the last line of output.
+DISK_DRIVER = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from synthetic_main import run_trainer, tiny_args
+from experiments import cifar10
+from experiments.checkpoint import load_checkpoint
+data_dir, logs, fill = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "fill"
+save = cifar10.save_checkpoint
+
+def save_then_fill_the_disk(path, state):
+    save(path, state)
+    if fill and not (logs / "filler").exists():
+        # Every free byte taken: the next write gets ENOSPC from the kernel, not from a mock.
+        with open(logs / "filler", "wb", buffering=0) as filler:
+            try:
+                while filler.write(bytes(1 << 16)):
+                    pass
+            except OSError as error:
+                assert error.errno == 28, error
+
+cifar10.save_checkpoint = save_then_fill_the_disk
+status = run_trainer(tiny_args(data_dir, logs, epochs=int(sys.argv[5])))
+runs = sorted((logs / "cifar10").glob("*")) if (logs / "cifar10").is_dir() else []
+checkpoints = runs[0] / "checkpoints" if runs else None
+report = {"status": status, "runs": len(runs),
+          "checkpoint_files": sorted(p.name for p in checkpoints.iterdir()) if checkpoints else [],
+          "position": (load_checkpoint(checkpoints / "last.pt")["position"]
+                       if checkpoints and (checkpoints / "last.pt").exists() else None)}
+print(json.dumps(report))
+"""
+
+
+def can_run(prefix: list[str], probe: list[str]) -> str:
+    """'' when `prefix` works on this machine, else the reason it does not."""
+    if os.geteuid() != 0:
+        return ""
+    if shutil.which(prefix[0]) is None:
+        return f"{prefix[0]} is not installed"
+    result = subprocess.run([*prefix, *probe], capture_output=True, text=True, timeout=60)
+    return "" if result.returncode == 0 else f"{prefix[0]} failed here: {result.stderr.strip()[:200]}"
+
+
+def on_a_tiny_disk(size: str, logs: Path, data_dir: Path, *, fill: bool, epochs: int
+                   ) -> tuple[dict, list[str]]:
+    """Run the driver with `logs` on a fresh tmpfs of `size`; its report and the lines it printed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    logs.mkdir()
+    reason = can_run(ON_A_TINY_DISK, ["64k", str(logs), "true"])
+    if reason:
+        pytest.skip(reason)
+    result = subprocess.run(
+        [*ON_A_TINY_DISK, size, str(logs), sys.executable, "-c", DISK_DRIVER, str(Path(SCRIPT).parent),
+         str(data_dir), str(logs), "fill" if fill else "no", str(epochs)],
+        capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads(lines[-1]), result.stderr.strip().splitlines()
+
+
+def test_too_little_free_space_is_reported_before_training(data_dir: Path, tmp_path: Path) -> None:
+    # 256 KiB free: less than the tiny model's checkpoints need with the trainer's margin.
+    report, err = on_a_tiny_disk("256k", tmp_path / "logs", data_dir, fill=False, epochs=1)
+    assert report == {"status": 1, "runs": 0, "checkpoint_files": [], "position": None}
+    assert len(err) == 1 and err[0].startswith("error: only ") and "MiB free under" in err[0]
+    assert str(tmp_path / "logs") in err[0] and "--logs-dir" in err[0]
+
+
+def test_a_disk_that_fills_up_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoint(
+        data_dir: Path, tmp_path: Path) -> None:
+    report, err = on_a_tiny_disk("8m", tmp_path / "logs", data_dir, fill=True, epochs=3)
+    assert report == {"status": 1, "runs": 1, "checkpoint_files": ["last.pt"],
+                      "position": {"step": 5, "epoch": 1, "batch": 0}}
+    assert err[-1].startswith("error: could not write ") and "No space left on device" in err[-1]
+    assert "--resume" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_a_read_only_logs_folder_is_reported_before_training(data_dir: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "notes.txt").write_text("keep me")
+    logs.chmod(0o555)
+    try:
+        if os.geteuid() == 0:
+            reason = can_run(WITHOUT_ROOT_FILE_ACCESS, ["true"])
+            if reason:
+                pytest.skip(f"running as root, which ignores file modes, and {reason}")
+        prefix = WITHOUT_ROOT_FILE_ACCESS if os.geteuid() == 0 else []
+        result = subprocess.run([*prefix, sys.executable, str(SCRIPT), *tiny_args(data_dir, logs)],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        logs.chmod(0o755)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert len(err) == 1 and err[0].startswith("error: cannot write run logs under ") and str(logs) in err[0]
+    assert "not a writable folder" in err[0] and "--logs-dir" in err[0]
+    assert [p.name for p in logs.iterdir()] == ["notes.txt"]
 
 
 def test_missing_data_offline_fails_fast_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
