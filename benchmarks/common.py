@@ -22,8 +22,10 @@ def parse_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was given, but torch.cuda.is_available() is False on this "
-                         "machine; run with --device cpu")
+        raise SystemExit(
+            "--device cuda was given, but torch.cuda.is_available() is False on this "
+            "machine; run with --device cpu"
+        )
     return torch.device(name)
 
 
@@ -93,9 +95,13 @@ def machine_description(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    parts = [f"CPU {cpu}", f"{os.cpu_count()} cores", f"{torch.get_num_threads()} torch threads",
-             f"torch {torch.__version__}",
-             datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]
+    parts = [
+        f"CPU {cpu}",
+        f"{os.cpu_count()} cores",
+        f"{torch.get_num_threads()} torch threads",
+        f"torch {torch.__version__}",
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    ]
     if device.type == "cuda":
         parts.insert(0, f"GPU {torch.cuda.get_device_name(device)}")
     return ", ".join(parts)

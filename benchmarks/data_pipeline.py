@@ -37,8 +37,9 @@ from experiments.loader import TensorBatches
 class PilCifar(Dataset):
     """CIFAR-shaped `uint8` arrays served one PIL image at a time, as `torchvision.datasets.CIFAR10` does."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]
+    ):
         # torchvision's CIFAR10 keeps its images as HWC arrays and converts each one to PIL on access.
         self.images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         self.labels = labels
@@ -57,28 +58,42 @@ def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (n,), generator=generator)
 
 
-def endless(make_epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(
+    make_epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
     for epoch in itertools.count():
         yield from make_epoch(epoch)
 
 
-def pil_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
-               device: torch.device) -> DataLoader:
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-    ])
-    return DataLoader(PilCifar(images.numpy(), labels.numpy(), transform), batch_size=batch_size,
-                      shuffle=True, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda", drop_last=True)
+def pil_loader(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int, device: torch.device
+) -> DataLoader:
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
+    return DataLoader(
+        PilCifar(images.numpy(), labels.numpy(), transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
 
 
-def take(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], count: int, device: torch.device,
-         consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:
+def take(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
+    device: torch.device,
+    consume: Callable[[torch.Tensor, torch.Tensor], None] | None,
+) -> Callable[[], None]:
     """A callable that pulls `count` batches, moves them to `device` and hands them to `consume`."""
 
     def run() -> None:
@@ -111,21 +126,35 @@ def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Ten
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The opening paragraph ends in a colon: the list after it belongs in the help too.
-    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[1:3]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    parser = argparse.ArgumentParser(
+        description="\n\n".join(__doc__.split("\n\n")[1:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
     parser.add_argument("--images", type=int, default=50_000, help="synthetic training-set size")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="batches per timed repeat")
     parser.add_argument("--repeats", type=int, default=5, help="alternating timed repeats per pipeline")
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="run the model (and have TensorBatches hand out batches) in channels_last")
-    parser.add_argument("--no-end-to-end", action="store_true",
-                        help="skip the loader + training-step rows (the slowest part on a CPU)")
-    parser.add_argument("--quick", action="store_true",
-                        help="seconds-long smoke run: 128 images, batch 8, 2 batches, 2 repeats, workers 0")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="run the model (and have TensorBatches hand out batches) in channels_last",
+    )
+    parser.add_argument(
+        "--no-end-to-end",
+        action="store_true",
+        help="skip the loader + training-step rows (the slowest part on a CPU)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="seconds-long smoke run: 128 images, batch 8, 2 batches, 2 repeats, workers 0",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, "0"
@@ -148,11 +177,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     device = parse_device(args.device)
     print(f"machine: {machine_description(device)}")
     images, labels = synthetic_cifar(args.images, seed=0)
-    tensor_batches = TensorBatches(images, labels, batch_size=args.batch_size, shuffle=True, augment=True,
-                                   device=device, seed=0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                                   drop_last=True, channels_last=args.channels_last)
+    tensor_batches = TensorBatches(
+        images,
+        labels,
+        batch_size=args.batch_size,
+        shuffle=True,
+        augment=True,
+        device=device,
+        seed=0,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        drop_last=True,
+        channels_last=args.channels_last,
+    )
     loaders: dict[str, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = {
-        "TensorBatches": lambda: endless(tensor_batches.epoch)}
+        "TensorBatches": lambda: endless(tensor_batches.epoch)
+    }
     for workers in args.workers:
         loader = pil_loader(images, labels, args.batch_size, workers, device)
         loaders[f"DataLoader+PIL workers={workers}"] = lambda loader=loader: endless(lambda _: iter(loader))
@@ -165,11 +205,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # Each row: (name, callable). Iterators are created once, so workers start and warm up only once.
     rows: list[tuple[str, Callable[[], None]]] = [
-        (f"supply: {name}", take(make(), args.batches, device, None)) for name, make in loaders.items()]
+        (f"supply: {name}", take(make(), args.batches, device, None)) for name, make in loaders.items()
+    ]
     rows.append(("demand: resnet20 train step (fixed batch)", model_only))
     if not args.no_end_to_end:
-        rows += [(f"end to end: {name} -> resnet20 step", take(make(), args.batches, device, step))
-                 for name, make in loaders.items()]
+        rows += [
+            (f"end to end: {name} -> resnet20 step", take(make(), args.batches, device, step))
+            for name, make in loaders.items()
+        ]
     for _, run in rows:  # warm-up: worker start-up, allocator, first-call costs
         run()
     seconds = alternate([run for _, run in rows], args.repeats, device)
@@ -181,16 +224,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         rates[name] = rate
         table.append([name, f"{rate:.0f}", f"{spread:.0%}"])
 
-    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
-          f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
-          f"channels_last={args.channels_last}")
+    print(
+        f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
+        f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
+        f"channels_last={args.channels_last}"
+    )
     print_table(["pipeline", "images/s", "spread"], table)
     print()
     demand = rates["demand: resnet20 train step (fixed batch)"]
     tensor_supply = rates["supply: TensorBatches"]
     for name in loaders:
-        print(f"ratio supply/demand {name}: {rates[f'supply: {name}'] / demand:.2f} "
-              f"(above 1: the loader outpaces a resnet20 step)")
+        print(
+            f"ratio supply/demand {name}: {rates[f'supply: {name}'] / demand:.2f} "
+            f"(above 1: the loader outpaces a resnet20 step)"
+        )
     for workers in args.workers:
         name = f"DataLoader+PIL workers={workers}"
         print(f"ratio TensorBatches/{name} supply: {tensor_supply / rates[f'supply: {name}']:.2f}")

@@ -137,8 +137,11 @@ STAGES = ("model_speed", "data_pipeline", "trainer")
 # The project's goals for the fast path on one H100: (test accuracy, seconds of training to reach it).
 # The accuracies are the paper's Table 6 numbers for ResNet-20 and ResNet-56.
 # ResNet-9's is the "fast residual preset to 94% in 10 s" of the same issue.
-TARGETS: dict[str, tuple[float, float]] = {"resnet20": (0.9125, 30.0), "resnet56": (0.9303, 90.0),
-                                           "resnet9": (0.94, 10.0)}
+TARGETS: dict[str, tuple[float, float]] = {
+    "resnet20": (0.9125, 30.0),
+    "resnet56": (0.9303, 90.0),
+    "resnet9": (0.94, 10.0),
+}
 # CIFAR-10's training set; a real run trains on all of it (no validation split), every epoch.
 CIFAR10_TRAIN_IMAGES = 50_000
 SUMMARY_FILES = ("summary.json", "summary.md")
@@ -154,6 +157,7 @@ class OutOfBudget(BaseException):
 @dataclass
 class Row:
     """One line of the final table."""
+
     stage: str
     metric: str
     value: str
@@ -164,6 +168,7 @@ class Row:
 @dataclass
 class StepReport:
     """What one step did: its status, how long it took and ran under, and what it measured."""
+
     stage: str
     name: str
     status: str = "not run"
@@ -180,6 +185,7 @@ class Step:
     One measurement: `run(limit_s, report)` fills the report and returns when done. `share` is its
     part of the budget relative to the other steps. A step with a `skip` reason is only reported.
     """
+
     stage: str
     name: str
     share: float
@@ -257,9 +263,11 @@ def _trainer_stopper() -> Callable[[], None]:
 
 # ## Stage 1: model speed
 
+
 @dataclass
 class SpeedPlan:
     """One call of `benchmarks.model_speed`: which models, at what size, in which variants."""
+
     name: str
     models: str
     batch_size: int
@@ -290,30 +298,104 @@ def speed_plans(device: torch.device, quick: bool) -> list[SpeedPlan]:
         sizes = {"imagenet": (8, 224), "cifar": (128, 32)}
         counts = {"repeats": 3, "steps": 1, "warmup": 1}
     return [
-        SpeedPlan("resnet50 fp32", "resnet50", *sizes["imagenet"], "eager,channels_last", "none",
-                  "train,infer", share=0.06, **counts),
-        SpeedPlan("resnet50 bf16", "resnet50", *sizes["imagenet"], "channels_last", "bf16",
-                  "train,infer", share=0.03, **counts),
-        SpeedPlan("resnet20/56 fp32", "resnet20,resnet56", *sizes["cifar"], "eager,channels_last", "none",
-                  "train,infer", share=0.03, **counts),
-        SpeedPlan("resnet20/56 bf16", "resnet20,resnet56", *sizes["cifar"], "channels_last", "bf16",
-                  "train,infer", share=0.03, **counts),
+        SpeedPlan(
+            "resnet50 fp32",
+            "resnet50",
+            *sizes["imagenet"],
+            "eager,channels_last",
+            "none",
+            "train,infer",
+            share=0.06,
+            **counts,
+        ),
+        SpeedPlan(
+            "resnet50 bf16",
+            "resnet50",
+            *sizes["imagenet"],
+            "channels_last",
+            "bf16",
+            "train,infer",
+            share=0.03,
+            **counts,
+        ),
+        SpeedPlan(
+            "resnet20/56 fp32",
+            "resnet20,resnet56",
+            *sizes["cifar"],
+            "eager,channels_last",
+            "none",
+            "train,infer",
+            share=0.03,
+            **counts,
+        ),
+        SpeedPlan(
+            "resnet20/56 bf16",
+            "resnet20,resnet56",
+            *sizes["cifar"],
+            "channels_last",
+            "bf16",
+            "train,infer",
+            share=0.03,
+            **counts,
+        ),
         # ResNet-9 has plans of its own: on a CPU it is ten times the work of resnet20 per image, and a
         # step stopped by the budget loses all its rows, which should not take resnet20/56's with it.
-        SpeedPlan("resnet9 fp32", "resnet9", *sizes["cifar"], "eager,channels_last", "none",
-                  "train,infer", share=0.03, **counts),
-        SpeedPlan("resnet9 bf16", "resnet9", *sizes["cifar"], "channels_last", "bf16",
-                  "train,infer", share=0.03, **counts),
-        SpeedPlan("resnet20 bf16 compiled", "resnet20", *sizes["cifar"], "compile_channels_last", "bf16",
-                  "train", share=0.07, **counts),
+        SpeedPlan(
+            "resnet9 fp32",
+            "resnet9",
+            *sizes["cifar"],
+            "eager,channels_last",
+            "none",
+            "train,infer",
+            share=0.03,
+            **counts,
+        ),
+        SpeedPlan(
+            "resnet9 bf16",
+            "resnet9",
+            *sizes["cifar"],
+            "channels_last",
+            "bf16",
+            "train,infer",
+            share=0.03,
+            **counts,
+        ),
+        SpeedPlan(
+            "resnet20 bf16 compiled",
+            "resnet20",
+            *sizes["cifar"],
+            "compile_channels_last",
+            "bf16",
+            "train",
+            share=0.07,
+            **counts,
+        ),
     ]
 
 
 def speed_argv(plan: SpeedPlan, device: torch.device) -> list[str]:
-    return ["--device", device.type, "--models", plan.models, "--batch-size", str(plan.batch_size),
-            "--image-size", str(plan.image_size), "--variants", plan.variants, "--autocast", plan.autocast,
-            "--modes", plan.modes, "--repeats", str(plan.repeats), "--steps", str(plan.steps),
-            "--warmup", str(plan.warmup)]
+    return [
+        "--device",
+        device.type,
+        "--models",
+        plan.models,
+        "--batch-size",
+        str(plan.batch_size),
+        "--image-size",
+        str(plan.image_size),
+        "--variants",
+        plan.variants,
+        "--autocast",
+        plan.autocast,
+        "--modes",
+        plan.modes,
+        "--repeats",
+        str(plan.repeats),
+        "--steps",
+        str(plan.steps),
+        "--warmup",
+        str(plan.warmup),
+    ]
 
 
 def speed_step(plan: SpeedPlan, device: torch.device, skip_compile: str, quick: bool) -> Step:
@@ -323,23 +405,41 @@ def speed_step(plan: SpeedPlan, device: torch.device, skip_compile: str, quick: 
         with deadline(limit_s, _raise_out_of_budget):
             results = model_speed.main(argv)
         report.details["results"] = [
-            {"model": r.name, "variant": r.variant, "mode": r.mode, "autocast": plan.autocast,
-             "batch_size": r.setting.batch_size, "image_size": r.setting.image_size,
-             "ours_images_per_s": r.ours, "reference_images_per_s": r.reference, "ratio": r.ratio,
-             "spread": r.spread, "reference": r.described} for r in results]
+            {
+                "model": r.name,
+                "variant": r.variant,
+                "mode": r.mode,
+                "autocast": plan.autocast,
+                "batch_size": r.setting.batch_size,
+                "image_size": r.setting.image_size,
+                "ours_images_per_s": r.ours,
+                "reference_images_per_s": r.reference,
+                "ratio": r.ratio,
+                "spread": r.spread,
+                "reference": r.described,
+            }
+            for r in results
+        ]
         for r in results:
             precision = "bf16" if plan.autocast == "bf16" else "fp32"
-            report.rows.append(Row(
-                "model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.setting.batch_size} "
-                f"{r.setting.image_size}px: ours/reference",
-                f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} img/s)", ">= 1.0",
-                ratio_verdict(r.ratio, 3, quick)))
+            report.rows.append(
+                Row(
+                    "model speed",
+                    f"{r.name} {r.variant} {precision} {r.mode} b{r.setting.batch_size} "
+                    f"{r.setting.image_size}px: ours/reference",
+                    f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} img/s)",
+                    ">= 1.0",
+                    ratio_verdict(r.ratio, 3, quick),
+                )
+            )
 
-    return Step("model_speed", plan.name, plan.share, run,
-                skip=skip_compile if "compile" in plan.variants else "")
+    return Step(
+        "model_speed", plan.name, plan.share, run, skip=skip_compile if "compile" in plan.variants else ""
+    )
 
 
 # ## Stage 2: data pipeline
+
 
 def pipeline_argv(device: torch.device, quick: bool) -> list[str]:
     if quick:
@@ -347,8 +447,19 @@ def pipeline_argv(device: torch.device, quick: bool) -> list[str]:
     if device.type == "cuda":
         # The fast recipe's batch and layout; 8 workers is what a DataLoader user on this machine would
         # try. `--batches 10` keeps the slow PIL rows to seconds.
-        return ["--device", "cuda", "--batch-size", "512", "--channels-last", "--batches", "10",
-                "--repeats", "5", "--workers", "8"]
+        return [
+            "--device",
+            "cuda",
+            "--batch-size",
+            "512",
+            "--channels-last",
+            "--batches",
+            "10",
+            "--repeats",
+            "5",
+            "--workers",
+            "8",
+        ]
     return ["--device", "cpu", "--images", "5000", "--batches", "5", "--repeats", "3", "--workers", "0"]
 
 
@@ -370,27 +481,50 @@ def pipeline_step(device: torch.device, quick: bool) -> Step:
         for name, rate in rates.items():
             report.rows.append(Row(stage, f"{name} (img/s)", f"{rate:.0f}", "-", "info"))
         if supply is None or demand is None:
-            report.rows.append(Row(stage, "TensorBatches supply / resnet20 demand", "rows missing from "
-                                   "data_pipeline's output", ">= 1.0", "not-measurable"))
+            report.rows.append(
+                Row(
+                    stage,
+                    "TensorBatches supply / resnet20 demand",
+                    "rows missing from data_pipeline's output",
+                    ">= 1.0",
+                    "not-measurable",
+                )
+            )
             return
         ratio = supply / demand
-        report.rows.append(Row(stage, "TensorBatches supply / resnet20 demand", f"{ratio:.2f}", ">= 1.0",
-                               ratio_verdict(ratio, 2, quick)))
+        report.rows.append(
+            Row(
+                stage,
+                "TensorBatches supply / resnet20 demand",
+                f"{ratio:.2f}",
+                ">= 1.0",
+                ratio_verdict(ratio, 2, quick),
+            )
+        )
         ours = _rate(rates, "end to end: TensorBatches")
         for name, theirs in rates.items():
             if name.startswith("end to end: DataLoader") and ours is not None:
                 loader = name.removeprefix("end to end: ").removesuffix(" -> resnet20 step")
-                report.rows.append(Row(stage, f"end to end TensorBatches / {loader}", f"{ours / theirs:.2f}",
-                                       ">= 1.0", ratio_verdict(ours / theirs, 2, quick)))
+                report.rows.append(
+                    Row(
+                        stage,
+                        f"end to end TensorBatches / {loader}",
+                        f"{ours / theirs:.2f}",
+                        ">= 1.0",
+                        ratio_verdict(ours / theirs, 2, quick),
+                    )
+                )
 
     return Step("data_pipeline", "TensorBatches vs resnet20", 0.04, run)
 
 
 # ## Stage 3: the trainer
 
+
 @dataclass
 class TrainerData:
     """Where the trainer reads CIFAR-10 from, and whether that is the real data set."""
+
     folder: Path
     real: bool
     train_images: int
@@ -409,6 +543,7 @@ class TrainerPlan:
     such as `--compile`), which the table names by `variant`. `epochs` and `batch_size` override the
     recipe's when not None.
     """
+
     model: str
     recipe: str
     epochs: int | None
@@ -452,20 +587,36 @@ def trainer_plans(device: torch.device, quick: bool, real_data: bool) -> list[Tr
     else:
         epochs, batch = (4, None) if device.type == "cuda" else (2, 128)
     shorter = epochs if epochs is None else max(1, epochs - 1)
-    return [TrainerPlan("resnet9", "resnet9", shorter, batch, 0.20),
-            TrainerPlan("resnet20", "fast", epochs, batch, 0.12),
-            TrainerPlan("resnet56", "fast", shorter, batch, 0.20),
-            TrainerPlan("resnet20", "fast", shorter, batch, 0.08, ("--compile",), "compiled"),
-            TrainerPlan("resnet20", "fast", shorter, batch, 0.08, ("--cuda-graphs",), "CUDA graphs")]
+    return [
+        TrainerPlan("resnet9", "resnet9", shorter, batch, 0.20),
+        TrainerPlan("resnet20", "fast", epochs, batch, 0.12),
+        TrainerPlan("resnet56", "fast", shorter, batch, 0.20),
+        TrainerPlan("resnet20", "fast", shorter, batch, 0.08, ("--compile",), "compiled"),
+        TrainerPlan("resnet20", "fast", shorter, batch, 0.08, ("--cuda-graphs",), "CUDA graphs"),
+    ]
 
 
-def trainer_argv(plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path,
-                 results: Path) -> list[str]:
-    argv = ["--model", plan.model, "--recipe", plan.recipe, "--device", device.type,
-            "--data-dir", str(data.folder), "--no-download", "--logs-dir", str(logs_dir),
-            "--results", str(results),
-            # Time to accuracy needs the test accuracy after every epoch.
-            "valid_split=0", "eval_every_epoch=True"]
+def trainer_argv(
+    plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path, results: Path
+) -> list[str]:
+    argv = [
+        "--model",
+        plan.model,
+        "--recipe",
+        plan.recipe,
+        "--device",
+        device.type,
+        "--data-dir",
+        str(data.folder),
+        "--no-download",
+        "--logs-dir",
+        str(logs_dir),
+        "--results",
+        str(results),
+        # Time to accuracy needs the test accuracy after every epoch.
+        "valid_split=0",
+        "eval_every_epoch=True",
+    ]
     if plan.epochs is not None:
         argv += ["--epochs", str(plan.epochs)]
     if plan.batch_size is not None:
@@ -487,18 +638,31 @@ def epoch_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         missing = [key for key in ("train_time_s", "epoch_train_time_s") if key not in record]
         if missing:
-            raise RuntimeError(f"metrics.jsonl has no {' or '.join(missing)} for epoch "
-                               f"{record.get('epoch')}; an older trainer than this script expects wrote it")
-        timeline.append({"epoch": int(record["epoch"]), "test_accuracy": record.get("test_accuracy"),
-                         "train_time_s": float(record["train_time_s"]),
-                         "epoch_train_time_s": float(record["epoch_train_time_s"])})
+            raise RuntimeError(
+                f"metrics.jsonl has no {' or '.join(missing)} for epoch "
+                f"{record.get('epoch')}; an older trainer than this script expects wrote it"
+            )
+        timeline.append(
+            {
+                "epoch": int(record["epoch"]),
+                "test_accuracy": record.get("test_accuracy"),
+                "train_time_s": float(record["train_time_s"]),
+                "epoch_train_time_s": float(record["epoch_train_time_s"]),
+            }
+        )
     return timeline
 
 
 def time_to_target(timeline: list[dict[str, float]], target: float) -> dict[str, float] | None:
     """The first epoch whose test accuracy reaches `target`, or None."""
-    return next((point for point in timeline
-                 if point["test_accuracy"] is not None and point["test_accuracy"] >= target), None)
+    return next(
+        (
+            point
+            for point in timeline
+            if point["test_accuracy"] is not None and point["test_accuracy"] >= target
+        ),
+        None,
+    )
 
 
 def run_folders(logs_dir: Path) -> set[Path]:
@@ -519,11 +683,13 @@ def ratio_verdict(ratio: float, digits: int, quick: bool = False) -> str:
 def cudagraph_skips() -> int:
     """How often, in this process so far, the inductor backend compiled a graph but did not record it."""
     from torch._dynamo.utils import counters
+
     return int(counters["inductor"]["cudagraph_skips"])
 
 
-def trainer_step(plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path,
-                 skip_compile: str) -> Step:
+def trainer_step(
+    plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path, skip_compile: str
+) -> Step:
     def run(limit_s: float, report: StepReport) -> None:
         stage = f"trainer {plan.label}"
         with tempfile.TemporaryDirectory(prefix="gpu-benchmark-results-") as tmp:
@@ -545,28 +711,48 @@ def trainer_step(plan: TrainerPlan, data: TrainerData, device: torch.device, log
         new = sorted(run_folders(logs_dir) - before)
         records: list[dict[str, Any]] = []
         if new and (new[-1] / "metrics.jsonl").exists():
-            records = [json.loads(line) for line in (new[-1] / "metrics.jsonl").read_text().splitlines()
-                       if line.strip()]
+            records = [
+                json.loads(line)
+                for line in (new[-1] / "metrics.jsonl").read_text().splitlines()
+                if line.strip()
+            ]
         stopped = results is None
         if stopped:
             report.status = "stopped by budget"
-            report.reason = (f"stopped after {len(records)} complete epoch{'' if len(records) == 1 else 's'} "
-                             f"at the {limit_s:.0f} s limit")
+            report.reason = (
+                f"stopped after {len(records)} complete epoch{'' if len(records) == 1 else 's'} "
+                f"at the {limit_s:.0f} s limit"
+            )
         timeline = epoch_timeline(records)
-        report.details.update({"wall_time_s": wall_s, "run_dir": str(new[-1]) if new else None,
-                               "results": results, "epochs": timeline, "real_data": data.real})
+        report.details.update(
+            {
+                "wall_time_s": wall_s,
+                "run_dir": str(new[-1]) if new else None,
+                "results": results,
+                "epochs": timeline,
+                "real_data": data.real,
+            }
+        )
         report.rows.append(Row(stage, "wall time of the trainer call (s)", f"{wall_s:.1f}", "-", "info"))
         if "--cuda-graphs" in plan.flags:
             # torch.compile falls back to launching kernels one by one when it cannot record a graph (for
             # instance on some in-place updates); it only says so in a log line and this counter.
-            report.rows.append(Row(stage, "graphs torch.compile declined to record as CUDA graphs",
-                                   str(skipped_graphs), "0", "pass" if skipped_graphs == 0 else "fail"))
+            report.rows.append(
+                Row(
+                    stage,
+                    "graphs torch.compile declined to record as CUDA graphs",
+                    str(skipped_graphs),
+                    "0",
+                    "pass" if skipped_graphs == 0 else "fail",
+                )
+            )
         if not records:
             report.rows.append(Row(stage, "train images/s", "no epoch completed", "-", "not-measurable"))
             return
         overall = results["train_images_per_s"] if results else records[-1]["train_images_per_s"]
-        report.rows.append(Row(stage, "train images/s, all epochs (incl. warm-up)", f"{overall:.0f}", "-",
-                               "info"))
+        report.rows.append(
+            Row(stage, "train images/s, all epochs (incl. warm-up)", f"{overall:.0f}", "-", "info")
+        )
         if len(timeline) > 1:
             # After the first epoch's warm-up: the steady rate.
             last = data.train_images / max(timeline[-1]["epoch_train_time_s"], 1e-9)
@@ -577,25 +763,53 @@ def trainer_step(plan: TrainerPlan, data: TrainerData, device: torch.device, log
         time_metric = f"training time to {target_accuracy:.2%} (evaluation excluded)"
         time_target = f"<= {target_s:.0f} s"
         if not data.real:
-            report.rows.append(Row(stage, accuracy_metric, f"{accuracy:.4f} (synthetic, not meaningful)",
-                                   f">= {target_accuracy} on CIFAR-10", "not-measurable"))
-            report.rows.append(Row(stage, time_metric, "synthetic data, not meaningful", time_target,
-                                   "not-measurable"))
+            report.rows.append(
+                Row(
+                    stage,
+                    accuracy_metric,
+                    f"{accuracy:.4f} (synthetic, not meaningful)",
+                    f">= {target_accuracy} on CIFAR-10",
+                    "not-measurable",
+                )
+            )
+            report.rows.append(
+                Row(stage, time_metric, "synthetic data, not meaningful", time_target, "not-measurable")
+            )
             return
-        report.rows.append(Row(stage, accuracy_metric, f"{accuracy:.4f}", f">= {target_accuracy}",
-                               "not-measurable" if stopped else
-                               ("pass" if accuracy >= target_accuracy else "fail")))
+        report.rows.append(
+            Row(
+                stage,
+                accuracy_metric,
+                f"{accuracy:.4f}",
+                f">= {target_accuracy}",
+                "not-measurable" if stopped else ("pass" if accuracy >= target_accuracy else "fail"),
+            )
+        )
         reached = time_to_target(timeline, target_accuracy)
         if reached is not None:
-            report.rows.append(Row(stage, time_metric, f"{reached['train_time_s']:.1f} s (epoch "
-                                   f"{reached['epoch']})", time_target,
-                                   "pass" if reached["train_time_s"] <= target_s else "fail"))
+            report.rows.append(
+                Row(
+                    stage,
+                    time_metric,
+                    f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})",
+                    time_target,
+                    "pass" if reached["train_time_s"] <= target_s else "fail",
+                )
+            )
         elif stopped:
-            report.rows.append(Row(stage, time_metric, f"not reached in the {len(records)} epochs before "
-                                   f"the budget stopped the run", time_target, "not-measurable"))
+            report.rows.append(
+                Row(
+                    stage,
+                    time_metric,
+                    f"not reached in the {len(records)} epochs before the budget stopped the run",
+                    time_target,
+                    "not-measurable",
+                )
+            )
         else:
-            report.rows.append(Row(stage, time_metric, f"not reached in {len(records)} epochs", time_target,
-                                   "fail"))
+            report.rows.append(
+                Row(stage, time_metric, f"not reached in {len(records)} epochs", time_target, "fail")
+            )
 
     skip = plan.cannot_run_on(device) or (skip_compile if plan.compiles else "")
     return Step("trainer", plan.label, plan.share, run, skip=skip)
@@ -609,8 +823,10 @@ def _synthetic_writer() -> Callable[..., Path]:
     path = Path(__file__).resolve().parent.parent / "tests" / "cifar_synthetic.py"
     spec = importlib.util.spec_from_file_location("cifar_synthetic", path)
     if spec is None or spec.loader is None or not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; it writes the synthetic data. Run from a full checkout "
-                                f"of the repository, or pass --data-dir with CIFAR-10")
+        raise FileNotFoundError(
+            f"{path} is missing; it writes the synthetic data. Run from a full checkout "
+            f"of the repository, or pass --data-dir with CIFAR-10"
+        )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.write_synthetic_cifar10
@@ -636,6 +852,7 @@ def trainer_data(data_dir: Path | None, quick: bool, device: torch.device) -> It
 
 # ## Running the steps and reporting
 
+
 def run_steps(steps: Sequence[Step], budget: Budget) -> list[StepReport]:
     reports = [StepReport(step.stage, step.name) for step in steps]
     for i, (step, report) in enumerate(zip(steps, reports, strict=True)):
@@ -645,8 +862,13 @@ def run_steps(steps: Sequence[Step], budget: Budget) -> list[StepReport]:
         shares_left = sum(s.share for s in steps[i:] if not s.skip)
         report.limit_s = budget.limit_for(step.share, shares_left)
         if report.limit_s < budget.minimum_step_s:
-            report.status, report.reason = "skipped", (f"budget: {report.limit_s:.0f} s left for it, "
-                                                       f"below the {budget.minimum_step_s:.0f} s minimum")
+            report.status, report.reason = (
+                "skipped",
+                (
+                    f"budget: {report.limit_s:.0f} s left for it, "
+                    f"below the {budget.minimum_step_s:.0f} s minimum"
+                ),
+            )
             continue
         print(f"\n=== {step.stage}: {step.name} (up to {report.limit_s:.0f} s)", flush=True)
         started = time.perf_counter()
@@ -654,11 +876,13 @@ def run_steps(steps: Sequence[Step], budget: Budget) -> list[StepReport]:
         try:
             step.run(report.limit_s, report)
         except OutOfBudget:
-            report.status, report.reason = "stopped by budget", (f"interrupted at its {report.limit_s:.0f} s "
-                                                                 f"limit; its rows are lost")
+            report.status, report.reason = (
+                "stopped by budget",
+                (f"interrupted at its {report.limit_s:.0f} s limit; its rows are lost"),
+            )
         except KeyboardInterrupt:
             report.status, report.reason = "interrupted", "Ctrl+C"
-            for later in reports[i + 1:]:
+            for later in reports[i + 1 :]:
                 later.status, later.reason = "skipped", "interrupted by Ctrl+C"
             report.seconds = time.perf_counter() - started
             break
@@ -677,8 +901,9 @@ def summary_rows(reports: Sequence[StepReport]) -> list[Row]:
     for report in reports:
         if report.status != "done":
             verdict = {"error": "error", "stopped by budget": "stopped"}.get(report.status, "skipped")
-            rows.append(Row(names[report.stage], report.name, f"{report.status}: {report.reason}", "-",
-                            verdict))
+            rows.append(
+                Row(names[report.stage], report.name, f"{report.status}: {report.reason}", "-", verdict)
+            )
         rows.extend(report.rows)
     return rows
 
@@ -686,8 +911,10 @@ def summary_rows(reports: Sequence[StepReport]) -> list[Row]:
 def render_table(rows: Sequence[Row]) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        print_table(["stage", "metric", "value", "target", "verdict"],
-                    [[r.stage, r.metric, r.value, r.target, r.verdict] for r in rows])
+        print_table(
+            ["stage", "metric", "value", "target", "verdict"],
+            [[r.stage, r.metric, r.value, r.target, r.verdict] for r in rows],
+        )
     return out.getvalue()
 
 
@@ -707,30 +934,55 @@ def write_summary(out: Path, summary: dict[str, Any], table: str) -> None:
     (out / "summary.md").write_text(
         f"# GPU benchmark summary\n\n* device: {env['device']}\n* torch: {env['torch']}\n"
         f"* date: {env['date']}\n* machine: {env['machine']}\n* command: `{summary['command']}`\n"
-        f"* budget: {summary['budget_s']:.0f} s, used {summary['elapsed_s']:.0f} s\n\n{table}")
+        f"* budget: {summary['budget_s']:.0f} s, used {summary['elapsed_s']:.0f} s\n\n{table}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of every stage at tiny sizes (seconds per step); no compile steps")
-    parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="seconds for all the steps together (default 450: the whole script in under 8 "
-                             "minutes on one H100); a step whose share would be too short is skipped")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="a folder with the real CIFAR-10 (cifar-10-batches-py/ or "
-                             "cifar-10-python.tar.gz); without it the trainer stage uses synthetic data and "
-                             "measures throughput only")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="write summary.json and summary.md there, and keep the trainer's run folders")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated, from {', '.join(STAGES)} (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every stage at tiny sizes (seconds per step); no compile steps",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="seconds for all the steps together (default 450: the whole script in under 8 "
+        "minutes on one H100); a step whose share would be too short is skipped",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="a folder with the real CIFAR-10 (cifar-10-batches-py/ or "
+        "cifar-10-python.tar.gz); without it the trainer stage uses synthetic data and "
+        "measures throughput only",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write summary.json and summary.md there, and keep the trainer's run folders",
+    )
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)} (default: all)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile steps")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for the whole run (default: torch's own choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the whole run (default: torch's own choice)",
+    )
     args = parser.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in args.stages if s not in STAGES]
@@ -741,13 +993,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.data_dir is not None and not args.data_dir.is_dir():
-        parser.error(f"--data-dir {args.data_dir} is not a folder; give the folder that holds "
-                     f"cifar-10-batches-py/ or cifar-10-python.tar.gz, or leave it out for synthetic data")
+        parser.error(
+            f"--data-dir {args.data_dir} is not a folder; give the folder that holds "
+            f"cifar-10-batches-py/ or cifar-10-python.tar.gz, or leave it out for synthetic data"
+        )
     if args.out is not None:
         existing = [name for name in SUMMARY_FILES if (args.out / name).exists()]
         if existing:
-            parser.error(f"--out {args.out} already holds {', '.join(existing)}; choose another folder so "
-                         f"the earlier results are kept")
+            parser.error(
+                f"--out {args.out} already holds {', '.join(existing)}; choose another folder so "
+                f"the earlier results are kept"
+            )
     return args
 
 
@@ -758,8 +1014,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    skip_compile = ("torch.compile steps are left out with --quick" if args.quick else
-                    "--no-compile" if args.no_compile else "")
+    skip_compile = (
+        "torch.compile steps are left out with --quick"
+        if args.quick
+        else "--no-compile"
+        if args.no_compile
+        else ""
+    )
     budget = Budget(args.budget_s, minimum_step_s=1.0 if args.quick else 10.0)
     try:
         with contextlib.ExitStack() as stack:
@@ -770,15 +1031,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 logs_dir = Path(stack.enter_context(temporary))
             steps: list[Step] = []
             if "model_speed" in args.stages:
-                steps += [speed_step(plan, device, skip_compile, args.quick)
-                          for plan in speed_plans(device, args.quick)]
+                steps += [
+                    speed_step(plan, device, skip_compile, args.quick)
+                    for plan in speed_plans(device, args.quick)
+                ]
             if "data_pipeline" in args.stages:
                 steps.append(pipeline_step(device, args.quick))
             data: TrainerData | None = None
             if "trainer" in args.stages:
                 data = stack.enter_context(trainer_data(args.data_dir, args.quick, device))
-                steps += [trainer_step(plan, data, device, logs_dir, skip_compile)
-                          for plan in trainer_plans(device, args.quick, data.real)]
+                steps += [
+                    trainer_step(plan, data, device, logs_dir, skip_compile)
+                    for plan in trainer_plans(device, args.quick, data.real)
+                ]
             for stage in STAGES:
                 if stage not in args.stages:
                     steps.append(Step(stage, "the whole stage", 0.0, lambda *_: None, skip="not in --stages"))
@@ -794,19 +1059,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             note = "trainer stage not run"
         summary = {
             "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
-            "environment": environment(device), "budget_s": args.budget_s, "elapsed_s": budget.elapsed(),
-            "quick": args.quick, "note": note,
-            "stages": {stage: [{k: v for k, v in asdict(r).items() if k != "rows"}
-                               for r in reports if r.stage == stage] for stage in STAGES},
+            "environment": environment(device),
+            "budget_s": args.budget_s,
+            "elapsed_s": budget.elapsed(),
+            "quick": args.quick,
+            "note": note,
+            "stages": {
+                stage: [
+                    {k: v for k, v in asdict(r).items() if k != "rows"} for r in reports if r.stage == stage
+                ]
+                for stage in STAGES
+            },
             "summary": [asdict(row) for row in rows],
         }
         table = render_table(rows)
         if args.out is not None:
             write_summary(args.out, summary, table)
         env = summary["environment"]
-        print(f"\n# Summary\ndevice: {env['device']}; torch {env['torch']}; {env['date']}\n"
-              f"machine: {env['machine']}\n{note}; {budget.elapsed():.0f} s of a {args.budget_s:.0f} s budget"
-              + (f"; written to {args.out}" if args.out is not None else ""))
+        print(
+            f"\n# Summary\ndevice: {env['device']}; torch {env['torch']}; {env['date']}\n"
+            f"machine: {env['machine']}\n{note}; {budget.elapsed():.0f} s of a {args.budget_s:.0f} s budget"
+            + (f"; written to {args.out}" if args.out is not None else "")
+        )
         print(table, end="", flush=True)
         return summary
     finally:

@@ -46,8 +46,14 @@ from benchmarks.common import (
 )
 
 # $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
-CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18,
-                "resnet1202": 200}
+CIFAR_DEPTHS = {
+    "resnet20": 3,
+    "resnet32": 5,
+    "resnet44": 7,
+    "resnet56": 9,
+    "resnet110": 18,
+    "resnet1202": 200,
+}
 # The CIFAR-sized networks: the paper's presets and the fast ResNet-9.
 CIFAR_MODELS = (*CIFAR_DEPTHS, "resnet9")
 IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -116,8 +122,11 @@ class ReferenceCifarResNet(nn.Module):
 
 def reference_conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     """A $3 \\times 3$ convolution that keeps the map's size, batch norm and an in-place ReLU."""
-    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class ReferenceResidual(nn.Module):
@@ -125,9 +134,11 @@ class ReferenceResidual(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.branch = nn.Sequential(*reference_conv_bn_relu(channels, channels),
-                                    nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                    nn.BatchNorm2d(channels))
+        self.branch = nn.Sequential(
+            *reference_conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The sum is a fresh tensor, so rectifying it in place touches nothing the backward pass needs.
@@ -156,10 +167,18 @@ def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
     """
     return nn.Sequential(
         *reference_conv_bn_relu(3, 64),
-        *reference_conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128),
-        *reference_conv_bn_relu(128, 256), nn.MaxPool2d(2),
-        *reference_conv_bn_relu(256, 512), nn.MaxPool2d(2), ReferenceResidual(512),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(0.125),
+        *reference_conv_bn_relu(64, 128),
+        nn.MaxPool2d(2),
+        ReferenceResidual(128),
+        *reference_conv_bn_relu(128, 256),
+        nn.MaxPool2d(2),
+        *reference_conv_bn_relu(256, 512),
+        nn.MaxPool2d(2),
+        ReferenceResidual(512),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, num_classes, bias=False),
+        ReferenceScale(0.125),
     )
 
 
@@ -177,14 +196,17 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
     return _checked_pair(name, ours, reference, described)
 
 
-def _checked_pair(name: str, ours: nn.Module, reference: nn.Module,
-                  described: str) -> tuple[nn.Module, nn.Module, str]:
+def _checked_pair(
+    name: str, ours: nn.Module, reference: nn.Module, described: str
+) -> tuple[nn.Module, nn.Module, str]:
     """The pair, once their parameter counts agree: a cheap guard against comparing different networks."""
     ours_count = sum(p.numel() for p in ours.parameters())
     reference_count = sum(p.numel() for p in reference.parameters())
     if ours_count != reference_count:
-        raise RuntimeError(f"{name}: ours has {ours_count} parameters, the reference {reference_count}; "
-                           f"the comparison would not be between equal architectures")
+        raise RuntimeError(
+            f"{name}: ours has {ours_count} parameters, the reference {reference_count}; "
+            f"the comparison would not be between equal architectures"
+        )
     return ours, reference, described
 
 
@@ -292,11 +314,26 @@ def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, war
         reference_rate, reference_spread = rate_summary(images, seconds[1])
         # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
         ratio = paired_ratio(seconds[1], seconds[0])
-        results.append(Result(name, setting.variant, mode, setting, ours_rate, reference_rate, ratio,
-                              max(ours_spread, reference_spread), described))
+        results.append(
+            Result(
+                name,
+                setting.variant,
+                mode,
+                setting,
+                ours_rate,
+                reference_rate,
+                ratio,
+                max(ours_spread, reference_spread),
+                described,
+            )
+        )
         # Progress for long runs; the table at the end is on stdout.
-        print(f"  {name} {setting.variant} {mode}: ours {ours_rate:.1f}, reference {reference_rate:.1f} "
-              f"images/s", file=sys.stderr, flush=True)
+        print(
+            f"  {name} {setting.variant} {mode}: ours {ours_rate:.1f}, reference {reference_rate:.1f} "
+            f"images/s",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 
@@ -310,34 +347,67 @@ def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The opening paragraph ends in a colon: the list after it belongs in the help too.
-    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[1:3]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet20,resnet56,resnet9,resnet18,resnet50",
-                        help="comma-separated networks (CIFAR: resnet20..resnet1202 and resnet9, ImageNet: "
-                             "resnet18..152)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per step (default: 128 for CIFAR networks, 32 for ImageNet presets)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="square image side (default: 32 for CIFAR networks, 224 for ImageNet presets)")
-    parser.add_argument("--variants", default="eager,channels_last,compile",
-                        help=f"comma-separated, from {', '.join(VARIANTS)}")
-    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
-                        default="default", help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)")
+    parser = argparse.ArgumentParser(
+        description="\n\n".join(__doc__.split("\n\n")[1:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        default="resnet20,resnet56,resnet9,resnet18,resnet50",
+        help="comma-separated networks (CIFAR: resnet20..resnet1202 and resnet9, ImageNet: resnet18..152)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (default: 128 for CIFAR networks, 32 for ImageNet presets)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square image side (default: 32 for CIFAR networks, 224 for ImageNet presets)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="eager,channels_last,compile",
+        help=f"comma-separated, from {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default="default",
+        help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
     parser.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
     parser.add_argument("--modes", default="train,infer", help="train, infer or both")
     parser.add_argument("--repeats", type=int, default=7, help="alternating timed repeats per side")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls (of --steps steps) per side")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice, one per core)")
-    parser.add_argument("--autocast", choices=("none", "bf16"), default="none",
-                        help="bf16 autocast around the forward pass (pays on GPUs and bf16-capable CPUs)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a seconds-long smoke run: resnet20 and resnet18, batch 4, 32x32, eager and "
-                             "channels_last, 2 repeats of 1 step")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice, one per core)",
+    )
+    parser.add_argument(
+        "--autocast",
+        choices=("none", "bf16"),
+        default="none",
+        help="bf16 autocast around the forward pass (pays on GPUs and bf16-capable CPUs)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a seconds-long smoke run: resnet20 and resnet18, batch 4, 32x32, eager and "
+        "channels_last, 2 repeats of 1 step",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch_size, args.image_size = "resnet20,resnet18", 4, 32
@@ -349,9 +419,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.warmup < 0:
         raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
     args.models = parse_list(args.models, (*CIFAR_MODELS, *IMAGENET_PRESETS), "--models")
-    args.variants = [v for v in parse_list(args.variants, VARIANTS, "--variants")
-                     if not (args.no_compile and v.startswith("compile"))
-                     and not (args.no_channels_last and "channels_last" in v)]
+    args.variants = [
+        v
+        for v in parse_list(args.variants, VARIANTS, "--variants")
+        if not (args.no_compile and v.startswith("compile"))
+        and not (args.no_channels_last and "channels_last" in v)
+    ]
     if not args.variants:
         raise SystemExit("--no-compile/--no-channels-last removed every variant; keep at least one")
     args.modes = parse_list(args.modes, MODES, "--modes")
@@ -370,19 +443,51 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     for name in args.models:
         cifar = name in CIFAR_MODELS
         for variant in args.variants:
-            setting = Setting(device, args.batch_size or (128 if cifar else 32),
-                              args.image_size or (32 if cifar else 224), variant, args.autocast, args.steps,
-                              args.compile_mode)
+            setting = Setting(
+                device,
+                args.batch_size or (128 if cifar else 32),
+                args.image_size or (32 if cifar else 224),
+                variant,
+                args.autocast,
+                args.steps,
+                args.compile_mode,
+            )
             results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
 
-    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
-          f"autocast {args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
-          f"spread = (max - min) / median of the noisier side")
-    print_table(["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
-                 "spread", "reference"],
-                [[r.name, r.variant, r.mode, str(r.setting.batch_size), str(r.setting.image_size),
-                  f"{r.ours:.1f}", f"{r.reference:.1f}", f"{r.ratio:.3f}", f"{r.spread:.0%}", r.described]
-                 for r in results])
+    print(
+        f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
+        f"autocast {args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
+        f"spread = (max - min) / median of the noisier side"
+    )
+    print_table(
+        [
+            "model",
+            "variant",
+            "mode",
+            "batch",
+            "size",
+            "ours img/s",
+            "reference img/s",
+            "ratio",
+            "spread",
+            "reference",
+        ],
+        [
+            [
+                r.name,
+                r.variant,
+                r.mode,
+                str(r.setting.batch_size),
+                str(r.setting.image_size),
+                f"{r.ours:.1f}",
+                f"{r.reference:.1f}",
+                f"{r.ratio:.3f}",
+                f"{r.spread:.0%}",
+                r.described,
+            ]
+            for r in results
+        ],
+    )
     print()
     for r in results:
         verdict = "meets" if r.ratio >= 1.0 else "below"

@@ -52,8 +52,13 @@ def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
     def labels(n: int) -> torch.Tensor:
         return torch.randint(0, 10, (n,), generator=generator)
 
-    return CifarArrays(images(n_train), labels(n_train), images(n_test), labels(n_test),
-                       tuple(f"class{i}" for i in range(10)))
+    return CifarArrays(
+        images(n_train),
+        labels(n_train),
+        images(n_test),
+        labels(n_test),
+        tuple(f"class{i}" for i in range(10)),
+    )
 
 
 def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> cifar10.Trainer:
@@ -63,7 +68,7 @@ def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> cifar10.Tr
     """
     c = cifar10.Configs()
     # An iteration budget far beyond the benchmark, so the loop never stops early.
-    ConfigProcessor(c, {**overrides, "iterations": 10 ** 9, "dataset": dataset})
+    ConfigProcessor(c, {**overrides, "iterations": 10**9, "dataset": dataset})
     cifar10._prepare(c)
     return cifar10.Trainer(c, run_dir=None, overrides=overrides)
 
@@ -88,9 +93,14 @@ class BareEpoch:
     def __init__(self, trainer: cifar10.Trainer, epochs: list[int]):
         self.model = copy.deepcopy(trainer.model)
         settings = trainer.optimizer.param_groups[0]
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings["lr"],
-                                         momentum=settings["momentum"], weight_decay=settings["weight_decay"],
-                                         nesterov=settings["nesterov"], fused=settings.get("fused"))
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=settings["lr"],
+            momentum=settings["momentum"],
+            weight_decay=settings["weight_decay"],
+            nesterov=settings["nesterov"],
+            fused=settings.get("fused"),
+        )
         self.scheduler = LambdaLR(self.optimizer, copy.deepcopy(trainer.scheduler.lr_lambdas[0]))
         self.loader = trainer.train_loader
         self.label_smoothing = trainer.c.label_smoothing
@@ -107,19 +117,28 @@ class BareEpoch:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
     parser.add_argument("--model", default="resnet20", help="a model name the trainer accepts")
     parser.add_argument("--images", type=int, default=5120, help="synthetic training images (one epoch)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="alternating timed epochs per loop")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice, one per core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice, one per core)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="the trainer's channels_last setting")
-    parser.add_argument("--quick", action="store_true",
-                        help="seconds-long smoke run: 64 images in batches of 16, 2 repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke run: 64 images in batches of 16, 2 repeats"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.batch_size, args.repeats = 64, 16, 2
@@ -127,8 +146,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.model not in MODEL_NAMES:
-        raise SystemExit(f"--model {args.model!r} is not a trainer model; choose from "
-                         f"{', '.join(MODEL_NAMES)}")
+        raise SystemExit(
+            f"--model {args.model!r} is not a trainer model; choose from {', '.join(MODEL_NAMES)}"
+        )
     return args
 
 
@@ -137,8 +157,13 @@ def main(argv: Sequence[str] | None = None) -> float:
     device = parse_device(args.device)
     set_threads(args.threads)
     print(f"machine: {machine_description(device)}")
-    overrides = {"model": args.model, "batch_size": args.batch_size, "channels_last": args.channels_last,
-                 "device.use_cuda": device.type == "cuda", "log_every": 20}
+    overrides = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "channels_last": args.channels_last,
+        "device.use_cuda": device.type == "cuda",
+        "log_every": 20,
+    }
     trainer = build_trainer(overrides, synthetic_dataset(args.images, 16, seed=0))
     # Epoch 0 of each loop is the warm-up; repeat r then trains epoch r + 1 on both sides.
     trainer_epochs, bare_epochs = list(range(args.repeats + 1)), list(range(args.repeats + 1))
@@ -152,12 +177,16 @@ def main(argv: Sequence[str] | None = None) -> float:
     for name, times in zip(names, seconds, strict=True):
         rate, spread = rate_summary(images, times)
         rows.append([name, f"{statistics.median(times):.3f}", f"{rate:.1f}", f"{spread:.0%}"])
-    print(f"\n{args.model}, {images} synthetic images per epoch in batches of {args.batch_size}, "
-          f"channels_last={args.channels_last}; median of {args.repeats} alternating epochs")
+    print(
+        f"\n{args.model}, {images} synthetic images per epoch in batches of {args.batch_size}, "
+        f"channels_last={args.channels_last}; median of {args.repeats} alternating epochs"
+    )
     print_table(["loop", "s/epoch", "images/s", "spread"], rows)
     overhead = paired_ratio(seconds[0], seconds[1]) - 1
-    print(f"\nratio trainer/bare epoch time: {1 + overhead:.4f} (median over repeats of the back-to-back "
-          f"pair; ratio of the medians: {statistics.median(seconds[0]) / statistics.median(seconds[1]):.4f})")
+    print(
+        f"\nratio trainer/bare epoch time: {1 + overhead:.4f} (median over repeats of the back-to-back "
+        f"pair; ratio of the medians: {statistics.median(seconds[0]) / statistics.median(seconds[1]):.4f})"
+    )
     print(f"overhead: {overhead:+.2%} (target: at most +3%)")
     return overhead
 

@@ -64,8 +64,20 @@ PAPER_PDF_URL = "https://arxiv.org/pdf/1512.03385"
 # Page of the arXiv v1 PDF (12 pages) on which each section, table, figure and equation of the paper
 # starts. A reference to anything not listed still links to the PDF, just without a page jump.
 PAPER_SECTION_PAGES = {
-    "1": 1, "2": 2, "3": 3, "3.1": 3, "3.2": 3, "3.3": 3, "3.4": 4,
-    "4": 4, "4.1": 4, "4.2": 7, "4.3": 8, "A": 10, "B": 10, "C": 12,
+    "1": 1,
+    "2": 2,
+    "3": 3,
+    "3.1": 3,
+    "3.2": 3,
+    "3.3": 3,
+    "3.4": 4,
+    "4": 4,
+    "4.1": 4,
+    "4.2": 7,
+    "4.3": 8,
+    "A": 10,
+    "B": 10,
+    "C": 12,
 }
 PAPER_TABLE_PAGES = {"1": 5, "2": 5, "3": 6, "4": 6, "5": 6, "6": 7, "7": 8, "8": 8}
 PAPER_FIGURE_PAGES = {"1": 1, "2": 2, "3": 4, "4": 5, "5": 6, "6": 8, "7": 8}
@@ -110,8 +122,10 @@ def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str, int | 
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as error:
-        raise BuildError(f"{path}: cannot parse Python ({error.msg}, line {error.lineno}); "
-                         "fix the syntax error before building the docs") from error
+        raise BuildError(
+            f"{path}: cannot parse Python ({error.msg}, line {error.lineno}); "
+            "fix the syntax error before building the docs"
+        ) from error
     lines = source.splitlines()
     headers: dict[int, int] = {}
     for node in ast.walk(tree):
@@ -122,12 +136,15 @@ def _docstring_spans(source: str, path: str) -> dict[int, tuple[int, str, int | 
                 headers[first.lineno] = min([node.lineno, *decorators])
     spans: dict[int, tuple[int, str, int | None]] = {}
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
+        if not (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             continue
         first, last = node.lineno, node.end_lineno or node.lineno
         before = lines[first - 1][: node.col_offset]
-        after = lines[last - 1][node.end_col_offset:]
+        after = lines[last - 1][node.end_col_offset :]
         if before.strip() or (after.strip() and not after.strip().startswith("#")):
             continue
         spans[first] = (last, _clean_docstring(node.value.value), headers.get(first))
@@ -203,8 +220,11 @@ def split_sections(source: str, path: str = "<string>") -> list[Section]:
         if number in comments or number in docstrings:
             header: list[tuple[int, str]] = []
             header_start = docstrings[number][2] if number in docstrings else None
-            while (header_start is not None and current.code_line_numbers
-                   and current.code_line_numbers[-1] >= header_start):
+            while (
+                header_start is not None
+                and current.code_line_numbers
+                and current.code_line_numbers[-1] >= header_start
+            ):
                 header.insert(0, (current.code_line_numbers.pop(), current.code.pop()))
             if current.has_code():
                 sections.append(current)
@@ -267,12 +287,15 @@ def render_math(latex: str, display: bool, where: str = "") -> str:
     try:
         mathml = latex_to_mathml(latex.strip(), display="block" if display else "inline")
     except Exception as error:  # latex2mathml raises a range of its own exception types
-        raise BuildError(f"{where}: cannot render LaTeX {latex!r}: {error}. "
-                         "Fix the formula or write it as plain text.") from error
+        raise BuildError(
+            f"{where}: cannot render LaTeX {latex!r}: {error}. Fix the formula or write it as plain text."
+        ) from error
     unknown = re.search(r">(\\[A-Za-z]+)<", mathml)
     if unknown:
-        raise BuildError(f"{where}: LaTeX command {unknown.group(1)} in {latex!r} is not supported by "
-                         "latex2mathml; rewrite the formula with standard commands.")
+        raise BuildError(
+            f"{where}: LaTeX command {unknown.group(1)} in {latex!r} is not supported by "
+            "latex2mathml; rewrite the formula with standard commands."
+        )
     return mathml
 
 
@@ -298,6 +321,7 @@ def protect_math(text: str, where: str = "") -> tuple[str, list[str]]:
         def replace(match: re.Match[str]) -> str:
             rendered.append(render_math(match.group(1), display, where))
             return _PLACEHOLDER.format(len(rendered) - 1)
+
         return replace
 
     text = _DISPLAY_MATH.sub(stash_math(True), text)
@@ -325,8 +349,12 @@ _PAPER_REF = re.compile(
 
 def paper_url(kind: str, number: str) -> str:
     """The arXiv PDF address for a section/table/figure/equation of the paper, at its page if known."""
-    pages = {"section": PAPER_SECTION_PAGES, "table": PAPER_TABLE_PAGES,
-             "figure": PAPER_FIGURE_PAGES, "equation": PAPER_EQUATION_PAGES}[kind]
+    pages = {
+        "section": PAPER_SECTION_PAGES,
+        "table": PAPER_TABLE_PAGES,
+        "figure": PAPER_FIGURE_PAGES,
+        "equation": PAPER_EQUATION_PAGES,
+    }[kind]
     page = pages.get(number)
     return f"{PAPER_PDF_URL}#page={page}" if page else PAPER_PDF_URL
 
@@ -350,8 +378,10 @@ def link_paper_references(html_text: str) -> str:
         def to_link(match: re.Match[str]) -> str:
             kind = next(name for name in ("section", "table", "figure", "equation") if match.group(name))
             url = paper_url(kind, match.group(f"{kind}_number") or match.group("equation_bare"))
-            return (f'<a class="paper-ref" href="{url}" title="Open this in the paper (arXiv 1512.03385)">'
-                    f"{match.group(0)}</a>")
+            return (
+                f'<a class="paper-ref" href="{url}" title="Open this in the paper (arXiv 1512.03385)">'
+                f"{match.group(0)}</a>"
+            )
 
         pieces[index] = _PAPER_REF.sub(to_link, piece)
     return "".join(pieces)
@@ -360,15 +390,18 @@ def link_paper_references(html_text: str) -> str:
 def _rewrite_relative_urls(html_text: str, rewrite: Callable[[str], str]) -> str:
     def replace(match: re.Match[str]) -> str:
         return f'{match.group(1)}="{html.escape(rewrite(html.unescape(match.group(2))))}"'
+
     return re.sub(r'\b(src|href)="([^"]*)"', replace, html_text)
 
 
 def render_prose(text: str, where: str = "", rewrite_url: Callable[[str], str] | None = None) -> str:
     """Markdown + math + paper links for one prose block."""
     protected, rendered = protect_math(text, where)
-    body = markdown.markdown(protected, extensions=["tables", "fenced_code", "codehilite", "sane_lists"],
-                             extension_configs={"codehilite": {"guess_lang": False,
-                                                               "css_class": "highlight"}})
+    body = markdown.markdown(
+        protected,
+        extensions=["tables", "fenced_code", "codehilite", "sane_lists"],
+        extension_configs={"codehilite": {"guess_lang": False, "css_class": "highlight"}},
+    )
     if rewrite_url is not None:
         body = _rewrite_relative_urls(body, rewrite_url)
     body = link_paper_references(body)
@@ -378,10 +411,12 @@ def render_prose(text: str, where: str = "", rewrite_url: Callable[[str], str] |
 
 def _link_images_to_full_size(html_text: str) -> str:
     """Wrap each image in a link to itself: a figure shrunk to the prose column opens at full size."""
+
     def wrap(match: re.Match[str]) -> str:
         if re.search(r"<a\b[^>]*>\s*$", match.string[: match.start()]):
             return match.group(0)  # already a link, as in [![figure](a.svg)](elsewhere)
         return f'<a class="figure-link" href="{match.group(2)}">{match.group(1)}</a>'
+
     return re.sub(r'(<img\b[^>]*?\bsrc="([^"]+)"[^>]*>)', wrap, html_text)
 
 
@@ -413,7 +448,7 @@ def _front_matter(text: str) -> tuple[dict[str, str], str]:
             fields[key] = pair.group(2).strip()
         elif key and line.strip():
             fields[key] += " " + line.strip()
-    return fields, text[match.end():]
+    return fields, text[match.end() :]
 
 
 def discover_modules(source_root: Path, packages: list[str]) -> list[Module]:
@@ -431,11 +466,14 @@ def discover_modules(source_root: Path, packages: list[str]) -> list[Module]:
             found[name] = path
             package_of.setdefault(name, package_rank)
     if not found:
-        raise BuildError(f"no Python modules found under {source_root} in packages {packages}; "
-                         "pass --source-root pointing at the repository (the folder holding resnet/).")
+        raise BuildError(
+            f"no Python modules found under {source_root} in packages {packages}; "
+            "pass --source-root pointing at the repository (the folder holding resnet/)."
+        )
     known_rank = {name: rank for rank, name in enumerate(READING_ORDER)}
-    ordered = sorted(found, key=lambda name: (package_of[name],
-                                              known_rank.get(name, len(READING_ORDER)), name))
+    ordered = sorted(
+        found, key=lambda name: (package_of[name], known_rank.get(name, len(READING_ORDER)), name)
+    )
     return [Module(source=found[name], relative=name, page=name[:-3] + ".html") for name in ordered]
 
 
@@ -509,11 +547,15 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
             _, prose_text = _front_matter(prose_text)
         where = f"{module.relative}:{section.first_line}"
         prose_html = render_prose(prose_text, where, rewrite) if prose_text.strip() else ""
-        code_html = (highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter)
-                     if section.code else "")
+        code_html = (
+            highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter) if section.code else ""
+        )
         anchor = f"section-{number}"
-        targets = "".join(f'<span class="target" id="{html.escape(definitions[line])}"></span>'
-                          for line in section.code_line_numbers if line in definitions)
+        targets = "".join(
+            f'<span class="target" id="{html.escape(definitions[line])}"></span>'
+            for line in section.code_line_numbers
+            if line in definitions
+        )
         rows.append(
             f'<div class="section" id="{anchor}">\n'
             f'<div class="docs">{targets}'
@@ -526,18 +568,28 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
     index = modules.index(module)
     nav = [f'<a href="{root}index.html">Contents</a>']
     if index > 0:
-        nav.append(f'<a rel="prev" href="{_relative(module.page, modules[index - 1].page)}">'
-                   f"← {html.escape(modules[index - 1].relative)}</a>")
+        nav.append(
+            f'<a rel="prev" href="{_relative(module.page, modules[index - 1].page)}">'
+            f"← {html.escape(modules[index - 1].relative)}</a>"
+        )
     if index + 1 < len(modules):
-        nav.append(f'<a rel="next" href="{_relative(module.page, modules[index + 1].page)}">'
-                   f"{html.escape(modules[index + 1].relative)} →</a>")
+        nav.append(
+            f'<a rel="next" href="{_relative(module.page, modules[index + 1].page)}">'
+            f"{html.escape(modules[index + 1].relative)} →</a>"
+        )
     nav.append(f'<a href="{PAPER_ABS_URL}">Paper</a>')
 
     heading = f'<h1 class="module-path"><code>{html.escape(module.relative)}</code></h1>'
     body = heading + '\n<div class="sections">\n' + "\n".join(rows) + "\n</div>"
-    return PAGE_TEMPLATE.format(title=html.escape(f"{module.title or module.relative} — {SITE_TITLE}"),
-                                root=root, site_title=html.escape(SITE_TITLE), nav=" ".join(nav), body=body,
-                                paper_abs=PAPER_ABS_URL, generated_from=html.escape(module.relative))
+    return PAGE_TEMPLATE.format(
+        title=html.escape(f"{module.title or module.relative} — {SITE_TITLE}"),
+        root=root,
+        site_title=html.escape(SITE_TITLE),
+        nav=" ".join(nav),
+        body=body,
+        paper_abs=PAPER_ABS_URL,
+        generated_from=html.escape(module.relative),
+    )
 
 
 def _describe(module: Module) -> None:
@@ -554,8 +606,11 @@ def _describe(module: Module) -> None:
         heading = re.search(r"^#+\s*(.+)$", rest, re.MULTILINE)
         module.title = heading.group(1).strip() if heading else ""
     if not module.summary:
-        paragraphs = [paragraph for paragraph in re.split(r"\n\s*\n", rest)
-                      if paragraph.strip() and not paragraph.lstrip().startswith(("#", "!["))]
+        paragraphs = [
+            paragraph
+            for paragraph in re.split(r"\n\s*\n", rest)
+            if paragraph.strip() and not paragraph.lstrip().startswith(("#", "!["))
+        ]
         module.summary = _opening_sentences(" ".join(paragraphs[0].split())) if paragraphs else ""
 
 
@@ -572,8 +627,12 @@ def _opening_sentences(paragraph: str, enough: int = 160) -> str:
         if len(summary) >= enough:
             break
     unescaped_dollars = len(re.findall(r"(?<!\\)\$", summary))
-    balanced = (unescaped_dollars % 2 == 0 and summary.count("`") % 2 == 0
-                and summary.count("[") == summary.count("]") and summary.count("(") == summary.count(")"))
+    balanced = (
+        unescaped_dollars % 2 == 0
+        and summary.count("`") % 2 == 0
+        and summary.count("[") == summary.count("]")
+        and summary.count("(") == summary.count(")")
+    )
     return summary if balanced else paragraph
 
 
@@ -583,8 +642,10 @@ def render_index(modules: list[Module]) -> str:
         summary = render_prose(module.summary, f"{module.relative} (summary)") if module.summary else ""
         summary = re.sub(r"^<p>|</p>$", "", summary.strip())
         title = f' <span class="module-title">{html.escape(module.title)}</span>' if module.title else ""
-        items.append(f'<li><a href="{module.page}"><code>{html.escape(module.relative)}</code></a>{title}'
-                     f'<div class="summary">{summary}</div></li>')
+        items.append(
+            f'<li><a href="{module.page}"><code>{html.escape(module.relative)}</code></a>{title}'
+            f'<div class="summary">{summary}</div></li>'
+        )
     body = (
         '<div class="index">\n<h1>Contents</h1>\n'
         "<p>Each page shows a source file of this repository with its explanations on the left and the "
@@ -593,10 +654,15 @@ def render_index(modules: list[Module]) -> str:
         f'<a href="{PAPER_ABS_URL}">paper</a> at the right page.</p>\n'
         '<ol class="modules">\n' + "\n".join(items) + "\n</ol>\n</div>"
     )
-    return PAGE_TEMPLATE.format(title=html.escape(SITE_TITLE), root="", site_title=html.escape(SITE_TITLE),
-                                nav=f'<a href="{PAPER_ABS_URL}">Paper</a>', body=body,
-                                paper_abs=PAPER_ABS_URL,
-                                generated_from="resnet/ and experiments/")
+    return PAGE_TEMPLATE.format(
+        title=html.escape(SITE_TITLE),
+        root="",
+        site_title=html.escape(SITE_TITLE),
+        nav=f'<a href="{PAPER_ABS_URL}">Paper</a>',
+        body=body,
+        paper_abs=PAPER_ABS_URL,
+        generated_from="resnet/ and experiments/",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -615,8 +681,10 @@ def _prepare_output(out_dir: Path, source_root: Path) -> list[str]:
     out_dir = out_dir.resolve()
     for protected in (source_root.resolve(), DOCS_DIR, REPO_ROOT):
         if out_dir == protected:
-            raise BuildError(f"refusing to write the site into {out_dir}: it is a source folder. "
-                             "Pass a new or empty folder, for example build/site.")
+            raise BuildError(
+                f"refusing to write the site into {out_dir}: it is a source folder. "
+                "Pass a new or empty folder, for example build/site."
+            )
     if not out_dir.exists():
         return []
     if not out_dir.is_dir():
@@ -625,8 +693,10 @@ def _prepare_output(out_dir: Path, source_root: Path) -> list[str]:
     if manifest.is_file():
         return list(json.loads(manifest.read_text(encoding="utf-8")))
     if any(out_dir.iterdir()):
-        raise BuildError(f"{out_dir} is not empty and was not made by docs/build.py; refusing to write "
-                         "into it. Pass a new or empty folder, or delete its contents yourself.")
+        raise BuildError(
+            f"{out_dir} is not empty and was not made by docs/build.py; refusing to write "
+            "into it. Pass a new or empty folder, or delete its contents yourself."
+        )
     return []
 
 
@@ -634,8 +704,11 @@ def _warn_about_missing_anchors(module: Module, page: str) -> None:
     """Name in-page links such as `[Foo](#Foo)` whose target does not exist on the page."""
     ids = set(re.findall(r'\bid="([^"]+)"', page))
     for target in sorted(set(re.findall(r'href="#([^"]+)"', page)) - ids):
-        print(f"docs/build.py: warning: {module.relative} links to #{target}, which is not defined in that "
-              "module; link to a class or function of the same file, or to the other page", file=sys.stderr)
+        print(
+            f"docs/build.py: warning: {module.relative} links to #{target}, which is not defined in that "
+            "module; link to a class or function of the same file, or to the other page",
+            file=sys.stderr,
+        )
 
 
 def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str] | None = None) -> list[Path]:
@@ -651,9 +724,11 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
     for module in modules:
         written[module.page] = render_module(module, modules, formatter)
         _warn_about_missing_anchors(module, written[module.page])
-    written["style.css"] = ((DOCS_DIR / "style.css").read_text(encoding="utf-8")
-                            + "\n/* Code colours, generated by pygments */\n"
-                            + formatter.get_style_defs(".highlight"))
+    written["style.css"] = (
+        (DOCS_DIR / "style.css").read_text(encoding="utf-8")
+        + "\n/* Code colours, generated by pygments */\n"
+        + formatter.get_style_defs(".highlight")
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, content in written.items():
@@ -661,8 +736,11 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
     # Hand-drawn diagrams (SVG) and plots our experiments produce (PNG).
-    figures = sorted(path for path in (DOCS_DIR / "figures").glob("*")
-                     if path.suffix in (".svg", ".png")) if (DOCS_DIR / "figures").is_dir() else []
+    figures = (
+        sorted(path for path in (DOCS_DIR / "figures").glob("*") if path.suffix in (".svg", ".png"))
+        if (DOCS_DIR / "figures").is_dir()
+        else []
+    )
     for figure in figures:
         (out_dir / "figures").mkdir(exist_ok=True)
         shutil.copyfile(figure, out_dir / "figures" / figure.name)
@@ -679,13 +757,22 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path,
-                        help="folder to write the site into (new, empty, or an earlier build)")
-    parser.add_argument("--source-root", type=Path, default=REPO_ROOT,
-                        help="folder holding the packages to document (default: this repository)")
-    parser.add_argument("--package", action="append", dest="packages", metavar="NAME",
-                        help="package folder under the source root; repeatable "
-                             f"(default: {', '.join(DEFAULT_PACKAGES)})")
+    parser.add_argument(
+        "out_dir", type=Path, help="folder to write the site into (new, empty, or an earlier build)"
+    )
+    parser.add_argument(
+        "--source-root",
+        type=Path,
+        default=REPO_ROOT,
+        help="folder holding the packages to document (default: this repository)",
+    )
+    parser.add_argument(
+        "--package",
+        action="append",
+        dest="packages",
+        metavar="NAME",
+        help=f"package folder under the source root; repeatable (default: {', '.join(DEFAULT_PACKAGES)})",
+    )
     args = parser.parse_args(argv)
     try:
         pages = build_site(args.out_dir, args.source_root, args.packages)

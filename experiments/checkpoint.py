@@ -80,8 +80,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass a checkpoint file (e.g. {path / LAST}) "
-                              f"or use --resume with the run folder")
+        raise CheckpointError(
+            f"{path} is a folder; pass a checkpoint file (e.g. {path / LAST}) "
+            f"or use --resume with the run folder"
+        )
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
@@ -89,19 +91,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         # `weights_only=True` refuses pickles that would construct objects or call functions.
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer: it holds objects or code that "
-                              f"a weights-only load refuses to run ({reason[:120]})") from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this trainer: it holds objects or code that "
+            f"a weights-only load refuses to run ({reason[:120]})"
+        ) from None
     except Exception as e:
         # Truncated zips, garbage bytes read as a legacy pickle (KeyError, IndexError, ...): any failure
         # to parse means the file is not a usable checkpoint.
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); "
-                              f"use an earlier checkpoint or start a new run") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); "
+            f"use an earlier checkpoint or start a new run"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by experiments/cifar10.py")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')!r}; this trainer "
-                              f"reads version {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {state.get('version')!r}; this trainer reads version {VERSION}"
+        )
     for key in ("model", "config", "signature", "position"):
         if key not in state:
             raise CheckpointError(f"{path} is incomplete: it has no '{key}' entry")
@@ -116,22 +123,30 @@ def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any])
     """
     for key, what in (("model", "model"), ("num_classes", "number of classes")):
         if saved.get(key) != expected.get(key):
-            raise CheckpointError(f"{path} was written for {what} {saved.get(key)!r}, but this run uses "
-                                  f"{expected.get(key)!r}; pass the matching --model/num_classes or "
-                                  f"another checkpoint")
+            raise CheckpointError(
+                f"{path} was written for {what} {saved.get(key)!r}, but this run uses "
+                f"{expected.get(key)!r}; pass the matching --model/num_classes or "
+                f"another checkpoint"
+            )
     saved_shapes, expected_shapes = saved.get("shapes", {}), expected.get("shapes", {})
     if saved_shapes != expected_shapes:
         names = sorted(set(saved_shapes) ^ set(expected_shapes))
-        names += sorted(n for n in set(saved_shapes) & set(expected_shapes)
-                        if saved_shapes[n] != expected_shapes[n])
-        raise CheckpointError(f"{path} holds a network of another shape (first difference: "
-                              f"{names[0] if names else '?'}); it does not fit this model")
+        names += sorted(
+            n for n in set(saved_shapes) & set(expected_shapes) if saved_shapes[n] != expected_shapes[n]
+        )
+        raise CheckpointError(
+            f"{path} holds a network of another shape (first difference: "
+            f"{names[0] if names else '?'}); it does not fit this model"
+        )
 
 
 def model_signature(model_name: str, num_classes: int, model: torch.nn.Module) -> dict[str, Any]:
     """What identifies a network: its name, classes and the shape of every tensor in its state."""
-    return {"model": model_name, "num_classes": int(num_classes),
-            "shapes": {name: list(t.shape) for name, t in model.state_dict().items()}}
+    return {
+        "model": model_name,
+        "num_classes": int(num_classes),
+        "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
+    }
 
 
 def find_checkpoint(reference: str, logs_dir: Path) -> Path:
@@ -148,19 +163,23 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
         matches = sorted(logs_dir.glob(f"*/{reference}")) if logs_dir.is_dir() and reference else []
         matches = [m for m in matches if m.is_dir()]
         if not matches:
-            raise CheckpointError(f"no run '{reference}': pass a run uuid from {logs_dir}, a run folder "
-                                  f"or a checkpoint file")
+            raise CheckpointError(
+                f"no run '{reference}': pass a run uuid from {logs_dir}, a run folder or a checkpoint file"
+            )
         run_dir = matches[0]
     checkpoint = run_dir / CHECKPOINT_DIR / LAST
     if not checkpoint.is_file():
-        raise CheckpointError(f"run folder {run_dir} has no checkpoint ({checkpoint} is missing); the run "
-                              f"stopped before its first checkpoint, start it again")
+        raise CheckpointError(
+            f"run folder {run_dir} has no checkpoint ({checkpoint} is missing); the run "
+            f"stopped before its first checkpoint, start it again"
+        )
     return checkpoint
 
 
 def rng_state() -> dict[str, Any]:
     """The random number generators' states, as tensors and ints (weights-only loadable)."""
     import random
+
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -176,9 +195,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what [`rng_state`](#rng_state) captured."""
     import random
+
     torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
-                     state["python_gauss"]))
+    random.setstate(
+        (
+            state["python_version"],
+            tuple(int(v) for v in state["python_state"].tolist()),
+            state["python_gauss"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():

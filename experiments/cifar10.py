@@ -64,6 +64,7 @@ choices; without it the per-epoch curve is measured on the test set (as the pape
 for watching only.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -123,7 +124,6 @@ from experiments.recipes import RECIPES, StepSchedule, WarmupCosineSchedule, War
 EXPERIMENT_NAME = "cifar10"
 
 
-
 class SGDConfigs(BaseConfigs):
     """
     ## The optimizer
@@ -132,6 +132,7 @@ class SGDConfigs(BaseConfigs):
     `optimizer.learning_rate=...` etc. On CUDA we use PyTorch's fused kernel, which updates all
     parameters in a few launches instead of several per tensor; the arithmetic is the same.
     """
+
     optimizer: torch.optim.SGD
     parameters: Any
     learning_rate: float = 0.1
@@ -147,8 +148,14 @@ class SGDConfigs(BaseConfigs):
 def _sgd(c: SGDConfigs) -> torch.optim.SGD:
     parameters = list(c.parameters)
     fused = parameters[0].is_cuda
-    return torch.optim.SGD(parameters, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay,
-                           nesterov=c.nesterov, fused=fused or None)
+    return torch.optim.SGD(
+        parameters,
+        lr=c.learning_rate,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        nesterov=c.nesterov,
+        fused=fused or None,
+    )
 
 
 class Configs(BaseConfigs):
@@ -157,6 +164,7 @@ class Configs(BaseConfigs):
 
     The defaults are the paper's CIFAR-10 recipe (§4.2) for ResNet-20.
     """
+
     # ### The network
     # A preset name from `resnet.PRESETS`, a `plainN` network, or `custom` (built from the three lists).
     model: nn.Module
@@ -268,20 +276,40 @@ def _dataset(c: Configs) -> Any:
 
 def _batches(c: Configs, images: torch.Tensor, labels: torch.Tensor, *, train: bool) -> TensorBatches:
     if train:
-        return TensorBatches(images, labels, batch_size=c.batch_size // c.world.size, shuffle=True,
-                             augment=c.augment, device=c.device, seed=c.seed, mean=cifar_data.CIFAR10_MEAN,
-                             std=cifar_data.CIFAR10_STD, rank=c.world.rank, world_size=c.world.size,
-                             channels_last=c.channels_last, cutout=c.cutout)
+        return TensorBatches(
+            images,
+            labels,
+            batch_size=c.batch_size // c.world.size,
+            shuffle=True,
+            augment=c.augment,
+            device=c.device,
+            seed=c.seed,
+            mean=cifar_data.CIFAR10_MEAN,
+            std=cifar_data.CIFAR10_STD,
+            rank=c.world.rank,
+            world_size=c.world.size,
+            channels_last=c.channels_last,
+            cutout=c.cutout,
+        )
     # Every rank evaluates the whole set: the weights are identical, so are the results, and no
     # sampler padding duplicates images into the metric.
-    return TensorBatches(images, labels, batch_size=c.eval_batch_size, shuffle=False, augment=False,
-                         device=c.device, seed=c.seed, mean=cifar_data.CIFAR10_MEAN,
-                         std=cifar_data.CIFAR10_STD,
-                         channels_last=c.channels_last)
+    return TensorBatches(
+        images,
+        labels,
+        batch_size=c.eval_batch_size,
+        shuffle=False,
+        augment=False,
+        device=c.device,
+        seed=c.seed,
+        mean=cifar_data.CIFAR10_MEAN,
+        std=cifar_data.CIFAR10_STD,
+        channels_last=c.channels_last,
+    )
 
 
-def _subset(c: Configs, images: torch.Tensor, labels: torch.Tensor, n: int, key: str,
-            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _subset(
+    c: Configs, images: torch.Tensor, labels: torch.Tensor, n: int, key: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The class-balanced subset of `n` images that `key` (`train_subset`/`test_subset`) asks for."""
     if n == 0:
         return images, labels
@@ -289,8 +317,11 @@ def _subset(c: Configs, images: torch.Tensor, labels: torch.Tensor, n: int, key:
         held_out = ""
         if key == "train_subset" and c.valid_split:
             held_out = f" after holding out valid_split={c.valid_split}"
-        raise cifar_data.DataError(Path(c.data_dir), f"{key}={n}, but the set holds only {len(labels)} "
-                                   f"images{held_out}", f"ask for at most {len(labels)} (0 uses all)")
+        raise cifar_data.DataError(
+            Path(c.data_dir),
+            f"{key}={n}, but the set holds only {len(labels)} images{held_out}",
+            f"ask for at most {len(labels)} (0 uses all)",
+        )
     index = cifar_data.class_balanced_subset(labels, n, seed)
     return images[index], labels[index]
 
@@ -302,13 +333,16 @@ def _train_valid_loaders(c: Configs) -> tuple:
         train_x, train_y = _subset(c, d.train_images, d.train_labels, c.train_subset, "train_subset", c.seed)
         return _batches(c, train_x, train_y, train=True), None
     if c.valid_split >= len(d.train_images):
-        raise cifar_data.DataError(Path(c.data_dir), f"valid_split={c.valid_split} leaves no training images "
-                                   f"(the set has {len(d.train_images)})",
-                                   f"hold out fewer, e.g. --valid-split {len(d.train_images) // 10}")
+        raise cifar_data.DataError(
+            Path(c.data_dir),
+            f"valid_split={c.valid_split} leaves no training images (the set has {len(d.train_images)})",
+            f"hold out fewer, e.g. --valid-split {len(d.train_images) // 10}",
+        )
     # The held-out images do not depend on `train_subset`, so runs on subsets of different sizes are
     # validated on the same images.
-    train_x, train_y, valid_x, valid_y = cifar_data.split_validation(d.train_images, d.train_labels,
-                                                                     c.valid_split, c.seed)
+    train_x, train_y, valid_x, valid_y = cifar_data.split_validation(
+        d.train_images, d.train_labels, c.valid_split, c.seed
+    )
     train_x, train_y = _subset(c, train_x, train_y, c.train_subset, "train_subset", c.seed)
     return (_batches(c, train_x, train_y, train=True), _batches(c, valid_x, valid_y, train=False))
 
@@ -316,8 +350,9 @@ def _train_valid_loaders(c: Configs) -> tuple:
 @option(Configs.test_loader)
 def _test_loader(c: Configs) -> TensorBatches:
     # Another seed than the training subset's, so the two draws are independent.
-    images, labels = _subset(c, c.dataset.test_images, c.dataset.test_labels, c.test_subset, "test_subset",
-                             c.seed + 1)
+    images, labels = _subset(
+        c, c.dataset.test_images, c.dataset.test_labels, c.test_subset, "test_subset", c.seed + 1
+    )
     return _batches(c, images, labels, train=False)
 
 
@@ -338,9 +373,16 @@ def _iterations_from_epochs(c: Configs) -> int:
 
 def _register_model_option(name: str) -> None:
     def make(c: Configs) -> nn.Module:
-        return build_model(name, num_classes=c.num_classes, shortcut=c.shortcut, n_blocks=c.n_blocks,
-                           n_channels=c.n_channels, bottlenecks=c.bottlenecks,
-                           zero_init_residual=c.zero_init_residual)
+        return build_model(
+            name,
+            num_classes=c.num_classes,
+            shortcut=c.shortcut,
+            n_blocks=c.n_blocks,
+            n_channels=c.n_channels,
+            bottlenecks=c.bottlenecks,
+            zero_init_residual=c.zero_init_residual,
+        )
+
     option(Configs.model, name)(make)
 
 
@@ -384,6 +426,7 @@ NESTED_CONFIGS = {"optimizer": SGDConfigs, "device": DeviceConfigs}
 
 # ## Errors that end a run cleanly
 
+
 class RunError(Exception):
     """A problem that ends the run with a one-line message and exit status 1 (no traceback)."""
 
@@ -398,6 +441,7 @@ class Diverged(RunError):
 
 # ## The training loop
 
+
 class Trainer:
     """
     Runs the epochs of a computed [`Configs`](#Configs): training, evaluation, checkpoints, metrics.
@@ -405,8 +449,15 @@ class Trainer:
     `run_dir` is the labml run folder on rank 0 and `None` on the other ranks (and when evaluating).
     """
 
-    def __init__(self, c: Configs, *, run_dir: Path | None, overrides: dict[str, Any],
-                 stop_after_steps: int | None = None, resumed_from: Path | None = None):
+    def __init__(
+        self,
+        c: Configs,
+        *,
+        run_dir: Path | None,
+        overrides: dict[str, Any],
+        stop_after_steps: int | None = None,
+        resumed_from: Path | None = None,
+    ):
         self.c = c
         self.world: World = c.world
         self.run_dir = run_dir
@@ -422,8 +473,13 @@ class Trainer:
 
         # `amp=auto` is decided here, once, by timing a copy of the network (see `experiments/precision.py`).
         # With several processes each would measure on its own and might disagree, so they keep float32.
-        measure = None if self.world.is_distributed else step_timer(
-            self.model, (c.batch_size, 3, 32, 32), c.num_classes, self.device, c.channels_last)
+        measure = (
+            None
+            if self.world.is_distributed
+            else step_timer(
+                self.model, (c.batch_size, 3, 32, 32), c.num_classes, self.device, c.channels_last
+            )
+        )
         self.amp = choose_amp(c.amp, self.device, measure)
         self.amp_dtype = self.amp.dtype
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp.chosen == "fp16" else None
@@ -450,6 +506,7 @@ class Trainer:
         model = self.model
         if self.world.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
+
             if self.c.sync_bn:
                 # Converting keeps parameter names, so `self.model`'s state dict is unchanged. BN modules
                 # are replaced in place inside `self.model` too.
@@ -459,8 +516,10 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[self.device.index] if on_gpu else None)
         if self.cuda_graphs and self.device.type != "cuda":
             # The command line refuses this too; a resumed run may bring the setting from its checkpoint.
-            raise RunError(f"compile_mode=reduce-overhead (--cuda-graphs) needs CUDA, but this run is on "
-                           f"{self.device}; resume on a GPU, or pass compile=False")
+            raise RunError(
+                f"compile_mode=reduce-overhead (--cuda-graphs) needs CUDA, but this run is on "
+                f"{self.device}; resume on a GPU, or pass compile=False"
+            )
         if self.c.compile:
             model = torch.compile(model, mode=self.c.compile_mode)
         return model
@@ -468,9 +527,11 @@ class Trainer:
     def _zero_sums(self) -> dict[str, torch.Tensor]:
         # Summed on the device as float64/int64 so that the epoch's mean is exact and no step waits for
         # the host; saved in mid-epoch checkpoints so a resumed epoch reports the same numbers.
-        return {"loss": torch.zeros((), dtype=torch.float64, device=self.device),
-                "correct": torch.zeros((), dtype=torch.int64, device=self.device),
-                "seen": torch.zeros((), dtype=torch.int64, device=self.device)}
+        return {
+            "loss": torch.zeros((), dtype=torch.float64, device=self.device),
+            "correct": torch.zeros((), dtype=torch.int64, device=self.device),
+            "seen": torch.zeros((), dtype=torch.int64, device=self.device),
+        }
 
     # ### Checkpoints
 
@@ -481,7 +542,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly here; only tensors, numbers, strings and containers."""
         return {
-            "format": FORMAT, "version": VERSION,
+            "format": FORMAT,
+            "version": VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -494,8 +556,11 @@ class Trainer:
             "config": {k: v for k, v in self.overrides.items() if not k.startswith("device.")},
             "signature": self.signature,
             "history": self.history,
-            "timing": {"elapsed_s": self._elapsed(), "train_time_s": self.train_time_s,
-                       "train_images": self.train_images},
+            "timing": {
+                "elapsed_s": self._elapsed(),
+                "train_time_s": self.train_time_s,
+                "train_images": self.train_images,
+            },
         }
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
@@ -508,8 +573,10 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None:
                 if state.get("ema") is None:
-                    raise CheckpointError(f"{path} has no averaged weights, but this run sets ema_decay; "
-                                          f"resume without changing ema_decay")
+                    raise CheckpointError(
+                        f"{path} has no averaged weights, but this run sets ema_decay; "
+                        f"resume without changing ema_decay"
+                    )
                 self.ema.load_state_dict(state["ema"])
             position = state["position"]
             self.step, self.epoch = int(position["step"]), int(position["epoch"])
@@ -524,9 +591,11 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path} does not fit this run ({str(e).splitlines()[0][:160]})") from None
         if self.batch > len(self.train_loader):
-            raise CheckpointError(f"{path} stopped at batch {self.batch} of an epoch that now has "
-                                  f"{len(self.train_loader)} batches; resume with the same data and "
-                                  f"batch size")
+            raise CheckpointError(
+                f"{path} stopped at batch {self.batch} of an epoch that now has "
+                f"{len(self.train_loader)} batches; resume with the same data and "
+                f"batch size"
+            )
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
@@ -535,9 +604,11 @@ class Trainer:
         try:
             save_checkpoint(self.checkpoint_path, self.state())
         except OSError as e:
-            raise RunError(f"could not write checkpoint {self.checkpoint_path} ({e.strerror or e}); the last "
-                           f"good checkpoint there is kept: free space or fix permissions, then resume with "
-                           f"--resume {self.run_dir}") from None
+            raise RunError(
+                f"could not write checkpoint {self.checkpoint_path} ({e.strerror or e}); the last "
+                f"good checkpoint there is kept: free space or fix permissions, then resume with "
+                f"--resume {self.run_dir}"
+            ) from None
 
     def _elapsed(self) -> float:
         return self.elapsed_s + time.perf_counter() - self._started
@@ -552,15 +623,18 @@ class Trainer:
 
     def _check_flags(self, bad_step: torch.Tensor) -> None:
         """Stop (all ranks together) on a signal or a non-finite loss seen since the last check."""
-        flags = torch.stack([torch.tensor(1.0 if self.stop_signal else 0.0, device=self.device),
-                             -bad_step.to(torch.float32)])
+        flags = torch.stack(
+            [torch.tensor(1.0 if self.stop_signal else 0.0, device=self.device), -bad_step.to(torch.float32)]
+        )
         # `-bad_step` turns "smallest bad step, or none (a huge number)" into a maximum.
         flags = any_rank(flags, self.world)
         first_bad = int(-flags[1].item())
         if first_bad < _NO_BAD_STEP:
             lower = self.scheduler.base_lrs[0] / 10
-            raise Diverged(f"the loss became non-finite (NaN or infinite) at step {first_bad}; the learning "
-                           f"rate is probably too high: try a lower one, e.g. --lr {lower:g}")
+            raise Diverged(
+                f"the loss became non-finite (NaN or infinite) at step {first_bad}; the learning "
+                f"rate is probably too high: try a lower one, e.g. --lr {lower:g}"
+            )
         if flags[0].item() > 0:
             self.stop_signal = self.stop_signal or "a signal on another rank"
             raise StopRequested()
@@ -597,8 +671,11 @@ class Trainer:
                     self.ema.update(self.model)
 
                 loss = loss.detach().float()
-                bad_step = torch.where(torch.isfinite(loss) | (bad_step < _NO_BAD_STEP), bad_step,
-                                       torch.full_like(bad_step, self.step))
+                bad_step = torch.where(
+                    torch.isfinite(loss) | (bad_step < _NO_BAD_STEP),
+                    bad_step,
+                    torch.full_like(bad_step, self.step),
+                )
                 self.epoch_sums["loss"] += loss.double() * y.shape[0]
                 self.epoch_sums["correct"] += (logits.detach().argmax(dim=1) == y).sum()
                 self.epoch_sums["seen"] += y.shape[0]
@@ -613,8 +690,13 @@ class Trainer:
                     self._check_flags(bad_step)
                 if self.world.is_main and self.step % c.log_every == 0:
                     seen = self.epoch_sums["seen"].clamp(min=1)
-                    tracker.save(self.step, {"loss.train": (self.epoch_sums["loss"] / seen).item(),
-                                             "accuracy.train": (self.epoch_sums["correct"] / seen).item()})
+                    tracker.save(
+                        self.step,
+                        {
+                            "loss.train": (self.epoch_sums["loss"] / seen).item(),
+                            "accuracy.train": (self.epoch_sums["correct"] / seen).item(),
+                        },
+                    )
             self._check_flags(bad_step)
         finally:
             if self.device.type == "cuda":
@@ -623,18 +705,22 @@ class Trainer:
 
     def evaluate(self, loader: TensorBatches, name: str) -> tuple[float, float]:
         """Mean loss and accuracy over a whole evaluation set; a stop request aborts it."""
+
         def check_stop() -> None:
             if self.stop_signal:
                 raise StopRequested()
+
         model = self.ema.model if self.ema is not None else self.forward_model
-        return evaluate(model, loader, name, amp_dtype=self.amp_dtype, flip_tta=self.c.flip_tta,
-                        before_batch=check_stop)
+        return evaluate(
+            model, loader, name, amp_dtype=self.amp_dtype, flip_tta=self.c.flip_tta, before_batch=check_stop
+        )
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or until stopped) and return the final metrics."""
         c = self.c
-        eval_loader, eval_name = ((c.valid_loader, "valid") if c.valid_loader is not None
-                                  else (c.test_loader, "test"))
+        eval_loader, eval_name = (
+            (c.valid_loader, "valid") if c.valid_loader is not None else (c.test_loader, "test")
+        )
         last_test: tuple[float, float] | None = None
         for _ in monit.loop(range(self.epoch, c.epochs)):
             if self.step >= c.iterations:
@@ -645,7 +731,8 @@ class Trainer:
             sums = {k: sum_over_ranks(v, self.world) for k, v in self.epoch_sums.items()}
             seen = max(1, int(sums["seen"].item()))
             record: dict[str, Any] = {
-                "epoch": self.epoch + 1, "step": self.step,
+                "epoch": self.epoch + 1,
+                "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": sums["loss"].item() / seen,
                 "train_accuracy": sums["correct"].item() / seen,
@@ -656,9 +743,11 @@ class Trainer:
                     # Weights that give non-finite logits are as diverged as a non-finite training loss,
                     # and must not replace the last good checkpoint either.
                     lower = self.scheduler.base_lrs[0] / 10
-                    raise Diverged(f"the {eval_name} loss became non-finite (NaN or infinite) after step "
-                                   f"{self.step}; the learning rate is probably too high: try a lower one, "
-                                   f"e.g. --lr {lower:g}")
+                    raise Diverged(
+                        f"the {eval_name} loss became non-finite (NaN or infinite) after step "
+                        f"{self.step}; the learning rate is probably too high: try a lower one, "
+                        f"e.g. --lr {lower:g}"
+                    )
                 record[f"{eval_name}_loss"], record[f"{eval_name}_accuracy"] = loss, accuracy
                 if eval_name == "test":
                     last_test = (loss, accuracy)
@@ -670,8 +759,14 @@ class Trainer:
             self.batch = 0
             self.epoch_sums = self._zero_sums()
             if self.world.is_main:
-                tracker.save(self.step, {k.replace("_", ".", 1): v for k, v in record.items()
-                                         if k.endswith(("loss", "accuracy"))})
+                tracker.save(
+                    self.step,
+                    {
+                        k.replace("_", ".", 1): v
+                        for k, v in record.items()
+                        if k.endswith(("loss", "accuracy"))
+                    },
+                )
                 tracker.new_line()
                 self._append_metrics(record)
                 console.print_plain(console.epoch_line(record, c.epochs))
@@ -688,49 +783,77 @@ class Trainer:
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
-            raise RunError(f"could not write {path} ({e.strerror or e}); the last good checkpoint is kept, "
-                           f"fix the folder and resume with --resume {self.run_dir}") from None
+            raise RunError(
+                f"could not write {path} ({e.strerror or e}); the last good checkpoint is kept, "
+                f"fix the folder and resume with --resume {self.run_dir}"
+            ) from None
 
     def _results(self, test_loss: float, test_accuracy: float) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         hashes = state_hashes(state_hash(self.model), self.world)
         return {
-            "model": _model_name(self.overrides), "recipe": self.c.recipe, "seed": self.c.seed,
+            "model": _model_name(self.overrides),
+            "recipe": self.c.recipe,
+            "seed": self.c.seed,
             "num_classes": self.c.num_classes,
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "epochs": self.epoch, "steps": self.step, "batch_size": self.c.batch_size,
-            "train_loss": last.get("train_loss"), "train_accuracy": last.get("train_accuracy"),
-            "valid_loss": last.get("valid_loss"), "valid_accuracy": last.get("valid_accuracy"),
-            "test_loss": test_loss, "test_accuracy": test_accuracy,
-            "wall_time_s": self._elapsed(), "train_time_s": self.train_time_s,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "batch_size": self.c.batch_size,
+            "train_loss": last.get("train_loss"),
+            "train_accuracy": last.get("train_accuracy"),
+            "valid_loss": last.get("valid_loss"),
+            "valid_accuracy": last.get("valid_accuracy"),
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "wall_time_s": self._elapsed(),
+            "train_time_s": self.train_time_s,
             "train_images_per_s": self.train_images / max(self.train_time_s, 1e-9),
-            "device": device_description(self.device), "world_size": self.world.size,
-            "amp": self.amp.chosen, "amp_choice": self.amp.as_dict(), "channels_last": self.c.channels_last,
+            "device": device_description(self.device),
+            "world_size": self.world.size,
+            "amp": self.amp.chosen,
+            "amp_choice": self.amp.as_dict(),
+            "channels_last": self.c.channels_last,
             "compile": self.c.compile,
-            "compile_mode": self.c.compile_mode, "cutout": self.c.cutout,
+            "compile_mode": self.c.compile_mode,
+            "cutout": self.c.cutout,
             # With an average, the valid/test numbers are the averaged network's.
             "ema_decay": self.c.ema_decay,
-            "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
+            "weights_sha256": hashes[0],
+            "ranks_agree": len(set(hashes)) == 1,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             # What the numbers were measured on, so a subset run can never pass for a full one.
-            "data": {"train_subset": self.c.train_subset, "test_subset": self.c.test_subset,
-                     "valid_split": self.c.valid_split,
-                     "train_images": self.train_loader.images_per_epoch * self.world.size,
-                     "valid_images": self.c.valid_loader.images_per_epoch if self.c.valid_loader else 0,
-                     "test_images": self.c.test_loader.images_per_epoch,
-                     "augment": self.c.augment, "cutout": self.c.cutout, "flip_tta": self.c.flip_tta},
-            "label_smoothing": self.c.label_smoothing, "images_seen": self.train_images,
+            "data": {
+                "train_subset": self.c.train_subset,
+                "test_subset": self.c.test_subset,
+                "valid_split": self.c.valid_split,
+                "train_images": self.train_loader.images_per_epoch * self.world.size,
+                "valid_images": self.c.valid_loader.images_per_epoch if self.c.valid_loader else 0,
+                "test_images": self.c.test_loader.images_per_epoch,
+                "augment": self.c.augment,
+                "cutout": self.c.cutout,
+                "flip_tta": self.c.flip_tta,
+            },
+            "label_smoothing": self.c.label_smoothing,
+            "images_seen": self.train_images,
             **_software(),
         }
 
 
-_NO_BAD_STEP = 2 ** 62
+_NO_BAD_STEP = 2**62
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorBatches, name: str, *, amp_dtype: torch.dtype | None,
-             flip_tta: bool, before_batch: Callable[[], None] | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    loader: TensorBatches,
+    name: str,
+    *,
+    amp_dtype: torch.dtype | None,
+    flip_tta: bool,
+    before_batch: Callable[[], None] | None = None,
+) -> tuple[float, float]:
     """
     Mean cross-entropy (without label smoothing, so runs with and without it compare) and accuracy of
     `model` over every image of `loader`. With `flip_tta` the logits of each image and its mirror image
@@ -770,8 +893,12 @@ def state_hash(model: nn.Module) -> str:
 
 def _software() -> dict[str, Any]:
     """The versions and the machine a result comes from."""
-    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model_name(),
-            "threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model_name(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def device_description(device: torch.device) -> str:
@@ -795,6 +922,7 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 
 # ## Starting a run
 
+
 def _configure_labml(logs_dir: Path | None, labml_url: str | None) -> set[str]:
     """
     Point labml at the logs folder and decide its writers. The screen writer, labml's live line of
@@ -813,6 +941,7 @@ def _configure_labml(logs_dir: Path | None, labml_url: str | None) -> set[str]:
         lab.configure(settings)
     writers = {"screen"} if console.use_live_console() else set()
     from labml.internal.lab import lab_singleton
+
     lab_singleton().set_path(__file__)
     if lab_singleton().web_api is not None:
         import labml.internal.api as labml_api
@@ -833,12 +962,16 @@ def _check_writable(folder: Path, needed_bytes: int) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write run logs under {existing} (not a writable folder); pass --logs-dir "
-                       f"with a writable folder or fix its permissions")
+        raise RunError(
+            f"cannot write run logs under {existing} (not a writable folder); pass --logs-dir "
+            f"with a writable folder or fix its permissions"
+        )
     free = shutil.disk_usage(existing).free
     if free < needed_bytes:
-        raise RunError(f"only {free / 2**20:.1f} MiB free under {existing}, a checkpoint needs about "
-                       f"{needed_bytes / 2**20:.1f} MiB; free some space or pass --logs-dir elsewhere")
+        raise RunError(
+            f"only {free / 2**20:.1f} MiB free under {existing}, a checkpoint needs about "
+            f"{needed_bytes / 2**20:.1f} MiB; free some space or pass --logs-dir elsewhere"
+        )
 
 
 def _prepare(c: Configs) -> None:
@@ -857,6 +990,30 @@ def _prepare(c: Configs) -> None:
     _ = c.optimizer, c.scheduler, c.epochs, c.iterations
 
 
+@contextlib.contextmanager
+def _labml_run() -> Iterator[None]:
+    """
+    labml's run context. On the way out labml appends to its run log; on a full disk that write fails
+    too, and its `OSError` would replace the trainer's own error, which names the file and the fix.
+    So when the run is already ending with an error, that error is the one reported.
+    """
+    watcher = experiment.start()
+    watcher.__enter__()
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            watcher.__exit__(type(error), error, error.__traceback__)
+        raise
+    try:
+        watcher.__exit__(None, None, None)
+    except OSError as e:
+        raise RunError(
+            f"labml could not write its run log ({e.strerror or e}); free some space under "
+            f"{lab.get_experiments_path()}"
+        ) from None
+
+
 def _install_signal_handlers(trainer_ref: list) -> dict:
     """
     The first SIGINT/SIGTERM asks the loop to stop after the current step and save; a second SIGINT
@@ -869,8 +1026,12 @@ def _install_signal_handlers(trainer_ref: list) -> dict:
         if trainer is not None and trainer.stop_signal is None:
             trainer.request_stop(signal.Signals(signum).name)
             if trainer.world.is_main:
-                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
-                      f"(press Ctrl+C again to quit without saving)", file=sys.stderr, flush=True)
+                print(
+                    f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
+                    f"(press Ctrl+C again to quit without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         else:
             raise KeyboardInterrupt()
 
@@ -895,13 +1056,17 @@ def _run_training(args: cli.Invocation, world: World) -> int:
     c.world = world
     if world.is_main:
         # --tensorboard: labml's TensorBoard writer, event files in the run folder's tensorboard/.
-        experiment.create(name=EXPERIMENT_NAME, python_file=str(Path(__file__).resolve()),
-                          writers=writers | ({"tensorboard"} if args.tensorboard else set()),
-                          comment=f"resumed from {resumed_from}" if resumed_from else "")
+        experiment.create(
+            name=EXPERIMENT_NAME,
+            python_file=str(Path(__file__).resolve()),
+            writers=writers | ({"tensorboard"} if args.tensorboard else set()),
+            comment=f"resumed from {resumed_from}" if resumed_from else "",
+        )
         experiment.configs(c, overrides)
     else:
         from labml.internal.configs.processor import ConfigProcessor
         from labml.internal.monitor import monitor_singleton
+
         monitor_singleton().silent()
         ConfigProcessor(c, overrides)
     init_process_group(world, c.device)
@@ -911,8 +1076,13 @@ def _run_training(args: cli.Invocation, world: World) -> int:
     if world.is_main:
         param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
         _check_writable(experiments_path / EXPERIMENT_NAME, 4 * param_bytes + 2**20)
-    trainer = Trainer(c, run_dir=None, overrides=overrides, stop_after_steps=args.stop_after_steps,
-                      resumed_from=resumed_from)
+    trainer = Trainer(
+        c,
+        run_dir=None,
+        overrides=overrides,
+        stop_after_steps=args.stop_after_steps,
+        resumed_from=resumed_from,
+    )
     if saved is not None and resumed_from is not None:
         trainer.restore(saved, resumed_from)
         trainer._started = time.perf_counter()
@@ -921,7 +1091,7 @@ def _run_training(args: cli.Invocation, world: World) -> int:
     previous_handlers = _install_signal_handlers(trainer_ref)
     try:
         if world.is_main:
-            with experiment.start():
+            with _labml_run():
                 run_dir = experiments_path / EXPERIMENT_NAME / experiment.get_uuid()
                 trainer.run_dir = run_dir
                 try:
@@ -929,12 +1099,23 @@ def _run_training(args: cli.Invocation, world: World) -> int:
                     metrics = run_dir / "metrics.jsonl"
                     metrics.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
                 except OSError as e:
-                    raise RunError(f"cannot write to the run folder {run_dir} ({e.strerror or e}); pass "
-                                   f"--logs-dir with a writable folder") from None
-                console.print_plain(console.start_line(
-                    run_dir, model=_model_name(overrides), recipe=c.recipe, epochs=c.epochs,
-                    batch_size=c.batch_size, device=device_description(c.device), resumed_from=resumed_from,
-                    epoch=trainer.epoch, step=trainer.step))
+                    raise RunError(
+                        f"cannot write to the run folder {run_dir} ({e.strerror or e}); pass "
+                        f"--logs-dir with a writable folder"
+                    ) from None
+                console.print_plain(
+                    console.start_line(
+                        run_dir,
+                        model=_model_name(overrides),
+                        recipe=c.recipe,
+                        epochs=c.epochs,
+                        batch_size=c.batch_size,
+                        device=device_description(c.device),
+                        resumed_from=resumed_from,
+                        epoch=trainer.epoch,
+                        step=trainer.step,
+                    )
+                )
                 results = _train_or_stop(trainer)
         else:
             results = _train_or_stop(trainer)
@@ -964,14 +1145,20 @@ def _train_or_stop(trainer: Trainer) -> dict[str, Any] | None:
     except StopRequested:
         trainer.save()
         if trainer.world.is_main:
-            print(f"\nstopped at step {trainer.step} (epoch {trainer.epoch + 1}, batch {trainer.batch}); "
-                  f"checkpoint: {trainer.checkpoint_path}\n"
-                  f"continue with: python experiments/cifar10.py --resume {trainer.run_dir}", flush=True)
+            print(
+                f"\nstopped at step {trainer.step} (epoch {trainer.epoch + 1}, batch {trainer.batch}); "
+                f"checkpoint: {trainer.checkpoint_path}\n"
+                f"continue with: python experiments/cifar10.py --resume {trainer.run_dir}",
+                flush=True,
+            )
         return None
     except Diverged as e:
         if trainer.world.is_main and trainer.checkpoint_path is not None:
-            kept = (f"the last good checkpoint {trainer.checkpoint_path} is kept"
-                    if trainer.checkpoint_path.exists() else "no checkpoint was written before it")
+            kept = (
+                f"the last good checkpoint {trainer.checkpoint_path} is kept"
+                if trainer.checkpoint_path.exists()
+                else "no checkpoint was written before it"
+            )
             raise Diverged(f"{e}; {kept}") from None
         raise
 
@@ -979,6 +1166,7 @@ def _train_or_stop(trainer: Trainer) -> dict[str, Any] | None:
 def _run_evaluation(args: cli.Invocation) -> int:
     """`--eval CHECKPOINT`: rebuild the network the checkpoint describes and measure it on the test set."""
     from labml.internal.configs.processor import ConfigProcessor
+
     console.use_live_console()
     path = Path(args.eval)
     saved = load_checkpoint(path)
@@ -1003,12 +1191,21 @@ def _run_evaluation(args: cli.Invocation) -> int:
         model.to(memory_format=torch.channels_last)
     amp = choose_amp(c.amp, c.device)
     loss, accuracy = evaluate(model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta)
-    results = {"checkpoint": str(path), "model": expected["model"],
-               "weights": "averaged (ema)" if saved.get("ema") else "trained", "test_loss": loss,
-               "test_accuracy": accuracy, "test_subset": c.test_subset,
-               "test_images": c.test_loader.images_per_epoch, "flip_tta": c.flip_tta,
-               "amp": amp.chosen, "amp_choice": amp.as_dict(),
-               "device": device_description(c.device), "position": saved["position"], **_software()}
+    results = {
+        "checkpoint": str(path),
+        "model": expected["model"],
+        "weights": "averaged (ema)" if saved.get("ema") else "trained",
+        "test_loss": loss,
+        "test_accuracy": accuracy,
+        "test_subset": c.test_subset,
+        "test_images": c.test_loader.images_per_epoch,
+        "flip_tta": c.flip_tta,
+        "amp": amp.chosen,
+        "amp_choice": amp.as_dict(),
+        "device": device_description(c.device),
+        "position": saved["position"],
+        **_software(),
+    }
     if args.results is not None:
         write_json(args.results, results)
     print(f"test loss: {loss:.4f}")

@@ -32,8 +32,17 @@ from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
-INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "steps_per_epoch", "world",
-                 "optimizer.parameters", "device.device_info", "device.device"}
+INTERNAL_KEYS = {
+    "dataset",
+    "train_loader",
+    "valid_loader",
+    "test_loader",
+    "steps_per_epoch",
+    "world",
+    "optimizer.parameters",
+    "device.device_info",
+    "device.device",
+}
 
 SHORTCUT_CHOICES = ("preset", "A", "B", "C", "none")
 # `torch.compile`'s modes; reduce-overhead is the one that records CUDA graphs.
@@ -48,6 +57,7 @@ def _within(low: float, high: float, *, high_inclusive: bool = False) -> Callabl
     def check(v: Any) -> str | None:
         ok = low <= v <= high if high_inclusive else low <= v < high
         return None if ok else f"must be in [{low:g}, {high:g}{']' if high_inclusive else ')'}"
+
     return check
 
 
@@ -64,35 +74,52 @@ def _positive_list(v: Any) -> str | None:
 def _fractions_of_the_run(v: Any) -> str | None:
     if all(0 < x < 1 for x in v):
         return None
-    return ("must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (the paper's 32k and 48k of "
-            "64k iterations)")
+    return (
+        "must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (the paper's 32k and 48k of "
+        "64k iterations)"
+    )
 
 
 # What each value may be, beyond its type.
 RULES: dict[str, Callable[[Any], str | None]] = {
-    "epochs": _at_least(1), "iterations": _at_least(1), "batch_size": _at_least(1),
-    "eval_batch_size": _at_least(1), "valid_split": _at_least(0), "seed": _at_least(0),
-    "train_subset": _at_least(0), "test_subset": _at_least(0),
+    "epochs": _at_least(1),
+    "iterations": _at_least(1),
+    "batch_size": _at_least(1),
+    "eval_batch_size": _at_least(1),
+    "valid_split": _at_least(0),
+    "seed": _at_least(0),
+    "train_subset": _at_least(0),
+    "test_subset": _at_least(0),
     # CIFAR-10's labels run 0..9, so the head needs at least ten outputs.
-    "num_classes": _at_least(10), "log_every": _at_least(1),
-    "lr_warmup_steps": _at_least(0), "lr_warmup_fraction": _within(0, 1),
+    "num_classes": _at_least(10),
+    "log_every": _at_least(1),
+    "lr_warmup_steps": _at_least(0),
+    "lr_warmup_fraction": _within(0, 1),
     "lr_warmup_factor": _within(0, 1, high_inclusive=True),
-    "lr_decay": _within(0, 1, high_inclusive=True), "lr_milestones": _fractions_of_the_run,
-    "label_smoothing": _within(0, 1), "ema_decay": _within(0, 1),
-    "shortcut": _one_of(SHORTCUT_CHOICES), "amp": _one_of(AMP_CHOICES),
+    "lr_decay": _within(0, 1, high_inclusive=True),
+    "lr_milestones": _fractions_of_the_run,
+    "label_smoothing": _within(0, 1),
+    "ema_decay": _within(0, 1),
+    "shortcut": _one_of(SHORTCUT_CHOICES),
+    "amp": _one_of(AMP_CHOICES),
     "compile_mode": _one_of(COMPILE_MODES),
     # CIFAR-10 images are 32x32; a larger square would blank the whole image wherever it lands.
     "cutout": _within(0, 32, high_inclusive=True),
-    "n_blocks": _positive_list, "n_channels": _positive_list, "bottlenecks": _positive_list,
+    "n_blocks": _positive_list,
+    "n_channels": _positive_list,
+    "bottlenecks": _positive_list,
     "optimizer.learning_rate": lambda v: None if v > 0 else "must be positive",
-    "optimizer.momentum": _within(0, 1), "optimizer.weight_decay": _at_least(0),
-    "device.cuda_device": _at_least(0), "data_dir": lambda v: None if v else "must not be empty",
+    "optimizer.momentum": _within(0, 1),
+    "optimizer.weight_decay": _at_least(0),
+    "device.cuda_device": _at_least(0),
+    "data_dir": lambda v: None if v else "must not be empty",
 }
 
 
 @dataclass
 class Invocation:
     """What the command line asks for, checked."""
+
     overrides: dict[str, Any] = field(default_factory=dict)
     resume: str | None = None
     eval: str | None = None
@@ -108,76 +135,143 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
     parser = argparse.ArgumentParser(
         prog="experiments/cifar10.py",
         description="Train a ResNet on CIFAR-10 (He et al., 2015) with labml tracking. Defaults: ResNet-20 "
-                    "and the paper's recipe. Checkpoints after every epoch and on SIGINT/SIGTERM; "
-                    "--resume continues exactly.",
+        "and the paper's recipe. Checkpoints after every epoch and on SIGINT/SIGTERM; "
+        "--resume continues exactly.",
         epilog="Any configuration can also be given as key=value, e.g. optimizer.learning_rate=0.05, "
-               "model=custom n_blocks=[2,2,2] (the lists shape only the custom network), "
-               "lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
-               "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
-               "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
-               "the global batch, split evenly across processes.")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="set any labml configuration (see configs.yaml in a run folder for the keys)")
-    parser.add_argument("--model", metavar="NAME",
-                        help=f"network: {', '.join(model_names)} (plainN: no shortcuts; resnet9: the fast "
-                             "DAWNBench network, not from the paper; custom: from "
-                             "n_blocks/n_channels/bottlenecks). Default resnet20")
+        "model=custom n_blocks=[2,2,2] (the lists shape only the custom network), "
+        "lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
+        "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
+        "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
+        "the global batch, split evenly across processes.",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="set any labml configuration (see configs.yaml in a run folder for the keys)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"network: {', '.join(model_names)} (plainN: no shortcuts; resnet9: the fast "
+        "DAWNBench network, not from the paper; custom: from "
+        "n_blocks/n_channels/bottlenecks). Default resnet20",
+    )
     parser.add_argument("--recipe", choices=sorted(recipes), default="paper", help=RECIPE_HELP)
-    parser.add_argument("--epochs", type=int, metavar="N",
-                        help="train N epochs (default: the recipe's; paper: 64k iterations)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="train N epochs (default: the recipe's; paper: 64k iterations)",
+    )
     parser.add_argument("--batch-size", type=int, metavar="N", help="global mini-batch size (paper: 128)")
     parser.add_argument("--lr", type=float, metavar="LR", help="base learning rate (paper: 0.1)")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: labml's "
-                             "data folder, ./data)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz (default: labml's "
+        "data folder, ./data)",
+    )
     parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     parser.add_argument("--seed", type=int, help="random seed (data order, augmentation, initial weights)")
-    parser.add_argument("--valid-split", type=int, nargs="?", const=5000, metavar="N",
-                        help="hold out N training images for per-epoch validation (default N: 5000, the "
-                             "paper's 45k/5k split); the test set is only reported, never used to choose")
-    parser.add_argument("--amp", choices=AMP_CHOICES,
-                        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA; cpu "
-                             "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
-                             "bf16 (AMX or AVX512-BF16) when a timed step says it is faster; float32 "
-                             "elsewhere, since emulated bf16 is several times slower")
+    parser.add_argument(
+        "--valid-split",
+        type=int,
+        nargs="?",
+        const=5000,
+        metavar="N",
+        help="hold out N training images for per-epoch validation (default N: 5000, the "
+        "paper's 45k/5k split); the test set is only reported, never used to choose",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA; cpu "
+        "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
+        "bf16 (AMX or AVX512-BF16) when a timed step says it is faster; float32 "
+        "elsewhere, since emulated bf16 is several times slower",
+    )
     layout = parser.add_mutually_exclusive_group()
-    layout.add_argument("--channels-last", action="store_true", default=None,
-                        help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "
-                             "CPUs, where it was measured 1.2x faster for training ResNet-20/56")
-    layout.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="keep PyTorch's default NCHW layout")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (compile_mode=... picks torch.compile's mode)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="CUDA only: --compile with compile_mode=reduce-overhead, which replays each "
-                             "step's kernels as a recorded CUDA graph (helps small, launch-bound networks)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for PyTorch (torch.set_num_threads; default: PyTorch's own choice, "
-                             "about one per core). On a busy machine fewer can be much faster: on a 2-core "
-                             "machine shared with other jobs, 1 thread trained these small convolutions "
-                             "6-10x faster than 2 (ResNet-20: 250 against 38 images/s in one paired run)")
-    parser.add_argument("--sync-bn", action="store_true",
-                        help="batch-norm statistics over all processes (multi-GPU; CUDA only)")
-    parser.add_argument("--resume", metavar="RUN",
-                        help="continue a run: its uuid, run folder or a checkpoint file")
+    layout.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "
+        "CPUs, where it was measured 1.2x faster for training ResNet-20/56",
+    )
+    layout.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep PyTorch's default NCHW layout",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (compile_mode=... picks torch.compile's mode)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA only: --compile with compile_mode=reduce-overhead, which replays each "
+        "step's kernels as a recorded CUDA graph (helps small, launch-bound networks)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for PyTorch (torch.set_num_threads; default: PyTorch's own choice, "
+        "about one per core). On a busy machine fewer can be much faster: on a 2-core "
+        "machine shared with other jobs, 1 thread trained these small convolutions "
+        "6-10x faster than 2 (ResNet-20: 250 against 38 images/s in one paired run)",
+    )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="batch-norm statistics over all processes (multi-GPU; CUDA only)",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN", help="continue a run: its uuid, run folder or a checkpoint file"
+    )
     parser.add_argument("--eval", metavar="CHECKPOINT", help="only evaluate a checkpoint on the test set")
     parser.add_argument("--results", type=Path, metavar="PATH", help="also write results.json to PATH")
-    parser.add_argument("--logs-dir", type=Path, metavar="DIR",
-                        help="where run folders go (default: labml's logs folder, ./logs)")
-    parser.add_argument("--labml-url", metavar="URL",
-                        help="labml app URL to stream to (default: none, nothing leaves the machine)")
-    parser.add_argument("--tensorboard", action="store_true",
-                        help="also write the curves as TensorBoard event files, to RUN_FOLDER/tensorboard/ "
-                             "(view with: tensorboard --logdir logs/cifar10); needs "
-                             "pip install -e \".[tensorboard]\"")
-    parser.add_argument("--stop-after-steps", type=int, metavar="K",
-                        help="debugging: behave as if interrupted after step K (save, print how to resume)")
+    parser.add_argument(
+        "--logs-dir",
+        type=Path,
+        metavar="DIR",
+        help="where run folders go (default: labml's logs folder, ./logs)",
+    )
+    parser.add_argument(
+        "--labml-url",
+        metavar="URL",
+        help="labml app URL to stream to (default: none, nothing leaves the machine)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the curves as TensorBoard event files, to RUN_FOLDER/tensorboard/ "
+        "(view with: tensorboard --logdir logs/cifar10); needs "
+        'pip install -e ".[tensorboard]"',
+    )
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="K",
+        help="debugging: behave as if interrupted after step K (save, print how to resume)",
+    )
     return parser
 
 
-def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type],
-          recipes: dict[str, dict[str, Any]], world_size: int = 1) -> Invocation:
+def parse(
+    argv: list[str] | None,
+    configs_class: type,
+    *,
+    nested: dict[str, type],
+    recipes: dict[str, dict[str, Any]],
+    world_size: int = 1,
+) -> Invocation:
     """Parse and check the command line; exits with status 2 and a usage message on bad input."""
     model_names = _options(configs_class, "model")
     parser = build_parser(recipes, model_names)
@@ -190,9 +284,15 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
         if not sep or not key:
             parser.error(f"positional arguments are configuration settings key=value; got '{item}'")
         user[key.strip()] = (text, True)
-    flags = {"model": args.model, "batch_size": args.batch_size, "optimizer.learning_rate": args.lr,
-             "seed": args.seed, "valid_split": args.valid_split, "amp": args.amp,
-             "data_dir": str(args.data_dir) if args.data_dir is not None else None}
+    flags = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "optimizer.learning_rate": args.lr,
+        "seed": args.seed,
+        "valid_split": args.valid_split,
+        "amp": args.amp,
+        "data_dir": str(args.data_dir) if args.data_dir is not None else None,
+    }
     for key, value in flags.items():
         if value is not None:
             user[key] = (value, False)
@@ -217,11 +317,14 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     if args.cuda_graphs:
         # Compared after conversion, so compile=yes agrees with the flag and compile=False does not.
         graphs = {"compile": True, "compile_mode": "reduce-overhead"}
-        clashes = [f"{key}={overrides[key]}" for key in graphs if key in overrides
-                   and overrides[key] != graphs[key]]
+        clashes = [
+            f"{key}={overrides[key]}" for key in graphs if key in overrides and overrides[key] != graphs[key]
+        ]
         if clashes:
-            parser.error(f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
-                         f"{' and '.join(clashes)} or --cuda-graphs")
+            parser.error(
+                f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
+                f"{' and '.join(clashes)} or --cuda-graphs"
+            )
         overrides.update(graphs)
     recipe = overrides.get("recipe", args.recipe) if args.recipe == "paper" else args.recipe
     if recipe not in recipes:
@@ -233,8 +336,10 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
     warmup_steps = {**recipes[recipe], **overrides}.get("lr_warmup_steps")
     if "lr_warmup_fraction" in overrides and warmup_steps != "from_fraction":
         # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
-        parser.error("lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
-                     "lr_warmup_steps a number of steps")
+        parser.error(
+            "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
+            "lr_warmup_steps a number of steps"
+        )
     overrides = {**_recipe_overrides(recipes, recipe, overrides), **overrides}
     _check_combinations(parser, overrides, world_size)
 
@@ -247,17 +352,28 @@ def parse(argv: list[str] | None, configs_class: type, *, nested: dict[str, type
         parser.error("--tensorboard records training curves, and --eval trains nothing; drop one")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         # Checked here so the run stops before any folder is made, not after labml has started one.
-        parser.error('--tensorboard needs the tensorboard package, which is not installed; install it '
-                     'with: pip install -e ".[tensorboard]"')
+        parser.error(
+            "--tensorboard needs the tensorboard package, which is not installed; install it "
+            'with: pip install -e ".[tensorboard]"'
+        )
     if args.eval is not None and not Path(args.eval).is_file():
         parser.error(f"--eval needs a checkpoint file; {args.eval} is not a file")
-    return Invocation(overrides=overrides, resume=args.resume, eval=args.eval, results=args.results,
-                      logs_dir=args.logs_dir, labml_url=args.labml_url, tensorboard=args.tensorboard,
-                      stop_after_steps=args.stop_after_steps, threads=args.threads)
+    return Invocation(
+        overrides=overrides,
+        resume=args.resume,
+        eval=args.eval,
+        results=args.results,
+        logs_dir=args.logs_dir,
+        labml_url=args.labml_url,
+        tensorboard=args.tensorboard,
+        stop_after_steps=args.stop_after_steps,
+        threads=args.threads,
+    )
 
 
-def _recipe_overrides(recipes: dict[str, dict[str, Any]], recipe: str,
-                      user: dict[str, Any]) -> dict[str, Any]:
+def _recipe_overrides(
+    recipes: dict[str, dict[str, Any]], recipe: str, user: dict[str, Any]
+) -> dict[str, Any]:
     values = dict(recipes[recipe])
     # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
     cuda_values = values.pop("cuda", {})
@@ -284,8 +400,10 @@ def _device_overrides(parser: argparse.ArgumentParser, device: str) -> dict[str,
         parser.error(f"--device {device}: no CUDA GPU is available to PyTorch here; use --device cpu")
     n = int(index or 0)
     if n >= torch.cuda.device_count():
-        parser.error(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices (0.."
-                     f"{torch.cuda.device_count() - 1})")
+        parser.error(
+            f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices (0.."
+            f"{torch.cuda.device_count() - 1})"
+        )
     return {"device.use_cuda": True, "device.cuda_device": n}
 
 
@@ -296,8 +414,9 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
         parser.error("optimizer.nesterov needs a positive optimizer.momentum")
     batch = o.get("batch_size", 128)
     if batch % world_size:
-        parser.error(f"--batch-size {batch} is the global batch and must divide evenly over the "
-                     f"{world_size} processes")
+        parser.error(
+            f"--batch-size {batch} is the global batch and must divide evenly over the {world_size} processes"
+        )
     if o.get("compile_mode", "default") == "reduce-overhead" and not _wants_cuda(o):
         parser.error("--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone")
     if "compile_mode" in o and not o.get("compile"):
@@ -305,29 +424,45 @@ def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], worl
     if o.get("compile_mode") == "reduce-overhead" and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
-        parser.error("--cuda-graphs (compile_mode=reduce-overhead) has not been verified with several "
-                     "processes; use --compile with the default mode for multi-GPU runs")
+        parser.error(
+            "--cuda-graphs (compile_mode=reduce-overhead) has not been verified with several "
+            "processes; use --compile with the default mode for multi-GPU runs"
+        )
     if o.get("sync_bn") and world_size > 1 and not _wants_cuda(o):
         parser.error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
     model = o.get("model", "resnet20")
     architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in o]
     if architecture and model != "custom":
         # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        parser.error(f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
-                     f"add --model custom")
+        parser.error(
+            f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
+            f"add --model custom"
+        )
     if str(model).startswith("plain") and o.get("shortcut", "preset") not in ("preset", "none"):
-        parser.error(f"{model} is a plain network without shortcuts, so shortcut={o['shortcut']} does not "
-                     f"apply; use --model resnet{model[len('plain'):]} shortcut={o['shortcut']}")
+        parser.error(
+            f"{model} is a plain network without shortcuts, so shortcut={o['shortcut']} does not "
+            f"apply; use --model resnet{model[len('plain') :]} shortcut={o['shortcut']}"
+        )
     if model == "custom":
         try:
-            custom_trunk(o.get("n_blocks", [3, 3, 3]), o.get("n_channels", [16, 32, 64]),
-                         o.get("bottlenecks"), o.get("shortcut", "preset"))
+            custom_trunk(
+                o.get("n_blocks", [3, 3, 3]),
+                o.get("n_channels", [16, 32, 64]),
+                o.get("bottlenecks"),
+                o.get("shortcut", "preset"),
+            )
         except (ValueError, TypeError) as e:
             parser.error(f"custom model: {e}")
 
 
-def _check(parser: argparse.ArgumentParser, configs_class: type, nested: dict[str, type], key: str,
-           value: Any, is_text: bool) -> Any:
+def _check(
+    parser: argparse.ArgumentParser,
+    configs_class: type,
+    nested: dict[str, type],
+    key: str,
+    value: Any,
+    is_text: bool,
+) -> Any:
     """Check one setting against the annotation (type), the options and `RULES` (range)."""
     cls, name = configs_class, key
     if "." in key:
@@ -459,4 +594,3 @@ def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
 def _suggest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
-

@@ -74,12 +74,25 @@ def use_live_console() -> bool:
 
 # ## The plain lines
 
-def start_line(run_dir: Path, *, model: str, recipe: str, epochs: int, batch_size: int, device: str,
-               resumed_from: Path | None = None, epoch: int = 0, step: int = 0) -> str:
+
+def start_line(
+    run_dir: Path,
+    *,
+    model: str,
+    recipe: str,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    resumed_from: Path | None = None,
+    epoch: int = 0,
+    step: int = 0,
+) -> str:
     """The line a run starts with: what trains, for how long, where, and where its files go."""
     where = f"resumed from {resumed_from} after epoch {epoch} (step {step}); " if resumed_from else ""
-    return (f"Training {model} ({recipe} recipe) for {epochs} epochs of batch {batch_size} on {device}; "
-            f"{where}run folder {run_dir}")
+    return (
+        f"Training {model} ({recipe} recipe) for {epochs} epochs of batch {batch_size} on {device}; "
+        f"{where}run folder {run_dir}"
+    )
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -92,8 +105,9 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"step {record['step']}", f"lr {record['lr']:.4g}"]
     for split in ("train", "valid", "test"):
         if f"{split}_loss" in record:
-            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} "
-                         f"accuracy {record[f'{split}_accuracy']:.4f}")
+            parts.append(
+                f"{split} loss {record[f'{split}_loss']:.4f} accuracy {record[f'{split}_accuracy']:.4f}"
+            )
     parts.append(f"{record['epoch_train_time_s']:.1f} s")
     parts.append(f"{record['train_images_per_s']:.0f} images/s")
     return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)
@@ -101,11 +115,16 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 def end_line(results: dict[str, Any]) -> str:
     """The line a finished run ends with, from its `results.json`."""
-    valid = (f"valid loss {results['valid_loss']:.4f} accuracy {results['valid_accuracy']:.4f}, "
-             if results.get("valid_loss") is not None else "")
-    return (f"Finished {results['epochs']} epochs ({results['steps']} steps) in "
-            f"{results['wall_time_s']:.1f} s, {results['train_time_s']:.1f} s of it training; {valid}"
-            f"test loss {results['test_loss']:.4f} accuracy {results['test_accuracy']:.4f}")
+    valid = (
+        f"valid loss {results['valid_loss']:.4f} accuracy {results['valid_accuracy']:.4f}, "
+        if results.get("valid_loss") is not None
+        else ""
+    )
+    return (
+        f"Finished {results['epochs']} epochs ({results['steps']} steps) in "
+        f"{results['wall_time_s']:.1f} s, {results['train_time_s']:.1f} s of it training; {valid}"
+        f"test loss {results['test_loss']:.4f} accuracy {results['test_accuracy']:.4f}"
+    )
 
 
 def print_plain(line: str) -> None:

@@ -320,11 +320,13 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
     try:
         entry = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except _ForbiddenGlobal as error:
-        raise DataError(path, f"asks the unpickler to build {error}, which a CIFAR-10 file never does",
-                        _replace_fix(path)) from None
+        raise DataError(
+            path, f"asks the unpickler to build {error}, which a CIFAR-10 file never does", _replace_fix(path)
+        ) from None
     except Exception as error:  # noqa: BLE001 - any failure to unpickle means the bytes are damaged
-        raise DataError(path, f"is truncated or corrupt ({type(error).__name__} while unpickling)",
-                        _replace_fix(path)) from None
+        raise DataError(
+            path, f"is truncated or corrupt ({type(error).__name__} while unpickling)", _replace_fix(path)
+        ) from None
     if not isinstance(entry, dict):
         raise DataError(path, f"holds a {type(entry).__name__}, not a CIFAR-10 dict", _replace_fix(path))
     return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
@@ -353,9 +355,13 @@ def _md5_mismatch(path: Path) -> str | None:
 
 def _verify_md5(path: Path) -> None:
     if mismatch := _md5_mismatch(path):
-        raise DataError(path, mismatch, f"the file is damaged or not the official one; move it away and run "
-                        f"again, or replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL}); for data "
-                        f"in CIFAR-10's format that is meant to differ, pass verify_checksums=false")
+        raise DataError(
+            path,
+            mismatch,
+            f"the file is damaged or not the official one; move it away and run "
+            f"again, or replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL}); for data "
+            f"in CIFAR-10's format that is meant to differ, pass verify_checksums=false",
+        )
 
 
 class _ForbiddenGlobal(pickle.UnpicklingError):
@@ -442,11 +448,17 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     parts = PurePosixPath(member.name).parts
     if member.name.startswith(("/", "\\")) or ".." in parts:
-        raise DataError(archive, f"contains the unsafe path {member.name!r}; refusing to unpack",
-                        "use the official archive")
+        raise DataError(
+            archive,
+            f"contains the unsafe path {member.name!r}; refusing to unpack",
+            "use the official archive",
+        )
     if not (member.isfile() or member.isdir()):
-        raise DataError(archive, f"contains {member.name!r}, which is not a plain file or folder; "
-                        "refusing to unpack", "use the official archive")
+        raise DataError(
+            archive,
+            f"contains {member.name!r}, which is not a plain file or folder; refusing to unpack",
+            "use the official archive",
+        )
 
 
 def _read_access(path: Path) -> None:
@@ -485,16 +497,20 @@ def _download_archive(data_dir: Path) -> Path:
             socket.setdefaulttimeout(previous_timeout)
         downloaded = staging / ARCHIVE_NAME
         if VERIFY_CHECKSUMS and (mismatch := _md5_mismatch(downloaded)):
-            raise DataError(data_dir, f"the archive downloaded from {CIFAR10_URL} is not the official one "
-                            f"({mismatch})", f"run again, or {offline_fix}")
+            raise DataError(
+                data_dir,
+                f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})",
+                f"run again, or {offline_fix}",
+            )
         if archive.exists():
             raise DataError(archive, "appeared while downloading; not overwriting it", "run again")
         os.rename(downloaded, archive)
         succeeded = True
     except (OSError, http.client.HTTPException, ValueError, RecursionError) as error:
         reason = getattr(error, "reason", None) or error
-        raise DataError(data_dir, f"CIFAR-10 is not here and downloading {CIFAR10_URL} failed ({reason})",
-                        offline_fix) from None
+        raise DataError(
+            data_dir, f"CIFAR-10 is not here and downloading {CIFAR10_URL} failed ({reason})", offline_fix
+        ) from None
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -505,14 +521,18 @@ def _download_archive(data_dir: Path) -> Path:
 
 def _make_folders(data_dir: Path) -> list[Path]:
     """Create `data_dir` and any missing parents; return the ones created, innermost first."""
-    missing = [folder for folder in (data_dir.absolute(), *data_dir.absolute().parents)
-               if not folder.exists()]
+    missing = [
+        folder for folder in (data_dir.absolute(), *data_dir.absolute().parents) if not folder.exists()
+    ]
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         _remove_created(missing)
-        raise DataError(Path(error.filename or data_dir), f"cannot be created ({error.strerror})",
-                        "choose a data directory you can write to") from None
+        raise DataError(
+            Path(error.filename or data_dir),
+            f"cannot be created ({error.strerror})",
+            "choose a data directory you can write to",
+        ) from None
     return missing
 
 

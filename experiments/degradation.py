@@ -139,9 +139,11 @@ class DegradationError(Exception):
 
 # ## The networks
 
+
 @dataclass(frozen=True)
 class Network:
     """One of the compared networks: `plain` (no shortcuts) or `residual` (option A), `depth` layers."""
+
     kind: str
     depth: int
     widths: tuple[int, ...] = tuple(PAPER_WIDTHS)
@@ -163,8 +165,12 @@ class Network:
             return ["--model", preset]
         n = self.blocks_per_stage
         shortcut = "none" if self.kind == "plain" else "A"
-        return ["model=custom", f"n_blocks=[{n},{n},{n}]",
-                f"n_channels=[{','.join(str(w) for w in self.widths)}]", f"shortcut={shortcut}"]
+        return [
+            "model=custom",
+            f"n_blocks=[{n},{n},{n}]",
+            f"n_channels=[{','.join(str(w) for w in self.widths)}]",
+            f"shortcut={shortcut}",
+        ]
 
 
 def networks_for(depths: list[int], widths: list[int]) -> list[Network]:
@@ -174,15 +180,19 @@ def networks_for(depths: list[int], widths: list[int]) -> list[Network]:
 
 def check_depth(depth: int) -> None:
     if depth < 8 or (depth - 2) % 6:
-        raise DegradationError(f"depth {depth} is not a CIFAR network depth: it must be 6n+2 with n >= 1 "
-                               f"(8, 14, 20, 26, 32, 38, 44, 50, 56, ..., 110, ...)")
+        raise DegradationError(
+            f"depth {depth} is not a CIFAR network depth: it must be 6n+2 with n >= 1 "
+            f"(8, 14, 20, 26, 32, 38, 44, 50, 56, ..., 110, ...)"
+        )
 
 
 # ## The data
 
+
 @dataclass
 class DataPlan:
     """Where the images come from, and how many of them a run uses (None: all)."""
+
     description: str
     data_dir: Path | None
     stand_in: bool
@@ -207,8 +217,13 @@ class DataPlan:
         return args
 
 
-def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                       classes: tuple[str, ...], description: str) -> None:
+def write_cifar_folder(
+    root: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: tuple[str, ...],
+    description: str,
+) -> None:
     """
     Write images (uint8 `[n, 3, 32, 32]`) and labels in CIFAR-10's on-disk layout under
     `root/cifar-10-batches-py/`, so the trainer reads them with the same code as the real set. The
@@ -218,9 +233,12 @@ def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: t
     folder.mkdir(parents=True)
 
     def dump(name: str, images: np.ndarray, labels: np.ndarray, batch_label: str) -> None:
-        entry = {b"batch_label": batch_label.encode(), b"labels": [int(v) for v in labels],
-                 b"data": np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8),
-                 b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(labels))]}
+        entry = {
+            b"batch_label": batch_label.encode(),
+            b"labels": [int(v) for v in labels],
+            b"data": np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8),
+            b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(labels))],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f, protocol=2)
 
@@ -230,12 +248,20 @@ def write_cifar_folder(root: Path, train: tuple[np.ndarray, np.ndarray], test: t
         dump(name, images[part], labels[part], f"{description}: training batch {i + 1} of 5")
     dump(cifar_data.TEST_FILE, *test, f"{description}: testing batch")
     with open(folder / cifar_data.META_FILE, "wb") as f:
-        pickle.dump({b"num_cases_per_batch": len(parts[0]), b"num_vis": 3072,
-                     b"label_names": [c.encode() for c in classes]}, f, protocol=2)
+        pickle.dump(
+            {
+                b"num_cases_per_batch": len(parts[0]),
+                b"num_vis": 3072,
+                b"label_names": [c.encode() for c in classes],
+            },
+            f,
+            protocol=2,
+        )
 
 
-STAND_IN_CLASSES = tuple(f"{axis} stripes, {cycles} cycles" for axis in ("vertical", "horizontal")
-                         for cycles in (2, 3, 4, 5, 6))
+STAND_IN_CLASSES = tuple(
+    f"{axis} stripes, {cycles} cycles" for axis in ("vertical", "horizontal") for cycles in (2, 3, 4, 5, 6)
+)
 
 
 def stand_in_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +282,7 @@ def stand_in_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     position = np.arange(32, dtype=np.float64) / 32
     phase = rng.uniform(0, 2 * math.pi, size=n)
     wave = np.sin(2 * math.pi * cycles[:, None] * position[None, :] + phase[:, None])  # [n, 32]
-    pattern = np.where(vertical[:, None, None], wave[:, None, :], wave[:, :, None])     # [n, 32, 32]
+    pattern = np.where(vertical[:, None, None], wave[:, None, :], wave[:, :, None])  # [n, 32, 32]
     amplitude = rng.uniform(20, 50, size=(n, 1, 1, 1))
     background = rng.uniform(60, 196, size=(n, 3, 1, 1))
     noise = rng.normal(0, 40, size=(n, 3, 32, 32))
@@ -266,8 +292,13 @@ def stand_in_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_stand_in(root: Path, n_train: int, n_test: int, seed: int) -> None:
     """The stand-in set in CIFAR-10's layout under `root` (training and test images from different seeds)."""
-    write_cifar_folder(root, stand_in_images(n_train, seed), stand_in_images(n_test, seed + 10_000),
-                       STAND_IN_CLASSES, "synthetic stand-in (stripes), not CIFAR-10")
+    write_cifar_folder(
+        root,
+        stand_in_images(n_train, seed),
+        stand_in_images(n_test, seed + 10_000),
+        STAND_IN_CLASSES,
+        "synthetic stand-in (stripes), not CIFAR-10",
+    )
 
 
 @contextmanager
@@ -283,16 +314,22 @@ def prepared_data(plan: DataPlan) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="degradation-data-") as tmp:
         root = Path(tmp)
-        write_stand_in(root, plan.train_images or STAND_IN_TRAIN_IMAGES,
-                       plan.test_images or STAND_IN_TEST_IMAGES, plan.seed)
+        write_stand_in(
+            root,
+            plan.train_images or STAND_IN_TRAIN_IMAGES,
+            plan.test_images or STAND_IN_TEST_IMAGES,
+            plan.seed,
+        )
         yield root
 
 
 # ## Running the trainer
 
+
 @dataclass
 class Curve:
     """What one network's run recorded: per-epoch errors (fractions, not percent) and where it lives."""
+
     network: str
     kind: str
     depth: int
@@ -309,6 +346,7 @@ class Curve:
 @dataclass
 class Schedule:
     """The one recipe every network gets."""
+
     epochs: int | None
     batch_size: int
     learning_rate: float
@@ -333,14 +371,22 @@ def make_schedule(epochs: int | None, batch_size: int, learning_rate: float | No
 def read_curve(network: Network, results: dict[str, Any]) -> Curve:
     """Per-epoch errors from the run folder's `metrics.jsonl` (one line per epoch, written by the trainer)."""
     run_dir = Path(results["run_dir"])
-    curve = Curve(network.name, network.kind, network.depth, parameters=int(results["parameters"]),
-                  run_dir=str(run_dir), wall_time_s=float(results["wall_time_s"]),
-                  device=str(results["device"]))
+    curve = Curve(
+        network.name,
+        network.kind,
+        network.depth,
+        parameters=int(results["parameters"]),
+        run_dir=str(run_dir),
+        wall_time_s=float(results["wall_time_s"]),
+        device=str(results["device"]),
+    )
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "test_accuracy" not in record:
-            raise DegradationError(f"{run_dir / 'metrics.jsonl'} has an epoch without a test error; the "
-                                   f"runs must evaluate on the test set every epoch")
+            raise DegradationError(
+                f"{run_dir / 'metrics.jsonl'} has an epoch without a test error; the "
+                f"runs must evaluate on the test set every epoch"
+            )
         curve.epochs.append(int(record["epoch"]))
         curve.steps.append(int(record["step"]))
         curve.train_error.append(1.0 - float(record["train_accuracy"]))
@@ -348,16 +394,37 @@ def read_curve(network: Network, results: dict[str, Any]) -> Curve:
     return curve
 
 
-def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, device: str,
-          logs_dir: Path | None, download: bool, data_args: tuple[str, ...] = (),
-          threads: int | None = None) -> Curve:
+def train(
+    network: Network,
+    data_dir: Path,
+    schedule: Schedule,
+    *,
+    seed: int,
+    device: str,
+    logs_dir: Path | None,
+    download: bool,
+    data_args: tuple[str, ...] = (),
+    threads: int | None = None,
+) -> Curve:
     """One ordinary trainer run (its own labml experiment and run folder); returns its curve."""
     with tempfile.TemporaryDirectory(prefix="degradation-results-") as tmp:
         results_path = Path(tmp) / "results.json"
         # Figure 6 plots test error every epoch, so every epoch is evaluated on the test set.
-        argv = ["--data-dir", str(data_dir), "--device", device, "--seed", str(seed),
-                "--results", str(results_path), "eval_every_epoch=True", "valid_split=0",
-                *network.trainer_args(), *schedule.trainer_args(), *data_args]
+        argv = [
+            "--data-dir",
+            str(data_dir),
+            "--device",
+            device,
+            "--seed",
+            str(seed),
+            "--results",
+            str(results_path),
+            "eval_every_epoch=True",
+            "valid_split=0",
+            *network.trainer_args(),
+            *schedule.trainer_args(),
+            *data_args,
+        ]
         if not download:
             argv.append("--no-download")
         if threads is not None:
@@ -367,8 +434,10 @@ def train(network: Network, data_dir: Path, schedule: Schedule, *, seed: int, de
         print(f"\n=== {network.name}: experiments/cifar10.py {' '.join(argv)}", flush=True)
         status = cifar10.main(argv)
         if status != 0:
-            raise DegradationError(f"the trainer stopped with status {status} while training {network.name} "
-                                   f"(its message is above); the runs finished so far are in their folders")
+            raise DegradationError(
+                f"the trainer stopped with status {status} while training {network.name} "
+                f"(its message is above); the runs finished so far are in their folders"
+            )
         results = json.loads(results_path.read_text())
     return read_curve(network, results)
 
@@ -385,20 +454,34 @@ def build_figure(curves: list[Curve], title: str, *, x_axis: str = "epochs") -> 
     training error dashed and test error solid, one colour per depth. Returns the matplotlib figure.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     depths = sorted({c.depth for c in curves})
     colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, kind, label in zip(axes, ("plain", "residual"), ("plain networks", "residual networks"),
-                               strict=True):
+    for ax, kind, label in zip(
+        axes, ("plain", "residual"), ("plain networks", "residual networks"), strict=True
+    ):
         for curve in (c for c in curves if c.kind == kind):
             x = curve.epochs if x_axis == "epochs" else curve.steps
-            ax.plot(x, [100 * e for e in curve.train_error], linestyle="--", linewidth=1.2,
-                    color=colour[curve.depth], label=f"{curve.network} train")
-            ax.plot(x, [100 * e for e in curve.test_error], linestyle="-", linewidth=2,
-                    color=colour[curve.depth], label=f"{curve.network} test")
+            ax.plot(
+                x,
+                [100 * e for e in curve.train_error],
+                linestyle="--",
+                linewidth=1.2,
+                color=colour[curve.depth],
+                label=f"{curve.network} train",
+            )
+            ax.plot(
+                x,
+                [100 * e for e in curve.test_error],
+                linestyle="-",
+                linewidth=2,
+                color=colour[curve.depth],
+                label=f"{curve.network} test",
+            )
         ax.set_title(label)
         ax.set_xlabel("epoch" if x_axis == "epochs" else "iteration")
         ax.grid(alpha=0.3)
@@ -422,60 +505,115 @@ def save_figure(figure: Any, path: Path) -> None:
 
 
 def summary_table(curves: list[Curve]) -> str:
-    lines = [f"{'network':<12} {'params':>9} {'epochs':>6} {'train err %':>11} {'test err %':>10} "
-             f"{'minutes':>8}"]
+    lines = [
+        f"{'network':<12} {'params':>9} {'epochs':>6} {'train err %':>11} {'test err %':>10} {'minutes':>8}"
+    ]
     for c in curves:
-        lines.append(f"{c.network:<12} {c.parameters:>9,} {len(c.epochs):>6} "
-                     f"{100 * c.train_error[-1]:>11.2f} {100 * c.test_error[-1]:>10.2f} "
-                     f"{c.wall_time_s / 60:>8.1f}")
+        lines.append(
+            f"{c.network:<12} {c.parameters:>9,} {len(c.epochs):>6} "
+            f"{100 * c.train_error[-1]:>11.2f} {100 * c.test_error[-1]:>10.2f} "
+            f"{c.wall_time_s / 60:>8.1f}"
+        )
     return "\n".join(lines)
 
 
 # ## The command line
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="experiments/degradation.py",
         description="Figure 6 of He et al. (2015): train plain and residual CIFAR networks of two depths "
-                    "with one recipe (each an ordinary experiments/cifar10.py run, tracked by labml) and "
-                    "plot their training error (dashed) and test error (solid) per epoch.",
+        "with one recipe (each an ordinary experiments/cifar10.py run, tracked by labml) and "
+        "plot their training error (dashed) and test error (solid) per epoch.",
         epilog="--quick: a class-balanced subset (5,000 train / 1,000 test images), 20 epochs, the paper's "
-               "step schedule compressed (drops at 50% and 75% of the iterations). It shows the early "
-               "trend only, not the paper's final numbers. Without --quick: the paper's full recipe.")
+        "step schedule compressed (drops at 50% and 75% of the iterations). It shows the early "
+        "trend only, not the paper's final numbers. Without --quick: the paper's full recipe.",
+    )
     parser.add_argument("--quick", action="store_true", help="a subset and a short schedule (see below)")
-    parser.add_argument("--depths", type=int, nargs="+", default=DEFAULT_DEPTHS, metavar="D",
-                        help="network depths, each 6n+2 (default: 20 56)")
-    parser.add_argument("--widths", type=int, nargs=3, default=PAPER_WIDTHS, metavar="W",
-                        help="filters in the three stages (default: the paper's 16 32 64)")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="folder with CIFAR-10 (cifar-10-batches-py/ or the .tar.gz); default: labml's "
-                             "data folder")
-    parser.add_argument("--stand-in", action="store_true",
-                        help="no CIFAR-10: use a synthetic stripe-pattern set in CIFAR-10's format (written "
-                             "to a temporary folder; the figure says so)")
-    parser.add_argument("--out", type=Path, metavar="PNG",
-                        help="plot path; the numbers go next to it as .json (default: degradation.png, or "
-                             "degradation_quick.png with --quick)")
+    parser.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        default=DEFAULT_DEPTHS,
+        metavar="D",
+        help="network depths, each 6n+2 (default: 20 56)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs=3,
+        default=PAPER_WIDTHS,
+        metavar="W",
+        help="filters in the three stages (default: the paper's 16 32 64)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder with CIFAR-10 (cifar-10-batches-py/ or the .tar.gz); default: labml's data folder",
+    )
+    parser.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="no CIFAR-10: use a synthetic stripe-pattern set in CIFAR-10's format (written "
+        "to a temporary folder; the figure says so)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="PNG",
+        help="plot path; the numbers go next to it as .json (default: degradation.png, or "
+        "degradation_quick.png with --quick)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plot and JSON")
-    parser.add_argument("--epochs", type=int, metavar="N",
-                        help="epochs per network (default: 20 with --quick, else the paper's 64k iterations)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="epochs per network (default: 20 with --quick, else the paper's 64k iterations)",
+    )
     parser.add_argument("--batch-size", type=int, default=PAPER_BATCH, metavar="N", help="default 128")
-    parser.add_argument("--lr", type=float, metavar="LR",
-                        help="learning rate (default: 0.1 x batch/128, the paper's 0.1 at batch 128)")
-    parser.add_argument("--train-images", type=int, metavar="N",
-                        help=f"training subset size (default: {QUICK_TRAIN_IMAGES} with --quick, else all)")
-    parser.add_argument("--test-images", type=int, metavar="N",
-                        help=f"test subset size (default: {QUICK_TEST_IMAGES} with --quick, else all)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="learning rate (default: 0.1 x batch/128, the paper's 0.1 at batch 128)",
+    )
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        metavar="N",
+        help=f"training subset size (default: {QUICK_TRAIN_IMAGES} with --quick, else all)",
+    )
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        metavar="N",
+        help=f"test subset size (default: {QUICK_TEST_IMAGES} with --quick, else all)",
+    )
     parser.add_argument("--seed", type=int, default=5, help="seed for every run and for the subset")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for PyTorch (on a busy machine 1 can be much faster than several)")
-    parser.add_argument("--logs-dir", type=Path, metavar="DIR",
-                        help="where the trainer's run folders go (default: labml's logs folder)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for PyTorch (on a busy machine 1 can be much faster than several)",
+    )
+    parser.add_argument(
+        "--logs-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the trainer's run folders go (default: labml's logs folder)",
+    )
     parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
-    parser.add_argument("--x-axis", choices=("epochs", "iterations"), default="epochs",
-                        help="what the plot's x axis counts")
+    parser.add_argument(
+        "--x-axis", choices=("epochs", "iterations"), default="epochs", help="what the plot's x axis counts"
+    )
     return parser
 
 
@@ -500,9 +638,13 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error(f"--depths {' '.join(map(str, args.depths))}: each depth once, please")
     if any(w < 1 for w in args.widths):
         parser.error("--widths must be three positive integers, e.g. 16 32 64")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                        ("--train-images", args.train_images), ("--test-images", args.test_images),
-                        ("--threads", args.threads)):
+    for flag, value in (
+        ("--epochs", args.epochs),
+        ("--batch-size", args.batch_size),
+        ("--train-images", args.train_images),
+        ("--test-images", args.test_images),
+        ("--threads", args.threads),
+    ):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.lr is not None and not args.lr > 0:
@@ -519,13 +661,17 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     epochs = args.epochs or (QUICK_EPOCHS if quick or args.stand_in else None)
     data_dir = None if args.stand_in else (args.data_dir or cifar_data.default_data_dir())
     if args.stand_in:
-        description = (f"synthetic stand-in (stripe patterns), NOT CIFAR-10: {train_images} train / "
-                       f"{test_images} test images")
+        description = (
+            f"synthetic stand-in (stripe patterns), NOT CIFAR-10: {train_images} train / "
+            f"{test_images} test images"
+        )
     elif train_images is None and test_images is None:
         description = "CIFAR-10, all 50,000 train / 10,000 test images"
     else:
-        description = (f"CIFAR-10 subset: {train_images or 'all'} train / {test_images or 'all'} test "
-                       f"images (class-balanced, seed {args.seed})")
+        description = (
+            f"CIFAR-10 subset: {train_images or 'all'} train / {test_images or 'all'} test "
+            f"images (class-balanced, seed {args.seed})"
+        )
     schedule = make_schedule(epochs, args.batch_size, args.lr)
 
     out = args.out or Path("degradation_quick.png" if quick else "degradation.png")
@@ -543,24 +689,42 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error('the plot needs matplotlib, which is not installed: pip install -e ".[plot]"')
 
     length = f"{epochs} epochs" if epochs else "64k iterations"
-    title = (f"{'Synthetic stand-in, not CIFAR-10' if args.stand_in else 'CIFAR-10'}"
-             f"{' (quick mode)' if quick else ''}: {description.split(': ', 1)[-1]}, {length}, "
-             f"batch {schedule.batch_size}, lr {schedule.learning_rate:g}\n"
-             f"dashed: training error, solid: test error")
-    return Plan(networks_for(args.depths, args.widths),
-                DataPlan(description, data_dir, args.stand_in, train_images, test_images, args.seed),
-                schedule, out, json_out, title)
+    title = (
+        f"{'Synthetic stand-in, not CIFAR-10' if args.stand_in else 'CIFAR-10'}"
+        f"{' (quick mode)' if quick else ''}: {description.split(': ', 1)[-1]}, {length}, "
+        f"batch {schedule.batch_size}, lr {schedule.learning_rate:g}\n"
+        f"dashed: training error, solid: test error"
+    )
+    return Plan(
+        networks_for(args.depths, args.widths),
+        DataPlan(description, data_dir, args.stand_in, train_images, test_images, args.seed),
+        schedule,
+        out,
+        json_out,
+        title,
+    )
 
 
-def run(plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool,
-        threads: int | None = None) -> list[Curve]:
+def run(
+    plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool, threads: int | None = None
+) -> list[Curve]:
     curves = []
     data_args = tuple(plan.data.trainer_args())
     with prepared_data(plan.data) as data_dir:
         for network in plan.networks:
-            curves.append(train(network, data_dir, plan.schedule, seed=seed, device=device,
-                                logs_dir=logs_dir, download=download, data_args=data_args,
-                                threads=threads))
+            curves.append(
+                train(
+                    network,
+                    data_dir,
+                    plan.schedule,
+                    seed=seed,
+                    device=device,
+                    logs_dir=logs_dir,
+                    download=download,
+                    data_args=data_args,
+                    threads=threads,
+                )
+            )
     return curves
 
 
@@ -572,14 +736,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         # The trainer sets the thread count for each run (and puts it back); `--threads` passes through.
-        curves = run(plan, seed=args.seed, device=args.device, logs_dir=args.logs_dir,
-                     download=not args.no_download, threads=args.threads)
+        curves = run(
+            plan,
+            seed=args.seed,
+            device=args.device,
+            logs_dir=args.logs_dir,
+            download=not args.no_download,
+            threads=args.threads,
+        )
     except (DegradationError, cifar_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     summary = {
-        "title": plan.title, "data": plan.data.description, "quick": args.quick,
-        "schedule": asdict(plan.schedule), "seed": args.seed, "threads": args.threads,
+        "title": plan.title,
+        "data": plan.data.description,
+        "quick": args.quick,
+        "schedule": asdict(plan.schedule),
+        "seed": args.seed,
+        "threads": args.threads,
         "total_wall_time_s": time.perf_counter() - started,
         "networks": [asdict(c) for c in curves],
     }

@@ -32,6 +32,7 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class World:
     """Where this process sits among the training processes."""
+
     rank: int = 0
     local_rank: int = 0
     size: int = 1

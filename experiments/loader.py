@@ -109,8 +109,9 @@ class TensorBatches:
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise ValueError(f"mean and std need {channels} entries each and std > 0, got {mean} and {std}")
         if cutout < 0 or cutout > min(images.shape[2:]):
-            raise ValueError(f"cutout must be between 0 (off) and the image size {min(images.shape[2:])}, "
-                             f"got {cutout}")
+            raise ValueError(
+                f"cutout must be between 0 (off) and the image size {min(images.shape[2:])}, got {cutout}"
+            )
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point type, got {dtype}")
 
@@ -157,8 +158,9 @@ class TensorBatches:
         Images are `[batch, C, H, W]` in `dtype`, labels `int64 [batch]`, both on `device`.
         """
         if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must be in 0..{len(self)} for epoch of {len(self)} batches, "
-                             f"got {start_batch}")
+            raise ValueError(
+                f"start_batch must be in 0..{len(self)} for epoch of {len(self)} batches, got {start_batch}"
+            )
         self._sampler.set_epoch(epoch)
         order = torch.tensor(list(self._sampler), dtype=torch.int64).to(self.device)
         return self._batches(epoch, order, start_batch)
@@ -193,11 +195,15 @@ class TensorBatches:
         The centres are drawn last, so turning Cutout on leaves every batch's crops and flips as they were,
         and one small host-to-device copy per batch carries all the draws.
         """
-        rows = [torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
-                torch.randint(0, 2, (1, n), generator=generator)]
+        rows = [
+            torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
+            torch.randint(0, 2, (1, n), generator=generator),
+        ]
         if self.cutout:
-            rows += [torch.randint(0, size[0], (1, n), generator=generator),
-                     torch.randint(0, size[1], (1, n), generator=generator)]
+            rows += [
+                torch.randint(0, size[0], (1, n), generator=generator),
+                torch.randint(0, size[1], (1, n), generator=generator),
+            ]
         return torch.cat(rows).to(self.device)
 
     def _crop_and_flip(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,9 @@ def draw(curves: list[Curve], out: Path, title: str | None = None) -> None:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].set_ylim(bottom=0)
-    axes[2].set_yscale("log")
+    # A log scale shows step drops best, but cannot draw a schedule that ends at 0.
+    if all(lr > 0 for curve in curves for lr in curve.lr):
+        axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)

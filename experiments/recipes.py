@@ -162,8 +162,9 @@ class StepSchedule:
     (a list and three numbers) and checkpoints stay loadable with `weights_only=True`.
     """
 
-    def __init__(self, milestones: list[int], decay: float, warmup_steps: int = 0,
-                 warmup_factor: float = 0.1):
+    def __init__(
+        self, milestones: list[int], decay: float, warmup_steps: int = 0, warmup_factor: float = 0.1
+    ):
         self.milestones = sorted(int(m) for m in milestones)
         self.decay = float(decay)
         self.warmup_steps = int(warmup_steps)

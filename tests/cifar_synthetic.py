@@ -69,8 +69,16 @@ CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 # Ten colours far apart in RGB space: the `separable` classes differ by at least 100 in some channel.
 _PALETTE = np.array(
     [
-        [220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30], [220, 30, 220],
-        [30, 220, 220], [128, 128, 128], [250, 250, 250], [10, 10, 10], [128, 30, 128],
+        [220, 30, 30],
+        [30, 220, 30],
+        [30, 30, 220],
+        [220, 220, 30],
+        [220, 30, 220],
+        [30, 220, 220],
+        [128, 128, 128],
+        [250, 250, 250],
+        [10, 10, 10],
+        [128, 30, 128],
     ],
     dtype=np.int16,
 )
@@ -135,7 +143,7 @@ class _Python2Pickler:
 
     def batched(self, items: list, save_one, one: bytes, many: bytes) -> None:
         for start in range(0, len(items), self.BATCH):
-            chunk = items[start:start + self.BATCH]
+            chunk = items[start : start + self.BATCH]
             if len(chunk) == 1:
                 save_one(chunk[0])
                 self.out += one
@@ -241,8 +249,9 @@ def synthetic_batch(n: int, *, separable: bool, seed: int) -> tuple[np.ndarray, 
     return np.ascontiguousarray(images.reshape(n, 3072)), [int(label) for label in labels]
 
 
-def write_batch_file(path: Path, data: np.ndarray, labels: Sequence[int], batch_label: str,
-                     name_prefix: str = "synthetic") -> None:
+def write_batch_file(
+    path: Path, data: np.ndarray, labels: Sequence[int], batch_label: str, name_prefix: str = "synthetic"
+) -> None:
     """
     One batch file: `data` uint8 `[n, 3072]` (or `[n, 3, 32, 32]`), its labels, and file names made up
     from `name_prefix`. Keys in the official files' order.

@@ -32,15 +32,29 @@ TEST_IMAGES = 64
 def write_data(root: Path, *, separable: bool = True) -> Path:
     """Synthetic CIFAR-10 (with easy-to-separate classes by default) under `root`; returns `root`."""
     from cifar_synthetic import write_synthetic_cifar10
-    write_synthetic_cifar10(root, n_per_train_batch=IMAGES_PER_TRAIN_FILE, n_test=TEST_IMAGES,
-                            separable=separable)
+
+    write_synthetic_cifar10(
+        root, n_per_train_batch=IMAGES_PER_TRAIN_FILE, n_test=TEST_IMAGES, separable=separable
+    )
     return root
 
 
 def tiny_args(data_dir: Path, logs_dir: Path, *extra: str, epochs: int = 1) -> list[str]:
     """Command-line arguments for a tiny CPU run: 5 steps of 64 images per epoch."""
-    return ["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), "--device", "cpu",
-            "--epochs", str(epochs), "--batch-size", "64", *TINY_MODEL, *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--logs-dir",
+        str(logs_dir),
+        "--device",
+        "cpu",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "64",
+        *TINY_MODEL,
+        *extra,
+    ]
 
 
 def run_trainer(argv: list[str]) -> int:

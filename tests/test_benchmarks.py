@@ -30,12 +30,20 @@ def test_model_speed_prints_a_row_and_a_ratio_for_every_model_variant_and_mode(c
     results = model_speed.main(["--quick", "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.startswith("machine: CPU ")
-    expected = [(model, variant, mode) for model in ("resnet20", "resnet18")
-                for variant in ("eager", "channels_last") for mode in ("train", "infer")]
+    expected = [
+        (model, variant, mode)
+        for model in ("resnet20", "resnet18")
+        for variant in ("eager", "channels_last")
+        for mode in ("train", "infer")
+    ]
     assert [(r.name, r.variant, r.mode) for r in results] == expected
     for model, variant, mode in expected:
-        assert re.search(rf"^\| {model} +\| {variant} +\| {mode} +\| 4 +\| 32 +\| {NUMBER} +\| {NUMBER} +"
-                         rf"\| {NUMBER} +\|", out, re.MULTILINE), (model, variant, mode)
+        assert re.search(
+            rf"^\| {model} +\| {variant} +\| {mode} +\| 4 +\| 32 +\| {NUMBER} +\| {NUMBER} +"
+            rf"\| {NUMBER} +\|",
+            out,
+            re.MULTILINE,
+        ), (model, variant, mode)
         assert re.search(rf"^ratio {model} {variant} {mode}: {NUMBER} \(ours/reference", out, re.MULTILINE)
     assert "torchvision.models.resnet18" in out and "minimal option-A CIFAR ResNet" in out
     assert re.search(rf"^ratio geometric mean over 8 rows: {NUMBER}$", out, re.MULTILINE)
@@ -70,30 +78,70 @@ def test_the_resnet9_reference_computes_the_same_function_as_ours():
 
 
 def test_model_speed_times_resnet9_at_cifar_size_against_its_reference(capsys):
-    results = model_speed.main(["--models", "resnet9", "--batch-size", "2", "--repeats", "1", "--steps", "1",
-                                "--warmup", "0", "--variants", "eager", "--device", "cpu"])
+    results = model_speed.main(
+        [
+            "--models",
+            "resnet9",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--variants",
+            "eager",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
-    assert [(r.name, r.mode, r.setting.image_size) for r in results] == [("resnet9", "train", 32),
-                                                                          ("resnet9", "infer", 32)]
+    assert [(r.name, r.mode, r.setting.image_size) for r in results] == [
+        ("resnet9", "train", 32),
+        ("resnet9", "infer", 32),
+    ]
     for mode in ("train", "infer"):
-        row = (rf"^\| resnet9 +\| eager +\| {mode} +\| 2 +\| 32 +\| {NUMBER} +\| {NUMBER} +\| {NUMBER} +\| "
-               rf"\d+% +\| minimal ResNet-9 \(nn.Sequential\) +\|$")
+        row = (
+            rf"^\| resnet9 +\| eager +\| {mode} +\| 2 +\| 32 +\| {NUMBER} +\| {NUMBER} +\| {NUMBER} +\| "
+            rf"\d+% +\| minimal ResNet-9 \(nn.Sequential\) +\|$"
+        )
         assert re.search(row, out, re.MULTILINE), mode
 
 
 def test_model_speed_flags_can_skip_compile_and_channels_last(capsys):
-    results = model_speed.main(["--models", "resnet20", "--batch-size", "2", "--repeats", "1", "--steps", "1",
-                                "--warmup", "0", "--modes", "infer", "--no-channels-last", "--no-compile",
-                                "--device", "cpu"])
+    results = model_speed.main(
+        [
+            "--models",
+            "resnet20",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "infer",
+            "--no-channels-last",
+            "--no-compile",
+            "--device",
+            "cpu",
+        ]
+    )
     assert [(r.variant, r.mode) for r in results] == [("eager", "infer")]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--models", "resnet7"], "--models"),
-    (["--variants", "fast"], "--variants"),
-    (["--repeats", "0"], "--repeats"),
-    (["--variants", "compile", "--no-compile"], "removed every variant"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "resnet7"], "--models"),
+        (["--variants", "fast"], "--variants"),
+        (["--repeats", "0"], "--repeats"),
+        (["--variants", "compile", "--no-compile"], "removed every variant"),
+    ],
+)
 def test_model_speed_rejects_bad_flags_with_a_message(argv, message):
     with pytest.raises(SystemExit, match=message):
         model_speed.main(argv)
@@ -103,14 +151,21 @@ def test_data_pipeline_prints_supply_demand_and_the_loader_ratios(capsys):
     rates = data_pipeline.main(["--quick", "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.startswith("machine: CPU ")
-    for row in ("supply: TensorBatches", "supply: DataLoader+PIL workers=0",
-                "demand: resnet20 train step (fixed batch)", "end to end: TensorBatches -> resnet20 step",
-                "end to end: DataLoader+PIL workers=0 -> resnet20 step"):
+    for row in (
+        "supply: TensorBatches",
+        "supply: DataLoader+PIL workers=0",
+        "demand: resnet20 train step (fixed batch)",
+        "end to end: TensorBatches -> resnet20 step",
+        "end to end: DataLoader+PIL workers=0 -> resnet20 step",
+    ):
         assert row in rates
         assert re.search(rf"^\| {re.escape(row)} +\| \d+ +\| \d+% +\|$", out, re.MULTILINE), row
-    for line in ("ratio supply/demand TensorBatches", "ratio supply/demand DataLoader+PIL workers=0",
-                 "ratio TensorBatches/DataLoader+PIL workers=0 supply",
-                 "ratio TensorBatches/DataLoader+PIL workers=0 end to end"):
+    for line in (
+        "ratio supply/demand TensorBatches",
+        "ratio supply/demand DataLoader+PIL workers=0",
+        "ratio TensorBatches/DataLoader+PIL workers=0 supply",
+        "ratio TensorBatches/DataLoader+PIL workers=0 end to end",
+    ):
         assert re.search(rf"^{re.escape(line)}: {NUMBER}", out, re.MULTILINE), line
 
 
@@ -131,13 +186,15 @@ def test_trainer_overhead_prints_both_loops_and_the_overhead(capsys):
 
 def test_both_loops_of_the_overhead_benchmark_do_the_same_arithmetic():
     """Same start, same batches, same optimizer: one epoch of each must end at the same weights."""
-    trainer = trainer_overhead.build_trainer({"model": "resnet20", "batch_size": 16,
-                                              "device.use_cuda": False},
-                                             trainer_overhead.synthetic_dataset(32, 16, seed=0))
+    trainer = trainer_overhead.build_trainer(
+        {"model": "resnet20", "batch_size": 16, "device.use_cuda": False},
+        trainer_overhead.synthetic_dataset(32, 16, seed=0),
+    )
     bare = trainer_overhead.BareEpoch(trainer, [0])
     trainer_overhead.trainer_epoch(trainer, [0])()
     bare()
     assert trainer.step == 2
-    for (name, ours), theirs in zip(trainer.model.state_dict().items(), bare.model.state_dict().values(),
-                                    strict=True):
+    for (name, ours), theirs in zip(
+        trainer.model.state_dict().items(), bare.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)

@@ -10,8 +10,13 @@ from resnet import BottleneckResidualBlock, ResidualBlock, ShortcutProjection, Z
 
 
 def test_every_public_module_is_a_labml_helpers_module():
-    for module in (ShortcutProjection(4, 8, 2), ZeroPadShortcut(4, 8, 2), ResidualBlock(4, 4, 1),
-                   BottleneckResidualBlock(8, 2, 8, 1), resnet.resnet20()):
+    for module in (
+        ShortcutProjection(4, 8, 2),
+        ZeroPadShortcut(4, 8, 2),
+        ResidualBlock(4, 4, 1),
+        BottleneckResidualBlock(8, 2, 8, 1),
+        resnet.resnet20(),
+    ):
         assert isinstance(module, LabmlModule)
 
 
@@ -37,10 +42,16 @@ def test_option_a_has_no_parameters_and_matches_its_definition():
     assert list(shortcut.parameters()) == [] and list(shortcut.buffers()) == []
     x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
     # Hand-computed: keep rows and columns 0 and 2 of each channel, then two channels of zeros.
-    expected = torch.tensor([[[[0., 2.], [8., 10.]],
-                              [[16., 18.], [24., 26.]],
-                              [[0., 0.], [0., 0.]],
-                              [[0., 0.], [0., 0.]]]])
+    expected = torch.tensor(
+        [
+            [
+                [[0.0, 2.0], [8.0, 10.0]],
+                [[16.0, 18.0], [24.0, 26.0]],
+                [[0.0, 0.0], [0.0, 0.0]],
+                [[0.0, 0.0], [0.0, 0.0]],
+            ]
+        ]
+    )
     assert torch.equal(shortcut(x), expected)
 
 
@@ -50,11 +61,17 @@ def test_option_a_with_stride_one_only_pads_channels():
     assert torch.equal(out[:, :3], x) and torch.count_nonzero(out[:, 3:]) == 0
 
 
-@pytest.mark.parametrize("option, reshapes, expected", [
-    ("A", False, nn.Identity), ("A", True, ZeroPadShortcut),
-    ("B", False, nn.Identity), ("B", True, ShortcutProjection),
-    ("C", False, ShortcutProjection), ("C", True, ShortcutProjection),
-])
+@pytest.mark.parametrize(
+    "option, reshapes, expected",
+    [
+        ("A", False, nn.Identity),
+        ("A", True, ZeroPadShortcut),
+        ("B", False, nn.Identity),
+        ("B", True, ShortcutProjection),
+        ("C", False, ShortcutProjection),
+        ("C", True, ShortcutProjection),
+    ],
+)
 def test_make_shortcut_follows_the_papers_options(option, reshapes, expected):
     shortcut = make_shortcut(option, 4, 8 if reshapes else 4, 2 if reshapes else 1, conv_bias=False)
     assert type(shortcut) is expected

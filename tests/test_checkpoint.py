@@ -20,9 +20,14 @@ from experiments.checkpoint import CheckpointError, check_signature, find_checkp
 
 
 def minimal_state(value: float = 1.0) -> dict:
-    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"w": torch.full((3,), value)},
-            "config": {}, "signature": {"model": "m", "num_classes": 10, "shapes": {"w": [3]}},
-            "position": {"step": 0, "epoch": 0, "batch": 0}}
+    return {
+        "format": ckpt.FORMAT,
+        "version": ckpt.VERSION,
+        "model": {"w": torch.full((3,), value)},
+        "config": {},
+        "signature": {"model": "m", "num_classes": 10, "shapes": {"w": [3]}},
+        "position": {"step": 0, "epoch": 0, "batch": 0},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint(path, minimal_state(1.0))
 
@@ -134,8 +140,9 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_tensor() -> None:
         check_signature(Path("x.pt"), saved, expected)
 
 
-def test_resuming_with_another_preset_is_refused(trained: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_resuming_with_another_preset_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     logs = tmp_path / "logs"
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(trained), "--model", "resnet20"]) == 1
     err = capsys.readouterr().err.strip()
@@ -145,15 +152,17 @@ def test_resuming_with_another_preset_is_refused(trained: Path, tmp_path: Path,
     assert not (logs / "cifar10").exists()
 
 
-def test_evaluating_with_another_number_of_classes_is_refused(trained: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_evaluating_with_another_number_of_classes_is_refused(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert run_trainer(["--eval", str(trained), "num_classes=12"]) == 1
     assert "number of classes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make", ["truncated", "text", "evil"])
-def test_eval_of_a_bad_file_is_a_one_line_error(make: str, trained: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_eval_of_a_bad_file_is_a_one_line_error(
+    make: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = tmp_path / "bad.pt"
     marker = tmp_path / "code-ran"
     if make == "truncated":

@@ -69,8 +69,18 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_a_run_leaves_results_metrics_and_a_weights_only_checkpoint(reference: tuple[dict, Path]) -> None:
     results, run_dir = reference
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epochs", "wall_time_s",
-                "train_images_per_s", "device", "model", "parameters"):
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "epochs",
+        "wall_time_s",
+        "train_images_per_s",
+        "device",
+        "model",
+        "parameters",
+    ):
         assert results[key] is not None, key
     assert results["epochs"] == 2 and results["steps"] == 10
     assert results["device"].startswith("cpu") and results["model"] == "custom"
@@ -86,8 +96,13 @@ def test_the_script_runs_end_to_end_and_prints_test_accuracy_last(data_dir: Path
     import sys
 
     from synthetic_main import SCRIPT
-    process = subprocess.run([sys.executable, str(SCRIPT), *tiny_args(data_dir, tmp_path / "logs")],
-                             capture_output=True, text=True, timeout=300)
+
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), *tiny_args(data_dir, tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     last_line = process.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test accuracy: [01]\.\d{4}", last_line)
@@ -106,8 +121,9 @@ def test_separable_classes_are_learned_well_above_chance(data_dir: Path, tmp_pat
     assert results["train_accuracy"] > 0.5
 
 
-def test_the_same_seed_twice_gives_identical_metrics_and_weights(reference: tuple[dict, Path], data_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_the_same_seed_twice_gives_identical_metrics_and_weights(
+    reference: tuple[dict, Path], data_dir: Path, tmp_path: Path
+) -> None:
     status, results, run_dir = train(data_dir, tmp_path / "logs")
     assert status == 0
     assert comparable(results) == comparable(reference[0])
@@ -115,15 +131,17 @@ def test_the_same_seed_twice_gives_identical_metrics_and_weights(reference: tupl
     assert_same_weights(run_dir / "checkpoints" / "last.pt", reference[1] / "checkpoints" / "last.pt")
 
 
-def test_another_seed_gives_other_weights(reference: tuple[dict, Path], data_dir: Path,
-                                          tmp_path: Path) -> None:
+def test_another_seed_gives_other_weights(
+    reference: tuple[dict, Path], data_dir: Path, tmp_path: Path
+) -> None:
     status, results, _ = train(data_dir, tmp_path / "logs", "--seed", "6")
     assert status == 0
     assert results["weights_sha256"] != reference[0]["weights_sha256"]
 
 
-def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(reference: tuple[dict, Path], data_dir: Path,
-                                                            tmp_path: Path) -> None:
+def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(
+    reference: tuple[dict, Path], data_dir: Path, tmp_path: Path
+) -> None:
     logs = tmp_path / "logs"
     # Step 7 is batch 2 of the second epoch: the resumed epoch must pick up the partial sums too.
     status = run_trainer(tiny_args(data_dir, logs, "--stop-after-steps", "7", epochs=2))
@@ -148,8 +166,9 @@ def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(reference: tuple[di
     assert {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()} == before
 
 
-def test_eval_measures_a_checkpoint_on_the_test_set(reference: tuple[dict, Path], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_eval_measures_a_checkpoint_on_the_test_set(
+    reference: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     results_path = tmp_path / "eval.json"
     checkpoint = reference[1] / "checkpoints" / "last.pt"
     assert run_trainer(["--eval", str(checkpoint), "--results", str(results_path)]) == 0
@@ -159,11 +178,13 @@ def test_eval_measures_a_checkpoint_on_the_test_set(reference: tuple[dict, Path]
 
 
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
-        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # Epoch 1 trains at 1e3 x 1e-6 (the warm-up factor); at step 5 the rate jumps to 1e3 and diverges.
     logs = tmp_path / "logs"
-    status = run_trainer(tiny_args(data_dir, logs, "--lr", "1e3", "lr_warmup_steps=5",
-                                   "lr_warmup_factor=1e-6", epochs=3))
+    status = run_trainer(
+        tiny_args(data_dir, logs, "--lr", "1e3", "lr_warmup_steps=5", "lr_warmup_factor=1e-6", epochs=3)
+    )
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     step = int(re.search(r"non-finite .* (?:at|after) step (\d+)", error).group(1))
@@ -184,8 +205,9 @@ def test_the_resnet110_warm_up_goes_back_to_the_full_rate() -> None:
 
 def test_the_trainer_applies_the_warm_up_then_the_base_rate(data_dir: Path, tmp_path: Path) -> None:
     # The drops at 50% and 75% of this 5-step run would hide the return to 0.1; lr_decay=1 removes them.
-    status, results, run_dir = train(data_dir, tmp_path / "logs", "lr_warmup_steps=3", "lr_decay=1.0",
-                                     epochs=1)
+    status, results, run_dir = train(
+        data_dir, tmp_path / "logs", "lr_warmup_steps=3", "lr_decay=1.0", epochs=1
+    )
     assert status == 0
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     # After 5 steps with a 3-step warm-up the rate is back at 0.1, not stuck at 0.01.
@@ -212,8 +234,9 @@ def test_the_fast_recipe_runs_on_cpu_without_bf16(data_dir: Path, tmp_path: Path
     assert computed["optimizer.nesterov"] is True and computed["optimizer.learning_rate"] == 0.4
 
 
-def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(data_dir: Path,
-                                                                         tmp_path: Path) -> None:
+def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(
+    data_dir: Path, tmp_path: Path
+) -> None:
     status, results, run_dir = train(data_dir, tmp_path / "logs", "--valid-split", "64", epochs=1)
     assert status == 0
     assert results["valid_accuracy"] is not None and results["test_accuracy"] is not None
@@ -236,8 +259,9 @@ def test_a_resumed_run_keeps_its_recipe_without_repeating_the_flag(data_dir: Pat
 
 def test_subsets_train_and_evaluate_on_that_many_images(data_dir: Path, tmp_path: Path) -> None:
     # 320 training images in batches of 64 are 5 steps an epoch; a subset of 100 is 2 (64 + 36).
-    status, results, run_dir = train(data_dir, tmp_path / "logs", "train_subset=100", "test_subset=30",
-                                     epochs=1)
+    status, results, run_dir = train(
+        data_dir, tmp_path / "logs", "train_subset=100", "test_subset=30", epochs=1
+    )
     assert status == 0
     assert results["steps"] == 2
     # 30 test images: every accuracy is a whole number of them.
@@ -246,8 +270,9 @@ def test_subsets_train_and_evaluate_on_that_many_images(data_dir: Path, tmp_path
     assert "train_subset" in configs and "test_subset" in configs
 
 
-def test_a_subset_larger_than_the_set_is_a_one_line_data_error(data_dir: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_a_subset_larger_than_the_set_is_a_one_line_data_error(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     status = run_trainer(tiny_args(data_dir, tmp_path / "logs", "test_subset=65"))
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()
@@ -290,8 +315,10 @@ def test_an_ema_run_resumes_exactly_averaged_weights_included(data_dir: Path, tm
 
     # What the run reported is the averaged network: --eval of the checkpoint measures the same.
     eval_path = tmp_path / "eval.json"
-    assert run_trainer(["--eval", str(reference_dir / "checkpoints" / "last.pt"), "--results",
-                        str(eval_path)]) == 0
+    assert (
+        run_trainer(["--eval", str(reference_dir / "checkpoints" / "last.pt"), "--results", str(eval_path)])
+        == 0
+    )
     evaluated = json.loads(eval_path.read_text())
     assert evaluated["weights"] == "averaged (ema)"
     assert evaluated["test_accuracy"] == reference["test_accuracy"]
@@ -318,13 +345,33 @@ def test_linear_schedule_without_warm_up_starts_at_the_peak() -> None:
 
 def resnet9_args(data_dir: Path, logs: Path, results: Path, *extra: str) -> list[str]:
     """The resnet9 recipe cut down to 4 steps of 16 images, evaluated on 16 images."""
-    return ["--data-dir", str(data_dir), "--logs-dir", str(logs), "--device", "cpu", "--threads", "1",
-            "--recipe", "resnet9", "--epochs", "1", "--batch-size", "16", "lr_warmup_fraction=0.5",
-            "train_subset=64", "test_subset=16", "--results", str(results), *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--logs-dir",
+        str(logs),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--recipe",
+        "resnet9",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "lr_warmup_fraction=0.5",
+        "train_subset=64",
+        "test_subset=16",
+        "--results",
+        str(results),
+        *extra,
+    ]
 
 
 def test_a_tiny_resnet9_recipe_run_trains_the_fast_network_with_cutout(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cutouts: list[tuple[bool, int]] = []
 
     class RecordingBatches(cifar10.TensorBatches):
@@ -371,13 +418,16 @@ def assert_epoch_times_add_up(results: dict, run_dir: Path) -> None:
     assert results["train_time_s"] == pytest.approx(lines[-1]["train_time_s"], rel=1e-9, abs=1e-9)
 
 
-@pytest.mark.parametrize(("flags", "mode"), [
-    (["--compile"], "default"),
-    (["--compile", "compile_mode=max-autotune-no-cudagraphs"], "max-autotune-no-cudagraphs"),
-])
-def test_the_compile_mode_reaches_torch_compile(data_dir: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch, flags: list[str],
-                                               mode: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "mode"),
+    [
+        (["--compile"], "default"),
+        (["--compile", "compile_mode=max-autotune-no-cudagraphs"], "max-autotune-no-cudagraphs"),
+    ],
+)
+def test_the_compile_mode_reaches_torch_compile(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], mode: str
+) -> None:
     modes: list[str] = []
 
     def record(model: torch.nn.Module, *, mode: str = "default", **options) -> torch.nn.Module:
@@ -394,7 +444,8 @@ def test_the_compile_mode_reaches_torch_compile(data_dir: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_runs_the_network_in_the_low_precision_type_and_resumes(
-        amp: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    amp: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The GPU fast path's autocast, run on the CPU: the same code, only slower here.
     seen: list[torch.dtype] = []
     build = cifar10.build_model
@@ -422,7 +473,8 @@ def test_mixed_precision_runs_the_network_in_the_low_precision_type_and_resumes(
 
 
 def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_message(
-        reference: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    reference: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # The command line refuses --cuda-graphs without CUDA; a resumed run brings its settings from the
     # checkpoint instead, e.g. one started on a GPU machine.
     state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
@@ -452,8 +504,17 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
 
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     images[:, :, :, :16] = 255  # bright on the left: mirrored, bright on the right
-    loader = cifar10.TensorBatches(images, torch.zeros(4, dtype=torch.int64), batch_size=4, shuffle=False,
-                                   augment=False, device="cpu", seed=0, mean=[0.5] * 3, std=[0.5] * 3)
+    loader = cifar10.TensorBatches(
+        images,
+        torch.zeros(4, dtype=torch.int64),
+        batch_size=4,
+        shuffle=False,
+        augment=False,
+        device="cpu",
+        seed=0,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+    )
     loss, _ = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)
     # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
     # [0, 0, 0, ...]: log(10). Without the copy both passes would read the mirrored pass's scores.
@@ -461,7 +522,8 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
 
 
 def test_a_validation_split_as_large_as_the_training_set_suggests_one_that_fits(
-        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert run_trainer(tiny_args(data_dir, tmp_path / "logs", "--valid-split")) == 1
     message = capsys.readouterr().err
     size = int(re.search(r"the set has (\d+)", message).group(1))

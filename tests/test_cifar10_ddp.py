@@ -39,15 +39,21 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     root = tmp_path_factory.mktemp("ddp")
     data_dir = write_data(root / "data")
     results = root / "results.json"
-    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(SCRIPT),
-               *tiny_args(data_dir, root / "logs", "--results", str(results))]
+    command = [
+        TORCHRUN,
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        *tiny_args(data_dir, root / "logs", "--results", str(results)),
+    ]
     process = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     return data_dir, root / "logs", json.loads(results.read_text())
 
 
 def test_both_ranks_end_with_identical_weights_and_only_rank_0_writes(
-        ddp_run: tuple[Path, Path, dict]) -> None:
+    ddp_run: tuple[Path, Path, dict],
+) -> None:
     _, logs, results = ddp_run
     assert results["world_size"] == 2 and results["ranks_agree"] is True
     assert results["steps"] == 5 and results["epochs"] == 1
@@ -55,8 +61,9 @@ def test_both_ranks_end_with_identical_weights_and_only_rank_0_writes(
     assert (run_dir / "results.json").exists() and (run_dir / "checkpoints" / "last.pt").exists()
 
 
-def test_the_weights_match_one_process_averaging_the_ranks_gradients(ddp_run: tuple[Path, Path, dict],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_weights_match_one_process_averaging_the_ranks_gradients(
+    ddp_run: tuple[Path, Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     data_dir, logs, _ = ddp_run
     monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
     torch.set_num_threads(1)
@@ -67,17 +74,38 @@ def test_the_weights_match_one_process_averaging_the_ranks_gradients(ddp_run: tu
     ConfigProcessor(defaults, {"device.use_cuda": False})
     channels_last = defaults.channels_last
     torch.manual_seed(5)
-    model = build_model("custom", num_classes=10, shortcut="preset", n_blocks=[1, 1, 1],
-                        n_channels=[8, 16, 32],
-                        bottlenecks=None, zero_init_residual=False)
+    model = build_model(
+        "custom",
+        num_classes=10,
+        shortcut="preset",
+        n_blocks=[1, 1, 1],
+        n_channels=[8, 16, 32],
+        bottlenecks=None,
+        zero_init_residual=False,
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule([32_000, 48_000], 0.1))
-    ranks = [TensorBatches(arrays.train_images, arrays.train_labels, batch_size=32, shuffle=True,
-                           augment=True,
-                           device="cpu", seed=5, mean=cifar_data.CIFAR10_MEAN, std=cifar_data.CIFAR10_STD,
-                           rank=rank, world_size=2, channels_last=channels_last) for rank in (0, 1)]
+    # The paper's drops sit at 50% and 75% of the run: steps 2 and 4 of this 5-step one.
+    milestones = [round(fraction * 5) for fraction in defaults.lr_milestones]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, StepSchedule(milestones, 0.1))
+    ranks = [
+        TensorBatches(
+            arrays.train_images,
+            arrays.train_labels,
+            batch_size=32,
+            shuffle=True,
+            augment=True,
+            device="cpu",
+            seed=5,
+            mean=cifar_data.CIFAR10_MEAN,
+            std=cifar_data.CIFAR10_STD,
+            rank=rank,
+            world_size=2,
+            channels_last=channels_last,
+        )
+        for rank in (0, 1)
+    ]
     criterion = nn.CrossEntropyLoss()
     model.train()
     for (x0, y0), (x1, y1) in zip(ranks[0].epoch(0), ranks[1].epoch(0), strict=True):

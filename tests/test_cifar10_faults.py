@@ -41,8 +41,12 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, epochs: 
     """results.json of an uninterrupted run of `epochs` epochs (cached per epoch count and settings)."""
     if (epochs, extra) not in _references:
         root = tmp_path_factory.mktemp(f"reference{epochs}")
-        assert run_trainer(tiny_args(data_dir, root / "logs", "--results", str(root / "r.json"), *extra,
-                                     epochs=epochs)) == 0
+        assert (
+            run_trainer(
+                tiny_args(data_dir, root / "logs", "--results", str(root / "r.json"), *extra, epochs=epochs)
+            )
+            == 0
+        )
         _references[epochs, extra] = json.loads((root / "r.json").read_text())
     return _references[epochs, extra]
 
@@ -56,8 +60,17 @@ def comparable(results: dict) -> dict:
 
 def resume(run_dir: Path, tmp_path: Path, *extra: str) -> dict:
     results = tmp_path / f"resumed-{run_dir.name}.json"
-    status = run_trainer(["--logs-dir", str(run_dir.parent.parent), "--resume", str(run_dir),
-                          "--results", str(results), *extra])
+    status = run_trainer(
+        [
+            "--logs-dir",
+            str(run_dir.parent.parent),
+            "--resume",
+            str(run_dir),
+            "--results",
+            str(results),
+            *extra,
+        ]
+    )
     assert status == 0
     return json.loads(results.read_text())
 
@@ -89,13 +102,15 @@ class Output:
 
 def start_script(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_saves_exits_and_resumes_to_the_same_result(
-        signum: int, data_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    signum: int, data_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     logs = tmp_path / "logs"
     # Far more epochs than the signal will let it run. The drops are fractions of the run, and a resumed
     # run keeps its saved schedule, so a 100-epoch run cut short and a short uninterrupted one share a
@@ -119,8 +134,8 @@ def test_a_signal_during_training_saves_exits_and_resumes_to_the_same_result(
 
 
 def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     evaluate = cifar10.Trainer.evaluate
     calls = []
 
@@ -160,8 +175,8 @@ class SignalsPartWayThrough:
 
 
 def test_a_signal_during_a_checkpoint_write_lets_the_write_finish(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     save = ckpt.torch.save
     writes: list[SignalsPartWayThrough] = []
 
@@ -186,8 +201,8 @@ def test_a_signal_during_a_checkpoint_write_lets_the_write_finish(
 
 
 def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_complete_checkpoint(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     save = ckpt.torch.save
     attempts: list[dict] = []
     completed: list[bytes] = []
@@ -224,8 +239,7 @@ def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_complete_checkpoint(
     assert load_checkpoint(checkpoints / "last.pt")["position"] == attempts[0]
 
 
-def test_a_signal_lets_the_step_in_flight_finish_and_starts_no_other(
-        data_dir: Path, tmp_path: Path) -> None:
+def test_a_signal_lets_the_step_in_flight_finish_and_starts_no_other(data_dir: Path, tmp_path: Path) -> None:
     steps = []
 
     def after_each_optimizer_step(optimizer, args, kwargs) -> None:
@@ -245,8 +259,8 @@ def test_a_signal_lets_the_step_in_flight_finish_and_starts_no_other(
 
 
 def test_a_write_failure_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoint(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # Simulated: torch.save raises ENOSPC part way through the second write, on any machine. The real
     # full disk is test_a_disk_that_fills_up_mid_run_..., where mounting a tmpfs is allowed.
     save = ckpt.torch.save
@@ -280,8 +294,17 @@ def test_a_write_failure_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoin
 # simulated ENOSPC above runs everywhere.
 
 WITHOUT_ROOT_FILE_ACCESS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
-ON_A_TINY_DISK = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                  'mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@"', "sh"]
+ON_A_TINY_DISK = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "sh",
+    "-c",
+    'mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@"',
+    "sh",
+]
 
 # Runs inside the child: the trainer in-process (optionally filling the disk once the first checkpoint
 # is written), then a report of what the logs folder holds, as the last line of output.
@@ -328,8 +351,9 @@ def can_run(prefix: list[str], probe: list[str]) -> str:
     return "" if result.returncode == 0 else f"{prefix[0]} failed here: {result.stderr.strip()[:200]}"
 
 
-def on_a_tiny_disk(size: str, logs: Path, data_dir: Path, *, fill: bool, epochs: int
-                   ) -> tuple[dict, list[str]]:
+def on_a_tiny_disk(
+    size: str, logs: Path, data_dir: Path, *, fill: bool, epochs: int
+) -> tuple[dict, list[str]]:
     """Run the driver with `logs` on a fresh tmpfs of `size`; its report and the lines it printed."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
@@ -338,9 +362,23 @@ def on_a_tiny_disk(size: str, logs: Path, data_dir: Path, *, fill: bool, epochs:
     if reason:
         pytest.skip(reason)
     result = subprocess.run(
-        [*ON_A_TINY_DISK, size, str(logs), sys.executable, "-c", DISK_DRIVER, str(Path(SCRIPT).parent),
-         str(data_dir), str(logs), "fill" if fill else "no", str(epochs)],
-        capture_output=True, text=True, timeout=300)
+        [
+            *ON_A_TINY_DISK,
+            size,
+            str(logs),
+            sys.executable,
+            "-c",
+            DISK_DRIVER,
+            str(Path(SCRIPT).parent),
+            str(data_dir),
+            str(logs),
+            "fill" if fill else "no",
+            str(epochs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads(lines[-1]), result.stderr.strip().splitlines()
@@ -355,10 +393,15 @@ def test_too_little_free_space_is_reported_before_training(data_dir: Path, tmp_p
 
 
 def test_a_disk_that_fills_up_mid_run_stops_cleanly_and_keeps_the_last_good_checkpoint(
-        data_dir: Path, tmp_path: Path) -> None:
+    data_dir: Path, tmp_path: Path
+) -> None:
     report, err = on_a_tiny_disk("8m", tmp_path / "logs", data_dir, fill=True, epochs=3)
-    assert report == {"status": 1, "runs": 1, "checkpoint_files": ["last.pt"],
-                      "position": {"step": 5, "epoch": 1, "batch": 0}}
+    assert report == {
+        "status": 1,
+        "runs": 1,
+        "checkpoint_files": ["last.pt"],
+        "position": {"step": 5, "epoch": 1, "batch": 0},
+    }
     assert err[-1].startswith("error: could not write ") and "No space left on device" in err[-1]
     assert "--resume" in err[-1] and "Traceback" not in "\n".join(err)
 
@@ -374,8 +417,12 @@ def test_a_read_only_logs_folder_is_reported_before_training(data_dir: Path, tmp
             if reason:
                 pytest.skip(f"running as root, which ignores file modes, and {reason}")
         prefix = WITHOUT_ROOT_FILE_ACCESS if os.geteuid() == 0 else []
-        result = subprocess.run([*prefix, sys.executable, str(SCRIPT), *tiny_args(data_dir, logs)],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [*prefix, sys.executable, str(SCRIPT), *tiny_args(data_dir, logs)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         logs.chmod(0o755)
     err = result.stderr.strip().splitlines()
@@ -385,8 +432,9 @@ def test_a_read_only_logs_folder_is_reported_before_training(data_dir: Path, tmp
     assert [p.name for p in logs.iterdir()] == ["notes.txt"]
 
 
-def test_missing_data_offline_fails_fast_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_missing_data_offline_fails_fast_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # Port 9 refuses connections: as offline as a machine gets, without depending on the network.
     monkeypatch.setattr(cifar_data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     data_dir, logs = tmp_path / "nothing-here", tmp_path / "logs"
@@ -397,8 +445,9 @@ def test_missing_data_offline_fails_fast_naming_the_folder(tmp_path: Path, monke
     assert not data_dir.exists() and not (logs / "cifar10").exists()
 
 
-def test_an_unwritable_logs_folder_is_reported_before_training(data_dir: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_an_unwritable_logs_folder_is_reported_before_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert run_trainer(tiny_args(data_dir, blocker / "logs")) == 1
@@ -407,8 +456,9 @@ def test_an_unwritable_logs_folder_is_reported_before_training(data_dir: Path, t
 
 
 def test_an_unreachable_labml_server_does_not_keep_the_process_alive(data_dir: Path, tmp_path: Path) -> None:
-    process = start_script([*tiny_args(data_dir, tmp_path / "logs"), "--labml-url",
-                            "http://127.0.0.1:9/api/v1/track?"])
+    process = start_script(
+        [*tiny_args(data_dir, tmp_path / "logs"), "--labml-url", "http://127.0.0.1:9/api/v1/track?"]
+    )
     output = Output(process)
     # Without the fix labml's sender thread retries forever and the process never ends.
     assert process.wait(timeout=120) == 0

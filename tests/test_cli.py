@@ -62,8 +62,10 @@ BAD_COMMAND_LINES = [
     (["train_subset=half"], "train_subset"),
     (["verify_checksums=perhaps"], "verify_checksums"),
     (["compile_mode=max-autotune"], "only applies with --compile"),
-    (["--compile", "compile_mode=bogus"],
-     "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    (
+        ["--compile", "compile_mode=bogus"],
+        "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+    ),
     (["cutout=33"], "cutout"),
     (["lr_warmup_fraction=1"], "lr_warmup_fraction"),
     (["lr_warmup_steps=from_epochs"], "lr_warmup_steps"),
@@ -72,10 +74,12 @@ BAD_COMMAND_LINES = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "mentions"), BAD_COMMAND_LINES,
-                         ids=[" ".join(argv) for argv, _ in BAD_COMMAND_LINES])
-def test_bad_input_exits_2_with_usage_before_touching_anything(argv: list[str], mentions: str, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("argv", "mentions"), BAD_COMMAND_LINES, ids=[" ".join(argv) for argv, _ in BAD_COMMAND_LINES]
+)
+def test_bad_input_exits_2_with_usage_before_touching_anything(
+    argv: list[str], mentions: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     data_dir, logs_dir = tmp_path / "data", tmp_path / "logs"
     status = run_trainer(["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), *argv])
     assert status == 2
@@ -86,10 +90,19 @@ def test_bad_input_exits_2_with_usage_before_touching_anything(argv: list[str], 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without a GPU")
-@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--device", "cuda:1"], ["device.use_cuda=true"],
-                                  ["--cuda-graphs"], ["--compile", "compile_mode=reduce-overhead"]])
-def test_asking_for_cuda_without_a_gpu_is_a_usage_error(argv: list[str], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--device", "cuda"],
+        ["--device", "cuda:1"],
+        ["device.use_cuda=true"],
+        ["--cuda-graphs"],
+        ["--compile", "compile_mode=reduce-overhead"],
+    ],
+)
+def test_asking_for_cuda_without_a_gpu_is_a_usage_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert run_trainer(["--logs-dir", str(tmp_path / "logs"), *argv]) == 2
     assert "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()
@@ -127,9 +140,16 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_values_are_converted_to_their_annotated_types() -> None:
-    overrides = parse("optimizer.learning_rate=0.05", "n_blocks=[2,2,2]", "bottlenecks=None",
-                      "download=false",
-                      "iterations=100", "optimizer.nesterov=yes", "model=custom", "scheduler=warmup_cosine")
+    overrides = parse(
+        "optimizer.learning_rate=0.05",
+        "n_blocks=[2,2,2]",
+        "bottlenecks=None",
+        "download=false",
+        "iterations=100",
+        "optimizer.nesterov=yes",
+        "model=custom",
+        "scheduler=warmup_cosine",
+    )
     assert isinstance(overrides["optimizer.learning_rate"], float)
     assert overrides["optimizer.learning_rate"] == 0.05
     assert overrides["n_blocks"] == [2, 2, 2] and overrides["bottlenecks"] is None
@@ -138,9 +158,24 @@ def test_values_are_converted_to_their_annotated_types() -> None:
 
 
 def test_flags_map_onto_configuration_keys() -> None:
-    overrides = parse("--model", "resnet56", "--epochs", "3", "--batch-size", "256", "--lr", "0.2",
-                      "--seed", "1",
-                      "--device", "cpu", "--valid-split", "--channels-last", "--amp", "bf16")
+    overrides = parse(
+        "--model",
+        "resnet56",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "256",
+        "--lr",
+        "0.2",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--valid-split",
+        "--channels-last",
+        "--amp",
+        "bf16",
+    )
     assert overrides["model"] == "resnet56" and overrides["batch_size"] == 256
     # An explicit epoch count replaces the paper's 64k iterations as the length of the run.
     assert overrides["epochs"] == 3 and overrides["iterations"] == "from_epochs"
@@ -268,16 +303,18 @@ def test_cuda_graphs_is_compile_in_reduce_overhead_mode(gpu_present: None) -> No
 
 
 @pytest.mark.parametrize("clash", ["compile_mode=max-autotune", "compile=False"])
-def test_cuda_graphs_refuses_settings_that_contradict_it(gpu_present: None, clash: str,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_cuda_graphs_refuses_settings_that_contradict_it(
+    gpu_present: None, clash: str, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse("--cuda-graphs", clash)
     assert exit_info.value.code == 2
     assert f"drop {clash} or --cuda-graphs" in capsys.readouterr().err
 
 
-def test_cuda_graphs_is_refused_for_several_processes(gpu_present: None,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_cuda_graphs_is_refused_for_several_processes(
+    gpu_present: None, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse("--cuda-graphs", world_size=2)
     assert exit_info.value.code == 2
@@ -286,8 +323,9 @@ def test_cuda_graphs_is_refused_for_several_processes(gpu_present: None,
 
 
 @pytest.mark.parametrize("argv", [["lr_warmup_fraction=0.1"], ["--recipe", "fast", "lr_warmup_fraction=0.1"]])
-def test_a_warm_up_fraction_without_from_fraction_is_refused(argv: list[str],
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_warm_up_fraction_without_from_fraction_is_refused(
+    argv: list[str], capsys: pytest.CaptureFixture
+) -> None:
     # The schedule would ignore it and warm up for lr_warmup_steps (0 or the recipe's 200) instead.
     with pytest.raises(SystemExit) as exit_info:
         parse(*argv, "--device", "cpu")

@@ -13,10 +13,12 @@ import torch
 import resnet
 
 SMALL_MODELS = {
-    "option A": lambda: resnet.ResNetClassifier(resnet.ResNetBase([1, 1], [4, 8], stem="cifar",
-                                                                  first_kernel_size=3, shortcut="A"), 3),
-    "bottleneck B": lambda: resnet.ResNetClassifier(resnet.ResNetBase([1, 1], [8, 16], [2, 4], shortcut="B",
-                                                                      stem="imagenet"), 3),
+    "option A": lambda: resnet.ResNetClassifier(
+        resnet.ResNetBase([1, 1], [4, 8], stem="cifar", first_kernel_size=3, shortcut="A"), 3
+    ),
+    "bottleneck B": lambda: resnet.ResNetClassifier(
+        resnet.ResNetBase([1, 1], [8, 16], [2, 4], shortcut="B", stem="imagenet"), 3
+    ),
     "plain": lambda: resnet.ResNetClassifier(resnet.ResNetBase([1, 1], [4, 8], shortcut="none"), 3),
     "option C": lambda: resnet.ResNetClassifier(resnet.ResNetBase([1, 1], [4, 8], shortcut="C"), 3),
 }

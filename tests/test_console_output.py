@@ -29,15 +29,20 @@ def redirected_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess
     """A two-epoch run of the script with stdout and stderr captured, as a batch job would have them."""
     root = tmp_path_factory.mktemp("console")
     data_dir = write_data(root / "data")
-    process = subprocess.run([sys.executable, str(SCRIPT), *tiny_args(data_dir, root / "logs", epochs=EPOCHS),
-                              "--threads", "1"], capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), *tiny_args(data_dir, root / "logs", epochs=EPOCHS), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
     (run_dir,) = (root / "logs" / "cifar10").iterdir()
     return process, run_dir
 
 
 def test_redirected_output_has_no_carriage_returns_or_colour_codes(
-        redirected_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    redirected_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
     process, _ = redirected_run
     for name, text in (("stdout", process.stdout), ("stderr", process.stderr)):
         assert "\r" not in text, name
@@ -45,7 +50,8 @@ def test_redirected_output_has_no_carriage_returns_or_colour_codes(
 
 
 def test_redirected_output_has_one_line_per_epoch_with_the_numbers_of_metrics_jsonl(
-        redirected_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    redirected_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
     process, run_dir = redirected_run
     epoch_lines = [line for line in process.stdout.splitlines() if line.startswith("epoch ")]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -57,18 +63,25 @@ def test_redirected_output_has_one_line_per_epoch_with_the_numbers_of_metrics_js
 
 
 def test_redirected_output_says_what_starts_where_and_how_it_ended(
-        redirected_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    redirected_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
     process, run_dir = redirected_run
     lines = process.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Training "))
-    assert re.fullmatch(rf"Training custom \(\w+ recipe\) for {EPOCHS} epochs of batch 64 on cpu "
-                        rf"\(1 threads\); run folder {re.escape(str(run_dir))}", lines[start])
+    assert re.fullmatch(
+        rf"Training custom \(\w+ recipe\) for {EPOCHS} epochs of batch 64 on cpu "
+        rf"\(1 threads\); run folder {re.escape(str(run_dir))}",
+        lines[start],
+    )
     results = json.loads((run_dir / "results.json").read_text())
     epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
     # The start line first, the epochs in order, then the end line and the two lines that name the results.
     assert start < epochs[0] and epochs[-1] + 1 == len(lines) - 3
-    assert lines[-3:] == [console.end_line(results), f"results: {run_dir / 'results.json'}",
-                          f"test accuracy: {results['test_accuracy']:.4f}"]
+    assert lines[-3:] == [
+        console.end_line(results),
+        f"results: {run_dir / 'results.json'}",
+        f"test accuracy: {results['test_accuracy']:.4f}",
+    ]
     assert lines[-3].startswith(f"Finished {EPOCHS} epochs (10 steps) in ")
 
 
@@ -86,7 +99,8 @@ class _Terminal:
 
 
 def test_a_terminal_keeps_labml_live_console_and_a_pipe_gets_plain_lines(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(sys, "stdout", _Terminal())
         assert "screen" in cifar10._configure_labml(tmp_path, None)
@@ -109,9 +123,18 @@ def test_labml_messages_reach_a_pipe_as_whole_lines_without_colour(capsys: pytes
 
 
 def test_an_epoch_without_evaluation_shows_only_its_training_numbers() -> None:
-    record = {"epoch": 3, "step": 1173, "lr": 0.1, "train_loss": 0.51234, "train_accuracy": 0.8213,
-              "epoch_train_time_s": 12.34, "train_time_s": 37.0, "train_images_per_s": 4051.7}
-    assert console.epoch_line(record, 182) == ("epoch 3/182: step 1173, lr 0.1, train loss 0.5123 accuracy "
-                                               "0.8213, 12.3 s, 4052 images/s")
+    record = {
+        "epoch": 3,
+        "step": 1173,
+        "lr": 0.1,
+        "train_loss": 0.51234,
+        "train_accuracy": 0.8213,
+        "epoch_train_time_s": 12.34,
+        "train_time_s": 37.0,
+        "train_images_per_s": 4051.7,
+    }
+    assert console.epoch_line(record, 182) == (
+        "epoch 3/182: step 1173, lr 0.1, train loss 0.5123 accuracy 0.8213, 12.3 s, 4052 images/s"
+    )
     with_valid = {**record, "valid_loss": 0.6, "valid_accuracy": 0.79}
     assert ", valid loss 0.6000 accuracy 0.7900, " in console.epoch_line(with_valid, 182)

@@ -175,7 +175,10 @@ def test_fixture_batches_are_python_2_cpickle_output(tmp_path: Path) -> None:
     strings = {name for name in names if "STRING" in name or "BYTES" in name or "UNICODE" in name}
     assert strings == {"SHORT_BINSTRING", "BINSTRING"}
     assert {arg for name, arg in ops if name == "GLOBAL"} == {
-        "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+        "numpy.core.multiarray _reconstruct",
+        "numpy ndarray",
+        "numpy dtype",
+    }
     assert "STACK_GLOBAL" not in names and "FRAME" not in names
     # The pixels are one BINSTRING, the raw bytes numpy's __setstate__ receives (as latin-1 text when
     # loaded the way loaders load these files).
@@ -226,8 +229,9 @@ def test_the_sums_checked_are_the_published_ones_and_the_names_torchvisions() ->
     assert data.ARCHIVE_NAME == CIFAR10.filename and data.CIFAR10_URL == CIFAR10.url
 
 
-def test_files_with_the_expected_digests_load_with_checksums_on(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_with_the_expected_digests_load_with_checksums_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
     publish_digests_of(monkeypatch, *folder.iterdir())
     arrays = load_cifar10(tmp_path, download=False)
@@ -236,8 +240,9 @@ def test_files_with_the_expected_digests_load_with_checksums_on(tmp_path: Path,
 
 
 @pytest.mark.parametrize("name", ["data_batch_4", "test_batch", "batches.meta"])
-def test_one_byte_off_fails_the_check_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      name: str) -> None:
+def test_one_byte_off_fails_the_check_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
     digests = publish_digests_of(monkeypatch, *folder.iterdir())
     if name == "batches.meta":
@@ -260,9 +265,11 @@ def gzip_with_another_timestamp(archive: Path) -> None:
 
 
 def test_an_archive_with_the_expected_digest_unpacks_and_loads_with_checksums_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with tarfile.open(synthetic.write_synthetic_cifar10_archive(tmp_path / "made", n_per_train_batch=4,
-                                                                n_test=4)) as tar:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tarfile.open(
+        synthetic.write_synthetic_cifar10_archive(tmp_path / "made", n_per_train_batch=4, n_test=4)
+    ) as tar:
         tar.extractall(tmp_path / "made", filter="data")
     members = sorted((tmp_path / "made" / synthetic.BATCHES_FOLDER).iterdir())
     archive = shutil.copy(tmp_path / "made" / synthetic.ARCHIVE_NAME, tmp_path / synthetic.ARCHIVE_NAME)
@@ -272,8 +279,9 @@ def test_an_archive_with_the_expected_digest_unpacks_and_loads_with_checksums_on
     assert (tmp_path / synthetic.BATCHES_FOLDER).is_dir() and Path(archive).is_file()
 
 
-def test_an_archive_one_byte_off_is_refused_and_nothing_unpacked(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_archive_one_byte_off_is_refused_and_nothing_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = synthetic.write_synthetic_cifar10_archive(tmp_path, n_per_train_batch=4, n_test=4)
     digests = publish_digests_of(monkeypatch, archive)
     gzip_with_another_timestamp(archive)
@@ -359,8 +367,9 @@ def test_archive_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest
     assert snapshot(tmp_path) == before
 
 
-def test_an_archive_of_your_own_unpacks_with_verify_checksums_off(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_archive_of_your_own_unpacks_with_verify_checksums_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # verify_checksums=False (the trainer's setting for sets made in CIFAR-10's format) skips the md5
     # of the archive as well as of the files in it; every other check still runs.
     monkeypatch.setattr(data, "VERIFY_CHECKSUMS", True)
@@ -506,7 +515,9 @@ def message_when_unreadable(data_dir: Path) -> str:
         pytest.skip(f"running as root, which ignores file modes, and setpriv failed: {probe.stderr}")
     result = subprocess.run(
         [*WITHOUT_ROOT_FILE_ACCESS, sys.executable, "-c", UNREADABLE_SCRIPT, str(REPO_ROOT), str(data_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 3, result.stderr
     return result.stdout.strip()
@@ -638,7 +649,8 @@ def test_download_saves_the_archive_and_unpacks_it(tmp_path: Path, archive_serve
 
 
 def test_a_download_with_the_expected_digests_is_kept_and_loads_with_checksums_on(
-        tmp_path: Path, archive_server: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, archive_server: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with tarfile.open(archive_server) as tar:
         tar.extractall(tmp_path / "expected", filter="data")
     publish_digests_of(monkeypatch, archive_server, *(tmp_path / "expected" / data.BATCHES_FOLDER).iterdir())

@@ -18,8 +18,28 @@ from cifar_synthetic import write_synthetic_cifar10
 from experiments import data as cifar_data
 from experiments import degradation
 
-TINY = ["--depths", "8", "14", "--widths", "4", "8", "16", "--epochs", "2", "--batch-size", "16",
-        "--train-images", "40", "--test-images", "20", "--device", "cpu", "--threads", "1", "--no-download"]
+TINY = [
+    "--depths",
+    "8",
+    "14",
+    "--widths",
+    "4",
+    "8",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--train-images",
+    "40",
+    "--test-images",
+    "20",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--no-download",
+]
 
 
 @pytest.fixture
@@ -34,8 +54,18 @@ def synthetic_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "figure" / "degradation.png"
     out.parent.mkdir()
-    status = degradation.main(["--quick", "--data-dir", str(synthetic_cifar), "--logs-dir",
-                               str(tmp_path / "logs"), "--out", str(out), *TINY])
+    status = degradation.main(
+        [
+            "--quick",
+            "--data-dir",
+            str(synthetic_cifar),
+            "--logs-dir",
+            str(tmp_path / "logs"),
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
     assert status == 0
 
     summary = json.loads(out.with_suffix(".json").read_text())
@@ -68,8 +98,9 @@ def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: P
         assert computed["shortcut"] == ("none" if network["kind"] == "plain" else "A")
 
 
-def test_an_existing_plot_is_never_overwritten_without_asking(synthetic_cifar: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_an_existing_plot_is_never_overwritten_without_asking(
+    synthetic_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "mine.png"
     out.write_bytes(b"someone's figure")
     with pytest.raises(SystemExit) as exit_info:
@@ -79,16 +110,20 @@ def test_an_existing_plot_is_never_overwritten_without_asking(synthetic_cifar: P
     assert out.read_bytes() == b"someone's figure"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--depths", "21", "56"], "6n+2"),
-    (["--depths", "20", "20"], "each depth once"),
-    (["--epochs", "0"], "at least 1"),
-    (["--lr", "-0.1"], "positive"),
-    (["--out", "figure.svg"], "ending in .png"),
-    (["--stand-in", "--data-dir", "somewhere"], "leave out --data-dir"),
-])
-def test_bad_arguments_exit_2_with_the_fix(bad: list[str], message: str, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--depths", "21", "56"], "6n+2"),
+        (["--depths", "20", "20"], "each depth once"),
+        (["--epochs", "0"], "at least 1"),
+        (["--lr", "-0.1"], "positive"),
+        (["--out", "figure.svg"], "ending in .png"),
+        (["--stand-in", "--data-dir", "somewhere"], "leave out --data-dir"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_fix(
+    bad: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     argv = ["--quick", "--out", str(tmp_path / "x.png"), *bad]
     with pytest.raises(SystemExit) as exit_info:
         degradation.main(argv)
@@ -96,10 +131,19 @@ def test_bad_arguments_exit_2_with_the_fix(bad: list[str], message: str, tmp_pat
     assert message in capsys.readouterr().err
 
 
-def test_too_large_a_subset_is_a_one_line_error(synthetic_cifar: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
-    argv = ["--quick", "--data-dir", str(synthetic_cifar), "--out", str(tmp_path / "x.png"), *TINY,
-            "--train-images", "5000"]
+def test_too_large_a_subset_is_a_one_line_error(
+    synthetic_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "--quick",
+        "--data-dir",
+        str(synthetic_cifar),
+        "--out",
+        str(tmp_path / "x.png"),
+        *TINY,
+        "--train-images",
+        "5000",
+    ]
     assert degradation.main(argv) == 1
     err = capsys.readouterr().err
     # The trainer draws the subset and names its setting; the experiment says which network stopped.
@@ -108,8 +152,15 @@ def test_too_large_a_subset_is_a_one_line_error(synthetic_cifar: Path, tmp_path:
 
 
 def _curve(kind: str, depth: int) -> degradation.Curve:
-    return degradation.Curve(f"{kind}-{depth}", kind, depth, epochs=[1, 2, 3], steps=[10, 20, 30],
-                             train_error=[0.9, 0.5, 0.3], test_error=[0.9, 0.6, 0.4])
+    return degradation.Curve(
+        f"{kind}-{depth}",
+        kind,
+        depth,
+        epochs=[1, 2, 3],
+        steps=[10, 20, 30],
+        train_error=[0.9, 0.5, 0.3],
+        test_error=[0.9, 0.6, 0.4],
+    )
 
 
 def test_figure_has_figure_6s_layout() -> None:
@@ -134,7 +185,11 @@ def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> 
     assert degradation.Network("plain", 56).trainer_args() == ["--model", "plain56"]
     assert degradation.Network("residual", 20).trainer_args() == ["--model", "resnet20"]
     assert degradation.Network("plain", 8, (4, 8, 16)).trainer_args() == [
-        "model=custom", "n_blocks=[1,1,1]", "n_channels=[4,8,16]", "shortcut=none"]
+        "model=custom",
+        "n_blocks=[1,1,1]",
+        "n_channels=[4,8,16]",
+        "shortcut=none",
+    ]
     assert degradation.Network("residual", 14).trainer_args()[-1] == "shortcut=A"
 
 

@@ -111,8 +111,11 @@ def fixture_site(fixture_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _repo_has_modules() -> bool:
-    return any(path.read_text(encoding="utf-8").strip()
-               for package in build.DEFAULT_PACKAGES for path in (REPO_ROOT / package).rglob("*.py"))
+    return any(
+        path.read_text(encoding="utf-8").strip()
+        for package in build.DEFAULT_PACKAGES
+        for path in (REPO_ROOT / package).rglob("*.py")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +184,18 @@ def test_unsupported_latex_is_a_clear_error() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("reference", "page"), [
-    ("§3.3", 3), ("§4.2", 7), ("Table 3", 6), ("Figure 6", 8), ("Fig. 5", 6), ("Eqn. (2)", 3), ("Table 1", 5),
-])
+@pytest.mark.parametrize(
+    ("reference", "page"),
+    [
+        ("§3.3", 3),
+        ("§4.2", 7),
+        ("Table 3", 6),
+        ("Figure 6", 8),
+        ("Fig. 5", 6),
+        ("Eqn. (2)", 3),
+        ("Table 1", 5),
+    ],
+)
 def test_paper_references_open_the_right_pdf_page(reference: str, page: int) -> None:
     linked = build.link_paper_references(f"<p>see {reference}.</p>")
     assert f'href="https://arxiv.org/pdf/1512.03385#page={page}"' in linked
@@ -235,8 +247,12 @@ def test_a_definition_sits_beside_its_own_docstring() -> None:
     sections = build.split_sections(source)
     assert [section.code for section in sections] == [
         ["x = 1"],
-        ["@decorator", "def scaled(value: float,", "           factor: float) -> float:",
-         "    return value * factor"],
+        [
+            "@decorator",
+            "def scaled(value: float,",
+            "           factor: float) -> float:",
+            "    return value * factor",
+        ],
     ]
     assert sections[1].prose == ["Why scaling helps."]
     assert sections[1].code_line_numbers == [4, 5, 6, 8]
@@ -297,14 +313,16 @@ def assert_site_is_self_contained(site: Path) -> list[Path]:
             if parts.scheme or parts.netloc:
                 assert tag == "a" and parts.scheme == "https" and parts.netloc == "arxiv.org", (
                     f"{page.relative_to(site)} refers to {url} from <{tag}>; "
-                    "only links to the paper may leave the site")
+                    "only links to the paper may leave the site"
+                )
                 continue
             target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
             assert target.is_file(), f"{page.relative_to(site)}: <{tag}> {url!r} points at a missing file"
             assert site.resolve() in target.parents, f"{page.relative_to(site)}: {url!r} leaves the site"
             if parts.fragment and target.suffix == ".html":
                 assert parts.fragment in ids[target], (
-                    f"{page.relative_to(site)}: {url} points at #{parts.fragment}, which that page lacks")
+                    f"{page.relative_to(site)}: {url} points at #{parts.fragment}, which that page lacks"
+                )
     return pages
 
 
@@ -322,8 +340,14 @@ RAW_MATH = re.compile(r"\$\$.+?\$\$|\$(?=\S)[^$\n]+?(?<=\S)\$(?!\d)", re.DOTALL)
 def test_fixture_site_pages_follow_the_reading_order(fixture_site: Path) -> None:
     index = (fixture_site / "index.html").read_text(encoding="utf-8")
     order = re.findall(r'<li><a href="([^"]+)"', index)
-    assert order == ["resnet/model.html", "resnet/helpers.html", "resnet/zoo/deep.html",
-                     "experiments/cifar10.html", "experiments/data.html", "experiments/aaa_tools.html"]
+    assert order == [
+        "resnet/model.html",
+        "resnet/helpers.html",
+        "resnet/zoo/deep.html",
+        "experiments/cifar10.html",
+        "experiments/data.html",
+        "experiments/aaa_tools.html",
+    ]
     assert not (fixture_site / "resnet" / "__init__.html").exists()
     assert "Residual learning in brief" in index  # title from the front matter
 
@@ -376,8 +400,17 @@ def test_refuses_to_write_into_a_folder_it_did_not_make(fixture_root: Path, tmp_
 
 
 def test_command_line_reports_a_missing_source_root(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "docs" / "build.py"), str(tmp_path / "site"),
-                             "--source-root", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "docs" / "build.py"),
+            str(tmp_path / "site"),
+            "--source-root",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "no Python modules found" in result.stderr and "--source-root" in result.stderr
 
@@ -387,7 +420,9 @@ def test_figures_are_labelled_svg(name: str) -> None:
     root = ElementTree.parse(REPO_ROOT / "docs" / "figures" / name).getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert root.find("{http://www.w3.org/2000/svg}title") is not None
-    labels = " ".join("".join(element.itertext()) for element in root.iter("{http://www.w3.org/2000/svg}text"))
+    labels = " ".join(
+        "".join(element.itertext()) for element in root.iter("{http://www.w3.org/2000/svg}text")
+    )
     for label in FIGURES[name]:
         assert label in labels, f"{name} lacks the label {label!r}"
 
@@ -432,13 +467,27 @@ class Browser:
             os.dup2(high_in, 3)
             os.dup2(high_out, 4)
 
-        arguments = [binary, "--headless", "--remote-debugging-pipe", "--disable-gpu", "--hide-scrollbars",
-                     "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-                     f"--window-size={width},{height}", "about:blank"]
+        arguments = [
+            binary,
+            "--headless",
+            "--remote-debugging-pipe",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             arguments.insert(1, "--no-sandbox")  # Chromium refuses to start its sandbox as root
-        self._process = subprocess.Popen(arguments, preexec_fn=attach_pipe, pass_fds=(3, 4),
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            arguments,
+            preexec_fn=attach_pipe,
+            pass_fds=(3, 4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for fd in (to_browser_read, from_browser_write, high_in, high_out):
             os.close(fd)
         self._buffer = b""
@@ -447,8 +496,14 @@ class Browser:
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.call("Page.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def _read_message(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:

@@ -21,8 +21,14 @@ DEFAULT_RESIDUAL = (True, False, True)
 SMALL_WIDTHS = (4, 8, 12, 16)
 
 
-def expected_parameters(widths: Sequence[int], num_classes: int, residual: Sequence[bool] = DEFAULT_RESIDUAL,
-                        *, img_channels: int = 3, projection_shortcuts: bool = False) -> int:
+def expected_parameters(
+    widths: Sequence[int],
+    num_classes: int,
+    residual: Sequence[bool] = DEFAULT_RESIDUAL,
+    *,
+    img_channels: int = 3,
+    projection_shortcuts: bool = False,
+) -> int:
     """The parameter count, from the layer shapes: bias-free 3x3 convolutions, BN scale and shift."""
 
     def conv3x3_bn(in_channels: int, out_channels: int) -> int:
@@ -58,8 +64,9 @@ def reference_conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
 class ReferenceResidual(nn.Module):
     def __init__(self, channels: int, with_shortcut: bool):
         super().__init__()
-        self.branch = nn.Sequential(*reference_conv_bn(channels, channels), nn.ReLU(),
-                                    *reference_conv_bn(channels, channels))
+        self.branch = nn.Sequential(
+            *reference_conv_bn(channels, channels), nn.ReLU(), *reference_conv_bn(channels, channels)
+        )
         self.with_shortcut = with_shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +75,9 @@ class ReferenceResidual(nn.Module):
 
 
 class ReferenceResNet9(nn.Module):
-    def __init__(self, widths: Sequence[int], num_classes: int, residual: Sequence[bool],
-                 with_shortcut: bool = True):
+    def __init__(
+        self, widths: Sequence[int], num_classes: int, residual: Sequence[bool], with_shortcut: bool = True
+    ):
         super().__init__()
         body: list[nn.Module] = [*reference_conv_bn(3, widths[0]), nn.ReLU()]
         for i in range(3):
@@ -114,23 +122,27 @@ def test_the_default_network_has_the_parameters_its_layer_table_implies() -> Non
     assert round(count(model) / 1e5) == 66
 
 
-@pytest.mark.parametrize(("widths", "num_classes", "residual"), [
-    (SMALL_WIDTHS, 7, DEFAULT_RESIDUAL),
-    ((8, 8, 16, 32), 100, (False, True, False)),
-    ((3, 5, 7, 9), 2, (False, False, False)),
-    ((16, 32, 64, 128), 10, (True, True, True)),
-])
-def test_the_parameter_count_follows_widths_classes_and_residual_flags(widths: tuple[int, ...],
-                                                                       num_classes: int,
-                                                                       residual: tuple[bool, ...]) -> None:
+@pytest.mark.parametrize(
+    ("widths", "num_classes", "residual"),
+    [
+        (SMALL_WIDTHS, 7, DEFAULT_RESIDUAL),
+        ((8, 8, 16, 32), 100, (False, True, False)),
+        ((3, 5, 7, 9), 2, (False, False, False)),
+        ((16, 32, 64, 128), 10, (True, True, True)),
+    ],
+)
+def test_the_parameter_count_follows_widths_classes_and_residual_flags(
+    widths: tuple[int, ...], num_classes: int, residual: tuple[bool, ...]
+) -> None:
     model = ResNet9(num_classes, widths, residual)
     assert count(model) == expected_parameters(widths, num_classes, residual)
     assert len(residual_blocks(model)) == sum(residual)
 
 
 def test_more_image_channels_widen_only_the_stem() -> None:
-    assert count(ResNet9(10, SMALL_WIDTHS, img_channels=1)) == expected_parameters(SMALL_WIDTHS, 10,
-                                                                                    img_channels=1)
+    assert count(ResNet9(10, SMALL_WIDTHS, img_channels=1)) == expected_parameters(
+        SMALL_WIDTHS, 10, img_channels=1
+    )
 
 
 def test_the_builder_passes_its_options_through_and_is_not_a_paper_preset() -> None:
@@ -143,12 +155,16 @@ def test_the_builder_passes_its_options_through_and_is_not_a_paper_preset() -> N
 # ## Parity with an independent implementation
 
 
-@pytest.mark.parametrize(("widths", "residual"), [
-    (DEFAULT_WIDTHS, DEFAULT_RESIDUAL),
-    (SMALL_WIDTHS, (False, True, True)),
-])
-def test_logits_match_an_independent_implementation_of_the_architecture(widths: tuple[int, ...],
-                                                                        residual: tuple[bool, ...]) -> None:
+@pytest.mark.parametrize(
+    ("widths", "residual"),
+    [
+        (DEFAULT_WIDTHS, DEFAULT_RESIDUAL),
+        (SMALL_WIDTHS, (False, True, True)),
+    ],
+)
+def test_logits_match_an_independent_implementation_of_the_architecture(
+    widths: tuple[int, ...], residual: tuple[bool, ...]
+) -> None:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = ResNet9(10, widths, residual)
@@ -215,8 +231,13 @@ def test_the_layers_follow_the_table_64_128_256_512_at_32_16_8_4_pixels() -> Non
             x = layer(x)
             shapes.append(tuple(x.shape[1:]))
     assert shapes == [(64, 32, 32), (128, 16, 16), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]
-    assert [type(layer) for layer in model.layers] == [ConvPool, resnet.ResidualBlock, ConvPool, ConvPool,
-                                                       resnet.ResidualBlock]
+    assert [type(layer) for layer in model.layers] == [
+        ConvPool,
+        resnet.ResidualBlock,
+        ConvPool,
+        ConvPool,
+        resnet.ResidualBlock,
+    ]
 
 
 def test_conv_pool_widens_and_halves_the_map() -> None:
@@ -239,17 +260,20 @@ def test_the_wrong_number_of_channels_is_refused() -> None:
     assert ResNet9(10, SMALL_WIDTHS, img_channels=1).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 10)
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (dict(widths=(64, 128, 256)), "4 widths"),
-    (dict(widths=(8, 16, 32, 64, 128)), "4 widths"),
-    (dict(residual=(True, True)), "3 residual flags"),
-    (dict(residual=(True, False, True, False)), "3 residual flags"),
-    (dict(widths=(8, 0, 16, 32)), r"widths\[1\]"),
-    (dict(widths=(8, 16, 32, -4)), r"widths\[3\]"),
-    (dict(num_classes=0), "num_classes"),
-    (dict(img_channels=0), "img_channels"),
-    (dict(shortcut="D"), "shortcut"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(widths=(64, 128, 256)), "4 widths"),
+        (dict(widths=(8, 16, 32, 64, 128)), "4 widths"),
+        (dict(residual=(True, True)), "3 residual flags"),
+        (dict(residual=(True, False, True, False)), "3 residual flags"),
+        (dict(widths=(8, 0, 16, 32)), r"widths\[1\]"),
+        (dict(widths=(8, 16, 32, -4)), r"widths\[3\]"),
+        (dict(num_classes=0), "num_classes"),
+        (dict(img_channels=0), "img_channels"),
+        (dict(shortcut="D"), "shortcut"),
+    ],
+)
 def test_bad_configurations_are_refused(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ResNet9(**{"widths": SMALL_WIDTHS, **arguments})

@@ -37,10 +37,14 @@ def test_the_json_has_every_stage_and_every_step_that_should_run_ran(quick_run):
     summary, _, out = quick_run
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary, default=str))
     assert set(summary["stages"]) == {"model_speed", "data_pipeline", "trainer"}
-    statuses = {(stage, step["name"]): step["status"] for stage, steps in summary["stages"].items()
-                for step in steps}
-    compiled = {("model_speed", "resnet20 bf16 compiled"), ("trainer", "resnet20 fast compiled"),
-                ("trainer", "resnet20 fast CUDA graphs")}
+    statuses = {
+        (stage, step["name"]): step["status"] for stage, steps in summary["stages"].items() for step in steps
+    }
+    compiled = {
+        ("model_speed", "resnet20 bf16 compiled"),
+        ("trainer", "resnet20 fast compiled"),
+        ("trainer", "resnet20 fast CUDA graphs"),
+    }
     assert compiled <= set(statuses)
     assert all(statuses[key] == "skipped" for key in compiled)
     assert all(status == "done" for key, status in statuses.items() if key not in compiled), statuses
@@ -53,10 +57,16 @@ def test_the_json_has_every_stage_and_every_step_that_should_run_ran(quick_run):
 def test_model_speed_rows_cover_every_model_variant_precision_and_mode(quick_run):
     summary, _, _ = quick_run
     metrics = {row["metric"] for row in summary["summary"] if row["stage"] == "model speed"}
-    expected = [("resnet50", "eager", "fp32"), ("resnet50", "channels_last", "fp32"),
-                ("resnet50", "channels_last", "bf16")]
-    expected += [(m, v, p) for m in ("resnet20", "resnet56", "resnet9") for v, p in
-                 (("eager", "fp32"), ("channels_last", "fp32"), ("channels_last", "bf16"))]
+    expected = [
+        ("resnet50", "eager", "fp32"),
+        ("resnet50", "channels_last", "fp32"),
+        ("resnet50", "channels_last", "bf16"),
+    ]
+    expected += [
+        (m, v, p)
+        for m in ("resnet20", "resnet56", "resnet9")
+        for v, p in (("eager", "fp32"), ("channels_last", "fp32"), ("channels_last", "bf16"))
+    ]
     for model, variant, precision in expected:
         for mode in ("train", "infer"):
             assert f"{model} {variant} {precision} {mode} b2 32px: ours/reference" in metrics
@@ -105,8 +115,11 @@ def test_cuda_graphs_are_skipped_on_a_cpu_with_the_reason_in_the_table(quick_run
 
 def test_the_cuda_graphs_run_is_planned_on_a_gpu_and_skipped_on_a_cpu(tmp_path):
     data = gpu.TrainerData(tmp_path, real=True, train_images=gpu.CIFAR10_TRAIN_IMAGES)
-    plan = next(p for p in gpu.trainer_plans(torch.device("cuda"), quick=False, real_data=True)
-                if p.variant == "CUDA graphs")
+    plan = next(
+        p
+        for p in gpu.trainer_plans(torch.device("cuda"), quick=False, real_data=True)
+        if p.variant == "CUDA graphs"
+    )
     # Building a step runs nothing, so a CUDA step can be built on a machine without CUDA.
     assert gpu.trainer_step(plan, data, torch.device("cuda"), tmp_path, skip_compile="").skip == ""
     assert "needs CUDA" in gpu.trainer_step(plan, data, torch.device("cpu"), tmp_path, skip_compile="").skip
@@ -117,10 +130,17 @@ def test_each_trainer_plan_passes_its_recipe_and_flags_to_the_trainer(tmp_path):
     data = gpu.TrainerData(tmp_path, real=True, train_images=gpu.CIFAR10_TRAIN_IMAGES)
     cuda = torch.device("cuda")
     plans = {plan.label: plan for plan in gpu.trainer_plans(cuda, quick=False, real_data=True)}
-    assert list(plans) == ["resnet9", "resnet20 fast", "resnet56 fast", "resnet20 fast compiled",
-                           "resnet20 fast CUDA graphs"]
-    argvs = {label: gpu.trainer_argv(plan, data, cuda, tmp_path, tmp_path / "results.json")
-             for label, plan in plans.items()}
+    assert list(plans) == [
+        "resnet9",
+        "resnet20 fast",
+        "resnet56 fast",
+        "resnet20 fast compiled",
+        "resnet20 fast CUDA graphs",
+    ]
+    argvs = {
+        label: gpu.trainer_argv(plan, data, cuda, tmp_path, tmp_path / "results.json")
+        for label, plan in plans.items()
+    }
     for label, argv in argvs.items():
         recipe = "resnet9" if label == "resnet9" else "fast"
         assert argv[argv.index("--recipe") + 1] == recipe, label
@@ -144,12 +164,15 @@ def test_a_full_gpu_run_shares_the_whole_budget_and_every_planned_step_gets_the_
 
 def test_the_table_is_printed_last_after_device_torch_and_date(quick_run):
     summary, printed, out = quick_run
-    tail = printed[printed.rindex("# Summary"):].splitlines()
+    tail = printed[printed.rindex("# Summary") :].splitlines()
     assert tail[1].startswith(f"device: cpu; torch {torch.__version__}; ")
     table = [line for line in tail if line.startswith("|")]
-    assert table[0].split("|")[1:-1] == [f" {h} ".ljust(len(c)) for h, c in
-                                         zip(["stage", "metric", "value", "target", "verdict"],
-                                             table[0].split("|")[1:-1], strict=True)]
+    assert table[0].split("|")[1:-1] == [
+        f" {h} ".ljust(len(c))
+        for h, c in zip(
+            ["stage", "metric", "value", "target", "verdict"], table[0].split("|")[1:-1], strict=True
+        )
+    ]
     assert printed.rstrip().splitlines()[-1] == table[-1]
     assert len(table) == len(summary["summary"]) + 2  # header and rule
     assert "resnet20 bf16 compiled" in printed and "skipped: torch.compile steps are left out" in printed
@@ -164,8 +187,10 @@ def test_an_earlier_summary_is_never_overwritten(tmp_path, capsys):
     assert (tmp_path / "summary.json").read_text() == "earlier"
 
 
-@pytest.mark.parametrize("argv", [["--stages", "speed"], ["--budget-s", "0"], ["--threads", "0"],
-                                  ["--data-dir", "/no/such/folder"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--stages", "speed"], ["--budget-s", "0"], ["--threads", "0"], ["--data-dir", "/no/such/folder"]],
+)
 def test_bad_flags_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu.main(["--quick", "--device", "cpu", *argv])
@@ -175,8 +200,10 @@ def test_bad_flags_exit_with_a_message(argv, capsys):
 
 def test_steps_whose_share_is_below_the_minimum_are_skipped_without_running():
     ran = []
-    steps = [gpu.Step("model_speed", "a", 1.0, lambda limit, report: ran.append("a")),
-             gpu.Step("trainer", "b", 1.0, lambda limit, report: ran.append("b"))]
+    steps = [
+        gpu.Step("model_speed", "a", 1.0, lambda limit, report: ran.append("a")),
+        gpu.Step("trainer", "b", 1.0, lambda limit, report: ran.append("b")),
+    ]
     reports = gpu.run_steps(steps, gpu.Budget(total_s=4.0, minimum_step_s=10.0))
     assert ran == []
     assert [r.status for r in reports] == ["skipped", "skipped"]
@@ -186,8 +213,10 @@ def test_steps_whose_share_is_below_the_minimum_are_skipped_without_running():
 
 def test_time_left_unused_by_a_step_goes_to_the_later_ones():
     limits = []
-    steps = [gpu.Step("model_speed", name, share, lambda limit, report: limits.append(limit))
-             for name, share in (("a", 1.0), ("b", 1.0), ("c", 2.0))]
+    steps = [
+        gpu.Step("model_speed", name, share, lambda limit, report: limits.append(limit))
+        for name, share in (("a", 1.0), ("b", 1.0), ("c", 2.0))
+    ]
     gpu.run_steps(steps, gpu.Budget(total_s=400.0, minimum_step_s=1.0))
     # The steps return at once, so each later one shares nearly the whole budget with those after it.
     assert limits[0] == pytest.approx(100, abs=1)
@@ -244,12 +273,29 @@ def test_with_real_data_accuracy_and_time_to_target_get_a_verdict(tmp_path, monk
 def test_time_to_target_reads_the_trainers_own_clock_from_metrics_jsonl():
     # The clock stops while evaluating; `train_images_per_s` is left inconsistent with it on purpose, to
     # show that the timeline takes the recorded clock, not a reconstruction from the rate.
-    records = [{"epoch": 1, "test_accuracy": 0.80, "train_images_per_s": 1.0, "train_time_s": 5.5,
-                "epoch_train_time_s": 5.5},
-               {"epoch": 2, "test_accuracy": 0.92, "train_images_per_s": 1.0, "train_time_s": 8.0,
-                "epoch_train_time_s": 2.5},
-               {"epoch": 3, "test_accuracy": 0.93, "train_images_per_s": 1.0, "train_time_s": 10.25,
-                "epoch_train_time_s": 2.25}]
+    records = [
+        {
+            "epoch": 1,
+            "test_accuracy": 0.80,
+            "train_images_per_s": 1.0,
+            "train_time_s": 5.5,
+            "epoch_train_time_s": 5.5,
+        },
+        {
+            "epoch": 2,
+            "test_accuracy": 0.92,
+            "train_images_per_s": 1.0,
+            "train_time_s": 8.0,
+            "epoch_train_time_s": 2.5,
+        },
+        {
+            "epoch": 3,
+            "test_accuracy": 0.93,
+            "train_images_per_s": 1.0,
+            "train_time_s": 10.25,
+            "epoch_train_time_s": 2.25,
+        },
+    ]
     timeline = gpu.epoch_timeline(records)
     assert [point["train_time_s"] for point in timeline] == [5.5, 8.0, 10.25]
     assert [point["epoch_train_time_s"] for point in timeline] == [5.5, 2.5, 2.25]
@@ -272,8 +318,13 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
         counters["inductor"]["cudagraph_skips"] += skips
         run_dir = Path(argv[argv.index("--logs-dir") + 1]) / "cifar10" / "run"
         run_dir.mkdir(parents=True)
-        record = {"epoch": 1, "test_accuracy": 0.5, "train_time_s": 2.0, "epoch_train_time_s": 2.0,
-                  "train_images_per_s": 100.0}
+        record = {
+            "epoch": 1,
+            "test_accuracy": 0.5,
+            "train_time_s": 2.0,
+            "epoch_train_time_s": 2.0,
+            "train_images_per_s": 100.0,
+        }
         (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
         Path(argv[argv.index("--results") + 1]).write_text(json.dumps(record))
         return 0
@@ -282,8 +333,15 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
     # Graphs declined earlier in the same process (another step's compile) are not this run's.
     counters["inductor"]["cudagraph_skips"] += 5
     data = gpu.TrainerData(tmp_path, real=False, train_images=200)
-    plan = gpu.TrainerPlan("resnet20", "fast", epochs=1, batch_size=64, share=1.0, flags=("--cuda-graphs",),
-                           variant="CUDA graphs")
+    plan = gpu.TrainerPlan(
+        "resnet20",
+        "fast",
+        epochs=1,
+        batch_size=64,
+        share=1.0,
+        flags=("--cuda-graphs",),
+        variant="CUDA graphs",
+    )
     step = gpu.trainer_step(plan, data, torch.device("cuda"), tmp_path / "logs", skip_compile="")
     report = gpu.StepReport(step.stage, step.name, status="done")
     step.run(60.0, report)
@@ -293,29 +351,44 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
 
 def stand_in_trainer(accuracies: list[float], train_times: list[float]):
     """A trainer that leaves exactly what a finished run with these per-epoch numbers leaves."""
+
     def fake_main(argv):
         run_dir = Path(argv[argv.index("--logs-dir") + 1]) / "cifar10" / "run"
         run_dir.mkdir(parents=True)
         clock, records = 0.0, []
         for epoch, (accuracy, seconds) in enumerate(zip(accuracies, train_times, strict=True), start=1):
             clock += seconds
-            records.append({"epoch": epoch, "test_accuracy": accuracy, "train_time_s": clock,
-                            "epoch_train_time_s": seconds, "train_images_per_s": 1000.0})
+            records.append(
+                {
+                    "epoch": epoch,
+                    "test_accuracy": accuracy,
+                    "train_time_s": clock,
+                    "epoch_train_time_s": seconds,
+                    "train_images_per_s": 1000.0,
+                }
+            )
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        Path(argv[argv.index("--results") + 1]).write_text(json.dumps(
-            {"test_accuracy": accuracies[-1], "train_images_per_s": 1000.0}))
+        Path(argv[argv.index("--results") + 1]).write_text(
+            json.dumps({"test_accuracy": accuracies[-1], "train_images_per_s": 1000.0})
+        )
         return 0
+
     return fake_main
 
 
-@pytest.mark.parametrize(("accuracies", "train_times", "accuracy_verdict", "time_value", "time_verdict"), [
-    ([0.80, 0.92], [5.0, 3.0], "pass", "8.0 s (epoch 2)", "pass"),
-    ([0.95, 0.96], [31.0, 3.0], "pass", "31.0 s (epoch 1)", "fail"),
-    ([0.92, 0.90], [5.0, 3.0], "fail", "5.0 s (epoch 1)", "pass"),
-    ([0.50, 0.60], [5.0, 3.0], "fail", "not reached in 2 epochs", "fail"),
-], ids=["both met", "too slow", "reached then fell back", "never reached"])
+@pytest.mark.parametrize(
+    ("accuracies", "train_times", "accuracy_verdict", "time_value", "time_verdict"),
+    [
+        ([0.80, 0.92], [5.0, 3.0], "pass", "8.0 s (epoch 2)", "pass"),
+        ([0.95, 0.96], [31.0, 3.0], "pass", "31.0 s (epoch 1)", "fail"),
+        ([0.92, 0.90], [5.0, 3.0], "fail", "5.0 s (epoch 1)", "pass"),
+        ([0.50, 0.60], [5.0, 3.0], "fail", "not reached in 2 epochs", "fail"),
+    ],
+    ids=["both met", "too slow", "reached then fell back", "never reached"],
+)
 def test_real_data_verdicts_compare_the_run_with_resnet20s_targets(
-        tmp_path, monkeypatch, accuracies, train_times, accuracy_verdict, time_value, time_verdict):
+    tmp_path, monkeypatch, accuracies, train_times, accuracy_verdict, time_value, time_verdict
+):
     monkeypatch.setattr(gpu.cifar10, "main", stand_in_trainer(accuracies, train_times))
     data = gpu.TrainerData(tmp_path, real=True, train_images=50_000)
     plan = gpu.TrainerPlan("resnet20", "fast", epochs=2, batch_size=512, share=1.0)
@@ -324,8 +397,11 @@ def test_real_data_verdicts_compare_the_run_with_resnet20s_targets(
     step.run(60.0, report)
     rows = {row.metric: row for row in report.rows}
     accuracy = rows["final test accuracy"]
-    assert (accuracy.value, accuracy.target, accuracy.verdict) == (f"{accuracies[-1]:.4f}", ">= 0.9125",
-                                                                   accuracy_verdict)
+    assert (accuracy.value, accuracy.target, accuracy.verdict) == (
+        f"{accuracies[-1]:.4f}",
+        ">= 0.9125",
+        accuracy_verdict,
+    )
     reached = rows["training time to 91.25% (evaluation excluded)"]
     assert (reached.value, reached.target, reached.verdict) == (time_value, "<= 30 s", time_verdict)
     assert rows["train images/s, last epoch"].value == f"{50_000 / train_times[-1]:.0f}"

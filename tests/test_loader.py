@@ -24,8 +24,9 @@ N_IMAGES = 24
 
 @pytest.fixture
 def images() -> torch.Tensor:
-    return torch.randint(0, 256, (N_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0),
-                         dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (N_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
 
 
 def make(images: torch.Tensor, **overrides) -> TensorBatches:
@@ -120,8 +121,17 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it() -> None
     columns = torch.arange(1, 33, dtype=torch.uint8).view(1, 32).expand(32, 32)
     image = torch.stack([rows, columns, torch.full((32, 32), 200, dtype=torch.uint8)])
     copies = image.expand(64, 3, 32, 32).contiguous()
-    loader = TensorBatches(copies, torch.zeros(64, dtype=torch.int64), batch_size=64, shuffle=False,
-                           augment=True, device="cpu", seed=0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    loader = TensorBatches(
+        copies,
+        torch.zeros(64, dtype=torch.int64),
+        batch_size=64,
+        shuffle=False,
+        augment=True,
+        device="cpu",
+        seed=0,
+        mean=(0, 0, 0),
+        std=(1 / 255,) * 3,
+    )
     crops, _ = next(loader.epoch(0))
 
     seen = set()
@@ -197,11 +207,29 @@ def test_bad_arguments_are_refused(images: torch.Tensor, overrides: dict, messag
 
 def test_images_must_be_uint8_with_matching_labels(images: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="uint8"):
-        TensorBatches(images.float(), torch.arange(N_IMAGES), batch_size=4, shuffle=True, augment=True,
-                      device="cpu", seed=0, mean=MEAN, std=STD)
+        TensorBatches(
+            images.float(),
+            torch.arange(N_IMAGES),
+            batch_size=4,
+            shuffle=True,
+            augment=True,
+            device="cpu",
+            seed=0,
+            mean=MEAN,
+            std=STD,
+        )
     with pytest.raises(ValueError, match="labels"):
-        TensorBatches(images, torch.arange(N_IMAGES - 1), batch_size=4, shuffle=True, augment=True,
-                      device="cpu", seed=0, mean=MEAN, std=STD)
+        TensorBatches(
+            images,
+            torch.arange(N_IMAGES - 1),
+            batch_size=4,
+            shuffle=True,
+            augment=True,
+            device="cpu",
+            seed=0,
+            mean=MEAN,
+            std=STD,
+        )
 
 
 def count_python_calls(loader: TensorBatches) -> int:
@@ -264,8 +292,12 @@ def rectangle_sides(region: torch.Tensor) -> tuple[int, int, bool, bool]:
     rectangle[top : bottom + 1, left : right + 1] = True
     assert torch.equal(region, rectangle), "the blanked pixels must form one axis-aligned rectangle"
     height, width = region.shape
-    return (bottom - top + 1, right - left + 1, top == 0 or bottom == height - 1,
-            left == 0 or right == width - 1)
+    return (
+        bottom - top + 1,
+        right - left + 1,
+        top == 0 or bottom == height - 1,
+        left == 0 or right == width - 1,
+    )
 
 
 def test_cutout_zero_gives_the_batches_of_a_loader_without_it(images: torch.Tensor) -> None:
@@ -273,8 +305,9 @@ def test_cutout_zero_gives_the_batches_of_a_loader_without_it(images: torch.Tens
 
 
 @pytest.mark.parametrize("side", [1, 5, 8, 32])
-def test_cutout_blanks_one_clipped_square_and_leaves_crops_and_flips_as_they_were(images: torch.Tensor,
-                                                                                  side: int) -> None:
+def test_cutout_blanks_one_clipped_square_and_leaves_crops_and_flips_as_they_were(
+    images: torch.Tensor, side: int
+) -> None:
     full_squares = clipped_squares = 0
     for epoch in range(3):
         plain, cut = list(make(images).epoch(epoch)), list(make(images, cutout=side).epoch(epoch))
@@ -282,8 +315,9 @@ def test_cutout_blanks_one_clipped_square_and_leaves_crops_and_flips_as_they_wer
         for (plain_images, plain_labels), (cut_images, cut_labels) in zip(plain, cut, strict=True):
             assert torch.equal(plain_labels, cut_labels)
             for plain_image, cut_image in zip(plain_images, cut_images, strict=True):
-                height, width, clipped_rows, clipped_columns = rectangle_sides(cut_region(plain_image,
-                                                                                          cut_image))
+                height, width, clipped_rows, clipped_columns = rectangle_sides(
+                    cut_region(plain_image, cut_image)
+                )
                 assert height <= side and width <= side
                 # The centre lies in the image, so at least about half the square does in each direction.
                 assert min(height, width) >= min(side - side // 2, side // 2 + 1)
@@ -304,8 +338,9 @@ def test_cutout_is_fixed_by_seed_epoch_and_batch_and_resumes_exactly(images: tor
     uninterrupted = list(make(images, cutout=8).epoch(5))
     assert_same_batches(list(make(images, cutout=8).epoch(5)), uninterrupted)
     for start_batch in (1, 2):
-        assert_same_batches(list(make(images, cutout=8).epoch(5, start_batch=start_batch)),
-                            uninterrupted[start_batch:])
+        assert_same_batches(
+            list(make(images, cutout=8).epoch(5, start_batch=start_batch)), uninterrupted[start_batch:]
+        )
     # Another seed moves the squares of the same (unshuffled) images.
     first = next(make(images, cutout=8, shuffle=False, seed=1).epoch(0))[0]
     second = next(make(images, cutout=8, shuffle=False, seed=2).epoch(0))[0]
@@ -320,12 +355,14 @@ def test_cutout_is_not_applied_without_augmentation(images: torch.Tensor) -> Non
 
 def test_cutout_keeps_channels_last_and_reduced_precision(images: torch.Tensor) -> None:
     reference = list(make(images, cutout=8).epoch(0))
-    for (batch, _), (expected, _) in zip(make(images, cutout=8, channels_last=True).epoch(0), reference,
-                                         strict=True):
+    for (batch, _), (expected, _) in zip(
+        make(images, cutout=8, channels_last=True).epoch(0), reference, strict=True
+    ):
         assert batch.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(batch, expected)
-    for (batch, _), (expected, _) in zip(make(images, cutout=8, dtype=torch.bfloat16).epoch(0), reference,
-                                         strict=True):
+    for (batch, _), (expected, _) in zip(
+        make(images, cutout=8, dtype=torch.bfloat16).epoch(0), reference, strict=True
+    ):
         assert batch.dtype == torch.bfloat16
         assert torch.equal(batch == 0, expected == 0)
 
@@ -346,4 +383,5 @@ def test_cutout_may_be_as_large_as_the_shorter_side() -> None:
 def test_cutout_costs_the_same_python_calls_at_any_batch_size() -> None:
     many = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
     assert count_python_calls(make(many, batch_size=2, cutout=8)) == count_python_calls(
-        make(many, batch_size=256, cutout=8))
+        make(many, batch_size=256, cutout=8)
+    )

@@ -8,16 +8,28 @@ import resnet
 
 PARAMETERS = {
     # Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M.
-    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
-    "resnet110": 1_727_962, "resnet1202": 19_421_274,
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet1202": 19_421_274,
     # torchvision's resnet18 ... resnet152.
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
     "resnet152": 60_192_808,
 }
 
 # torchvision's published GFLOPS (multiply-adds) at 224x224.
-MULTIPLY_ADDS = {"resnet18": 1.81e9, "resnet34": 3.66e9, "resnet50": 4.09e9, "resnet101": 7.80e9,
-                 "resnet152": 11.51e9}
+MULTIPLY_ADDS = {
+    "resnet18": 1.81e9,
+    "resnet34": 3.66e9,
+    "resnet50": 4.09e9,
+    "resnet101": 7.80e9,
+    "resnet152": 11.51e9,
+}
 
 
 def count(model: torch.nn.Module) -> int:

@@ -24,10 +24,15 @@ def configurations(draw):
         # Option A can only add channels, so the widths must not shrink from stage to stage.
         n_channels = sorted(n_channels)
     stem = draw(st.sampled_from(STEMS))
-    kwargs = dict(shortcut=shortcut, stem=stem, img_channels=draw(st.integers(1, 4)),
-                  first_kernel_size=draw(st.sampled_from([1, 3, 5, 7])),
-                  stem_channels=draw(st.none() | st.integers(1, 8)) if shortcut != "A" else None,
-                  conv_bias=draw(st.booleans()), zero_init_residual=draw(st.booleans()))
+    kwargs = dict(
+        shortcut=shortcut,
+        stem=stem,
+        img_channels=draw(st.integers(1, 4)),
+        first_kernel_size=draw(st.sampled_from([1, 3, 5, 7])),
+        stem_channels=draw(st.none() | st.integers(1, 8)) if shortcut != "A" else None,
+        conv_bias=draw(st.booleans()),
+        zero_init_residual=draw(st.booleans()),
+    )
     return n_blocks, n_channels, bottlenecks, kwargs
 
 
@@ -58,8 +63,12 @@ def test_blocks_map_shapes_as_documented(in_channels, out_channels, stride, shor
         return
     x = torch.randn(2, in_channels, 7, 7)
     side = (7 - 1) // stride + 1
-    assert ResidualBlock(in_channels, out_channels, stride, shortcut=shortcut)(x).shape == (2, out_channels,
-                                                                                            side, side)
+    assert ResidualBlock(in_channels, out_channels, stride, shortcut=shortcut)(x).shape == (
+        2,
+        out_channels,
+        side,
+        side,
+    )
     block = BottleneckResidualBlock(in_channels, bottleneck, out_channels, stride, shortcut=shortcut)
     assert block(x).shape == (2, out_channels, side, side)
 
@@ -68,8 +77,13 @@ BAD_VALUES = st.sampled_from([0, -1, -7, 2.5, "3", None, True])
 
 
 @SETTINGS
-@given(st.sampled_from(["n_blocks", "n_channels", "bottlenecks", "img_channels", "first_kernel_size",
-                        "stem_channels"]), BAD_VALUES, st.integers(0, 1))
+@given(
+    st.sampled_from(
+        ["n_blocks", "n_channels", "bottlenecks", "img_channels", "first_kernel_size", "stem_channels"]
+    ),
+    BAD_VALUES,
+    st.integers(0, 1),
+)
 def test_invalid_configurations_name_the_argument(argument, bad, position):
     args = {"n_blocks": [1, 1], "n_channels": [4, 8], "bottlenecks": [2, 2]}
     kwargs = {}

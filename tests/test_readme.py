@@ -75,7 +75,7 @@ def test_the_readme_has_python_examples_to_run() -> None:
 def test_a_readme_example_runs_and_gives_what_its_comments_say(where: str) -> None:
     first_line, code = BLOCKS[where]
     if not runnable(code):
-        pytest.skip(code.splitlines()[0][len(SKIP_MARKER):].strip() or "marked as not runnable")
+        pytest.skip(code.splitlines()[0][len(SKIP_MARKER) :].strip() or "marked as not runnable")
     namespace: dict[str, object] = {"__name__": "readme_example"}
     for statement in imports_above(where):
         exec(compile(ast.Module(body=[statement], type_ignores=[]), str(README), "exec"), namespace)

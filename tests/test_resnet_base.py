@@ -23,8 +23,9 @@ def test_every_stage_after_the_first_halves_the_map():
     assert strides == [[1, 1], [2, 1], [2, 1]]
 
 
-@pytest.mark.parametrize("stem, expected", [
-    ("seed", [32, 16, 8, 4]), ("cifar", [64, 32, 16, 8]), ("imagenet", [16, 8, 4, 2])])
+@pytest.mark.parametrize(
+    "stem, expected", [("seed", [32, 16, 8, 4]), ("cifar", [64, 32, 16, 8]), ("imagenet", [16, 8, 4, 2])]
+)
 def test_stems_set_the_first_stage_resolution(stem, expected):
     model = ResNetBase([1, 1, 1, 1], [4, 8, 8, 16], stem=stem, first_kernel_size=3)
     sizes = [o.shape[-1] for o in model.stage_outputs(torch.randn(1, 3, 64, 64))]
@@ -32,9 +33,15 @@ def test_stems_set_the_first_stage_resolution(stem, expected):
     assert model.total_stride == 64 // expected[-1]
 
 
-@pytest.mark.parametrize("preset, sizes", [
-    ("resnet20", [32, 16, 8]), ("resnet56", [32, 16, 8]),
-    ("resnet18", [56, 28, 14, 7]), ("resnet50", [56, 28, 14, 7])])
+@pytest.mark.parametrize(
+    "preset, sizes",
+    [
+        ("resnet20", [32, 16, 8]),
+        ("resnet56", [32, 16, 8]),
+        ("resnet18", [56, 28, 14, 7]),
+        ("resnet50", [56, 28, 14, 7]),
+    ],
+)
 def test_preset_stage_sizes_follow_the_paper(preset, sizes):
     model = resnet.PRESETS[preset]()
     side = 32 if len(sizes) == 3 else 224

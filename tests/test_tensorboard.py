@@ -18,6 +18,7 @@ EPOCHS = 2
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar curve in the event files under `folder`, read back the way TensorBoard reads them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(folder))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -27,10 +28,12 @@ def test_tensorboard_event_files_hold_every_epochs_metrics(tmp_path: Path) -> No
     pytest.importorskip("tensorboard")
     data_dir = write_data(tmp_path / "data")
     # A separate process, as a user runs it: the event file is complete once the run has ended.
-    argv = tiny_args(data_dir, tmp_path / "logs", "--tensorboard", "--threads", "1", "log_every=1",
-                     epochs=EPOCHS)
-    process = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
-                             timeout=300)
+    argv = tiny_args(
+        data_dir, tmp_path / "logs", "--tensorboard", "--threads", "1", "log_every=1", epochs=EPOCHS
+    )
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
     (run_dir,) = (tmp_path / "logs" / "cifar10").iterdir()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -50,7 +53,8 @@ def test_tensorboard_event_files_hold_every_epochs_metrics(tmp_path: Path) -> No
 
 
 def test_tensorboard_without_the_package_is_a_usage_error_before_any_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # A `None` entry in sys.modules is how Python spells "this package cannot be imported".
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     logs = tmp_path / "logs"

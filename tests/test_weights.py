@@ -28,7 +28,9 @@ def test_the_shipped_resnet20_loads_strictly_matches_its_hash_and_classifies() -
     state = torch.load(entry.path, weights_only=True)
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
-    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         logits = model(resnet.normalize_cifar10(images))
     assert logits.shape == (8, 10) and torch.isfinite(logits).all()
@@ -62,18 +64,30 @@ def test_unknown_weights_and_changed_architectures_are_clear_errors() -> None:
 
 
 def test_normalize_cifar10_is_the_trainers_own_input_to_the_bit() -> None:
-    images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    loader = TensorBatches(images.permute(0, 3, 1, 2).contiguous(), torch.zeros(5, dtype=torch.long),
-                           batch_size=5, shuffle=False, augment=False, device="cpu", seed=0,
-                           mean=cifar_data.CIFAR10_MEAN, std=cifar_data.CIFAR10_STD)
-    (x, _), = list(loader.epoch(0))
+    images = torch.randint(
+        0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    loader = TensorBatches(
+        images.permute(0, 3, 1, 2).contiguous(),
+        torch.zeros(5, dtype=torch.long),
+        batch_size=5,
+        shuffle=False,
+        augment=False,
+        device="cpu",
+        seed=0,
+        mean=cifar_data.CIFAR10_MEAN,
+        std=cifar_data.CIFAR10_STD,
+    )
+    ((x, _),) = list(loader.epoch(0))
     assert torch.equal(resnet.normalize_cifar10(images), x)
     assert torch.equal(resnet.normalize_cifar10(images[0]), x[:1])
     assert (resnet.CIFAR10_MEAN, resnet.CIFAR10_STD) == (cifar_data.CIFAR10_MEAN, cifar_data.CIFAR10_STD)
 
 
-@pytest.mark.parametrize("bad, error", [(torch.zeros(2, 32, 32, 3), TypeError),
-                                        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ValueError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(torch.zeros(2, 32, 32, 3), TypeError), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ValueError)],
+)
 def test_normalize_cifar10_names_the_layout_it_expects(bad: torch.Tensor, error: type) -> None:
     with pytest.raises(error, match="uint8"):
         resnet.normalize_cifar10(bad)
@@ -87,12 +101,16 @@ def readme_block(marker: str) -> str:
 
 
 def test_the_readme_loads_a_trainer_checkpoint_into_resnet20_and_classifies(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data_dir = write_data(tmp_path / "cifar")
     results = tmp_path / "results.json"
     argv = tiny_args(data_dir, tmp_path / "logs", "--results", str(results))
     # The README's run trains resnet20 itself, not the tiny custom network the other tests use.
-    argv = [a for a in argv if not a.startswith(("model=", "n_blocks=", "n_channels="))] + ["--model", "resnet20"]
+    argv = [a for a in argv if not a.startswith(("model=", "n_blocks=", "n_channels="))] + [
+        "--model",
+        "resnet20",
+    ]
     assert run_trainer(argv) == 0
     run_dir = Path(json.loads(results.read_text())["run_dir"])
     (tmp_path / "work" / "checkpoints").mkdir(parents=True)
