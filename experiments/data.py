@@ -59,6 +59,13 @@ from typing import Any
 import numpy as np
 import torch
 
+# The per-channel mean and standard deviation of the 50,000 training images (0..1 scale) live in the
+# installed package, so code that classifies with trained weights normalises exactly as training did.
+# The paper only subtracts the per-pixel mean; dividing by the deviation as well is the common modern
+# choice and keeps the three channels on the same scale.
+from resnet.pretrained import CIFAR10_MEAN as CIFAR10_MEAN
+from resnet.pretrained import CIFAR10_STD as CIFAR10_STD
+
 # Real users get every file checked against the official md5 sums. Synthetic test files cannot match,
 # so tests (and only tests) turn this off: in-process by monkeypatching, in subprocesses through
 # `tests/synthetic_main.py`.
@@ -88,12 +95,6 @@ def official_md5() -> dict[str, str]:
     meta = {CIFAR10.meta["filename"]: CIFAR10.meta["md5"], CIFAR10.filename: CIFAR10.tgz_md5}
     return {**dict(CIFAR10.train_list + CIFAR10.test_list), **meta}
 
-
-# Per-channel mean and standard deviation of the 50,000 training images, on a 0..1 scale. The paper
-# only subtracts the per-pixel mean; dividing by the deviation as well is the common modern choice and
-# keeps the three channels on the same scale.
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 _IMAGE_VALUES = 3 * 32 * 32
 
