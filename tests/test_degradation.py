@@ -7,6 +7,7 @@ figure depends on: four ordinary trainer runs, their per-epoch errors read back 
 a JSON with every series at the right length, and a PNG in Figure 6's layout.
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -254,3 +255,64 @@ def test_a_cifar_subset_is_read_in_place_and_chosen_by_the_trainer(tmp_path: Pat
         assert root == tmp_path
     assert plan.trainer_args() == ["train_subset=5000", "test_subset=1000"]
     assert list(tmp_path.iterdir()) == []
+
+
+# ### A long run checks its optional plotting package first and writes its numbers before drawing
+
+# The tiny settings above, cut to one depth and one epoch: two networks are enough here.
+ONE_DEPTH = [*TINY]
+ONE_DEPTH[ONE_DEPTH.index("--depths") : ONE_DEPTH.index("--depths") + 3] = ["--depths", "8"]
+ONE_DEPTH[ONE_DEPTH.index("--epochs") + 1] = "1"
+
+
+def test_without_matplotlib_the_run_stops_before_training(
+    synthetic_cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.main(
+            [
+                "--quick",
+                "--data-dir",
+                str(synthetic_cifar),
+                "--logs-dir",
+                str(tmp_path / "logs"),
+                "--out",
+                str(tmp_path / "figure.png"),
+                *ONE_DEPTH,
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert 'pip install -e ".[plot]"' in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "figure.json").exists()
+
+
+def test_the_numbers_are_on_disk_even_when_drawing_fails(
+    synthetic_cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(degradation, "build_figure", broken)
+    out = tmp_path / "figure.png"
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        degradation.main(
+            [
+                "--quick",
+                "--data-dir",
+                str(synthetic_cifar),
+                "--logs-dir",
+                str(tmp_path / "logs"),
+                "--out",
+                str(out),
+                *ONE_DEPTH,
+            ]
+        )
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert [n["network"] for n in summary["networks"]] == ["plain-8", "ResNet-8"]
+    assert not out.exists()
