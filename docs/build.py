@@ -1,12 +1,13 @@
 """Render the annotated source as a static, offline, side-by-side website.
 
-    python docs/build.py OUTDIR [--source-root DIR] [--package resnet --package experiments]
+    python docs/build.py OUTDIR [--source-root DIR] [--package NAME ...] [--source-url URL]
 
 Every `*.py` file under the packages becomes one page. A page is a stack of rows, labml style: the
 prose of a comment run or docstring on the left, the code it explains on the right. Prose is markdown
 with `$...$` / `$$...$$` LaTeX, which is rendered to MathML here, at build time, so the site needs no
 JavaScript and no network. References to the paper ("§3.3", "Table 3", "Fig. 5") become links to the
-right page of the arXiv PDF.
+right page of the arXiv PDF. Rows are named after their headings (`resnet/model.html#residual-block`), so
+a link to one survives edits elsewhere in the file, and every page links to the source file it shows.
 
 The heavy lifting is done by maintained libraries: `markdown` for prose, `pygments` for code and
 `latex2mathml` for formulas. This file is only the glue that splits a module into sections and keeps
@@ -25,6 +26,7 @@ import re
 import shutil
 import sys
 import tokenize
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,20 +42,37 @@ REPO_ROOT = DOCS_DIR.parent
 DEFAULT_PACKAGES = ("resnet", "experiments")
 
 # Pages are listed in the order a newcomer should read them: the tutorial module first (residual
-# learning -> shortcuts -> blocks -> stage stack -> presets), then the rest of the library, then the
-# training script. Packages keep the order they are given in (resnet before experiments); inside a
-# package, modules named here come first and any other module is appended alphabetically, so a new
-# file is never silently left out of the site.
+# learning -> shortcuts -> blocks -> stage stack -> presets), then the rest of the model library; then
+# the paper's central experiment (the degradation problem, Figure 6), the training tutorial and the run
+# machinery it imports, and after them the operational modules (data, recipes, checkpoints, processes,
+# command line, output). Packages keep the order they are given in (resnet before experiments); inside a
+# package, modules named here come first and any other module is appended alphabetically, so a new file
+# is never silently left out of the site. A name here whose file does not exist gets no page: the list
+# only orders what the packages hold.
 READING_ORDER = (
     "resnet/model.py",
     "resnet/fast.py",
     "resnet/checks.py",
     "resnet/torchvision_interop.py",
     "resnet/__init__.py",
+    "experiments/degradation.py",
     "experiments/cifar10.py",
+    "experiments/runner.py",
+    "experiments/progress.py",
+    "experiments/loader.py",
     "experiments/data.py",
+    "experiments/synthetic.py",
     "experiments/recipes.py",
+    "experiments/models.py",
+    "experiments/precision.py",
+    "experiments/ema.py",
     "experiments/checkpoint.py",
+    "experiments/files.py",
+    "experiments/distributed.py",
+    "experiments/cli.py",
+    "experiments/console.py",
+    "experiments/plot.py",
+    "experiments/export_weights.py",
     "experiments/__init__.py",
 )
 
@@ -62,7 +81,9 @@ PAPER_ABS_URL = "https://arxiv.org/abs/1512.03385"
 PAPER_PDF_URL = "https://arxiv.org/pdf/1512.03385"
 
 # Page of the arXiv v1 PDF (12 pages) on which each section, table, figure and equation of the paper
-# starts. A reference to anything not listed still links to the PDF, just without a page jump.
+# starts. A table, figure or equation not listed still links to the PDF, just without a page jump. The
+# section list is complete: a section number the paper does not have ("Delving Deep, §2.2") belongs to
+# another paper and is not linked to this one.
 PAPER_SECTION_PAGES = {
     "1": 1,
     "2": 2,
@@ -377,6 +398,8 @@ def link_paper_references(html_text: str) -> str:
 
         def to_link(match: re.Match[str]) -> str:
             kind = next(name for name in ("section", "table", "figure", "equation") if match.group(name))
+            if kind == "section" and match.group("section_number") not in PAPER_SECTION_PAGES:
+                return match.group(0)
             url = paper_url(kind, match.group(f"{kind}_number") or match.group("equation_bare"))
             return (
                 f'<a class="paper-ref" href="{url}" title="Open this in the paper (arXiv 1512.03385)">'
@@ -406,7 +429,41 @@ def render_prose(text: str, where: str = "", rewrite_url: Callable[[str], str] |
         body = _rewrite_relative_urls(body, rewrite_url)
     body = link_paper_references(body)
     body = _link_images_to_full_size(body)
+    body = _split_code_block_lines(body)
     return restore_math(body, rendered)
+
+
+_TAG = re.compile(r"<(?P<closing>/?)(?P<name>[a-zA-Z][a-zA-Z0-9]*)[^>]*?(?P<empty>/?)>")
+
+
+def _split_code_block_lines(html_text: str) -> str:
+    """Put each line of a code block in the prose in a `<span class="line">` of its own.
+
+    The prose column is narrow, and a usage block with long command lines would run out of it. The
+    stylesheet wraps such lines instead, with a hanging indent, which needs every source line to be an
+    element: a wrapped command then still reads as one line. A highlighting `<span>` that crosses a line
+    end is closed at the end of the line and opened again at the start of the next, so each line is
+    well-formed on its own.
+    """
+
+    def split(match: re.Match[str]) -> str:
+        lines = match.group(2).split("\n")
+        if lines and not re.sub(r"<[^>]+>", "", lines[-1]):
+            lines.pop()  # the newline that ends the block, followed only by closing tags
+        open_tags: list[tuple[str, str]] = []  # (the opening tag as written, the element's name)
+        wrapped = []
+        for line in lines:
+            reopened = "".join(tag for tag, _ in open_tags)
+            for tag in _TAG.finditer(line):
+                if tag.group("closing"):
+                    open_tags.pop()
+                elif not tag.group("empty"):
+                    open_tags.append((tag.group(0), tag.group("name")))
+            closing = "".join(f"</{name}>" for _, name in reversed(open_tags))
+            wrapped.append(f'<span class="line">{reopened}{line}{closing}\n</span>')
+        return f"{match.group(1)}{''.join(wrapped)}</pre>"
+
+    return re.sub(r"(<pre\b[^>]*>)(.*?)</pre>", split, html_text, flags=re.DOTALL)
 
 
 def _link_images_to_full_size(html_text: str) -> str:
@@ -482,28 +539,41 @@ def _relative(from_page: str, to_path: str) -> str:
     return os.path.relpath(to_path, start=os.path.dirname(from_page) or ".").replace(os.sep, "/")
 
 
-def _url_rewriter(module: Module, modules: list[Module]) -> Callable[[str], str]:
+def _url_rewriter(
+    module: Module, modules: list[Module], from_page: str | None = None
+) -> Callable[[str], str]:
     """Make prose links written relative to the docs root (figures/...) or to source files resolve.
 
     Authors write `figures/basic_block.svg` no matter how deep the module sits, and may link another
-    module by its file name (`blocks.py` or `resnet/blocks.py`); both are mapped to the page's location.
+    module by its file name (`blocks.py` or `resnet/blocks.py`, or its page, `blocks.html`); all are
+    mapped to the page's location. `from_page` is the page the prose is shown on, when that is not the
+    module's own (its summary on the contents page): a link to a definition (`#ResidualBlock`) then
+    leads to the module's page.
     """
     pages = {other.relative: other.page for other in modules}
     module_dir = os.path.dirname(module.relative)
+    shown_on = from_page or module.page
 
     def rewrite(url: str) -> str:
+        if url.startswith("#") and shown_on != module.page:
+            return _relative(shown_on, module.page) + url
         if not url or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/", url):
             return url
         path, _, fragment = url.partition("#")
         suffix = f"#{fragment}" if fragment else ""
-        if path.endswith(".py"):
-            for candidate in (os.path.normpath(os.path.join(module_dir, path)).replace(os.sep, "/"), path):
+        if path.endswith((".py", ".html")):
+            source_path = path[: -len(".html")] + ".py" if path.endswith(".html") else path
+            for candidate in (
+                os.path.normpath(os.path.join(module_dir, source_path)).replace(os.sep, "/"),
+                source_path,
+            ):
                 if candidate in pages:
-                    return _relative(module.page, pages[candidate]) + suffix
-            return url
+                    return _relative(shown_on, pages[candidate]) + suffix
+            if path.endswith(".py"):
+                return url
         if path.startswith("../") or path.startswith("./"):
             return url
-        return _relative(module.page, path) + suffix
+        return _relative(shown_on, path) + suffix
 
     return rewrite
 
@@ -533,13 +603,88 @@ arXiv:1512.03385</a>. Generated by <code>docs/build.py</code> from <code>{genera
 """
 
 
-def render_module(module: Module, modules: list[Module], formatter: HtmlFormatter) -> str:
+_HEADING = re.compile(r"<h([1-6])>(.*?)</h\1>", re.DOTALL)
+
+
+def slugify(heading_html: str) -> str:
+    """The anchor name of a heading: its words in lower case, joined by hyphens.
+
+    Formulas are left out (their MathML has no readable text) and accents are dropped, so
+    "Projection shortcut ($W_s x$)" becomes `projection-shortcut` and "The CIFAR-10 networks (§4.2)"
+    becomes `the-cifar-10-networks-4-2`.
+    """
+    text = re.sub(r"<math\b.*?</math>", " ", heading_html, flags=re.DOTALL)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+class _Anchors:
+    """Names the rows of one page after their headings, so that a link to a row survives edits.
+
+    A row whose prose has a heading is named after it (`#residual-block`); a row without one is named
+    after the heading above it and its place below that heading (`#residual-block-1`), so edits move
+    only the names of the rows between one heading and the next. The second and later headings inside
+    one row get ids of their own. Names are unique on the page and never take a definition's name
+    (`#ResidualBlock`), which links to the code itself.
+    """
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = set(taken)
+        self.base = "top"
+        self.rows_since_heading = 0
+
+    def _claim(self, name: str) -> str:
+        candidate, suffix = name, 2
+        while candidate in self.taken:
+            candidate, suffix = f"{name}-{suffix}", suffix + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def name_section(self, prose_html: str) -> tuple[str, str]:
+        """The id of the row with this prose, and the prose with ids on its later headings."""
+        section_id: str | None = None
+
+        def name_heading(match: re.Match[str]) -> str:
+            nonlocal section_id
+            slug = slugify(match.group(2))
+            if not slug:
+                return match.group(0)
+            name = self._claim(slug)
+            self.base, self.rows_since_heading = name, 0
+            if section_id is None:
+                section_id = name
+                return match.group(0)
+            return f'<h{match.group(1)} id="{name}">{match.group(2)}</h{match.group(1)}>'
+
+        prose_html = _HEADING.sub(name_heading, prose_html)
+        if section_id is None:
+            self.rows_since_heading += 1
+            number = self.rows_since_heading
+            while f"{self.base}-{number}" in self.taken:
+                number += 1
+            self.rows_since_heading = number
+            section_id = self._claim(f"{self.base}-{number}")
+        return section_id, prose_html
+
+
+def source_link(module: Module, source_url: str | None) -> str:
+    """Where a page's "source" link points: `source_url` + the file's path, or the copy beside the page."""
+    if source_url:
+        return f"{source_url.rstrip('/')}/{module.relative}"
+    return _relative(module.page, module.relative)
+
+
+def render_module(
+    module: Module, modules: list[Module], formatter: HtmlFormatter, source_url: str | None = None
+) -> str:
     source = module.source.read_text(encoding="utf-8")
     sections = split_sections(source, module.relative)
     rewrite = _url_rewriter(module, modules)
     root = _relative(module.page, "index.html")[: -len("index.html")]
 
     definitions = definition_lines(source)
+    anchors = _Anchors(set(definitions.values()))
     rows = []
     for number, section in enumerate(sections):
         prose_text = "\n\n".join(section.prose)
@@ -550,7 +695,7 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
         code_html = (
             highlight("\n".join(section.code), PythonLexer(stripnl=False), formatter) if section.code else ""
         )
-        anchor = f"section-{number}"
+        anchor, prose_html = anchors.name_section(prose_html)
         targets = "".join(
             f'<span class="target" id="{html.escape(definitions[line])}"></span>'
             for line in section.code_line_numbers
@@ -579,7 +724,11 @@ def render_module(module: Module, modules: list[Module], formatter: HtmlFormatte
         )
     nav.append(f'<a href="{PAPER_ABS_URL}">Paper</a>')
 
-    heading = f'<h1 class="module-path"><code>{html.escape(module.relative)}</code></h1>'
+    source_href = html.escape(source_link(module, source_url))
+    heading = (
+        f'<p class="module-path">source: <a class="source-link" href="{source_href}">'
+        f"<code>{html.escape(module.relative)}</code></a></p>"
+    )
     body = heading + '\n<div class="sections">\n' + "\n".join(rows) + "\n</div>"
     return PAGE_TEMPLATE.format(
         title=html.escape(f"{module.title or module.relative} — {SITE_TITLE}"),
@@ -606,10 +755,15 @@ def _describe(module: Module) -> None:
         heading = re.search(r"^#+\s*(.+)$", rest, re.MULTILINE)
         module.title = heading.group(1).strip() if heading else ""
     if not module.summary:
+        # The summary is running text: headings, figures and code blocks (a usage block often opens a
+        # module) are skipped, since joining a code block's lines into one would garble it.
+        prose = _FENCE.sub("\n\n", rest)
         paragraphs = [
             paragraph
-            for paragraph in re.split(r"\n\s*\n", rest)
-            if paragraph.strip() and not paragraph.lstrip().startswith(("#", "!["))
+            for paragraph in re.split(r"\n\s*\n", prose)
+            if paragraph.strip()
+            and not paragraph.lstrip().startswith(("#", "!["))
+            and not paragraph.startswith(("    ", "\t"))
         ]
         module.summary = _opening_sentences(" ".join(paragraphs[0].split())) if paragraphs else ""
 
@@ -639,7 +793,13 @@ def _opening_sentences(paragraph: str, enough: int = 160) -> str:
 def render_index(modules: list[Module]) -> str:
     items = []
     for module in modules:
-        summary = render_prose(module.summary, f"{module.relative} (summary)") if module.summary else ""
+        summary = (
+            render_prose(
+                module.summary, f"{module.relative} (summary)", _url_rewriter(module, modules, "index.html")
+            )
+            if module.summary
+            else ""
+        )
         summary = re.sub(r"^<p>|</p>$", "", summary.strip())
         title = f' <span class="module-title">{html.escape(module.title)}</span>' if module.title else ""
         items.append(
@@ -711,8 +871,19 @@ def _warn_about_missing_anchors(module: Module, page: str) -> None:
         )
 
 
-def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str] | None = None) -> list[Path]:
-    """Build the whole site into `out_dir` and return the pages written, index first."""
+def build_site(
+    out_dir: Path,
+    source_root: Path = REPO_ROOT,
+    packages: list[str] | None = None,
+    source_url: str | None = None,
+) -> list[Path]:
+    """Build the whole site into `out_dir` and return the pages written, index first.
+
+    Each page links to the file it is made from. Without `source_url` a copy of the file is written
+    beside its page (`resnet/model.py` next to `resnet/model.html`), so the link works in a local build
+    and on any static host; with it (`https://github.com/OWNER/REPO/blob/main`) the link goes to
+    `source_url/resnet/model.py` and no copies are written.
+    """
     packages = list(packages or DEFAULT_PACKAGES)
     previous = _prepare_output(out_dir, source_root)
     modules = discover_modules(source_root, packages)
@@ -722,8 +893,10 @@ def build_site(out_dir: Path, source_root: Path = REPO_ROOT, packages: list[str]
     formatter = HtmlFormatter(cssclass="highlight")
     written: dict[str, str] = {"index.html": render_index(modules)}
     for module in modules:
-        written[module.page] = render_module(module, modules, formatter)
+        written[module.page] = render_module(module, modules, formatter, source_url)
         _warn_about_missing_anchors(module, written[module.page])
+        if not source_url:
+            written[module.relative] = module.source.read_text(encoding="utf-8")
     written["style.css"] = (
         (DOCS_DIR / "style.css").read_text(encoding="utf-8")
         + "\n/* Code colours, generated by pygments */\n"
@@ -773,9 +946,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"package folder under the source root; repeatable (default: {', '.join(DEFAULT_PACKAGES)})",
     )
+    parser.add_argument(
+        "--source-url",
+        metavar="URL",
+        help="link each page's source to URL/<path of the file> (for example a GitHub blob URL) "
+        "instead of to a copy of the file written beside the page",
+    )
     args = parser.parse_args(argv)
     try:
-        pages = build_site(args.out_dir, args.source_root, args.packages)
+        pages = build_site(args.out_dir, args.source_root, args.packages, args.source_url)
     except BuildError as error:
         print(f"docs/build.py: error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 """
 # A fast residual network for CIFAR-10 (beyond the paper)
 
-The paper's CIFAR networks are thin (16 to 64 channels) and deep, and spend most of their work on
-$32 \\times 32$ maps. That is the right shape for studying depth, but not for training fast on a GPU:
-thin layers leave most of a modern GPU idle, and every one of the many layers costs a kernel launch.
+The paper's CIFAR networks are thin (16 to 64 channels) and deep. They follow the paper's rule of
+halving the map where the filters double (§3.3), so each of the three stages costs about the same: 16
+channels on $32 \\times 32$ maps, 32 on $16 \\times 16$, 64 on $8 \\times 8$. That is the right shape for
+studying depth, but not for training fast on a GPU: thin layers leave most of a modern GPU idle, and
+every one of the many layers costs a kernel launch.
 
 The networks that held the CIFAR-10 speed records turned this around. The best known is the "ResNet-9"
 that David Page (Myrtle.ai) trained for the DAWNBench competition in 2018: 94% test accuracy in 24
@@ -53,8 +55,10 @@ class ConvPool(Module):
     ## Widen and downsample
 
     A $3 \\times 3$ convolution to `out_channels`, batch norm, ReLU, then a $2 \\times 2$ max-pool that
-    halves the map. Pooling after the convolution (instead of a stride-2 convolution) lets the
-    convolution see every pixel, at four times the cost of a strided one.
+    halves the map. A stride-2 $3 \\times 3$ convolution would halve it too, and it would also read
+    every pixel; but it computes its output at only one position in four. Convolving at stride 1 and
+    then pooling computes it at every position and keeps the strongest response of each $2 \\times 2$
+    window, at four times the cost of the strided convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int):

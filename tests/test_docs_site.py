@@ -76,12 +76,23 @@ FIXTURE_MODULES = {
         '"""Small helpers. ![Bottleneck block](figures/bottleneck_block.svg)"""\n\nVALUE = 1\n'
     ),
     "resnet/zoo/deep.py": (
-        '"""A module two folders down.\n\n'
+        '"""A module two folders down, beside [the block](../model.py#Block).\n\n'
         '![Shortcut options A, B and C](figures/shortcut_options.svg)\n"""\n\n'
         "DEPTH = 2\n"
     ),
     "resnet/__init__.py": "",  # empty modules get no page
     "experiments/cifar10.py": '"""Training on CIFAR-10 (§4.2)."""\n\nEPOCHS = 1\n',
+    # experiments/runner.py is in the reading order but not here: it must simply get no page.
+    "experiments/progress.py": "# Where a run is.\nPOSITION = 0\n",
+    "experiments/degradation.py": (
+        '"""\n# Plain against residual networks\n\n'
+        "```\n"
+        "python experiments/degradation.py --quick                    # minutes per network\n"
+        "python experiments/degradation.py --depths 20 32 56 --out figure6.png --stand-in\n"
+        "```\n\n"
+        "Deeper plain networks train worse (Figure 6); residual ones do not.\n"
+        '"""\n\nDEPTHS = (20, 56)\n'
+    ),
     "experiments/aaa_tools.py": "# Sorts first alphabetically, still comes after cifar10.py.\nTOOLS = 1\n",
     "experiments/data.py": "# Reading data.\nDATA = 1\n",
 }
@@ -281,12 +292,14 @@ class _PageLinks(HTMLParser):
         super().__init__()
         self.urls: list[tuple[str, str]] = []
         self.ids: set[str] = set()
+        self.id_list: list[str] = []  # in page order, repeats kept
         self.scripts = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
         if values.get("id"):
             self.ids.add(values["id"] or "")
+            self.id_list.append(values["id"] or "")
         if tag == "script":
             self.scripts += 1
         for name in ("href", "src"):
@@ -344,17 +357,23 @@ def test_fixture_site_pages_follow_the_reading_order(fixture_site: Path) -> None
         "resnet/model.html",
         "resnet/helpers.html",
         "resnet/zoo/deep.html",
+        "experiments/degradation.html",
         "experiments/cifar10.html",
+        "experiments/progress.html",
         "experiments/data.html",
         "experiments/aaa_tools.html",
     ]
     assert not (fixture_site / "resnet" / "__init__.html").exists()
+    # Listed in READING_ORDER, absent from the fixture: no page, and nothing links to one.
+    assert "experiments/runner.py" in build.READING_ORDER
+    assert not (fixture_site / "experiments" / "runner.html").exists()
+    assert all("runner.html" not in page.read_text(encoding="utf-8") for page in fixture_site.rglob("*.html"))
     assert "Residual learning in brief" in index  # title from the front matter
 
 
 def test_fixture_site_links_and_images_resolve(fixture_site: Path) -> None:
     pages = assert_site_is_self_contained(fixture_site)
-    assert len(pages) == 7
+    assert len(pages) == 9
     for name in FIGURES:
         assert (fixture_site / "figures" / name).is_file()
     deep = (fixture_site / "resnet" / "zoo" / "deep.html").read_text(encoding="utf-8")
@@ -438,6 +457,253 @@ def test_repo_site_links_resolve_and_math_is_rendered(repo_site: Path) -> None:
     assert "<math" in (repo_site / tutorial).read_text(encoding="utf-8")
     first = re.search(r'<li><a href="([^"]+)"', (repo_site / "index.html").read_text(encoding="utf-8"))
     assert first is not None and first.group(1) == tutorial
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading order
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_reading_order_is_tutorial_then_experiment_then_training_then_operations() -> None:
+    order = list(build.READING_ORDER)
+    assert order[0] == "resnet/model.py"
+    last_model_page = max(index for index, name in enumerate(order) if name.startswith("resnet/"))
+    assert order[last_model_page + 1 : last_model_page + 5] == [
+        "experiments/degradation.py",  # the paper's central experiment, Figure 6
+        "experiments/cifar10.py",  # the training tutorial
+        "experiments/runner.py",  # and the machinery it imports
+        "experiments/progress.py",
+    ]
+    assert len(order) == len(set(order))
+
+
+def test_repo_index_follows_the_reading_order(repo_site: Path) -> None:
+    index = (repo_site / "index.html").read_text(encoding="utf-8")
+    order = [page.removesuffix(".html") + ".py" for page in re.findall(r'<li><a href="([^"]+)"', index)]
+    assert order[0] == "resnet/model.py"
+    listed = [name for name in build.READING_ORDER if (REPO_ROOT / name).is_file() and name in order]
+    assert [name for name in order if name in listed] == listed  # listed pages keep the listed order
+    experiments = [name for name in order if name.startswith("experiments/")]
+    assert experiments[:2] == ["experiments/degradation.py", "experiments/cifar10.py"]
+    assert (
+        order.index("experiments/degradation.py")
+        == max(index for index, name in enumerate(order) if name.startswith("resnet/")) + 1
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row anchors: named after headings, stable and unique
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("heading", "slug"),
+    [
+        ("Residual block", "residual-block"),
+        ('Projection shortcut (<math display="inline"><mi>W</mi></math>)', "projection-shortcut"),
+        ("The CIFAR-10 networks (§4.2)", "the-cifar-10-networks-4-2"),
+        ("Choosing the number format: <code>amp=auto</code>", "choosing-the-number-format-amp-auto"),
+        ("Café &amp; crème", "cafe-creme"),
+    ],
+)
+def test_slugify(heading: str, slug: str) -> None:
+    assert build.slugify(heading) == slug
+
+
+def test_rows_are_named_after_their_headings(fixture_site: Path) -> None:
+    page = (fixture_site / "resnet" / "model.html").read_text(encoding="utf-8")
+    rows = re.findall(
+        r'<div class="section" id="([^"]+)">\n<div class="docs">(?:<span[^>]*></span>)*'
+        r'<a class="anchor" href="#([^"]+)"',
+        page,
+    )
+    assert rows == [
+        ("residual-learning", "residual-learning"),
+        ("the-block", "the-block"),
+        ("the-block-1", "the-block-1"),
+    ]  # a row without a heading counts on from the one above
+    assert "section-" not in page
+
+
+def test_row_names_survive_rows_added_above_them(tmp_path: Path) -> None:
+    before = _row_ids(FIXTURE_TUTORIAL, tmp_path / "before")
+    edited = FIXTURE_TUTORIAL.replace(
+        "from torch import nn\n", "from torch import nn\n\n# A new note.\nX = 1\n"
+    )
+    after = _row_ids(edited, tmp_path / "after")
+    assert len(after) == len(before) + 1
+    assert after[0] == before[0] == "residual-learning"
+    assert "the-block" in after and after.index("the-block") == before.index("the-block") + 1
+    assert after[after.index("the-block") + 1] == "the-block-1"  # the rows under "The block" keep theirs
+
+
+def _render_page(source: str, tmp_path: Path) -> str:
+    path = tmp_path / "resnet" / "model.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    module = build.Module(source=path, relative="resnet/model.py", page="resnet/model.html")
+    return build.render_module(module, [module], build.HtmlFormatter(cssclass="highlight"))
+
+
+def _row_ids(source: str, tmp_path: Path) -> list[str]:
+    """The ids of a module's rows, in order, as render_module names them."""
+    return re.findall(r'<div class="section" id="([^"]+)"', _render_page(source, tmp_path))
+
+
+def test_row_names_are_unique_and_leave_definition_names_alone(tmp_path: Path) -> None:
+    source = (
+        '"""\n# Forward\n\n## Details\n\nMore.\n"""\n\nimport os\n\n'
+        "# ## Forward\nA = 1\n\n"
+        "# No heading.\nB = 2\n\n"
+        "# ## Details\ndef forward():\n    return 1\n"
+    )
+    page = _render_page(source, tmp_path)
+    # `#forward` belongs to the function; the headings named "Forward" take the next free names.
+    assert re.findall(r'<div class="section" id="([^"]+)"', page) == [
+        "forward-2",
+        "forward-3",
+        "forward-3-1",
+        "details-2",
+    ]
+    assert '<span class="target" id="forward">' in page
+    assert '<h2 id="details">Details</h2>' in page  # a later heading of one row gets an id of its own
+    parsed = _PageLinks()
+    parsed.feed(page)
+    assert len(parsed.id_list) == len(set(parsed.id_list))
+
+
+def test_repo_pages_have_unique_ids_and_named_rows(repo_site: Path) -> None:
+    for page in sorted(repo_site.rglob("*.html")):
+        parsed = _parse(page)
+        repeated = sorted({name for name in parsed.id_list if parsed.id_list.count(name) > 1})
+        assert repeated == [], f"{page.relative_to(repo_site)} repeats the ids {repeated}"
+        assert not any(re.fullmatch(r"section-\d+", name) for name in parsed.id_list)
+    tutorial = (repo_site / "resnet" / "model.html").read_text(encoding="utf-8")
+    for heading in ("residual-block", "bottleneck-residual-block", "choosing-the-shortcut", "the-stem"):
+        assert f'<div class="section" id="{heading}">' in tutorial
+
+
+def _row(page_html: str, row_id: str) -> str:
+    match = re.search(rf'<div class="section" id="{row_id}">(.*?)<div class="code">', page_html, re.DOTALL)
+    assert match is not None, f"no row #{row_id}"
+    return match.group(1)
+
+
+def test_shortcut_figure_sits_under_choosing_the_shortcut(repo_site: Path) -> None:
+    tutorial = (repo_site / "resnet" / "model.html").read_text(encoding="utf-8")
+    assert "shortcut_options.svg" in _row(tutorial, "choosing-the-shortcut")
+    assert "shortcut_options.svg" not in _row(tutorial, "projection-shortcut")
+    assert tutorial.count('src="../figures/shortcut_options.svg"') == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Links to the source file
+# ---------------------------------------------------------------------------------------------------
+
+
+def _source_href(page: Path) -> str:
+    match = re.search(
+        r'<a class="source-link" href="([^"]+)"><code>([^<]+)</code></a>', page.read_text("utf-8")
+    )
+    assert match is not None, f"{page} has no link to its source file"
+    return html.unescape(match.group(1))
+
+
+def test_each_page_links_to_a_copy_of_its_source(fixture_root: Path, fixture_site: Path) -> None:
+    for name in FIXTURE_MODULES:
+        if not FIXTURE_MODULES[name].strip():
+            continue
+        page = fixture_site / (name.removesuffix(".py") + ".html")
+        href = _source_href(page)
+        assert (page.parent / href).resolve() == (fixture_site / name).resolve()
+        assert (fixture_site / name).read_text(encoding="utf-8") == (fixture_root / name).read_text("utf-8")
+
+
+def test_source_links_can_point_at_a_hosted_repository(fixture_root: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    build.build_site(site, fixture_root, source_url="https://github.com/example/resnet/blob/main/")
+    href = _source_href(site / "resnet" / "zoo" / "deep.html")
+    assert href == "https://github.com/example/resnet/blob/main/resnet/zoo/deep.py"
+    assert not list(site.rglob("*.py"))  # no copies when the sources are hosted
+
+
+def test_repo_pages_link_to_their_source(repo_site: Path) -> None:
+    for page in sorted(repo_site.glob("*/*.html")):
+        source = page.relative_to(repo_site).as_posix().removesuffix(".html") + ".py"
+        target = (page.parent / _source_href(page)).resolve()
+        assert target.read_text(encoding="utf-8") == (REPO_ROOT / source).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Citations of other papers, code in summaries, prose code blocks, fonts
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_section_numbers_the_paper_does_not_have_are_not_linked_to_it() -> None:
+    source = "<p>Delving Deep (§2.2) and §3.3</p>"
+    linked = build.link_paper_references(source)
+    assert "(§2.2)" in linked and ">§2.2</a>" not in linked
+    assert ">§3.3</a>" in linked
+
+
+def test_delving_deep_links_to_its_own_paper(repo_site: Path) -> None:
+    tutorial = (repo_site / "resnet" / "model.html").read_text(encoding="utf-8")
+    links = re.findall(r'<a\b[^>]*href="([^"]+)"[^>]*>([^<]*Delving Deep[^<]*)</a>', tutorial)
+    assert links, "the tutorial does not link Delving Deep into Rectifiers"
+    assert {href for href, _ in links} == {"https://arxiv.org/abs/1502.01852"}
+    assert not re.search(r'1512\.03385[^"]*"[^>]*>§2\.2<', tutorial)  # §2.2 is not in the ResNet paper
+
+
+def test_summaries_leave_code_blocks_out(fixture_site: Path) -> None:
+    index = (fixture_site / "index.html").read_text(encoding="utf-8")
+    summary = re.search(r'href="experiments/degradation.html".*?<div class="summary">(.*?)</div>', index)
+    assert summary is not None
+    assert "Deeper plain networks train worse" in summary.group(1)
+    assert "python experiments" not in summary.group(1)
+    # A summary's links are rewritten for the contents page, which sits at the root of the site.
+    assert 'href="resnet/model.html#Block"' in index
+
+
+def test_repo_summaries_do_not_flatten_code_blocks(repo_site: Path) -> None:
+    index = (repo_site / "index.html").read_text(encoding="utf-8")
+    summaries = " ".join(re.findall(r'<div class="summary">(.*?)</div></li>', index, re.DOTALL))
+    text = html.unescape(re.sub(r"<[^>]+>", "", summaries))
+    assert "<pre" not in summaries
+    for page in re.findall(r'<li><a href="([^"]+)"', index):
+        source = (REPO_ROOT / (page.removesuffix(".html") + ".py")).read_text(encoding="utf-8")
+        for fence in re.findall(r"^```[^\n]*\n(.*?)^```", source, re.MULTILINE | re.DOTALL):
+            lines = [" ".join(line.split()) for line in fence.splitlines() if line.strip()]
+            for first, second in zip(lines, lines[1:], strict=False):
+                assert f"{first} {second}" not in text, f"the summary of {page} runs code lines together"
+
+
+def test_prose_code_blocks_keep_one_element_per_line() -> None:
+    rendered = build.render_prose('```python\nx = """a\nb"""\n\ny = 2\n```')
+    lines = re.findall(r'<span class="line">(.*?)\n</span>', rendered, re.DOTALL)
+    assert len(lines) == 4
+    for line in lines:  # each line is well-formed on its own, even inside a multi-line string
+        assert line.count("<span") == line.count("</span>") and line.count("<code") == line.count("</code>")
+    assert html.unescape(re.sub(r"<[^>]+>", "", "\n".join(lines))) == 'x = """a\nb"""\n\ny = 2'
+
+
+def _math_font_families() -> list[str]:
+    css = (REPO_ROOT / "docs" / "style.css").read_text(encoding="utf-8")
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.DOTALL)
+    rule = re.search(r"(?:^|\})\s*math\s*\{([^}]*)\}", css)
+    assert rule is not None, "style.css has no rule for <math>"
+    families = re.search(r"font-family:\s*([^;]+);", rule.group(1))
+    assert families is not None, "the <math> rule sets no font-family"
+    return [family.strip().strip("\"'") for family in families.group(1).split(",")]
+
+
+def test_math_fonts_come_before_any_text_font() -> None:
+    families = _math_font_families()
+    assert "math" in families, "the generic `math` family is missing"
+    named = families[: families.index("math")]
+    assert named, "no named math font before the generic one"
+    # Only fonts with a MATH table may come before `math`; a text font there (DejaVu Serif) wins for
+    # every glyph it has, and scripts are then placed without the metrics they need.
+    assert all("Math" in family for family in named), named
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -648,3 +914,48 @@ def test_repo_site_renders_in_chromium(browser: Browser, repo_site: Path, tmp_pa
     assert reports[tutorial]["mathCount"] > 0, "the tutorial page shows no formulas"
     _save_screenshot(browser, repo_site / tutorial, tmp_path / "repo_tutorial.png")
     _save_screenshot(browser, repo_site / "index.html", tmp_path / "repo_index.png")
+
+
+# Every code block in the prose column, and how wide its text is against the room it has.
+PROSE_CODE_REPORT = """(() => [...document.querySelectorAll('.docs pre')].map(pre => ({
+  text: pre.innerText.slice(0, 60),
+  room: pre.clientWidth,
+  needed: pre.scrollWidth,
+  lines: [...pre.querySelectorAll('.line')].filter(line => getComputedStyle(line).display === 'block').length,
+})))()"""
+
+
+def test_usage_blocks_fit_the_prose_column_in_chromium(browser: Browser, repo_site: Path) -> None:
+    for name in ("experiments/cifar10.html", "experiments/degradation.html"):
+        browser.open((repo_site / name).as_uri())
+        blocks = browser.evaluate(PROSE_CODE_REPORT)
+        assert isinstance(blocks, list) and blocks, f"{name} shows no usage block"
+        for block in blocks:
+            assert block["needed"] <= block["room"] + 1, f"{name}: a code block is cut off: {block}"
+            assert block["lines"] > 0, f"{name}: a code block's lines are not wrapped one by one: {block}"
+
+
+def _installed_font_families() -> set[str]:
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return set()
+    listing = subprocess.run([fc_list, ":", "family"], capture_output=True, text=True).stdout
+    return {family.strip() for line in listing.splitlines() for family in line.split(",")}
+
+
+def test_formulas_are_set_in_a_math_font_in_chromium(browser: Browser, fixture_site: Path) -> None:
+    wanted = [family for family in _math_font_families() if family != "math"]
+    if not set(wanted) & _installed_font_families():
+        pytest.skip(f"none of the math fonts {wanted} is installed")
+    browser.open((fixture_site / "resnet" / "model.html").as_uri())
+    browser.call("DOM.enable", session=True)
+    browser.call("CSS.enable", session=True)
+    root = browser.call("DOM.getDocument", session=True)["root"]["nodeId"]
+    nodes = browser.call("DOM.querySelectorAll", session=True, nodeId=root, selector="math mi, math mn")
+    glyphs: dict[str, int] = {}
+    for node in nodes["nodeIds"]:
+        for font in browser.call("CSS.getPlatformFontsForNode", session=True, nodeId=node)["fonts"]:
+            glyphs[font["familyName"]] = glyphs.get(font["familyName"], 0) + font["glyphCount"]
+    assert glyphs, "no formula glyphs were drawn"
+    most_used = max(glyphs, key=lambda family: glyphs[family])
+    assert "Math" in most_used, f"formulas are drawn mostly in {most_used}, not a math font: {glyphs}"
