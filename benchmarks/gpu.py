@@ -23,7 +23,7 @@ never downloads anything here: to measure time to accuracy, bring CIFAR-10 along
 `--data-dir DIR` (for example `rsync -a data/cifar-10-batches-py gpu-host:resnet/data/` and then
 `--data-dir data` there). The trainer checks every file against the official md5 sums. Without
 `--data-dir` the trainer stage trains on synthetic images written in CIFAR-10's exact on-disk format
-(the tests' writer, `tests/cifar_synthetic.py`): its throughput is real, its accuracy means nothing, and
+(`experiments.synthetic`, the tests' writer too): its throughput is real, its accuracy means nothing, and
 the table says so. `--out DIR` keeps a `summary.json`, a `summary.md` and the trainer's run folders
 (an existing summary is never overwritten); `--stages` picks stages and `--no-compile` leaves out the
 `torch.compile` steps (the CUDA-graph run among them).
@@ -40,16 +40,16 @@ the table says so. `--out DIR` keeps a `summary.json`, a `summary.md` and the tr
    device (augmentation included) against images/s a `resnet20` training step consumes there, and the
    same against a `DataLoader` over PIL images with worker processes. Target: supply/demand ≥ 1.0, the
    model never waits for data.
-3. **Trainer** ([`experiments/cifar10.py`](../experiments/cifar10.py), called as a user would with
-   `--results`; every recipe adds bf16 autocast and `channels_last` on CUDA): `resnet9` with
-   `--recipe resnet9`; `resnet20` and `resnet56` with `--recipe fast`; then `resnet20 --recipe fast`
-   again with `--compile`, and with `--cuda-graphs` (`torch.compile` in its `reduce-overhead` mode,
-   which replays each step as a recorded CUDA graph; CUDA only, so a CPU run skips it; its table also
-   counts the graphs `torch.compile` declined to record, which must be 0 for the run to mean anything,
-   since such a fallback only shows in a log line). For each run:
-   training images/s over the whole run (the first epoch pays for warm-up and compilation) and over the
-   last epoch, wall time of the whole call, final test accuracy, and on real CIFAR-10 the **training
-   time to target** (our goals on one H100):
+3. **Trainer** ([`experiments/cifar10.py`](../experiments/cifar10.py), called through its Python API
+   `cifar10.train(...)`, which runs what the command line runs; every recipe adds bf16 autocast and
+   `channels_last` on CUDA): `resnet9` with `--recipe resnet9`; `resnet20` and `resnet56` with `--recipe
+   fast`; then `resnet20 --recipe fast` again with `--compile`, and with `--cuda-graphs` (`torch.compile`
+   in its `reduce-overhead` mode, which replays each step as a recorded CUDA graph; CUDA only, so a CPU
+   run skips it; its table also counts the graphs `torch.compile` declined to record, which must be 0 for
+   the run to mean anything, since such a fallback only shows in a log line). For each run: training
+   images/s over the whole run (the first epoch pays for warm-up and compilation) and over the last
+   epoch, wall time of the whole call, final test accuracy, and on real CIFAR-10 the **training time to
+   target** (our goals on one H100):
 
    | model | recipe | target test accuracy | training time to reach it |
    |---|---|---|---|
@@ -92,9 +92,10 @@ compiled runs come last and are the likeliest to be stopped, since compiling alo
 seconds; each step also gets whatever the steps before it left unused.
 
 A step whose share is below a useful minimum is **skipped** and reported as such. A step that runs
-past its share is stopped: a benchmark is interrupted (its rows are lost, the step says so), a trainer
-run is sent SIGINT, which makes the trainer finish its step and save a checkpoint, and the epochs it
-completed are reported. A run stopped this way has not reached the end of its schedule, so its
+past its share is stopped: a benchmark is interrupted (its rows are lost, the step says so), and a
+trainer run gets its share as the trainer's own time limit (`cifar10.train(time_limit_s=...)`, the
+command line's `--time-limit`), so it stops after the step that passes it, saves a checkpoint, and
+the epochs it completed are reported. A run stopped this way has not reached the end of its schedule, so its
 final accuracy is labelled as such; to let it finish, raise `--budget-s` or run the stage alone
 (`--stages trainer`).
 
@@ -114,7 +115,6 @@ everything runs; they say nothing about a GPU.
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import io
 import json
 import signal
@@ -132,6 +132,11 @@ import torch
 from benchmarks import data_pipeline, model_speed
 from benchmarks.common import machine_description, parse_device, print_table
 from experiments import cifar10
+from experiments.checkpoint import CheckpointError
+from experiments.cli import UsageError
+from experiments.data import DataError
+from experiments.runner import RunError
+from experiments.synthetic import write_synthetic_cifar10
 
 STAGES = ("model_speed", "data_pipeline", "trainer")
 # The project's goals for the fast path on one H100: (test accuracy, seconds of training to reach it).
@@ -239,26 +244,6 @@ def deadline(seconds: float, on_expiry: Callable[[], None]) -> Iterator[dict[str
 
 def _raise_out_of_budget() -> None:
     raise OutOfBudget()
-
-
-def _trainer_stopper() -> Callable[[], None]:
-    """
-    What to do when a trainer run's time is up: send it what Ctrl+C would, so it finishes the current
-    step, saves a checkpoint and returns, and the epochs it completed stay in its metrics.jsonl. Only the
-    trainer's own SIGINT handler does that; before it is installed (arguments, data) or after it is
-    restored, a SIGINT would be a KeyboardInterrupt at an arbitrary line, or lost where SIGINT is
-    ignored, so until then the stopper looks again every 0.1 s.
-    """
-    outside = signal.getsignal(signal.SIGINT)
-
-    def stop() -> None:
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler) and handler is not outside:
-            signal.raise_signal(signal.SIGINT)
-        else:
-            signal.setitimer(signal.ITIMER_REAL, 0.1)
-
-    return stop
 
 
 # ## Stage 1: model speed
@@ -596,36 +581,52 @@ def trainer_plans(device: torch.device, quick: bool, real_data: bool) -> list[Tr
     ]
 
 
-def trainer_argv(
-    plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path, results: Path
-) -> list[str]:
-    argv = [
-        "--model",
-        plan.model,
-        "--recipe",
-        plan.recipe,
-        "--device",
-        device.type,
-        "--data-dir",
-        str(data.folder),
-        "--no-download",
-        "--logs-dir",
-        str(logs_dir),
-        "--results",
-        str(results),
+# What each trainer flag of a plan means as a setting of `cifar10.train`.
+FLAG_SETTINGS: dict[str, dict[str, Any]] = {
+    "--compile": {"compile": True},
+    "--cuda-graphs": {"cuda_graphs": True},
+}
+
+
+def trainer_settings(
+    plan: TrainerPlan, data: TrainerData, device: torch.device, logs_dir: Path
+) -> dict[str, Any]:
+    """The keyword arguments of the `cifar10.train` call that runs `plan`."""
+    settings: dict[str, Any] = {
+        "model": plan.model,
+        "recipe": plan.recipe,
+        "device": device.type,
+        "data_dir": str(data.folder),
+        "download": False,
+        "logs_dir": logs_dir,
         # Time to accuracy needs the test accuracy after every epoch.
-        "valid_split=0",
-        "eval_every_epoch=True",
-    ]
+        "valid_split": 0,
+        "eval_every_epoch": True,
+    }
     if plan.epochs is not None:
-        argv += ["--epochs", str(plan.epochs)]
+        settings["epochs"] = plan.epochs
     if plan.batch_size is not None:
-        argv += ["--batch-size", str(plan.batch_size)]
-    argv += plan.flags
+        settings["batch_size"] = plan.batch_size
+    for flag in plan.flags:
+        settings.update(FLAG_SETTINGS[flag])
     if not data.real:
         # Synthetic files have CIFAR-10's format but not its bytes, so they cannot match the md5 sums.
-        argv.append("verify_checksums=False")
-    return argv
+        settings["verify_checksums"] = False
+    return settings
+
+
+def command_line(settings: dict[str, Any]) -> str:
+    """The command that runs the same as `cifar10.train(**settings)`, for the report."""
+    flags = {"model": "--model", "recipe": "--recipe", "device": "--device", "logs_dir": "--logs-dir"}
+    words = ["python experiments/cifar10.py"]
+    for key, value in settings.items():
+        if key in flags:
+            words += [flags[key], str(value)]
+        elif key == "cuda_graphs":
+            words.append("--cuda-graphs")
+        else:
+            words.append(f"{key}={value}".replace(" ", ""))
+    return " ".join(words)
 
 
 def epoch_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -665,10 +666,6 @@ def time_to_target(timeline: list[dict[str, float]], target: float) -> dict[str,
     )
 
 
-def run_folders(logs_dir: Path) -> set[Path]:
-    return set((logs_dir / cifar10.EXPERIMENT_NAME).glob("*"))
-
-
 def ratio_verdict(ratio: float, digits: int, quick: bool = False) -> str:
     """
     `pass` when the ratio, shown with `digits` decimals, is at least 1. The verdict follows the number
@@ -692,30 +689,17 @@ def trainer_step(
 ) -> Step:
     def run(limit_s: float, report: StepReport) -> None:
         stage = f"trainer {plan.label}"
-        with tempfile.TemporaryDirectory(prefix="gpu-benchmark-results-") as tmp:
-            results_path = Path(tmp) / "results.json"
-            argv = trainer_argv(plan, data, device, logs_dir, results_path)
-            report.details["command"] = "python experiments/cifar10.py " + " ".join(argv)
-            before = run_folders(logs_dir)
-            skips_before = cudagraph_skips()
-            started = time.perf_counter()
-            with deadline(limit_s, _trainer_stopper()) as state:
-                status = cifar10.main(argv)
-            wall_s = time.perf_counter() - started
-            skipped_graphs = cudagraph_skips() - skips_before
-            results = json.loads(results_path.read_text()) if results_path.exists() else None
-        if status != 0 and not state["expired"]:
-            if status == 128 + signal.SIGINT:
-                raise KeyboardInterrupt()
-            raise RuntimeError(f"the trainer exited with status {status} (its message is above)")
-        new = sorted(run_folders(logs_dir) - before)
-        records: list[dict[str, Any]] = []
-        if new and (new[-1] / "metrics.jsonl").exists():
-            records = [
-                json.loads(line)
-                for line in (new[-1] / "metrics.jsonl").read_text().splitlines()
-                if line.strip()
-            ]
+        settings = trainer_settings(plan, data, device, logs_dir)
+        report.details["command"] = command_line(settings)
+        skips_before = cudagraph_skips()
+        started = time.perf_counter()
+        try:
+            outcome = cifar10.train(**settings, time_limit_s=max(limit_s, 1e-3))
+        except (RunError, CheckpointError, DataError, UsageError) as e:
+            raise RuntimeError(f"the trainer stopped: {e}") from None
+        wall_s = time.perf_counter() - started
+        skipped_graphs = cudagraph_skips() - skips_before
+        results, records = outcome.summary, outcome.history
         stopped = results is None
         if stopped:
             report.status = "stopped by budget"
@@ -727,7 +711,7 @@ def trainer_step(
         report.details.update(
             {
                 "wall_time_s": wall_s,
-                "run_dir": str(new[-1]) if new else None,
+                "run_dir": str(outcome.run_dir) if outcome.run_dir else None,
                 "results": results,
                 "epochs": timeline,
                 "real_data": data.real,
@@ -815,23 +799,6 @@ def trainer_step(
     return Step("trainer", plan.label, plan.share, run, skip=skip)
 
 
-def _synthetic_writer() -> Callable[..., Path]:
-    """
-    The tests' writer of CIFAR-10-format files, loaded from its file: `tests/` is not a package, and
-    this way no other module called `tests` on the path can stand in for it.
-    """
-    path = Path(__file__).resolve().parent.parent / "tests" / "cifar_synthetic.py"
-    spec = importlib.util.spec_from_file_location("cifar_synthetic", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; it writes the synthetic data. Run from a full checkout "
-            f"of the repository, or pass --data-dir with CIFAR-10"
-        )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_synthetic_cifar10
-
-
 @contextlib.contextmanager
 def trainer_data(data_dir: Path | None, quick: bool, device: torch.device) -> Iterator[TrainerData]:
     """
@@ -841,7 +808,6 @@ def trainer_data(data_dir: Path | None, quick: bool, device: torch.device) -> It
     if data_dir is not None:
         yield TrainerData(data_dir, real=True, train_images=CIFAR10_TRAIN_IMAGES)
         return
-    write_synthetic_cifar10 = _synthetic_writer()
     # --quick: 80 training images, so that even ResNet-9 (ten times resnet20's work per image) trains
     # its epoch on a CPU in about a second.
     per_file, test = (16, 32) if quick else ((10_000, 10_000) if device.type == "cuda" else (1_000, 1_000))

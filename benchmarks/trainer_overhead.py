@@ -4,7 +4,7 @@
 [`experiments/cifar10.py`](../experiments/cifar10.py) wraps every training step in bookkeeping: labml's
 progress display (`monit.iterate`), the global step for the tracker, on-device sums of loss and accuracy,
 a check for a non-finite loss and for stop signals, the learning-rate schedule. This script measures
-what that costs by timing one epoch of `Trainer.train_epoch()` against a bare PyTorch loop that does
+what that costs by timing one epoch of `cifar10.train_epoch(c, run)` against a bare PyTorch loop that does
 only the arithmetic: forward, cross-entropy, backward, SGD step, schedule step.
 
 Both sides get the same network (a copy of the trainer's, same initial weights), the same optimizer
@@ -38,9 +38,10 @@ from benchmarks.common import (
     rate_summary,
     set_threads,
 )
-from experiments import cifar10
+from experiments import cifar10, runner
 from experiments.data import CifarArrays
 from experiments.models import MODEL_NAMES
+from experiments.progress import Progress
 
 
 def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
@@ -61,27 +62,29 @@ def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
     )
 
 
-def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> cifar10.Trainer:
+def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> runner.Run:
     """
-    The trainer as `experiments/cifar10.py` builds it for a run, minus the labml experiment (which would
-    create a run folder): the configuration is computed the way the trainer's non-main ranks compute it.
+    A run as `experiments/cifar10.py` builds it, minus the labml experiment (which would create a run
+    folder): the configuration is computed the way the trainer's non-main ranks compute it.
     """
     c = cifar10.Configs()
     # An iteration budget far beyond the benchmark, so the loop never stops early.
     ConfigProcessor(c, {**overrides, "iterations": 10**9, "dataset": dataset})
-    cifar10._prepare(c)
-    return cifar10.Trainer(c, run_dir=None, overrides=overrides)
+    runner.prepare(c)
+    return runner.Run(
+        c, model_name=str(overrides.get("model", MODEL_NAMES[0])), settings=overrides, run_dir=None
+    )
 
 
-def trainer_epoch(trainer: cifar10.Trainer, epochs: list[int]) -> Callable[[], None]:
+def trainer_epoch(run: runner.Run, epochs: list[int]) -> Callable[[], None]:
     """One call trains the next epoch in `epochs` through the trainer, then rewinds to a fresh epoch."""
 
-    def run() -> None:
-        trainer.epoch, trainer.batch = epochs.pop(0), 0
-        trainer.epoch_sums = trainer._zero_sums()
-        trainer.train_epoch()
+    def train() -> None:
+        run.progress = Progress(run.device)
+        run.progress.epoch = epochs.pop(0)
+        cifar10.train_epoch(run.c, run)
 
-    return run
+    return train
 
 
 class BareEpoch:
@@ -90,9 +93,9 @@ class BareEpoch:
     identical optimizer and schedule. Each call trains the next epoch in `epochs`.
     """
 
-    def __init__(self, trainer: cifar10.Trainer, epochs: list[int]):
-        self.model = copy.deepcopy(trainer.model)
-        settings = trainer.optimizer.param_groups[0]
+    def __init__(self, trainer: runner.Run, epochs: list[int]):
+        self.model = copy.deepcopy(trainer.network)
+        settings = trainer.c.optimizer.param_groups[0]
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=settings["lr"],
@@ -101,8 +104,8 @@ class BareEpoch:
             nesterov=settings["nesterov"],
             fused=settings.get("fused"),
         )
-        self.scheduler = LambdaLR(self.optimizer, copy.deepcopy(trainer.scheduler.lr_lambdas[0]))
-        self.loader = trainer.train_loader
+        self.scheduler = LambdaLR(self.optimizer, copy.deepcopy(trainer.c.scheduler.lr_lambdas[0]))
+        self.loader = trainer.c.train_loader
         self.label_smoothing = trainer.c.label_smoothing
         self.epochs = epochs
 
@@ -171,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> float:
     for run in runs:
         run()
     seconds = alternate(runs, args.repeats, device)
-    images = trainer.train_loader.images_per_epoch
-    names = ["labml trainer (Trainer.train_epoch)", "bare PyTorch loop"]
+    images = trainer.c.train_loader.images_per_epoch
+    names = ["labml trainer (cifar10.train_epoch)", "bare PyTorch loop"]
     rows = []
     for name, times in zip(names, seconds, strict=True):
         rate, spread = rate_summary(images, times)

@@ -6,10 +6,9 @@ disk. A checkpoint is only useful if whatever happens, the last one written is c
 loading one can never do anything but load numbers. This module makes both true.
 
 **Atomic writes.** The checkpoint is written to a temporary file in the same folder, flushed and
-`fsync`ed, and then renamed over the old one with `os.replace`. On POSIX a rename within a folder is
-atomic: a reader sees either the old file or the new one, never half of either. A crash (even
-`kill -9`) in the middle of a write leaves the previous checkpoint untouched and at worst a stray
-`.tmp` file that nothing ever reads.
+`fsync`ed, and then renamed over the old one ([`files.py`](files.html) does this for every file a run
+writes). A reader sees either the old file or the new one, never half of either; a crash (even `kill -9`)
+in the middle of a write leaves the previous checkpoint untouched.
 
 **Safe loading.** A checkpoint is a pickle, and unpickling can call arbitrary code. We load with
 `torch.load(weights_only=True)`, which only rebuilds tensors and plain containers (dicts, lists,
@@ -19,14 +18,20 @@ ints, the configuration as strings and numbers; no numpy arrays, no objects.
 **Clear refusals.** Every way a file can be wrong (missing, truncated, not a checkpoint, from another
 network, carrying code) ends in a [`CheckpointError`](#CheckpointError) with one line that names the
 file and what to do.
+
+**One schema.** [`checkpoint_state`](#checkpoint_state) writes every entry a checkpoint has and
+[`restore_checkpoint`](#restore_checkpoint) reads every one back, so what is saved and what is restored
+are decided in one place.
 """
 
-import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from experiments.files import atomic_write
 
 # Written into every checkpoint so we can tell our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
@@ -43,34 +48,11 @@ class CheckpointError(Exception):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
-    Write `state` to `path` atomically: either the whole new file is there afterwards, or the old one
-    is untouched. Errors (a full disk, a read-only folder) propagate after the temporary file is
-    removed.
+    Write `state` to `path` atomically (see [`experiments/files.py`](files.py)): either the whole new
+    file is there afterwards, or the old one is untouched. Errors (a full disk, a read-only folder)
+    propagate after the temporary file is removed.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Whatever stopped the write, the half-written file must not stay behind.
-        tmp.unlink(missing_ok=True)
-        raise
-    # The rename itself lives in the folder's metadata; sync it too, so a power cut after we return
-    # cannot bring back the old file. Some file systems do not support syncing a folder.
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -177,34 +159,109 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    """The random number generators' states, as tensors and ints (weights-only loadable)."""
-    import random
-
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python_version": int(version),
-        "python_state": torch.tensor(internal, dtype=torch.int64),
-        "python_gauss": gauss,
-    }
+    """
+    The random number generators' states, as tensors (weights-only loadable). Only PyTorch's: the loader
+    draws every batch from its own generator seeded by (seed, epoch, batch), and nothing in a run uses
+    Python's `random`, so its state would restore nothing.
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what [`rng_state`](#rng_state) captured."""
-    import random
-
+    """Restore what [`rng_state`](#rng_state) captured (older checkpoints' Python state is ignored)."""
     torch.set_rng_state(state["torch"])
-    random.setstate(
-        (
-            state["python_version"],
-            tuple(int(v) for v in state["python_state"].tolist()),
-            state["python_gauss"],
-        )
-    )
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+# ## What a checkpoint holds
+#
+# One function writes the schema and one reads it, so the two cannot drift apart. The run's own state
+# is that of its parts, each with `state_dict`/`load_state_dict`: the network, the optimizer, the
+# schedule, the fp16 loss scaler and the weight average when the run has them, and the run's
+# [`Progress`](progress.html) (where it stopped, the partial epoch's sums, the history, the clocks).
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def run_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint keeps: what the run is, not the hardware it ran on (`device.*`)."""
+    return {k: v for k, v in settings.items() if not k.startswith("device.")}
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The parts of a run whose state a checkpoint holds; `scaler` and `ema` only when the run has them."""
+
+    model: Stateful
+    optimizer: Stateful
+    scheduler: Stateful
+    scaler: Stateful | None
+    ema: Stateful | None
+    progress: Stateful
+
+
+def checkpoint_state(parts: RunParts, settings: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to continue exactly here; only tensors, numbers, strings and containers."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "ema": parts.ema.state_dict() if parts.ema is not None else None,
+        # `position`, `epoch_sums`, `history` and `timing`.
+        **parts.progress.state_dict(),
+        "rng": rng_state(),
+        "config": run_config(settings),
+        "signature": signature,
+    }
+
+
+def restore_checkpoint(path: Path, state: dict[str, Any], parts: RunParts, signature: dict[str, Any]) -> None:
+    """Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it clearly."""
+    check_signature(path, state["signature"], signature)
+    if parts.ema is not None and state.get("ema") is None:
+        raise CheckpointError(
+            f"{path} has no averaged weights, but this run sets ema_decay; resume without changing ema_decay"
+        )
+    try:
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        if parts.scaler is not None and state.get("scaler"):
+            parts.scaler.load_state_dict(state["scaler"])
+        if parts.ema is not None:
+            parts.ema.load_state_dict(state["ema"])
+        parts.progress.load_state_dict(state)
+        set_rng_state(state["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path} does not fit this run ({str(e).splitlines()[0][:160]})") from None
+
+
+def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """
+    The weights a run reported its numbers with, and which they are: a run with `ema_decay` evaluated
+    its averaged weights, so those are the ones to measure again.
+    """
+    if state.get("ema"):
+        return state["ema"]["model"], "averaged (ema)"
+    return state["model"], "trained"
+
+
+def evaluation_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """
+    The settings to rebuild a checkpoint's network and data with for `--eval`. The run's subsets say what
+    it trained on and watched; an evaluation measures the whole test set unless it asks for a subset.
+    """
+    return {k: v for k, v in state["config"].items() if k not in ("test_subset", "train_subset")}

@@ -18,18 +18,22 @@ import argparse
 import ast
 import difflib
 import importlib.util
+import os
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import resnet
+from experiments import data as cifar_data
+from experiments.distributed import World
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
+from experiments.runner import Request
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {
@@ -44,7 +48,8 @@ INTERNAL_KEYS = {
     "device.device",
 }
 
-SHORTCUT_CHOICES = ("preset", "A", "B", "C", "none")
+# `preset`: each network keeps its own shortcut option (A for the CIFAR networks); the rest are the library's.
+SHORTCUT_CHOICES = ("preset", *resnet.SHORTCUTS)
 # `torch.compile`'s modes; reduce-overhead is the one that records CUDA graphs.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -86,10 +91,11 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "iterations": _at_least(1),
     "batch_size": _at_least(1),
     "eval_batch_size": _at_least(1),
-    "valid_split": _at_least(0),
+    # At least one official training image must be left to train on.
+    "valid_split": _within(0, cifar_data.TRAIN_IMAGES),
     "seed": _at_least(0),
-    "train_subset": _at_least(0),
-    "test_subset": _at_least(0),
+    "train_subset": _within(0, cifar_data.TRAIN_IMAGES, high_inclusive=True),
+    "test_subset": _within(0, cifar_data.TEST_IMAGES, high_inclusive=True),
     # CIFAR-10's labels run 0..9, so the head needs at least ten outputs.
     "num_classes": _at_least(10),
     "log_every": _at_least(1),
@@ -116,25 +122,35 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-@dataclass
-class Invocation:
-    """What the command line asks for, checked."""
-
-    overrides: dict[str, Any] = field(default_factory=dict)
-    resume: str | None = None
-    eval: str | None = None
-    results: Path | None = None
-    logs_dir: Path | None = None
-    labml_url: str | None = None
-    tensorboard: bool = False
-    stop_after_steps: int | None = None
-    threads: int | None = None
+class UsageError(ValueError):
+    """A setting that cannot work; the message says what was expected. The command line exits with 2."""
 
 
-def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> argparse.ArgumentParser:
+def config_default(configs_class: type, key: str) -> Any:
+    """
+    The default of `key` as the configuration class declares it (a value, or its first option's name),
+    so that help texts and checks never retype a default.
+    """
+    cls, name = configs_class, key
+    for klass in cls.__mro__:
+        item = klass.__dict__.get(name)
+        if getattr(item, "has_value", False):
+            return item.value
+    options = _options(cls, name)
+    return options[0] if options else None
+
+
+def build_parser(
+    recipes: dict[str, dict[str, Any]], configs_class: type, nested: dict[str, type]
+) -> argparse.ArgumentParser:
+    """The flags; their defaults in the help come from the configuration classes, never retyped."""
+    model_names = _options(configs_class, "model")
+    model = config_default(configs_class, "model")
+    batch = config_default(configs_class, "batch_size")
+    lr = config_default(nested["optimizer"], "learning_rate")
     parser = argparse.ArgumentParser(
         prog="experiments/cifar10.py",
-        description="Train a ResNet on CIFAR-10 (He et al., 2015) with labml tracking. Defaults: ResNet-20 "
+        description=f"Train a ResNet on CIFAR-10 (He et al., 2015) with labml tracking. Defaults: {model} "
         "and the paper's recipe. Checkpoints after every epoch and on SIGINT/SIGTERM; "
         "--resume continues exactly.",
         epilog="Any configuration can also be given as key=value, e.g. optimizer.learning_rate=0.05, "
@@ -142,7 +158,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         "lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
         "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
         "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
-        "the global batch, split evenly across processes.",
+        "the global batch, split evenly across processes. From Python: "
+        "experiments.cifar10.train(model=..., epochs=..., ...) runs the same.",
     )
     parser.add_argument(
         "overrides",
@@ -155,7 +172,7 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         metavar="NAME",
         help=f"network: {', '.join(model_names)} (plainN: no shortcuts; resnet9: the fast "
         "DAWNBench network, not from the paper; custom: from "
-        "n_blocks/n_channels/bottlenecks). Default resnet20",
+        f"n_blocks/n_channels/bottlenecks). Default {model}",
     )
     parser.add_argument("--recipe", choices=sorted(recipes), default="paper", help=RECIPE_HELP)
     parser.add_argument(
@@ -164,8 +181,10 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         metavar="N",
         help="train N epochs (default: the recipe's; paper: 64k iterations)",
     )
-    parser.add_argument("--batch-size", type=int, metavar="N", help="global mini-batch size (paper: 128)")
-    parser.add_argument("--lr", type=float, metavar="LR", help="base learning rate (paper: 0.1)")
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help=f"global mini-batch size (paper: {batch})"
+    )
+    parser.add_argument("--lr", type=float, metavar="LR", help=f"base learning rate (paper: {lr:g})")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument(
         "--data-dir",
@@ -188,8 +207,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
     parser.add_argument(
         "--amp",
         choices=AMP_CHOICES,
-        help="mixed precision (default none; fast and resnet9 recipes: bf16 on CUDA; cpu "
-        "recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
+        help=f"mixed precision (default {config_default(configs_class, 'amp')}; fast and resnet9 recipes: "
+        "bf16 on CUDA; cpu recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
         "bf16 (AMX or AVX512-BF16) when a timed step says it is faster; float32 "
         "elsewhere, since emulated bf16 is several times slower",
     )
@@ -198,8 +217,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         "--channels-last",
         action="store_true",
         default=None,
-        help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 "
-        "CPUs, where it was measured 1.2x faster for training ResNet-20/56",
+        help="NHWC memory layout. Default (channels_last=auto): on for CUDA and for x86 CPUs "
+        "(BENCHMARKS.md has the measurements)",
     )
     layout.add_argument(
         "--no-channels-last",
@@ -223,9 +242,8 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         type=int,
         metavar="N",
         help="CPU threads for PyTorch (torch.set_num_threads; default: PyTorch's own choice, "
-        "about one per core). On a busy machine fewer can be much faster: on a 2-core "
-        "machine shared with other jobs, 1 thread trained these small convolutions "
-        "6-10x faster than 2 (ResNet-20: 250 against 38 images/s in one paired run)",
+        "about one per core). On a machine shared with other jobs fewer threads can be much "
+        "faster (BENCHMARKS.md)",
     )
     parser.add_argument(
         "--sync-bn",
@@ -256,6 +274,13 @@ def build_parser(recipes: dict[str, dict[str, Any]], model_names: list[str]) -> 
         'pip install -e ".[tensorboard]"',
     )
     parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after the step that passes SECONDS of training in this process, as on Ctrl+C: "
+        "save a checkpoint and say how to resume",
+    )
+    parser.add_argument(
         "--stop-after-steps",
         type=int,
         metavar="K",
@@ -270,65 +295,140 @@ def parse(
     *,
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
-    world_size: int = 1,
-) -> Invocation:
+    world: World | None = None,
+) -> Request:
     """Parse and check the command line; exits with status 2 and a usage message on bad input."""
-    model_names = _options(configs_class, "model")
-    parser = build_parser(recipes, model_names)
+    parser = build_parser(recipes, configs_class, nested)
     # Intermixed: `key=value` settings may come before, between or after the flags.
     args = parser.parse_intermixed_args(argv)
+    try:
+        user: dict[str, tuple[Any, bool]] = {}
+        for item in args.overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"positional arguments are configuration settings key=value; got '{item}'")
+            user[key.strip()] = (text, True)
+        flags = {
+            "model": args.model,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "optimizer.learning_rate": args.lr,
+            "seed": args.seed,
+            "valid_split": args.valid_split,
+            "amp": args.amp,
+            "data_dir": str(args.data_dir) if args.data_dir is not None else None,
+            "download": False if args.no_download else None,
+            "channels_last": args.channels_last,
+            "compile": True if args.compile else None,
+            "sync_bn": True if args.sync_bn else None,
+        }
+        user.update({key: (value, False) for key, value in flags.items() if value is not None})
+        run = {
+            "cuda_graphs": args.cuda_graphs,
+            "resume": args.resume,
+            "eval": args.eval,
+            "results": args.results,
+            "logs_dir": args.logs_dir,
+            "labml_url": args.labml_url,
+            "tensorboard": args.tensorboard,
+            "stop_after_steps": args.stop_after_steps,
+            "time_limit_s": args.time_limit,
+            "threads": args.threads,
+        }
+        return _request(user, configs_class, nested, recipes, world or World(), args.recipe, args.device, run)
+    except UsageError as e:
+        parser.error(str(e))
 
-    user: dict[str, Any] = {}
-    for item in args.overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            parser.error(f"positional arguments are configuration settings key=value; got '{item}'")
-        user[key.strip()] = (text, True)
-    flags = {
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "optimizer.learning_rate": args.lr,
-        "seed": args.seed,
-        "valid_split": args.valid_split,
-        "amp": args.amp,
-        "data_dir": str(args.data_dir) if args.data_dir is not None else None,
-    }
-    for key, value in flags.items():
-        if value is not None:
-            user[key] = (value, False)
-    if args.no_download:
-        user["download"] = (False, False)
-    if args.channels_last is not None:
-        user["channels_last"] = (args.channels_last, False)
-    switches = (("compile", args.compile), ("sync_bn", args.sync_bn))
-    for key, on in switches:
-        if on:
-            user[key] = (True, False)
-    if args.epochs is not None:
-        user["epochs"] = (args.epochs, False)
+
+def check(
+    settings: dict[str, Any],
+    configs_class: type,
+    *,
+    nested: dict[str, type],
+    recipes: dict[str, dict[str, Any]],
+    world: World | None = None,
+    recipe: str = "paper",
+    device: str | None = None,
+    **run: Any,
+) -> Request:
+    """
+    The Python API's twin of [`parse`](#parse): `settings` are configuration values (`epochs=3`,
+    `model="resnet56"`, `**{"optimizer.learning_rate": 0.05}`), `device` is what `--device` takes, and
+    `run` holds the other flags by name (`resume`, `logs_dir`, `results`, `labml_url`, `tensorboard`,
+    `stop_after_steps`, `time_limit_s`, `threads`, `eval`). Raises `UsageError` where the command line
+    would exit with status 2.
+    """
+    known = _all_keys(configs_class, nested)
+    for key in [*run, *settings]:
+        if key not in (*known, *RUN_OPTIONS):
+            raise UsageError(f"unknown setting {key!r}{_suggest(key, [*known, *RUN_OPTIONS])}")
+    # A path is as good as its text for the settings that are strings (`data_dir`).
+    user = {key: (str(v) if isinstance(v, os.PathLike) else v, False) for key, v in settings.items()}
+    return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
+
+
+RUN_OPTIONS = (
+    "cuda_graphs",
+    "resume",
+    "eval",
+    "results",
+    "logs_dir",
+    "labml_url",
+    "tensorboard",
+    "stop_after_steps",
+    "time_limit_s",
+    "threads",
+)
+
+
+def _request(
+    user: dict[str, tuple[Any, bool]],
+    configs_class: type,
+    nested: dict[str, type],
+    recipes: dict[str, dict[str, Any]],
+    world: World,
+    recipe: str,
+    device: str | None,
+    run: dict[str, Any],
+) -> Request:
+    """Settings as `(value, is_text)` pairs and the run options, checked and resolved into a `Request`."""
+    cuda_graphs = bool(run.get("cuda_graphs", False))
+    resume, eval, results = run.get("resume"), run.get("eval"), run.get("results")
+    logs_dir, labml_url, tensorboard = (
+        run.get("logs_dir"),
+        run.get("labml_url"),
+        run.get("tensorboard", False),
+    )
+    stop_after_steps, time_limit_s, threads = (
+        run.get("stop_after_steps"),
+        run.get("time_limit_s"),
+        run.get("threads"),
+    )
+    user = dict(user)
+    if device is not None:
+        user.update({k: (v, False) for k, v in _device_overrides(device).items()})
+    if "epochs" in user:
         # An explicit number of epochs sets the length; the paper's 64k iterations no longer apply.
         user.setdefault("iterations", ("from_epochs", False))
-    if args.device is not None:
-        user.update({k: (v, False) for k, v in _device_overrides(parser, args.device).items()})
-
     overrides: dict[str, Any] = {}
     for key, (value, is_text) in user.items():
-        overrides[key] = _check(parser, configs_class, nested, key, value, is_text)
-    if args.cuda_graphs:
+        overrides[key] = _check(configs_class, nested, key, value, is_text)
+    if cuda_graphs:
         # Compared after conversion, so compile=yes agrees with the flag and compile=False does not.
         graphs = {"compile": True, "compile_mode": "reduce-overhead"}
         clashes = [
             f"{key}={overrides[key]}" for key in graphs if key in overrides and overrides[key] != graphs[key]
         ]
         if clashes:
-            parser.error(
+            raise UsageError(
                 f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
                 f"{' and '.join(clashes)} or --cuda-graphs"
             )
         overrides.update(graphs)
-    recipe = overrides.get("recipe", args.recipe) if args.recipe == "paper" else args.recipe
+    if recipe == "paper":
+        recipe = overrides.get("recipe", recipe)
     if recipe not in recipes:
-        parser.error(f"recipe={recipe!r}: must be one of {', '.join(sorted(recipes))}")
+        raise UsageError(f"recipe={recipe!r}: must be one of {', '.join(sorted(recipes))}")
     if recipe != "paper":
         # The paper's recipe is the configuration's default; leaving it out lets a resumed run keep the
         # recipe it was started with.
@@ -336,48 +436,63 @@ def parse(
     warmup_steps = {**recipes[recipe], **overrides}.get("lr_warmup_steps")
     if "lr_warmup_fraction" in overrides and warmup_steps != "from_fraction":
         # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
-        parser.error(
+        raise UsageError(
             "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
             "lr_warmup_steps a number of steps"
         )
-    overrides = {**_recipe_overrides(recipes, recipe, overrides), **overrides}
-    _check_combinations(parser, overrides, world_size)
+    # The one place that decides whether this run wants a GPU.
+    wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
+    overrides = {**_recipe_overrides(recipes, recipe, overrides, wants_cuda), **overrides}
+    if world.is_distributed and wants_cuda:
+        # One GPU per process: torchrun's LOCAL_RANK picks it unless the user chose one.
+        overrides.setdefault("device.cuda_device", world.local_rank)
+    check_combinations(overrides, configs_class, nested)
+    check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
 
-    for name, value in (("--stop-after-steps", args.stop_after_steps), ("--threads", args.threads)):
+    for name, value in (("--stop-after-steps", stop_after_steps), ("--threads", threads)):
         if value is not None and value < 1:
-            parser.error(f"{name} must be at least 1, got {value}")
-    if args.resume is not None and args.eval is not None:
-        parser.error("--resume and --eval exclude each other: --eval only measures a checkpoint")
-    if args.tensorboard and args.eval is not None:
-        parser.error("--tensorboard records training curves, and --eval trains nothing; drop one")
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise UsageError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
+    if resume is not None and eval is not None:
+        raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
+    if tensorboard and eval is not None:
+        raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
         # Checked here so the run stops before any folder is made, not after labml has started one.
-        parser.error(
+        raise UsageError(
             "--tensorboard needs the tensorboard package, which is not installed; install it "
             'with: pip install -e ".[tensorboard]"'
         )
-    if args.eval is not None and not Path(args.eval).is_file():
-        parser.error(f"--eval needs a checkpoint file; {args.eval} is not a file")
-    return Invocation(
-        overrides=overrides,
-        resume=args.resume,
-        eval=args.eval,
-        results=args.results,
-        logs_dir=args.logs_dir,
-        labml_url=args.labml_url,
-        tensorboard=args.tensorboard,
-        stop_after_steps=args.stop_after_steps,
-        threads=args.threads,
+    if eval is not None and not Path(eval).is_file():
+        raise UsageError(f"--eval needs a checkpoint file; {eval} is not a file")
+
+    def check_resumed(settings: dict[str, Any]) -> None:
+        # A checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs).
+        check_hardware(settings, configs_class, nested, world.size, wants_cuda, resumed=True)
+
+    return Request(
+        settings=overrides,
+        resume=resume,
+        eval=eval,
+        results=Path(results) if results is not None else None,
+        logs_dir=Path(logs_dir) if logs_dir is not None else None,
+        labml_url=labml_url,
+        tensorboard=tensorboard,
+        stop_after_steps=stop_after_steps,
+        time_limit_s=time_limit_s,
+        threads=threads,
+        check_resumed=check_resumed,
     )
 
 
 def _recipe_overrides(
-    recipes: dict[str, dict[str, Any]], recipe: str, user: dict[str, Any]
+    recipes: dict[str, dict[str, Any]], recipe: str, user: dict[str, Any], wants_cuda: bool
 ) -> dict[str, Any]:
     values = dict(recipes[recipe])
     # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
     cuda_values = values.pop("cuda", {})
-    if _wants_cuda(user):
+    if wants_cuda:
         values.update(cuda_values)
     if "iterations" in user and user["iterations"] != "from_epochs":
         # An explicit iteration count beats the recipe's epoch count.
@@ -386,77 +501,112 @@ def _recipe_overrides(
     return values
 
 
-def _wants_cuda(overrides: dict[str, Any]) -> bool:
-    return overrides.get("device.use_cuda", True) and torch.cuda.is_available()
-
-
-def _device_overrides(parser: argparse.ArgumentParser, device: str) -> dict[str, Any]:
+def _device_overrides(device: str) -> dict[str, Any]:
     if device == "cpu":
         return {"device.use_cuda": False}
     kind, _, index = device.partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
-        parser.error(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
     if not torch.cuda.is_available():
-        parser.error(f"--device {device}: no CUDA GPU is available to PyTorch here; use --device cpu")
+        raise UsageError(f"--device {device}: no CUDA GPU is available to PyTorch here; use --device cpu")
     n = int(index or 0)
     if n >= torch.cuda.device_count():
-        parser.error(
+        raise UsageError(
             f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices (0.."
             f"{torch.cuda.device_count() - 1})"
         )
     return {"device.use_cuda": True, "device.cuda_device": n}
 
 
-def _check_combinations(parser: argparse.ArgumentParser, o: dict[str, Any], world_size: int) -> None:
+def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> Callable[[str], Any]:
+    """A setting's value: the one given, else the configuration's declared default."""
+
+    def get(key: str) -> Any:
+        if key in o:
+            return o[key]
+        head, dot, name = key.partition(".")
+        return config_default(nested[head], name) if dot else config_default(configs_class, key)
+
+    return get
+
+
+def check_hardware(
+    o: dict[str, Any],
+    configs_class: type,
+    nested: dict[str, type],
+    world_size: int,
+    wants_cuda: bool,
+    *,
+    resumed: bool = False,
+) -> None:
+    """
+    What the settings ask of the machine and the number of processes; raises `UsageError`. It runs on
+    the final settings, so for a resumed run on the checkpoint's settings merged with the new ones.
+    """
+    get = _getter(o, configs_class, nested)
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
-        parser.error("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
-    if o.get("optimizer.nesterov") and o.get("optimizer.momentum", 0.9) <= 0:
-        parser.error("optimizer.nesterov needs a positive optimizer.momentum")
-    batch = o.get("batch_size", 128)
+        raise UsageError("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
+    batch = get("batch_size")
     if batch % world_size:
-        parser.error(
+        raise UsageError(
             f"--batch-size {batch} is the global batch and must divide evenly over the {world_size} processes"
         )
-    if o.get("compile_mode", "default") == "reduce-overhead" and not _wants_cuda(o):
-        parser.error("--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone")
-    if "compile_mode" in o and not o.get("compile"):
-        parser.error(f"compile_mode={o['compile_mode']} only applies with --compile")
-    if o.get("compile_mode") == "reduce-overhead" and world_size > 1:
+    cuda_graphs = get("compile") and get("compile_mode") == "reduce-overhead"
+    if cuda_graphs and not wants_cuda:
+        if resumed:
+            raise UsageError(
+                "it asks for compile_mode=reduce-overhead (--cuda-graphs), which needs CUDA, but this run "
+                "is on the CPU; resume on a GPU, or pass compile=False"
+            )
+        raise UsageError(
+            "--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone"
+        )
+    if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
-        parser.error(
+        raise UsageError(
             "--cuda-graphs (compile_mode=reduce-overhead) has not been verified with several "
             "processes; use --compile with the default mode for multi-GPU runs"
         )
-    if o.get("sync_bn") and world_size > 1 and not _wants_cuda(o):
-        parser.error("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
-    model = o.get("model", "resnet20")
+    if get("sync_bn") and world_size > 1 and not wants_cuda:
+        raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
+
+
+def check_combinations(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> None:
+    """Settings that are fine one by one but not together; raises `UsageError`."""
+    get = _getter(o, configs_class, nested)
+    if get("optimizer.nesterov") and get("optimizer.momentum") <= 0:
+        raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
+    if "compile_mode" in o and not get("compile"):
+        raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
+    train_images = cifar_data.TRAIN_IMAGES - get("valid_split")
+    if get("train_subset") > train_images:
+        raise UsageError(
+            f"train_subset={get('train_subset')}: CIFAR-10 has only {train_images} training images "
+            f"after holding out valid_split={get('valid_split')}; ask for at most {train_images}"
+        )
+    model = get("model")
     architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in o]
     if architecture and model != "custom":
         # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        parser.error(
+        raise UsageError(
             f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
             f"add --model custom"
         )
-    if str(model).startswith("plain") and o.get("shortcut", "preset") not in ("preset", "none"):
-        parser.error(
-            f"{model} is a plain network without shortcuts, so shortcut={o['shortcut']} does not "
-            f"apply; use --model resnet{model[len('plain') :]} shortcut={o['shortcut']}"
+    shortcut = get("shortcut")
+    if str(model).startswith("plain") and shortcut not in ("preset", "none"):
+        raise UsageError(
+            f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not "
+            f"apply; use --model resnet{model[len('plain') :]} shortcut={shortcut}"
         )
     if model == "custom":
         try:
-            custom_trunk(
-                o.get("n_blocks", [3, 3, 3]),
-                o.get("n_channels", [16, 32, 64]),
-                o.get("bottlenecks"),
-                o.get("shortcut", "preset"),
-            )
+            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
         except (ValueError, TypeError) as e:
-            parser.error(f"custom model: {e}")
+            raise UsageError(f"custom model: {e}") from None
 
 
 def _check(
-    parser: argparse.ArgumentParser,
     configs_class: type,
     nested: dict[str, type],
     key: str,
@@ -468,11 +618,13 @@ def _check(
     if "." in key:
         head, _, name = key.partition(".")
         if head not in nested:
-            parser.error(f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}")
+            raise UsageError(
+                f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}"
+            )
         cls = nested[head]
     annotations = _annotations(cls)
     if name not in annotations or key in INTERNAL_KEYS:
-        parser.error(f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}")
+        raise UsageError(f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}")
     options = _options(cls, name)
     annotation = annotations[name]
     if is_text and value in options:
@@ -484,15 +636,15 @@ def _check(
     except (ValueError, SyntaxError, TypeError):
         expected = _describe(annotation)
         choices = f" or one of: {', '.join(options)}" if options else ""
-        parser.error(f"{key}={value!r}: expected {expected}{choices}")
+        raise UsageError(f"{key}={value!r}: expected {expected}{choices}") from None
     if parsed is _NOT_A_VALUE:
         expected = f"one of: {', '.join(options)}" if options else _describe(annotation)
-        parser.error(f"{key}={value!r}: expected {expected}{_suggest(str(value), options)}")
+        raise UsageError(f"{key}={value!r}: expected {expected}{_suggest(str(value), options)}")
     rule = RULES.get(key)
     if rule is not None and parsed is not None:
         problem = rule(parsed)
         if problem:
-            parser.error(f"{key}={value!r}: {problem}")
+            raise UsageError(f"{key}={value!r}: {problem}")
     return parsed
 
 

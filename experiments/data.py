@@ -66,11 +66,6 @@ import torch
 from resnet.pretrained import CIFAR10_MEAN as CIFAR10_MEAN
 from resnet.pretrained import CIFAR10_STD as CIFAR10_STD
 
-# Real users get every file checked against the official md5 sums. Synthetic test files cannot match,
-# so tests (and only tests) turn this off: in-process by monkeypatching, in subprocesses through
-# `tests/synthetic_main.py`.
-VERIFY_CHECKSUMS: bool = True
-
 # Where the official archive lives (torchvision's `CIFAR10.url`, which a test holds this to), and how
 # long one network read may stall before we give up: short, so an offline machine fails in seconds.
 CIFAR10_URL: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -84,6 +79,9 @@ TRAIN_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 NUM_CLASSES = 10
+# The official set's sizes; the command line checks subsets and the validation split against them.
+TRAIN_IMAGES = 50_000
+TEST_IMAGES = 10_000
 
 
 def official_md5() -> dict[str, str]:
@@ -142,10 +140,11 @@ def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: boo
 
     * `data_dir`: the folder holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz`.
     * `download`: fetch the archive when neither is there. Offline, this fails within seconds.
-    * `verify_checksums`: check the archive and each extracted file against the official md5 sums (a
-      download is always checked). Turn it off only for data that is *meant* to differ from the
-      official files while keeping their format (a synthetic stand-in, a set you made yourself);
-      every other check (shapes, labels, safe unpickling) still applies.
+    * `verify_checksums`: check the archive (found or downloaded) and each extracted file against the
+      official md5 sums. Turn it off only for data that is *meant* to differ from the official files
+      while keeping their format (a synthetic stand-in, a set you made yourself with
+      [`experiments.synthetic`](synthetic.py)); every other check (shapes, labels, safe unpickling)
+      still applies.
 
     Raises `DataError` for anything wrong with the files; nothing in `data_dir` is modified except that a
     missing `cifar-10-batches-py/` (and, when downloading, the archive) may be added.
@@ -159,7 +158,7 @@ def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: boo
         if _exists(archive):
             _extract_archive(archive, data_dir, verify=verify_checksums)
         elif download:
-            _download_archive(data_dir)
+            _download_archive(data_dir, verify=verify_checksums)
             _extract_archive(archive, data_dir, verify=verify_checksums)
         else:
             raise DataError(
@@ -253,10 +252,9 @@ def _read_batches(folder: Path, *, verify_checksums: bool) -> CifarArrays:
     if missing:
         raise DataError(folder / missing[0], f"is missing (missing: {', '.join(missing)})", refill)
 
-    verify = verify_checksums and VERIFY_CHECKSUMS
-    classes = _read_meta(folder / META_FILE, verify=verify)
-    train = [_read_batch(folder / name, verify=verify) for name in TRAIN_FILES]
-    test = _read_batch(folder / TEST_FILE, verify=verify)
+    classes = _read_meta(folder / META_FILE, verify=verify_checksums)
+    train = [_read_batch(folder / name, verify=verify_checksums) for name in TRAIN_FILES]
+    test = _read_batch(folder / TEST_FILE, verify=verify_checksums)
     train_images = np.concatenate([images for images, _ in train])
     train_labels = np.concatenate([labels for _, labels in train])
     return CifarArrays(
@@ -321,9 +319,12 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
     try:
         entry = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except _ForbiddenGlobal as error:
-        raise DataError(
-            path, f"asks the unpickler to build {error}, which a CIFAR-10 file never does", _replace_fix(path)
-        ) from None
+        fix = (
+            f"{_replace_fix(path)}; a set of your own must be pickled as the official files were, "
+            f"which experiments.synthetic.write_cifar10_folder does"
+        )
+        problem = f"asks the unpickler to build {error}, which a CIFAR-10 file never does"
+        raise DataError(path, problem, fix) from None
     except Exception as error:  # noqa: BLE001 - any failure to unpickle means the bytes are damaged
         raise DataError(
             path, f"is truncated or corrupt ({type(error).__name__} while unpickling)", _replace_fix(path)
@@ -369,18 +370,18 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
     pass
 
 
-# numpy 2 moved its internals from `numpy.core` to `numpy._core`; the original files name the old place.
-_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+# Exactly what the official files ask for. Python 2's cPickle wrote them with numpy 1, so a byte string
+# is a plain Python 2 `str` and an array names `numpy.core`. Python 3's own pickles ask for more
+# (`_codecs.encode` to rebuild every byte string, numpy 2's `numpy._core`) and are refused: no CIFAR-10
+# file was written that way, and `experiments.synthetic` writes sets of one's own as the official ones.
 _ALLOWED_GLOBALS = {
-    # All the official files ask for: they were pickled by Python 2 with numpy 1.
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
-    # Files pickled by Python 3 at protocol 2 also name numpy 2's module and rebuild every byte string
-    # through `_codecs.encode`. `experiments/degradation.py` writes its stand-in data set that way.
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("_codecs", "encode"),
 }
+# numpy 2 moved its internals from `numpy.core` to `numpy._core` (the old name still imports, with a
+# deprecation warning); the files name the old place, so we look in the new one where it exists.
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -389,8 +390,8 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise _ForbiddenGlobal(f"{module}.{name}")
-        if module.startswith(("numpy.core.", "numpy._core.")):
-            module = _NUMPY_CORE + "." + module.split(".", 2)[2]
+        if module.startswith("numpy.core."):
+            module = _NUMPY_CORE + module.removeprefix("numpy.core")
         return super().find_class(module, name)
 
 
@@ -405,7 +406,7 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
     and unpacking them could write outside `data_dir`.
     """
     _read_access(archive)
-    if verify and VERIFY_CHECKSUMS:
+    if verify:
         _verify_md5(archive)
     corrupt_fix = f"move {archive} away and run again to download it afresh, or put the official file there"
     try:
@@ -470,12 +471,12 @@ def _read_access(path: Path) -> None:
 # ## Downloading
 
 
-def _download_archive(data_dir: Path) -> Path:
+def _download_archive(data_dir: Path, *, verify: bool) -> Path:
     """
     Fetch the official archive into `data_dir` with torchvision's `download_url`, into a private staging
-    folder first: it becomes `cifar-10-python.tar.gz` only once complete and verified, so no run ever
-    mistakes half a download for the archive. On failure the staging folder and any folders this call
-    created are removed, leaving `data_dir` as it was.
+    folder first: it becomes `cifar-10-python.tar.gz` only once complete and, when `verify`, found to
+    have the official md5 sum, so no run ever mistakes half a download for the archive. On failure the
+    staging folder and any folders this call created are removed, leaving `data_dir` as it was.
     """
     from torchvision.datasets.utils import download_url
 
@@ -497,7 +498,7 @@ def _download_archive(data_dir: Path) -> Path:
         finally:
             socket.setdefaulttimeout(previous_timeout)
         downloaded = staging / ARCHIVE_NAME
-        if VERIFY_CHECKSUMS and (mismatch := _md5_mismatch(downloaded)):
+        if verify and (mismatch := _md5_mismatch(downloaded)):
             raise DataError(
                 data_dir,
                 f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})",
@@ -544,3 +545,50 @@ def _remove_created(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+# ## The images a run uses
+
+
+def _subset(
+    images: torch.Tensor, labels: torch.Tensor, n: int, key: str, seed: int, data_dir: Path, held_out: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class-balanced subset of `n` images that `key` (`train_subset`/`test_subset`) asks for; 0: all."""
+    if n == 0:
+        return images, labels
+    if n > len(labels):
+        after = f" after holding out valid_split={held_out}" if held_out else ""
+        raise DataError(
+            data_dir,
+            f"{key}={n}, but the set holds only {len(labels)} images{after}",
+            f"ask for at most {len(labels)} (0 uses all)",
+        )
+    index = class_balanced_subset(labels, n, seed)
+    return images[index], labels[index]
+
+
+def training_images(
+    d: CifarArrays, *, valid_split: int, train_subset: int, seed: int, data_dir: Path
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """
+    The images to train on and, with `valid_split`, the held-out validation images. The held-out images
+    do not depend on `train_subset`, so runs on subsets of different sizes validate on the same images.
+    """
+    if valid_split == 0:
+        return _subset(d.train_images, d.train_labels, train_subset, "train_subset", seed, data_dir), None
+    if valid_split >= len(d.train_images):
+        raise DataError(
+            data_dir,
+            f"valid_split={valid_split} leaves no training images (the set has {len(d.train_images)})",
+            f"hold out fewer, e.g. --valid-split {len(d.train_images) // 10}",
+        )
+    train_x, train_y, valid_x, valid_y = split_validation(d.train_images, d.train_labels, valid_split, seed)
+    train = _subset(train_x, train_y, train_subset, "train_subset", seed, data_dir, held_out=valid_split)
+    return train, (valid_x, valid_y)
+
+
+def test_images(
+    d: CifarArrays, *, test_subset: int, seed: int, data_dir: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images to measure on; a subset is drawn with another seed than the training subset's."""
+    return _subset(d.test_images, d.test_labels, test_subset, "test_subset", seed + 1, data_dir)

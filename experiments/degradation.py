@@ -93,10 +93,7 @@ reason. Read the residual panel of a quick run with this in mind.
 
 import argparse
 import importlib.util
-import json
 import math
-import os
-import pickle
 import sys
 import tempfile
 import time
@@ -114,9 +111,13 @@ import numpy as np
 import torch
 
 import resnet
-from experiments import cifar10
+from experiments import cifar10, cli
 from experiments import data as cifar_data
+from experiments.checkpoint import CheckpointError
+from experiments.files import atomic_write, write_json
 from experiments.models import PLAIN_NETWORKS
+from experiments.runner import RunError
+from experiments.synthetic import write_cifar10_folder
 
 # The paper's CIFAR widths (§4.2: 16, 32 and 64 filters in the three stages).
 PAPER_WIDTHS = [16, 32, 64]
@@ -157,20 +158,19 @@ class Network:
         # §4.2: $6n + 2$ layers, the stem, $2n$ convolutions in each of three stages, and the classifier.
         return (self.depth - 2) // 6
 
-    def trainer_args(self) -> list[str]:
+    def trainer_settings(self) -> dict[str, Any]:
         """How the trainer names this network: a preset where one exists, else a `custom` network."""
         preset = f"plain{self.depth}" if self.kind == "plain" else f"resnet{self.depth}"
         known = PLAIN_NETWORKS if self.kind == "plain" else resnet.PRESETS
         if list(self.widths) == PAPER_WIDTHS and preset in known:
-            return ["--model", preset]
+            return {"model": preset}
         n = self.blocks_per_stage
-        shortcut = "none" if self.kind == "plain" else "A"
-        return [
-            "model=custom",
-            f"n_blocks=[{n},{n},{n}]",
-            f"n_channels=[{','.join(str(w) for w in self.widths)}]",
-            f"shortcut={shortcut}",
-        ]
+        return {
+            "model": "custom",
+            "n_blocks": [n, n, n],
+            "n_channels": list(self.widths),
+            "shortcut": "none" if self.kind == "plain" else "A",
+        }
 
 
 def networks_for(depths: list[int], widths: list[int]) -> list[Network]:
@@ -199,8 +199,10 @@ class DataPlan:
     train_images: int | None
     test_images: int | None
     seed: int
+    # Off only when the user says so, for a copy of CIFAR-10 rebuilt from another source.
+    verify_checksums: bool = True
 
-    def trainer_args(self) -> list[str]:
+    def trainer_settings(self) -> dict[str, Any]:
         """
         How the trainer is told which images to use. A CIFAR-10 subset is the trainer's own
         `train_subset`/`test_subset` (class-balanced, drawn from the run's seed) of the user's folder, read
@@ -208,55 +210,13 @@ class DataPlan:
         data, so only its md5 check is off.
         """
         if self.stand_in:
-            return ["verify_checksums=False"]
-        args = []
+            return {"verify_checksums": False}
+        settings: dict[str, Any] = {} if self.verify_checksums else {"verify_checksums": False}
         if self.train_images is not None:
-            args.append(f"train_subset={self.train_images}")
+            settings["train_subset"] = self.train_images
         if self.test_images is not None:
-            args.append(f"test_subset={self.test_images}")
-        return args
-
-
-def write_cifar_folder(
-    root: Path,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    classes: tuple[str, ...],
-    description: str,
-) -> None:
-    """
-    Write images (uint8 `[n, 3, 32, 32]`) and labels in CIFAR-10's on-disk layout under
-    `root/cifar-10-batches-py/`, so the trainer reads them with the same code as the real set. The
-    training images are spread over the five `data_batch_*` files.
-    """
-    folder = root / cifar_data.BATCHES_FOLDER
-    folder.mkdir(parents=True)
-
-    def dump(name: str, images: np.ndarray, labels: np.ndarray, batch_label: str) -> None:
-        entry = {
-            b"batch_label": batch_label.encode(),
-            b"labels": [int(v) for v in labels],
-            b"data": np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8),
-            b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(labels))],
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f, protocol=2)
-
-    images, labels = train
-    parts = np.array_split(np.arange(len(labels)), len(cifar_data.TRAIN_FILES))
-    for i, (name, part) in enumerate(zip(cifar_data.TRAIN_FILES, parts, strict=True)):
-        dump(name, images[part], labels[part], f"{description}: training batch {i + 1} of 5")
-    dump(cifar_data.TEST_FILE, *test, f"{description}: testing batch")
-    with open(folder / cifar_data.META_FILE, "wb") as f:
-        pickle.dump(
-            {
-                b"num_cases_per_batch": len(parts[0]),
-                b"num_vis": 3072,
-                b"label_names": [c.encode() for c in classes],
-            },
-            f,
-            protocol=2,
-        )
+            settings["test_subset"] = self.test_images
+        return settings
 
 
 STAND_IN_CLASSES = tuple(
@@ -291,13 +251,20 @@ def stand_in_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_stand_in(root: Path, n_train: int, n_test: int, seed: int) -> None:
-    """The stand-in set in CIFAR-10's layout under `root` (training and test images from different seeds)."""
-    write_cifar_folder(
+    """
+    The stand-in set under `root/cifar-10-batches-py/`, written as the official files were (training
+    and test images from different seeds), so the trainer reads it with the same code as the real set.
+    The training images are spread over the five `data_batch_*` files.
+    """
+    images, labels = stand_in_images(n_train, seed)
+    parts = np.array_split(np.arange(n_train), len(cifar_data.TRAIN_FILES))
+    write_cifar10_folder(
         root,
-        stand_in_images(n_train, seed),
+        [(images[part], labels[part]) for part in parts],
         stand_in_images(n_test, seed + 10_000),
-        STAND_IN_CLASSES,
-        "synthetic stand-in (stripes), not CIFAR-10",
+        class_names=STAND_IN_CLASSES,
+        description="synthetic stand-in (stripes), not CIFAR-10",
+        name_prefix="stand_in",
     )
 
 
@@ -351,11 +318,14 @@ class Schedule:
     batch_size: int
     learning_rate: float
 
-    def trainer_args(self) -> list[str]:
-        args = ["--batch-size", str(self.batch_size), "--lr", repr(self.learning_rate)]
+    def trainer_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "optimizer.learning_rate": self.learning_rate,
+        }
         if self.epochs is not None:
-            args += ["--epochs", str(self.epochs)]
-        return args
+            settings["epochs"] = self.epochs
+        return settings
 
 
 def make_schedule(epochs: int | None, batch_size: int, learning_rate: float | None) -> Schedule:
@@ -368,24 +338,24 @@ def make_schedule(epochs: int | None, batch_size: int, learning_rate: float | No
     return Schedule(epochs, batch_size, lr)
 
 
-def read_curve(network: Network, results: dict[str, Any]) -> Curve:
-    """Per-epoch errors from the run folder's `metrics.jsonl` (one line per epoch, written by the trainer)."""
-    run_dir = Path(results["run_dir"])
+def read_curve(network: Network, results: cifar10.Results) -> Curve:
+    """Per-epoch errors of a finished run, from the records it returned (one per epoch)."""
+    summary = results.summary
+    assert summary is not None
     curve = Curve(
         network.name,
         network.kind,
         network.depth,
-        parameters=int(results["parameters"]),
-        run_dir=str(run_dir),
-        wall_time_s=float(results["wall_time_s"]),
-        device=str(results["device"]),
+        parameters=int(summary["parameters"]),
+        run_dir=str(results.run_dir),
+        wall_time_s=float(summary["wall_time_s"]),
+        device=str(summary["device"]),
     )
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in results.history:
         if "test_accuracy" not in record:
             raise DegradationError(
-                f"{run_dir / 'metrics.jsonl'} has an epoch without a test error; the "
-                f"runs must evaluate on the test set every epoch"
+                f"epoch {record['epoch']} of {results.run_dir} has no test error; the runs must "
+                f"evaluate on the test set every epoch"
             )
         curve.epochs.append(int(record["epoch"]))
         curve.steps.append(int(record["step"]))
@@ -403,42 +373,35 @@ def train(
     device: str,
     logs_dir: Path | None,
     download: bool,
-    data_args: tuple[str, ...] = (),
+    data_settings: dict[str, Any] | None = None,
     threads: int | None = None,
 ) -> Curve:
     """One ordinary trainer run (its own labml experiment and run folder); returns its curve."""
-    with tempfile.TemporaryDirectory(prefix="degradation-results-") as tmp:
-        results_path = Path(tmp) / "results.json"
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "seed": seed,
         # Figure 6 plots test error every epoch, so every epoch is evaluated on the test set.
-        argv = [
-            "--data-dir",
-            str(data_dir),
-            "--device",
-            device,
-            "--seed",
-            str(seed),
-            "--results",
-            str(results_path),
-            "eval_every_epoch=True",
-            "valid_split=0",
-            *network.trainer_args(),
-            *schedule.trainer_args(),
-            *data_args,
-        ]
-        if not download:
-            argv.append("--no-download")
-        if threads is not None:
-            argv += ["--threads", str(threads)]
-        if logs_dir is not None:
-            argv += ["--logs-dir", str(logs_dir)]
-        print(f"\n=== {network.name}: experiments/cifar10.py {' '.join(argv)}", flush=True)
-        status = cifar10.main(argv)
-        if status != 0:
-            raise DegradationError(
-                f"the trainer stopped with status {status} while training {network.name} "
-                f"(its message is above); the runs finished so far are in their folders"
-            )
-        results = json.loads(results_path.read_text())
+        "eval_every_epoch": True,
+        "valid_split": 0,
+        "download": download,
+        **network.trainer_settings(),
+        **schedule.trainer_settings(),
+        **(data_settings or {}),
+    }
+    shown = " ".join(f"{k}={v}".replace(" ", "") for k, v in settings.items())
+    print(f"\n=== {network.name}: experiments/cifar10.py --device {device} {shown}", flush=True)
+    try:
+        results = cifar10.train(device=device, logs_dir=logs_dir, threads=threads, **settings)
+    except (RunError, CheckpointError, cifar_data.DataError, cli.UsageError) as e:
+        raise DegradationError(
+            f"the trainer stopped while training {network.name}: {e}; the runs finished so far are in "
+            f"their folders"
+        ) from None
+    if results.summary is None:
+        raise DegradationError(
+            f"the run of {network.name} was stopped ({results.stopped}) before its end; its checkpoint is in "
+            f"{results.run_dir}, and the runs finished before it are in their folders"
+        )
     return read_curve(network, results)
 
 
@@ -494,14 +457,8 @@ def build_figure(curves: list[Curve], title: str, *, x_axis: str = "epochs") -> 
 
 
 def save_figure(figure: Any, path: Path) -> None:
-    """Write the PNG through a temporary name, so an interrupted run never leaves half an image."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write the PNG atomically (`experiments/files.py`), so an interrupted run never leaves half an image."""
+    atomic_write(path, lambda f: figure.savefig(f, dpi=100, format="png"))
 
 
 def summary_table(curves: list[Curve]) -> str:
@@ -612,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
     parser.add_argument(
+        "--no-verify-checksums",
+        action="store_true",
+        help="skip the md5 check of the CIFAR-10 files, for a faithful copy that is not the official "
+        "archive (the trainer's verify_checksums=false)",
+    )
+    parser.add_argument(
         "--x-axis", choices=("epochs", "iterations"), default="epochs", help="what the plot's x axis counts"
     )
     return parser
@@ -697,7 +660,15 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     )
     return Plan(
         networks_for(args.depths, args.widths),
-        DataPlan(description, data_dir, args.stand_in, train_images, test_images, args.seed),
+        DataPlan(
+            description,
+            data_dir,
+            args.stand_in,
+            train_images,
+            test_images,
+            args.seed,
+            verify_checksums=not args.no_verify_checksums,
+        ),
         schedule,
         out,
         json_out,
@@ -709,7 +680,7 @@ def run(
     plan: Plan, *, seed: int, device: str, logs_dir: Path | None, download: bool, threads: int | None = None
 ) -> list[Curve]:
     curves = []
-    data_args = tuple(plan.data.trainer_args())
+    data_settings = plan.data.trainer_settings()
     with prepared_data(plan.data) as data_dir:
         for network in plan.networks:
             curves.append(
@@ -721,7 +692,7 @@ def run(
                     device=device,
                     logs_dir=logs_dir,
                     download=download,
-                    data_args=data_args,
+                    data_settings=data_settings,
                     threads=threads,
                 )
             )
@@ -758,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         "networks": [asdict(c) for c in curves],
     }
     # The numbers first: if drawing fails, the hours of training are still on disk.
-    cifar10.write_json(plan.json_out, summary)
+    write_json(plan.json_out, summary)
     figure = build_figure(curves, plan.title, x_axis=args.x_axis)
     save_figure(figure, plan.out)
     print("\n" + plan.data.description)

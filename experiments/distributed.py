@@ -93,3 +93,32 @@ def state_hashes(state_hash: str, world: World) -> list[str]:
     gathered: list[str] = [""] * world.size
     dist.all_gather_object(gathered, state_hash)
     return gathered
+
+
+# ## Stopping together
+#
+# A rank that stops on its own leaves the others waiting forever in their next all-reduce. So a rank
+# never acts on a signal or a diverged loss alone: every few steps all ranks exchange two numbers, "has
+# anyone been asked to stop?" and "what is the first step at which anyone saw a non-finite loss?", and
+# all of them act on the answer together.
+
+# "No non-finite loss seen yet": larger than any step, so that the first bad step is a minimum.
+NO_BAD_STEP = 2**62
+
+
+def agree_on_stop(
+    stop_requested: bool, first_bad_step: torch.Tensor, world: World
+) -> tuple[bool, int | None]:
+    """
+    Whether any rank was asked to stop, and the first step at which any rank's loss was non-finite
+    (`None` when none was). `first_bad_step` is a tensor on this rank's device holding `NO_BAD_STEP`
+    or the step, so that checking it costs no host synchronisation until this exchange.
+    """
+    device = first_bad_step.device
+    flags = torch.stack(
+        [torch.tensor(1.0 if stop_requested else 0.0, device=device), -first_bad_step.to(torch.float32)]
+    )
+    # Negated, "the smallest bad step" becomes a maximum, which one all-reduce finds with the stop flag.
+    flags = any_rank(flags, world)
+    bad = int(-flags[1].item())
+    return bool(flags[0].item() > 0), (bad if bad < NO_BAD_STEP else None)

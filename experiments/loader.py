@@ -41,15 +41,21 @@ would give it: the slices are disjoint, and when the set does not divide evenly 
 few images so every rank runs the same number of steps.
 """
 
-from __future__ import annotations
-
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from labml.configs import option
 from torch.utils.data import DistributedSampler
+
+from experiments import data as cifar_data
+from experiments.distributed import World
+from experiments.runner import RunConfigs
+from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 
 # §4.2: pad 4 pixels on each side before taking the random crop.
 PAD = 4
@@ -245,3 +251,86 @@ class TensorBatches:
         if self.channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
+
+
+# ## CIFAR-10 as a run's configuration
+#
+# The settings and labml options that turn the files on disk into a run's three loaders, shared by every
+# training script here as labml's own experiments share its `CIFAR10Configs`. The training tutorial
+# ([`cifar10.py`](cifar10.html)) extends this class.
+
+
+class CifarDataConfigs(RunConfigs):
+    """The data of a run: which images, how they are batched (§4.2: 128 a step) and augmented."""
+
+    # The data: the official files, checked against their md5 sums (off only for a stand-in in
+    # CIFAR-10's format). `valid_split` holds out training images for choosing settings (the paper uses
+    # 5,000); the subsets are class-balanced draws for quick experiments, 0 meaning all.
+    data_dir: str
+    download: bool = True
+    verify_checksums: bool = True
+    valid_split: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
+    augment: bool = True
+    # Side of the square Cutout blanks in each training image; 0 is off (the paper has no Cutout).
+    cutout: int = 0
+    dataset: Any
+    train_loader: TensorBatches
+    valid_loader: TensorBatches | None
+    test_loader: TensorBatches
+    # The global batch: with several processes each takes `batch_size / world_size` images per step.
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    steps_per_epoch: int
+
+
+@option(CifarDataConfigs.data_dir, "labml")
+def _data_dir(c: CifarDataConfigs) -> str:
+    return str(cifar_data.default_data_dir())
+
+
+@option(CifarDataConfigs.dataset)
+def _dataset(c: CifarDataConfigs) -> cifar_data.CifarArrays:
+    return cifar_data.load_cifar10(Path(c.data_dir), download=c.download, verify_checksums=c.verify_checksums)
+
+
+def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, train: bool) -> TensorBatches:
+    # Each rank trains on its share of every batch; every rank evaluates the whole set, so no sampler
+    # padding repeats images in the metric.
+    share = c.world if train else World()
+    return TensorBatches(
+        *images,
+        batch_size=c.batch_size // share.size if train else c.eval_batch_size,
+        shuffle=train,
+        augment=train and c.augment,
+        cutout=c.cutout if train else 0,
+        device=c.device,
+        seed=c.seed,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        rank=share.rank,
+        world_size=share.size,
+        channels_last=c.channels_last,
+    )
+
+
+@option([CifarDataConfigs.train_loader, CifarDataConfigs.valid_loader])
+def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatches | None]:
+    where = Path(c.data_dir)
+    selection = dict(valid_split=c.valid_split, train_subset=c.train_subset, seed=c.seed, data_dir=where)
+    train, valid = cifar_data.training_images(c.dataset, **selection)
+    return _loader(c, train, train=True), (_loader(c, valid, train=False) if valid else None)
+
+
+@option(CifarDataConfigs.test_loader)
+def _test_loader(c: CifarDataConfigs) -> TensorBatches:
+    test = cifar_data.test_images(
+        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=Path(c.data_dir)
+    )
+    return _loader(c, test, train=False)
+
+
+@option(CifarDataConfigs.steps_per_epoch)
+def _steps_per_epoch(c: CifarDataConfigs) -> int:
+    return len(c.train_loader)

@@ -150,3 +150,31 @@ def step_timer(
         return min(times)
 
     return measure
+
+
+class Precision:
+    """
+    A run's number format at work: `autocast()` around the forward pass and the loss, and
+    `backward_and_step` for the update. Only fp16 needs more than `loss.backward(); optimizer.step()`:
+    its narrow exponent range lets small gradients underflow to zero, so the loss is scaled up before
+    the backward pass and the gradients down again before the step, by a factor the `GradScaler` adapts
+    (its state is part of the checkpoint). bf16 has float32's range and needs no scaling.
+    """
+
+    def __init__(self, choice: AmpChoice, device: torch.device) -> None:
+        self.choice = choice
+        self.device = device
+        self.dtype = choice.dtype
+        self.scaler = torch.amp.GradScaler(device.type) if choice.chosen == "fp16" else None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()

@@ -1,9 +1,11 @@
 """
 Run the CIFAR-10 trainer on synthetic data, in a subprocess or in the test process.
 
-Synthetic files cannot match the official md5 sums, so the launcher switches the check off and then
-calls `experiments.cifar10.main` with the arguments it was given. Subprocess tests (signals, torchrun,
-exit codes) run this file; in-process tests call [`run_trainer`](#run_trainer). Real users never need it.
+Synthetic files cannot match the official md5 sums, so the launcher calls `experiments.cifar10.main`
+with `verify_checksums=False` in front of the arguments it was given: the setting a user passes for a
+data set of their own, which a later `verify_checksums=...` among the arguments overrides. Subprocess
+tests (signals, torchrun, exit codes) run this file; in-process tests call
+[`run_trainer`](#run_trainer). Real users never need it.
 
 Both pin PyTorch to one thread: two cores are shared by everything that runs here, and the same thread
 count in and out of process keeps CPU results bit-for-bit comparable between them.
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from experiments import cifar10, data  # noqa: E402
+from experiments import cifar10  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -31,7 +33,7 @@ TEST_IMAGES = 64
 
 def write_data(root: Path, *, separable: bool = True) -> Path:
     """Synthetic CIFAR-10 (with easy-to-separate classes by default) under `root`; returns `root`."""
-    from cifar_synthetic import write_synthetic_cifar10
+    from experiments.synthetic import write_synthetic_cifar10
 
     write_synthetic_cifar10(
         root, n_per_train_batch=IMAGES_PER_TRAIN_FILE, n_test=TEST_IMAGES, separable=separable
@@ -57,21 +59,23 @@ def tiny_args(data_dir: Path, logs_dir: Path, *extra: str, epochs: int = 1) -> l
     ]
 
 
+# What a user passes for data in CIFAR-10's format that is not the official files. First, so that a
+# test's own `verify_checksums=...` comes later and wins.
+OWN_DATA = ["verify_checksums=False"]
+
+
 def run_trainer(argv: list[str]) -> int:
     """`experiments.cifar10.main` in this process, on synthetic data; returns the exit status."""
-    verify, threads = data.VERIFY_CHECKSUMS, torch.get_num_threads()
-    data.VERIFY_CHECKSUMS = False
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return cifar10.main(argv)
+        return cifar10.main([*OWN_DATA, *argv])
     except SystemExit as e:
         return int(e.code or 0)
     finally:
-        data.VERIFY_CHECKSUMS = verify
         torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
-    data.VERIFY_CHECKSUMS = False
     torch.set_num_threads(1)
-    sys.exit(cifar10.main(sys.argv[1:]))
+    sys.exit(cifar10.main([*OWN_DATA, *sys.argv[1:]]))

@@ -178,7 +178,7 @@ def test_trainer_overhead_prints_both_loops_and_the_overhead(capsys):
     overhead = trainer_overhead.main(["--quick", "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.startswith("machine: CPU ")
-    for loop in ("labml trainer (Trainer.train_epoch)", "bare PyTorch loop"):
+    for loop in ("labml trainer (cifar10.train_epoch)", "bare PyTorch loop"):
         assert re.search(rf"^\| {re.escape(loop)} +\| {NUMBER} +\| {NUMBER} +\| \d+% +\|$", out, re.MULTILINE)
     assert re.search(rf"^ratio trainer/bare epoch time: {NUMBER} \(median over repeats", out, re.MULTILINE)
     assert f"overhead: {overhead:+.2%} (target: at most +3%)" in out
@@ -193,8 +193,8 @@ def test_both_loops_of_the_overhead_benchmark_do_the_same_arithmetic():
     bare = trainer_overhead.BareEpoch(trainer, [0])
     trainer_overhead.trainer_epoch(trainer, [0])()
     bare()
-    assert trainer.step == 2
+    assert trainer.progress.step == 2
     for (name, ours), theirs in zip(
-        trainer.model.state_dict().items(), bare.model.state_dict().values(), strict=True
+        trainer.network.state_dict().items(), bare.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)

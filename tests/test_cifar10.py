@@ -14,7 +14,7 @@ import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
 import resnet
-from experiments import cifar10
+from experiments import cifar10, loader
 from experiments.checkpoint import load_checkpoint
 from experiments.precision import AMP_DTYPES
 from experiments.recipes import StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
@@ -374,12 +374,12 @@ def test_a_tiny_resnet9_recipe_run_trains_the_fast_network_with_cutout(
 ) -> None:
     cutouts: list[tuple[bool, int]] = []
 
-    class RecordingBatches(cifar10.TensorBatches):
+    class RecordingBatches(loader.TensorBatches):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             cutouts.append((self.augment, self.cutout))
 
-    monkeypatch.setattr(cifar10, "TensorBatches", RecordingBatches)
+    monkeypatch.setattr(loader, "TensorBatches", RecordingBatches)
     results_path = tmp_path / "results.json"
     assert run_trainer(resnet9_args(data_dir, tmp_path / "logs", results_path)) == 0
     # The training loader blanks 8x8 squares; the test loader neither augments nor cuts.
@@ -485,6 +485,8 @@ def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_me
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "--device", "cpu"]) == 1
     message = capsys.readouterr().err
     assert "needs CUDA" in message and "compile=False" in message
+    # The advice works: without compiling, the same checkpoint resumes on the CPU.
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "compile=False"]) == 0
 
 
 def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memory() -> None:

@@ -62,12 +62,11 @@ def test_both_ranks_end_with_identical_weights_and_only_rank_0_writes(
 
 
 def test_the_weights_match_one_process_averaging_the_ranks_gradients(
-    ddp_run: tuple[Path, Path, dict], monkeypatch: pytest.MonkeyPatch
+    ddp_run: tuple[Path, Path, dict],
 ) -> None:
     data_dir, logs, _ = ddp_run
-    monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
     torch.set_num_threads(1)
-    arrays = cifar_data.load_cifar10(data_dir, download=False)
+    arrays = cifar_data.load_cifar10(data_dir, download=False, verify_checksums=False)
     # The trainer's defaults: seed 5, global batch 64 split over two ranks, SGD as in the paper, and the
     # memory layout `channels_last=auto` picks for this CPU (the layout changes the rounding).
     defaults = Configs()

@@ -136,23 +136,23 @@ def test_a_signal_during_training_saves_exits_and_resumes_to_the_same_result(
 def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    evaluate = cifar10.Trainer.evaluate
+    evaluate = cifar10.evaluate
     calls = []
 
-    def interrupted_evaluate(self: cifar10.Trainer, loader, name: str) -> tuple[float, float]:
+    def interrupted_evaluate(model, loader, name: str, **options) -> tuple[float, float]:
         calls.append(name)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(self, loader, name)
+        return evaluate(model, loader, name, **options)
 
-    monkeypatch.setattr(cifar10.Trainer, "evaluate", interrupted_evaluate)
+    monkeypatch.setattr(cifar10, "evaluate", interrupted_evaluate)
     logs = tmp_path / "logs"
     assert run_trainer(tiny_args(data_dir, logs, epochs=2)) == 128 + signal.SIGINT
     run_dir = only_run(logs)
     # Training of epoch 1 is complete; its evaluation is what remains.
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
     assert position == {"step": 5, "epoch": 0, "batch": 5}
-    monkeypatch.setattr(cifar10.Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(cifar10, "evaluate", evaluate)
     assert comparable(resume(run_dir, tmp_path)) == comparable(reference(data_dir, tmp_path_factory, 2))
 
 
@@ -313,10 +313,10 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from synthetic_main import run_trainer, tiny_args
-from experiments import cifar10
+from experiments import runner
 from experiments.checkpoint import load_checkpoint
 data_dir, logs, fill = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "fill"
-save = cifar10.save_checkpoint
+save = runner.save_checkpoint
 
 def save_then_fill_the_disk(path, state):
     save(path, state)
@@ -329,7 +329,7 @@ def save_then_fill_the_disk(path, state):
             except OSError as error:
                 assert error.errno == 28, error
 
-cifar10.save_checkpoint = save_then_fill_the_disk
+runner.save_checkpoint = save_then_fill_the_disk
 status = run_trainer(tiny_args(data_dir, logs, epochs=int(sys.argv[5])))
 runs = sorted((logs / "cifar10").glob("*")) if (logs / "cifar10").is_dir() else []
 checkpoints = runs[0] / "checkpoints" if runs else None

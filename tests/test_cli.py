@@ -13,12 +13,14 @@ from synthetic_main import run_trainer
 
 from experiments import cli
 from experiments.cifar10 import NESTED_CONFIGS, Configs, SGDConfigs
+from experiments.distributed import World
 from experiments.recipes import RECIPE_HELP, RECIPES
 
 
 def parse(*argv: str, world_size: int = 1) -> dict:
-    invocation = cli.parse(list(argv), Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world_size=world_size)
-    return invocation.overrides
+    world = World(size=world_size)
+    request = cli.parse(list(argv), Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world)
+    return request.settings
 
 
 BAD_COMMAND_LINES = [
@@ -71,6 +73,15 @@ BAD_COMMAND_LINES = [
     (["lr_warmup_steps=from_epochs"], "lr_warmup_steps"),
     (["cutout=-1"], "cutout"),
     (["cutout=2.5"], "cutout"),
+    # Bounds of the official set, checked before the data are read.
+    (["--valid-split", "60000"], "valid_split=60000: must be in [0, 50000)"),
+    (["train_subset=50001"], "train_subset"),
+    (
+        ["train_subset=45001", "--valid-split"],
+        "only 45000 training images after holding out valid_split=5000",
+    ),
+    (["test_subset=10001"], "test_subset"),
+    (["--time-limit", "0"], "--time-limit must be a positive number"),
 ]
 
 
@@ -127,7 +138,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
         parse("--help")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    parser = cli.build_parser(RECIPES, ["resnet20"])
+    parser = cli.build_parser(RECIPES, Configs, NESTED_CONFIGS)
     for action in parser._actions:
         for flag in action.option_strings:
             assert flag in text, flag
@@ -136,7 +147,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
     assert "key=value" in flat and "torchrun" in flat
     # Every recipe is described, and operational notes (what was measured where) stay out of --help.
     assert all(f"{name}:" in flat for name in RECIPES) and "50% and 75%" in flat
-    assert "measured" not in RECIPE_HELP
+    assert "measured" not in RECIPE_HELP and "measured" not in flat
 
 
 def test_values_are_converted_to_their_annotated_types() -> None:

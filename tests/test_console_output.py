@@ -19,7 +19,7 @@ from labml.internal.monitor import monitor_singleton
 from labml.logger import Text
 from synthetic_main import SCRIPT, tiny_args, write_data
 
-from experiments import cifar10, console
+from experiments import console, runner
 
 EPOCHS = 2
 
@@ -103,12 +103,12 @@ def test_a_terminal_keeps_labml_live_console_and_a_pipe_gets_plain_lines(
 ) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(sys, "stdout", _Terminal())
-        assert "screen" in cifar10._configure_labml(tmp_path, None)
+        assert "screen" in runner.configure_labml(tmp_path, None)
         destinations = logger_singleton()._Logger__destinations
         assert [type(d) for d in destinations] == [ConsoleDestination]
         assert not monitor_singleton()._Monitor__is_silent
     monkeypatch.setattr(sys, "stdout", io.StringIO())
-    assert "screen" not in cifar10._configure_labml(tmp_path, None)
+    assert "screen" not in runner.configure_labml(tmp_path, None)
     assert [type(d) for d in logger_singleton()._Logger__destinations] == [console.PlainDestination]
     assert monitor_singleton()._Monitor__is_silent
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cifar_synthetic import write_synthetic_cifar10
+from cifar_synthetic import publish_digests_of, write_synthetic_cifar10
 
 from experiments import data as cifar_data
 from experiments import degradation
@@ -43,12 +43,20 @@ TINY = [
 ]
 
 
+def write_small_cifar(root: Path) -> Path:
+    """A small synthetic CIFAR-10 in the official layout under `root`; returns its batches folder."""
+    return write_synthetic_cifar10(root, n_per_train_batch=16, n_test=20, separable=True)
+
+
 @pytest.fixture
 def synthetic_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A small synthetic CIFAR-10 in the official layout; its files cannot match the official md5 sums."""
-    monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
+    """
+    A small synthetic CIFAR-10 standing in for the user's copy. A run on the user's CIFAR-10 checks
+    every md5 sum, and so do these runs: the loader is told to expect these files' sums instead of the
+    official ones, which they cannot match.
+    """
     root = tmp_path / "cifar"
-    write_synthetic_cifar10(root, n_per_train_batch=16, n_test=20, separable=True)
+    publish_digests_of(monkeypatch, *write_small_cifar(root).iterdir())
     return root
 
 
@@ -183,27 +191,28 @@ def test_figure_has_figure_6s_layout() -> None:
 
 
 def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> None:
-    assert degradation.Network("plain", 56).trainer_args() == ["--model", "plain56"]
-    assert degradation.Network("residual", 20).trainer_args() == ["--model", "resnet20"]
-    assert degradation.Network("plain", 8, (4, 8, 16)).trainer_args() == [
-        "model=custom",
-        "n_blocks=[1,1,1]",
-        "n_channels=[4,8,16]",
-        "shortcut=none",
-    ]
-    assert degradation.Network("residual", 14).trainer_args()[-1] == "shortcut=A"
+    assert degradation.Network("plain", 56).trainer_settings() == {"model": "plain56"}
+    assert degradation.Network("residual", 20).trainer_settings() == {"model": "resnet20"}
+    assert degradation.Network("plain", 8, (4, 8, 16)).trainer_settings() == {
+        "model": "custom",
+        "n_blocks": [1, 1, 1],
+        "n_channels": [4, 8, 16],
+        "shortcut": "none",
+    }
+    assert degradation.Network("residual", 14).trainer_settings()["shortcut"] == "A"
 
 
 def test_quick_schedule_leaves_the_drops_to_the_trainers_fractions() -> None:
     # The trainer places the drops at 50% and 75% of any run (tests/test_recipes.py checks where), so the
     # degradation script passes only the length, the batch and the linearly scaled rate.
     schedule = degradation.make_schedule(20, 128, None)
-    assert schedule.trainer_args() == ["--batch-size", "128", "--lr", "0.1", "--epochs", "20"]
-    assert not any("milestones" in a for a in schedule.trainer_args())
+    assert schedule.trainer_settings() == {"batch_size": 128, "optimizer.learning_rate": 0.1, "epochs": 20}
+    assert not any("milestones" in key for key in schedule.trainer_settings())
     # Linear scaling: a quarter of the batch, a quarter of the rate.
     assert degradation.make_schedule(20, 32, None).learning_rate == pytest.approx(0.025)
     # Without a length the trainer's 64k-iteration schedule applies unchanged.
-    assert degradation.make_schedule(None, 128, None).trainer_args() == ["--batch-size", "128", "--lr", "0.1"]
+    no_length = {"batch_size": 128, "optimizer.learning_rate": 0.1}
+    assert degradation.make_schedule(None, 128, None).trainer_settings() == no_length
 
 
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
@@ -236,7 +245,7 @@ def test_stand_in_is_balanced_reproducible_and_not_separable_by_colour() -> None
 
 def test_stand_in_data_is_written_in_cifar_format_and_removed_afterwards() -> None:
     plan = degradation.DataPlan("stand-in", None, True, 30, 20, seed=0)
-    assert plan.trainer_args() == ["verify_checksums=False"]
+    assert plan.trainer_settings() == {"verify_checksums": False}
     with degradation.prepared_data(plan) as root:
         # Not the official files: the md5 check refuses them, and only that check is switched off.
         with pytest.raises(cifar_data.DataError, match="md5"):
@@ -245,15 +254,35 @@ def test_stand_in_data_is_written_in_cifar_format_and_removed_afterwards() -> No
         assert arrays.train_images.shape == (30, 3, 32, 32)
         assert arrays.test_images.shape == (20, 3, 32, 32)
         assert arrays.classes == degradation.STAND_IN_CLASSES
-    assert cifar_data.VERIFY_CHECKSUMS is True
     assert not root.exists()
+    # Only the stand-in's own runs skip the md5 check: a plan on the user's CIFAR-10 passes nothing
+    # that turns it off.
+    users_data = degradation.DataPlan("CIFAR-10", Path("data"), False, None, None, seed=0)
+    assert "verify_checksums" not in users_data.trainer_settings()
+
+
+def test_a_run_on_the_users_data_checks_the_md5_sums(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The same synthetic files as above, but with the official sums expected, as for any user's copy:
+    # the first network's run stops at the md5 check, before training anything.
+    write_small_cifar(tmp_path / "cifar")
+    out = tmp_path / "figure.png"
+    argv = ["--quick", "--data-dir", str(tmp_path / "cifar"), "--logs-dir", str(tmp_path / "logs")]
+    assert degradation.main([*argv, "--out", str(out), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "md5" in err and "verify_checksums=false" in err and "plain-8" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_a_cifar_subset_is_read_in_place_and_chosen_by_the_trainer(tmp_path: Path) -> None:
     plan = degradation.DataPlan("subset", tmp_path, False, 5_000, 1_000, seed=0)
     with degradation.prepared_data(plan) as root:
         assert root == tmp_path
-    assert plan.trainer_args() == ["train_subset=5000", "test_subset=1000"]
+    assert plan.trainer_settings() == {"train_subset": 5000, "test_subset": 1000}
+    # A faithful copy that is not the official archive: only the user's own flag turns the md5 check off.
+    copy = degradation.DataPlan("subset", tmp_path, False, 5_000, 1_000, seed=0, verify_checksums=False)
+    assert copy.trainer_settings() == {"verify_checksums": False, "train_subset": 5000, "test_subset": 1000}
+    args = degradation.build_parser().parse_args(["--quick", "--no-verify-checksums"])
+    assert args.no_verify_checksums is True
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cifar_synthetic import publish_digests_of
 
 from benchmarks import gpu
 from experiments import data as cifar_data
+from experiments.runner import Results
 
 NUMBER = r"\d+(\.\d+)?"
 
@@ -137,19 +139,19 @@ def test_each_trainer_plan_passes_its_recipe_and_flags_to_the_trainer(tmp_path):
         "resnet20 fast compiled",
         "resnet20 fast CUDA graphs",
     ]
-    argvs = {
-        label: gpu.trainer_argv(plan, data, cuda, tmp_path, tmp_path / "results.json")
-        for label, plan in plans.items()
-    }
-    for label, argv in argvs.items():
+    calls = {label: gpu.trainer_settings(plan, data, cuda, tmp_path) for label, plan in plans.items()}
+    for label, settings in calls.items():
         recipe = "resnet9" if label == "resnet9" else "fast"
-        assert argv[argv.index("--recipe") + 1] == recipe, label
+        assert settings["recipe"] == recipe, label
         # Real data: each recipe's own schedule and batch, which time to accuracy needs.
-        assert "--epochs" not in argv and "--batch-size" not in argv, label
-    compile_flags = {"--compile", "--cuda-graphs"}
-    assert compile_flags & set(argvs["resnet20 fast compiled"]) == {"--compile"}
-    assert compile_flags & set(argvs["resnet20 fast CUDA graphs"]) == {"--cuda-graphs"}
-    assert not compile_flags & set(argvs["resnet9"])
+        assert "epochs" not in settings and "batch_size" not in settings, label
+        assert "verify_checksums" not in settings, label
+    compile_settings = {"compile", "cuda_graphs"}
+    assert compile_settings & set(calls["resnet20 fast compiled"]) == {"compile"}
+    assert compile_settings & set(calls["resnet20 fast CUDA graphs"]) == {"cuda_graphs"}
+    assert not compile_settings & set(calls["resnet9"])
+    # The report's command runs the same on the command line.
+    assert "--cuda-graphs" in gpu.command_line(calls["resnet20 fast CUDA graphs"])
 
 
 def test_a_full_gpu_run_shares_the_whole_budget_and_every_planned_step_gets_the_minimum():
@@ -229,7 +231,7 @@ def test_a_trainer_run_past_its_limit_is_stopped_and_reported_as_such(tmp_path):
         plan = gpu.TrainerPlan("resnet20", "fast", epochs=1, batch_size=64, share=1.0)
         step = gpu.trainer_step(plan, data, torch.device("cpu"), tmp_path, skip_compile="")
         report = gpu.StepReport(step.stage, step.name, status="done")
-        # A millisecond: the deadline's SIGINT reaches the trainer long before its first epoch ends.
+        # A millisecond: the trainer's time limit stops it after its first step, long before the epoch ends.
         step.run(0.001, report)
     assert report.status == "stopped by budget"
     assert "0 complete epochs" in report.reason
@@ -237,8 +239,8 @@ def test_a_trainer_run_past_its_limit_is_stopped_and_reported_as_such(tmp_path):
 
 
 def test_with_real_data_accuracy_and_time_to_target_get_a_verdict(tmp_path, monkeypatch):
-    # Synthetic files stand in for CIFAR-10 here; only their md5 sums differ, so that check is off.
-    monkeypatch.setattr(cifar_data, "VERIFY_CHECKSUMS", False)
+    # Synthetic files stand in for CIFAR-10 here. On real data the trainer checks every md5 sum, and so it
+    # does here: the loader expects these files' sums instead of the official ones.
     # Targets any run meets (accuracy 0, a million seconds), so the verdicts are known in advance; the
     # fail branches are checked below with a stand-in trainer whose numbers are chosen.
     monkeypatch.setitem(gpu.TARGETS, "resnet20", (0.0, 1e6))
@@ -246,6 +248,7 @@ def test_with_real_data_accuracy_and_time_to_target_get_a_verdict(tmp_path, monk
     torch.set_num_threads(1)
     try:
         with gpu.trainer_data(None, quick=True, device=torch.device("cpu")) as synthetic:
+            publish_digests_of(monkeypatch, *(synthetic.folder / cifar_data.BATCHES_FOLDER).iterdir())
             data = gpu.TrainerData(synthetic.folder, real=True, train_images=synthetic.train_images)
             # Two epochs, so there is a last epoch after the first one's warm-up.
             plan = gpu.TrainerPlan("resnet20", "fast", epochs=2, batch_size=64, share=1.0)
@@ -314,10 +317,9 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
     # it falls back from CUDA graphs, and leaves what a finished run leaves.
     from torch._dynamo.utils import counters
 
-    def fake_main(argv):
+    def fake_train(**settings):
+        assert settings["cuda_graphs"] is True
         counters["inductor"]["cudagraph_skips"] += skips
-        run_dir = Path(argv[argv.index("--logs-dir") + 1]) / "cifar10" / "run"
-        run_dir.mkdir(parents=True)
         record = {
             "epoch": 1,
             "test_accuracy": 0.5,
@@ -325,11 +327,9 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
             "epoch_train_time_s": 2.0,
             "train_images_per_s": 100.0,
         }
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        Path(argv[argv.index("--results") + 1]).write_text(json.dumps(record))
-        return 0
+        return Results(dict(record), [record], settings["logs_dir"] / "cifar10" / "run")
 
-    monkeypatch.setattr(gpu.cifar10, "main", fake_main)
+    monkeypatch.setattr(gpu.cifar10, "train", fake_train)
     # Graphs declined earlier in the same process (another step's compile) are not this run's.
     counters["inductor"]["cudagraph_skips"] += 5
     data = gpu.TrainerData(tmp_path, real=False, train_images=200)
@@ -352,9 +352,7 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
 def stand_in_trainer(accuracies: list[float], train_times: list[float]):
     """A trainer that leaves exactly what a finished run with these per-epoch numbers leaves."""
 
-    def fake_main(argv):
-        run_dir = Path(argv[argv.index("--logs-dir") + 1]) / "cifar10" / "run"
-        run_dir.mkdir(parents=True)
+    def fake_train(**settings):
         clock, records = 0.0, []
         for epoch, (accuracy, seconds) in enumerate(zip(accuracies, train_times, strict=True), start=1):
             clock += seconds
@@ -367,13 +365,10 @@ def stand_in_trainer(accuracies: list[float], train_times: list[float]):
                     "train_images_per_s": 1000.0,
                 }
             )
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        Path(argv[argv.index("--results") + 1]).write_text(
-            json.dumps({"test_accuracy": accuracies[-1], "train_images_per_s": 1000.0})
-        )
-        return 0
+        summary = {"test_accuracy": accuracies[-1], "train_images_per_s": 1000.0}
+        return Results(summary, records, settings["logs_dir"] / "cifar10" / "run")
 
-    return fake_main
+    return fake_train
 
 
 @pytest.mark.parametrize(
@@ -389,7 +384,7 @@ def stand_in_trainer(accuracies: list[float], train_times: list[float]):
 def test_real_data_verdicts_compare_the_run_with_resnet20s_targets(
     tmp_path, monkeypatch, accuracies, train_times, accuracy_verdict, time_value, time_verdict
 ):
-    monkeypatch.setattr(gpu.cifar10, "main", stand_in_trainer(accuracies, train_times))
+    monkeypatch.setattr(gpu.cifar10, "train", stand_in_trainer(accuracies, train_times))
     data = gpu.TrainerData(tmp_path, real=True, train_images=50_000)
     plan = gpu.TrainerPlan("resnet20", "fast", epochs=2, batch_size=512, share=1.0)
     step = gpu.trainer_step(plan, data, torch.device("cuda"), tmp_path / "logs", skip_compile="")
