@@ -690,7 +690,7 @@ def trainer_step(
     def run(limit_s: float, report: StepReport) -> None:
         stage = f"trainer {plan.label}"
         settings = trainer_settings(plan, data, device, logs_dir)
-        report.details["command"] = command_line(settings)
+        report.details["command"] = f"{command_line(settings)} --time-limit {max(limit_s, 1e-3):.0f}"
         skips_before = cudagraph_skips()
         started = time.perf_counter()
         try:

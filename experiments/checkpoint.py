@@ -35,7 +35,9 @@ from experiments.files import atomic_write
 
 # Written into every checkpoint so we can tell our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
-VERSION = 1
+# Version 2 no longer holds Python's `random` state; version 1 files load unchanged (the entry is ignored).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # The file name of the newest checkpoint inside a run folder.
 CHECKPOINT_DIR = "checkpoints"
@@ -87,9 +89,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by experiments/cifar10.py")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')!r}; this trainer reads version {VERSION}"
+            f"{path} has checkpoint version {state.get('version')!r}; this trainer reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     for key in ("model", "config", "signature", "position"):
         if key not in state:

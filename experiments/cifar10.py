@@ -4,7 +4,7 @@
 ```
 python experiments/cifar10.py                    # ResNet-20, §4.2
 python experiments/cifar10.py --model resnet56 --valid-split
-python experiments/cifar10.py --recipe cpu       # recipes.py
+python experiments/cifar10.py --recipe cpu       # 7 epochs; recipes.py lists how it departs from §4.2
 python experiments/cifar10.py --resume <run>
 python experiments/cifar10.py --eval <ckpt.pt>
 ```
@@ -16,14 +16,15 @@ schedule when a run first asks for them, and any setting can be changed from the
 `key=value` ([`cli.py`](cli.html) checks it first). Then come the three pieces of training itself:
 [one epoch of steps](#train_epoch), [an evaluation](#evaluate), and [the run](#fit) that alternates them.
 
-What a real machine needs besides (several processes, checkpoints, exact resumption after a signal,
-a stop at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html), which this
-file hands its pieces to, as labml's experiments hand theirs to its trainer. From Python,
-[`train(**settings)`](#train) runs exactly what the command line runs.
+Everything else a run on a real machine needs (several processes, checkpoints, exact resumption after
+a signal, a stop at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html). This
+file gives it the configuration and the functions below, as labml's experiments give theirs to labml's
+trainer. From Python, [`train(**settings)`](#train) runs exactly what the command line runs.
 """
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from labml import monit
 from labml.configs import option
-from labml_helpers.device import DeviceConfigs
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments import cli, runner
+from experiments import cli, run_configs, runner
 from experiments.distributed import world_from_environment
 from experiments.loader import CifarDataConfigs, TensorBatches
 from experiments.models import MODEL_NAMES, build_model
@@ -57,8 +57,12 @@ class Configs(CifarDataConfigs):
     """
     ## Configurations
 
-    The defaults are the paper's CIFAR-10 recipe for ResNet-20. How a run computes (device, number
-    format, compilation) is inherited from [`RunConfigs`](runner.html#RunConfigs).
+    The defaults are §4.2's recipe for ResNet-20: mini-batches of 128 (`batch_size`), SGD with learning
+    rate 0.1, momentum 0.9 and weight decay $10^{-4}$ (`optimizer.*`,
+    [`SGDConfigs`](recipes.html#SGDConfigs)), the rate divided by 10 at 32k and 48k iterations and
+    training stopped at 64k (below). The data settings come from
+    [`CifarDataConfigs`](loader.html#CifarDataConfigs); the device, number format, compilation and seed
+    from [`RunConfigs`](run_configs.html#RunConfigs).
     """
 
     # A name from `resnet.list_models()` (`plainN` drops the shortcuts), or `custom`, built from the
@@ -80,7 +84,9 @@ class Configs(CifarDataConfigs):
     # and fractions keep that shape for a run of any length.
     lr_milestones: list[float] = [0.5, 0.75]
     lr_decay: float = 0.1
-    # Warm-up steps at `lr_warmup_factor` times the rate, or `from_fraction` of the run.
+    # `lr_warmup_steps` warm-up steps (or `from_fraction`: `lr_warmup_fraction` of the run). The step
+    # schedule holds the rate at `lr_warmup_factor` times its value during them (§4.2's ResNet-110 warm-up:
+    # 400 steps at 0.01); the cosine and linear schedules ramp from that factor up to the full rate.
     lr_warmup_steps: int = 0
     lr_warmup_fraction: float = 0.0
     lr_warmup_factor: float = 0.1
@@ -97,20 +103,21 @@ class Configs(CifarDataConfigs):
 # The settings and options that read CIFAR-10 and batch it are inherited from
 # [`CifarDataConfigs`](loader.html#CifarDataConfigs), as labml's experiments inherit its `CIFAR10Configs`:
 # mini-batches of `batch_size=128`, the 50k training images (45k with `valid_split=5000`, the paper's
-# split for choosing settings) and the 10k test images. Each image is normalised by the training set's
-# per-channel mean and deviation, and augmented as §4.2 says: "4 pixels are padded on each side, and a
-# 32×32 crop is randomly sampled from the padded image or its horizontal flip". Crops teach the network
-# that a class does not depend on where the object sits, flips that it does not depend on left and
-# right. Each batch is a pure function of (seed, epoch, batch index), which is what lets a stopped run
-# continue with exactly the batches it would have seen.
+# split for choosing settings) and the 10k test images. Each image is normalised with the training set's
+# per-channel mean and standard deviation (the paper only subtracts the per-pixel mean; dividing by the
+# deviation is the common modern choice, see `data.py`), and augmented as §4.2 says: "4 pixels are padded
+# on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip". Crops
+# teach the network that a class does not depend on where the object sits, flips that it does not depend
+# on left and right. Each batch is a pure function of (seed, epoch, batch index), which is what lets a
+# stopped run continue with exactly the batches it would have seen.
 
 
 # ### The network, the optimizer and the schedule
 #
 # The network is the library's; the classification head (global average pooling and a 10-way
 # fully-connected layer, §4.2) is part of every preset. The paper states its schedule in *iterations*,
-# mini-batch steps, not epochs, so the schedule is stepped after every step: with 45k training images
-# an epoch is 352 steps, with 50k it is 391, and the drops land on the same step either way.
+# mini-batch steps, not epochs, so the scheduler moves on once per mini-batch: an epoch is 352 steps with
+# 45k training images and 391 with 50k, and either way the rate drops at steps 32,000 and 48,000.
 
 
 @option(Configs.epochs, "from_iterations")
@@ -168,8 +175,8 @@ def _linear_schedule(c: Configs) -> LambdaLR:
     return LambdaLR(c.optimizer, WarmupLinearSchedule(c.iterations, c.lr_warmup_steps, c.lr_warmup_factor))
 
 
-# The sub-configurations reachable as `optimizer.*` and `device.*` on the command line.
-NESTED_CONFIGS = {"optimizer": SGDConfigs, "device": DeviceConfigs}
+# The sub-configurations reachable as `optimizer.*` (and `device.*`) on the command line.
+NESTED_CONFIGS = {**run_configs.NESTED_CONFIGS, "optimizer": SGDConfigs}
 
 
 def train_epoch(c: Configs, run: Run) -> None:
@@ -179,8 +186,9 @@ def train_epoch(c: Configs, run: Run) -> None:
     A *step* is one mini-batch of 128 images (§4.2): the network's prediction, the cross-entropy loss
     against the labels, its gradient by back-propagation, and one SGD update. Then the schedule moves one
     step on. In training mode batch norm normalises with each mini-batch's own statistics (§3.4) and
-    updates its running averages for evaluation. `run.batches` yields the epoch's batches (after a resume
-    only those not yet trained) and stops the run between steps when it must; `run.after_step` counts.
+    updates its running averages for evaluation. `run.batches` yields the batches of the epoch not yet
+    trained and, between steps, stops the run when asked to or when the loss has become non-finite;
+    `run.after_step` adds the step to the epoch's loss and accuracy (and to the weight average, if any).
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):
@@ -203,7 +211,7 @@ def evaluate(
     *,
     amp_dtype: torch.dtype | None,
     flip_tta: bool,
-    before_batch: Any = None,
+    before_batch: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """
     ## Evaluation
@@ -211,7 +219,8 @@ def evaluate(
     Mean cross-entropy and accuracy of `model` over every image of `loader`, in evaluation mode: batch
     norm uses its running statistics, so the result does not depend on how images are batched. The loss
     has no label smoothing, so runs with and without it compare. With `flip_tta` the logits of an image
-    and of its mirror image are averaged, nearly free since CIFAR's classes look the same mirrored.
+    and of its mirror image are averaged: CIFAR's classes look the same mirrored, and it costs one more
+    forward pass and no training. `before_batch` is called before each batch (the runner stops there).
     """
     model.eval()
     device = loader.device
@@ -243,7 +252,7 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     name, loader = ("valid", c.valid_loader) if c.valid_loader is not None else ("test", c.test_loader)
     test: tuple[float, float] | None = None
     for _ in monit.loop(range(run.progress.epoch, c.epochs)):
-        if run.progress.step >= c.iterations:
+        if run.done:
             break
         train_epoch(c, run)
         scores: dict[str, float] = {}
@@ -253,15 +262,18 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
                 before_batch=run.check_stop,
             )  # fmt: skip
             scores = {f"{name}_loss": loss, f"{name}_accuracy": accuracy}
-            test = (loss, accuracy) if name == "test" else None
+            if name == "test":
+                test = (loss, accuracy)
         run.end_epoch(scores)
     if test is None:
         test = evaluate(
-            run.eval_model, c.test_loader, "test", amp_dtype=run.precision.dtype, flip_tta=c.flip_tta
-        )
+            run.eval_model, c.test_loader, "test", amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
+            before_batch=run.check_stop,
+        )  # fmt: skip
     return test
 
 
+# What the runner needs from this script: its name for the logs, its configurations and its functions.
 EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__))
 
 
@@ -271,12 +283,24 @@ def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) 
 
     `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, with the same
     checks (a bad setting raises `cli.UsageError`) and the same run folder. The other flags go by name
-    (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...).
+    (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns the
+    run's [`Results`](runner.html#Results); their `summary` is `None` when the run stopped early.
     """
+    if "eval" in settings:
+        raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
+    return runner.run_training(EXPERIMENT, _checked(settings, recipe=recipe, device=device))
+
+
+def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
+    """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
+    return runner.run_evaluation(EXPERIMENT, _checked({**settings, "eval": str(path)}))
+
+
+def _checked(settings: dict[str, Any], **options: Any) -> run_configs.Request:
+    # The flags by name (`logs_dir`, `threads`, ...) apart from the configuration's settings.
     run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
     world = world_from_environment()
-    options = dict(nested=NESTED_CONFIGS, recipes=RECIPES, world=world, recipe=recipe, device=device)
-    return runner.run_training(EXPERIMENT, cli.check(settings, Configs, **options, **run))
+    return cli.check(settings, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world, **options, **run)
 
 
 def main(argv: list[str] | None = None) -> int:

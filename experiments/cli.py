@@ -33,7 +33,7 @@ from experiments.distributed import World
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
-from experiments.runner import Request
+from experiments.run_configs import Request
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {
@@ -277,8 +277,9 @@ def build_parser(
         "--time-limit",
         type=float,
         metavar="SECONDS",
-        help="stop after the step that passes SECONDS of training in this process, as on Ctrl+C: "
-        "save a checkpoint and say how to resume",
+        help="stop after the step that passes SECONDS of wall time since the run was set up "
+        "(evaluation included), as on Ctrl+C: save a checkpoint, say how to resume, exit 0 "
+        "without results.json",
     )
     parser.add_argument(
         "--stop-after-steps",
@@ -450,9 +451,11 @@ def _request(
     check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
 
     for name, value in (("--stop-after-steps", stop_after_steps), ("--threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"{name} must be a whole number, got {value!r}")
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
-    if time_limit_s is not None and not time_limit_s > 0:
+    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
         raise UsageError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
     if resume is not None and eval is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")

@@ -58,14 +58,10 @@ iterations; with so few test images a test error differs from run to run by a po
 short schedule favours whatever learns fastest at first, which need not be what ends best. One seed per
 network is one sample: read small gaps as noise.
 
-What it costs: each network trains on 100,000 images (5,000 × 20 epochs). On the shared two-core
-machine this was written on, one PyTorch thread trained about 220 images/s with ResNet-20 and 90
-images/s with ResNet-56 (batch 64), so the four runs would take close to an hour there; time scales
-with your machine's throughput. On a busy machine try `--threads 1`: there, two threads competing with
-other processes were ten times slower than one. A later `--quick --stand-in` run on the same machine
-(25,600 images per network, one thread, 2026-11-27) took 12 minutes for all four, 1.5 to 4.6 minutes
-per network: about 280 images/s for the 20-layer networks and 100 for the 56-layer ones, which puts
-the real quick mode at about 50 minutes there.
+What it costs: each network trains on 100,000 images (5,000 × 20 epochs), and a 56-layer network
+costs about three times what a 20-layer one does per image, so the time is set by the two deep networks;
+RESULTS.md has the measured times of a run on real CIFAR-10. On a CPU shared with other work, try
+`--threads 1` (BENCHMARKS.md: two threads competing with other processes can be many times slower).
 
 ## When CIFAR-10 is not at hand
 
@@ -389,7 +385,9 @@ def train(
         **(data_settings or {}),
     }
     shown = " ".join(f"{k}={v}".replace(" ", "") for k, v in settings.items())
-    print(f"\n=== {network.name}: experiments/cifar10.py --device {device} {shown}", flush=True)
+    flags = f"--device {device}" + (f" --logs-dir {logs_dir}" if logs_dir else "")
+    flags += f" --threads {threads}" if threads else ""
+    print(f"\n=== {network.name}: experiments/cifar10.py {flags} {shown}", flush=True)
     try:
         results = cifar10.train(device=device, logs_dir=logs_dir, threads=threads, **settings)
     except (RunError, CheckpointError, cifar_data.DataError, cli.UsageError) as e:

@@ -54,7 +54,7 @@ from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
 from experiments.distributed import World
-from experiments.runner import RunConfigs
+from experiments.run_configs import RunConfigs
 from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 
 # §4.2: pad 4 pixels on each side before taking the random crop.

@@ -30,15 +30,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 from labml import experiment, lab, monit, tracker
-from labml.configs import BaseConfigs, option
-from labml_helpers.device import DeviceConfigs
+from labml.configs import BaseConfigs
 
 from experiments import console
 from experiments import data as cifar_data
@@ -72,6 +71,7 @@ from experiments.files import write_json
 from experiments.models import MODEL_NAMES
 from experiments.precision import Precision, choose_amp, cpu_model_name, step_timer
 from experiments.progress import Progress
+from experiments.run_configs import Request
 
 # ## Errors that end a run cleanly
 
@@ -92,54 +92,6 @@ class Diverged(RunError):
 STOP_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
 
-# ## The settings of how a run runs
-#
-# The training script's `Configs` extend these, as labml's experiments extend its trainer's configs: they
-# change how fast and where a run computes, never what it computes (except `ema_decay`, which changes
-# which weights are evaluated).
-
-
-class RunConfigs(BaseConfigs):
-    """Hardware, number format, compilation, logging; settable from the command line like the rest."""
-
-    device: torch.device
-    # Mixed precision: none, bf16, fp16, or auto (`experiments/precision.py`).
-    amp: str = "none"
-    # NHWC memory layout; `auto` turns it on where it was measured to win (CUDA, x86 CPUs: BENCHMARKS.md).
-    channels_last: bool
-    compile: bool = False
-    # `torch.compile`'s mode: default, reduce-overhead (CUDA graphs), max-autotune,
-    # max-autotune-no-cudagraphs.
-    compile_mode: str = "default"
-    # Batch-norm statistics over all processes (GPUs only).
-    sync_bn: bool = False
-    # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
-    # decay per step, e.g. 0.999 (`experiments/ema.py`); 0 turns it off.
-    ema_decay: float = 0.0
-    # Console progress every this many steps (a GPU would otherwise wait for the host every step).
-    log_every: int = 20
-    # Data order, augmentation and initial weights.
-    seed: int = 5
-    # Set by the runner, not by users: this process's place among data-parallel processes.
-    world: Any = World()
-
-
-@option(RunConfigs.device)
-def _device(c: RunConfigs) -> DeviceConfigs:
-    # A fresh sub-configuration per run; a class-level default would be shared between runs.
-    return DeviceConfigs()
-
-
-@option(RunConfigs.channels_last, "auto")
-def _channels_last_auto(c: RunConfigs) -> bool:
-    # On CUDA the tensor-core convolutions want NHWC; on x86 CPUs oneDNN's NHWC kernels were measured
-    # faster for training and evaluation. Other CPUs were not measured, so they keep PyTorch's layout.
-    if c.device.type == "cuda":
-        return True
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
-    return c.device.type == "cpu" and x86 and torch.backends.mkldnn.is_available()
-
-
 # ## What a training script hands the runner
 
 
@@ -158,25 +110,6 @@ class Experiment:
     fit: Callable[[Any, "Run"], tuple[float, float]]
     evaluate: Callable[..., tuple[float, float]]
     source: Path
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a caller asks for, already checked (by `experiments.cli`): settings and how to run them."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    resume: str | None = None
-    eval: str | None = None
-    results: Path | None = None
-    logs_dir: Path | None = None
-    labml_url: str | None = None
-    tensorboard: bool = False
-    stop_after_steps: int | None = None
-    time_limit_s: float | None = None
-    threads: int | None = None
-    # Checks on the settings that depend on a resumed checkpoint's own settings; they run once these are
-    # known (a checkpoint written on a GPU machine may ask for CUDA). Raises `ValueError` with the message.
-    check_resumed: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -326,8 +259,11 @@ class Run:
         self.stop_reason = self.stop_reason or reason
 
     def check_stop(self) -> None:
-        """Raise `StopRequested` if this process was asked to stop (used between evaluation batches)."""
-        if self.stop_reason:
+        """
+        Raise `StopRequested` if this process was asked to stop (called between evaluation batches). With
+        several processes the evaluation runs to its end instead, and the ranks agree at the next step.
+        """
+        if self.stop_reason and not self.world.is_distributed:
             raise StopRequested()
 
     def batches(self, loader: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -347,7 +283,10 @@ class Run:
                     # Tells the recorded graphs that the previous step's outputs are no longer needed.
                     torch.compiler.cudagraph_mark_step_begin()
                 yield x, y
-                if progress.step % self._check_every == 0 or self.stop_reason:
+                # With several processes every rank must reach each agreement at the same step, so a stop
+                # asked of one rank (its time limit, a signal only it got) waits for the next scheduled one.
+                alone = not self.world.is_distributed
+                if progress.step % self._check_every == 0 or (self.stop_reason and alone):
                     self._agree_on_stop()
             self._agree_on_stop()
         finally:
@@ -391,13 +330,18 @@ class Run:
                 f"rate is probably too high: try a lower one, e.g. --lr {self._lower_lr():g}"
             )
         if stop:
-            self.request_stop("a signal on another rank")
+            self.request_stop("a stop on another rank")
             raise StopRequested()
 
     def _lower_lr(self) -> float:
         return float(self.c.scheduler.base_lrs[0]) / 10
 
     # ### Epochs
+
+    @property
+    def done(self) -> bool:
+        """Whether the schedule is over and its last epoch recorded (a stop can come in between)."""
+        return self.progress.step >= self.c.iterations and self.progress.batch == 0
 
     @property
     def finishing(self) -> bool:
@@ -712,7 +656,9 @@ def _compute(exp: Experiment, settings: dict[str, Any], world: World, *, tracked
         from labml.internal.configs.processor import ConfigProcessor
         from labml.internal.monitor import monitor_singleton
 
-        monitor_singleton().silent()
+        if not world.is_main:
+            # Rank 0 alone talks to the user.
+            monitor_singleton().silent()
         ConfigProcessor(c, settings)
     return c
 

@@ -88,3 +88,16 @@ def test_a_time_limit_stops_like_ctrl_c_and_the_run_resumes_exactly(data_dir: Pa
 def test_a_time_limit_must_be_positive() -> None:
     with pytest.raises(cli.UsageError, match="--time-limit must be a positive number of seconds"):
         cifar10.train(time_limit_s=0)
+
+
+def test_evaluating_a_checkpoint_from_python_is_what_eval_does(data_dir: Path, tmp_path: Path) -> None:
+    results = api_train(data_dir, tmp_path / "logs", epochs=1)
+    assert results.checkpoint is not None
+    with pytest.raises(cli.UsageError, match="use evaluate_checkpoint"):
+        cifar10.train(eval=str(results.checkpoint))
+    measured = cifar10.evaluate_checkpoint(results.checkpoint, threads=1)
+    from_cli = tmp_path / "eval.json"
+    assert run_trainer(["--eval", str(results.checkpoint), "--results", str(from_cli)]) == 0
+    same = {k: v for k, v in measured.items() if k not in ("threads",)}
+    assert same == {k: v for k, v in json.loads(from_cli.read_text()).items() if k not in ("threads",)}
+    assert results.summary is not None and measured["test_accuracy"] == results.summary["test_accuracy"]

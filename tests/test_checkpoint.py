@@ -197,3 +197,22 @@ def test_every_saved_entry_loads_weights_only(trained: Path) -> None:
     results = json.loads((trained.parent.parent / "results.json").read_text())
     weights = SimpleNamespace(state_dict=lambda: state["model"])
     assert runner.state_hash(weights) == results["weights_sha256"]
+
+
+def test_a_version_1_checkpoint_with_pythons_random_state_still_resumes(
+    trained: Path, tmp_path: Path
+) -> None:
+    # Version 1 also saved Python's `random` state, which nothing used; such a file must keep resuming.
+    state = load_checkpoint(trained)
+    assert state["version"] == ckpt.VERSION == 2 and "python_state" not in state["rng"]
+    state["version"] = 1
+    state["rng"].update({"python_version": 3, "python_state": torch.zeros(625, dtype=torch.int64)})
+    old = tmp_path / "v1.pt"
+    torch.save(state, old)
+    assert load_checkpoint(old)["version"] == 1
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(old), "--epochs", "2"]) == 0
+    state["version"] = 3
+    torch.save(state, old)
+    with pytest.raises(CheckpointError, match="version 3; this trainer reads versions 1, 2"):
+        load_checkpoint(old)

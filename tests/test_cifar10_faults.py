@@ -133,8 +133,14 @@ def test_a_signal_during_training_saves_exits_and_resumes_to_the_same_result(
     assert comparable(results) == comparable(reference(data_dir, tmp_path_factory, epochs, *NO_DROPS))
 
 
+# With 1 epoch the interrupted evaluation is the run's last: the resumed run must still record that epoch.
+@pytest.mark.parametrize("epochs", [2, 1])
 def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    epochs: int,
 ) -> None:
     evaluate = cifar10.evaluate
     calls = []
@@ -147,13 +153,16 @@ def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly
 
     monkeypatch.setattr(cifar10, "evaluate", interrupted_evaluate)
     logs = tmp_path / "logs"
-    assert run_trainer(tiny_args(data_dir, logs, epochs=2)) == 128 + signal.SIGINT
+    assert run_trainer(tiny_args(data_dir, logs, epochs=epochs)) == 128 + signal.SIGINT
     run_dir = only_run(logs)
     # Training of epoch 1 is complete; its evaluation is what remains.
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
     assert position == {"step": 5, "epoch": 0, "batch": 5}
     monkeypatch.setattr(cifar10, "evaluate", evaluate)
-    assert comparable(resume(run_dir, tmp_path)) == comparable(reference(data_dir, tmp_path_factory, 2))
+    resumed = resume(run_dir, tmp_path)
+    assert comparable(resumed) == comparable(reference(data_dir, tmp_path_factory, epochs))
+    records = (Path(resumed["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in records] == list(range(1, epochs + 1))
 
 
 class SignalsPartWayThrough:

@@ -1,0 +1,91 @@
+"""
+# The settings of a run that are not the recipe
+
+Two small things every layer of the trainer shares, kept apart so that each layer can import them
+without importing the others: [`RunConfigs`](#RunConfigs), the labml configuration of how a run computes
+(device, number format, compilation, logging, seed), which the data's and the tutorial's configurations
+extend; and [`Request`](#Request), what a caller (the command line or `experiments.cifar10.train`) asks
+the [runner](runner.html) to do, after [`cli.py`](cli.html) has checked it.
+"""
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from labml.configs import BaseConfigs, option
+from labml_helpers.device import DeviceConfigs
+
+from experiments.distributed import World
+
+# ## The settings of how a run runs
+#
+# The training script's `Configs` extend these, as labml's experiments extend its trainer's configs. Apart
+# from `seed` (data order, augmentation, initial weights) and `ema_decay` (which weights are evaluated)
+# they change how fast and where a run computes, not what it computes.
+
+
+class RunConfigs(BaseConfigs):
+    """Hardware, number format, compilation, logging; settable from the command line like the rest."""
+
+    device: torch.device
+    # Mixed precision: none, bf16, fp16, or auto (`experiments/precision.py`).
+    amp: str = "none"
+    # NHWC memory layout; `auto` turns it on where it was measured to win (CUDA, x86 CPUs: BENCHMARKS.md).
+    channels_last: bool
+    compile: bool = False
+    # `torch.compile`'s mode: default, reduce-overhead (CUDA graphs), max-autotune,
+    # max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
+    # Batch-norm statistics over all processes (GPUs only).
+    sync_bn: bool = False
+    # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
+    # decay per step, e.g. 0.999 (`experiments/ema.py`); 0 turns it off.
+    ema_decay: float = 0.0
+    # Console progress every this many steps (a GPU would otherwise wait for the host every step).
+    log_every: int = 20
+    # Data order, augmentation and initial weights.
+    seed: int = 5
+    # Set by the runner, not by users: this process's place among data-parallel processes.
+    world: Any = World()
+
+
+@option(RunConfigs.device)
+def _device(c: RunConfigs) -> DeviceConfigs:
+    # A fresh sub-configuration per run; a class-level default would be shared between runs.
+    return DeviceConfigs()
+
+
+@option(RunConfigs.channels_last, "auto")
+def _channels_last_auto(c: RunConfigs) -> bool:
+    # On CUDA the tensor-core convolutions want NHWC; on x86 CPUs oneDNN's NHWC kernels were measured
+    # faster for training and evaluation. Other CPUs were not measured, so they keep PyTorch's layout.
+    if c.device.type == "cuda":
+        return True
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return c.device.type == "cpu" and x86 and torch.backends.mkldnn.is_available()
+
+
+# The sub-configuration reachable as `device.*` on the command line.
+NESTED_CONFIGS: dict[str, type] = {"device": DeviceConfigs}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a caller asks for, already checked (by `experiments.cli`): settings and how to run them."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    resume: str | None = None
+    eval: str | None = None
+    results: Path | None = None
+    logs_dir: Path | None = None
+    labml_url: str | None = None
+    tensorboard: bool = False
+    stop_after_steps: int | None = None
+    time_limit_s: float | None = None
+    threads: int | None = None
+    # Checks on the settings that depend on a resumed checkpoint's own settings; they run once these are
+    # known (a checkpoint written on a GPU machine may ask for CUDA). Raises `ValueError` with the message.
+    check_resumed: Callable[[dict[str, Any]], None] | None = None
