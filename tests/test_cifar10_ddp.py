@@ -125,3 +125,24 @@ def test_the_weights_match_one_process_averaging_the_ranks_gradients(
     for name, tensor in expected.items():
         # Gradients are summed in another order across processes: equal up to float rounding.
         assert torch.allclose(trained[name].float(), tensor.float(), rtol=1e-4, atol=1e-5), name
+
+
+def test_a_time_limit_stops_both_ranks_together_with_a_checkpoint(tmp_path: Path) -> None:
+    # Each rank reaches its own limit; they stop at the next agreement all ranks take part in (the end
+    # of the epoch here), so no rank waits in a collective the other has left.
+    data_dir = write_data(tmp_path / "data")
+    logs = tmp_path / "logs"
+    command = [
+        TORCHRUN,
+        "--standalone",
+        "--nproc_per_node=2",
+        str(SCRIPT),
+        *tiny_args(data_dir, logs, "--time-limit", "0.001", epochs=3),
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    assert process.stdout.count("stopped at step 5 (epoch 1, batch 5)") == 1
+    (run_dir,) = (logs / "cifar10").iterdir()
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["position"] == {"step": 5, "epoch": 0, "batch": 5}
+    assert not (run_dir / "results.json").exists()
