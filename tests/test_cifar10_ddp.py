@@ -39,16 +39,16 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     root = tmp_path_factory.mktemp("ddp")
     data_dir = write_data(root / "data")
     results = root / "results.json"
-    command = [
-        TORCHRUN,
-        "--standalone",
-        "--nproc_per_node=2",
-        str(SCRIPT),
-        *tiny_args(data_dir, root / "logs", "--results", str(results)),
-    ]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    torchrun(tiny_args(data_dir, root / "logs", "--results", str(results)), timeout=600)
     return data_dir, root / "logs", json.loads(results.read_text())
+
+
+def torchrun(argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """The trainer in two CPU processes, as `torchrun --nproc_per_node=2` starts it; it must exit 0."""
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(SCRIPT), *argv]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return process
 
 
 def test_both_ranks_end_with_identical_weights_and_only_rank_0_writes(
@@ -132,15 +132,7 @@ def test_a_time_limit_stops_both_ranks_together_with_a_checkpoint(tmp_path: Path
     # of the epoch here), so no rank waits in a collective the other has left.
     data_dir = write_data(tmp_path / "data")
     logs = tmp_path / "logs"
-    command = [
-        TORCHRUN,
-        "--standalone",
-        "--nproc_per_node=2",
-        str(SCRIPT),
-        *tiny_args(data_dir, logs, "--time-limit", "0.001", epochs=3),
-    ]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    process = torchrun(tiny_args(data_dir, logs, "--time-limit", "0.001", epochs=3), timeout=300)
     assert process.stdout.count("stopped at step 5 (epoch 1, batch 5)") == 1
     (run_dir,) = (logs / "cifar10").iterdir()
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
