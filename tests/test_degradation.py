@@ -294,6 +294,12 @@ ONE_DEPTH[ONE_DEPTH.index("--depths") : ONE_DEPTH.index("--depths") + 3] = ["--d
 ONE_DEPTH[ONE_DEPTH.index("--epochs") + 1] = "1"
 
 
+def one_depth_quick_run(data_dir: Path, tmp_path: Path, out: Path) -> list[str]:
+    """A `--quick` run of the two depth-8 networks for one epoch, its run folders under `tmp_path/logs`."""
+    return ["--quick", "--data-dir", str(data_dir), "--logs-dir", str(tmp_path / "logs"), "--out", str(out),
+            *ONE_DEPTH]  # fmt: skip
+
+
 def test_without_matplotlib_the_run_stops_before_training(
     synthetic_cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -304,18 +310,7 @@ def test_without_matplotlib_the_run_stops_before_training(
         lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
     )
     with pytest.raises(SystemExit) as exit_info:
-        degradation.main(
-            [
-                "--quick",
-                "--data-dir",
-                str(synthetic_cifar),
-                "--logs-dir",
-                str(tmp_path / "logs"),
-                "--out",
-                str(tmp_path / "figure.png"),
-                *ONE_DEPTH,
-            ]
-        )
+        degradation.main(one_depth_quick_run(synthetic_cifar, tmp_path, tmp_path / "figure.png"))
     assert exit_info.value.code == 2
     assert 'pip install -e ".[plot]"' in capsys.readouterr().err
     assert not (tmp_path / "logs").exists() and not (tmp_path / "figure.json").exists()
@@ -330,18 +325,7 @@ def test_the_numbers_are_on_disk_even_when_drawing_fails(
     monkeypatch.setattr(degradation, "build_figure", broken)
     out = tmp_path / "figure.png"
     with pytest.raises(RuntimeError, match="drawing failed"):
-        degradation.main(
-            [
-                "--quick",
-                "--data-dir",
-                str(synthetic_cifar),
-                "--logs-dir",
-                str(tmp_path / "logs"),
-                "--out",
-                str(out),
-                *ONE_DEPTH,
-            ]
-        )
+        degradation.main(one_depth_quick_run(synthetic_cifar, tmp_path, out))
     summary = json.loads(out.with_suffix(".json").read_text())
     assert [n["network"] for n in summary["networks"]] == ["plain-8", "ResNet-8"]
     assert not out.exists()

@@ -29,10 +29,10 @@ def images() -> torch.Tensor:
     )
 
 
-def make(images: torch.Tensor, **overrides) -> TensorBatches:
+def make(images: torch.Tensor, labels: torch.Tensor | None = None, **overrides) -> TensorBatches:
     arguments = dict(batch_size=8, shuffle=True, augment=True, device="cpu", seed=3, mean=MEAN, std=STD)
     arguments.update(overrides)
-    return TensorBatches(images, torch.arange(len(images)), **arguments)
+    return TensorBatches(images, torch.arange(len(images)) if labels is None else labels, **arguments)
 
 
 def normalised(images: torch.Tensor) -> torch.Tensor:
@@ -207,29 +207,9 @@ def test_bad_arguments_are_refused(images: torch.Tensor, overrides: dict, messag
 
 def test_images_must_be_uint8_with_matching_labels(images: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="uint8"):
-        TensorBatches(
-            images.float(),
-            torch.arange(N_IMAGES),
-            batch_size=4,
-            shuffle=True,
-            augment=True,
-            device="cpu",
-            seed=0,
-            mean=MEAN,
-            std=STD,
-        )
+        make(images.float())
     with pytest.raises(ValueError, match="labels"):
-        TensorBatches(
-            images,
-            torch.arange(N_IMAGES - 1),
-            batch_size=4,
-            shuffle=True,
-            augment=True,
-            device="cpu",
-            seed=0,
-            mean=MEAN,
-            std=STD,
-        )
+        make(images, labels=torch.arange(N_IMAGES - 1))
 
 
 def count_python_calls(loader: TensorBatches) -> int:
