@@ -39,17 +39,10 @@ from labml import monit
 from labml.configs import option
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments import cli, run_configs, runner
-from experiments.distributed import world_from_environment
+from experiments import run_configs, runner
 from experiments.loader import CifarDataConfigs, TensorBatches
 from experiments.models import MODEL_NAMES, build_model
-from experiments.recipes import (
-    RECIPES,
-    SGDConfigs,
-    StepSchedule,
-    WarmupCosineSchedule,
-    WarmupLinearSchedule,
-)
+from experiments.recipes import RECIPES, SGDConfigs, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 from experiments.runner import Results, Run
 
 
@@ -273,8 +266,9 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     return test
 
 
-# What the runner needs from this script: its name for the logs, its configurations and its functions.
-EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__))
+# What the runner needs from this script: its name for the logs, its configurations, its functions and
+# its recipes.
+EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__), RECIPES)
 
 
 def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results:
@@ -286,28 +280,17 @@ def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) 
     (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns the
     run's [`Results`](runner.html#Results); their `summary` is `None` when the run stopped early.
     """
-    if "eval" in settings:
-        raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
-    return runner.run_training(EXPERIMENT, _checked(settings, recipe=recipe, device=device))
+    return runner.train(EXPERIMENT, settings, recipe=recipe, device=device)
 
 
 def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
     """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
-    return runner.run_evaluation(EXPERIMENT, _checked({**settings, "eval": str(path)}))
-
-
-def _checked(settings: dict[str, Any], **options: Any) -> run_configs.Request:
-    # The flags by name (`logs_dir`, `threads`, ...) apart from the configuration's settings.
-    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
-    world = world_from_environment()
-    return cli.check(settings, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world, **options, **run)
+    return runner.evaluate_checkpoint(EXPERIMENT, path, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
-    world = world_from_environment()
-    request = cli.parse(argv, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world)
-    return runner.exit_status(EXPERIMENT, request)
+    return runner.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

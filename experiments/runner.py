@@ -39,7 +39,7 @@ import torch.nn as nn
 from labml import experiment, lab, monit, tracker
 from labml.configs import BaseConfigs
 
-from experiments import console
+from experiments import cli, console
 from experiments import data as cifar_data
 from experiments.checkpoint import (
     CHECKPOINT_DIR,
@@ -101,7 +101,8 @@ class Experiment:
     A training script, as the runner sees it: its name (the logs folder `logs/<name>/`), its
     configuration class, the sub-configurations reachable as `optimizer.*` and the like, the function
     that trains a computed configuration to the end (`fit(c, run) -> (test loss, test accuracy)`),
-    its evaluation function, and its source file, which labml records with every run.
+    its evaluation function, its source file, which labml records with every run, and its recipes
+    (`--recipe`).
     """
 
     name: str
@@ -110,6 +111,7 @@ class Experiment:
     fit: Callable[[Any, "Run"], tuple[float, float]]
     evaluate: Callable[..., tuple[float, float]]
     source: Path
+    recipes: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -822,3 +824,35 @@ def exit_status(exp: Experiment, request: Request) -> int:
         print("\ninterrupted; the last complete checkpoint is unchanged", file=sys.stderr, flush=True)
         return 128 + signal.SIGINT
     return STOP_STATUS.get(results.stopped or "", 0)
+
+
+# ## The entry points a training script exposes
+
+
+def train(exp: Experiment, settings: dict[str, Any], *, recipe: str, device: str | None) -> Results:
+    """A training script's `train(**settings)`: the settings checked as the command line checks them."""
+    if "eval" in settings:
+        raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
+    return run_training(exp, _checked(exp, settings, recipe=recipe, device=device))
+
+
+def evaluate_checkpoint(exp: Experiment, path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A training script's `evaluate_checkpoint(path, **settings)`: what `--eval PATH` does."""
+    return run_evaluation(exp, _checked(exp, {**settings, "eval": str(path)}))
+
+
+def _checked(exp: Experiment, settings: dict[str, Any], **options: Any) -> Request:
+    # The flags by name (`logs_dir`, `threads`, ...) apart from the configuration's settings.
+    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
+    world = world_from_environment()
+    return cli.check(
+        settings, exp.configs, nested=exp.nested, recipes=exp.recipes, world=world, **options, **run
+    )
+
+
+def main(exp: Experiment, argv: list[str] | None) -> int:
+    """A training script's command line: parse and check it (exit 2 on bad input), then run it."""
+    request = cli.parse(
+        argv, exp.configs, nested=exp.nested, recipes=exp.recipes, world=world_from_environment()
+    )
+    return exit_status(exp, request)
