@@ -470,10 +470,6 @@ def _request(
     if eval is not None and not Path(eval).is_file():
         raise UsageError(f"--eval needs a checkpoint file; {eval} is not a file")
 
-    def check_resumed(settings: dict[str, Any]) -> None:
-        # A checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs).
-        check_hardware(settings, configs_class, nested, world.size, wants_cuda, resumed=True)
-
     return Request(
         settings=overrides,
         resume=resume,
@@ -485,7 +481,7 @@ def _request(
         stop_after_steps=stop_after_steps,
         time_limit_s=time_limit_s,
         threads=threads,
-        check_resumed=check_resumed,
+        wants_cuda=wants_cuda,
     )
 
 

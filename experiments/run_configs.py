@@ -9,7 +9,6 @@ the [runner](runner.html) to do, after [`cli.py`](cli.html) has checked it.
 """
 
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,6 @@ class Request:
     stop_after_steps: int | None = None
     time_limit_s: float | None = None
     threads: int | None = None
-    # Checks on the settings that depend on a resumed checkpoint's own settings; they run once these are
-    # known (a checkpoint written on a GPU machine may ask for CUDA). Raises `ValueError` with the message.
-    check_resumed: Callable[[dict[str, Any]], None] | None = None
+    # Whether the run goes to a GPU, decided once from the settings asked for and the machine; a resumed
+    # run's hardware checks need it again once the checkpoint's own settings are known.
+    wants_cuda: bool = False

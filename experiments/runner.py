@@ -690,11 +690,13 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
         resumed_from = find_checkpoint(request.resume, experiments_path)
         saved = load_checkpoint(resumed_from)
         settings = {**saved["config"], **settings}
-        if request.check_resumed is not None:
-            try:
-                request.check_resumed(settings)
-            except ValueError as e:
-                raise CheckpointError(f"{resumed_from}: {e}") from None
+        try:
+            # The checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs).
+            cli.check_hardware(
+                settings, exp.configs, exp.nested, world.size, request.wants_cuda, resumed=True
+            )
+        except cli.UsageError as e:
+            raise CheckpointError(f"{resumed_from}: {e}") from None
 
     if request.tensorboard:
         # labml's TensorBoard writer: event files in the run folder's tensorboard/.
