@@ -140,11 +140,55 @@ class Results:
 
 
 class Batches(Protocol):
-    """What a run needs of a training loader (`experiments.loader.TensorBatches` is one)."""
+    """What a run needs of a loader (`experiments.loader.TensorBatches` is one)."""
 
     def __len__(self) -> int: ...
 
+    @property
+    def images_per_epoch(self) -> int: ...
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class TrainingConfigs(Protocol):
+    """
+    What the runner reads from a training script's computed configuration (`cifar10.Configs` is one):
+    the run settings of `RunConfigs`, the data of `CifarDataConfigs`, and what the script itself
+    declares (the network, its optimizer and schedule, the run's length, how it evaluates). Nothing
+    else of `c` is touched here.
+    """
+
+    # `experiments.run_configs.RunConfigs`
+    device: torch.device
+    world: World
+    seed: int
+    amp: str
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+    sync_bn: bool
+    ema_decay: float
+    log_every: int
+    # `experiments.loader.CifarDataConfigs`
+    batch_size: int
+    train_loader: Batches
+    valid_loader: Batches | None
+    test_loader: Batches
+    valid_split: int
+    train_subset: int
+    test_subset: int
+    augment: bool
+    cutout: int
+    # The training script's own
+    model: nn.Module
+    num_classes: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epochs: int
+    iterations: int
+    label_smoothing: float
+    flip_tta: bool
+    recipe: str
 
 
 class Run:
@@ -159,7 +203,7 @@ class Run:
 
     def __init__(
         self,
-        c: Any,
+        c: TrainingConfigs,
         *,
         model_name: str,
         settings: dict[str, Any],
@@ -567,7 +611,7 @@ def check_writable(folder: Path, needed_bytes: int) -> None:
         )
 
 
-def prepare(c: Any) -> None:
+def prepare(c: TrainingConfigs) -> None:
     """Compute the data and the model before any run folder exists, so input errors leave nothing behind."""
     torch.manual_seed(c.seed)
     if c.device.type == "cuda":
@@ -740,7 +784,7 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
     return Results(summary, run.progress.history, run_dir)
 
 
-def _fit_or_stop(exp: Experiment, c: Any, run: Run) -> tuple[float, float] | None:
+def _fit_or_stop(exp: Experiment, c: TrainingConfigs, run: Run) -> tuple[float, float] | None:
     """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
     try:
         return exp.fit(c, run)

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 
 # A network small enough to train in a second on one core: one block per stage, narrow stages.
-TINY_MODEL = ["model=custom", "n_blocks=[1,1,1]", "n_channels=[8,16,32]"]
+# The tiny `custom` network most trainer tests train: one block per stage, 8/16/32 channels.
+TINY_STAGES = {"n_blocks": [1, 1, 1], "n_channels": [8, 16, 32]}
+TINY_MODEL = ["model=custom", *(f"{key}={value}".replace(" ", "") for key, value in TINY_STAGES.items())]
 # 5 training batches of 64 images (320 in all) and 64 test images, in the real on-disk format.
 IMAGES_PER_TRAIN_FILE = 64
 TEST_IMAGES = 64

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_main import TINY_MODEL, run_trainer, tiny_args, write_data
+from synthetic_main import TINY_MODEL, TINY_STAGES, run_trainer, tiny_args, write_data
 
 from experiments import cifar10, cli
 from experiments.checkpoint import load_checkpoint
 
 # The tiny network of `synthetic_main.TINY_MODEL`, as settings.
-TINY = {"model": "custom", "n_blocks": [1, 1, 1], "n_channels": [8, 16, 32]}
+TINY = {"model": "custom", **TINY_STAGES}
 TIMING_KEYS = {"wall_time_s", "train_time_s", "train_images_per_s", "run_dir", "resumed_from"}
 
 

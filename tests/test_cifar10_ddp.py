@@ -12,7 +12,9 @@ tested here.)
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import torch
 import torch.nn as nn
 from labml.internal.configs.processor import ConfigProcessor
-from synthetic_main import SCRIPT, tiny_args, write_data
+from synthetic_main import SCRIPT, TINY_STAGES, tiny_args, write_data
 from torch.func import functional_call
 
 from experiments import data as cifar_data
@@ -77,8 +79,7 @@ def test_the_weights_match_one_process_averaging_the_ranks_gradients(
         "custom",
         num_classes=10,
         shortcut="preset",
-        n_blocks=[1, 1, 1],
-        n_channels=[8, 16, 32],
+        **TINY_STAGES,
         bottlenecks=None,
         zero_init_residual=False,
     )
@@ -138,3 +139,49 @@ def test_a_time_limit_stops_both_ranks_together_with_a_checkpoint(tmp_path: Path
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["position"] == {"step": 5, "epoch": 0, "batch": 5}
     assert not (run_dir / "results.json").exists()
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The process id of torchrun's worker with the given RANK (from /proc: Linux only)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker with RANK={rank} under process {launcher}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tmp_path: Path) -> None:
+    # A scheduler that preempts one node signals only its processes. The rank that got the signal may
+    # not leave the collectives alone, so it waits for the next agreement every rank takes part in; there
+    # both stop, and rank 0 saves one checkpoint the run resumes from.
+    data_dir = write_data(tmp_path / "data")
+    logs = tmp_path / "logs"
+    argv = tiny_args(data_dir, logs, epochs=500)
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(SCRIPT), *argv]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("epoch 1/500"):
+                break
+        else:
+            raise AssertionError("".join(output)[-3000:])
+        os.kill(_rank_pid(process.pid, rank=1), signal.SIGTERM)
+        rest, _ = process.communicate(timeout=300)
+    text = "".join(output) + rest
+    (run_dir,) = (logs / "cifar10").iterdir()
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
+    # The two ranks stopped together: rank 0 reports the step its checkpoint holds, once, and no
+    # results were written for the unfinished run.
+    step = position["step"]
+    assert text.count(f"stopped at step {step} ") == 1, text[-3000:]
+    assert 5 <= step < 500 * 5 and not (run_dir / "results.json").exists()
+    assert f"--resume {run_dir}" in text

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from synthetic_main import TINY_STAGES
 
 import resnet
 from experiments import models
@@ -125,12 +126,11 @@ def test_the_trainer_builds_what_create_model_builds(name: str) -> None:
     settings = dict(
         num_classes=10,
         shortcut="preset",
-        n_blocks=[1, 1, 1],
-        n_channels=[8, 16, 32],
+        **TINY_STAGES,
         bottlenecks=None,
         zero_init_residual=False,
     )
-    stages = {"n_blocks": [1, 1, 1], "n_channels": [8, 16, 32]} if name == "custom" else {}
+    stages = TINY_STAGES if name == "custom" else {}
     torch.manual_seed(0)
     trained = models.build_model(name, **settings)
     torch.manual_seed(0)
