@@ -177,6 +177,9 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tm
         os.kill(_rank_pid(process.pid, rank=1), signal.SIGTERM)
         rest, _ = process.communicate(timeout=300)
     text = "".join(output) + rest
+    # The signalled rank exits with the signal's status (128 + 15), as a single process does, so the
+    # launcher reports the run as stopped, not finished; rank 0 saved before it left.
+    assert process.returncode != 0 and "exitcode  : 143" in text, text[-3000:]
     (run_dir,) = (logs / "cifar10").iterdir()
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
     # The two ranks stopped together: rank 0 reports the step its checkpoint holds, once, and no
