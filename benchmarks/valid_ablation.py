@@ -1,16 +1,17 @@
 """
-# What the averaged weights and test-time flips are worth, on the validation split
+# What the averaged weights and test-time views are worth, on the validation split
 
 ```
 python -m benchmarks.valid_ablation logs/cifar10/<uuid> [key=value ...]
 ```
 
 A run with `ema_decay` and `--valid-split` keeps both the trained and the averaged weights in its
-checkpoint. This evaluates the four combinations of {trained, averaged} × {no test-time augmentation,
-flip TTA} on the run's own held-out images (the same 5,000 the run validated on, rebuilt from its
-seed), so a recipe can decide to keep the average or the flips from a measurement that never looks at
-the test set. Extra `key=value` settings override the run's data settings (e.g. `data_dir=...`,
-`verify_checksums=false` for a copy of CIFAR-10 that is not the official archive).
+checkpoint. This evaluates every combination of {trained, averaged} weights × {no flip, flip TTA} ×
+{no shift, `shift_tta` of 1 and 2 pixels} on the run's own held-out images (the same 5,000 the run
+validated on, rebuilt from its seed), so a recipe can decide to keep the average, the flips or the
+shifts from a measurement that never looks at the test set. Extra `key=value` settings override the
+run's data settings (e.g. `data_dir=...`, `verify_checksums=false` for a copy of CIFAR-10 that is not
+the official archive).
 """
 
 import sys
@@ -24,6 +25,9 @@ from labml.internal.configs.processor import ConfigProcessor
 
 from experiments import cifar10
 from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+
+# The `shift_tta` values compared: none, and moves of one and two pixels each way.
+SHIFTS = (0, 1, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     model = c.model.to(c.device)
     loader = c.valid_loader
     print(f"{run_dir}: {loader.images_per_epoch} validation images, step {saved['position']['step']}")
-    print("weights    flip TTA  valid loss  valid accuracy")
+    print("weights    flip TTA  shift TTA  valid loss  valid accuracy")
     for name, weights in (("trained", saved["model"]), ("averaged", saved["ema"]["model"])):
         model.load_state_dict(weights)
         for flip in (False, True):
-            with torch.no_grad():
-                loss, accuracy = cifar10.evaluate(model, loader, "valid", amp_dtype=None, flip_tta=flip)
-            print(f"{name:<10} {'yes' if flip else 'no':<9} {loss:>10.4f}  {accuracy:>14.4f}")
+            for shift in SHIFTS:
+                with torch.no_grad():
+                    loss, accuracy = cifar10.evaluate(
+                        model, loader, "valid", amp_dtype=None, flip_tta=flip, shift_tta=shift
+                    )
+                flipped = "yes" if flip else "no"
+                print(f"{name:<10} {flipped:<9} {shift:<10} {loss:>10.4f}  {accuracy:>14.4f}", flush=True)
     return 0
 
 

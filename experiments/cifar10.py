@@ -84,8 +84,10 @@ class Configs(CifarDataConfigs):
     lr_warmup_fraction: float = 0.0
     lr_warmup_factor: float = 0.1
     label_smoothing: float = 0.0
-    # Average the predictions for an image and its mirror image when evaluating.
+    # Average the predictions for an image and its mirror image when evaluating, and with `shift_tta=k`
+    # also for the image moved k pixels down-right and up-left.
     flip_tta: bool = False
+    shift_tta: int = 0
     # Evaluate after every epoch (on the validation split if there is one, else the test set).
     eval_every_epoch: bool = True
     recipe: str = "paper"
@@ -204,6 +206,7 @@ def evaluate(
     *,
     amp_dtype: torch.dtype | None,
     flip_tta: bool,
+    shift_tta: int = 0,
     before_batch: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """
@@ -213,20 +216,27 @@ def evaluate(
     norm uses its running statistics, so the result does not depend on how images are batched. The loss
     has no label smoothing, so runs with and without it compare. With `flip_tta` the logits of an image
     and of its mirror image are averaged: CIFAR's classes look the same mirrored, and it costs one more
-    forward pass and no training. `before_batch` is called before each batch (the runner stops there).
+    forward pass and no training. `shift_tta=k` adds the image moved $k$ pixels diagonally each way, two
+    of the crops training showed: the prediction then averages over where the object sits, too.
+    `before_batch` is called before each batch (the runner stops there).
     """
     model.eval()
     device = loader.device
+    shifts = [(0, 0), (shift_tta, shift_tta), (-shift_tta, -shift_tta)] if shift_tta else [(0, 0)]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in monit.iterate(name.capitalize(), loader.epoch(0), total_steps=len(loader)):
         if before_batch is not None:
             before_batch()
+        views = [x if (dx, dy) == (0, 0) else loader.translate(x, dx, dy) for dx, dy in shifts]
+        if flip_tta:
+            views += [view.flip(3) for view in views]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            # A copy: with CUDA graphs the second call below would write over the first one's output.
-            logits = model(x).float().clone()
-            if flip_tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            # A copy: with CUDA graphs the next call would write over this one's output.
+            logits = model(views[0]).float().clone()
+            for view in views[1:]:
+                logits = logits + model(view).float()
+        logits = logits / len(views)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
     n = loader.images_per_epoch
@@ -252,7 +262,7 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
         if c.eval_every_epoch or run.finishing:
             loss, accuracy = evaluate(
                 run.eval_model, loader, name, amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
-                before_batch=run.check_stop,
+                shift_tta=c.shift_tta, before_batch=run.check_stop,
             )  # fmt: skip
             scores = {f"{name}_loss": loss, f"{name}_accuracy": accuracy}
             if name == "test":
@@ -261,7 +271,7 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     if test is None:
         test = evaluate(
             run.eval_model, c.test_loader, "test", amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
-            before_batch=run.check_stop,
+            shift_tta=c.shift_tta, before_batch=run.check_stop,
         )  # fmt: skip
     return test
 

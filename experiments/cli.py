@@ -30,6 +30,7 @@ import torch
 import resnet
 from experiments import data as cifar_data
 from experiments.distributed import World
+from experiments.loader import PAD
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
@@ -111,6 +112,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "compile_mode": _one_of(COMPILE_MODES),
     # CIFAR-10 images are 32x32; a larger square would blank the whole image wherever it lands.
     "cutout": _within(0, 32, high_inclusive=True),
+    # Training crops move an image by at most PAD pixels; a larger shift shows views it never saw.
+    "shift_tta": _within(0, PAD, high_inclusive=True),
     "n_blocks": _positive_list,
     "n_channels": _positive_list,
     "bottlenecks": _positive_list,

@@ -151,6 +151,20 @@ class TensorBatches:
             return len(self) * self.batch_size
         return self._sampler.num_samples
 
+    def translate(self, images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+        """
+        A batch of this loader's (normalised) images moved `dx` pixels right and `dy` pixels down. The
+        border left uncovered is black, as in the zero-padded training crops: for shifts of at most
+        `PAD` pixels the result is one of the crops training could have drawn.
+        """
+        height, width = images.shape[2:]
+        out = torch.empty_like(images)
+        out.copy_((-self._shift).to(images.dtype).expand_as(images))
+        out[:, :, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = images[
+            :, :, max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+        ]
+        return out
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         if self.drop_last:

@@ -188,6 +188,7 @@ class TrainingConfigs(Protocol):
     iterations: int
     label_smoothing: float
     flip_tta: bool
+    shift_tta: int
     recipe: str
 
 
@@ -525,6 +526,7 @@ class Run:
                 "augment": c.augment,
                 "cutout": c.cutout,
                 "flip_tta": c.flip_tta,
+                "shift_tta": c.shift_tta,
             },
             "label_smoothing": c.label_smoothing,
             "images_seen": progress.train_images,
@@ -833,7 +835,9 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
         amp = choose_amp(c.amp, c.device)
-        loss, accuracy = exp.evaluate(model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta)
+        loss, accuracy = exp.evaluate(
+            model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
+        )
         results = {
             "checkpoint": str(path),
             "model": expected["model"],
@@ -843,6 +847,7 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
             "test_subset": c.test_subset,
             "test_images": c.test_loader.images_per_epoch,
             "flip_tta": c.flip_tta,
+            "shift_tta": c.shift_tta,
             "amp": amp.chosen,
             "amp_choice": amp.as_dict(),
             "device": device_description(c.device),

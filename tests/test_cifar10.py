@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
@@ -532,3 +533,47 @@ def test_a_validation_split_as_large_as_the_training_set_suggests_one_that_fits(
     suggested = int(re.search(r"e\.g\. --valid-split (\d+)", message).group(1))
     # The default 5000 is more than this small set holds; the advice must not repeat it.
     assert size < 5000 and 0 < suggested < size
+
+
+def _normalised(images: torch.Tensor) -> torch.Tensor:
+    # What the loaders below hand out: mean and deviation 0.5 on a 0..1 scale.
+    return (images.float() / 255 - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("dx, dy", [(2, 2), (-2, -2), (1, -3), (0, 4)])
+def test_translate_gives_the_training_crop_of_the_black_padded_image(dx: int, dy: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    batches = cifar10.TensorBatches(
+        images, torch.zeros(3, dtype=torch.int64), batch_size=3, shuffle=False, augment=False,
+        device="cpu", seed=0, mean=[0.5] * 3, std=[0.5] * 3, channels_last=True,
+    )  # fmt: skip
+    ((x, _),) = batches.epoch(0)
+    moved = batches.translate(x, dx, dy)
+    # Moving right by dx is the crop whose left edge sits dx pixels into the 4-pixel black padding.
+    padded = F.pad(images, (4, 4, 4, 4))
+    crop = padded[:, :, 4 - dy : 4 - dy + 32, 4 - dx : 4 - dx + 32]
+    assert torch.allclose(moved, _normalised(crop), atol=1e-6)
+    assert moved.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_shift_tta_averages_the_six_views_of_each_image() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10)
+    )  # fmt: skip
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,))
+    batches = cifar10.TensorBatches(
+        images, labels, batch_size=4, shuffle=False, augment=False, device="cpu", seed=0,
+        mean=[0.5] * 3, std=[0.5] * 3,
+    )  # fmt: skip
+    model(_normalised(images[:1]))
+    loss, accuracy = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=True, shift_tta=2)
+    padded = F.pad(images, (4, 4, 4, 4))
+    views = [padded[:, :, 4 - k : 36 - k, 4 - k : 36 - k] for k in (0, 2, -2)]
+    views += [view.flip(3) for view in views]
+    with torch.no_grad():
+        logits = torch.stack([model(_normalised(view)) for view in views]).mean(0)
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert accuracy == (logits.argmax(1) == labels).float().mean().item()

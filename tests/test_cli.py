@@ -48,6 +48,7 @@ BAD_COMMAND_LINES = [
     (["--model", "plain20", "shortcut=B"], "plain network without shortcuts"),
     (["num_classes=5"], "num_classes"),
     (["label_smoothing=1.5"], "label_smoothing"),
+    (["shift_tta=5"], "shift_tta='5': must be in [0, 4]"),
     (["shortcut=D"], "shortcut"),
     (["download=maybe"], "download"),
     (["amp=fp8"], "amp"),

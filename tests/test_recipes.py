@@ -143,6 +143,7 @@ def test_results_record_the_data_the_format_choice_and_the_software(data_dir: Pa
             "auto",
             "train_subset=100",
             "test_subset=30",
+            "shift_tta=2",
         )
     )
     assert status == 0
@@ -150,6 +151,7 @@ def test_results_record_the_data_the_format_choice_and_the_software(data_dir: Pa
     assert value["data"]["train_subset"] == 100 and value["data"]["test_subset"] == 30
     assert value["data"]["train_images"] == 100 and value["data"]["test_images"] == 30
     assert value["data"]["valid_split"] == 0 and value["images_seen"] == 100
+    assert value["data"]["flip_tta"] is False and value["data"]["shift_tta"] == 2
     assert value["amp_choice"]["requested"] == "auto" and value["amp"] == value["amp_choice"]["chosen"]
     assert value["torch"] == torch.__version__ and value["recipe"] == "paper"
 
