@@ -84,6 +84,8 @@ def test_the_cpu_recipe_trains_the_papers_resnet20_and_decides_the_number_format
     # The network is not the recipe's to change: no model, shortcut or architecture keys.
     assert not {"model", "shortcut", "n_blocks", "n_channels", "zero_init_residual"} & set(recipe)
     assert recipe["amp"] == "auto" and recipe["batch_size"] == 128
+    # Chosen on the validation split: flips and one-pixel shifts at test time.
+    assert recipe["flip_tta"] is True and recipe["shift_tta"] == 1
     assert cifar10.Configs.model is not None
 
 
