@@ -200,15 +200,9 @@ def train_epoch(c: Configs, run: Run) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader: TensorBatches,
-    name: str,
-    *,
-    amp_dtype: torch.dtype | None,
-    flip_tta: bool,
-    shift_tta: int = 0,
-    before_batch: Callable[[], None] | None = None,
-) -> tuple[float, float]:
+    model: nn.Module, loader: TensorBatches, name: str, *, amp_dtype: torch.dtype | None, flip_tta: bool,
+    shift_tta: int = 0, before_batch: Callable[[], None] | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """
     ## Evaluation
 
@@ -221,17 +215,13 @@ def evaluate(
     `before_batch` is called before each batch (the runner stops there).
     """
     model.eval()
-    device = loader.device
-    shifts = [(0, 0), (shift_tta, shift_tta), (-shift_tta, -shift_tta)] if shift_tta else [(0, 0)]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
     for x, y in monit.iterate(name.capitalize(), loader.epoch(0), total_steps=len(loader)):
         if before_batch is not None:
             before_batch()
-        views = [x if (dx, dy) == (0, 0) else loader.translate(x, dx, dy) for dx, dy in shifts]
-        if flip_tta:
-            views += [view.flip(3) for view in views]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        views = loader.views(x, flip=flip_tta, shift=shift_tta)
+        with torch.autocast(loader.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             # A copy: with CUDA graphs the next call would write over this one's output.
             logits = model(views[0]).float().clone()
             for view in views[1:]:
@@ -252,6 +242,13 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     on the test set, only to watch the curve as Figure 6 does. The test set never chooses anything:
     the result is the final epoch's network, never the best epoch's. Returns its test loss and accuracy.
     """
+
+    def score(loader: TensorBatches, name: str) -> tuple[float, float]:
+        return evaluate(
+            run.eval_model, loader, name, amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
+            shift_tta=c.shift_tta, before_batch=run.check_stop,
+        )  # fmt: skip
+
     name, loader = ("valid", c.valid_loader) if c.valid_loader is not None else ("test", c.test_loader)
     test: tuple[float, float] | None = None
     for _ in monit.loop(range(run.progress.epoch, c.epochs)):
@@ -260,20 +257,11 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
         train_epoch(c, run)
         scores: dict[str, float] = {}
         if c.eval_every_epoch or run.finishing:
-            loss, accuracy = evaluate(
-                run.eval_model, loader, name, amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
-                shift_tta=c.shift_tta, before_batch=run.check_stop,
-            )  # fmt: skip
+            loss, accuracy = score(loader, name)
             scores = {f"{name}_loss": loss, f"{name}_accuracy": accuracy}
-            if name == "test":
-                test = (loss, accuracy)
+            test = (loss, accuracy) if name == "test" else None
         run.end_epoch(scores)
-    if test is None:
-        test = evaluate(
-            run.eval_model, c.test_loader, "test", amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
-            shift_tta=c.shift_tta, before_batch=run.check_stop,
-        )  # fmt: skip
-    return test
+    return test if test is not None else score(c.test_loader, "test")
 
 
 # What the runner needs from this script: its name for the logs, its configurations, its functions and

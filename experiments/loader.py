@@ -165,6 +165,18 @@ class TensorBatches:
         ]
         return out
 
+    def views(self, images: torch.Tensor, flip: bool, shift: int = 0) -> list[torch.Tensor]:
+        """
+        The test-time views of a batch: the images themselves, with `shift` also moved `shift` pixels
+        down-right and up-left (`translate`), and with `flip` the mirror image of each of those.
+        """
+        views = [images]
+        if shift:
+            views += [self.translate(images, shift, shift), self.translate(images, -shift, -shift)]
+        if flip:
+            views += [view.flip(3) for view in views]
+        return views
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         if self.drop_last:
