@@ -50,12 +50,11 @@ class Configs(CifarDataConfigs):
     """
     ## Configurations
 
-    The defaults are §4.2's recipe for ResNet-20: mini-batches of 128 (`batch_size`), SGD with learning
-    rate 0.1, momentum 0.9 and weight decay $10^{-4}$ (`optimizer.*`,
-    [`SGDConfigs`](recipes.html#SGDConfigs)), the rate divided by 10 at 32k and 48k iterations and
-    training stopped at 64k (below). The data settings come from
-    [`CifarDataConfigs`](loader.html#CifarDataConfigs); the device, number format, compilation and seed
-    from [`RunConfigs`](run_configs.html#RunConfigs).
+    The defaults are §4.2's recipe for ResNet-20: mini-batches of 128, SGD with learning rate 0.1,
+    momentum 0.9 and weight decay $10^{-4}$ ([`SGDConfigs`](recipes.html#SGDConfigs)), the rate divided
+    by 10 at 32k and 48k iterations, and the end at 64k. The data settings come from
+    [`CifarDataConfigs`](loader.html#CifarDataConfigs), the device, number format and seed from
+    [`RunConfigs`](run_configs.html#RunConfigs).
     """
 
     # A name from `resnet.list_models()` (`plainN` drops the shortcuts), or `custom`, built from the
@@ -170,8 +169,7 @@ def _linear_schedule(c: Configs) -> LambdaLR:
     return LambdaLR(c.optimizer, WarmupLinearSchedule(c.iterations, c.lr_warmup_steps, c.lr_warmup_factor))
 
 
-# The sub-configurations reachable as `optimizer.*` (and `device.*`) on the command line.
-NESTED_CONFIGS = {**run_configs.NESTED_CONFIGS, "optimizer": SGDConfigs}
+NESTED_CONFIGS = {**run_configs.NESTED_CONFIGS, "optimizer": SGDConfigs}  # `optimizer.*=` on the command line
 
 
 def train_epoch(c: Configs, run: Run) -> None:
@@ -264,8 +262,7 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     return test if test is not None else score(c.test_loader, "test")
 
 
-# What the runner needs from this script: its name for the logs, its configurations, its functions and
-# its recipes.
+# What the runner needs from this script: its name, configurations, functions and recipes.
 EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__), RECIPES)
 
 

@@ -135,6 +135,7 @@ from experiments import data as cifar_data
 from experiments.checkpoint import CheckpointError
 from experiments.files import atomic_write, write_json
 from experiments.models import PLAIN_NETWORKS
+from experiments.precision import AMP_CHOICES
 from experiments.runner import RunError
 from experiments.synthetic import write_cifar10_folder
 
@@ -336,6 +337,10 @@ class Schedule:
     epochs: int | None
     batch_size: int
     learning_rate: float
+    # The trainer's `amp` (None: its default, float32); the same number format for every network.
+    amp: str | None = None
+    # §4.2's warm-up for ResNet-110: the rate held at a tenth of its value for the first steps.
+    warmup_steps: int = 0
 
     def trainer_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -344,17 +349,27 @@ class Schedule:
         }
         if self.epochs is not None:
             settings["epochs"] = self.epochs
+        if self.amp is not None:
+            settings["amp"] = self.amp
+        if self.warmup_steps:
+            settings["lr_warmup_steps"] = self.warmup_steps
         return settings
 
 
-def make_schedule(epochs: int | None, batch_size: int, learning_rate: float | None) -> Schedule:
+def make_schedule(
+    epochs: int | None,
+    batch_size: int,
+    learning_rate: float | None,
+    amp: str | None = None,
+    warmup_steps: int = 0,
+) -> Schedule:
     """
     The paper's schedule, compressed to `epochs` when given. The trainer states its drops as fractions
     of the run (50% and 75%, the paper's 32k and 48k of 64k), so a shorter run keeps the paper's shape
     without our passing any milestones. Without `epochs` the paper's 64k iterations apply unchanged.
     """
     lr = learning_rate if learning_rate is not None else PAPER_LR * batch_size / PAPER_BATCH
-    return Schedule(epochs, batch_size, lr)
+    return Schedule(epochs, batch_size, lr, amp, warmup_steps)
 
 
 def read_curve(network: Network, results: cifar10.Results) -> Curve:
@@ -570,6 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"test subset size (default: {QUICK_TEST_IMAGES} with --quick, else all)",
     )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold the rate at a tenth of --lr for the first N steps, as §4.2 does for ResNet-110 "
+        "(default 0: no warm-up)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        help="the trainer's number format for every network (default: its own, float32); auto: bf16 "
+        "where a timed step shows the CPU or GPU is faster with it",
+    )
     parser.add_argument("--seed", type=int, default=5, help="seed for every run and for the subset")
     parser.add_argument(
         "--device",
@@ -656,7 +685,9 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"CIFAR-10 subset: {train_images or 'all'} train / {test_images or 'all'} test "
             f"images (class-balanced, seed {args.seed})"
         )
-    schedule = make_schedule(epochs, args.batch_size, args.lr)
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
+    schedule = make_schedule(epochs, args.batch_size, args.lr, args.amp, args.warmup_steps)
 
     out = args.out or Path("degradation_quick.png" if quick else "degradation.png")
     if out.suffix.lower() != ".png":
@@ -676,7 +707,9 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     title = (
         f"{'Synthetic stand-in, not CIFAR-10' if args.stand_in else 'CIFAR-10'}"
         f"{' (quick mode)' if quick else ''}: {description.split(': ', 1)[-1]}, {length}, "
-        f"batch {schedule.batch_size}, lr {schedule.learning_rate:g}\n"
+        f"batch {schedule.batch_size}, lr {schedule.learning_rate:g}"
+        f"{f', {schedule.warmup_steps} warm-up steps at lr/10' if schedule.warmup_steps else ''}"
+        f"{f', amp {schedule.amp}' if schedule.amp else ''}\n"
         f"dashed: training error, solid: test error"
     )
     return Plan(

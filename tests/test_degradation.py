@@ -215,6 +215,32 @@ def test_quick_schedule_leaves_the_drops_to_the_trainers_fractions() -> None:
     assert degradation.make_schedule(None, 128, None).trainer_settings() == no_length
 
 
+def test_amp_and_warmup_reach_every_network_and_are_checked_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Without --amp the trainer keeps its own default; with it, each of the four runs gets the same format.
+    assert "amp" not in degradation.make_schedule(20, 128, None).trainer_settings()
+    seen: list[dict] = []
+
+    def fake_train(**settings: object) -> None:
+        seen.append(settings)
+        raise degradation.cli.UsageError("stop here")
+
+    monkeypatch.setattr(degradation.cifar10, "train", fake_train)
+    out = tmp_path / "figure.png"
+    assert degradation.main(["--stand-in", "--amp", "auto", "--out", str(out), *TINY]) == 1
+    assert seen and seen[0]["amp"] == "auto" and "lr_warmup_steps" not in seen[0]
+    assert degradation.main(["--stand-in", "--warmup-steps", "7", "--out", str(out), *TINY]) == 1
+    assert seen[-1]["lr_warmup_steps"] == 7 and "amp" not in seen[-1]
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.main(["--stand-in", "--amp", "bf15", "--out", str(out), *TINY])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bf15'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        degradation.main(["--stand-in", "--warmup-steps", "-1", "--out", str(out), *TINY])
+    assert "--warmup-steps must be 0 or more" in capsys.readouterr().err
+
+
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
     labels = torch.arange(1_000) % 10
     labels[:300] = 3  # an unbalanced source
