@@ -19,14 +19,13 @@ schedule when a run first asks for them, and any setting can be changed from the
 Everything else a run on a real machine needs (several processes, checkpoints, exact resumption after
 a signal, a stop at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html). This
 file gives it the configuration and the functions below, as labml's experiments give theirs to labml's
-trainer. From Python, [`train(**settings)`](#train) runs exactly what the command line runs.
+trainer. From Python, [`train(**settings)`](#running-it) runs exactly what the command line runs.
 """
 
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):
     # `python experiments/cifar10.py` puts `experiments/` on the path; we need the project root.
@@ -43,7 +42,7 @@ from experiments import run_configs, runner
 from experiments.loader import CifarDataConfigs, TensorBatches
 from experiments.models import MODEL_NAMES, build_model
 from experiments.recipes import RECIPES, SGDConfigs, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
-from experiments.runner import Results, Run
+from experiments.runner import Run
 
 
 class Configs(CifarDataConfigs):
@@ -94,16 +93,15 @@ class Configs(CifarDataConfigs):
 
 # ### The data
 #
-# The settings and options that read CIFAR-10 and batch it are inherited from
-# [`CifarDataConfigs`](loader.html#CifarDataConfigs), as labml's experiments inherit its `CIFAR10Configs`:
-# mini-batches of `batch_size=128`, the 50k training images (45k with `valid_split=5000`, the paper's
-# split for choosing settings) and the 10k test images. Each image is normalised with the training set's
-# per-channel mean and standard deviation (the paper only subtracts the per-pixel mean; dividing by the
-# deviation is the common modern choice, see `data.py`), and augmented as §4.2 says: "4 pixels are padded
-# on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip". Crops
-# teach the network that a class does not depend on where the object sits, flips that it does not depend
-# on left and right. Each batch is a pure function of (seed, epoch, batch index), which is what lets a
-# stopped run continue with exactly the batches it would have seen.
+# The data settings and options come from [`CifarDataConfigs`](loader.html#CifarDataConfigs), as labml's
+# experiments inherit its `CIFAR10Configs`: mini-batches of 128, the 50k training images (45k with
+# `valid_split=5000`, the paper's split for choosing settings) and the 10k test images, normalised with
+# the training set's per-channel mean and deviation (the paper subtracts only the per-pixel mean; see
+# `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a 32×32
+# crop is randomly sampled from the padded image or its horizontal flip". Crops teach the network that a
+# class does not depend on where the object sits, flips that it does not depend on left and right. Each
+# batch is a pure function of (seed, epoch, batch index), so a stopped run continues with exactly the
+# batches it would have seen.
 
 
 # ### The network, the optimizer and the schedule
@@ -262,31 +260,14 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
     return test if test is not None else score(c.test_loader, "test")
 
 
-# What the runner needs from this script: its name, configurations, functions and recipes.
+# ## Running it
+#
+# [`runner.entry_points`](runner.html#entry_points) turns the pieces above into the three ways to run
+# them: `main(argv)`, the command line (`python experiments/cifar10.py --help`); `train(**settings)`,
+# the same run from Python (`train(model="resnet56", epochs=30, data_dir="data")` returns its
+# [`Results`](runner.html#Results)); and `evaluate_checkpoint(path)`, what `--eval PATH` does.
 EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__), RECIPES)
-
-
-def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results:
-    """
-    ## From Python
-
-    `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, with the same
-    checks (a bad setting raises `cli.UsageError`) and the same run folder. The other flags go by name
-    (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns the
-    run's [`Results`](runner.html#Results); their `summary` is `None` when the run stopped early.
-    """
-    return runner.train(EXPERIMENT, settings, recipe=recipe, device=device)
-
-
-def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
-    """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
-    return runner.evaluate_checkpoint(EXPERIMENT, path, settings)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
-    return runner.main(EXPERIMENT, argv)
-
+train, evaluate_checkpoint, main = runner.entry_points(EXPERIMENT)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,6 +48,12 @@ batch 128, and the same shape of schedule compressed: the learning rate drops by
 the iterations, as 32k and 48k are of 64k. With a different batch the learning rate follows the linear
 scaling rule, $0.1 \\times B / 128$, unless `--lr` says otherwise.
 
+Two more settings apply to every network alike. `--warmup-steps N` holds the rate at a tenth of its
+value for the first N steps, the warm-up §4.2 gives ResNet-110 because 0.1 is "slightly too large to
+start converging"; it must end before the first drop. `--amp auto` lets each run choose bf16 where it
+is faster (on a CPU, only where the CPU has native bf16 and a timed step confirms it); the JSON and the
+table record the format each run trained in.
+
 ## What the quick mode can and cannot show
 
 It can show the *early* part of Figure 6: whether the deep plain network falls behind the shallow one
@@ -328,6 +334,8 @@ class Curve:
     run_dir: str = ""
     wall_time_s: float = 0.0
     device: str = ""
+    # The number format the run trained in: with `--amp auto` each run times its own step and decides.
+    amp: str = ""
 
 
 @dataclass
@@ -337,7 +345,7 @@ class Schedule:
     epochs: int | None
     batch_size: int
     learning_rate: float
-    # The trainer's `amp` (None: its default, float32); the same number format for every network.
+    # The trainer's `amp` for every network (None: its default, float32).
     amp: str | None = None
     # §4.2's warm-up for ResNet-110: the rate held at a tenth of its value for the first steps.
     warmup_steps: int = 0
@@ -384,6 +392,7 @@ def read_curve(network: Network, results: cifar10.Results) -> Curve:
         run_dir=str(results.run_dir),
         wall_time_s=float(summary["wall_time_s"]),
         device=str(summary["device"]),
+        amp=str(summary["amp"]),
     )
     for record in results.history:
         if "test_accuracy" not in record:
@@ -499,13 +508,14 @@ def save_figure(figure: Any, path: Path) -> None:
 
 def summary_table(curves: list[Curve]) -> str:
     lines = [
-        f"{'network':<12} {'params':>9} {'epochs':>6} {'train err %':>11} {'test err %':>10} {'minutes':>8}"
+        f"{'network':<12} {'params':>9} {'epochs':>6} {'train err %':>11} {'test err %':>10} {'minutes':>8} "
+        f"{'amp':>5}"
     ]
     for c in curves:
         lines.append(
             f"{c.network:<12} {c.parameters:>9,} {len(c.epochs):>6} "
             f"{100 * c.train_error[-1]:>11.2f} {100 * c.test_error[-1]:>10.2f} "
-            f"{c.wall_time_s / 60:>8.1f}"
+            f"{c.wall_time_s / 60:>8.1f} {c.amp:>5}"
         )
     return "\n".join(lines)
 
@@ -590,14 +600,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="hold the rate at a tenth of --lr for the first N steps, as §4.2 does for ResNet-110 "
-        "(default 0: no warm-up)",
+        help="hold the learning rate at a tenth of its value for the first N steps, as §4.2 does for "
+        "ResNet-110; N must end before the first drop at 50%% of the run (default 0: no warm-up)",
     )
     parser.add_argument(
         "--amp",
         choices=AMP_CHOICES,
-        help="the trainer's number format for every network (default: its own, float32); auto: bf16 "
-        "where a timed step shows the CPU or GPU is faster with it",
+        help="the trainer's number format for every network (default: its own, float32). auto: each "
+        "run decides for itself (on a CPU with native bf16, bf16 if a timed step is faster; on CUDA, "
+        "bf16 where supported); the JSON and the table record what each run used",
     )
     parser.add_argument("--seed", type=int, default=5, help="seed for every run and for the subset")
     parser.add_argument(
@@ -685,9 +696,17 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"CIFAR-10 subset: {train_images or 'all'} train / {test_images or 'all'} test "
             f"images (class-balanced, seed {args.seed})"
         )
-    if args.warmup_steps < 0:
-        parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
     schedule = make_schedule(epochs, args.batch_size, args.lr, args.amp, args.warmup_steps)
+    # The step schedule holds the warm-up rate until the warm-up ends, past any drop that falls inside it:
+    # a warm-up that reaches the first drop (50% of the run) would leave the network never at full rate.
+    images = train_images or (STAND_IN_TRAIN_IMAGES if args.stand_in else cifar_data.TRAIN_IMAGES)
+    paper_iterations = int(cli.config_default(cifar10.Configs, "iterations"))
+    iterations = epochs * math.ceil(images / args.batch_size) if epochs else paper_iterations
+    if not 0 <= args.warmup_steps < iterations // 2:
+        parser.error(
+            f"--warmup-steps {args.warmup_steps}: must be 0 or more and end before the first drop, at step "
+            f"{iterations // 2} of this run's {iterations}; give fewer steps or more --epochs"
+        )
 
     out = args.out or Path("degradation_quick.png" if quick else "degradation.png")
     if out.suffix.lower() != ".png":

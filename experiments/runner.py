@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
@@ -880,16 +880,43 @@ def exit_status(exp: Experiment, request: Request) -> int:
 # ## The entry points a training script exposes
 
 
-def train(exp: Experiment, settings: dict[str, Any], *, recipe: str, device: str | None) -> Results:
-    """A training script's `train(**settings)`: the settings checked as the command line checks them."""
-    if "eval" in settings:
-        raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
-    return run_training(exp, _checked(exp, settings, recipe=recipe, device=device))
+class EntryPoints(NamedTuple):
+    """What `entry_points` returns; a training script unpacks it into its own names."""
+
+    train: Callable[..., Results]
+    evaluate_checkpoint: Callable[..., dict[str, Any]]
+    main: Callable[..., int]
 
 
-def evaluate_checkpoint(exp: Experiment, path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """A training script's `evaluate_checkpoint(path, **settings)`: what `--eval PATH` does."""
-    return run_evaluation(exp, _checked(exp, {**settings, "eval": str(path)}))
+def entry_points(exp: Experiment) -> EntryPoints:
+    """
+    The three ways into a training script, bound to its `Experiment`: `train(**settings)` and
+    `evaluate_checkpoint(path, **settings)` from Python, `main(argv)` on the command line. All three
+    check their settings as the command line does, so Python and the shell run exactly the same code.
+    """
+
+    def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results:
+        """
+        `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, with the
+        same checks (a bad setting raises `cli.UsageError`) and the same run folder. The other flags go
+        by name (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...).
+        Returns the run's `Results`; their `summary` is `None` when the run stopped early.
+        """
+        if "eval" in settings:
+            raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
+        return run_training(exp, _checked(exp, settings, recipe=recipe, device=device))
+
+    def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
+        """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
+        return run_evaluation(exp, _checked(exp, {**settings, "eval": str(path)}))
+
+    def main(argv: list[str] | None = None) -> int:
+        """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
+        world = world_from_environment()
+        request = cli.parse(argv, exp.configs, nested=exp.nested, recipes=exp.recipes, world=world)
+        return exit_status(exp, request)
+
+    return EntryPoints(train, evaluate_checkpoint, main)
 
 
 def _checked(exp: Experiment, settings: dict[str, Any], **options: Any) -> Request:
@@ -899,11 +926,3 @@ def _checked(exp: Experiment, settings: dict[str, Any], **options: Any) -> Reque
     return cli.check(
         settings, exp.configs, nested=exp.nested, recipes=exp.recipes, world=world, **options, **run
     )
-
-
-def main(exp: Experiment, argv: list[str] | None) -> int:
-    """A training script's command line: parse and check it (exit 2 on bad input), then run it."""
-    request = cli.parse(
-        argv, exp.configs, nested=exp.nested, recipes=exp.recipes, world=world_from_environment()
-    )
-    return exit_status(exp, request)

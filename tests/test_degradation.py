@@ -10,6 +10,7 @@ a JSON with every series at the right length, and a PNG in Figure 6's layout.
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,27 +219,38 @@ def test_quick_schedule_leaves_the_drops_to_the_trainers_fractions() -> None:
 def test_amp_and_warmup_reach_every_network_and_are_checked_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    # Without --amp the trainer keeps its own default; with it, each of the four runs gets the same format.
-    assert "amp" not in degradation.make_schedule(20, 128, None).trainer_settings()
+    # Without the flags the trainer keeps its own defaults.
+    assert not {"amp", "lr_warmup_steps"} & set(degradation.make_schedule(20, 128, None).trainer_settings())
     seen: list[dict] = []
 
-    def fake_train(**settings: object) -> None:
+    def fake_train(**settings: object) -> SimpleNamespace:
+        # A finished one-epoch run that trained in bf16, as `amp=auto` on a CPU with native bf16 decides.
         seen.append(settings)
-        raise degradation.cli.UsageError("stop here")
+        record = {"epoch": 1, "step": 5, "train_accuracy": 0.5, "test_accuracy": 0.4}
+        summary = {"parameters": 1, "wall_time_s": 1.0, "device": "cpu", "amp": "bf16"}
+        return SimpleNamespace(summary=summary, history=[record], run_dir=tmp_path / f"run{len(seen)}")
 
     monkeypatch.setattr(degradation.cifar10, "train", fake_train)
     out = tmp_path / "figure.png"
-    assert degradation.main(["--stand-in", "--amp", "auto", "--out", str(out), *TINY]) == 1
-    assert seen and seen[0]["amp"] == "auto" and "lr_warmup_steps" not in seen[0]
-    assert degradation.main(["--stand-in", "--warmup-steps", "7", "--out", str(out), *TINY]) == 1
-    assert seen[-1]["lr_warmup_steps"] == 7 and "amp" not in seen[-1]
-    with pytest.raises(SystemExit) as exit_info:
-        degradation.main(["--stand-in", "--amp", "bf15", "--out", str(out), *TINY])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'bf15'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        degradation.main(["--stand-in", "--warmup-steps", "-1", "--out", str(out), *TINY])
-    assert "--warmup-steps must be 0 or more" in capsys.readouterr().err
+    assert (
+        degradation.main(["--stand-in", "--amp", "auto", "--warmup-steps", "2", "--out", str(out), *TINY])
+        == 0
+    )
+    assert len(seen) == 4
+    assert all(run["amp"] == "auto" and run["lr_warmup_steps"] == 2 for run in seen)
+    # What each run chose is on record, since `auto` decides per run.
+    assert [n["amp"] for n in json.loads(out.with_suffix(".json").read_text())["networks"]] == ["bf16"] * 4
+    for bad, message in (
+        (["--amp", "bf15"], "invalid choice: 'bf15'"),
+        (["--warmup-steps", "-1"], "--warmup-steps -1: must be 0 or more"),
+        # TINY's stand-in run: 2 epochs of ceil(40 / 16) = 3 steps, so the first drop is at step 3.
+        (["--warmup-steps", "3"], "end before the first drop, at step 3 of this run's 6"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            degradation.main(["--stand-in", *bad, "--out", str(tmp_path / "other.png"), *TINY])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert len(seen) == 4, "a bad argument must stop the script before any network trains"
 
 
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
