@@ -13,6 +13,7 @@ from synthetic_main import TINY_MODEL, TINY_STAGES, run_trainer, tiny_args, writ
 
 from experiments import cifar10, cli
 from experiments.checkpoint import load_checkpoint
+from experiments.runner import Results
 
 # The tiny network of `synthetic_main.TINY_MODEL`, as settings.
 TINY = {"model": "custom", **TINY_STAGES}
@@ -24,7 +25,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_data(tmp_path_factory.mktemp("cifar"))
 
 
-def api_train(data_dir: Path, logs: Path, **settings: object) -> cifar10.Results:
+def api_train(data_dir: Path, logs: Path, **settings: object) -> Results:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -191,6 +191,16 @@ def test_figure_has_figure_6s_layout() -> None:
     assert colour["plain-20 test"] == colour["residual-20 test"] != colour["plain-56 test"]
 
 
+def test_a_long_title_stays_inside_the_figure() -> None:
+    curves = [_curve(kind, depth) for kind in ("plain", "residual") for depth in (20, 56)]
+    title = "CIFAR-10 (quick mode): " + ", ".join(f"setting {i} = {i * 1000}" for i in range(12))
+    figure = degradation.build_figure(curves, title + "\ndashed: training error, solid: test error")
+    figure.canvas.draw()
+    box = figure._suptitle.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width, "the title is cut off at the figure's edges"
+    assert figure._suptitle.get_text().count("\n") >= 2  # the long line was wrapped
+
+
 def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> None:
     assert degradation.Network("plain", 56).trainer_settings() == {"model": "plain56"}
     assert degradation.Network("residual", 20).trainer_settings() == {"model": "resnet20"}
