@@ -707,10 +707,12 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     images = train_images or (STAND_IN_TRAIN_IMAGES if args.stand_in else cifar_data.TRAIN_IMAGES)
     paper_iterations = int(cli.config_default(cifar10.Configs, "iterations"))
     iterations = epochs * math.ceil(images / args.batch_size) if epochs else paper_iterations
-    if not 0 <= args.warmup_steps < iterations // 2:
+    # Where the trainer puts the first drop (`_step_schedule` in cifar10.py).
+    first_drop = round(min(cli.config_default(cifar10.Configs, "lr_milestones")) * iterations)
+    if not 0 <= args.warmup_steps < first_drop:
         parser.error(
             f"--warmup-steps {args.warmup_steps}: must be 0 or more and end before the first drop, at step "
-            f"{iterations // 2} of this run's {iterations}; give fewer steps or more --epochs"
+            f"{first_drop} of this run's {iterations}; give fewer steps or more --epochs"
         )
 
     out = args.out or Path("degradation_quick.png" if quick else "degradation.png")
