@@ -704,7 +704,8 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     schedule = make_schedule(epochs, args.batch_size, args.lr, args.amp, args.warmup_steps)
     # The step schedule holds the warm-up rate until the warm-up ends, past any drop that falls inside it:
     # a warm-up that reaches the first drop (50% of the run) would leave the network never at full rate.
-    images = train_images or (STAND_IN_TRAIN_IMAGES if args.stand_in else cifar_data.TRAIN_IMAGES)
+    # `train_images` is set for every subset, the stand-in's included; None means all of CIFAR-10.
+    images = train_images or cifar_data.TRAIN_IMAGES
     paper_iterations = int(cli.config_default(cifar10.Configs, "iterations"))
     iterations = epochs * math.ceil(images / args.batch_size) if epochs else paper_iterations
     # Where the trainer puts the first drop (`_step_schedule` in cifar10.py).
