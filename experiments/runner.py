@@ -880,12 +880,26 @@ def exit_status(exp: Experiment, request: Request) -> int:
 # ## The entry points a training script exposes
 
 
+# Spelled out as protocols rather than `Callable[..., ...]` so that an editor shows the keyword
+# signature of `cifar10.train(...)` and a type checker catches a positional setting.
+class TrainFunction(Protocol):
+    def __call__(self, *, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results: ...
+
+
+class EvaluateFunction(Protocol):
+    def __call__(self, path: str | Path, **settings: Any) -> dict[str, Any]: ...
+
+
+class MainFunction(Protocol):
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
 class EntryPoints(NamedTuple):
     """What `entry_points` returns; a training script unpacks it into its own names."""
 
-    train: Callable[..., Results]
-    evaluate_checkpoint: Callable[..., dict[str, Any]]
-    main: Callable[..., int]
+    train: TrainFunction
+    evaluate_checkpoint: EvaluateFunction
+    main: MainFunction
 
 
 def entry_points(exp: Experiment) -> EntryPoints:

@@ -4,6 +4,7 @@ same run folder, same weights), results returned instead of read back from files
 stops like Ctrl+C does, and usage errors as exceptions before anything is written.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from synthetic_main import TINY_MODEL, TINY_STAGES, run_trainer, tiny_args, write_data
 
-from experiments import cifar10, cli
+from experiments import cifar10, cli, runner
 from experiments.checkpoint import load_checkpoint
 from experiments.runner import Results
 
@@ -102,3 +103,18 @@ def test_evaluating_a_checkpoint_from_python_is_what_eval_does(data_dir: Path, t
     same = {k: v for k, v in measured.items() if k not in ("threads",)}
     assert same == {k: v for k, v in json.loads(from_cli.read_text()).items() if k not in ("threads",)}
     assert results.summary is not None and measured["test_accuracy"] == results.summary["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("function", "protocol"),
+    [
+        (cifar10.train, runner.TrainFunction),
+        (cifar10.evaluate_checkpoint, runner.EvaluateFunction),
+        (cifar10.main, runner.MainFunction),
+    ],
+)
+def test_the_entry_points_have_the_signatures_their_types_promise(function: object, protocol: type) -> None:
+    # An editor and a type checker read the protocol; a caller gets the closure. They must not drift apart.
+    promised = inspect.signature(protocol.__call__)
+    promised = promised.replace(parameters=list(promised.parameters.values())[1:])  # drop `self`
+    assert str(inspect.signature(function)) == str(promised)
