@@ -23,7 +23,9 @@ For ResNet-110 the paper warms up: "we use 0.01 to warm up the training until th
 below 80% (about 400 iterations), and then go back to 0.1". Set `lr_warmup_steps=400`
 (`lr_warmup_factor` defaults to 0.1, so $0.1 \\times 0.1 = 0.01$). A popular reproduction forgets the
 "go back" part and trains at 0.01 until the first drop; [`StepSchedule`](#StepSchedule) returns to the
-full rate at step 400, and a test checks it.
+full rate at step 400, and a test checks it. A warm-up that would last until the first drop (in a run
+shortened to a few epochs, say) is refused with an error before anything is written, because the run
+would then never train at the full rate.
 
 ## `fast`: a shorter schedule for people who want a good model soon
 
@@ -193,6 +195,10 @@ def _sgd(c: SGDConfigs) -> torch.optim.SGD:
     )
 
 
+class ScheduleError(ValueError):
+    """A learning-rate schedule whose settings contradict each other; the trainer reports it in one line."""
+
+
 class StepSchedule:
     """
     ## Step decay (the paper's schedule)
@@ -212,6 +218,15 @@ class StepSchedule:
         self.decay = float(decay)
         self.warmup_steps = int(warmup_steps)
         self.warmup_factor = float(warmup_factor)
+        # A warm-up that reaches the first drop would hold the low rate straight into the decayed one, so
+        # the run would never train at its full rate; with no decay there is nothing to hide.
+        hidden = self.milestones and self.decay != 1.0 and self.warmup_steps >= self.milestones[0]
+        if self.warmup_steps and hidden:
+            raise ScheduleError(
+                f"lr_warmup_steps={self.warmup_steps} does not end before the first drop of the rate, at "
+                f"step {self.milestones[0]} (lr_milestones are fractions of the run's iterations): give "
+                f"fewer warm-up steps, or more epochs so that the drop comes later"
+            )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

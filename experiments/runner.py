@@ -71,6 +71,7 @@ from experiments.files import write_json
 from experiments.models import MODEL_NAMES
 from experiments.precision import Precision, choose_amp, cpu_model_name, step_timer
 from experiments.progress import Progress
+from experiments.recipes import ScheduleError
 from experiments.run_configs import Request
 
 # ## Errors that end a run cleanly
@@ -868,7 +869,7 @@ def exit_status(exp: Experiment, request: Request) -> int:
             run_evaluation(exp, request)
             return 0
         results = run_training(exp, request)
-    except (cifar_data.DataError, CheckpointError, RunError) as e:
+    except (cifar_data.DataError, CheckpointError, RunError, ScheduleError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
@@ -881,7 +882,7 @@ def exit_status(exp: Experiment, request: Request) -> int:
 
 
 # Spelled out as protocols rather than `Callable[..., ...]` so that an editor shows the keyword
-# signature of `cifar10.train(...)` and a type checker catches a positional setting.
+# signature of `cifar10.train(...)`, and a type checker run on the caller's code flags a positional setting.
 class TrainFunction(Protocol):
     def __call__(self, *, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results: ...
 
@@ -912,7 +913,8 @@ def entry_points(exp: Experiment) -> EntryPoints:
     def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results:
         """
         `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, with the
-        same checks (a bad setting raises `cli.UsageError`) and the same run folder. The other flags go
+        same checks (a bad setting raises `cli.UsageError`, a schedule that contradicts itself once the
+        run's length is known a `recipes.ScheduleError`) and the same run folder. The other flags go
         by name (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...).
         Returns the run's `Results`; their `summary` is `None` when the run stopped early.
         """

@@ -18,7 +18,7 @@ import resnet
 from experiments import cifar10, loader
 from experiments.checkpoint import load_checkpoint
 from experiments.precision import AMP_DTYPES
-from experiments.recipes import StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
+from experiments.recipes import ScheduleError, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
 # Values that measure the machine rather than the run; everything else must match exactly.
 TIMING_KEYS = {"wall_time_s", "train_time_s", "train_images_per_s", "run_dir", "resumed_from"}
@@ -202,6 +202,24 @@ def test_the_resnet110_warm_up_goes_back_to_the_full_rate() -> None:
     assert [schedule(s) for s in (0, 399)] == [0.1, 0.1]
     assert schedule(400) == 1.0 and schedule(31_999) == 1.0
     assert schedule(32_000) == pytest.approx(0.1) and schedule(48_000) == pytest.approx(0.01)
+
+
+def test_a_warm_up_that_reaches_the_first_drop_is_refused() -> None:
+    with pytest.raises(ScheduleError, match=r"lr_warmup_steps=400 .* first drop .* step 300"):
+        StepSchedule([300, 450], 0.1, warmup_steps=400)
+    # Without a decay the milestones change nothing, so a long warm-up hides no drop.
+    assert StepSchedule([3], 1.0, warmup_steps=4)(3) == 0.1
+
+
+def test_the_trainer_refuses_a_warm_up_past_the_first_drop_before_any_folder(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This run has 5 steps, so the first drop (50%) is at step 2 and a 3-step warm-up would swallow it.
+    status, results, _ = train(data_dir, tmp_path / "logs", "lr_warmup_steps=3", epochs=1)
+    assert status == 1 and results == {}
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: lr_warmup_steps=3") and "step 2" in error and "more epochs" in error
+    assert not any((tmp_path / "logs").rglob("checkpoints"))
 
 
 def test_the_trainer_applies_the_warm_up_then_the_base_rate(data_dir: Path, tmp_path: Path) -> None:
