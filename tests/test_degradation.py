@@ -82,6 +82,8 @@ def test_quick_run_trains_four_networks_and_plots_every_epoch(synthetic_cifar: P
     names = [n["network"] for n in summary["networks"]]
     assert names == ["plain-8", "plain-14", "ResNet-8", "ResNet-14"]
     assert summary["data"].startswith("CIFAR-10 subset: 40 train / 20 test")
+    # Widths other than the paper's are part of the setting, so the JSON and the figure's title say so.
+    assert summary["widths"] == [4, 8, 16] and "widths 4/8/16" in summary["title"]
     for network in summary["networks"]:
         assert network["epochs"] == [1, 2]
         assert len(network["train_error"]) == len(network["test_error"]) == 2
@@ -211,6 +213,15 @@ def test_paper_widths_use_the_trainers_presets_and_others_a_custom_network() -> 
         "shortcut": "none",
     }
     assert degradation.Network("residual", 14).trainer_settings()["shortcut"] == "A"
+
+
+def test_the_title_names_the_widths_only_when_they_are_not_the_papers(tmp_path: Path) -> None:
+    parser = degradation.build_parser()
+    titles = []
+    for widths in ([], ["--widths", "8", "16", "32"]):
+        args = parser.parse_args(["--quick", "--stand-in", "--out", str(tmp_path / "x.png"), *widths])
+        titles.append(degradation.plan_from_args(args, parser).title)
+    assert "widths" not in titles[0] and "widths 8/16/32," in titles[1]
 
 
 def test_quick_schedule_leaves_the_drops_to_the_trainers_fractions() -> None:
