@@ -10,16 +10,15 @@ python experiments/cifar10.py --eval <ckpt.pt>
 ```
 
 The [model tutorial](../resnet/model.html) builds the networks; this one trains them the way §4.2 of
-the paper does. Everything a run depends on is a labml configuration in [`Configs`](#Configs), with the
-paper's values as defaults; `@option` functions build the data, the network, the optimizer and the
-schedule when a run first asks for them, and any setting can be changed from the command line as
-`key=value` ([`cli.py`](cli.html) checks it first). Then come the three pieces of training itself:
-[one epoch of steps](#train_epoch), [an evaluation](#evaluate), and [the run](#fit) that alternates them.
+the paper does. Every setting is a labml configuration in [`Configs`](#Configs) with the paper's value
+as its default, `@option` functions build the data, network, optimizer and schedule when a run first
+asks for them, and `key=value` on the command line changes any of them ([`cli.py`](cli.html) checks it
+first). Then come [one epoch of steps](#train_epoch), [an evaluation](#evaluate), and [the run](#fit).
 
-Everything else a run on a real machine needs (several processes, checkpoints, exact resumption after
-a signal, a stop at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html). This
-file gives it the configuration and the functions below, as labml's experiments give theirs to labml's
-trainer. From Python, [`train(**settings)`](#running-it) runs exactly what the command line runs.
+What a run on a real machine needs besides (several processes, checkpoints, exact resumption, a stop
+at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html), as labml's trainer
+serves labml's experiments. From Python, [`train(**settings)`](#running-it) runs what the command line
+runs.
 """
 
 import math
