@@ -91,8 +91,8 @@ shallower one and set its extra layers to identities. The residual half needs it
 shorter runs ResNet-56 still trails ResNet-20, in every epoch: at a rate of 0.1 and batches of 128 the
 deep network is slow to get going. With four times the iterations (at half width) the order turns
 round: ResNet-56 is below ResNet-20 in every epoch from epoch 29 on and ends at less than half its
-training error (and a lower test error, 24.5% against 27.4%), as in the paper. RESULTS.md has the runs' commands and times, and how the
-third setting was found.
+training error (and a lower test error, 24.5% against 27.4%), as in the paper. RESULTS.md has the
+runs' commands and times, and how the third setting was found.
 
 ![Degradation experiment on CIFAR-10 at half width, 7,900 iterations](figures/degradation_cifar10_narrow.png)
 
