@@ -9,16 +9,14 @@ python experiments/cifar10.py --resume <run>
 python experiments/cifar10.py --eval <ckpt.pt>
 ```
 
-The [model tutorial](../resnet/model.html) builds the networks; this one trains them the way §4.2 of
-the paper does. Every setting is a labml configuration in [`Configs`](#Configs) with the paper's value
-as its default, `@option` functions build the data, network, optimizer and schedule when a run first
-asks for them, and `key=value` on the command line changes any of them ([`cli.py`](cli.html) checks it
-first). Then come [one epoch of steps](#train_epoch), [an evaluation](#evaluate), and [the run](#fit).
-
-What a run on a real machine needs besides (several processes, checkpoints, exact resumption, a stop
-at the first non-finite loss, metrics files) lives in [`runner.py`](runner.html), as labml's trainer
-serves labml's experiments. From Python, [`train(**settings)`](#running-it) runs what the command line
-runs.
+The [model tutorial](../resnet/model.html) builds the networks; this one trains them as §4.2 of the
+paper does. Every setting is a labml configuration in [`Configs`](#Configs) with the paper's value as
+its default; `@option` functions build the data, network, optimizer and schedule when a run first asks
+for them; `key=value` on the command line changes any of them ([`cli.py`](cli.html) checks it first).
+Then come [one epoch of steps](#train_epoch), [an evaluation](#evaluate) and [the run](#fit). What a
+real run needs besides (several processes, checkpoints, exact resumption, a stop at the first
+non-finite loss, metrics files) lives in [`runner.py`](runner.html), as labml's trainer serves labml's
+experiments.
 """
 
 import math
@@ -92,15 +90,14 @@ class Configs(CifarDataConfigs):
 
 # ### The data
 #
-# The data settings and options come from [`CifarDataConfigs`](loader.html#CifarDataConfigs), as labml's
-# experiments inherit its `CIFAR10Configs`: mini-batches of 128, the 50k training images (45k with
-# `valid_split=5000`, the paper's split for choosing settings) and the 10k test images, normalised with
-# the training set's per-channel mean and deviation (the paper subtracts only the per-pixel mean; see
-# `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a 32×32
-# crop is randomly sampled from the padded image or its horizontal flip". Crops teach the network that a
-# class does not depend on where the object sits, flips that it does not depend on left and right. Each
-# batch is a pure function of (seed, epoch, batch index), so a stopped run continues with exactly the
-# batches it would have seen.
+# [`CifarDataConfigs`](loader.html#CifarDataConfigs) holds the data settings and options, as labml's
+# experiments inherit its `CIFAR10Configs`: the 50k training images (45k with `valid_split=5000`, the
+# paper's split for choosing settings) and the 10k test images, normalised with the training set's
+# per-channel mean and deviation (the paper subtracts the per-pixel mean; see `data.py`). Training images
+# are augmented as §4.2 says: "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from
+# the padded image or its horizontal flip": a class does not depend on where the object sits, nor on left
+# and right. Each batch is a pure function of (seed, epoch, batch index), so a resumed run sees exactly
+# the batches it would have seen.
 
 
 # ### The network, the optimizer and the schedule
@@ -121,17 +118,16 @@ def _iterations_from_epochs(c: Configs) -> int:
     return c.epochs * c.steps_per_epoch
 
 
+# One option per network name; the first registered, ResNet-20, is the default.
 def _register_model(name: str) -> None:
+    @option(Configs.model, name)
     def make(c: Configs) -> nn.Module:
         return build_model(
             name, num_classes=c.num_classes, shortcut=c.shortcut, n_blocks=c.n_blocks,
             n_channels=c.n_channels, bottlenecks=c.bottlenecks, zero_init_residual=c.zero_init_residual,
         )  # fmt: skip
 
-    option(Configs.model, name)(make)
 
-
-# The first option registered is the default: ResNet-20.
 for _name in MODEL_NAMES:
     _register_model(_name)
 
