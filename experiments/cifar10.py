@@ -4,19 +4,18 @@
 ```
 python experiments/cifar10.py                    # ResNet-20, §4.2
 python experiments/cifar10.py --model resnet56 --valid-split
-python experiments/cifar10.py --recipe cpu       # 7 epochs; recipes.py lists how it departs from §4.2
+python experiments/cifar10.py --recipe cpu       # 25 epochs; recipes.py lists how it departs from §4.2
 python experiments/cifar10.py --resume <run>
 python experiments/cifar10.py --eval <ckpt.pt>
 ```
 
 The [model tutorial](../resnet/model.html) builds the networks; this one trains them as §4.2 of the
-paper does. Every setting is a labml configuration in [`Configs`](#Configs) with the paper's value as
-its default; `@option` functions build the data, network, optimizer and schedule when a run first asks
-for them; `key=value` on the command line changes any of them ([`cli.py`](cli.html) checks it first).
-Then come [one epoch of steps](#train_epoch), [an evaluation](#evaluate) and [the run](#fit). What a
-real run needs besides (several processes, checkpoints, exact resumption, a stop at the first
-non-finite loss, metrics files) lives in [`runner.py`](runner.html), as labml's trainer serves labml's
-experiments.
+paper does. Every setting lives in [`Configs`](#Configs) with the paper's value as its default,
+`@option` functions build the data, network, optimizer and schedule on first use, and `key=value` on
+the command line changes any of them ([`cli.py`](cli.html) checks it first). Then come [one
+epoch](#train_epoch), [an evaluation](#evaluate) and [the run](#fit). What a real run needs besides
+(several processes, checkpoints, exact resumption, a stop at a non-finite loss, metrics files) lives in
+[`runner.py`](runner.html), as labml's trainer serves labml's experiments.
 """
 
 import math
@@ -72,15 +71,14 @@ class Configs(CifarDataConfigs):
     # and fractions keep that shape for a run of any length.
     lr_milestones: list[float] = [0.5, 0.75]
     lr_decay: float = 0.1
-    # `lr_warmup_steps` warm-up steps (or `from_fraction`: `lr_warmup_fraction` of the run). The step
-    # schedule holds the rate at `lr_warmup_factor` times its value during them (§4.2's ResNet-110 warm-up:
-    # 400 steps at 0.01); the cosine and linear schedules ramp from that factor up to the full rate.
+    # A warm-up of `lr_warmup_steps` (`from_fraction`: `lr_warmup_fraction` of the run) at `lr_warmup_factor`
+    # times the rate (§4.2's ResNet-110: 400 steps at 0.01); cosine and linear schedules ramp up from it.
     lr_warmup_steps: int = 0
     lr_warmup_fraction: float = 0.0
     lr_warmup_factor: float = 0.1
     label_smoothing: float = 0.0
-    # Average the predictions for an image and its mirror image when evaluating, and with `shift_tta=k`
-    # also for the image moved k pixels down-right and up-left.
+    # Test-time views whose predictions are averaged: the mirror image, and the image moved `shift_tta`
+    # pixels down-right and up-left.
     flip_tta: bool = False
     shift_tta: int = 0
     # Evaluate after every epoch (on the validation split if there is one, else the test set).
@@ -90,14 +88,13 @@ class Configs(CifarDataConfigs):
 
 # ### The data
 #
-# [`CifarDataConfigs`](loader.html#CifarDataConfigs) holds the data settings and options, as labml's
-# experiments inherit its `CIFAR10Configs`: the 50k training images (45k with `valid_split=5000`, the
-# paper's split for choosing settings) and the 10k test images, normalised with the training set's
-# per-channel mean and deviation (the paper subtracts the per-pixel mean; see `data.py`). Training images
-# are augmented as §4.2 says: "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from
-# the padded image or its horizontal flip": a class does not depend on where the object sits, nor on left
-# and right. Each batch is a pure function of (seed, epoch, batch index), so a resumed run sees exactly
-# the batches it would have seen.
+# [`CifarDataConfigs`](loader.html#CifarDataConfigs) holds the data settings, as labml's experiments
+# inherit its `CIFAR10Configs`: 50k training images (45k with `valid_split=5000`, the paper's split for
+# choosing settings) and 10k test images, normalised per channel (the paper subtracts the per-pixel mean;
+# see `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a
+# 32×32 crop is randomly sampled from the padded image or its horizontal flip": a class depends neither on
+# where the object sits nor on left and right. Each batch is a pure function of (seed, epoch, index), so
+# a resumed run sees exactly the batches it would have seen.
 
 
 # ### The network, the optimizer and the schedule
@@ -257,10 +254,9 @@ def fit(c: Configs, run: Run) -> tuple[float, float]:
 
 # ## Running it
 #
-# [`runner.entry_points`](runner.html#entry_points) turns the pieces above into the three ways to run
-# them: `main(argv)`, the command line (`python experiments/cifar10.py --help`); `train(**settings)`,
-# the same run from Python (`train(model="resnet56", epochs=30, data_dir="data")` returns its
-# [`Results`](runner.html#Results)); and `evaluate_checkpoint(path)`, what `--eval PATH` does.
+# [`runner.entry_points`](runner.html#entry_points) makes three ways to run the pieces above: `main(argv)`,
+# the command line; `train(**settings)`, the same from Python (`train(model="resnet56", data_dir="data")`
+# returns [`Results`](runner.html#Results)); `evaluate_checkpoint(path)`, what `--eval PATH` does.
 EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__), RECIPES)
 train, evaluate_checkpoint, main = runner.entry_points(EXPERIMENT)
 

@@ -149,6 +149,15 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
     # Every recipe is described, and operational notes (what was measured where) stay out of --help.
     assert all(f"{name}:" in flat for name in RECIPES) and "50% and 75%" in flat
     assert "measured" not in RECIPE_HELP and "measured" not in flat
+    # The settings each recipe changes are listed from RECIPES itself, values included.
+    recipe_help = flat[flat.rindex("--recipe {") :]
+    for name, recipe in RECIPES.items():
+        described = recipe_help.split(f" {name}: ", 1)[1]
+        for key, value in recipe.items():
+            if key != "cuda":
+                text = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                assert text in described, (name, text)
+    assert "epochs=25" in recipe_help.split(" cpu: ", 1)[1].split(" resnet9: ")[0]
 
 
 def test_values_are_converted_to_their_annotated_types() -> None:
@@ -218,6 +227,15 @@ def test_recipe_values_yield_to_key_values_and_flags() -> None:
     assert overrides["label_smoothing"] == 0.2 and overrides["batch_size"] == 128
     assert "device.use_cuda" not in overrides
     assert (overrides.get("amp") == "bf16") == torch.cuda.is_available()
+
+
+def test_the_recipe_flag_beats_a_recipe_setting_and_a_setting_alone_picks_one() -> None:
+    # A setting alone chooses the recipe and brings its values.
+    alone = parse("recipe=cpu")
+    assert alone["recipe"] == "cpu" and alone["epochs"] == RECIPES["cpu"]["epochs"]
+    # The flag wins, even when it names the default recipe: the run is the paper's and says so.
+    flagged = parse("--recipe", "paper", "recipe=cpu")
+    assert flagged["recipe"] == "paper" and "epochs" not in flagged and "scheduler" not in flagged
 
 
 def test_a_misspelled_key_gets_a_suggestion(capsys: pytest.CaptureFixture) -> None:

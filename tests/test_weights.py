@@ -38,6 +38,17 @@ def test_the_shipped_resnet20_loads_strictly_matches_its_hash_and_classifies() -
     assert not torch.equal(model.trunk.stem.conv.weight, resnet.resnet20().trunk.stem.conv.weight)
 
 
+def test_the_shipped_weights_come_from_the_cpu_recipe_as_it_now_runs() -> None:
+    # The record's command must train as long as `--recipe cpu` trains today: if the recipe's length
+    # changes, the shipped weights no longer are "the cpu recipe's" and must be retrained.
+    from experiments.recipes import RECIPES
+
+    entry = pretrained.available_weights()["resnet20", "cifar10"]
+    epochs = re.search(r"--epochs (\d+)", entry.command)
+    assert epochs is not None and int(epochs.group(1)) == RECIPES[entry.recipe]["epochs"]
+    assert f"--seed {entry.seed}" in entry.command
+
+
 def test_the_registry_passes_weights_through() -> None:
     a = resnet.create_model("resnet20", weights="cifar10")
     b = resnet.resnet20(weights="cifar10")
