@@ -231,9 +231,21 @@ def checkpoint_state(parts: RunParts, settings: dict[str, Any], signature: dict[
     }
 
 
-def restore_checkpoint(path: Path, state: dict[str, Any], parts: RunParts, signature: dict[str, Any]) -> None:
-    """Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it clearly."""
+def restore_checkpoint(
+    path: Path, state: dict[str, Any], parts: RunParts, signature: dict[str, Any], batches_per_epoch: int
+) -> None:
+    """
+    Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it clearly.
+    `batches_per_epoch` is what this run's data gives: a checkpoint taken later in an epoch than that
+    cannot continue exactly.
+    """
     check_signature(path, state["signature"], signature)
+    batch = state.get("position", {}).get("batch", 0)
+    if batch > batches_per_epoch:
+        raise CheckpointError(
+            f"{path} stopped at batch {batch} of an epoch that now has {batches_per_epoch} batches; "
+            f"resume with the same data and batch size"
+        )
     if parts.ema is not None and state.get("ema") is None:
         raise CheckpointError(
             f"{path} has no averaged weights, but this run sets ema_decay; resume without changing ema_decay"

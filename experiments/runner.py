@@ -279,13 +279,7 @@ class Run:
         )
 
     def _restore(self, saved: dict[str, Any], path: Path) -> None:
-        restore_checkpoint(path, saved, self._parts(), self.signature)
-        batches = len(self.c.train_loader)
-        if self.progress.batch > batches:
-            raise CheckpointError(
-                f"{path} stopped at batch {self.progress.batch} of an epoch that now has {batches} "
-                f"batches; resume with the same data and batch size"
-            )
+        restore_checkpoint(path, saved, self._parts(), self.signature, len(self.c.train_loader))
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""

@@ -216,3 +216,33 @@ def test_a_version_1_checkpoint_with_pythons_random_state_still_resumes(
     torch.save(state, old)
     with pytest.raises(CheckpointError, match="version 3; this trainer reads versions 1, 2"):
         load_checkpoint(old)
+
+
+def test_a_checkpoint_from_later_in_an_epoch_than_this_data_has_is_refused() -> None:
+    # Stopped at batch 5; resumed with data (or a batch size) that makes epochs of 3 batches.
+    state = minimal_state()
+    state.update(
+        position={"step": 5, "epoch": 0, "batch": 5},
+        optimizer={},
+        scheduler={},
+        rng=ckpt.rng_state(),
+    )
+    loaded: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def load_state_dict(self, state: dict) -> None:
+            loaded.append(self.name)
+
+    parts = ckpt.RunParts(Part("model"), Part("optimizer"), Part("scheduler"), None, None, Part("progress"))
+    signature = state["signature"]
+    ckpt.restore_checkpoint(Path("last.pt"), state, parts, signature, batches_per_epoch=5)
+    with pytest.raises(CheckpointError, match=r"last.pt stopped at batch 5 of an epoch that now has 3 "):
+        ckpt.restore_checkpoint(Path("last.pt"), state, parts, signature, batches_per_epoch=3)
+    # The first call loaded every part; the refused one loaded nothing.
+    assert loaded == ["model", "optimizer", "scheduler", "progress"]
