@@ -30,7 +30,7 @@ import torch
 import resnet
 from experiments import data as cifar_data
 from experiments.distributed import World
-from experiments.loader import PAD
+from experiments.loader import PAD, PAPER_VALID_SPLIT
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import RECIPE_HELP
@@ -158,7 +158,7 @@ def build_parser(
         "--resume continues exactly.",
         epilog="Any configuration can also be given as key=value, e.g. optimizer.learning_rate=0.05, "
         "model=custom n_blocks=[2,2,2] (the lists shape only the custom network), "
-        "lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split=5000, "
+        f"lr_warmup_steps=400 (the ResNet-110 warm-up), valid_split={PAPER_VALID_SPLIT}, "
         "train_subset=5000 test_subset=1000 (class-balanced subsets for quick experiments; 0: all). "
         "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [options]; --batch-size is "
         "the global batch, split evenly across processes. From Python: "
@@ -177,7 +177,11 @@ def build_parser(
         "DAWNBench network, not from the paper; custom: from "
         f"n_blocks/n_channels/bottlenecks). Default {model}",
     )
-    parser.add_argument("--recipe", choices=sorted(recipes), default="paper", help=RECIPE_HELP)
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(recipes),
+        help=f"{RECIPE_HELP} Default: {config_default(configs_class, 'recipe')}.",
+    )
     parser.add_argument(
         "--epochs",
         type=int,
@@ -202,9 +206,9 @@ def build_parser(
         "--valid-split",
         type=int,
         nargs="?",
-        const=5000,
+        const=PAPER_VALID_SPLIT,
         metavar="N",
-        help="hold out N training images for per-epoch validation (default N: 5000, the "
+        help=f"hold out N training images for per-epoch validation (default N: {PAPER_VALID_SPLIT}, the "
         "paper's 45k/5k split); the test set is only reported, never used to choose",
     )
     parser.add_argument(
@@ -351,7 +355,7 @@ def check(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World | None = None,
-    recipe: str = "paper",
+    recipe: str | None = None,
     device: str | None = None,
     **run: Any,
 ) -> Request:
@@ -391,7 +395,7 @@ def _request(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World,
-    recipe: str,
+    recipe: str | None,
     device: str | None,
     run: dict[str, Any],
 ) -> Request:
@@ -429,13 +433,14 @@ def _request(
                 f"{' and '.join(clashes)} or --cuda-graphs"
             )
         overrides.update(graphs)
-    if recipe == "paper":
-        recipe = overrides.get("recipe", recipe)
+    default_recipe = config_default(configs_class, "recipe")
+    if recipe is None:
+        recipe = overrides.get("recipe", default_recipe)
     if recipe not in recipes:
         raise UsageError(f"recipe={recipe!r}: must be one of {', '.join(sorted(recipes))}")
-    if recipe != "paper":
-        # The paper's recipe is the configuration's default; leaving it out lets a resumed run keep the
-        # recipe it was started with.
+    if recipe != default_recipe or "recipe" in overrides:
+        # The configuration already defaults to the paper's recipe; leaving it out lets a resumed run
+        # keep its own. A `--recipe` flag beats a `recipe=` setting, as every flag beats its setting.
         overrides["recipe"] = recipe
     warmup_steps = {**recipes[recipe], **overrides}.get("lr_warmup_steps")
     if "lr_warmup_fraction" in overrides and warmup_steps != "from_fraction":

@@ -286,6 +286,10 @@ class TensorBatches:
 # ([`cifar10.py`](cifar10.html)) extends this class.
 
 
+# The paper's split for choosing settings: 45k images to train on, 5k held out (§4.2).
+PAPER_VALID_SPLIT = 5_000
+
+
 class CifarDataConfigs(RunConfigs):
     """The data of a run: which images, how they are batched (§4.2: 128 a step) and augmented."""
 

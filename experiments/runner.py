@@ -878,7 +878,9 @@ def exit_status(exp: Experiment, request: Request) -> int:
 # Spelled out as protocols rather than `Callable[..., ...]` so that an editor shows the keyword
 # signature of `cifar10.train(...)`, and a type checker run on the caller's code flags a positional setting.
 class TrainFunction(Protocol):
-    def __call__(self, *, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results: ...
+    def __call__(
+        self, *, recipe: str | None = None, device: str | None = None, **settings: Any
+    ) -> Results: ...
 
 
 class EvaluateFunction(Protocol):
@@ -904,13 +906,14 @@ def entry_points(exp: Experiment) -> EntryPoints:
     check their settings as the command line does, so Python and the shell run exactly the same code.
     """
 
-    def train(*, recipe: str = "paper", device: str | None = None, **settings: Any) -> Results:
+    def train(*, recipe: str | None = None, device: str | None = None, **settings: Any) -> Results:
         """
-        `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, with the
-        same checks (a bad setting raises `cli.UsageError`, a schedule that contradicts itself once the
-        run's length is known a `recipes.ScheduleError`) and the same run folder. The other flags go
-        by name (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...).
-        Returns the run's `Results`; their `summary` is `None` when the run stopped early.
+        `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs (`recipe`
+        defaults to the configuration's, the paper's), with the same checks (a bad setting raises
+        `cli.UsageError`, a schedule that contradicts itself once the run's length is known a
+        `recipes.ScheduleError`) and the same run folder. The other flags go by name (`logs_dir`,
+        `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns the run's
+        `Results`; their `summary` is `None` when the run stopped early.
         """
         if "eval" in settings:
             raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
