@@ -62,8 +62,9 @@ the table says so. `--out DIR` keeps a `summary.json`, a `summary.md` and the tr
    schedule (Page's 26 s run used 10 epochs and more tricks), which we have not built without a GPU to
    tune it on; the row measures how far the 24-epoch recipe is from the goal.
 
-   Training time is the trainer's own clock, which stops during evaluation: the `train_time_s` that
-   `metrics.jsonl` records with the first epoch whose test accuracy reaches the target. The last epoch's
+   Training time is the trainer's own clock, which stops during evaluation: the `train_time_s` of the
+   first epoch whose test accuracy reaches the target, from the run's history (`train()` returns the
+   records `metrics.jsonl` holds). The last epoch's
    images/s comes from that epoch's `epoch_train_time_s`.
 
 On real data the runs use their recipe's full schedule; on synthetic data a few epochs, enough for a
@@ -632,8 +633,9 @@ def command_line(settings: dict[str, Any]) -> str:
 def epoch_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     Per epoch: test accuracy, the trainer's training clock at the epoch's end (`train_time_s`) and the
-    epoch's own share of it (`epoch_train_time_s`), both as the trainer recorded them in
-    `metrics.jsonl`. The clock stops while the trainer evaluates, so evaluation is not in either.
+    epoch's own share of it (`epoch_train_time_s`), both as the trainer recorded them (the history
+    `train()` returns, as in `metrics.jsonl`). The clock stops while the trainer evaluates, so
+    evaluation is not in either.
     """
     timeline = []
     for record in records:

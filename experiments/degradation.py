@@ -29,9 +29,10 @@ It trains the four networks (plain and residual, at two depths; `--depths` chang
 the same recipe, each as an ordinary run of the trainer [`experiments/cifar10.py`](cifar10.py), so
 every run is a labml experiment with its own run folder. After each epoch the trainer records the
 training error (on the augmented batches of that epoch, as the paper's thin curves are) and the test
-error; this script reads them back from each run's `metrics.jsonl` and draws Figure 6's two panels:
-plain networks on the left, residual ones on the right, training error dashed, test error solid, one
-colour per depth. The numbers go into a JSON file next to the plot and into a table on the console.
+error; this script takes them from the history `train()` returns (the records each run folder's
+`metrics.jsonl` holds) and draws Figure 6's two panels: plain networks on the left, residual ones on
+the right, training error dashed, test error solid, one colour per depth. The numbers go into a JSON
+file next to the plot and into a table on the console.
 
 The plain networks are the CIFAR presets with `shortcut="none"`; the residual ones keep the paper's
 option A (zero-padding identity shortcuts). Option A adds no parameters, so each plain network and its
