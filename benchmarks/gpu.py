@@ -64,8 +64,8 @@ the table says so. `--out DIR` keeps a `summary.json`, a `summary.md` and the tr
 
    Training time is the trainer's own clock, which stops during evaluation: the `train_time_s` of the
    first epoch whose test accuracy reaches the target, from the run's history (`train()` returns the
-   records `metrics.jsonl` holds). The last epoch's
-   images/s comes from that epoch's `epoch_train_time_s`.
+   records `metrics.jsonl` holds). The last epoch's images/s comes from that epoch's
+   `epoch_train_time_s`.
 
 On real data the runs use their recipe's full schedule; on synthetic data a few epochs, enough for a
 steady-state rate.
