@@ -180,8 +180,8 @@ def train_epoch(c: Configs, run: Run) -> None:
             logits = run.model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing)
         c.optimizer.zero_grad(set_to_none=True)
-        # `loss.backward()` and `c.optimizer.step()`, with loss scaling for fp16.
-        run.precision.backward_and_step(loss, c.optimizer)
+        loss.backward()
+        c.optimizer.step()
         c.scheduler.step()
         run.after_step(loss, logits, labels)
 

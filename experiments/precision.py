@@ -154,11 +154,25 @@ def step_timer(
 
 class Precision:
     """
-    A run's number format at work: `autocast()` around the forward pass and the loss, and
-    `backward_and_step` for the update. Only fp16 needs more than `loss.backward(); optimizer.step()`:
-    its narrow exponent range lets small gradients underflow to zero, so the loss is scaled up before
-    the backward pass and the gradients down again before the step, by a factor the `GradScaler` adapts
-    (its state is part of the checkpoint). bf16 has float32's range and needs no scaling.
+    A run's number format at work: `autocast()` goes around the forward pass and the loss, and
+    `attach` readies the network and the optimizer, so that the training step stays the plain
+    `loss.backward(); optimizer.step()` in every format.
+
+    Only fp16 needs more than autocast. Its narrow exponent range lets small gradients underflow to
+    zero, so the usual recipe multiplies the loss by a large factor before `backward()` and divides the
+    gradients by it before the step (`torch.amp.GradScaler`, whose adaptive factor is part of the
+    checkpoint). `attach` does the same with two hooks and leaves the step as it is:
+
+    * the gradient arriving at the network's output is multiplied by the factor. The loss reaches the
+      weights only through that output, so every gradient behind it is scaled exactly as if the loss
+      had been;
+    * before each optimizer step the gradients are divided by it again. If any is infinite or NaN the
+      factor was too large: every gradient is unset, so the optimizer skips the step, and the factor
+      shrinks.
+
+    A change to the loop should know that with fp16 the gradients are still scaled between `backward()`
+    and `step()`, and that a loss term computed from the weights directly would need `scaler.scale`
+    itself. bf16 has float32's range and needs none of this.
     """
 
     def __init__(self, choice: AmpChoice, device: torch.device) -> None:
@@ -170,11 +184,37 @@ class Precision:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+        """The model the training steps call; with fp16, its gradients are scaled (see above)."""
+        scaler = self.scaler
+        if scaler is None:
+            return model
+
+        def unscale_or_skip(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+            # `unscale_` divides the gradients in place and notes for `update` whether any was not finite.
+            scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            finite = [p.grad.isfinite().all() for p in params if p.grad is not None]
+            if finite and not torch.stack(finite).all():
+                # Optimizers pass over parameters without a gradient: no update, no momentum, no decay.
+                optimizer.zero_grad(set_to_none=True)
+
+        optimizer.register_step_pre_hook(unscale_or_skip)
+        optimizer.register_step_post_hook(lambda optimizer, args, kwargs: scaler.update())
+        return ScaledGradients(model, scaler)
+
+
+class ScaledGradients(nn.Module):
+    """`model` with float32 outputs, the gradient arriving at them multiplied by the scaler's scale."""
+
+    def __init__(self, model: nn.Module, scaler: torch.amp.GradScaler) -> None:
+        super().__init__()
+        self.model = model
+        self.scaler = scaler
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        # In float32: the scale must apply before the gradient is cast to fp16, or small ones underflow.
+        output: torch.Tensor = self.model(*args, **kwargs).float()
+        if output.requires_grad:
+            output.register_hook(self.scaler.scale)
+        return output

@@ -235,7 +235,8 @@ class Run:
             )
         self.precision = Precision(choose_amp(c.amp, self.device, measure), self.device)
         self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead"
-        self.model = self._wrap_model()
+        # With fp16, the gradient scaling hooks in here (`Precision.attach`); the step stays plain.
+        self.model = self.precision.attach(self._wrap_model(), c.optimizer)
         # Copied after `_wrap_model`, which may swap in synchronised batch norm.
         self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
         self.progress = Progress(self.device)
