@@ -10,12 +10,11 @@ python experiments/cifar10.py --eval <ckpt.pt>
 ```
 
 The [model tutorial](../resnet/model.html) builds the networks; this one trains them as §4.2 of the
-paper does. Every setting lives in [`Configs`](#Configs) with the paper's value as its default,
-`@option` functions build the data, network, optimizer and schedule on first use, and `key=value` on
-the command line changes any of them ([`cli.py`](cli.html) checks it first). Then come [one
-epoch](#train_epoch), [an evaluation](#evaluate) and [the run](#fit). What a real run needs besides
-(several processes, checkpoints, exact resumption, a stop at a non-finite loss, metrics files) lives in
-[`runner.py`](runner.html), as labml's trainer serves labml's experiments.
+paper does. [`Configs`](#Configs) holds every setting, the paper's value its default; `@option` functions
+build the data, network, optimizer and schedule on first use; `key=value` on the command line changes any
+setting ([`cli.py`](cli.html) checks it first). Then come [one epoch](#train_epoch), [an
+evaluation](#evaluate) and [the run](#fit). The rest of a real run (several processes, checkpoints, exact
+resumption, stops, metrics files) is in [`runner.py`](runner.html), as labml's trainer serves its experiments.
 """
 
 import math
@@ -23,8 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python experiments/cifar10.py` puts `experiments/` on the path; we need the project root.
+if __package__ in (None, ""):  # `python experiments/cifar10.py` puts `experiments/` on the path, not the root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
@@ -77,8 +75,7 @@ class Configs(CifarDataConfigs):
     lr_warmup_fraction: float = 0.0
     lr_warmup_factor: float = 0.1
     label_smoothing: float = 0.0
-    # Test-time views whose predictions are averaged: the mirror image, and the image moved `shift_tta`
-    # pixels down-right and up-left.
+    # Test-time views averaged with the image: its mirror image, and it moved `shift_tta` pixels each way.
     flip_tta: bool = False
     shift_tta: int = 0
     # Evaluate after every epoch (on the validation split if there is one, else the test set).
@@ -93,8 +90,7 @@ class Configs(CifarDataConfigs):
 # choosing settings) and 10k test images, normalised per channel (the paper subtracts the per-pixel mean;
 # see `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a
 # 32×32 crop is randomly sampled from the padded image or its horizontal flip": a class depends neither on
-# where the object sits nor on left and right. Each batch is a pure function of (seed, epoch, index), so
-# a resumed run sees exactly the batches it would have seen.
+# where the object sits nor on left and right.
 
 
 # ### The network, the optimizer and the schedule
@@ -103,8 +99,6 @@ class Configs(CifarDataConfigs):
 # fully-connected layer, §4.2) is part of every preset. The paper states its schedule in *iterations*,
 # mini-batch steps, not epochs, so the scheduler moves on once per mini-batch: an epoch is 352 steps with
 # 45k training images and 391 with 50k, and either way the rate drops at steps 32,000 and 48,000.
-
-
 @option(Configs.epochs, "from_iterations")
 def _epochs_from_iterations(c: Configs) -> int:
     return math.ceil(c.iterations / c.steps_per_epoch)
@@ -141,8 +135,7 @@ def _warmup_from_fraction(c: Configs) -> int:
     return round(c.lr_warmup_fraction * c.iterations)
 
 
-# The paper's schedule: 0.1, divided by 10 at 50% and 75% of the run (32k and 48k of 64k iterations). The
-# warm-up and cosine or linear decays serve the shorter recipes of [`recipes.py`](recipes.html).
+# The paper's steps; the warm-up and the cosine or linear decays serve [`recipes.py`](recipes.html)'s recipes.
 @option(Configs.scheduler, "step")
 def _step_schedule(c: Configs) -> LambdaLR:
     milestones = [round(fraction * c.iterations) for fraction in c.lr_milestones]
@@ -167,11 +160,11 @@ def train_epoch(c: Configs, run: Run) -> None:
     ## One epoch
 
     A *step* is one mini-batch of 128 images (§4.2): the network's prediction, the cross-entropy loss
-    against the labels, its gradient by back-propagation, and one SGD update. Then the schedule moves one
-    step on. In training mode batch norm normalises with each mini-batch's own statistics (§3.4) and
-    updates its running averages for evaluation. `run.batches` yields the batches of the epoch not yet
-    trained and, between steps, stops the run when asked to or when the loss has become non-finite;
-    `run.after_step` adds the step to the epoch's loss and accuracy (and to the weight average, if any).
+    against the labels, its gradient by back-propagation, one SGD update, and the schedule one step on. In
+    training mode batch norm normalises with each mini-batch's own statistics (§3.4) and updates its
+    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained and, between
+    steps, stops the run when asked to or when the loss is no longer finite; `run.after_step` adds the step
+    to the epoch's loss and accuracy (and to the weight average, if any).
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):
@@ -199,8 +192,7 @@ def evaluate(
     has no label smoothing, so runs with and without it compare. With `flip_tta` the logits of an image
     and of its mirror image are averaged: CIFAR's classes look the same mirrored, and it costs one more
     forward pass and no training. `shift_tta=k` adds the image moved $k$ pixels diagonally each way, two
-    of the crops training showed: the prediction then averages over where the object sits, too.
-    `before_batch` is called before each batch (the runner stops there).
+    of the crops training showed. `before_batch` runs before each batch (the runner stops there).
     """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
@@ -210,11 +202,7 @@ def evaluate(
             before_batch()
         views = loader.views(x, flip=flip_tta, shift=shift_tta)
         with torch.autocast(loader.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            # A copy: with CUDA graphs the next call would write over this one's output.
-            logits = model(views[0]).float().clone()
-            for view in views[1:]:
-                logits = logits + model(view).float()
-        logits = logits / len(views)
+            logits = sum(model(view).float() for view in views) / len(views)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
     n = loader.images_per_epoch

@@ -538,7 +538,8 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
     )
     loss, _ = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)
     # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
-    # [0, 0, 0, ...]: log(10). Without the copy both passes would read the mirrored pass's scores.
+    # [0, 0, 0, ...]: log(10). Holding the first pass's output while the second runs would read the
+    # mirrored pass's scores twice.
     assert loss == pytest.approx(math.log(10), rel=1e-6)
 
 
