@@ -135,7 +135,7 @@ def _warmup_from_fraction(c: Configs) -> int:
     return round(c.lr_warmup_fraction * c.iterations)
 
 
-# The paper's steps; the warm-up and the cosine or linear decays serve [`recipes.py`](recipes.html)'s recipes.
+# §4.2's drops by steps; the warm-up and the cosine or linear decays serve [`recipes.py`](recipes.html).
 @option(Configs.scheduler, "step")
 def _step_schedule(c: Configs) -> LambdaLR:
     milestones = [round(fraction * c.iterations) for fraction in c.lr_milestones]
