@@ -21,7 +21,7 @@ import importlib.util
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -455,8 +455,11 @@ def _request(
     if world.is_distributed and wants_cuda:
         # One GPU per process: torchrun's LOCAL_RANK picks it unless the user chose one.
         overrides.setdefault("device.cuda_device", world.local_rank)
-    check_combinations(overrides, configs_class, nested)
-    check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
+    if resume is None:
+        # A resumed run is checked once the checkpoint's settings are merged in (`runner`): here the
+        # settings the command line leaves out would read as the defaults, not as the saved values.
+        check_combinations(overrides, configs_class, nested)
+        check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
 
     for name, value in (("--stop-after-steps", stop_after_steps), ("--threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -579,12 +582,18 @@ def check_hardware(
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
 
 
-def check_combinations(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> None:
-    """Settings that are fine one by one but not together; raises `UsageError`."""
+def check_combinations(
+    o: dict[str, Any], configs_class: type, nested: dict[str, type], typed: Collection[str] | None = None
+) -> None:
+    """
+    Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
+    this time (default: all of `o`): a resumed run may keep a saved `compile_mode` after `compile=False`.
+    """
     get = _getter(o, configs_class, nested)
+    typed = o.keys() if typed is None else typed
     if get("optimizer.nesterov") and get("optimizer.momentum") <= 0:
         raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
-    if "compile_mode" in o and not get("compile"):
+    if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
     train_images = cifar_data.TRAIN_IMAGES - get("valid_split")
     if get("train_subset") > train_images:

@@ -733,7 +733,9 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
         saved = load_checkpoint(resumed_from)
         settings = {**saved["config"], **settings}
         try:
-            # The checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs).
+            # The checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs),
+            # so the checks the command line skipped for a resume run on the merged settings.
+            cli.check_combinations(settings, exp.configs, exp.nested, typed=request.settings.keys())
             cli.check_hardware(
                 settings, exp.configs, exp.nested, world.size, request.wants_cuda, resumed=True
             )

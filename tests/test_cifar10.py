@@ -15,8 +15,9 @@ import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
 import resnet
-from experiments import cifar10, loader
+from experiments import cifar10, cli, loader
 from experiments.checkpoint import load_checkpoint
+from experiments.distributed import World
 from experiments.precision import AMP_DTYPES
 from experiments.recipes import ScheduleError, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
 
@@ -506,6 +507,35 @@ def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_me
     assert "needs CUDA" in message and "compile=False" in message
     # The advice works: without compiling, the same checkpoint resumes on the CPU.
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "compile=False"]) == 0
+
+
+def test_a_resumed_run_is_checked_with_the_checkpoints_settings_not_the_defaults(
+    reference: tuple[dict, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # The default batch of 128 does not divide over 3 processes, but a checkpoint's batch may: the command
+    # line alone cannot tell, so it must leave the check to the merged settings.
+    assert cifar10.Configs().batch_size % 3 != 0
+    world = World(size=3)
+    cli.parse(
+        ["--resume", "some-run"],
+        cifar10.Configs,
+        nested=cifar10.NESTED_CONFIGS,
+        recipes=cifar10.RECIPES,
+        world=world,
+    )
+    # The merged settings are checked, before any process group is formed: this run's batch of 64 does
+    # not divide over 3 processes either.
+    state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
+    assert state["config"]["batch_size"] % 3 != 0
+    for name, value in {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert run_trainer(["--logs-dir", str(tmp_path / "logs"), "--resume", str(reference[1])]) == 1
+    message = capsys.readouterr().err
+    assert f"--batch-size {state['config']['batch_size']} is the global batch" in message
+    assert "3 processes" in message
 
 
 def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memory() -> None:
