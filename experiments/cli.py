@@ -33,8 +33,8 @@ from experiments.distributed import World
 from experiments.loader import PAD, PAPER_VALID_SPLIT
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
-from experiments.recipes import RECIPE_HELP
-from experiments.run_configs import Request
+from experiments.recipes import PAPER_SETTINGS, recipe_help
+from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {
@@ -51,8 +51,6 @@ INTERNAL_KEYS = {
 
 # `preset`: each network keeps its own shortcut option (A for the CIFAR networks); the rest are the library's.
 SHORTCUT_CHOICES = ("preset", *resnet.SHORTCUTS)
-# `torch.compile`'s modes; reduce-overhead is the one that records CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _at_least(minimum: float) -> Callable[[Any], str | None]:
@@ -151,6 +149,8 @@ def build_parser(
     model = config_default(configs_class, "model")
     batch = config_default(configs_class, "batch_size")
     lr = config_default(nested["optimizer"], "learning_rate")
+    iterations = config_default(configs_class, "iterations")
+    default = _getter({}, configs_class, nested)
     parser = argparse.ArgumentParser(
         prog="experiments/cifar10.py",
         description=f"Train a ResNet on CIFAR-10 (He et al., 2015) with labml tracking. Defaults: {model} "
@@ -180,13 +180,14 @@ def build_parser(
     parser.add_argument(
         "--recipe",
         choices=sorted(recipes),
-        help=f"{RECIPE_HELP} Default: {config_default(configs_class, 'recipe')}.",
+        help=f"{recipe_help({key: default(key) for key in PAPER_SETTINGS})} "
+        f"Default: {config_default(configs_class, 'recipe')}.",
     )
     parser.add_argument(
         "--epochs",
         type=int,
         metavar="N",
-        help="train N epochs (default: the recipe's; paper: 64k iterations)",
+        help=f"train N epochs (default: the recipe's; paper: {iterations:,} iterations)",
     )
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help=f"global mini-batch size (paper: {batch})"
@@ -214,8 +215,8 @@ def build_parser(
     parser.add_argument(
         "--amp",
         choices=AMP_CHOICES,
-        help=f"mixed precision (default {config_default(configs_class, 'amp')}; fast and resnet9 recipes: "
-        "bf16 on CUDA; cpu recipe: auto). auto: bf16 on GPUs that support it, and on CPUs with native "
+        help=f"mixed precision (default {config_default(configs_class, 'amp')}; --recipe lists the recipes' "
+        "own). auto: bf16 on GPUs that support it, and on CPUs with native "
         "bf16 (AMX or AVX512-BF16) when a timed step says it is faster; float32 "
         "elsewhere, since emulated bf16 is several times slower",
     )
@@ -241,8 +242,8 @@ def build_parser(
     parser.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="CUDA only: --compile with compile_mode=reduce-overhead, which replays each "
-        "step's kernels as a recorded CUDA graph (helps small, launch-bound networks)",
+        help=f"CUDA only: --compile with compile_mode={CUDA_GRAPHS_MODE}, which records each step's "
+        "kernels once and replays them as CUDA graphs, saving the launch cost of every kernel",
     )
     parser.add_argument(
         "--threads",
@@ -423,13 +424,13 @@ def _request(
         overrides[key] = _check(configs_class, nested, key, value, is_text)
     if cuda_graphs:
         # Compared after conversion, so compile=yes agrees with the flag and compile=False does not.
-        graphs = {"compile": True, "compile_mode": "reduce-overhead"}
+        graphs = {"compile": True, "compile_mode": CUDA_GRAPHS_MODE}
         clashes = [
             f"{key}={overrides[key]}" for key in graphs if key in overrides and overrides[key] != graphs[key]
         ]
         if clashes:
             raise UsageError(
-                f"--cuda-graphs means compile=True compile_mode=reduce-overhead; drop "
+                f"--cuda-graphs means compile=True compile_mode={CUDA_GRAPHS_MODE}; drop "
                 f"{' and '.join(clashes)} or --cuda-graphs"
             )
         overrides.update(graphs)
@@ -561,21 +562,21 @@ def check_hardware(
         raise UsageError(
             f"--batch-size {batch} is the global batch and must divide evenly over the {world_size} processes"
         )
-    cuda_graphs = get("compile") and get("compile_mode") == "reduce-overhead"
+    cuda_graphs = uses_cuda_graphs(get("compile"), get("compile_mode"))
     if cuda_graphs and not wants_cuda:
         if resumed:
             raise UsageError(
-                "it asks for compile_mode=reduce-overhead (--cuda-graphs), which needs CUDA, but this run "
-                "is on the CPU; resume on a GPU, or pass compile=False"
+                f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs CUDA, but this "
+                "run is on the CPU; resume on a GPU, or pass compile=False"
             )
         raise UsageError(
-            "--cuda-graphs (compile_mode=reduce-overhead) needs CUDA; on CPU use --compile alone"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on CPU use --compile alone"
         )
     if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
         raise UsageError(
-            "--cuda-graphs (compile_mode=reduce-overhead) has not been verified with several "
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
             "processes; use --compile with the default mode for multi-GPU runs"
         )
     if get("sync_bn") and world_size > 1 and not wants_cuda:
@@ -587,7 +588,9 @@ def check_combinations(
 ) -> None:
     """
     Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
-    this time (default: all of `o`): a resumed run may keep a saved `compile_mode` after `compile=False`.
+    this time (default: all of `o`); a setting that only applies with another is refused only when typed
+    now, so a resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a
+    custom network resumed as a preset is refused for its network, by the signature check.
     """
     get = _getter(o, configs_class, nested)
     typed = o.keys() if typed is None else typed
@@ -602,7 +605,7 @@ def check_combinations(
             f"after holding out valid_split={get('valid_split')}; ask for at most {train_images}"
         )
     model = get("model")
-    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in o]
+    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
     if architecture and model != "custom":
         # A preset fixes its own stages; accepting these and then ignoring them would train another net.
         raise UsageError(

@@ -35,8 +35,7 @@ class RunConfigs(BaseConfigs):
     # NHWC memory layout; `auto` turns it on where it was measured to win (CUDA, x86 CPUs: BENCHMARKS.md).
     channels_last: bool
     compile: bool = False
-    # `torch.compile`'s mode: default, reduce-overhead (CUDA graphs), max-autotune,
-    # max-autotune-no-cudagraphs.
+    # `torch.compile`'s mode, one of `COMPILE_MODES`.
     compile_mode: str = "default"
     # Batch-norm statistics over all processes (GPUs only).
     sync_bn: bool = False
@@ -49,6 +48,16 @@ class RunConfigs(BaseConfigs):
     seed: int = 5
     # Set by the runner, not by users: this process's place among data-parallel processes.
     world: Any = World()
+
+
+# `torch.compile`'s modes; the one in `CUDA_GRAPHS_MODE` records each step as CUDA graphs to replay.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPHS_MODE = "reduce-overhead"
+
+
+def uses_cuda_graphs(compile: bool, compile_mode: str) -> bool:
+    """Whether a run with these settings replays CUDA graphs; the command line and the runner both ask."""
+    return bool(compile) and compile_mode == CUDA_GRAPHS_MODE
 
 
 @option(RunConfigs.device)
