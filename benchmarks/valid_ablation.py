@@ -24,7 +24,7 @@ import torch
 from labml.internal.configs.processor import ConfigProcessor
 
 from experiments import cifar10
-from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, saved_position, saved_settings
 
 # The `shift_tta` values compared: none, and moves of one and two pixels each way.
 SHIFTS = (0, 1, 2)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
     if not saved.get("ema"):
         raise SystemExit(f"{run_dir} has no averaged weights: train with ema_decay=0.999 to compare them")
-    overrides = dict(saved["config"])
+    overrides = saved_settings(saved)
     for item in extra:
         key, value = item.split("=", 1)
         overrides[key] = {"false": False, "true": True}.get(value.lower(), value)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ConfigProcessor(c, overrides)
     model = c.model.to(c.device)
     loader = c.valid_loader
-    print(f"{run_dir}: {loader.images_per_epoch} validation images, step {saved['position']['step']}")
+    print(f"{run_dir}: {loader.images_per_epoch} validation images, step {saved_position(saved)['step']}")
     print("weights    flip TTA  shift TTA  valid loss  valid accuracy")
     for name, weights in (("trained", saved["model"]), ("averaged", saved["ema"]["model"])):
         model.load_state_dict(weights)

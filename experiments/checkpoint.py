@@ -239,8 +239,8 @@ def restore_checkpoint(
     `batches_per_epoch` is what this run's data gives: a checkpoint taken later in an epoch than that
     cannot continue exactly.
     """
-    check_signature(path, state["signature"], signature)
-    batch = state.get("position", {}).get("batch", 0)
+    check_network(path, state, signature)
+    batch = saved_position(state)["batch"]
     if batch > batches_per_epoch:
         raise CheckpointError(
             f"{path} stopped at batch {batch} of an epoch that now has {batches_per_epoch} batches; "
@@ -274,9 +274,24 @@ def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return state["model"], "trained"
 
 
+def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them."""
+    return dict(state["config"])
+
+
+def saved_position(state: dict[str, Any]) -> dict[str, int]:
+    """Where in the schedule the checkpoint was taken: `step`, `epoch` and `batch`."""
+    return dict(state["position"])
+
+
+def check_network(path: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse a loaded checkpoint whose network is not the `expected` [signature](#model_signature)."""
+    check_signature(path, state["signature"], expected)
+
+
 def evaluation_settings(state: dict[str, Any]) -> dict[str, Any]:
     """
     The settings to rebuild a checkpoint's network and data with for `--eval`. The run's subsets say what
     it trained on and watched; an evaluation measures the whole test set unless it asks for a subset.
     """
-    return {k: v for k, v in state["config"].items() if k not in ("test_subset", "train_subset")}
+    return {k: v for k, v in saved_settings(state).items() if k not in ("test_subset", "train_subset")}

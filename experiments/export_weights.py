@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
+from experiments.checkpoint import CHECKPOINT_DIR, LAST, evaluation_weights, load_checkpoint
 from resnet.pretrained import WEIGHTS_DIR, sha256_of
 
 
@@ -30,7 +30,8 @@ def export(run_dir: Path, dataset: str, command: str, out_dir: Path = WEIGHTS_DI
     """Write `<network>_<dataset>.pt` and its JSON record from `run_dir`; returns the weight file."""
     results = json.loads((run_dir / "results.json").read_text())
     saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
-    weights = saved["ema"]["model"] if saved.get("ema") else saved["model"]
+    # The weights the run's results were measured with (the average, when the run kept one).
+    weights, _ = evaluation_weights(saved)
     # Contiguous float copies: the file should not depend on the memory layout the run trained in.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     network = results["model"]

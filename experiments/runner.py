@@ -46,7 +46,7 @@ from experiments.checkpoint import (
     LAST,
     CheckpointError,
     RunParts,
-    check_signature,
+    check_network,
     checkpoint_state,
     evaluation_settings,
     evaluation_weights,
@@ -55,6 +55,8 @@ from experiments.checkpoint import (
     model_signature,
     restore_checkpoint,
     save_checkpoint,
+    saved_position,
+    saved_settings,
 )
 from experiments.distributed import (
     NO_BAD_STEP,
@@ -72,7 +74,7 @@ from experiments.models import MODEL_NAMES
 from experiments.precision import Precision, choose_amp, cpu_model_name, step_timer
 from experiments.progress import Progress
 from experiments.recipes import ScheduleError
-from experiments.run_configs import Request
+from experiments.run_configs import Request, uses_cuda_graphs
 
 # ## Errors that end a run cleanly
 
@@ -234,7 +236,7 @@ class Run:
                 self.network, (c.batch_size, 3, 32, 32), c.num_classes, self.device, c.channels_last
             )
         self.precision = Precision(choose_amp(c.amp, self.device, measure), self.device)
-        self.cuda_graphs = c.compile and c.compile_mode == "reduce-overhead"
+        self.cuda_graphs = uses_cuda_graphs(c.compile, c.compile_mode)
         # With fp16, the gradient scaling hooks in here (`Precision.attach`); the step stays plain.
         self.model = self.precision.attach(self._wrap_model(), c.optimizer)
         # Copied after `_wrap_model`, which may swap in synchronised batch norm.
@@ -731,7 +733,7 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
     if request.resume is not None:
         resumed_from = find_checkpoint(request.resume, experiments_path)
         saved = load_checkpoint(resumed_from)
-        settings = {**saved["config"], **settings}
+        settings = {**saved_settings(saved), **settings}
         try:
             # The checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs),
             # so the checks the command line skipped for a resume run on the merged settings.
@@ -822,7 +824,7 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
         model = c.model
         model_name = str(settings.get("model", MODEL_NAMES[0]))
         expected = model_signature(model_name, c.num_classes, model)
-        check_signature(path, saved["signature"], expected)
+        check_network(path, saved, expected)
         weights, which = evaluation_weights(saved)
         try:
             model.load_state_dict(weights)
@@ -849,7 +851,7 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
             "amp": amp.chosen,
             "amp_choice": amp.as_dict(),
             "device": device_description(c.device),
-            "position": saved["position"],
+            "position": saved_position(saved),
             **software(),
         }
     if request.results is not None:
