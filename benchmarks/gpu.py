@@ -134,7 +134,7 @@ from benchmarks import data_pipeline, model_speed
 from benchmarks.common import machine_description, parse_device, print_table
 from experiments import cifar10
 from experiments.checkpoint import CheckpointError
-from experiments.cli import UsageError
+from experiments.cli import UsageError, command_line
 from experiments.data import DataError
 from experiments.runner import RunError
 from experiments.synthetic import write_synthetic_cifar10
@@ -616,20 +616,6 @@ def trainer_settings(
     return settings
 
 
-def command_line(settings: dict[str, Any]) -> str:
-    """The command that runs the same as `cifar10.train(**settings)`, for the report."""
-    flags = {"model": "--model", "recipe": "--recipe", "device": "--device", "logs_dir": "--logs-dir"}
-    words = ["python experiments/cifar10.py"]
-    for key, value in settings.items():
-        if key in flags:
-            words += [flags[key], str(value)]
-        elif key == "cuda_graphs":
-            words.append("--cuda-graphs")
-        else:
-            words.append(f"{key}={value}".replace(" ", ""))
-    return " ".join(words)
-
-
 def epoch_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     Per epoch: test accuracy, the trainer's training clock at the epoch's end (`train_time_s`) and the
@@ -642,7 +628,7 @@ def epoch_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         missing = [key for key in ("train_time_s", "epoch_train_time_s") if key not in record]
         if missing:
             raise RuntimeError(
-                f"metrics.jsonl has no {' or '.join(missing)} for epoch "
+                f"the run's history (train()'s, as in metrics.jsonl) has no {' or '.join(missing)} for epoch "
                 f"{record.get('epoch')}; an older trainer than this script expects wrote it"
             )
         timeline.append(

@@ -39,6 +39,7 @@ from benchmarks.common import (
     set_threads,
 )
 from experiments import cifar10, runner
+from experiments.cli import config_default
 from experiments.data import CifarArrays
 from experiments.models import MODEL_NAMES
 from experiments.progress import Progress
@@ -72,7 +73,10 @@ def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> runner.Run
     ConfigProcessor(c, {**overrides, "iterations": 10**9, "dataset": dataset})
     runner.prepare(c)
     return runner.Run(
-        c, model_name=str(overrides.get("model", MODEL_NAMES[0])), settings=overrides, run_dir=None
+        c,
+        model_name=str(overrides.get("model", config_default(cifar10.Configs, "model"))),
+        settings=overrides,
+        run_dir=None,
     )
 
 
@@ -80,8 +84,9 @@ def trainer_epoch(run: runner.Run, epochs: list[int]) -> Callable[[], None]:
     """One call trains the next epoch in `epochs` through the trainer, then rewinds to a fresh epoch."""
 
     def train() -> None:
-        run.progress = Progress(run.device)
-        run.progress.epoch = epochs.pop(0)
+        # The start of a fresh epoch, set the way a resume sets it.
+        fresh = Progress(run.device).state_dict()
+        run.progress.load_state_dict({**fresh, "position": {"step": 0, "epoch": epochs.pop(0), "batch": 0}})
         cifar10.train_epoch(run.c, run)
 
     return train

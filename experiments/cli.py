@@ -390,6 +390,25 @@ RUN_OPTIONS = (
 )
 
 
+def command_line(settings: dict[str, Any]) -> str:
+    """
+    The command that runs what `train(**settings)` runs: `recipe`, `device` and the run options (spelt
+    as in `RUN_OPTIONS`) as their flags, every configuration setting as `key=value`. For reports.
+    """
+    flags = {"time_limit_s": "--time-limit"}
+    words = ["python experiments/cifar10.py"]
+    for key, value in settings.items():
+        if key in (*RUN_OPTIONS, "recipe", "device"):
+            flag = flags.get(key, "--" + key.replace("_", "-"))
+            if not isinstance(value, bool):
+                words += [flag, str(value)]
+            elif value:
+                words.append(flag)
+        else:
+            words.append(f"{key}={value}".replace(" ", ""))
+    return " ".join(words)
+
+
 def _request(
     user: dict[str, tuple[Any, bool]],
     configs_class: type,

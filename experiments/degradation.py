@@ -437,10 +437,9 @@ def train(
         **schedule.trainer_settings(),
         **(data_settings or {}),
     }
-    shown = " ".join(f"{k}={v}".replace(" ", "") for k, v in settings.items())
-    flags = f"--device {device}" + (f" --logs-dir {logs_dir}" if logs_dir else "")
-    flags += f" --threads {threads}" if threads else ""
-    print(f"\n=== {network.name}: experiments/cifar10.py {flags} {shown}", flush=True)
+    run = {"device": device, "logs_dir": logs_dir, "threads": threads}
+    run = {key: value for key, value in run.items() if value}
+    print(f"\n=== {network.name}: {cli.command_line({**run, **settings})}", flush=True)
     try:
         results = cifar10.train(device=device, logs_dir=logs_dir, threads=threads, **settings)
     except (RunError, CheckpointError, cifar_data.DataError, cli.UsageError, ScheduleError) as e:

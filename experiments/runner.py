@@ -70,7 +70,6 @@ from experiments.distributed import (
 )
 from experiments.ema import WeightAverage
 from experiments.files import write_json
-from experiments.models import MODEL_NAMES
 from experiments.precision import Precision, choose_amp, cpu_model_name, step_timer
 from experiments.progress import Progress
 from experiments.recipes import ScheduleError
@@ -758,7 +757,7 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
         run_dir = experiments_path / exp.name / experiment.get_uuid()
     run = Run(
         c,
-        model_name=str(settings.get("model", MODEL_NAMES[0])),
+        model_name=str(settings.get("model", cli.config_default(exp.configs, "model"))),
         settings=settings,
         run_dir=run_dir,
         stop_after_steps=request.stop_after_steps,
@@ -822,7 +821,7 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
     with _threads(request.threads):
         c = _compute(exp, settings, World(), tracked=False)
         model = c.model
-        model_name = str(settings.get("model", MODEL_NAMES[0]))
+        model_name = str(settings.get("model", cli.config_default(exp.configs, "model")))
         expected = model_signature(model_name, c.num_classes, model)
         check_network(path, saved, expected)
         weights, which = evaluation_weights(saved)

@@ -387,3 +387,21 @@ def test_a_warm_up_given_in_steps_or_fraction_replaces_the_resnet9_recipes() -> 
 def test_cutout_accepts_zero_to_the_image_size() -> None:
     assert parse("cutout=0")["cutout"] == 0
     assert parse("cutout=32")["cutout"] == 32
+
+
+def test_the_command_line_a_report_prints_runs_what_train_would() -> None:
+    # degradation.py and benchmarks/gpu.py call `train(**settings)` and print `cli.command_line(settings)`
+    # so the run can be repeated from a shell: parsing that line must give the very same request.
+    settings = {
+        "recipe": "fast", "device": "cpu", "logs_dir": Path("runs"), "threads": 2, "model": "resnet56",
+        "lr_milestones": [0.4, 0.8], "optimizer.learning_rate": 0.05, "stop_after_steps": 3,
+        "tensorboard": False, "time_limit_s": 60.0, "verify_checksums": False,
+    }  # fmt: skip
+    line = cli.command_line(settings)
+    assert line.startswith("python experiments/cifar10.py ")
+    from_line = cli.parse(line.split()[2:], Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=World())
+    options = {key: settings.pop(key) for key in ("recipe", "device")}
+    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
+    from_python = cli.check(settings, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, **options, **run)
+    assert from_line == from_python
+    assert from_line.settings["lr_milestones"] == [0.4, 0.8] and from_line.time_limit_s == 60
