@@ -164,7 +164,8 @@ def train_epoch(c: Configs, run: Run) -> None:
     training mode batch norm normalises with each mini-batch's own statistics (§3.4) and updates its
     running averages for evaluation. `run.batches` yields the epoch's batches not yet trained and, between
     steps, stops the run when asked to or when the loss is no longer finite; `run.after_step` adds the step
-    to the epoch's loss and accuracy (and to the weight average, if any).
+    to the epoch's sums (and the weight average, if any). fp16's loss scaling hooks into `run.model` and
+    the optimizer ([`precision.py`](precision.html)), so the step reads the same in every number format.
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):

@@ -19,6 +19,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import shlex
 import types
 import typing
 from collections.abc import Callable, Collection
@@ -392,21 +393,23 @@ RUN_OPTIONS = (
 
 def command_line(settings: dict[str, Any]) -> str:
     """
-    The command that runs what `train(**settings)` runs: `recipe`, `device` and the run options (spelt
-    as in `RUN_OPTIONS`) as their flags, every configuration setting as `key=value`. For reports.
+    The shell command that runs what `train(**settings)` runs: `recipe`, `device` and the run options
+    (spelt as in `RUN_OPTIONS`) as their flags, every configuration setting as `key=value`, each word
+    quoted for the shell. For reports.
     """
     flags = {"time_limit_s": "--time-limit"}
-    words = ["python experiments/cifar10.py"]
+    words = ["python", "experiments/cifar10.py"]
     for key, value in settings.items():
         if key in (*RUN_OPTIONS, "recipe", "device"):
             flag = flags.get(key, "--" + key.replace("_", "-"))
-            if not isinstance(value, bool):
-                words += [flag, str(value)]
-            elif value:
-                words.append(flag)
+            if value is None or value is False:
+                continue
+            words += [flag] if value is True else [flag, str(value)]
         else:
-            words.append(f"{key}={value}".replace(" ", ""))
-    return " ".join(words)
+            # A list as the command line writes it, without the spaces Python puts after its commas.
+            text = str(value).replace(", ", ",") if isinstance(value, (list, tuple)) else str(value)
+            words.append(f"{key}={text}")
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _request(
@@ -453,6 +456,8 @@ def _request(
                 f"{' and '.join(clashes)} or --cuda-graphs"
             )
         overrides.update(graphs)
+    # What this command line sets itself, as opposed to its recipe (for `check_combinations`).
+    typed = list(overrides)
     default_recipe = config_default(configs_class, "recipe")
     if recipe is None:
         recipe = overrides.get("recipe", default_recipe)
@@ -462,13 +467,6 @@ def _request(
         # The configuration already defaults to the paper's recipe; leaving it out lets a resumed run
         # keep its own. A `--recipe` flag beats a `recipe=` setting, as every flag beats its setting.
         overrides["recipe"] = recipe
-    warmup_steps = {**recipes[recipe], **overrides}.get("lr_warmup_steps")
-    if "lr_warmup_fraction" in overrides and warmup_steps != "from_fraction":
-        # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
-        raise UsageError(
-            "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
-            "lr_warmup_steps a number of steps"
-        )
     # The one place that decides whether this run wants a GPU.
     wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
     overrides = {**_recipe_overrides(recipes, recipe, overrides, wants_cuda), **overrides}
@@ -478,7 +476,7 @@ def _request(
     if resume is None:
         # A resumed run is checked once the checkpoint's settings are merged in (`runner`): here the
         # settings the command line leaves out would read as the defaults, not as the saved values.
-        check_combinations(overrides, configs_class, nested)
+        check_combinations(overrides, configs_class, nested, typed)
         check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
 
     for name, value in (("--stop-after-steps", stop_after_steps), ("--threads", threads)):
@@ -607,9 +605,10 @@ def check_combinations(
 ) -> None:
     """
     Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
-    this time (default: all of `o`); a setting that only applies with another is refused only when typed
-    now, so a resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a
-    custom network resumed as a preset is refused for its network, by the signature check.
+    this time, not by a recipe or a checkpoint (default: all of `o`); a setting that only applies with
+    another is refused only when typed, so a recipe's warm-up fraction may give way to typed steps, a
+    resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a custom
+    network resumed as a preset is refused for its network, by the signature check.
     """
     get = _getter(o, configs_class, nested)
     typed = o.keys() if typed is None else typed
@@ -617,6 +616,12 @@ def check_combinations(
         raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
+    if "lr_warmup_fraction" in typed and get("lr_warmup_steps") != "from_fraction":
+        # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
+        raise UsageError(
+            "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
+            "lr_warmup_steps a number of steps"
+        )
     train_images = cifar_data.TRAIN_IMAGES - get("valid_split")
     if get("train_subset") > train_images:
         raise UsageError(

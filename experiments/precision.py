@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.amp.grad_scaler import OptState
 
 # The values `amp` may take; `auto` is resolved to one of the others by `choose_amp`.
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
@@ -161,7 +162,7 @@ class Precision:
     Only fp16 needs more than autocast. Its narrow exponent range lets small gradients underflow to
     zero, so the usual recipe multiplies the loss by a large factor before `backward()` and divides the
     gradients by it before the step (`torch.amp.GradScaler`, whose adaptive factor is part of the
-    checkpoint). `attach` does the same with two hooks and leaves the step as it is:
+    checkpoint). `attach` does the same with hooks and leaves the step as it is:
 
     * the gradient arriving at the network's output is multiplied by the factor. The loss reaches the
       weights only through that output, so every gradient behind it is scaled exactly as if the loss
@@ -171,8 +172,9 @@ class Precision:
       shrinks.
 
     A change to the loop should know that with fp16 the gradients are still scaled between `backward()`
-    and `step()`, and that a loss term computed from the weights directly would need `scaler.scale`
-    itself. bf16 has float32's range and needs none of this.
+    and `step()` (to clip them, call `scaler.unscale_(optimizer)` first, as with a `GradScaler`), and
+    that a loss term computed from the weights directly would need `scaler.scale` itself. bf16 has
+    float32's range and needs none of this.
     """
 
     def __init__(self, choice: AmpChoice, device: torch.device) -> None:
@@ -191,11 +193,13 @@ class Precision:
             return model
 
         def unscale_or_skip(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-            # `unscale_` divides the gradients in place and notes for `update` whether any was not finite.
-            scaler.unscale_(optimizer)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            finite = [p.grad.isfinite().all() for p in params if p.grad is not None]
-            if finite and not torch.stack(finite).all():
+            # What `GradScaler.step` does before it steps, from the same per-optimizer record (private to
+            # torch; the parity test in tests/test_recipes.py watches it): divide the gradients unless the
+            # caller already has (to clip them, say), then skip the step if any was not finite.
+            record = scaler._per_optimizer_states[id(optimizer)]
+            if record["stage"] is not OptState.UNSCALED:
+                scaler.unscale_(optimizer)
+            if sum(found_inf.item() for found_inf in record["found_inf_per_device"].values()):
                 # Optimizers pass over parameters without a gradient: no update, no momentum, no decay.
                 optimizer.zero_grad(set_to_none=True)
 

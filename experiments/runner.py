@@ -29,7 +29,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -199,9 +199,10 @@ class Run:
     One training run of a computed configuration `c`. The training script's loop calls `batches`,
     `after_step` and `end_epoch`; the rest happens here.
 
-    `model` is the network as the steps call it (wrapped for several processes and `torch.compile`);
-    `network` is the bare network, whose state is saved. `run_dir` is the run folder on rank 0 and
-    `None` elsewhere. A `saved` checkpoint (from `resumed_from`) is restored before the run begins.
+    `model` is the network as the steps call it (wrapped for several processes, `torch.compile` and
+    fp16's loss scaling); `network` is the bare network, whose state is saved. `run_dir` is the run
+    folder on rank 0 and `None` elsewhere. A `saved` checkpoint (from `resumed_from`) is restored before
+    the run begins.
     """
 
     def __init__(
@@ -724,6 +725,32 @@ def run_training(exp: Experiment, request: Request) -> Results:
             destroy_process_group()
 
 
+def _check_resumed(
+    exp: Experiment, request: Request, world: World, path: Path, saved: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    """
+    The checks the command line leaves to a resumed run, on the checkpoint's settings merged with the
+    new ones. If the checkpoint's own settings cannot run here (one written on a GPU machine may ask for
+    CUDA graphs) it is refused as a checkpoint; if only what was typed this time breaks them, as a usage
+    error.
+    """
+
+    def problem(o: dict[str, Any], typed: Collection[str], resumed: bool) -> str | None:
+        try:
+            cli.check_combinations(o, exp.configs, exp.nested, typed)
+            cli.check_hardware(o, exp.configs, exp.nested, world.size, request.wants_cuda, resumed=resumed)
+        except cli.UsageError as e:
+            return str(e)
+        return None
+
+    typed_now = list(request.settings)
+    if problem(merged, typed_now, resumed=False) is None:
+        return
+    if problem(saved, (), resumed=True) is None:
+        raise cli.UsageError(str(problem(merged, typed_now, resumed=False)))
+    raise CheckpointError(f"{path}: {problem(merged, typed_now, resumed=True)}")
+
+
 def _train(exp: Experiment, request: Request, world: World) -> Results:
     settings = dict(request.settings)
     writers = configure_labml(request.logs_dir, request.labml_url)
@@ -733,15 +760,7 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
         resumed_from = find_checkpoint(request.resume, experiments_path)
         saved = load_checkpoint(resumed_from)
         settings = {**saved_settings(saved), **settings}
-        try:
-            # The checkpoint brings its own settings (one written on a GPU machine may ask for CUDA graphs),
-            # so the checks the command line skipped for a resume run on the merged settings.
-            cli.check_combinations(settings, exp.configs, exp.nested, typed=request.settings.keys())
-            cli.check_hardware(
-                settings, exp.configs, exp.nested, world.size, request.wants_cuda, resumed=True
-            )
-        except cli.UsageError as e:
-            raise CheckpointError(f"{resumed_from}: {e}") from None
+        _check_resumed(exp, request, world, resumed_from, saved_settings(saved), settings)
 
     if request.tensorboard:
         # labml's TensorBoard writer: event files in the run folder's tensorboard/.
@@ -867,6 +886,10 @@ def exit_status(exp: Experiment, request: Request) -> int:
             run_evaluation(exp, request)
             return 0
         results = run_training(exp, request)
+    except cli.UsageError as e:
+        # What the command line could only check against a checkpoint's settings (a resume).
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     except (cifar_data.DataError, CheckpointError, RunError, ScheduleError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

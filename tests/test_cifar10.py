@@ -538,6 +538,24 @@ def test_a_resumed_run_is_checked_with_the_checkpoints_settings_not_the_defaults
     assert "3 processes" in message
 
 
+def test_a_resume_refuses_what_was_typed_as_a_usage_error_and_reads_the_saved_recipe(
+    reference: tuple[dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    logs = ["--logs-dir", str(tmp_path / "logs")]
+    # Typed now and impossible here: a usage error (exit 2) in the command line's own words.
+    assert run_trainer([*logs, "--resume", str(reference[1]), "--cuda-graphs"]) == 2
+    assert "--cuda-graphs (compile_mode=reduce-overhead) needs CUDA" in capsys.readouterr().err
+    # A warm-up fraction applies when the checkpoint's own settings take it (as the resnet9 recipe's do),
+    # which the command line alone cannot know; against this run's fixed warm-up it is refused.
+    assert run_trainer([*logs, "--resume", str(reference[1]), "lr_warmup_fraction=0.1"]) == 2
+    assert "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction" in capsys.readouterr().err
+    state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
+    state["config"].update({"lr_warmup_steps": "from_fraction", "lr_warmup_fraction": 0.0})
+    checkpoint = tmp_path / "fraction.pt"
+    torch.save(state, checkpoint)
+    assert run_trainer([*logs, "--resume", str(checkpoint), "lr_warmup_fraction=0.1"]) == 0
+
+
 def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memory() -> None:
     # CUDA graphs hand back the same output tensor on every replay; a model that does the same on the
     # CPU checks that evaluation keeps the first pass's logits before running the second.

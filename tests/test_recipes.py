@@ -135,10 +135,12 @@ def test_timing_the_formats_changes_neither_the_weights_nor_the_random_streams()
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_fp16_hooks_take_the_same_steps_as_the_grad_scaler_recipe_skipped_ones_included() -> None:
+@pytest.mark.parametrize("clip", [False, True])
+def test_fp16_hooks_take_the_same_steps_as_the_grad_scaler_recipe_skipped_ones_included(clip: bool) -> None:
     # `Precision.attach` scales the gradient at the network's output and unscales, or skips, in the
     # optimizer's hooks, so the step is a plain `loss.backward(); optimizer.step()`. The usual recipe
-    # scales the loss and steps through the scaler; every weight and every scale must come out equal.
+    # scales the loss and steps through the scaler; every weight and every scale must come out equal,
+    # also when the loop unscales the gradients itself to clip them.
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -162,12 +164,18 @@ def test_fp16_hooks_take_the_same_steps_as_the_grad_scaler_recipe_skipped_ones_i
             loss = F.cross_entropy(nets[0](x), y, label_smoothing=0.1)
         optimizers[0].zero_grad(set_to_none=True)
         reference.scale(loss).backward()
+        if clip:
+            reference.unscale_(optimizers[0])
+            torch.nn.utils.clip_grad_norm_(nets[0].parameters(), 1.0)
         reference.step(optimizers[0])
         reference.update()
         with fp16.autocast():
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
         optimizers[1].zero_grad(set_to_none=True)
         loss.backward()
+        if clip:
+            fp16.scaler.unscale_(optimizers[1])
+            torch.nn.utils.clip_grad_norm_(nets[1].parameters(), 1.0)
         optimizers[1].step()
         assert fp16.scaler.get_scale() == reference.get_scale()
         scales.append(reference.get_scale())
