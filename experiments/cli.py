@@ -147,11 +147,9 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The flags; their defaults in the help come from the configuration classes, never retyped."""
     model_names = _options(configs_class, "model")
-    model = config_default(configs_class, "model")
-    batch = config_default(configs_class, "batch_size")
-    lr = config_default(nested["optimizer"], "learning_rate")
-    iterations = config_default(configs_class, "iterations")
     default = _getter({}, configs_class, nested)
+    model, batch, lr = default("model"), default("batch_size"), default("optimizer.learning_rate")
+    iterations = default("iterations")
     parser = argparse.ArgumentParser(
         prog="experiments/cifar10.py",
         description=f"Train a ResNet on CIFAR-10 (He et al., 2015) with labml tracking. Defaults: {model} "

@@ -438,7 +438,6 @@ def train(
         **(data_settings or {}),
     }
     run = {"device": device, "logs_dir": logs_dir, "threads": threads}
-    run = {key: value for key, value in run.items() if value}
     print(f"\n=== {network.name}: {cli.command_line({**run, **settings})}", flush=True)
     try:
         results = cifar10.train(device=device, logs_dir=logs_dir, threads=threads, **settings)

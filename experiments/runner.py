@@ -725,15 +725,16 @@ def run_training(exp: Experiment, request: Request) -> Results:
             destroy_process_group()
 
 
-def _check_resumed(
-    exp: Experiment, request: Request, world: World, path: Path, saved: dict[str, Any], merged: dict[str, Any]
-) -> None:
+def _resumed_settings(
+    exp: Experiment, request: Request, world: World, path: Path, saved: dict[str, Any]
+) -> dict[str, Any]:
     """
-    The checks the command line leaves to a resumed run, on the checkpoint's settings merged with the
-    new ones. If the checkpoint's own settings cannot run here (one written on a GPU machine may ask for
-    CUDA graphs) it is refused as a checkpoint; if only what was typed this time breaks them, as a usage
-    error.
+    A resumed run's settings: the checkpoint's `saved` ones with the new ones over them, given the
+    checks the command line leaves to a resume. If the checkpoint's own settings cannot run here (one
+    written on a GPU machine may ask for CUDA graphs) it is refused as a checkpoint; if only what was
+    typed this time breaks them, as a usage error.
     """
+    merged = {**saved, **request.settings}
 
     def problem(o: dict[str, Any], typed: Collection[str], resumed: bool) -> str | None:
         try:
@@ -743,12 +744,12 @@ def _check_resumed(
             return str(e)
         return None
 
-    typed_now = list(request.settings)
-    if problem(merged, typed_now, resumed=False) is None:
-        return
+    typed_problem = problem(merged, request.settings.keys(), resumed=False)
+    if typed_problem is None:
+        return merged
     if problem(saved, (), resumed=True) is None:
-        raise cli.UsageError(str(problem(merged, typed_now, resumed=False)))
-    raise CheckpointError(f"{path}: {problem(merged, typed_now, resumed=True)}")
+        raise cli.UsageError(typed_problem)
+    raise CheckpointError(f"{path}: {problem(merged, request.settings.keys(), resumed=True)}")
 
 
 def _train(exp: Experiment, request: Request, world: World) -> Results:
@@ -759,8 +760,7 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
     if request.resume is not None:
         resumed_from = find_checkpoint(request.resume, experiments_path)
         saved = load_checkpoint(resumed_from)
-        settings = {**saved_settings(saved), **settings}
-        _check_resumed(exp, request, world, resumed_from, saved_settings(saved), settings)
+        settings = _resumed_settings(exp, request, world, resumed_from, saved_settings(saved))
 
     if request.tensorboard:
         # labml's TensorBoard writer: event files in the run folder's tensorboard/.
