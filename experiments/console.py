@@ -105,26 +105,43 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"step {record['step']}", f"lr {record['lr']:.4g}"]
     for split in ("train", "valid", "test"):
         if f"{split}_loss" in record:
-            parts.append(
-                f"{split} loss {record[f'{split}_loss']:.4f} accuracy {record[f'{split}_accuracy']:.4f}"
-            )
+            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} {_accuracy(record, split)}")
     parts.append(f"{record['epoch_train_time_s']:.1f} s")
     parts.append(f"{record['train_images_per_s']:.0f} images/s")
     return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)
 
 
+def _accuracy(scores: dict[str, Any], split: str) -> str:
+    """`accuracy A` for the single view, with the test-time views' figure beside it when there is one."""
+    text = f"accuracy {scores[f'{split}_accuracy']:.4f}"
+    if scores.get(f"{split}_accuracy_tta") is not None:
+        text += f" (TTA {scores[f'{split}_accuracy_tta']:.4f})"
+    return text
+
+
 def end_line(results: dict[str, Any]) -> str:
     """The line a finished run ends with, from its `results.json`."""
     valid = (
-        f"valid loss {results['valid_loss']:.4f} accuracy {results['valid_accuracy']:.4f}, "
+        f"valid loss {results['valid_loss']:.4f} {_accuracy(results, 'valid')}, "
         if results.get("valid_loss") is not None
         else ""
     )
     return (
         f"Finished {results['epochs']} epochs ({results['steps']} steps) in "
         f"{results['wall_time_s']:.1f} s, {results['train_time_s']:.1f} s of it training; {valid}"
-        f"test loss {results['test_loss']:.4f} accuracy {results['test_accuracy']:.4f}"
+        f"test loss {results['test_loss']:.4f} {_accuracy(results, 'test')}"
     )
+
+
+def accuracy_line(results: dict[str, Any]) -> str:
+    """
+    The last line of a run or an evaluation: the paper's protocol (one view of each test image) first,
+    and the test-time average beside it, labelled with its number of views, when the recipe uses one.
+    """
+    line = f"test accuracy: {results['test_accuracy']:.4f} (single view)"
+    if results.get("test_accuracy_tta") is not None:
+        line += f"; {results['test_accuracy_tta']:.4f} averaged over {results['tta_views']} test-time views"
+    return line
 
 
 def print_plain(line: str) -> None:

@@ -102,7 +102,7 @@ class Experiment:
     """
     A training script, as the runner sees it: its name (the logs folder `logs/<name>/`), its
     configuration class, the sub-configurations reachable as `optimizer.*` and the like, the function
-    that trains a computed configuration to the end (`fit(c, run) -> (test loss, test accuracy)`),
+    that trains a computed configuration to the end (`fit(c, run) -> test scores`, single view first),
     its evaluation function, its source file, which labml records with every run, and its recipes
     (`--recipe`).
     """
@@ -110,8 +110,8 @@ class Experiment:
     name: str
     configs: type[BaseConfigs]
     nested: dict[str, type]
-    fit: Callable[[Any, "Run"], tuple[float, float]]
-    evaluate: Callable[..., tuple[float, float]]
+    fit: Callable[[Any, "Run"], dict[str, float]]
+    evaluate: Callable[..., dict[str, float]]
     source: Path
     recipes: dict[str, dict[str, Any]]
 
@@ -476,7 +476,7 @@ class Run:
                 f"fix the folder and resume with --resume {self.run_dir}"
             ) from None
 
-    def summary(self, test_loss: float, test_accuracy: float) -> dict[str, Any]:
+    def summary(self, test: dict[str, float]) -> dict[str, Any]:
         """`results.json`: the final numbers, and everything needed to tell what they measured."""
         c, progress = self.c, self.progress
         last = progress.history[-1] if progress.history else {}
@@ -494,8 +494,14 @@ class Run:
             "train_accuracy": last.get("train_accuracy"),
             "valid_loss": last.get("valid_loss"),
             "valid_accuracy": last.get("valid_accuracy"),
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
+            "valid_accuracy_tta": last.get("valid_accuracy_tta"),
+            # The paper's protocol, one view of each test image; the test-time views' average beside it
+            # (None when the recipe uses none).
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "test_loss_tta": test.get("loss_tta"),
+            "test_accuracy_tta": test.get("accuracy_tta"),
+            "tta_views": tta_views(c.flip_tta, c.shift_tta),
             "wall_time_s": progress.elapsed_s,
             "train_time_s": progress.train_time_s,
             "train_images_per_s": progress.train_images_per_s,
@@ -530,6 +536,11 @@ class Run:
             "images_seen": progress.train_images,
             **software(),
         }
+
+
+def tta_views(flip: bool, shift: int) -> int:
+    """How many views of each image the test-time average takes (1: the single view alone)."""
+    return (3 if shift else 1) * (2 if flip else 1)
 
 
 def state_hash(model: nn.Module) -> str:
@@ -793,18 +804,18 @@ def _train(exp: Experiment, request: Request, world: World) -> Results:
             scores = _fit_or_stop(exp, c, run)
     if scores is None:
         return Results(None, run.progress.history, run_dir, stopped=run.stop_reason)
-    summary = run.summary(*scores)
+    summary = run.summary(scores)
     if run_dir is not None:
         write_json(run_dir / "results.json", summary)
         if request.results is not None:
             write_json(request.results, summary)
         console.print_plain(console.end_line(summary))
         print(f"results: {run_dir / 'results.json'}")
-        print(f"test accuracy: {summary['test_accuracy']:.4f}", flush=True)
+        print(console.accuracy_line(summary), flush=True)
     return Results(summary, run.progress.history, run_dir)
 
 
-def _fit_or_stop(exp: Experiment, c: TrainingConfigs, run: Run) -> tuple[float, float] | None:
+def _fit_or_stop(exp: Experiment, c: TrainingConfigs, run: Run) -> dict[str, float] | None:
     """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
     try:
         return exp.fit(c, run)
@@ -853,15 +864,18 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
         amp = choose_amp(c.amp, c.device)
-        loss, accuracy = exp.evaluate(
+        scores = exp.evaluate(
             model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
         )
         results = {
             "checkpoint": str(path),
             "model": expected["model"],
             "weights": which,
-            "test_loss": loss,
-            "test_accuracy": accuracy,
+            "test_loss": scores["loss"],
+            "test_accuracy": scores["accuracy"],
+            "test_loss_tta": scores.get("loss_tta"),
+            "test_accuracy_tta": scores.get("accuracy_tta"),
+            "tta_views": tta_views(c.flip_tta, c.shift_tta),
             "test_subset": c.test_subset,
             "test_images": c.test_loader.images_per_epoch,
             "flip_tta": c.flip_tta,
@@ -874,8 +888,8 @@ def run_evaluation(exp: Experiment, request: Request) -> dict[str, Any]:
         }
     if request.results is not None:
         write_json(request.results, results)
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {accuracy:.4f}", flush=True)
+    print(f"test loss: {scores['loss']:.4f}")
+    print(console.accuracy_line(results), flush=True)
     return results
 
 

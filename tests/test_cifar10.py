@@ -107,10 +107,10 @@ def test_the_script_runs_end_to_end_and_prints_test_accuracy_last(data_dir: Path
     )
     assert process.returncode == 0, process.stderr[-2000:]
     last_line = process.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"test accuracy: [01]\.\d{4}", last_line)
+    assert re.fullmatch(r"test accuracy: [01]\.\d{4} \(single view\)", last_line)
     (run_dir,) = (tmp_path / "logs" / "cifar10").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
-    assert last_line == f"test accuracy: {results['test_accuracy']:.4f}"
+    assert last_line == f"test accuracy: {results['test_accuracy']:.4f} (single view)"
     assert results["epochs"] == 1
     load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
@@ -175,7 +175,7 @@ def test_eval_measures_a_checkpoint_on_the_test_set(
     checkpoint = reference[1] / "checkpoints" / "last.pt"
     assert run_trainer(["--eval", str(checkpoint), "--results", str(results_path)]) == 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line == f"test accuracy: {reference[0]['test_accuracy']:.4f}"
+    assert last_line == f"test accuracy: {reference[0]['test_accuracy']:.4f} (single view)"
     assert json.loads(results_path.read_text())["test_accuracy"] == reference[0]["test_accuracy"]
 
 
@@ -241,9 +241,24 @@ def test_cosine_schedule_warms_up_linearly_and_ends_at_zero() -> None:
     assert schedule(10) == pytest.approx(1.0) and schedule(100) == pytest.approx(0.0)
 
 
-def test_the_fast_recipe_runs_on_cpu_without_bf16(data_dir: Path, tmp_path: Path) -> None:
+def test_the_fast_recipe_runs_on_cpu_without_bf16(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     status, results, run_dir = train(data_dir, tmp_path / "logs", "--recipe", "fast", epochs=1)
     assert status == 0
+    # Its flip views are reported beside the paper's single view, never instead of it, in results.json,
+    # metrics.jsonl and the last line printed.
+    assert results["tta_views"] == 2 and 0 <= results["test_accuracy_tta"] <= 1
+    assert (
+        results["test_accuracy"] != results["test_accuracy_tta"]
+        or results["test_loss"] != results["test_loss_tta"]
+    )
+    (metrics,) = epoch_metrics(run_dir)
+    assert {"test_accuracy", "test_accuracy_tta", "test_loss_tta"} <= set(metrics)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"test accuracy: {results['test_accuracy']:.4f} (single view); "
+        f"{results['test_accuracy_tta']:.4f} averaged over 2 test-time views"
+    )
     # bf16 stays off on a CPU; the --batch-size flag beats the recipe's 512.
     assert results["recipe"] == "fast" and results["amp"] == "none" and results["batch_size"] == 64
     configs = (run_dir / "configs.yaml").read_text()
@@ -584,7 +599,7 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
         mean=[0.5] * 3,
         std=[0.5] * 3,
     )
-    loss, _ = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)
+    loss = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)["loss_tta"]
     # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
     # [0, 0, 0, ...]: log(10). Holding the first pass's output while the second runs would read the
     # mirrored pass's scores twice.
@@ -636,11 +651,26 @@ def test_shift_tta_averages_the_six_views_of_each_image() -> None:
         mean=[0.5] * 3, std=[0.5] * 3,
     )  # fmt: skip
     model(_normalised(images[:1]))
-    loss, accuracy = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=True, shift_tta=2)
+    scores = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=True, shift_tta=2)
     padded = F.pad(images, (4, 4, 4, 4))
     views = [padded[:, :, 4 - k : 36 - k, 4 - k : 36 - k] for k in (0, 2, -2)]
     views += [view.flip(3) for view in views]
     with torch.no_grad():
-        logits = torch.stack([model(_normalised(view)) for view in views]).mean(0)
-    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
-    assert accuracy == (logits.argmax(1) == labels).float().mean().item()
+        every_view = torch.stack([model(_normalised(view)) for view in views])
+    # The paper's protocol (the original image alone) first, the six-view average beside it.
+    for suffix, logits in (("", every_view[0]), ("_tta", every_view.mean(0))):
+        assert scores[f"loss{suffix}"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+        assert scores[f"accuracy{suffix}"] == (logits.argmax(1) == labels).float().mean().item()
+
+
+def test_without_test_time_views_only_the_single_view_is_reported() -> None:
+    images = torch.randint(
+        0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    batches = cifar10.TensorBatches(
+        images, torch.arange(6) % 10, batch_size=4, shuffle=False, augment=False, device="cpu", seed=0,
+        mean=[0.5] * 3, std=[0.5] * 3,
+    )  # fmt: skip
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    scores = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=False)
+    assert set(scores) == {"loss", "accuracy"}

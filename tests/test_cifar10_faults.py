@@ -145,7 +145,7 @@ def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly
     evaluate = cifar10.evaluate
     calls = []
 
-    def interrupted_evaluate(model, loader, name: str, **options) -> tuple[float, float]:
+    def interrupted_evaluate(model, loader, name: str, **options) -> dict[str, float]:
         calls.append(name)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)

@@ -80,7 +80,7 @@ def test_redirected_output_says_what_starts_where_and_how_it_ended(
     assert lines[-3:] == [
         console.end_line(results),
         f"results: {run_dir / 'results.json'}",
-        f"test accuracy: {results['test_accuracy']:.4f}",
+        f"test accuracy: {results['test_accuracy']:.4f} (single view)",
     ]
     assert lines[-3].startswith(f"Finished {EPOCHS} epochs (10 steps) in ")
 
