@@ -31,6 +31,7 @@ import torch
 import resnet
 from experiments import data as cifar_data
 from experiments.distributed import World
+from experiments.errors import UsageError
 from experiments.loader import PAD, PAPER_VALID_SPLIT
 from experiments.models import custom_trunk
 from experiments.precision import AMP_CHOICES
@@ -122,10 +123,6 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "device.cuda_device": _at_least(0),
     "data_dir": lambda v: None if v else "must not be empty",
 }
-
-
-class UsageError(ValueError):
-    """A setting that cannot work; the message says what was expected. The command line exits with 2."""
 
 
 def config_default(configs_class: type, key: str) -> Any:
