@@ -30,12 +30,9 @@ nothing. So every file is examined up front: present, readable, the official md5
 `verify_checksums` is off), a pickle we can read, images of shape $[n, 3072]$ in `uint8`, and labels in
 $0 \dots 9$. Any problem becomes a `DataError` whose message is one line naming the file and the fix.
 
-Each file (and the archive) is read into memory once, and the md5 sum is taken of those bytes, the ones
-then parsed or unpacked: a file swapped on disk between a check and its use cannot slip through.
-
-The batches are pickles, and unpickling runs whatever the file asks for. We never unpickle them:
-[`experiments.cifar_pickle`](cifar_pickle.py) reads the opcodes of the few shapes CIFAR-10 files have
-and builds the arrays itself, so a damaged or hostile file is reported instead of executed.
+Each file (and the archive) is read once: the md5 sum is of the bytes then parsed or unpacked, so a
+file swapped on disk after its check changes nothing. The batches are pickles, but never unpickled:
+[`experiments.cifar_pickle`](cifar_pickle.py) builds the arrays itself, so a hostile file is refused.
 
 ## Why `uint8`
 
@@ -326,11 +323,8 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
     try:
         entry = read_pickle(raw)
     except NotCifarPickle as error:
-        fix = (
-            f"{_replace_fix(path)}; a set of your own must be a protocol-2 pickle of dicts, lists, "
-            f"strings, ints and integer numpy arrays, which experiments.synthetic.write_cifar10_folder writes"
-        )
-        raise DataError(path, f"is not a CIFAR-10 file: it {error}", fix) from None
+        own = "a set of your own must be written as experiments.synthetic.write_cifar10_folder writes it"
+        raise DataError(path, f"is not a CIFAR-10 file: it {error}", f"{_replace_fix(path)}; {own}") from None
     except Exception as error:  # noqa: BLE001 - any other failure to parse means the bytes are damaged
         raise DataError(
             path, f"is truncated or corrupt ({type(error).__name__} while unpickling)", _replace_fix(path)
@@ -341,7 +335,6 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    _read_access(path)
     try:
         with open(path, "rb") as file:
             return file.read()
@@ -352,10 +345,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _md5_mismatch(path: Path, raw: bytes) -> str | None:
-    """
-    What differs when `raw`, the bytes read from `path`, lack the published md5 sum for its name, else
-    `None`. The sum is of bytes in memory, never of the file again: those bytes are the ones used next.
-    """
+    """What differs when `raw` (read from `path`, and used next) lacks the md5 published for its name."""
     expected = official_md5()[path.name]
     found = hashlib.md5(raw, usedforsecurity=False).hexdigest()
     return None if found == expected else f"md5 {found} does not match the official {expected}"
@@ -441,11 +431,6 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
         )
 
 
-def _read_access(path: Path) -> None:
-    if not os.access(path, os.R_OK):
-        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path))
-
-
 # ## Downloading
 
 
@@ -476,8 +461,7 @@ def _download_archive(data_dir: Path, *, verify: bool) -> Path:
         finally:
             socket.setdefaulttimeout(previous_timeout)
         downloaded = staging / ARCHIVE_NAME
-        # Unpacking checks the archive again, over the bytes it unpacks; this check keeps a wrong
-        # download from ever being renamed into place.
+        # Unpacking checks the bytes it unpacks again; this keeps a wrong download from being kept.
         if verify and (mismatch := _md5_mismatch(downloaded, downloaded.read_bytes())):
             raise DataError(
                 data_dir,

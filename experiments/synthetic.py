@@ -20,12 +20,10 @@ The folder holds seven files:
 
 ## Python 3's own pickles
 
-The official files were written in 2009 by Python 2's `cPickle` at protocol 2. We write the same dicts
-with Python 3's `pickle.dumps(..., protocol=2)`, which differs only in spelling: byte strings become
-`_codecs.encode` calls and numpy 2 names its rebuilder `numpy._core.multiarray._reconstruct`. The loader
-never unpickles either kind; [`experiments.cifar_pickle`](cifar_pickle.py) recognises both spellings of
-the same few shapes. The road the official spelling takes is tested on a small file in that spelling,
-`tests/fixtures/python2_data_batch`, and on the official `batches.meta` itself (`tests/test_data.py`).
+The official files were written by Python 2's `cPickle` at protocol 2; we write the same dicts with
+Python 3's `pickle.dumps(..., protocol=2)`. The loader never unpickles either:
+[`experiments.cifar_pickle`](cifar_pickle.py) reads both spellings, and `tests/test_data.py` checks
+the official one on the real `batches.meta` and on `tests/fixtures/python2_data_batch`.
 
 ## Colour classes
 
@@ -60,10 +58,7 @@ Labels = Sequence[int] | np.ndarray
 def write_batch_file(
     path: Path, data: np.ndarray, labels: Labels, batch_label: str, name_prefix: str = "synthetic"
 ) -> None:
-    """
-    One batch file: `data` uint8 `[n, 3072]` (or `[n, 3, 32, 32]`), its labels, and file names made up
-    from `name_prefix`. Keys in the official files' order.
-    """
+    """One batch file: uint8 `data` `[n, 3072]` (or `[n, 3, 32, 32]`), labels, made-up file names."""
     data = np.ascontiguousarray(data, dtype=np.uint8).reshape(len(data), -1)
     entry = {
         "batch_label": batch_label,
@@ -136,9 +131,8 @@ _PALETTE = np.array(
 
 def synthetic_batch(n: int, *, separable: bool, seed: int) -> tuple[np.ndarray, list[int]]:
     """
-    One batch worth of images: `data` uint8 `[n, 3072]` in CIFAR's plane order, and `labels`.
-
-    Labels cycle through 0..9 before shuffling, so every class appears once `n >= 10`.
+    One batch worth of images: `data` uint8 `[n, 3072]` in CIFAR's plane order, and `labels`, which
+    cycle through 0..9 before shuffling, so every class appears once `n >= 10`.
     """
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 10)
