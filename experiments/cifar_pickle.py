@@ -143,13 +143,17 @@ def read_pickle(raw: bytes) -> Any:
         del stack[len(stack) - count :]
         return items
 
-    for opcode, arg, _ in pickletools.genops(io.BytesIO(raw)):
+    for opcode, arg, position in pickletools.genops(io.BytesIO(raw)):
         name = opcode.name
+        if position == 0 and name != "PROTO":  # every protocol-2 pickle opens so: this is no pickle
+            raise ValueError("the bytes do not start as a pickle does")
         # The one-item forms fill a container like the many-item forms after a MARK.
         if name in ("APPEND", "SETITEM"):
             marks.append(len(stack) - (1 if name == "APPEND" else 2))
             name += "S"
         if name == "PROTO" and arg != 2:
+            if arg not in (3, 4, 5):  # no protocol at all: damaged bytes
+                raise ValueError(f"a pickle of protocol {arg}, which does not exist")
             raise NotCifarPickle(f"is a protocol-{arg} pickle; CIFAR-10 files are protocol 2")
         elif name in _LITERALS:
             stack.append(arg)

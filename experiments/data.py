@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from experiments.cifar_pickle import NotCifarPickle, read_pickle
+from experiments.errors import ExperimentError
 
 # The per-channel mean and standard deviation of the 50,000 training images (0..1 scale) live in the
 # installed package, so code that classifies with trained weights normalises exactly as training did.
@@ -100,10 +101,10 @@ def official_md5() -> dict[str, str]:
 _IMAGE_VALUES = 3 * 32 * 32
 
 
-class DataError(Exception):
+class DataError(ExperimentError):
     """
     The data on disk cannot be used. `str(error)` is a single line: the path, what is wrong, and the fix,
-    so the trainer can print it and exit without a traceback.
+    so the trainer can print it and exit (status 1, a bad file) without a traceback.
     """
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import pickletools
+import random
 import re
 import shutil
 import socket
@@ -414,7 +415,8 @@ def truncate(path: Path) -> None:
 
 
 def overwrite_with_garbage(path: Path) -> None:
-    path.write_bytes(os.urandom(1000))
+    # Seeded, so the garbage cannot happen to open like a pickle of another protocol.
+    path.write_bytes(random.Random(0).randbytes(1000))
 
 
 def replace_with(path: Path, content: object) -> None:
