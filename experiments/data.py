@@ -14,14 +14,14 @@ augmentation and batching live in `experiments.loader`.
 
 ## What comes from torchvision, and what we add
 
-The md5 sums are those torchvision's `CIFAR10` lists, compared with its `check_integrity`; the
-download is its `download_url`. What we keep on top is what a training run needs and torchvision's
-`CIFAR10` class lacks: nothing the user has is overwritten or deleted (downloading and unpacking
-happen in private staging folders inside `data_dir`, renamed into place only when complete, so an
-interrupted run leaves no half archive or half-filled `cifar-10-batches-py/` that later runs would
-trust, and a failed download removes the folders it created); offline fails within seconds; every
-fault is a one-line `DataError` naming the file and the fix; `verify_checksums=False` for data in
-CIFAR-10's format that is meant to differ; unpickling that can only build arrays; `uint8` tensors.
+The md5 sums are those torchvision's `CIFAR10` lists; the download is its `download_url`. What we keep on
+top is what a training run needs and torchvision's `CIFAR10` class lacks: nothing the user has is
+overwritten or deleted (downloading and unpacking happen in private staging folders inside `data_dir`,
+renamed into place only when complete, so an interrupted run leaves no half archive or half-filled
+`cifar-10-batches-py/` that later runs would trust, and a failed download removes the folders it
+created); offline fails within seconds; every fault is a one-line `DataError` naming the file and the
+fix; `verify_checksums=False` for data in CIFAR-10's format that is meant to differ; pickles read without
+unpickling; `uint8` tensors.
 
 ## Why every file is checked before use
 
@@ -30,8 +30,9 @@ nothing. So every file is examined up front: present, readable, the official md5
 `verify_checksums` is off), a pickle we can read, images of shape $[n, 3072]$ in `uint8`, and labels in
 $0 \dots 9$. Any problem becomes a `DataError` whose message is one line naming the file and the fix.
 
-The batches are pickles, and unpickling runs whatever the file asks for. We only let them build numpy
-arrays and plain Python values, so a damaged or substituted file is reported instead of executed.
+Each file (and the archive) is read once: the md5 sum is of the bytes then parsed or unpacked, so a
+file swapped on disk after its check changes nothing. The batches are pickles, but never unpickled:
+[`experiments.cifar_pickle`](cifar_pickle.py) builds the arrays itself, so a hostile file is refused.
 
 ## Why `uint8`
 
@@ -43,10 +44,10 @@ each batch as it is drawn, which costs far less than shipping floats from the ho
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import io
 import os
-import pickle
 import shutil
 import socket
 import tarfile
@@ -58,6 +59,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from experiments.cifar_pickle import NotCifarPickle, read_pickle
+from experiments.errors import ExperimentError
 
 # The per-channel mean and standard deviation of the 50,000 training images (0..1 scale) live in the
 # installed package, so code that classifies with trained weights normalises exactly as training did.
@@ -97,10 +101,10 @@ def official_md5() -> dict[str, str]:
 _IMAGE_VALUES = 3 * 32 * 32
 
 
-class DataError(Exception):
+class DataError(ExperimentError):
     """
     The data on disk cannot be used. `str(error)` is a single line: the path, what is wrong, and the fix,
-    so the trainer can print it and exit without a traceback.
+    so the trainer can print it and exit (status 1, a bad file) without a traceback.
     """
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
@@ -272,7 +276,9 @@ def _read_meta(path: Path, *, verify: bool) -> tuple[str, ...]:
     if not isinstance(names, list) or len(names) != NUM_CLASSES:
         problem = f"does not list {NUM_CLASSES} class names under 'label_names'"
         raise DataError(path, problem, _replace_fix(path))
-    return tuple(name.decode("latin1") if isinstance(name, bytes) else str(name) for name in names)
+    if not all(isinstance(name, (str, bytes)) for name in names):
+        raise DataError(path, "has class names that are not text", _replace_fix(path))
+    return tuple(name.decode("latin1") if isinstance(name, bytes) else name for name in names)
 
 
 def _read_batch(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -289,19 +295,18 @@ def _read_batch(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     if images.shape[1] != _IMAGE_VALUES or images.shape[0] == 0:
         problem = f"holds images of shape {list(images.shape)}, expected [n>0, {_IMAGE_VALUES}]"
         raise DataError(path, problem, fix)
-    try:
-        labels = np.asarray(entry["labels"])
-    except (TypeError, ValueError):
-        raise DataError(path, "has labels that are not a list of integers", fix) from None
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    labels = entry["labels"]
+    if isinstance(labels, np.ndarray) and labels.ndim == 1:  # integer arrays only: the parser saw to it
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
         raise DataError(path, "has labels that are not a flat list of integers", fix)
     if len(labels) != len(images):
         raise DataError(path, f"has {len(images)} images but {len(labels)} labels", fix)
-    out_of_range = labels[(labels < 0) | (labels >= NUM_CLASSES)]
-    if len(out_of_range):
-        raise DataError(path, f"has labels outside 0..{NUM_CLASSES - 1} (e.g. {int(out_of_range[0])})", fix)
-    # A writable, contiguous copy when the pickle gave anything else, so torch can share its memory.
-    return np.require(images, requirements=["C", "W"]), labels.astype(np.int64)
+    out_of_range = [label for label in labels if not 0 <= label < NUM_CLASSES]
+    if out_of_range:
+        raise DataError(path, f"has labels outside 0..{NUM_CLASSES - 1} (e.g. {out_of_range[0]})", fix)
+    # The parser built `images` itself, writable and C-contiguous, so torch can share its memory.
+    return images, np.array(labels, dtype=np.int64)
 
 
 def _replace_fix(path: Path) -> str:
@@ -312,20 +317,16 @@ def _replace_fix(path: Path) -> str:
 
 
 def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
-    """Read, check the md5 (when `verify`) and unpickle one file; keys come back as `str`."""
+    """Read one file once, check the md5 of those bytes (when `verify`), parse them; keys as `str`."""
     raw = _read_bytes(path)
     if verify:
-        _verify_md5(path)
+        _verify_md5(path, raw)
     try:
-        entry = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except _ForbiddenGlobal as error:
-        fix = (
-            f"{_replace_fix(path)}; a set of your own must be pickled as the official files were, "
-            f"which experiments.synthetic.write_cifar10_folder does"
-        )
-        problem = f"asks the unpickler to build {error}, which a CIFAR-10 file never does"
-        raise DataError(path, problem, fix) from None
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the bytes are damaged
+        entry = read_pickle(raw)
+    except NotCifarPickle as error:
+        own = "a set of your own must be written as experiments.synthetic.write_cifar10_folder writes it"
+        raise DataError(path, f"is not a CIFAR-10 file: it {error}", f"{_replace_fix(path)}; {own}") from None
+    except Exception as error:  # noqa: BLE001 - any other failure to parse means the bytes are damaged
         raise DataError(
             path, f"is truncated or corrupt ({type(error).__name__} while unpickling)", _replace_fix(path)
         ) from None
@@ -335,7 +336,6 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    _read_access(path)
     try:
         with open(path, "rb") as file:
             return file.read()
@@ -345,18 +345,15 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(path, f"cannot be read ({error.strerror})", "check the disk and the file") from None
 
 
-def _md5_mismatch(path: Path) -> str | None:
-    """What differs when `path` lacks the published md5 sum for its name, else `None`."""
-    from torchvision.datasets.utils import calculate_md5, check_integrity
-
+def _md5_mismatch(path: Path, raw: bytes) -> str | None:
+    """What differs when `raw` (read from `path`, and used next) lacks the md5 published for its name."""
     expected = official_md5()[path.name]
-    if check_integrity(path, expected):
-        return None
-    return f"md5 {calculate_md5(path)} does not match the official {expected}"
+    found = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    return None if found == expected else f"md5 {found} does not match the official {expected}"
 
 
-def _verify_md5(path: Path) -> None:
-    if mismatch := _md5_mismatch(path):
+def _verify_md5(path: Path, raw: bytes) -> None:
+    if mismatch := _md5_mismatch(path, raw):
         raise DataError(
             path,
             mismatch,
@@ -364,35 +361,6 @@ def _verify_md5(path: Path) -> None:
             f"again, or replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL}); for data "
             f"in CIFAR-10's format that is meant to differ, pass verify_checksums=false",
         )
-
-
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    pass
-
-
-# Exactly what the official files ask for. Python 2's cPickle wrote them with numpy 1, so a byte string
-# is a plain Python 2 `str` and an array names `numpy.core`. Python 3's own pickles ask for more
-# (`_codecs.encode` to rebuild every byte string, numpy 2's `numpy._core`) and are refused: no CIFAR-10
-# file was written that way, and `experiments.synthetic` writes sets of one's own as the official ones.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-# numpy 2 moved its internals from `numpy.core` to `numpy._core` (the old name still imports, with a
-# deprecation warning); the files name the old place, so we look in the new one where it exists.
-_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler that can only build numpy arrays and plain Python values."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _ForbiddenGlobal(f"{module}.{name}")
-        if module.startswith("numpy.core."):
-            module = _NUMPY_CORE + module.removeprefix("numpy.core")
-        return super().find_class(module, name)
 
 
 # ## Unpacking the archive
@@ -403,11 +371,12 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
     Unpack `archive` so that `data_dir/cifar-10-batches-py/` appears complete, or not at all.
 
     Members with absolute paths, `..`, links or device files are refused: the official archive has none,
-    and unpacking them could write outside `data_dir`.
+    and unpacking them could write outside `data_dir`. The archive is read into memory once; its md5 and
+    the unpacking both use those bytes.
     """
-    _read_access(archive)
+    raw = _read_bytes(archive)
     if verify:
-        _verify_md5(archive)
+        _verify_md5(archive, raw)
     corrupt_fix = f"move {archive} away and run again to download it afresh, or put the official file there"
     try:
         staging = Path(tempfile.mkdtemp(prefix=".cifar-10-unpacking-", dir=data_dir))
@@ -418,7 +387,7 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
             f"make the folder writable, or unpack it yourself: tar -xzf {archive} -C {data_dir}",
         ) from None
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
             members = tar.getmembers()
             for member in members:
                 _check_member(archive, member)
@@ -463,11 +432,6 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
         )
 
 
-def _read_access(path: Path) -> None:
-    if not os.access(path, os.R_OK):
-        raise DataError(path, "cannot be read (permission denied)", _permission_fix(path))
-
-
 # ## Downloading
 
 
@@ -498,7 +462,8 @@ def _download_archive(data_dir: Path, *, verify: bool) -> Path:
         finally:
             socket.setdefaulttimeout(previous_timeout)
         downloaded = staging / ARCHIVE_NAME
-        if verify and (mismatch := _md5_mismatch(downloaded)):
+        # Unpacking checks the bytes it unpacks again; this keeps a wrong download from being kept.
+        if verify and (mismatch := _md5_mismatch(downloaded, downloaded.read_bytes())):
             raise DataError(
                 data_dir,
                 f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})",

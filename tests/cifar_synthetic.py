@@ -3,8 +3,8 @@ r"""
 
 The real data set cannot be downloaded on the machines the tests run on, and 170 MB would make the
 tests slow anyway. What the loading code has to get right is the *format*, and
-[`experiments.synthetic`](../experiments/synthetic.py) writes exactly that: Python 2 `cPickle` files
-in the layout of the official `cifar-10-python.tar.gz`, filled with colour-class or random images. The
+[`experiments.synthetic`](../experiments/synthetic.py) writes exactly that: protocol-2 pickles in the
+layout of the official `cifar-10-python.tar.gz`, filled with colour-class or random images. The
 tests take the writer and its images from there (the names below are re-exported, so a test reads
 `synthetic.write_batch_file`), and add what only tests need:
 
@@ -30,7 +30,6 @@ from experiments import data
 from experiments.data import ARCHIVE_NAME, BATCHES_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES
 from experiments.synthetic import (
     CLASS_NAMES,
-    python2_pickle,
     synthetic_arrays,
     synthetic_batch,
     write_batch_file,
@@ -47,7 +46,6 @@ __all__ = [
     "TEST_FILE",
     "TRAIN_FILES",
     "publish_digests_of",
-    "python2_pickle",
     "synthetic_arrays",
     "synthetic_batch",
     "write_batch_file",

@@ -3,24 +3,30 @@ What `experiments.data` promises about the files on disk: it reads the official 
 archive safely, turns every fault into a one-line `DataError` that names the file and the fix, fails fast
 when offline, and never deletes or changes anything the user already had.
 
-All data here is synthetic (`experiments.synthetic`, through `tests/cifar_synthetic.py`), written as
-Python 2's cPickle wrote the official files, so the loader under test takes the road real files take.
-Tests pass `verify_checksums=False`, as a user with files of their own would, unless they are about
-checksums; those replace the published digests with the digests of the files they wrote, so the path
-that accepts a good file runs too.
+All data here is synthetic (`experiments.synthetic`, through `tests/cifar_synthetic.py`), pickled by
+Python 3 at protocol 2; the official files' Python 2 spelling is checked on the official `batches.meta`
+and on a small checked-in batch in that spelling (`tests/fixtures/python2_data_batch`). Tests pass
+`verify_checksums=False`, as a user with files of their own would, unless they are about checksums;
+those replace the published digests with the digests of the files they wrote, so the path that
+accepts a good file runs too. Hostile files are loaded in a subprocess, so that a crash inside the
+loader fails its test instead of ending the test session.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import pickletools
+import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -38,6 +44,7 @@ import pytest
 import torch
 
 from experiments import data
+from experiments.cifar_pickle import read_pickle
 from experiments.data import DataError, load_cifar10, split_validation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +101,8 @@ def test_reads_the_official_layout(tmp_path: Path) -> None:
     synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=12, n_test=10)
     expected = synthetic.synthetic_arrays(12, 10)
     with warnings.catch_warnings():
-        # The files name `numpy.core`, which numpy 2 deprecates: the loader must not import it as named.
+        # The files name numpy's internals (`numpy.core` is deprecated in numpy 2): they are only names
+        # to the loader, which never imports them.
         warnings.simplefilter("error")
         arrays = load_cifar10(tmp_path, download=False, verify_checksums=False)
 
@@ -128,57 +136,103 @@ def test_existing_folder_is_used_and_the_archive_left_alone(tmp_path: Path) -> N
     assert snapshot(tmp_path) == before
 
 
-# ## The fixtures have the official format
+# ## The official files' spelling
 #
-# The official files were written by Python 2's cPickle at protocol 2 with numpy 1. These tests pin that
-# the fixtures are too, so every other test here feeds the loader what real users' files feed it.
+# The official files were written by Python 2's cPickle at protocol 2 with numpy 1; the synthetic ones
+# by Python 3. The loader reads both without unpickling; these tests pin the Python 2 road on the real
+# `batches.meta` and on a small batch written in that spelling (by the Python 2 emulator this project
+# used before, whose output matched the official `batches.meta` byte for byte).
 
-
-def test_fixture_meta_file_is_the_official_file_byte_for_byte(tmp_path: Path) -> None:
-    # The real batches.meta lists 10,000 images per batch; its md5 sum is published, so equal sums mean
-    # the writer reproduces cPickle's strings, ints, list, dict and memo entries exactly.
-    path = tmp_path / synthetic.META_FILE
-    synthetic.write_meta_file(path, 10_000)
-    assert hashlib.md5(path.read_bytes()).hexdigest() == PUBLISHED_MD5["batches.meta"]
+# The official `batches.meta`, 158 bytes: ten class names and two numbers, no images.
+OFFICIAL_META = (
+    b"\x80\x02}q\x01(U\x13num_cases_per_batchq\x02M\x10'U\x0blabel_namesq\x03]q\x04(U\x08airplaneq\x05"
+    b"U\nautomobileq\x06U\x04birdq\x07U\x03catq\x08U\x04deerq\tU\x03dogq\nU\x04frogq\x0bU\x05horseq\x0c"
+    b"U\x04shipq\rU\x05truckq\x0eeU\x07num_visq\x0fM\x00\x0cu."
+)
+PYTHON2_BATCH = Path(__file__).resolve().parent / "fixtures" / "python2_data_batch"
 
 
 def opcodes(blob: bytes) -> list[tuple[str, object]]:
     return [(op.name, arg) for op, arg, _ in pickletools.genops(blob)]
 
 
-def test_fixture_batches_are_python_2_cpickle_output(tmp_path: Path) -> None:
-    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=12, n_test=10)
-    rows, labels = synthetic.synthetic_arrays(12, 10)["data_batch_3"]
-    blob = (folder / "data_batch_3").read_bytes()
+def test_the_official_batches_meta_loads_with_its_published_md5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert hashlib.md5(OFFICIAL_META).hexdigest() == PUBLISHED_MD5["batches.meta"]
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    (folder / "batches.meta").write_bytes(OFFICIAL_META)
+    # Only the synthetic batches get digests of their own; batches.meta is checked against the real one.
+    synthetic.publish_digests_of(
+        monkeypatch, *(folder / name for name in [*data.TRAIN_FILES, data.TEST_FILE])
+    )
+    assert load_cifar10(tmp_path, download=False).classes == tuple(synthetic.CLASS_NAMES)
+    assert read_pickle(OFFICIAL_META) == pickle.loads(OFFICIAL_META, encoding="latin1")
+
+
+def test_a_batch_in_python_2_spelling_loads_as_the_standard_unpickler_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = PYTHON2_BATCH.read_bytes()
     ops = opcodes(blob)
-    names = [name for name, _ in ops]
-    assert ops[0] == ("PROTO", 2) and max(op.proto for op, _, _ in pickletools.genops(blob)) == 2
-    # Python 2 `str`, never Python 3's bytes or unicode opcodes, nor `_codecs.encode` calls to make bytes.
-    strings = {name for name in names if "STRING" in name or "BYTES" in name or "UNICODE" in name}
-    assert strings == {"SHORT_BINSTRING", "BINSTRING"}
+    # What makes it the official spelling: Python 2 strings (the pixels one BINSTRING), numpy 1's names.
+    assert {name for name, _ in ops if "STRING" in name or "BYTES" in name or "UNICODE" in name} == {
+        "SHORT_BINSTRING",
+        "BINSTRING",
+    }
     assert {arg for name, arg in ops if name == "GLOBAL"} == {
         "numpy.core.multiarray _reconstruct",
         "numpy ndarray",
         "numpy dtype",
     }
-    assert "STACK_GLOBAL" not in names and "FRAME" not in names
-    # The pixels are one BINSTRING, the raw bytes numpy's __setstate__ receives (as latin-1 text when
-    # loaded the way loaders load these files).
-    assert [arg for name, arg in ops if name == "BINSTRING"] == [rows.tobytes().decode("latin-1")]
-    assert b"cnumpy\ndtype\nq\x0aU\x02u1K\x00K\x01\x87Rq\x0b(K\x03U\x01|NNNJ\xff\xff\xff\xff" in blob
-    # Keys in the official order; under Python 3 they read back as bytes or, with latin-1, as str.
-    as_bytes = pickle.loads(blob, encoding="bytes")
-    assert list(as_bytes) == [b"batch_label", b"labels", b"data", b"filenames"]
-    assert as_bytes[b"labels"] == labels and np.array_equal(as_bytes[b"data"], rows)
-    as_text = pickle.loads(blob, encoding="latin1")
-    assert as_text["batch_label"] == "training batch 3 of 5" and np.array_equal(as_text["data"], rows)
+    # The fixture is trusted (it is ours), so the standard unpickler may give the reference reading.
+    reference = pickle.loads(blob, encoding="latin1")
+    assert reference["data"].shape == (3, 3072) and reference["labels"] == [3, 1, 9]
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    shutil.copy(PYTHON2_BATCH, folder / "data_batch_1")
+    synthetic.publish_digests_of(monkeypatch, *folder.iterdir())
+    arrays = load_cifar10(tmp_path, download=False)
+    assert arrays.train_images.shape == (3 + 4 * 4, 3, 32, 32)
+    assert np.array_equal(arrays.train_images[:3].reshape(3, 3072).numpy(), reference["data"])
+    assert arrays.train_labels[:3].tolist() == reference["labels"]
+    assert arrays.classes == tuple(synthetic.CLASS_NAMES)
 
 
-def test_python_2_lists_and_dicts_are_filled_a_thousand_items_at_a_time() -> None:
-    names = [name for name, _ in opcodes(synthetic.python2_pickle({"labels": list(range(2001))}))]
-    # One item: SETITEM; 2001 items: APPENDS, APPENDS, APPEND.
-    assert names.count("SETITEM") == 1 and "SETITEMS" not in names
-    assert names.count("APPENDS") == 2 and names.count("APPEND") == 1 and names.count("MARK") == 2
+@pytest.mark.parametrize("numpy_module", ["numpy._core.multiarray", "numpy.core.multiarray"])
+def test_python_3_pickles_load_whichever_numpy_wrote_them(tmp_path: Path, numpy_module: str) -> None:
+    # Python 3 at protocol 2 spells bytes as `_codecs.encode` calls; numpy 2 names `numpy._core`, numpy 1
+    # `numpy.core`. Both spellings describe the same arrays; labels may be an array too.
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    rows, labels = synthetic.synthetic_batch(20, separable=False, seed=5)
+    entry = {"batch_label": "b", "labels": np.array(labels, np.int64), "data": rows}
+    blob = pickle.dumps(entry, protocol=2)
+    assert b"_codecs\nencode" in blob
+    (folder / "test_batch").write_bytes(re.sub(rb"numpy\._?core\.multiarray", numpy_module.encode(), blob))
+    arrays = load_cifar10(tmp_path, download=False, verify_checksums=False)
+    assert np.array_equal(arrays.test_images.reshape(20, 3072).numpy(), rows)
+    assert arrays.test_labels.tolist() == labels
+
+
+def test_the_parser_reads_what_python_3_writes_as_the_unpickler_does() -> None:
+    value = {
+        "ints": [0, 1, 255, 256, 65535, 65536, -1, 2**31, 2**70, -(2**70)],
+        "text": ["", "a", "é", "x" * 300],
+        "bytes": [b"", b"\xff\x00", bytes(range(256)) * 2],
+        "nested": [(1, (2, [3, {"k": None}])), True, False],
+        # Python fills lists and dicts a thousand items at a time, and a single item on its own.
+        "long": [list(range(2500)), {str(i): i for i in range(1001)}, [7], {"k": 1}],
+        **{code: np.arange(12, dtype=code).reshape(3, 4) for code in ["u1", "i1", "<i2", ">i4", "<u8", "i8"]},
+    }
+    blob = pickle.dumps(value, protocol=2)
+    parsed, reference = read_pickle(blob), pickle.loads(blob)
+    for key in ["ints", "text", "bytes", "nested", "long"]:
+        assert parsed[key] == reference[key]
+    for code in ["u1", "i1", "<i2", ">i4", "<u8", "i8"]:
+        # numpy's own loading may swap a big-endian array to native order; the numbers are what count.
+        assert parsed[code].dtype.kind == reference[code].dtype.kind
+        assert parsed[code].dtype.itemsize == reference[code].dtype.itemsize
+        assert parsed[code].tolist() == reference[code].tolist()
+        assert parsed[code].flags.writeable and parsed[code].flags.c_contiguous
 
 
 # ## Checksums on: the path every real user takes
@@ -187,8 +241,9 @@ def test_python_2_lists_and_dicts_are_filled_a_thousand_items_at_a_time() -> Non
 def flip_a_pixel(path: Path) -> None:
     """Change one byte of the image payload: the file still unpickles, only its md5 sum tells."""
     blob = bytearray(path.read_bytes())
-    at = len(blob) // 2
-    blob[at] ^= 0xFF
+    # An ASCII byte, whose lowest bit may flip without breaking the UTF-8 that Python 3 writes text in.
+    at = next(i for i in range(len(blob) // 2, len(blob)) if blob[i] < 0x80)
+    blob[at] ^= 0x01
     path.write_bytes(bytes(blob))
 
 
@@ -360,17 +415,18 @@ def truncate(path: Path) -> None:
 
 
 def overwrite_with_garbage(path: Path) -> None:
-    path.write_bytes(os.urandom(1000))
+    # Seeded, so the garbage cannot happen to open like a pickle of another protocol.
+    path.write_bytes(random.Random(0).randbytes(1000))
 
 
 def replace_with(path: Path, content: object) -> None:
-    path.write_bytes(synthetic.python2_pickle(content))
+    path.write_bytes(pickle.dumps(content, protocol=2))
 
 
-def rewrite(path: Path, changes: dict[bytes, object]) -> None:
-    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+def rewrite(path: Path, changes: dict[str, object]) -> None:
+    entry = pickle.loads(path.read_bytes())  # our own synthetic file, so the standard unpickler may read it
     entry.update(changes)
-    path.write_bytes(synthetic.python2_pickle(entry))
+    path.write_bytes(pickle.dumps(entry, protocol=2))
 
 
 class RunsShellCommand:
@@ -390,20 +446,27 @@ FAULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "corrupt": ("test_batch", overwrite_with_garbage, "truncated or corrupt"),
     "wrong image width": (
         "data_batch_4",
-        lambda path: rewrite(path, {b"data": np.zeros((20, 3000), np.uint8)}),
+        lambda path: rewrite(path, {"data": np.zeros((20, 3000), np.uint8)}),
         "expected [n>0, 3072]",
     ),
     "float images": (
         "data_batch_1",
-        lambda path: rewrite(path, {b"data": np.zeros((20, 3072), np.float32)}),
+        lambda path: rewrite(path, {"data": np.zeros((20, 3072), np.float32)}),
         "expected uint8",
     ),
-    "labels count": ("data_batch_5", lambda path: rewrite(path, {b"labels": [0] * 19}), "but 19 labels"),
-    "label 10": ("test_batch", lambda path: rewrite(path, {b"labels": [10] * 20}), "outside 0..9"),
-    "label -1": ("data_batch_1", lambda path: rewrite(path, {b"labels": [-1] + [0] * 19}), "outside 0..9"),
-    "no labels": ("data_batch_1", lambda path: replace_with(path, {b"data": 1}), "'labels'"),
+    "int16 images": (
+        "data_batch_1",
+        lambda path: rewrite(path, {"data": np.zeros((20, 3072), np.int16)}),
+        "expected uint8",
+    ),
+    "labels not ints": ("data_batch_2", lambda path: rewrite(path, {"labels": ["0"] * 20}), "flat list of"),
+    "protocol 4": ("data_batch_3", lambda path: path.write_bytes(pickle.dumps({}, protocol=4)), "protocol 2"),
+    "labels count": ("data_batch_5", lambda path: rewrite(path, {"labels": [0] * 19}), "but 19 labels"),
+    "label 10": ("test_batch", lambda path: rewrite(path, {"labels": [10] * 20}), "outside 0..9"),
+    "label -1": ("data_batch_1", lambda path: rewrite(path, {"labels": [-1] + [0] * 19}), "outside 0..9"),
+    "no labels": ("data_batch_1", lambda path: replace_with(path, {"data": 1}), "'labels'"),
     "not a dict": ("data_batch_1", lambda path: replace_with(path, [1, 2]), "not a CIFAR-10"),
-    "meta without names": ("batches.meta", lambda path: rewrite(path, {b"label_names": []}), "class names"),
+    "meta without names": ("batches.meta", lambda path: rewrite(path, {"label_names": []}), "class names"),
 }
 
 
@@ -428,30 +491,373 @@ def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path: Path) -> None
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize(
-    ("numpy_module", "refused"),
-    [
-        ("numpy._core.multiarray", "numpy._core.multiarray._reconstruct"),
-        ("numpy.core.multiarray", "_codecs.encode"),
-    ],
-    ids=["numpy 2", "numpy 1"],
-)
-def test_python_3_pickles_are_refused_naming_what_they_ask_for(
-    tmp_path: Path, numpy_module: str, refused: str
+# ## Hostile files
+#
+# Files crafted to make the loader build something other than arrays of numbers, assembled here opcode
+# by opcode in the official files' Python 2 spelling. The first is the reported attack: a dtype whose
+# state names an object field while claiming to hold no objects, which numpy's own `__setstate__` would
+# accept, taking eight bytes of the file for a pointer (a segmentation fault when a class name is read).
+# All cases are loaded in one subprocess, so that a crash fails these tests instead of ending the test
+# session; each is loaded with checksums off, and on with the hostile file's own md5 published (as if
+# the digest list had been forged), and must end in the one-line refusal naming the file.
+
+
+def p_int(value: int) -> bytes:
+    if -(2**31) <= value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def p_str(raw: bytes) -> bytes:
+    return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw
+
+
+def p_global(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def p_tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def p_list(*items: bytes) -> bytes:
+    return b"](" + b"".join(items) + b"e"
+
+
+def p_dict(**items: bytes) -> bytes:
+    return b"}(" + b"".join(p_str(key.encode()) + value for key, value in items.items()) + b"u"
+
+
+def p_dtype(
+    code: str, subarray: bytes = b"N", names: bytes = b"N", fields: bytes = b"N", *sizes: int
+) -> bytes:
+    """numpy.dtype(code, 0, 1) with a version-3 state; `sizes` are (itemsize, alignment, flags)."""
+    itemsize, alignment, flags = sizes or (-1, -1, 0)
+    state = p_tuple(
+        p_int(3), p_str(b"|"), subarray, names, fields, p_int(itemsize), p_int(alignment), p_int(flags)
+    )
+    return (
+        p_global("numpy", "dtype") + p_tuple(p_str(code.encode()), p_int(0), p_int(1)) + b"R" + state + b"b"
+    )
+
+
+UINT8 = p_dtype("u1")
+NEW_ARRAY = p_global("numpy.core.multiarray", "_reconstruct")
+NEW_ARRAY += p_tuple(p_global("numpy", "ndarray"), p_tuple(p_int(0)), p_str(b"b")) + b"R"
+
+
+def p_array(shape: tuple[int, ...], dtype: bytes, raw: bytes, fortran: bytes = b"\x89") -> bytes:
+    return NEW_ARRAY + p_tuple(p_int(1), p_tuple(*map(p_int, shape)), dtype, fortran, p_str(raw)) + b"b"
+
+
+def p_file(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+def hostile_batch(data: bytes, labels: bytes = p_list(*[p_int(0)] * 20)) -> bytes:
+    return p_file(p_dict(batch_label=p_str(b"b"), labels=labels, data=data, filenames=p_list()))
+
+
+def hostile_meta(names: list[bytes]) -> bytes:
+    return p_file(p_dict(num_cases_per_batch=p_int(20), label_names=p_list(*names), num_vis=p_int(3072)))
+
+
+PIXELS = bytes(20 * 3072)
+OBJECT = p_dtype("O8", b"N", b"N", b"N", -1, -1, 63)
+# An object field at offset 0 of an 8-byte void dtype whose flags (0) claim it holds no objects.
+OBJECT_FIELD = p_dtype("V8", b"N", p_tuple(p_str(b"a")), p_dict(a=p_tuple(OBJECT, p_int(0))), 8, 1, 0)
+HOSTILE: dict[str, tuple[str, bytes]] = {
+    "object field in a dtype claiming none": (
+        "batches.meta",
+        hostile_meta([p_array((1,), OBJECT_FIELD, b"A" * 8)] * 10),
+    ),
+    "object dtype": ("data_batch_1", hostile_batch(p_array((20, 3072), OBJECT, b"A" * 8 * 20 * 3072))),
+    "structured dtype": (
+        "data_batch_2",
+        hostile_batch(
+            p_array(
+                (20, 3072),
+                p_dtype("V1", b"N", p_tuple(p_str(b"r")), p_dict(r=p_tuple(UINT8, p_int(0))), 1, 1, 0),
+                PIXELS,
+            )
+        ),
+    ),
+    "sub-array dtype": (
+        "data_batch_3",
+        hostile_batch(
+            p_array(
+                (20,), p_dtype("V3072", p_tuple(UINT8, p_tuple(p_int(3072))), b"N", b"N", 3072, 1, 0), PIXELS
+            )
+        ),
+    ),
+    "fields under a uint8 code": (
+        "batches.meta",
+        hostile_meta(
+            [
+                p_array(
+                    (1,), p_dtype("u1", b"N", p_tuple(p_str(b"a")), p_dict(a=p_tuple(UINT8, p_int(0)))), b"A"
+                )
+            ]
+            * 10
+        ),
+    ),
+    "sub-array under a uint8 code": (
+        "data_batch_1",
+        hostile_batch(p_array((20,), p_dtype("u1", p_tuple(UINT8, p_tuple(p_int(3072)))), PIXELS)),
+    ),
+    "dtype flags claiming objects": (
+        "data_batch_4",
+        hostile_batch(p_array((20, 3072), p_dtype("u1", b"N", b"N", b"N", -1, -1, 63), PIXELS)),
+    ),
+    "huge shape": ("data_batch_5", hostile_batch(p_array((10**6, 10**6), UINT8, PIXELS))),
+    "huge shape, matching bytes overflow": (
+        "data_batch_5",
+        hostile_batch(p_array((2**32, 2**32, 2**32), UINT8, PIXELS)),
+    ),
+    "negative shape": ("test_batch", hostile_batch(p_array((-20, 3072), UINT8, PIXELS))),
+    "fortran order": ("data_batch_1", hostile_batch(p_array((20, 3072), UINT8, PIXELS, fortran=b"\x88"))),
+    "byte length mismatch": ("data_batch_2", hostile_batch(p_array((20, 3072), UINT8, PIXELS[:100]))),
+    "class names that are numbers": ("batches.meta", hostile_meta([p_int(i) for i in range(10)])),
+    "class names that are arrays": ("batches.meta", hostile_meta([p_array((1,), UINT8, b"a")] * 10)),
+    "array used before it is described": (
+        "data_batch_3",
+        hostile_batch(p_array((20, 3072), UINT8, PIXELS), p_list(NEW_ARRAY)),
+    ),
+    "labels a list that holds itself": (
+        "data_batch_2",
+        hostile_batch(p_array((20, 3072), UINT8, PIXELS), b"]q\x01(h\x01e"),
+    ),
+    "labels nested 100,000 deep": (
+        "data_batch_3",
+        hostile_batch(p_array((20, 3072), UINT8, PIXELS), b"](" * 100_000 + b"e" * 100_000),
+    ),
+    "ndarray constructed directly": (
+        "data_batch_4",
+        hostile_batch(
+            p_global("numpy", "ndarray") + p_tuple(p_tuple(p_int(10**6), p_int(10**6)), p_str(b"u1")) + b"R"
+        ),
+    ),
+    "array rebuilder with a shape of its own": (
+        "data_batch_5",
+        hostile_batch(
+            p_global("numpy.core.multiarray", "_reconstruct")
+            + p_tuple(p_global("numpy", "ndarray"), p_tuple(p_int(10**12)), p_str(b"b"))
+            + b"R"
+        ),
+    ),
+    "state set on a dict": ("test_batch", hostile_batch(p_dict() + p_dict(__class__=p_str(b"x")) + b"b")),
+    "bytes decoded by another codec": (
+        "test_batch",
+        hostile_batch(p_global("_codecs", "encode") + p_tuple(p_str(b"78"), p_str(b"hex")) + b"R"),
+    ),
+    "os.system": (
+        "data_batch_1",
+        hostile_batch(p_global("os", "system") + p_tuple(p_str(b"touch SENTINEL")) + b"R"),
+    ),
+    "builtins.eval": (
+        "batches.meta",
+        p_file(p_global("builtins", "eval") + p_tuple(p_str(b"open('SENTINEL', 'w')")) + b"R"),
+    ),
+}
+
+LOAD_HOSTILE_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from experiments import data
+for folder in sys.argv[2:]:
+    files = Path(folder, data.BATCHES_FOLDER)
+    forged = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in files.iterdir()}
+    for verify in (False, True):
+        data.official_md5 = lambda: forged
+        try:
+            data.load_cifar10(folder, download=False, verify_checksums=verify)
+            outcome = "loaded"
+        except data.DataError as error:
+            outcome = str(error)
+        print(json.dumps([Path(folder).name, verify, outcome]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], str]:
+    """What loading each hostile case said, by (case, checksums on): the error, "loaded", or a crash."""
+    root = tmp_path_factory.mktemp("hostile")
+    folders = []
+    for i, (name, content) in enumerate(HOSTILE.values()):
+        folder = root / f"case{i}"
+        synthetic.write_synthetic_cifar10(folder)
+        (folder / data.BATCHES_FOLDER / name).write_bytes(
+            content.replace(b"SENTINEL", str(root / "ran").encode())
+        )
+        folders.append(str(folder))
+    outcomes: dict[tuple[str, bool], str] = {}
+    while folders:
+        command = [sys.executable, "-c", LOAD_HOSTILE_SCRIPT, str(REPO_ROOT), *folders]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
+        for case, verify, message in map(json.loads, result.stdout.splitlines()):
+            outcomes[case, verify] = message
+        if result.returncode == 0:
+            break
+        # The loader died (a crash): blame the first unfinished case and go on with the ones after it.
+        died = next(i for i, folder in enumerate(folders) if (Path(folder).name, True) not in outcomes)
+        for verify in (False, True):
+            crash = f"the loader died with exit status {result.returncode}: {result.stderr[-500:]}"
+            outcomes.setdefault((Path(folders[died]).name, verify), crash)
+        folders = folders[died + 1 :]
+    assert not (root / "ran").exists(), "a hostile file ran code"
+    return outcomes
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["checksums off", "checksums on"])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_file_is_refused_in_one_line(
+    hostile_outcomes: dict[tuple[str, bool], str], case: str, verify: bool
 ) -> None:
-    # Python 3's own protocol-2 pickle of a batch names the array rebuilder where the installed numpy
-    # keeps it and rebuilds each byte string with `_codecs.encode`. No official file asks for either, so
-    # the unpickler allows neither: with numpy 1's module name, `_codecs.encode` is the first refusal.
-    folder = synthetic.write_synthetic_cifar10(tmp_path)
-    rows, labels = synthetic.synthetic_batch(20, separable=False, seed=5)
-    blob = pickle.dumps({"batch_label": "b", "labels": labels, "data": rows}, protocol=2)
-    assert b"_codecs\nencode" in blob
-    (folder / "test_batch").write_bytes(re.sub(rb"numpy\._?core\.multiarray", numpy_module.encode(), blob))
-    before = snapshot(tmp_path)
-    error = load_expecting_error(tmp_path, download=False, verify_checksums=False)
-    assert str(error).startswith(f"{folder / 'test_batch'}: asks the unpickler to build {refused}, ")
-    assert "experiments.synthetic.write_cifar10_folder" in str(error)
-    assert snapshot(tmp_path) == before
+    message = hostile_outcomes[f"case{list(HOSTILE).index(case)}", verify]
+    name = HOSTILE[case][0]
+    assert f"{data.BATCHES_FOLDER}/{name}: " in message, message
+    assert "\n" not in message and "Fix:" in message
+    refusals = ("is not a CIFAR-10 file", "class names that are not text", "not a flat list of integers")
+    assert any(refusal in message for refusal in refusals), message
+
+
+CIFAR10_SCRIPT = REPO_ROOT / "experiments" / "cifar10.py"
+REPRODUCTION = HOSTILE["object field in a dtype claiming none"][1]
+
+
+def run_cifar10(*argv: str) -> subprocess.CompletedProcess:
+    """The trainer's command line in a subprocess, on one thread, with a tiny network."""
+    from synthetic_main import TINY_MODEL  # imports the trainer: only for the tests that run it
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(CIFAR10_SCRIPT), *argv, "--device", "cpu", "--epochs", "1", *TINY_MODEL]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def assert_refused_in_one_line(result: subprocess.CompletedProcess, path: Path) -> str:
+    """Exit status 1, nothing on stdout, and one line on stderr that names `path`."""
+    assert result.returncode == 1, f"exit status {result.returncode}: {result.stderr[-2000:]}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), result.stderr[-2000:]
+    assert result.stdout.strip() == ""
+    return lines[0]
+
+
+def write_reproduction(root: Path) -> Path:
+    """The reported attack: a CIFAR-10 folder whose class names point numpy at address 0x4141414141414141."""
+    folder = synthetic.write_synthetic_cifar10(root, separable=True)
+    (folder / data.META_FILE).write_bytes(REPRODUCTION)
+    return folder
+
+
+def test_the_reported_attack_is_refused_by_the_trainer_with_checksums_off_and_on(tmp_path: Path) -> None:
+    folder = write_reproduction(tmp_path / "data")
+    args = ["--data-dir", str(tmp_path / "data"), "--logs-dir", str(tmp_path / "logs")]
+    line = assert_refused_in_one_line(run_cifar10(*args, "verify_checksums=false"), folder / data.META_FILE)
+    assert "is not a CIFAR-10 file" in line
+    line = assert_refused_in_one_line(run_cifar10(*args), folder / data.META_FILE)
+    assert "md5" in line
+    assert not (tmp_path / "logs").exists(), "nothing is written for a run that never starts"
+
+
+def test_the_reported_attack_packed_as_the_archive_is_refused(tmp_path: Path) -> None:
+    made = write_reproduction(tmp_path / "made")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with tarfile.open(data_dir / data.ARCHIVE_NAME, "w:gz") as tar:
+        tar.add(made, arcname=data.BATCHES_FOLDER)
+    args = ["--data-dir", str(data_dir), "--logs-dir", str(tmp_path / "logs"), "verify_checksums=false"]
+    line = assert_refused_in_one_line(run_cifar10(*args), data_dir / data.BATCHES_FOLDER / data.META_FILE)
+    assert "is not a CIFAR-10 file" in line
+
+
+def test_the_reported_attack_is_refused_by_eval(tmp_path: Path) -> None:
+    from synthetic_main import run_trainer, tiny_args, write_data
+
+    good = write_data(tmp_path / "good")
+    assert run_trainer(tiny_args(good, tmp_path / "logs")) == 0
+    (run_dir,) = (tmp_path / "logs" / "cifar10").iterdir()
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    folder = write_reproduction(tmp_path / "hostile")
+    args = ["--eval", str(checkpoint), "--data-dir", str(tmp_path / "hostile"), "verify_checksums=false"]
+    line = assert_refused_in_one_line(run_cifar10(*args), folder / data.META_FILE)
+    assert "is not a CIFAR-10 file" in line
+
+
+# ## One read per file: the bytes checked are the bytes used
+#
+# Someone who can write to the data folder swaps a file between the moment it is checked and the moment
+# it is used (the attack needs no race luck if the loader opens the file twice). These tests replace the
+# file on disk, by a rename as an attacker would, right after anything first opens it.
+
+
+def swap_after_first_open(monkeypatch: pytest.MonkeyPatch, path: Path, replacement: bytes) -> list[str]:
+    """Put `replacement` in place of `path` once anything opens it; returns the modes it was opened in."""
+    real_open = builtins.open
+    opened: list[str] = []
+
+    def watching_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and Path(file).absolute() == path.absolute():
+            opened.append(mode)
+            if len(opened) == 1:
+                staged = path.with_name(path.name + ".swapped-in")
+                staged.write_bytes(replacement)
+                os.replace(staged, path)
+        return handle
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    return opened
+
+
+def test_a_batch_swapped_after_it_is_read_cannot_change_what_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    synthetic.publish_digests_of(monkeypatch, *folder.iterdir())
+    verified = load_cifar10(tmp_path, download=False)
+    other = tmp_path / "other"
+    synthetic.write_batch_file(other, *synthetic.synthetic_batch(4, separable=True, seed=7), "swapped in")
+    opened = swap_after_first_open(monkeypatch, folder / "data_batch_1", other.read_bytes())
+    arrays = load_cifar10(tmp_path, download=False)
+    assert opened == ["rb"], "one read, hashed and parsed"
+    assert torch.equal(arrays.train_images, verified.train_images)
+    assert torch.equal(arrays.train_labels, verified.train_labels)
+
+
+def test_a_damaged_batch_swapped_for_the_good_one_after_it_is_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The order of the reported attack: the loader parses one file while the md5 is taken of another.
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    digests = synthetic.publish_digests_of(monkeypatch, *folder.iterdir())
+    good = (folder / "test_batch").read_bytes()
+    flip_a_pixel(folder / "test_batch")
+    swap_after_first_open(monkeypatch, folder / "test_batch", good)
+    error = load_expecting_error(tmp_path, download=False)
+    assert str(error).startswith(f"{folder / 'test_batch'}: md5 ") and digests["test_batch"] in str(error)
+
+
+def test_an_archive_swapped_after_it_is_read_cannot_change_what_is_unpacked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = synthetic.write_synthetic_cifar10_archive(tmp_path / "made", n_per_train_batch=4, n_test=4)
+    with tarfile.open(made) as tar:
+        tar.extractall(tmp_path / "made", filter="data")
+    members = sorted((tmp_path / "made" / data.BATCHES_FOLDER).iterdir())
+    archive = Path(shutil.copy(made, tmp_path / data.ARCHIVE_NAME))
+    synthetic.publish_digests_of(monkeypatch, archive, *members)
+    other = synthetic.write_synthetic_cifar10_archive(
+        tmp_path / "other", n_per_train_batch=4, n_test=4, seed=3
+    )
+    opened = swap_after_first_open(monkeypatch, archive, other.read_bytes())
+    arrays = load_cifar10(tmp_path, download=False)
+    assert opened == ["rb"], "one read, hashed and unpacked"
+    for member in members:
+        assert (tmp_path / data.BATCHES_FOLDER / member.name).read_bytes() == member.read_bytes()
+    assert arrays.train_images.shape == (20, 3, 32, 32)
 
 
 def test_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
