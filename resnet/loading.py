@@ -40,6 +40,16 @@ from resnet.registry import Model
 TRAINER_FORMAT = "resnet-annotated/cifar10-checkpoint"
 # The `format` in a weight file's metadata and in `config.json`.
 WEIGHTS_FORMAT = "resnet-annotated/weights"
+# A checkpoint saves the settings its run was given; the network's come from these defaults otherwise
+# (`experiments/cifar10.py`'s `Configs`; tests/test_loading.py checks the two agree).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "num_classes": 10,
+    "shortcut": "preset",
+    "n_blocks": [3, 3, 3],
+    "n_channels": [16, 32, 64],
+    "bottlenecks": None,
+    "zero_init_residual": False,
+}
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_VERSION = 1
@@ -152,7 +162,10 @@ def _build_checked(name: str, options: dict[str, Any], state: dict[str, torch.Te
         registry.model_builder(name)
     except ValueError as e:
         raise LoadError(f"{source}: {e}") from None
-    options = registry.check_untrusted_options(name, options, source)
+    try:
+        options = registry.check_untrusted_options(name, options, source)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
     # Each block holds at least two tensors: more blocks than the file has tensors cannot be it, and
     # are refused before even a meta build loops over them.
     if sum(options.get("n_blocks") or []) > len(state):
@@ -181,8 +194,15 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise LoadError(f"cannot read {path} ({e.strerror or e}); check the path") from None
 
 
+def _parse(raw: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        return weight_files.parse_weights(raw, source)
+    except weight_files.WeightsError as e:
+        raise LoadError(str(e)) from None
+
+
 def _from_weights_file(raw: bytes, source: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
-    state, metadata = weight_files.parse_weights(raw, source)
+    state, metadata = _parse(raw, source)
     if metadata.get("format") != WEIGHTS_FORMAT or "network" not in metadata:
         raise LoadError(
             f"{source} is a safetensors file without this library's metadata (the network's name); "
@@ -200,21 +220,21 @@ def trainer_options(settings: dict[str, Any], source: str) -> tuple[str, dict[st
     The network a trainer run built, from its saved settings: the same call `experiments/models.py`'s
     `build_model` makes (`shortcut="preset"` is the network's own choice; the stages reach `custom` only).
     """
-    name = settings.get("model")
+    name = settings.get("model", "resnet20")
     if not isinstance(name, str):
         raise LoadError(f"{source} names no network in its settings ('model' is {name!r})")
+    settings = {**TRAINER_DEFAULTS, **settings}
     options: dict[str, Any] = {
-        "num_classes": settings.get("num_classes", 10),
-        "zero_init_residual": settings.get("zero_init_residual", False),
+        "num_classes": settings["num_classes"],
+        "zero_init_residual": settings["zero_init_residual"],
     }
-    if settings.get("shortcut", "preset") != "preset":
+    if settings["shortcut"] != "preset":
         options["shortcut"] = settings["shortcut"]
     if name == "custom":
-        bottlenecks = settings.get("bottlenecks")
         options.update(
-            n_blocks=settings.get("n_blocks"),
-            n_channels=settings.get("n_channels"),
-            bottlenecks=bottlenecks if bottlenecks else None,
+            n_blocks=settings["n_blocks"],
+            n_channels=settings["n_channels"],
+            bottlenecks=settings["bottlenecks"] if settings["bottlenecks"] else None,
         )
     return name, options
 
@@ -283,16 +303,29 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Model:
         return _build_checked(name, options, state, str(path))
     built = network_config(model)
     if built is not None and built[0] != name:
+        head = state.get("head.weight")
+        classes = options.get("num_classes", "?" if head is None else head.shape[0])
         raise LoadError(
-            f"{path} holds {name} ({options.get('num_classes', '?')} classes), but the network given is "
-            f"{built[0]}; build it with resnet.load_checkpoint({str(path)!r}) or pass a {name}"
+            f"{path} holds {name} ({classes} classes), but the network given is "
+            f"{built[0]}; let resnet.load_checkpoint(path) build it, or pass a {name}"
         )
-    what = built[0] if built is not None else "the network given"
+    what = built[0] if built is not None else f"the network given{_shaped_like(model)}"
     try:
         registry.load_weights_into(model, state, f"the weights of {name} in {path}", what)
     except ValueError as e:
         raise LoadError(str(e)) from None
     return model  # type: ignore[return-value]
+
+
+def _shaped_like(model: nn.Module) -> str:
+    """` (shaped like resnet56)` for a network built without a name, if a registered one matches it."""
+    shapes = _tensor_shapes(model)
+    head = getattr(model, "head", None)
+    classes = {"num_classes": head.out_features} if isinstance(head, nn.Linear) else {}
+    for name in registry.list_models():
+        if name != "custom" and _tensor_shapes(_on_meta(name, classes)) == shapes:
+            return f" (shaped like {name})"
+    return ""
 
 
 def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -320,8 +353,12 @@ def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Ten
     name, options = config["network"], config["options"]
     if not isinstance(name, str):
         raise LoadError(f"{config_path}: 'network' must be a name from resnet.list_models(), got {name!r}")
+    try:
+        registry.model_builder(name)
+    except ValueError as e:
+        raise LoadError(f"{config_path}: {e}") from None
     raw = _read_bytes(folder / WEIGHTS_NAME, WEIGHTS_NAME)
-    state, metadata = weight_files.parse_weights(raw, folder / WEIGHTS_NAME)
+    state, metadata = _parse(raw, str(folder / WEIGHTS_NAME))
     if metadata.get("network", name) != name:
         raise LoadError(
             f"{folder / WEIGHTS_NAME} holds {metadata['network']}, but {config_path} says {name}; "

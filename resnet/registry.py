@@ -179,6 +179,8 @@ def _fits(value: Any, annotation: Any) -> bool:
 
 
 def _describe(annotation: Any) -> str:
+    if isinstance(annotation, type) and get_origin(annotation) is None:
+        return annotation.__name__
     return str(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
