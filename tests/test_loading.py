@@ -21,9 +21,9 @@ from synthetic_main import TINY_STAGES, run_trainer, tiny_args, write_data
 
 import resnet
 from experiments import checkpoint as trainer_checkpoint
-from experiments import cifar10
+from experiments import cifar10, export_weights
 from experiments import models as trainer_models
-from resnet import loading
+from resnet import loading, pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,19 +287,21 @@ def readme_block(marker: str) -> str:
     return block
 
 
+@pytest.fixture(scope="module")
+def resnet20_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder of the trainer's resnet20 (the tiny run's data and length)."""
+    tmp = tmp_path_factory.mktemp("resnet20")
+    results = tmp / "results.json"
+    argv = tiny_args(write_data(tmp / "cifar"), tmp / "logs", "--results", str(results))
+    argv = [a for a in argv if not a.startswith(("model=", "n_blocks=", "n_channels="))]
+    assert run_trainer([*argv, "--model", "resnet20"]) == 0
+    return Path(json.loads(results.read_text())["run_dir"])
+
+
 def test_the_readme_loads_a_trainer_checkpoint_and_classifies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    resnet20_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data_dir = write_data(tmp_path / "cifar")
-    results = tmp_path / "results.json"
-    argv = tiny_args(data_dir, tmp_path / "logs", "--results", str(results))
-    # The README's run trains resnet20 itself, not the tiny custom network the other tests use.
-    argv = [a for a in argv if not a.startswith(("model=", "n_blocks=", "n_channels="))] + [
-        "--model",
-        "resnet20",
-    ]
-    assert run_trainer(argv) == 0
-    run_dir = Path(json.loads(results.read_text())["run_dir"])
+    run_dir = resnet20_run
     (tmp_path / "work" / "checkpoints").mkdir(parents=True)
     shutil.copy(run_dir / "checkpoints" / "last.pt", tmp_path / "work" / "checkpoints" / "last.pt")
     monkeypatch.chdir(tmp_path / "work")
@@ -309,3 +311,48 @@ def test_the_readme_loads_a_trainer_checkpoint_and_classifies(
     saved = torch.load("checkpoints/last.pt", weights_only=True)
     assert all(torch.equal(v, namespace["model"].state_dict()[k]) for k, v in saved["model"].items())
     assert sum(p.numel() for p in namespace["model"].parameters()) == 269_722
+
+
+# ## Exporting a run into resnet/weights/
+
+
+def test_an_exported_run_loads_by_name_with_no_code_change(
+    resnet20_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "weights"
+    path = export_weights.export(
+        resnet20_run, "cifar10", "python experiments/cifar10.py --seed 0", "a test", out
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["resnet20_cifar10.json", "resnet20_cifar10.safetensors"]
+    results = json.loads((resnet20_run / "results.json").read_text())
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", out)
+    meta = resnet.ResNet20_Weights.CIFAR10.meta
+    # A run without test-time augmentation measured one view: that is its single-view accuracy.
+    assert meta["test_accuracy_single_view"] == results["test_accuracy"] and meta["tta_views"] is None
+    assert (meta["recipe"], meta["seed"], meta["machine"]) == (results["recipe"], results["seed"], "a test")
+    saved = torch.load(resnet20_run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for model in (resnet.resnet20(weights="cifar10"), resnet.load_checkpoint(path)):
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+
+
+def test_export_asks_for_the_single_view_accuracy_of_a_tta_run(resnet20_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(resnet20_run, run)
+    results = json.loads((run / "results.json").read_text())
+    results["data"].update(flip_tta=True, shift_tta=1)
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(
+        SystemExit, match=r"only the TTA accuracy \(flip \+ 1-pixel shift, 6 views\); .*--single-view"
+    ):
+        export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
+    path = export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out", single_view_accuracy=0.5)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert (
+        record["test_accuracy_single_view"] == 0.5 and record["test_accuracy_tta"] == results["test_accuracy"]
+    )
+    assert record["tta_views"] == "flip + 1-pixel shift, 6 views"
+
+
+def test_export_refuses_a_network_its_builder_does_not_make(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="only a named network as its builder makes it"):
+        export_weights.export(trained.parent.parent, "cifar10", "cmd", "a test", tmp_path / "out")
