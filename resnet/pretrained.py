@@ -70,20 +70,20 @@ class WeightsError(ValueError):
 # ## The input format
 
 
-def _as_uint8_images(images: Any) -> tuple[torch.Tensor | list[torch.Tensor], list[int]]:
+def _as_uint8_images(images: Any) -> torch.Tensor | list[torch.Tensor]:
     """
-    Any supported image input as `uint8` tensors `[height, width, 3]`: one `[batch, height, width, 3]`
-    tensor when the input already is a batch, a list when it is a list (whose images may differ in size).
-    Also returns the shape the caller passed, for error messages.
+    Any supported image input as `uint8` channels-last tensors: `[height, width, 3]` for one image,
+    `[batch, height, width, 3]` for a batch, and a list of single images for a list (whose images may
+    differ in size). Errors name the shape the caller passed.
     """
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("expected at least one image, got an empty list")
-        converted = [_as_uint8_images(image)[0] for image in images]
+        converted = [_as_uint8_images(image) for image in images]
         singles = [image for image in converted if isinstance(image, torch.Tensor) and image.dim() == 3]
         if len(singles) != len(converted):
             raise ValueError("a list of images must hold single images [height, width, 3], not batches")
-        return singles, [len(images)]
+        return singles
     try:
         from PIL import Image
     except ImportError:  # Pillow comes with torchvision; without it, no input can be a PIL image.
@@ -91,7 +91,7 @@ def _as_uint8_images(images: Any) -> tuple[torch.Tensor | list[torch.Tensor], li
     if Image is not None and isinstance(images, Image.Image):
         # CIFAR-10 is RGB: a grey, palette or RGBA image is given three colour channels (alpha dropped).
         rgb = images if images.mode == "RGB" else images.convert("RGB")
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)), [rgb.height, rgb.width, 3]
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8))
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
@@ -116,7 +116,7 @@ def _as_uint8_images(images: Any) -> tuple[torch.Tensor | list[torch.Tensor], li
             f"expected uint8 images [height, width, 3] or [batch, height, width, 3] (the layout of a PNG "
             f"or of CIFAR-10's arrays), got shape {shape}{hint}"
         )
-    return images, shape
+    return images
 
 
 def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -147,8 +147,7 @@ def normalize_cifar10(images: Any) -> torch.Tensor:
     batch `[batch, 3, height, width]` the trainer feeds. The size is left as it is; the weights'
     [`transforms()`](#ImageTransform) also resize.
     """
-    converted, _ = _as_uint8_images(images)
-    return _normalize(_stack(converted), CIFAR10_MEAN, CIFAR10_STD)
+    return _normalize(_stack(_as_uint8_images(images)), CIFAR10_MEAN, CIFAR10_STD)
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class ImageTransform:
     size: int
 
     def __call__(self, images: Any) -> torch.Tensor:
-        converted, _ = _as_uint8_images(images)
+        converted = _as_uint8_images(images)
         if isinstance(converted, torch.Tensor):
             batch = self._resize(converted if converted.dim() == 4 else converted.unsqueeze(0))
         else:

@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import cache
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import torch
@@ -395,9 +396,9 @@ def resolve_weights(network: str, weights: Any) -> WeightsEnum | None:
 # ## Loading trained tensors into a network
 
 
-def head_prefix(model: nn.Module) -> str:
-    """Every network here ends in `head`: the part that is made anew for another number of classes."""
-    return "head."
+# Every network here ends in a linear layer called `head`: the part made anew for another number of
+# classes.
+HEAD = "head."
 
 
 def first_difference(own: dict[str, tuple[int, ...]], theirs: dict[str, tuple[int, ...]]) -> str:
@@ -429,14 +430,12 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], what: st
     """
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state.items()}
-    head = head_prefix(model)
     differs = [k for k in set(own) | set(theirs) if own.get(k) != theirs.get(k)]
-    if differs and all(k.startswith(head) for k in differs):
-        saved, now = theirs.get(f"{head}weight"), own.get(f"{head}weight")
-        trunk = {k: v for k, v in state.items() if not k.startswith(head)}
-        model.load_state_dict(
-            {**trunk, **{k: v for k, v in model.state_dict().items() if k.startswith(head)}}
-        )
+    if differs and all(k.startswith(HEAD) for k in differs):
+        saved, now = theirs.get(f"{HEAD}weight"), own.get(f"{HEAD}weight")
+        trunk = {k: v for k, v in state.items() if not k.startswith(HEAD)}
+        new_head = {k: v for k, v in model.state_dict().items() if k.startswith(HEAD)}
+        model.load_state_dict({**trunk, **new_head})
         warnings.warn(
             f"{what} have {saved[0] if saved else 'no'} classes: loaded the trunk into {network} and "
             f"left it {f'a new {now[0]}-class' if now else 'no'} head, untrained; fine-tune it before use",
@@ -455,6 +454,10 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], what: st
 
 
 def build_named(name: str, kwargs: dict[str, Any], weights: Any, caller: str) -> Model:
+    """
+    What `create_model` and every public builder do: check `kwargs` (errors name `caller`), build the
+    tutorial's network, remember how, and load `weights` (see [`resolve_weights`](#resolve_weights)).
+    """
     check_keywords(name, list(kwargs), caller)
     if name == "custom":
         missing = [key for key in ("n_blocks", "n_channels") if key not in kwargs]
@@ -488,7 +491,7 @@ def build_named(name: str, kwargs: dict[str, Any], weights: Any, caller: str) ->
 
 
 def create_model(
-    name: str, *, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs: Any
+    name: str, *, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs: Any
 ) -> Model:
     """
     The network called `name` (see [`list_models`](#list_models)), built with `kwargs`. `custom` needs
@@ -523,9 +526,7 @@ def _public(name: str, builder: Callable[..., M]) -> Callable[..., M]:
     """
 
     def build(*, weights: Any = None, **kwargs: Any) -> M:
-        model = build_named(name, kwargs, weights, f"{name}()")
-        assert isinstance(model, nn.Module)
-        return typing.cast(M, model)
+        return typing.cast(M, build_named(name, kwargs, weights, f"{name}()"))
 
     build.__name__ = build.__qualname__ = name
     build.__module__ = "resnet"
