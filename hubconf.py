@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 # What torch.hub checks is importable before it imports the networks. The models are labml-helpers
-# modules, so that package is needed too.
-dependencies = ["torch", "labml_helpers"]
+# modules, and the trained weights are safetensors files, so those two packages are needed too.
+dependencies = ["torch", "labml_helpers", "safetensors"]
 
 
 def _entry(name: str) -> Callable[..., _resnet.registry.Model]:
