@@ -24,6 +24,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +381,8 @@ def from_pretrained(directory_or_repo: str | Path) -> Model:
 
 
 def _download(repo_id: str) -> Path:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or repo_id.startswith((".", "/")):
+        raise LoadError(f"{repo_id} is not a folder (nor a Hugging Face hub id, 'owner/name'); check it")
     try:
         from huggingface_hub import snapshot_download  # type: ignore[import-not-found, unused-ignore]
     except ImportError:

@@ -232,6 +232,8 @@ def test_from_pretrained_takes_a_hub_id_only_through_huggingface_hub(
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(resnet.LoadError, match="pip install huggingface_hub"):
         resnet.from_pretrained("someone/resnet20-cifar10")
+    with pytest.raises(resnet.LoadError, match="is not a folder \\(nor a Hugging Face hub id"):
+        resnet.from_pretrained(tmp_path / "misspelt")
     asked = []
 
     def snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
