@@ -4,9 +4,9 @@
 `torch.hub.load("<owner>/<repo>", "resnet56")` (or `torch.hub.load(checkout, "resnet56",
 source="local")`) imports this file and calls the function named after the network. There is one per
 name in `resnet.list_models()`, each calling `resnet.create_model` with the keyword arguments given to
-`torch.hub.load`. Nothing is downloaded: every network starts from its initialisation, except
-`torch.hub.load(..., "resnet20", weights="cifar10")`, which loads the trained weights that ship inside
-the repository (`resnet/weights/`).
+`torch.hub.load`. Nothing is downloaded: every network starts from its initialisation, except with
+`weights="cifar10"` (or `pretrained=True`) for a network whose trained weights ship inside the
+repository (`resnet/weights/`; `resnet.list_models(pretrained=True)` names them), which loads those.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 # What torch.hub checks is importable before it imports the networks. The models are labml-helpers
-# modules, so that package is needed too.
-dependencies = ["torch", "labml_helpers"]
+# modules, and the trained weights are safetensors files, so those two packages are needed too.
+dependencies = ["torch", "labml_helpers", "safetensors"]
 
 
 def _entry(name: str) -> Callable[..., _resnet.registry.Model]:

@@ -2,20 +2,29 @@
 # Shipping a trained network with the package
 
 ```
-python -m experiments.export_weights logs/cifar10/<uuid> --dataset cifar10 --command "<the training command>"
+python -m experiments.export_weights logs/cifar10/<uuid> --dataset cifar10 \\
+    --command "<the training command>" --machine "<cores, CPU or GPU>"
 ```
 
-Takes a finished run folder, writes the network's weights alone (no optimizer, no schedule: a state dict
-of plain tensors, loadable with `weights_only=True`) to `resnet/weights/<network>_<dataset>.pt`, and a
-JSON record beside it with the file's SHA-256, the run's final-epoch test accuracy, its recipe, seed and
-the command that trained it. `resnet/pretrained.py` checks the hash and loads the file. A run with
-`ema_decay` reported its averaged weights, so those are the ones exported.
+Takes a finished run folder and writes two files into `resnet/weights/`, which is all a network needs to
+appear in `resnet.list_models(pretrained=True)`, `resnet.<Name>_Weights`, `weights=` and `torch.hub`:
+
+* `<network>_<dataset>.safetensors`: the network's tensors alone (no optimizer, no schedule), with
+  its name and options in the file's metadata, so `resnet.load_checkpoint` can rebuild it too;
+* `<network>_<dataset>.json`: its record (`resnet.pretrained.WeightRecord` lists the fields): the
+  file's size and SHA-256, computed from the bytes written, the run's single-view and TTA test accuracy,
+  its recipe and seed, the command and the machine.
+
+A run with `ema_decay` reported its averaged weights, so those are the ones exported. Only a named
+network as its builder makes it can ship (another shortcut or a `custom` network would not load with
+`resnet.<network>(weights=...)`), and an existing file is never replaced.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,36 +32,106 @@ if __package__ in (None, ""):
 import torch
 
 from experiments.checkpoint import CHECKPOINT_DIR, LAST, evaluation_weights, load_checkpoint
-from resnet.pretrained import WEIGHTS_DIR, sha256_of
+from resnet.loading import trainer_options, weights_bytes
+from resnet.pretrained import DATASETS, WEIGHTS_DIR, read_record, sha256_hex
 
 
-def export(run_dir: Path, dataset: str, command: str, out_dir: Path = WEIGHTS_DIR, notes: str = "") -> Path:
-    """Write `<network>_<dataset>.pt` and its JSON record from `run_dir`; returns the weight file."""
-    results = json.loads((run_dir / "results.json").read_text())
-    saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
-    # The weights the run's results were measured with (the average, when the run kept one).
-    weights, _ = evaluation_weights(saved)
-    # Contiguous float copies: the file should not depend on the memory layout the run trained in.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
-    network = results["model"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{network}_{dataset}.pt"
-    if path.exists():
-        raise SystemExit(f"{path} exists; remove it first if you mean to replace the shipped weights")
-    torch.save(state, path)
-    record = {
+def tta_views(flip: bool, shift: int) -> str | None:
+    """How the trainer's test-time augmentation averages (`flip_tta`, `shift_tta`), in words; None without."""
+    if not flip and not shift:
+        return None
+    parts = [*(["flip"] if flip else []), *([f"{shift}-pixel shift"] if shift else [])]
+    # A shift adds the image moved both ways diagonally, and the flip mirrors every view.
+    views = (3 if shift else 1) * (2 if flip else 1)
+    return f"{' + '.join(parts)}, {views} views"
+
+
+def write_weights(
+    state: dict[str, torch.Tensor], network: str, dataset: str, record: dict[str, Any], out_dir: Path
+) -> Path:
+    """
+    Write `state` as `<network>_<dataset>.safetensors` and its record (the fields of `record`, plus the
+    names, size and hash) into `out_dir`; returns the weight file. Refuses to replace either file.
+    """
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown dataset {dataset!r}; resnet.pretrained.DATASETS has {', '.join(DATASETS)}")
+    weights = out_dir / f"{network}_{dataset}.safetensors"
+    record_path = weights.with_suffix(".json")
+    for path in (weights, record_path):
+        if path.exists():
+            raise SystemExit(f"{path} exists; remove it first if you mean to replace the shipped weights")
+    data = weights_bytes(state, network, {"num_classes": len(DATASETS[dataset].classes)})
+    full = {
         "network": network,
         "dataset": dataset,
-        "file": path.name,
-        "sha256": sha256_of(path),
-        "test_accuracy": results["test_accuracy"],
+        "file": weights.name,
+        "file_size": len(data),
+        # The hash of the bytes written, not of the file read back: nothing can come in between.
+        "sha256": sha256_hex(data),
+        **record,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(data)
+    record_path.write_text(json.dumps(full, indent=2) + "\n")
+    try:
+        read_record(network, dataset, out_dir)
+    except ValueError:
+        weights.unlink()
+        record_path.unlink()
+        raise
+    return weights
+
+
+def export(
+    run_dir: Path,
+    dataset: str,
+    command: str,
+    machine: str,
+    out_dir: Path = WEIGHTS_DIR,
+    notes: str = "",
+    single_view_accuracy: float | None = None,
+) -> Path:
+    """Write `<network>_<dataset>.safetensors` and its JSON record from `run_dir`; returns the weight file."""
+    results = json.loads((run_dir / "results.json").read_text())
+    saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+    network, options = trainer_options(saved["config"], str(run_dir))
+    expected = {
+        "num_classes": len(DATASETS[dataset].classes),
+        "zero_init_residual": options["zero_init_residual"],
+    }
+    if network == "custom" or options != expected:
+        raise SystemExit(
+            f"{run_dir} trained {network} with {options}; only a named network as its builder makes it "
+            f"(with {expected['num_classes']} classes) loads with resnet.{network}(weights=...)"
+        )
+    # The weights the run's results were measured with (the average, when the run kept one).
+    weights, _ = evaluation_weights(saved)
+    data = results.get("data", {})
+    views = tta_views(bool(data.get("flip_tta")), int(data.get("shift_tta") or 0))
+    if "test_accuracy_single_view" in results:
+        single_view = results["test_accuracy_single_view"]
+    elif views is None:
+        single_view = results["test_accuracy"]
+    elif single_view_accuracy is not None:
+        single_view = single_view_accuracy
+    else:
+        raise SystemExit(
+            f"{run_dir}/results.json has only the TTA accuracy ({views}); measure one view of each test "
+            f"image and pass it with --single-view-accuracy"
+        )
+    record = {
+        "test_accuracy_single_view": single_view,
+        "test_accuracy_tta": None
+        if views is None
+        else results.get("test_accuracy_tta", results["test_accuracy"]),
+        "tta_views": views,
         "recipe": results["recipe"],
         "seed": results["seed"],
         "command": command,
+        "machine": machine,
         "notes": notes,
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_weights(dict(weights), network, dataset, record, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +144,26 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", default="cifar10", help="the name users pass as weights= (default cifar10)"
     )
     parser.add_argument("--command", required=True, help="the command that trained the run, for the record")
+    parser.add_argument("--machine", required=True, help="where it trained (cores, CPU/GPU), for the record")
     parser.add_argument("--notes", default="", help="anything else a user should know about these weights")
+    parser.add_argument(
+        "--single-view-accuracy",
+        type=float,
+        help="the one-view test accuracy, needed when the run's results hold only its TTA accuracy",
+    )
     parser.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="default: resnet/weights/")
     args = parser.parse_args(argv)
     if not (args.run_dir / "results.json").is_file():
         parser.error(f"{args.run_dir} has no results.json: export finished runs only")
-    path = export(args.run_dir, args.dataset, args.command, args.out_dir, args.notes)
+    path = export(
+        args.run_dir,
+        args.dataset,
+        args.command,
+        args.machine,
+        args.out_dir,
+        args.notes,
+        args.single_view_accuracy,
+    )
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 

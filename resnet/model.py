@@ -591,17 +591,9 @@ def imagenet_resnet(
 # 25.6M, 44.5M and 60.2M for the ImageNet ones, the same as torchvision's.
 
 
-def resnet20(*, weights: str | None = None, **kwargs: Any) -> ResNetClassifier:
-    """
-    ResNet-20 (CIFAR-10, $n = 3$): 8.75% test error in Table 6. `weights="cifar10"` loads the weights
-    trained by this project's CIFAR-10 trainer that ship with the package (see `resnet/pretrained.py`).
-    """
-    model = cifar_resnet(3, **kwargs)
-    if weights is not None:
-        from resnet.pretrained import load_pretrained
-
-        load_pretrained(model, "resnet20", weights)
-    return model
+def resnet20(**kwargs: Any) -> ResNetClassifier:
+    """ResNet-20 (CIFAR-10, $n = 3$): 8.75% test error in Table 6."""
+    return cifar_resnet(3, **kwargs)
 
 
 def resnet32(**kwargs: Any) -> ResNetClassifier:

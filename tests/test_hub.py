@@ -56,3 +56,18 @@ def test_torch_hub_load_passes_keyword_arguments_on(offline: None) -> None:
     assert all(block.shortcut is None for stage in model.trunk.stages for block in stage)
     custom = torch.hub.load(str(REPO), "custom", source="local", n_blocks=[1, 1], n_channels=[8, 16])
     assert [len(stage) for stage in custom.trunk.stages] == [1, 1]
+
+
+@pytest.mark.parametrize("name", resnet.list_models(pretrained=True))
+def test_torch_hub_loads_every_network_with_weights_offline(offline: None, name: str) -> None:
+    expected = resnet.create_model(name, weights="DEFAULT").state_dict()
+    for kwargs in ({"weights": "cifar10"}, {"pretrained": True}):
+        model = torch.hub.load(str(REPO), name, source="local", **kwargs)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in expected.items())
+
+
+def test_torch_hub_refuses_weights_where_there_are_none(offline: None) -> None:
+    with pytest.raises(
+        ValueError, match="resnet1202 has no trained weights; networks with weights: resnet20"
+    ):
+        torch.hub.load(str(REPO), "resnet1202", source="local", weights="cifar10")

@@ -6,6 +6,7 @@ from synthetic_main import TINY_STAGES
 
 import resnet
 from experiments import models
+from resnet import registry
 
 # The plain networks of Figure 6 and the residual networks they are compared with.
 DEPTHS = [20, 32, 44, 56, 110]
@@ -146,3 +147,83 @@ def test_the_custom_trunk_check_still_names_the_bad_argument() -> None:
     with pytest.raises(ValueError, match=r"n_blocks\[1\] must be a positive int, got 0"):
         models.custom_trunk([1, 0], [8, 16], None, "preset")
     assert models.custom_trunk([1, 1], [8, 16], [], "preset").stages[0][0].shortcut is not None
+
+
+# ## Keyword arguments, filters and weights by name
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: resnet.resnet20(num_class=100),
+            "resnet20() got an unexpected keyword argument 'num_class'; ",
+        ),
+        (
+            lambda: resnet.create_model("resnet20", num_class=100),
+            "resnet20() got an unexpected keyword argument",
+        ),
+        (lambda: resnet.resnet9(num_clases=3), "resnet9() got an unexpected keyword argument 'num_clases'; "),
+        (lambda: resnet.create_model("plain56", shortcutt="none"), "plain56() got an unexpected keyword"),
+    ],
+)
+def test_an_unknown_keyword_names_the_public_builder_and_the_close_option(call, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        call()
+    assert str(caught.value).startswith(message)
+    assert str(caught.value).endswith(("did you mean 'num_classes'?", "did you mean 'shortcut'?"))
+
+
+def test_a_keyword_like_no_option_lists_them_all() -> None:
+    with pytest.raises(TypeError, match=r"^resnet50\(\) got an unexpected keyword argument 'zzz'; it takes "):
+        resnet.resnet50(zzz=1)
+
+
+def test_the_options_come_from_the_builders_signatures() -> None:
+    assert set(registry.network_options("resnet20")) == {
+        "num_classes",
+        "shortcut",
+        "img_channels",
+        "stem_channels",
+        "zero_init_residual",
+        "kaiming_init",
+    }
+    # The ImageNet presets choose their stem's width themselves.
+    assert "stem_channels" not in registry.network_options("resnet50")
+    assert {"n_blocks", "n_channels", "bottlenecks"} <= set(registry.network_options("custom"))
+    assert {"widths", "residual", "logit_scale"} <= set(registry.network_options("resnet9"))
+
+
+@pytest.mark.parametrize("name", resnet.list_models())
+def test_every_declared_option_reaches_the_builder(name: str) -> None:
+    # Each option at its default builds: none is one the builder sets itself ("multiple values").
+    required = {"n_blocks": [1, 1], "n_channels": [8, 16]} if name == "custom" else {}
+    for option, (_, default) in registry.network_options(name).items():
+        if option not in required:
+            with torch.device("meta"):
+                resnet.create_model(name, **required, **{option: default})
+
+
+def test_list_models_filters_by_pattern_and_by_weights() -> None:
+    assert resnet.list_models("plain*") == [f"plain{d}" for d in DEPTHS]
+    assert resnet.list_models("resnet*") == [*resnet.PRESETS, "resnet9"]
+    assert resnet.list_models("RESNET1?") == ["resnet18"]
+    assert resnet.list_models("vgg*") == []
+    with_weights = resnet.list_models(pretrained=True)
+    assert "resnet20" in with_weights and set(with_weights) <= set(resnet.list_models())
+    assert resnet.list_models("plain*", pretrained=True) == [n for n in with_weights if n.startswith("plain")]
+
+
+def test_pretrained_true_is_the_default_weights() -> None:
+    a = resnet.create_model("resnet20", pretrained=True)
+    b = resnet.resnet20(weights=resnet.ResNet20_Weights.DEFAULT)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(ValueError, match="either pretrained=True or weights=, not both"):
+        resnet.create_model("resnet20", pretrained=True, weights="cifar10")
+
+
+def test_the_public_builders_are_the_tutorials_with_weights() -> None:
+    assert resnet.resnet56.__wrapped__ is resnet.PRESETS["resnet56"]
+    assert resnet.model_builder("resnet56") is resnet.resnet56
+    assert "`weights=` loads trained weights" in resnet.resnet56.__doc__
+    assert resnet.resnet56().network_config == {"network": "resnet56", "options": {}}

@@ -1,0 +1,393 @@
+"""
+# Networks from files
+
+Three kinds of file hold a trained network, and [`load_checkpoint`](#load_checkpoint) builds the right
+network from any of them, by the name and options each records:
+
+* a **trainer checkpoint** (`logs/cifar10/<uuid>/checkpoints/last.pt`, written by
+  `experiments/checkpoint.py`), whose saved settings name the network (`model`) and its options;
+* a **weight file** (`.safetensors`, as `resnet/weights/` ships and `experiments/export_weights.py`
+  writes), whose header metadata names the network and its options;
+* a **folder in the Hugging Face hub's layout**, `config.json` + `model.safetensors`, which
+  [`save_pretrained`](#save_pretrained) writes and [`from_pretrained`](#from_pretrained) reads.
+
+Every one of these files comes from outside, so none of them chooses what gets constructed beyond a
+registered network and its declared options (each checked for its type,
+[`registry.check_untrusted_options`](registry.html#check_untrusted_options)). Each file is read once
+and those bytes are parsed; a trainer checkpoint, a pickle, is parsed with `weights_only=True`, which
+builds tensors and plain containers only. The network is first built on the `meta` device, which
+allocates nothing, and compared with the file's tensors, so a file that asks for a huge network it
+does not hold is refused before any memory is spent on it.
+"""
+
+import io
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as serialize_safetensors
+from torch import nn
+
+from resnet import pretrained as weight_files
+from resnet import registry
+from resnet.registry import Model
+
+# `experiments/checkpoint.py`'s FORMAT: the library reads the trainer's schema without importing the
+# trainer (tests/test_loading.py checks the two agree).
+TRAINER_FORMAT = "resnet-annotated/cifar10-checkpoint"
+# The `format` in a weight file's metadata and in `config.json`.
+WEIGHTS_FORMAT = "resnet-annotated/weights"
+# A checkpoint saves the settings its run was given; the network's come from these defaults otherwise
+# (`experiments/cifar10.py`'s `Configs`; tests/test_loading.py checks the two agree).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "num_classes": 10,
+    "shortcut": "preset",
+    "n_blocks": [3, 3, 3],
+    "n_channels": [16, 32, 64],
+    "bottlenecks": None,
+    "zero_init_residual": False,
+}
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_VERSION = 1
+_MAX_CONFIG_BYTES = 1 << 16
+
+
+class LoadError(ValueError):
+    """A file that cannot become a network; its message is one line naming the file and the fix."""
+
+
+def network_config(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The name and options a network was built with by `create_model` or a public builder, if it was."""
+    config = model.__dict__.get("network_config")
+    if not isinstance(config, dict):
+        return None
+    return str(config["network"]), dict(config["options"])
+
+
+# ## Writing
+
+
+def weights_bytes(state: dict[str, torch.Tensor], network: str, options: dict[str, Any]) -> bytes:
+    """
+    A safetensors file of `state` whose metadata names `network` and its `options`, so that
+    [`load_checkpoint`](#load_checkpoint) can build it again. Contiguous CPU copies: the file must not
+    depend on the layout the network ran in (`channels_last`, a GPU).
+    """
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    metadata = {"format": WEIGHTS_FORMAT, "network": network, "options": json.dumps(options, sort_keys=True)}
+    return serialize_safetensors(tensors, metadata)
+
+
+def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write `data` to `path` whole or not at all (a temporary file renamed over it)."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another folder")
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _saveable_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The name and options to record for `model`, checked to rebuild exactly its tensors."""
+    config = network_config(model)
+    if config is None:
+        raise ValueError(
+            "this network was not built by name, so its name is unknown; build it with "
+            "resnet.create_model(name, ...) or a resnet.<name>() builder"
+        )
+    name, options = config
+    # Through JSON and back, as a reader will see them (tuples become lists).
+    options = json.loads(json.dumps(options))
+    if _tensor_shapes(_on_meta(name, options)) != _tensor_shapes(model):
+        # A head replaced after building (another number of classes) is recorded as built.
+        head = getattr(model, "head", None)
+        options["num_classes"] = int(head.out_features) if isinstance(head, nn.Linear) else 0
+        if _tensor_shapes(_on_meta(name, options)) != _tensor_shapes(model):
+            raise ValueError(
+                f"this {name}'s tensors no longer have the shapes {name} is built with; save its "
+                f"state_dict() yourself"
+            )
+    registry.check_untrusted_options(name, options, "save_pretrained")
+    return name, options
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """
+    Write `model` to `directory` in the Hugging Face hub's layout: `config.json` (which network, with
+    which options) and `model.safetensors` (its tensors). The folder loads back with
+    [`from_pretrained`](#from_pretrained), and once pushed to the hub, with the repository's id. Files
+    already there are kept unless `overwrite=True`. Returns the folder.
+    """
+    name, options = _saveable_config(model)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in (CONFIG_NAME, WEIGHTS_NAME):
+        if (folder / file).exists() and not overwrite:
+            raise FileExistsError(
+                f"{folder / file} exists; pass overwrite=True to replace it, or choose another folder"
+            )
+    config = {"format": WEIGHTS_FORMAT, "version": CONFIG_VERSION, "network": name, "options": options}
+    _write_new(folder / WEIGHTS_NAME, weights_bytes(model.state_dict(), name, options), overwrite)
+    _write_new(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode(), overwrite)
+    return folder
+
+
+# ## Reading
+
+
+def _on_meta(name: str, options: dict[str, Any]) -> nn.Module:
+    # The `meta` device gives every tensor a shape and no memory.
+    with torch.device("meta"):
+        return registry.tutorial_builder(name)(**options)
+
+
+def _tensor_shapes(source: nn.Module | dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _build_checked(name: str, options: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> Model:
+    """The registered network `name`, built only once its shapes are known to be the file's tensors'."""
+    try:
+        registry.model_builder(name)
+    except ValueError as e:
+        raise LoadError(f"{source}: {e}") from None
+    try:
+        options = registry.check_untrusted_options(name, options, source)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
+    # Each block holds at least two tensors: more blocks than the file has tensors cannot be it, and
+    # are refused before even a meta build loops over them.
+    if sum(options.get("n_blocks") or []) > len(state):
+        raise LoadError(f"{source}: n_blocks={options['n_blocks']} asks for more blocks than the file holds")
+    try:
+        skeleton = _on_meta(name, options)
+    except (ValueError, TypeError) as e:
+        raise LoadError(f"{source}: its options do not build {name} ({e})") from None
+    if difference := registry.first_difference(_tensor_shapes(skeleton), _tensor_shapes(state)):
+        raise LoadError(
+            f"{source}: its tensors are not those of {name} with its recorded options ({difference})"
+        )
+    model = registry.build_named(name, options, None, f"{name}()")
+    model.load_state_dict(state)
+    return model
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    if path.is_dir():
+        raise LoadError(
+            f"{path} is a folder without {CONFIG_NAME}; pass a {what} or a save_pretrained folder"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise LoadError(f"cannot read {path} ({e.strerror or e}); check the path") from None
+
+
+def _parse(raw: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        return weight_files.parse_weights(raw, source)
+    except weight_files.WeightsError as e:
+        raise LoadError(str(e)) from None
+
+
+def _from_weights_file(raw: bytes, source: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    state, metadata = _parse(raw, source)
+    if metadata.get("format") != WEIGHTS_FORMAT or "network" not in metadata:
+        raise LoadError(
+            f"{source} is a safetensors file without this library's metadata (the network's name); "
+            f"load it into its network with model.load_state_dict(safetensors.torch.load_file(path))"
+        )
+    try:
+        options = json.loads(metadata.get("options", "{}"))
+    except json.JSONDecodeError:
+        raise LoadError(f"{source}: its metadata's options are not JSON") from None
+    return metadata["network"], options, state
+
+
+def trainer_options(settings: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    """
+    The network a trainer run built, from its saved settings: the same call `experiments/models.py`'s
+    `build_model` makes (`shortcut="preset"` is the network's own choice; the stages reach `custom` only).
+    """
+    name = settings.get("model", "resnet20")
+    if not isinstance(name, str):
+        raise LoadError(f"{source} names no network in its settings ('model' is {name!r})")
+    settings = {**TRAINER_DEFAULTS, **settings}
+    options: dict[str, Any] = {
+        "num_classes": settings["num_classes"],
+        "zero_init_residual": settings["zero_init_residual"],
+    }
+    if settings["shortcut"] != "preset":
+        options["shortcut"] = settings["shortcut"]
+    if name == "custom":
+        options.update(
+            n_blocks=settings["n_blocks"],
+            n_channels=settings["n_channels"],
+            bottlenecks=settings["bottlenecks"] if settings["bottlenecks"] else None,
+        )
+    return name, options
+
+
+def _from_trainer_checkpoint(raw: bytes, source: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # `weights_only=True` refuses pickles that would construct objects or call functions.
+        raise LoadError(
+            f"{source} holds objects or code that a weights-only load refuses to run; it is not a "
+            f"checkpoint of this library's trainer"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse means the bytes are not a checkpoint
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise LoadError(
+            f"{source} is neither a safetensors weight file nor a readable trainer checkpoint ({reason})"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("format") != TRAINER_FORMAT:
+        raise LoadError(
+            f"{source} is not a checkpoint of experiments/cifar10.py and names no network; load a "
+            f"bare state dict with model.load_state_dict(torch.load(path, weights_only=True))"
+        )
+    settings = saved.get("config")
+    if not isinstance(settings, dict):
+        raise LoadError(f"{source} is incomplete: it has no saved settings")
+    name, options = trainer_options(settings, source)
+    # A run with `ema_decay` reported (and evaluated) its averaged weights, so those are the network.
+    ema = saved.get("ema")
+    state = ema["model"] if isinstance(ema, dict) and ema.get("model") else saved.get("model")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LoadError(f"{source} is incomplete: it holds no network weights")
+    return name, options, state
+
+
+def _is_safetensors(raw: bytes) -> bool:
+    try:
+        weight_files.read_safetensors_metadata(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _read_network_file(path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    raw = _read_bytes(path, "weight file or trainer checkpoint")
+    if _is_safetensors(raw):
+        return _from_weights_file(raw, str(path))
+    return _from_trainer_checkpoint(raw, str(path))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Model:
+    """
+    The network a trainer checkpoint, weight file or `save_pretrained` folder holds, built from the
+    network name and options it records and strictly loaded.
+
+    With `model`, the weights are loaded into it instead, and returned. It must be the network the file
+    holds: another one is refused in one line naming both. With only another number of classes, the
+    trunk is loaded and the head is left as it is, with a warning.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_NAME).exists():
+        name, options, state = _read_folder(path)
+    else:
+        name, options, state = _read_network_file(path)
+    if model is None:
+        return _build_checked(name, options, state, str(path))
+    built = network_config(model)
+    if built is not None and built[0] != name:
+        head = state.get("head.weight")
+        classes = options.get("num_classes", "?" if head is None else head.shape[0])
+        raise LoadError(
+            f"{path} holds {name} ({classes} classes), but the network given is "
+            f"{built[0]}; let resnet.load_checkpoint(path) build it, or pass a {name}"
+        )
+    what = built[0] if built is not None else f"the network given{_shaped_like(model)}"
+    try:
+        registry.load_weights_into(model, state, f"the weights of {name} in {path}", what)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
+    return model  # type: ignore[return-value]
+
+
+def _shaped_like(model: nn.Module) -> str:
+    """` (shaped like resnet56)` for a network built without a name, if a registered one matches it."""
+    shapes = _tensor_shapes(model)
+    head = getattr(model, "head", None)
+    classes = {"num_classes": head.out_features} if isinstance(head, nn.Linear) else {}
+    for name in registry.list_models():
+        if name != "custom" and _tensor_shapes(_on_meta(name, classes)) == shapes:
+            return f" (shaped like {name})"
+    return ""
+
+
+def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    config_path = folder / CONFIG_NAME
+    try:
+        with open(config_path, "rb") as f:
+            raw_config = f.read(_MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise LoadError(f"cannot read {config_path} ({e.strerror or e})") from None
+    if len(raw_config) > _MAX_CONFIG_BYTES:
+        raise LoadError(f"{config_path} is larger than {_MAX_CONFIG_BYTES} bytes; it is not a config.json")
+    try:
+        config = json.loads(raw_config)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{config_path} is not valid JSON ({e})") from None
+    expected = {"format", "version", "network", "options"}
+    if not isinstance(config, dict) or set(config) != expected:
+        keys = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise LoadError(f"{config_path} must hold exactly the keys {sorted(expected)}, got {keys}")
+    if config["format"] != WEIGHTS_FORMAT or config["version"] != CONFIG_VERSION:
+        raise LoadError(
+            f"{config_path} is format {config['format']!r} version {config['version']!r}; this library "
+            f"reads {WEIGHTS_FORMAT!r} version {CONFIG_VERSION}"
+        )
+    name, options = config["network"], config["options"]
+    if not isinstance(name, str):
+        raise LoadError(f"{config_path}: 'network' must be a name from resnet.list_models(), got {name!r}")
+    try:
+        registry.model_builder(name)
+    except ValueError as e:
+        raise LoadError(f"{config_path}: {e}") from None
+    raw = _read_bytes(folder / WEIGHTS_NAME, WEIGHTS_NAME)
+    state, metadata = _parse(raw, str(folder / WEIGHTS_NAME))
+    if metadata.get("network", name) != name:
+        raise LoadError(
+            f"{folder / WEIGHTS_NAME} holds {metadata['network']}, but {config_path} says {name}; "
+            f"save the folder again"
+        )
+    return name, options, state
+
+
+def from_pretrained(directory_or_repo: str | Path) -> Model:
+    """
+    The network in a [`save_pretrained`](#save_pretrained) folder. A name that is not a local folder
+    but a Hugging Face hub id (`"owner/name"`) is downloaded with `huggingface_hub`, if it is installed;
+    nothing else here uses the network.
+    """
+    folder = Path(directory_or_repo)
+    if not folder.is_dir():
+        folder = _download(str(directory_or_repo))
+    return load_checkpoint(folder)
+
+
+def _download(repo_id: str) -> Path:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or repo_id.startswith((".", "/")):
+        raise LoadError(f"{repo_id} is not a folder (nor a Hugging Face hub id, 'owner/name'); check it")
+    try:
+        from huggingface_hub import snapshot_download  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise LoadError(
+            f"{repo_id} is not a folder; to download it from the Hugging Face hub, pip install "
+            f"huggingface_hub (or download the folder yourself)"
+        ) from None
+    return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
