@@ -108,22 +108,21 @@ def export(
     weights, _ = evaluation_weights(saved)
     data = results.get("data", {})
     views = tta_views(bool(data.get("flip_tta")), int(data.get("shift_tta") or 0))
-    if "test_accuracy_single_view" in results:
-        single_view = results["test_accuracy_single_view"]
-    elif views is None:
-        single_view = results["test_accuracy"]
+    if "test_accuracy_tta" in results or views is None:
+        # Since single view came first (2026-12-06) `test_accuracy` is the paper's one view, with the
+        # test-time average beside it; a run without views has only the one number anyway.
+        single_view, tta = results["test_accuracy"], results.get("test_accuracy_tta")
     elif single_view_accuracy is not None:
-        single_view = single_view_accuracy
+        # An older run's `test_accuracy` was its test-time average.
+        single_view, tta = single_view_accuracy, results["test_accuracy"]
     else:
         raise SystemExit(
-            f"{run_dir}/results.json has only the TTA accuracy ({views}); measure one view of each test "
-            f"image and pass it with --single-view-accuracy"
+            f"{run_dir}/results.json comes from an older trainer and has only the TTA accuracy ({views}); "
+            f"measure one view of each test image and pass it with --single-view-accuracy"
         )
     record = {
         "test_accuracy_single_view": single_view,
-        "test_accuracy_tta": None
-        if views is None
-        else results.get("test_accuracy_tta", results["test_accuracy"]),
+        "test_accuracy_tta": tta,
         "tta_views": views,
         "recipe": results["recipe"],
         "seed": results["seed"],

@@ -337,14 +337,38 @@ def test_an_exported_run_loads_by_name_with_no_code_change(
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
 
 
-def test_export_asks_for_the_single_view_accuracy_of_a_tta_run(resnet20_run: Path, tmp_path: Path) -> None:
+def test_export_takes_both_accuracies_of_a_tta_run_single_view_first(
+    resnet20_run: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(resnet20_run, run)
     results = json.loads((run / "results.json").read_text())
     results["data"].update(flip_tta=True, shift_tta=1)
+    results["test_accuracy_tta"] = 0.75
+    (run / "results.json").write_text(json.dumps(results))
+    record = json.loads(
+        export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
+        .with_suffix(".json")
+        .read_text()
+    )
+    assert (record["test_accuracy_single_view"], record["test_accuracy_tta"]) == (
+        results["test_accuracy"],
+        0.75,
+    )
+
+
+def test_export_asks_for_the_single_view_accuracy_of_an_older_tta_run(
+    resnet20_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(resnet20_run, run)
+    results = json.loads((run / "results.json").read_text())
+    results["data"].update(flip_tta=True, shift_tta=1)
+    # Before single view came first, results.json had one accuracy: the test-time average.
+    del results["test_accuracy_tta"]
     (run / "results.json").write_text(json.dumps(results))
     with pytest.raises(
-        SystemExit, match=r"only the TTA accuracy \(flip \+ 1-pixel shift, 6 views\); .*--single-view"
+        SystemExit, match=r"has only the TTA accuracy \(flip \+ 1-pixel shift, 6 views\); .*--single-view"
     ):
         export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
     path = export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out", single_view_accuracy=0.5)
