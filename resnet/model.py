@@ -49,7 +49,13 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from resnet.checks import check_choice, check_image_batch, check_positive, check_same_length
+from resnet.checks import (
+    check_choice,
+    check_image_batch,
+    check_non_negative,
+    check_positive,
+    check_same_length,
+)
 from resnet.features import FeatureInfo
 
 if TYPE_CHECKING:
@@ -482,7 +488,8 @@ class ResNetBase(Module):
         The feature map after each stage, highest resolution first: the multi-scale features detection
         and segmentation heads (feature pyramids, U-Nets) attach to.
         """
-        x = self.stem(check_image_batch(x, self.img_channels, self.total_stride))
+        x = check_image_batch(x, self.img_channels, self.total_stride, self.stem.conv.weight.dtype)
+        x = self.stem(x)
         outputs: list[torch.Tensor] = []
         for stage in self.stages:
             x = stage(x)
@@ -499,6 +506,10 @@ class ResNetBase(Module):
             for i, channels in enumerate(self.stage_channels)
         ]
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map, `[batch_size, n_channels[-1], height / stride, width / stride]`."""
+        return self.stage_outputs(x)[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         * `x` is a batch of images of shape `[batch_size, img_channels, height, width]`
@@ -506,7 +517,7 @@ class ResNetBase(Module):
         Returns the globally average-pooled features, `[batch_size, n_channels[-1]]`. Averaging over the
         map (§3.3) instead of flattening it makes the network accept any image size.
         """
-        return self.stage_outputs(x)[-1].mean(dim=(2, 3))
+        return self.forward_features(x).mean(dim=(2, 3))
 
 
 class ResNetClassifier(Module):
@@ -516,21 +527,60 @@ class ResNetClassifier(Module):
     The trunk's pooled features go through one fully-connected layer to the class scores (§3.3: "a
     global average pooling layer and a 1000-way fully-connected layer with softmax"). The softmax lives
     in the loss, so the model returns logits.
+
+    The methods follow timm's model interface, so code written for timm's networks runs on these:
+    `forward_features` gives the last unpooled map, `forward_head` pools it and classifies
+    (`pre_logits=True` stops after the pooling), and `num_classes=0` or `reset_classifier(0)` leaves
+    the head out, so the network returns its `num_features`-wide pooled feature vector.
     """
 
     def __init__(self, trunk: ResNetBase, num_classes: int):
         super().__init__()
-        check_positive(num_classes=num_classes)
+        check_non_negative(num_classes=num_classes)
         self.trunk = trunk
-        self.head = nn.Linear(trunk.out_channels, num_classes)
+        self.num_features = trunk.out_channels
+        self.num_classes = num_classes
+        self.head: nn.Module = nn.Linear(trunk.out_channels, num_classes) if num_classes else nn.Identity()
 
     def feature_info(self) -> list[FeatureInfo]:
         """The trunk's [`feature_info`](#ResNetBase.feature_info), with module names from here."""
         return [replace(info, module=f"trunk.{info.module}") for info in self.trunk.feature_info()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.head(self.trunk(x))
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's [`stage_outputs`](#ResNetBase.stage_outputs)."""
+        return self.trunk.stage_outputs(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The fully connected head (`nn.Identity` for a network built with `num_classes=0`)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head with `num_classes` outputs; 0 removes it."""
+        check_non_negative(num_classes=num_classes)
+        weight = self.trunk.stem.conv.weight
+        self.num_classes = num_classes
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes
+            else nn.Identity()
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """
+        * `x` is the map `forward_features` returns
+        * `pre_logits` stops after the pooling and returns the `num_features`-wide vector
+        """
+        pooled = x.mean(dim=(2, 3))
+        if pre_logits:
+            return pooled
+        logits: torch.Tensor = self.head(pooled)
         return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def cifar_resnet(
