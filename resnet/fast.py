@@ -44,7 +44,8 @@ from torch import nn
 
 from resnet.checks import check_image_batch, check_non_negative, check_positive
 from resnet.features import FeatureInfo
-from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
+from resnet.model import ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
+from resnet.module import Module
 
 # A leaf for `torch.fx`, as in `model.py`: the network traces and the traced graph keeps the check.
 torch.fx.wrap("check_image_batch")

@@ -38,11 +38,12 @@ $$y = \\mathcal{F}(x, \\{W_i\\}) + W_s x.$$
 $\\mathcal{F}$ needs at least two layers: with one layer, $W_1 x + x$ is still a linear map, and the
 shortcut would buy nothing.
 
-Everything the CIFAR-10 trainer in `experiments/cifar10.py` trains is built from the modules below.
+Everything the CIFAR-10 trainer in `experiments/cifar10.py` trains is built from the modules below. They
+derive from a labml-helpers `Module` (see [`module.py`](module.py)) so that they fit labml experiments.
 """
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx
@@ -57,17 +58,7 @@ from resnet.checks import (
     check_same_length,
 )
 from resnet.features import FeatureInfo
-
-if TYPE_CHECKING:
-    # labml-helpers ships no type information. Its `Module` is an `nn.Module` with one more property,
-    # so type checkers are told it is one, and our classes keep `nn.Module`'s types.
-    LabmlModule = nn.Module
-else:
-    from labml_helpers.module import Module as LabmlModule
-
-# `torch.fx` records the input check as one call instead of tracing into it (see `checks.py`), so the
-# networks trace, for feature extraction among others, and the traced graph still checks its input.
-torch.fx.wrap("check_image_batch")
+from resnet.module import Module
 
 # The paper's three shortcut options A, B and C (§3.3, §4.1), plus `"none"` for the plain networks that
 # show the degradation problem.
@@ -75,29 +66,6 @@ Shortcut = Literal["A", "B", "C", "none"]
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C", "none")
 Stem = Literal["seed", "cifar", "imagenet"]
 STEMS: tuple[str, ...] = ("seed", "cifar", "imagenet")
-
-
-class Module(LabmlModule):
-    """
-    ### The common base class
-
-    Every module here is a labml-helpers `Module`, as in labml's original implementation, so that they
-    fit into labml experiments that expect one. labml-helpers adds a `device` property whose body uses a
-    `try` block and raises when a module has no parameters. TorchScript compiles every property it
-    finds, and it can compile neither, so we tell it to leave `device` alone and give a version that
-    never raises while the scripting code looks at the module.
-    """
-
-    __jit_unused_properties__ = ["device"]
-
-    @property
-    def device(self) -> torch.device | None:
-        """The device of the first parameter or buffer; `None` for a module that holds neither."""
-        for parameter in self.parameters():
-            return parameter.device
-        for buffer in self.buffers():
-            return buffer.device
-        return None
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -129,6 +97,7 @@ class ShortcutProjection(Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # $W_s x$, normalised; no ReLU, because the sum it joins is rectified once, after the addition.
         projected: torch.Tensor = self.bn(self.conv(x))
         return projected
 
@@ -161,9 +130,13 @@ class ZeroPadShortcut(Module):
         self.extra_channels = out_channels - in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Keep the pixels the branch's strided convolution is centred on, so both sides of the sum describe
+        # the same places in the image.
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        # `F.pad` reads its widths from the last dimension backwards: (W, W, H, H, C before, C after).
+        # The new channels are zeros: the shortcut still carries $x$ unchanged in the old ones, and adds
+        # nothing a weight would have to learn. `F.pad` reads its widths from the last dimension backwards:
+        # (W, W, H, H, C before, C after).
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
@@ -240,10 +213,18 @@ class ResidualBlock(Module):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        # The first layer of $\mathcal{F}$. It alone may change the shape: its stride shrinks the map and
+        # its `out_channels` widen it.
+        out = self.act1(self.bn1(self.conv1(x)))
+        # The second layer stops at batch norm: no ReLU yet, so $\mathcal{F}(x)$ can be negative and pull
+        # the sum below $x$ as well as above it.
+        out = self.bn2(self.conv2(out))
+        # Eq. 1, $\mathcal{F}(x) + x$, or Eq. 2, $\mathcal{F}(x) + W_s x$, whichever shortcut
+        # `make_shortcut` chose. A plain block (`shortcut="none"`) has only $\mathcal{F}(x)$.
         if self.shortcut is not None:
-            residual = residual + self.shortcut(x)
-        y: torch.Tensor = self.act2(residual)
+            out = out + self.shortcut(x)
+        # The block's second non-linearity comes after the addition (Figure 2).
+        y: torch.Tensor = self.act2(out)
         return y
 
 
@@ -309,12 +290,17 @@ class BottleneckResidualBlock(Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.act1(self.bn1(self.conv1(x)))
-        residual = self.act2(self.bn2(self.conv2(residual)))
-        residual = self.bn3(self.conv3(residual))
+        # $1 \times 1$: squeeze the width down to `bottleneck_channels`.
+        out = self.act1(self.bn1(self.conv1(x)))
+        # $3 \times 3$ in the narrow space, where it is cheap; it carries the stage's stride.
+        out = self.act2(self.bn2(self.conv2(out)))
+        # $1 \times 1$: back out to `out_channels`, and, as in the basic block, no ReLU before the sum.
+        out = self.bn3(self.conv3(out))
+        # $\mathcal{F}(x)$ plus the shortcut (identity or projection), unless the block is plain.
         if self.shortcut is not None:
-            residual = residual + self.shortcut(x)
-        y: torch.Tensor = self.act3(residual)
+            out = out + self.shortcut(x)
+        # Rectify the sum, as the basic block does.
+        y: torch.Tensor = self.act3(out)
         return y
 
 
@@ -353,6 +339,8 @@ class ResNetStem(Module):
         self.stride = stride * (2 if stem == "imagenet" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Convolution, batch norm and ReLU like every other layer; the max-pool is `nn.Identity` except on
+        # the ImageNet stem.
         maps: torch.Tensor = self.pool(self.act(self.bn(self.conv(x))))
         return maps
 
@@ -488,9 +476,12 @@ class ResNetBase(Module):
         The feature map after each stage, highest resolution first: the multi-scale features detection
         and segmentation heads (feature pyramids, U-Nets) attach to.
         """
+        # Refuse a wrong batch here, in one line, rather than as a shape error deep inside a convolution.
         x = check_image_batch(x, self.img_channels, self.total_stride, self.stem.conv.weight.dtype)
+        # From pixels to the first stage's width (and, for ImageNet, a quarter of the resolution).
         x = self.stem(x)
         outputs: list[torch.Tensor] = []
+        # Each stage halves the map in its first block (except the first stage) and keeps it after.
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
@@ -514,9 +505,10 @@ class ResNetBase(Module):
         """
         * `x` is a batch of images of shape `[batch_size, img_channels, height, width]`
 
-        Returns the globally average-pooled features, `[batch_size, n_channels[-1]]`. Averaging over the
-        map (§3.3) instead of flattening it makes the network accept any image size.
+        Returns the globally average-pooled features, `[batch_size, n_channels[-1]]`.
         """
+        # Global average pooling (§3.3): one number per channel, whatever the map's size, so the network
+        # accepts any image size, and no weights to learn, unlike the large fully connected layers of VGG.
         return self.forward_features(x).mean(dim=(2, 3))
 
 
@@ -573,13 +565,17 @@ class ResNetClassifier(Module):
         * `x` is the map `forward_features` returns
         * `pre_logits` stops after the pooling and returns the `num_features`-wide vector
         """
+        # Global average pooling, as in the trunk's `forward`.
         pooled = x.mean(dim=(2, 3))
         if pre_logits:
             return pooled
+        # One linear map to the class scores; the softmax is left to the loss.
         logits: torch.Tensor = self.head(pooled)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The trunk's last map, then the head: the same as `self.head(self.trunk(x))`, split where timm's
+        # interface splits it.
         return self.forward_head(self.forward_features(x))
 
 
@@ -724,3 +720,8 @@ PRESETS = {
         resnet152,
     )
 }
+
+# `torch.fx` records the input check as one call instead of tracing into it (see `checks.py`), so the
+# networks trace, for feature extraction among others, and the traced graph still checks its input. The
+# mark applies to this module's name for the function, so it has to be made here.
+torch.fx.wrap("check_image_batch")
