@@ -17,10 +17,11 @@ module is the one table from names to networks, so every tool that takes a name 
 """
 
 import difflib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 from resnet.fast import ResNet9, resnet9
+from resnet.features import FeatureExtractor
 from resnet.model import PRESETS, ResNetBase, ResNetClassifier, Shortcut
 
 Model = ResNetClassifier | ResNet9
@@ -104,10 +105,28 @@ def model_builder(name: str) -> Callable[..., Model]:
     return _BUILDERS[name]
 
 
-def create_model(name: str, **kwargs: Any) -> Model:
+@overload
+def create_model(
+    name: str, *, features_only: Literal[False] = False, out_indices: None = None, **kwargs: Any
+) -> Model: ...
+
+
+@overload
+def create_model(
+    name: str, *, features_only: Literal[True], out_indices: Sequence[int] | None = None, **kwargs: Any
+) -> FeatureExtractor: ...
+
+
+def create_model(
+    name: str, *, features_only: bool = False, out_indices: Sequence[int] | None = None, **kwargs: Any
+) -> Model | FeatureExtractor:
     """
     The network called `name` (see [`list_models`](#list_models)), built with `kwargs`. `custom` needs
     `n_blocks` and `n_channels`, and takes `bottlenecks`; the other names fix their own stages.
+
+    `features_only=True` returns the network without its classifier, giving the maps of the stages in
+    `out_indices` (all by default), as timm's argument of the same name does; see
+    [`FeatureExtractor`](features.py#FeatureExtractor).
     """
     build = model_builder(name)
     if name == "custom":
@@ -119,4 +138,7 @@ def create_model(name: str, **kwargs: Any) -> Model:
             )
     elif given := [key for key in _ARCHITECTURE if key in kwargs]:
         raise ValueError(f"{', '.join(given)} only apply to 'custom'; {name} fixes its own stages")
-    return build(**kwargs)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"out_indices={list(out_indices)} only applies with features_only=True")
+    model = build(**kwargs)
+    return FeatureExtractor(model, out_indices) if features_only else model

@@ -62,7 +62,7 @@ def test_every_network_has_timms_model_interface(name: str) -> None:
     assert headless.num_classes == 0
     assert torch.equal(headless(x), pooled), "the same seed builds the same trunk, so the same features"
 
-    extractor = FeatureExtractor(resnet.create_model(name, **arguments).eval())
+    extractor = resnet.create_model(name, features_only=True, **arguments).eval()
     extractor.network.load_state_dict(headless.state_dict())
     maps = extractor(x)
     assert [(m.shape[1], size // m.shape[2], size // m.shape[3]) for m in maps] == [
@@ -74,7 +74,35 @@ def test_every_network_has_timms_model_interface(name: str) -> None:
     assert torch.equal(maps[-1], features)
 
     last = FeatureExtractor(headless, out_indices=[-1])
+    assert resnet.create_model(name, features_only=True, out_indices=[-1], **arguments).out_indices == [
+        len(info) - 1
+    ]
     assert [m.shape for m in last(x)] == [features.shape]
     assert [(i.channels, i.reduction) for i in last.feature_info()] == [
         (info[-1].channels, info[-1].reduction)
     ]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"out_indices": [0]}, r"out_indices=\[0\] only applies with features_only=True"),
+        (
+            {"features_only": True, "out_indices": [3]},
+            r"from -3 to 2 \(this network has 3 stages\), got \[3\]",
+        ),
+        ({"features_only": True, "out_indices": [0, -3]}, "names a stage twice"),
+        ({"features_only": True, "out_indices": []}, "at least one of the 3 stages"),
+    ],
+)
+def test_wrong_feature_requests_are_refused(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resnet.create_model("resnet20", **arguments)
+
+
+def test_out_indices_pick_and_order_the_maps() -> None:
+    extractor = resnet.create_model("resnet50", features_only=True, out_indices=(1, 3)).eval()
+    assert [(i.channels, i.reduction) for i in extractor.feature_info()] == [(512, 8), (2048, 32)]
+    with torch.no_grad():
+        maps = extractor(torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
