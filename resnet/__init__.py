@@ -6,7 +6,9 @@ builds every module on the way. This package re-exports what users import, and a
 `resnet.torchvision_interop`, to move weights between these models and torchvision's; `resnet.fast`, a
 fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; `resnet.registry`,
 which builds every network by name (`create_model("plain56")`, `list_models()`); and
-`resnet.features`, which describes the feature maps a detection or segmentation head attaches to; and
+`resnet.features`, which describes the feature maps a detection or segmentation head attaches to and
+returns them (`FeatureExtractor`, timm's `features_only`); `resnet.quantize`, int8 inference on the CPU
+(`quantize_int8`, with the `[int8]` extra); and
 `resnet.pretrained`, the CIFAR-10 input format (`normalize_cifar10`) and the trained weights that ship
 with the package (`resnet20(weights="cifar10")`).
 
@@ -16,7 +18,7 @@ The package ships type information (`py.typed`), and `resnet.__version__` is the
 from importlib.metadata import PackageNotFoundError, version
 
 from resnet.fast import ConvPool, ResNet9, resnet9
-from resnet.features import FeatureInfo
+from resnet.features import FeatureExtractor, FeatureInfo
 from resnet.model import (
     PRESETS,
     SHORTCUTS,
@@ -45,6 +47,7 @@ from resnet.model import (
     zero_init_residual_branches,
 )
 from resnet.pretrained import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, normalize_cifar10
+from resnet.quantize import quantize_int8
 from resnet.registry import PLAIN_NETWORKS, create_model, custom_resnet, list_models, model_builder
 from resnet.torchvision_interop import from_torchvision, to_torchvision
 
@@ -86,6 +89,8 @@ __all__ = [
     "resnet9",
     "zero_init_residual_branches",
     "FeatureInfo",
+    "FeatureExtractor",
+    "quantize_int8",
     "PLAIN_NETWORKS",
     "create_model",
     "custom_resnet",
