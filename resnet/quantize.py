@@ -106,15 +106,24 @@ class Int8Network(nn.Module):
     so the padding changes nothing but the time. It checks its input like the float network does.
     """
 
-    def __init__(self, lowered: torch.fx.GraphModule, batch_size: int, img_channels: int, min_size: int):
+    def __init__(
+        self, lowered: torch.fx.GraphModule, batch_size: int, image_size: tuple[int, int, int], min_size: int
+    ):
         super().__init__()
         self.lowered = lowered
         self.batch_size = batch_size
-        self.img_channels = img_channels
+        self.image_size = image_size
         self.min_size = min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_batch(x, self.img_channels, self.min_size, torch.float32)
+        x = check_image_batch(x, self.image_size[0], self.min_size, torch.float32)
+        if tuple(x.shape[1:]) != self.image_size:
+            channels, height, width = self.image_size
+            raise ValueError(
+                f"this int8 network was built for {height}x{width} images (its calibration images), got "
+                f"shape {list(x.shape)}; resize the images, or quantise again with calibration images "
+                f"of this size"
+            )
         outputs = []
         with torch.no_grad():
             for piece in torch.split(x, self.batch_size):
@@ -139,7 +148,7 @@ def lower_int8(
     check_positive(batch_size=batch_size)
     example = torch.zeros(batch_size, *image_size)
     lowered: torch.fx.GraphModule = _torchao().lower(reference, (example,))
-    return Int8Network(lowered, batch_size, image_size[0], min_size)
+    return Int8Network(lowered, batch_size, image_size, min_size)
 
 
 def quantize_int8(

@@ -92,5 +92,7 @@ def test_int8_refuses_what_the_float_network_refuses(trained: torch.nn.Module) -
     int8 = quantize_int8(trained, [separable_images(8, seed=2)[0]], batch_size=8)
     with pytest.raises(TypeError, match="dtype torch.float32.*got torch.float64"):
         int8(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"built for 16x16 images .*got shape \[2, 3, 32, 32\]"):
+        int8(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="needs at least one calibration batch"):
         quantize_int8(trained, [])

@@ -106,3 +106,13 @@ def test_out_indices_pick_and_order_the_maps() -> None:
     with torch.no_grad():
         maps = extractor(torch.randn(1, 3, 64, 64))
     assert [tuple(m.shape) for m in maps] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet9"])
+def test_headless_networks_script_and_export(name: str) -> None:
+    model = resnet.create_model(name, num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(torch.jit.script(model)(x), expected)
+        assert torch.allclose(torch.export.export(model, (x,)).module()(x), expected, atol=1e-6)
