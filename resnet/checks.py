@@ -78,8 +78,9 @@ def check_image_batch(x: torch.Tensor, img_channels: int, min_size: int, dtype: 
     nothing but padding to look at. Under `torch.autocast` any floating-point batch is fine, because
     autocast casts each convolution's input itself. Returns `x` unchanged.
     """
-    # TorchScript compiles neither `isinstance` on an annotated argument nor the `warnings` module; it
-    # drops this branch unseen, and its annotations already guarantee a tensor.
+    # TorchScript can compile neither the `warnings` module nor the autocast queries, and drops this
+    # branch unseen. A scripted model needs less: its annotations already guarantee a tensor. It checks
+    # shape and dtype, without the autocast exception (scripted models are run without autocast).
     if not _is_scripting():
         _check_from_python(x, img_channels, min_size, dtype)
     else:

@@ -9,6 +9,9 @@ through. `feature_info()` on a trunk or a classifier answers that from the confi
 `module` names the submodule whose output is the map, relative to the model `feature_info` was called
 on, so it can go straight into
 `torchvision.models.feature_extraction.create_feature_extractor(model, {info.module: ...})`.
+
+[`FeatureExtractor`](#FeatureExtractor) is the other way to get the maps, without tracing: timm's
+`features_only=True`, which `resnet.create_model` builds.
 """
 
 from collections.abc import Sequence
