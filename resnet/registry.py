@@ -18,7 +18,7 @@ module is the one table from names to networks, so every tool that takes a name 
 
 import difflib
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from resnet.fast import ResNet9, resnet9
 from resnet.features import FeatureExtractor
@@ -105,16 +105,18 @@ def model_builder(name: str) -> Callable[..., Model]:
     return _BUILDERS[name]
 
 
-@overload
-def create_model(
-    name: str, *, features_only: Literal[False] = False, out_indices: None = None, **kwargs: Any
-) -> Model: ...
+if TYPE_CHECKING:
+    # For type checkers only: `features_only=True` gives a `FeatureExtractor`, anything else a network.
+    # (Inside this block the docs site does not list the two signatures as definitions of their own.)
+    @overload
+    def create_model(
+        name: str, *, features_only: Literal[False] = False, out_indices: None = None, **kwargs: Any
+    ) -> Model: ...
 
-
-@overload
-def create_model(
-    name: str, *, features_only: Literal[True], out_indices: Sequence[int] | None = None, **kwargs: Any
-) -> FeatureExtractor: ...
+    @overload
+    def create_model(
+        name: str, *, features_only: Literal[True], out_indices: Sequence[int] | None = None, **kwargs: Any
+    ) -> FeatureExtractor: ...
 
 
 def create_model(
