@@ -37,6 +37,7 @@ def test_int8_benchmark_prints_accuracy_and_speed_of_every_version(tmp_path, cap
     assert re.search(rf"^load average before: {NUMBER} {NUMBER} {NUMBER}$", out, re.MULTILINE)
     assert re.search(rf"^load average after: {NUMBER} {NUMBER} {NUMBER}$", out, re.MULTILINE)
     assert re.search(rf"^speed-up resnet20 int8/float32: {NUMBER}x", out, re.MULTILINE)
+    assert re.search(rf"^resnet20 int8: {NUMBER}% test accuracy, {NUMBER} images/s$", out, re.MULTILINE)
     for version in ("float32", "bfloat16", "int8"):
         assert re.search(
             rf"^\| resnet20 +\| {version} +\| {NUMBER} +\| {NUMBER} +\| {NUMBER}% +\|$", out, re.M
