@@ -165,9 +165,12 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     set_threads(args.threads)
-    from experiments.data import load_cifar10
+    from experiments.data import DataError, load_cifar10
 
-    data = load_cifar10(args.data_dir, download=False, verify_checksums=not args.no_verify_checksums)
+    try:
+        data = load_cifar10(args.data_dir, download=False, verify_checksums=not args.no_verify_checksums)
+    except DataError as error:
+        raise SystemExit(str(error)) from None  # one line, exit status 1: a bad file, not a bad setting
     test = (normalized(data.test_images[: args.test_images]), data.test_labels[: args.test_images])
     calibration = normalized(data.train_images[: args.calibration])
     networks = [load_network(spec) for spec in args.model]

@@ -50,3 +50,10 @@ def test_a_model_without_shipped_weights_needs_a_file(tmp_path):
         int8.load_network("resnet32")
     with pytest.raises(SystemExit, match="is not a file"):
         int8.load_network(f"resnet32={tmp_path / 'missing.pt'}")
+
+
+def test_a_data_folder_that_fails_its_checks_ends_in_one_line(tmp_path):
+    write_synthetic_cifar10(tmp_path, n_per_train_batch=8, n_test=8)
+    with pytest.raises(SystemExit, match="md5 .* does not match the official") as stopped:
+        int8.main(["--data-dir", str(tmp_path), "--model", "resnet20"])
+    assert "\n" not in str(stopped.value.code)
