@@ -6,7 +6,9 @@ builds every module on the way. This package re-exports what users import, and a
 `resnet.torchvision_interop`, to move weights between these models and torchvision's; `resnet.fast`, a
 fast DAWNBench-style ResNet-9 for CIFAR-10 that is not one of the paper's networks; `resnet.registry`,
 which builds every network by name (`create_model("plain56")`, `list_models()`); and
-`resnet.features`, which describes the feature maps a detection or segmentation head attaches to; and
+`resnet.features`, which describes the feature maps a detection or segmentation head attaches to and
+returns them (`FeatureExtractor`, timm's `features_only`); `resnet.quantize`, int8 inference on the CPU
+(`quantize_int8`, with the `[int8]` extra); and
 `resnet.pretrained`, the CIFAR-10 input format (`normalize_cifar10`) and the trained weights that ship
 with the package (`resnet20(weights="cifar10")`); and `resnet.loading`, which builds a network from a
 trainer checkpoint, a weight file or a Hugging Face-style folder (`load_checkpoint`, `save_pretrained`,
@@ -24,7 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from resnet.fast import ConvPool, ResNet9
-from resnet.features import FeatureInfo
+from resnet.features import FeatureExtractor, FeatureInfo
 from resnet.loading import LoadError, from_pretrained, load_checkpoint, save_pretrained
 from resnet.model import (
     PRESETS,
@@ -50,6 +52,7 @@ from resnet.pretrained import (
     WeightsError,
     normalize_cifar10,
 )
+from resnet.quantize import quantize_int8
 from resnet.registry import (
     PLAIN_NETWORKS,
     WeightsEnum,
@@ -113,6 +116,8 @@ __all__ = [
     "resnet9",
     "zero_init_residual_branches",
     "FeatureInfo",
+    "FeatureExtractor",
+    "quantize_int8",
     "PLAIN_NETWORKS",
     "create_model",
     "custom_resnet",

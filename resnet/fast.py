@@ -42,9 +42,10 @@ import torch
 import torch.fx
 from torch import nn
 
-from resnet.checks import check_image_batch, check_positive
+from resnet.checks import check_image_batch, check_non_negative, check_positive
 from resnet.features import FeatureInfo
-from resnet.model import Module, ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
+from resnet.model import ResidualBlock, ResNetStem, Shortcut, conv3x3, zero_init_residual_branches
+from resnet.module import Module
 
 # A leaf for `torch.fx`, as in `model.py`: the network traces and the traced graph keeps the check.
 torch.fx.wrap("check_image_batch")
@@ -78,7 +79,8 @@ class ResNet9(Module):
     """
     ## The network
 
-    * `num_classes` is the number of outputs
+    * `num_classes` is the number of outputs; 0 leaves the head out, so the network returns its pooled
+      `num_features`-wide feature vector (timm's convention, as for `ResNetClassifier`)
     * `widths` are the channels of the stem and of the three layers
     * `residual` says which of the three layers end in a residual block
     * `img_channels` is the number of channels of the input images
@@ -106,8 +108,8 @@ class ResNet9(Module):
                 f"ResNet9 needs 4 widths (stem and three layers) and 3 residual flags, got "
                 f"widths={list(widths)} and residual={list(residual)}"
             )
+        check_non_negative(num_classes=num_classes)
         check_positive(
-            num_classes=num_classes,
             img_channels=img_channels,
             **{f"widths[{i}]": w for i, w in enumerate(widths)},
         )
@@ -128,19 +130,64 @@ class ResNet9(Module):
             zero_init_residual_branches(self.layers)
         # One 2x2 max-pool per layer: each output pixel stands for a 2^3 = 8 pixels wide patch of the input.
         self.total_stride = 2 ** (len(widths) - 1)
-        self.head = nn.Linear(widths[-1], num_classes, bias=False)
+        self.num_features = widths[-1]
+        self.num_classes = num_classes
+        self.head: nn.Module = (
+            nn.Linear(widths[-1], num_classes, bias=False) if num_classes else nn.Identity()
+        )
+        # Where each of the three layers ends in `self.layers`: the maps `stage_outputs` returns.
+        self.stage_ends = [int(info.module.split(".")[1]) for info in self.feature_info()]
+
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The map at the end of each layer, the ones [`feature_info`](#ResNet9.feature_info) describes."""
+        x = self.stem(check_image_batch(x, self.img_channels, self.total_stride, self.stem.conv.weight.dtype))
+        outputs: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.stage_ends:
+                outputs.append(x)
+        return outputs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's map, `[batch_size, widths[-1], height / 8, width / 8]`."""
+        x = check_image_batch(x, self.img_channels, self.total_stride, self.stem.conv.weight.dtype)
+        features: torch.Tensor = self.layers(self.stem(x))
+        return features
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """
+        Max-pools the map over all positions (Page's choice; the paper's networks average), so any image
+        size works, then applies the head and the logit scale. `pre_logits=True`, like `num_classes=0`,
+        stops after the pooling and returns the `num_features`-wide vector.
+        """
+        pooled = x.amax(dim=(2, 3))
+        if pre_logits or self.num_classes == 0:
+            return pooled
+        logits: torch.Tensor = self.head(pooled)
+        return logits * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         * `x` is a batch of images `[batch_size, img_channels, height, width]`, at least 8 pixels a side
 
-        Returns the logits `[batch_size, num_classes]`. The last map is max-pooled over all positions
-        (Page's choice; the paper's networks average), so any image size works.
+        Returns the logits `[batch_size, num_classes]`.
         """
-        x = check_image_batch(x, self.img_channels, self.total_stride)
-        features = self.layers(self.stem(x)).amax(dim=(2, 3))
-        logits: torch.Tensor = self.head(features)
-        return logits * self.logit_scale
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The bias-free fully connected head (`nn.Identity` for a network built with `num_classes=0`)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head with `num_classes` outputs; 0 removes it."""
+        check_non_negative(num_classes=num_classes)
+        weight = self.stem.conv.weight
+        self.num_classes = num_classes
+        self.head = (
+            nn.Linear(self.num_features, num_classes, bias=False, device=weight.device, dtype=weight.dtype)
+            if num_classes
+            else nn.Identity()
+        )
 
     def feature_info(self) -> list[FeatureInfo]:
         """

@@ -38,30 +38,27 @@ $$y = \\mathcal{F}(x, \\{W_i\\}) + W_s x.$$
 $\\mathcal{F}$ needs at least two layers: with one layer, $W_1 x + x$ is still a linear map, and the
 shortcut would buy nothing.
 
-Everything the CIFAR-10 trainer in `experiments/cifar10.py` trains is built from the modules below.
+Everything the CIFAR-10 trainer in `experiments/cifar10.py` trains is built from the modules below. They
+derive from a labml-helpers `Module` (see [`module.py`](module.py)) so that they fit labml experiments.
 """
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from resnet.checks import check_choice, check_image_batch, check_positive, check_same_length
+from resnet.checks import (
+    check_choice,
+    check_image_batch,
+    check_non_negative,
+    check_positive,
+    check_same_length,
+)
 from resnet.features import FeatureInfo
-
-if TYPE_CHECKING:
-    # labml-helpers ships no type information. Its `Module` is an `nn.Module` with one more property,
-    # so type checkers are told it is one, and our classes keep `nn.Module`'s types.
-    LabmlModule = nn.Module
-else:
-    from labml_helpers.module import Module as LabmlModule
-
-# `torch.fx` records the input check as one call instead of tracing into it (see `checks.py`), so the
-# networks trace, for feature extraction among others, and the traced graph still checks its input.
-torch.fx.wrap("check_image_batch")
+from resnet.module import Module
 
 # The paper's three shortcut options A, B and C (§3.3, §4.1), plus `"none"` for the plain networks that
 # show the degradation problem.
@@ -69,29 +66,6 @@ Shortcut = Literal["A", "B", "C", "none"]
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C", "none")
 Stem = Literal["seed", "cifar", "imagenet"]
 STEMS: tuple[str, ...] = ("seed", "cifar", "imagenet")
-
-
-class Module(LabmlModule):
-    """
-    ### The common base class
-
-    Every module here is a labml-helpers `Module`, as in labml's original implementation, so that they
-    fit into labml experiments that expect one. labml-helpers adds a `device` property whose body uses a
-    `try` block and raises when a module has no parameters. TorchScript compiles every property it
-    finds, and it can compile neither, so we tell it to leave `device` alone and give a version that
-    never raises while the scripting code looks at the module.
-    """
-
-    __jit_unused_properties__ = ["device"]
-
-    @property
-    def device(self) -> torch.device | None:
-        """The device of the first parameter or buffer; `None` for a module that holds neither."""
-        for parameter in self.parameters():
-            return parameter.device
-        for buffer in self.buffers():
-            return buffer.device
-        return None
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -123,6 +97,7 @@ class ShortcutProjection(Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # $W_s x$, normalised; no ReLU, because the sum it joins is rectified once, after the addition.
         projected: torch.Tensor = self.bn(self.conv(x))
         return projected
 
@@ -155,9 +130,13 @@ class ZeroPadShortcut(Module):
         self.extra_channels = out_channels - in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Keep the pixels the branch's strided convolution is centred on, so both sides of the sum describe
+        # the same places in the image.
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        # `F.pad` reads its widths from the last dimension backwards: (W, W, H, H, C before, C after).
+        # The new channels are zeros: the shortcut still carries $x$ unchanged in the old ones, and adds
+        # nothing a weight would have to learn. `F.pad` reads its widths from the last dimension backwards:
+        # (W, W, H, H, C before, C after).
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
@@ -234,10 +213,18 @@ class ResidualBlock(Module):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        # The first layer of $\mathcal{F}$. It alone may change the shape: its stride shrinks the map and
+        # its `out_channels` widen it.
+        out = self.act1(self.bn1(self.conv1(x)))
+        # The second layer stops at batch norm: no ReLU yet, so $\mathcal{F}(x)$ can be negative and pull
+        # the sum below $x$ as well as above it.
+        out = self.bn2(self.conv2(out))
+        # Eq. 1, $\mathcal{F}(x) + x$, or Eq. 2, $\mathcal{F}(x) + W_s x$, whichever shortcut
+        # `make_shortcut` chose. A plain block (`shortcut="none"`) has only $\mathcal{F}(x)$.
         if self.shortcut is not None:
-            residual = residual + self.shortcut(x)
-        y: torch.Tensor = self.act2(residual)
+            out = out + self.shortcut(x)
+        # The block's second non-linearity comes after the addition (Figure 2).
+        y: torch.Tensor = self.act2(out)
         return y
 
 
@@ -303,12 +290,17 @@ class BottleneckResidualBlock(Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.act1(self.bn1(self.conv1(x)))
-        residual = self.act2(self.bn2(self.conv2(residual)))
-        residual = self.bn3(self.conv3(residual))
+        # $1 \times 1$: squeeze the width down to `bottleneck_channels`.
+        out = self.act1(self.bn1(self.conv1(x)))
+        # $3 \times 3$ in the narrow space, where it is cheap; it carries the stage's stride.
+        out = self.act2(self.bn2(self.conv2(out)))
+        # $1 \times 1$: back out to `out_channels`, and, as in the basic block, no ReLU before the sum.
+        out = self.bn3(self.conv3(out))
+        # $\mathcal{F}(x)$ plus the shortcut (identity or projection), unless the block is plain.
         if self.shortcut is not None:
-            residual = residual + self.shortcut(x)
-        y: torch.Tensor = self.act3(residual)
+            out = out + self.shortcut(x)
+        # Rectify the sum, as the basic block does.
+        y: torch.Tensor = self.act3(out)
         return y
 
 
@@ -347,6 +339,8 @@ class ResNetStem(Module):
         self.stride = stride * (2 if stem == "imagenet" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Convolution, batch norm and ReLU like every other layer; the max-pool is `nn.Identity` except on
+        # the ImageNet stem.
         maps: torch.Tensor = self.pool(self.act(self.bn(self.conv(x))))
         return maps
 
@@ -482,8 +476,12 @@ class ResNetBase(Module):
         The feature map after each stage, highest resolution first: the multi-scale features detection
         and segmentation heads (feature pyramids, U-Nets) attach to.
         """
-        x = self.stem(check_image_batch(x, self.img_channels, self.total_stride))
+        # Refuse a wrong batch here, in one line, rather than as a shape error deep inside a convolution.
+        x = check_image_batch(x, self.img_channels, self.total_stride, self.stem.conv.weight.dtype)
+        # From pixels to the first stage's width (and, for ImageNet, a quarter of the resolution).
+        x = self.stem(x)
         outputs: list[torch.Tensor] = []
+        # Each stage halves the map in its first block (except the first stage) and keeps it after.
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
@@ -499,14 +497,19 @@ class ResNetBase(Module):
             for i, channels in enumerate(self.stage_channels)
         ]
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map, `[batch_size, n_channels[-1], height / stride, width / stride]`."""
+        return self.stage_outputs(x)[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         * `x` is a batch of images of shape `[batch_size, img_channels, height, width]`
 
-        Returns the globally average-pooled features, `[batch_size, n_channels[-1]]`. Averaging over the
-        map (§3.3) instead of flattening it makes the network accept any image size.
+        Returns the globally average-pooled features, `[batch_size, n_channels[-1]]`.
         """
-        return self.stage_outputs(x)[-1].mean(dim=(2, 3))
+        # Global average pooling (§3.3): one number per channel, whatever the map's size, so the network
+        # accepts any image size, and no weights to learn, unlike the large fully connected layers of VGG.
+        return self.forward_features(x).mean(dim=(2, 3))
 
 
 class ResNetClassifier(Module):
@@ -516,21 +519,64 @@ class ResNetClassifier(Module):
     The trunk's pooled features go through one fully-connected layer to the class scores (§3.3: "a
     global average pooling layer and a 1000-way fully-connected layer with softmax"). The softmax lives
     in the loss, so the model returns logits.
+
+    The methods follow timm's model interface, so code written for timm's networks runs on these:
+    `forward_features` gives the last unpooled map, `forward_head` pools it and classifies
+    (`pre_logits=True` stops after the pooling), and `num_classes=0` or `reset_classifier(0)` leaves
+    the head out, so the network returns its `num_features`-wide pooled feature vector.
     """
 
     def __init__(self, trunk: ResNetBase, num_classes: int):
         super().__init__()
-        check_positive(num_classes=num_classes)
+        check_non_negative(num_classes=num_classes)
         self.trunk = trunk
-        self.head = nn.Linear(trunk.out_channels, num_classes)
+        self.num_features = trunk.out_channels
+        self.num_classes = num_classes
+        self.head: nn.Module = nn.Linear(trunk.out_channels, num_classes) if num_classes else nn.Identity()
 
     def feature_info(self) -> list[FeatureInfo]:
         """The trunk's [`feature_info`](#ResNetBase.feature_info), with module names from here."""
         return [replace(info, module=f"trunk.{info.module}") for info in self.trunk.feature_info()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.head(self.trunk(x))
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's [`stage_outputs`](#ResNetBase.stage_outputs)."""
+        return self.trunk.stage_outputs(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The fully connected head (`nn.Identity` for a network built with `num_classes=0`)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head with `num_classes` outputs; 0 removes it."""
+        check_non_negative(num_classes=num_classes)
+        weight = self.trunk.stem.conv.weight
+        self.num_classes = num_classes
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes
+            else nn.Identity()
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """
+        * `x` is the map `forward_features` returns
+        * `pre_logits` stops after the pooling and returns the `num_features`-wide vector
+        """
+        # Global average pooling, as in the trunk's `forward`.
+        pooled = x.mean(dim=(2, 3))
+        if pre_logits:
+            return pooled
+        # One linear map to the class scores; the softmax is left to the loss.
+        logits: torch.Tensor = self.head(pooled)
         return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The trunk's last map, then the head: the same as `self.head(self.trunk(x))`, split where timm's
+        # interface splits it.
+        return self.forward_head(self.forward_features(x))
 
 
 def cifar_resnet(
@@ -666,3 +712,8 @@ PRESETS = {
         resnet152,
     )
 }
+
+# `torch.fx` records the input check as one call instead of tracing into it (see `checks.py`), so the
+# networks trace, for feature extraction among others, and the traced graph still checks its input. The
+# mark applies to this module's name for the function, so it has to be made here.
+torch.fx.wrap("check_image_batch")

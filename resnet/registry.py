@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints, overload
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from resnet import fast
 from resnet import pretrained as weight_files
 from resnet.fast import ResNet9
+from resnet.features import FeatureExtractor
 from resnet.model import PRESETS, ResNetBase, ResNetClassifier, Shortcut, cifar_resnet, imagenet_resnet
 
 Model = ResNetClassifier | ResNet9
@@ -490,9 +491,36 @@ def build_named(name: str, kwargs: dict[str, Any], weights: Any, caller: str) ->
     return model
 
 
+if TYPE_CHECKING:
+    # For type checkers only: `features_only=True` gives a `FeatureExtractor`, anything else a network.
+    # (Inside this block the docs site does not list the two signatures as definitions of their own.)
+    @overload
+    def create_model(
+        name: str,
+        *,
+        pretrained: bool = False,
+        checkpoint_path: str | Path | None = None,
+        features_only: Literal[False] = False,
+        out_indices: None = None,
+        **kwargs: Any,
+    ) -> Model: ...
+
+    @overload
+    def create_model(
+        name: str,
+        *,
+        pretrained: bool = False,
+        checkpoint_path: str | Path | None = None,
+        features_only: Literal[True],
+        out_indices: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> FeatureExtractor: ...
+
+
 def create_model(
-    name: str, *, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs: Any
-) -> Model:
+    name: str, *, pretrained: bool = False, checkpoint_path: str | Path | None = None,
+    features_only: bool = False, out_indices: Sequence[int] | None = None, **kwargs: Any,
+) -> Model | FeatureExtractor:  # fmt: skip
     """
     The network called `name` (see [`list_models`](#list_models)), built with `kwargs`. `custom` needs
     `n_blocks` and `n_channels`, and takes `bottlenecks`; the other names fix their own stages.
@@ -502,9 +530,15 @@ def create_model(
       network (see [`load_checkpoint`](loading.html#load_checkpoint)), which must have been trained as
       this network
 
+    * `features_only=True` returns the network without its classifier, giving the maps of the stages in
+      `out_indices` (all by default), as timm's argument of the same name does; see
+      [`FeatureExtractor`](features.html#FeatureExtractor)
+
     With weights and another `num_classes`, the trunk is loaded and the head is new (a warning says so).
     """
     model_builder(name)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"out_indices={list(out_indices)} only applies with features_only=True")
     weights = kwargs.pop("weights", None)
     if pretrained:
         if weights is not None:
@@ -516,7 +550,7 @@ def create_model(
         from resnet.loading import load_checkpoint
 
         load_checkpoint(checkpoint_path, model)
-    return model
+    return FeatureExtractor(model, out_indices) if features_only else model
 
 
 def _public(name: str, builder: Callable[..., M]) -> Callable[..., M]:

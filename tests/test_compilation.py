@@ -6,6 +6,7 @@ one ImageNet). Every test builds its own models, so none depends on what another
 
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -124,3 +125,42 @@ def test_torch_compile_default_backend_matches_eager():
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True)
     assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet9"])
+def test_tracing_raises_no_tracer_warning_from_the_input_checks(name):
+    torch.manual_seed(0)
+    model = resnet.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, (x,))
+    other = torch.randn(5, 3, 32, 32)
+    assert torch.allclose(traced(other), model(other), atol=1e-5)
+
+
+def test_the_legacy_onnx_exporter_raises_no_tracer_warning_with_a_dynamic_batch():
+    pytest.importorskip("onnx")
+    model = resnet.resnet20().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, 32, 32),),
+            io.BytesIO(),
+            dynamo=False,
+            input_names=["images"],
+            dynamic_axes={"images": {0: "batch"}},
+        )
+
+
+def test_compiled_model_keeps_the_dtype_check_and_autocast():
+    model = build("option A")
+    x = torch.randn(2, 3, 32, 32)
+    # Without fullgraph, as most people compile: dynamo hands the refusal over to Python as it is (with
+    # fullgraph it would wrap it in its own "Unsupported" error, message included).
+    with pytest.raises(TypeError, match="dtype torch.float32.*got torch.float64"):
+        torch.compile(model, backend="aot_eager")(x.double())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(x).dtype == torch.bfloat16

@@ -269,7 +269,7 @@ def test_the_wrong_number_of_channels_is_refused() -> None:
         (dict(residual=(True, False, True, False)), "3 residual flags"),
         (dict(widths=(8, 0, 16, 32)), r"widths\[1\]"),
         (dict(widths=(8, 16, 32, -4)), r"widths\[3\]"),
-        (dict(num_classes=0), "num_classes"),
+        (dict(num_classes=-1), "num_classes"),
         (dict(img_channels=0), "img_channels"),
         (dict(shortcut="D"), "shortcut"),
     ],
