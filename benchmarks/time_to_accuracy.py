@@ -22,7 +22,6 @@ and the load average beside them.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import load_average  # noqa: E402
 
 PAPER_IMAGES = 64_000 * 128
 # Table 6: ResNet-20 reaches 8.75% test error.
@@ -140,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dirs = args.runs or [train(args.data_dir, args.logs_dir, seed, trainer_args) for seed in args.seeds]
     rows = [summarize(run, args.target) for run in run_dirs]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(
-        f"target: test accuracy >= {args.target:.4f}; load average now {load[0]:.2f} {load[1]:.2f} "
-        f"{load[2]:.2f}"
-    )
+    print(f"target: test accuracy >= {args.target:.4f}; {load_average()} now")
     for r in rows:
         reached = (
             f"reached at epoch {r['first_epoch_at_target']} after {r['train_time_to_target_s'] / 60:.1f} "
