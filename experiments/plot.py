@@ -5,17 +5,17 @@
 python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out curves.png
 ```
 
-Every run folder holds `metrics.jsonl`, one line per epoch. [`draw`](#draw) plots, per epoch and one line
-per run, the training error, the evaluation error (validation when the run held out a split, otherwise
-the test set, which a run only watches) and the learning rate at the end of the epoch.
-[`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
-[`degradation.py`](degradation.html). Errors rather than accuracies, as in the paper's figures: a curve
-that falls towards 0 reads as "better", and the last points of two good runs are not squashed together
-against 100%. A run is labelled by its recipe, network and seed when its `results.json` is there, else
-by its folder name; `--labels` overrides them.
+Every run folder holds `metrics.jsonl`, one line per epoch. [`draw`](#draw) plots per epoch, a line per
+run labelled by its recipe, network and seed (or `--labels`), the training error, the evaluation error
+(validation when the run held out a split, else the test set, which a run only watches) and the learning
+rate; [`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
+[`degradation.py`](degradation.html). Errors rather than accuracies, as in the paper: a curve falls
+towards 0 for "better", and two good runs are not squashed together against 100%.
 """
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 import textwrap
@@ -59,9 +59,10 @@ def read_run(path: Path, label: str | None = None) -> Curve:
     if not records:
         raise PlotError(f"{metrics} is empty: the run has not finished an epoch yet")
     name = "valid" if any("valid_accuracy" in r for r in records) else "test"
-    if label is None:
-        s = summary or {}
-        label = f"{s['recipe']} recipe, {s['model']}, seed {s['seed']}" if summary else folder.name
+    s = summary or {}
+    label = label or (
+        f"{s.get('recipe')} recipe, {s.get('model')}, seed {s.get('seed')}" if s else folder.name
+    )
     return Curve(
         label, [int(r["epoch"]) for r in records], [int(r["step"]) for r in records],
         [1.0 - float(r["train_accuracy"]) for r in records], name,
@@ -73,10 +74,14 @@ def read_run(path: Path, label: str | None = None) -> Curve:
 def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    matplotlib.use("Agg")  # files only, never a window
+    return importlib.import_module("matplotlib.pyplot")
 
-    return pyplot
+
+def evaluated(curve: Curve) -> tuple[list[int], list[float]]:
+    """The epochs that were evaluated, and their evaluation error in percent."""
+    points = [(x, 100 * e) for x, e in zip(curve.epochs, curve.eval_error, strict=True) if e is not None]
+    return [x for x, _ in points], [y for _, y in points]
 
 
 def save(figure: Any, out: Path) -> None:
@@ -90,9 +95,7 @@ def draw(curves: list[Curve], title: str | None = None) -> Any:
     figure, axes = _pyplot().subplots(1, 3, figsize=(13, 3.8))
     for curve in curves:
         (line,) = axes[0].plot(curve.epochs, [100 * e for e in curve.train_error], label=curve.label)
-        points = [(x, 100 * e) for x, e in zip(curve.epochs, curve.eval_error, strict=True) if e is not None]
-        if points:
-            axes[1].plot(*zip(*points, strict=True), color=line.get_color(), marker=".")
+        axes[1].plot(*evaluated(curve), color=line.get_color(), marker=".")
         axes[2].plot(curve.epochs, curve.lr, color=line.get_color())
     names = "/".join(sorted({c.eval_name for c in curves}))
     for ax, name in zip(axes, ("training error (%)", f"{names} error (%)", "learning rate"), strict=True):
@@ -115,24 +118,19 @@ COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:
 
 def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
     """
-    Figure 6's layout: one panel per entry of `panels` (plain networks on the left, residual on the
-    right), each curve given with its depth; error in percent per epoch, training error thin and dashed,
-    test error bold, one colour per depth. Sized to stay legible at the README's width.
+    Figure 6: a panel per entry of `panels` (plain networks, then residual ones), each curve with its
+    depth; error in percent per epoch, training error thin and dashed, test error bold, one colour per
+    depth. Sized to stay legible at the README's width.
     """
     depths = sorted({depth for curves in panels.values() for depth, _ in curves})
     colour = {depth: COLOURS[i % len(COLOURS)] for i, depth in enumerate(depths)}
     figure, axes = _pyplot().subplots(1, len(panels), figsize=(11, 4.8), sharey=True, squeeze=False)
     for ax, (name, curves) in zip(axes[0], panels.items(), strict=True):
         for depth, curve in curves:
-            ax.plot(
-                curve.epochs, [100 * e for e in curve.train_error], "--", linewidth=1, color=colour[depth]
-            )
-            points = [
-                (x, 100 * e) for x, e in zip(curve.epochs, curve.eval_error, strict=True) if e is not None
-            ]
-            xs, ys = zip(*points, strict=True) if points else ((), ())
-            ax.plot(xs, ys, "-", linewidth=2.5, color=colour[depth], label=curve.label,
-                    marker="o" if len(points) < 3 else None)  # fmt: skip
+            ax.plot(curve.epochs, [100 * e for e in curve.train_error], "--", lw=1, color=colour[depth])
+            xs, ys = evaluated(curve)  # a run evaluated only at its end gets a marker to be seen at all
+            ax.plot(xs, ys, "-", lw=2.5, color=colour[depth], label=curve.label,
+                    marker="o" if len(xs) < 3 else None)  # fmt: skip
         ax.set_title(name, fontsize=13)
         ax.set_xlabel("epoch", fontsize=12)
         ax.tick_params(labelsize=11)
@@ -146,28 +144,18 @@ def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.plot",
-        description="Draw training error, evaluation error and learning rate per epoch from run folders "
-        "(their metrics.jsonl), one line per run.",
-    )
-    parser.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run folders, or their metrics.jsonl"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("curves.png"), help="PNG to write (default curves.png)"
-    )
+    parser = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.split("\n\n")[2])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders or metrics.jsonl")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (curves.png)")
     parser.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
     parser.add_argument("--title", help="a title over the panels")
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels gives {len(args.labels)} labels for {len(args.runs)} runs; give one per run")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         parser.error('drawing needs matplotlib: pip install -e ".[plot]"')
+    labels = args.labels or [None] * len(args.runs)
     try:
-        labels = args.labels or [None] * len(args.runs)
         curves = [read_run(run, label) for run, label in zip(args.runs, labels, strict=True)]
     except PlotError as e:
         print(f"error: {e}", file=sys.stderr)
