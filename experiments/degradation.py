@@ -81,7 +81,10 @@ def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[s
 
 def find_run(logs_dir: Path) -> tuple[Path | None, bool]:
     """The newest run folder under a network's own logs folder (or None), and whether it finished."""
-    runs = [r for r in logs_dir.glob("*/*") if (r / "results.json").is_file() or (r / "checkpoints").is_dir()]
+    # A run killed before its first checkpoint left nothing to resume: it does not count.
+    runs = [
+        r for r in logs_dir.glob("*/*") if (r / "results.json").is_file() or any(r.glob("checkpoints/*.pt"))
+    ]
     finished = [r for r in runs if (r / "results.json").is_file()]
     newest = max(finished or runs, key=lambda r: r.stat().st_mtime, default=None)
     return newest, bool(finished)
@@ -149,8 +152,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for item in args.runs:
         name, _, path = item.partition("=")
         match = next((n for n in names if n.lower().replace("-", "") == name.lower().replace("-", "")), None)
-        if match is None or not Path(path).is_dir():
-            p.error(f"--runs {item}: expected NETWORK=RUN_FOLDER with NETWORK one of {', '.join(names)}")
+        if match is None or not (Path(path) / "results.json").is_file():
+            p.error(f"--runs {item}: expected NETWORK=RUN_FOLDER, a finished run (with its results.json) of "
+                    f"one of {', '.join(names)}")  # fmt: skip
         args.given[match] = Path(path)
     args.out = args.out or Path("degradation_quick.png" if args.quick else "degradation.png")
     if args.out.suffix.lower() != ".png" or not args.out.parent.is_dir():

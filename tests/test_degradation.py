@@ -105,6 +105,21 @@ def test_finished_networks_are_read_not_retrained(
     assert json.loads((tmp_path / "fig.json").read_text()) == first and (tmp_path / "fig.png").exists()
 
 
+def test_a_networks_run_is_found_in_its_own_folder(tmp_path: Path) -> None:
+    logs = tmp_path / "plain-20"
+    assert degradation.find_run(logs) == (None, False)
+    # Killed before its first checkpoint was complete: only the temporary file of an atomic write.
+    (logs / "cifar10" / "a" / "checkpoints").mkdir(parents=True)
+    (logs / "cifar10" / "a" / "checkpoints" / ".last.pt.tmp-123").write_bytes(b"half")
+    assert degradation.find_run(logs) == (None, False)
+    (logs / "cifar10" / "b" / "checkpoints").mkdir(parents=True)
+    (logs / "cifar10" / "b" / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    assert degradation.find_run(logs) == (logs / "cifar10" / "b", False)  # to be resumed
+    (logs / "cifar10" / "c").mkdir()
+    (logs / "cifar10" / "c" / "results.json").write_text("{}")
+    assert degradation.find_run(logs) == (logs / "cifar10" / "c", True)  # finished: to be read
+
+
 def write_run(folder: Path, train_errors: list[float], test_errors: list[float | None], epochs: int) -> Path:
     """A finished run folder as the trainer leaves it: metrics.jsonl and results.json."""
     folder.mkdir(parents=True)
@@ -170,6 +185,7 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
         (["--out", "figure.svg"], ".png"),
         (["--runs", "resnet7=."], "NETWORK=RUN_FOLDER"),
         (["--runs", "resnet20=/no/such/run"], "NETWORK=RUN_FOLDER"),
+        (["--runs", "resnet20=."], "a finished run (with its results.json)"),
         (["epochs"], "key=value"),
     ],
 )
