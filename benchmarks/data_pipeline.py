@@ -33,6 +33,8 @@ from benchmarks.common import alternate, load_average, parser, positive, rate_su
 from experiments.data import CIFAR10_MEAN, CIFAR10_STD
 from experiments.loader import TensorBatches
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 class PilCifar(Dataset):
     """CIFAR-shaped `uint8` arrays served one PIL image at a time, as `torchvision.datasets.CIFAR10` does."""
@@ -58,48 +60,30 @@ def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (n,), generator=generator)
 
 
-def endless(
-    make_epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(make_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
     """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
     for epoch in itertools.count():
         yield from make_epoch(epoch)
 
 
-def pil_loader(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int, device: torch.device
-) -> DataLoader:
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-        ]
-    )
-    return DataLoader(
-        PilCifar(images.numpy(), labels.numpy(), transform),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-    )
+def pil_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
+               device: torch.device) -> DataLoader:  # fmt: skip
+    """The usual alternative: torchvision's transforms on PIL images, in worker processes if asked."""
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])  # fmt: skip
+    dataset = PilCifar(images.numpy(), labels.numpy(), transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda")  # fmt: skip
 
 
-def take(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    count: int,
-    device: torch.device,
-    consume: Callable[[torch.Tensor, torch.Tensor], None] | None,
-) -> Callable[[], None]:
+def take(batches: Iterator[Batch], count: int, device: torch.device,
+         consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:  # fmt: skip
     """A callable that pulls `count` batches, moves them to `device` and hands them to `consume`."""
 
     def run() -> None:
         for images, labels in itertools.islice(batches, count):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if consume is not None:
                 consume(images, labels)
 
@@ -137,14 +121,14 @@ def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Ten
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = parser("\n\n".join(__doc__.split("\n\n")[1:3]), repeats=5)
+    # fmt: off
     p.add_argument("--images", type=positive, default=50_000, help="synthetic training-set size (50000)")
     p.add_argument("--batch-size", type=positive, default=128, help="images per batch (128)")
     p.add_argument("--batches", type=positive, default=20, help="batches per timed repeat (20)")
-    p.add_argument(
-        "--workers", type=worker_counts, default=[0, 2], help="comma-separated DataLoader worker counts"
-    )
+    p.add_argument("--workers", type=worker_counts, default=[0, 2], help="DataLoader worker counts (0,2)")
     p.add_argument("--channels-last", action="store_true", help="model and TensorBatches in channels_last")
     p.add_argument("--no-end-to-end", action="store_true", help="skip the loader + training-step rows")
+    # fmt: on
     args = p.parse_args(argv)
     if args.quick:  # 128 images, batch 8, 2 batches, 2 repeats, workers 0
         args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, [0]
@@ -165,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         drop_last=True,
         channels_last=args.channels_last,
     )
-    loaders: dict[str, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = {
+    loaders: dict[str, Callable[[], Iterator[Batch]]] = {
         "TensorBatches": lambda: endless(tensor_batches.epoch)
     }
     for workers in args.workers:
@@ -192,12 +176,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         run()
     seconds = alternate([run for _, run in pipelines], args.repeats, device)
     images_per_repeat = args.batches * args.batch_size
-    rates = {}
-    rows = []
-    for (name, _), times in zip(pipelines, seconds, strict=True):
-        rate, spread = rate_summary(images_per_repeat, times)
-        rates[name] = rate
-        rows.append([name, f"{rate:.0f}", f"{spread:.0%}"])
+    summaries = {
+        name: rate_summary(images_per_repeat, times)
+        for (name, _), times in zip(pipelines, seconds, strict=True)
+    }
+    rates = {name: rate for name, (rate, _) in summaries.items()}
+    rows = [[name, f"{rate:.0f}", f"{spread:.0%}"] for name, (rate, spread) in summaries.items()]
 
     print(
         f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
@@ -208,10 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     demand = rates["demand: resnet20 train step (fixed batch)"]
     tensor_supply = rates["supply: TensorBatches"]
     for name in loaders:
-        print(
-            f"ratio supply/demand {name}: {rates[f'supply: {name}'] / demand:.2f} "
-            f"(above 1: the loader outpaces a resnet20 step)"
-        )
+        ratio = rates[f"supply: {name}"] / demand
+        print(f"ratio supply/demand {name}: {ratio:.2f} (above 1: the loader outpaces a resnet20 step)")
     for workers in args.workers:
         name = f"DataLoader+PIL workers={workers}"
         print(f"ratio TensorBatches/{name} supply: {tensor_supply / rates[f'supply: {name}']:.2f}")

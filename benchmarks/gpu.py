@@ -7,32 +7,25 @@ python -m benchmarks.gpu --data-dir DATA --out gpu-run     # with CIFAR-10 in DA
 python -m benchmarks.gpu --quick --device cpu              # a smoke run of every step, tiny sizes
 ```
 
-GPU time is usually lent for minutes, so this script takes every GPU measurement in one go and ends
-with one table that says what passed. It only *calls* code that also runs on its own, in order:
+GPU time is usually lent for minutes, so this takes every GPU measurement in one go, calling code that
+also runs on its own, and ends with one table that says what passed: (1) [`model_speed`](model_speed.py),
+our networks against torchvision's `resnet50` at 224 pixels and batch 256 and against the minimal CIFAR
+and ResNet-9 references at batch 512, in fp32 (NCHW and `channels_last`), bf16 and compiled, target
+ours/reference ≥ 1.0; (2) [`data_pipeline`](data_pipeline.py), target `TensorBatches` supply / `resnet20`
+demand ≥ 1.0; (3) the trainer, `cifar10.train(...)` once per run (`resnet9 --recipe resnet9`, `resnet20`
+and `resnet56 --recipe fast`, then `resnet20` compiled and with CUDA graphs, whose table row counts the
+graphs `torch.compile` declined to record). Each run gets the trainer's own `--time-limit` (`--time-limit`
+here): at the limit it stops after a step, saves its checkpoint and reports the epochs it finished. With
+the real CIFAR-10 (`--data-dir`; never downloaded here, every md5 checked) each recipe runs its full
+schedule and the table gives the training time to target by the trainer's own clock, which stops while
+it evaluates: `resnet9` 94% in ≤ 10 s, `resnet20` 91.25% in ≤ 30 s, `resnet56` 93.03% in ≤ 90 s (Table
+6's numbers; our goals on one H100). Without it, a few epochs on synthetic images: throughput only.
 
-1. **Model speed** ([`model_speed`](model_speed.py)): our `resnet50` against torchvision's at 224 pixels
-   and batch 256, our `resnet20`/`resnet56` against the minimal CIFAR reference and our `resnet9`
-   against a minimal `nn.Sequential` ResNet-9 at batch 512, in fp32 (NCHW and `channels_last`) and bf16
-   autocast, and `resnet20` compiled. Target: ours/reference ≥ 1.0, timed in alternating repeats.
-2. **Data pipeline** ([`data_pipeline`](data_pipeline.py)): images/s `TensorBatches` builds on the
-   device against what a `resnet20` step consumes there. Target: supply/demand ≥ 1.0.
-3. **Trainer**: `cifar10.train(...)`, the trainer's Python API, once per run: `resnet9 --recipe
-   resnet9`, `resnet20` and `resnet56 --recipe fast`, then `resnet20 --recipe fast` with `compile=True`
-   and with `cuda_graphs=True` (CUDA only; the table counts the graphs `torch.compile` declined to
-   record, which must be 0). Each run gets the trainer's own `--time-limit` (`--time-limit` here, per
-   run): at the limit it stops after a step, saves its checkpoint and reports the epochs it finished.
-   On real CIFAR-10 (`--data-dir`; the trainer never downloads here and checks every md5 sum) each
-   recipe runs its full schedule, and the table gives the **training time to target** by the trainer's
-   own clock, which stops while it evaluates: `resnet9` 94% in ≤ 10 s, `resnet20` 91.25% in ≤ 30 s and
-   `resnet56` 93.03% in ≤ 90 s (Table 6's numbers; our goals on one H100). Without `--data-dir` the
-   runs train for a few epochs on synthetic images in CIFAR-10's format: throughput only.
-
-Verdicts: `pass`/`fail` compare a value with its target; `not-measurable` where it cannot be compared
-(accuracy on synthetic data, a run stopped by its time limit, any ratio of a `--quick` run); `info` for
-a number without a target; `skipped`/`stopped`/`error` for a step that did not run, was stopped by its
-time limit, or failed (the reason is in the value column). CPU timings only show that everything runs.
-`--out DIR` keeps `summary.json`, `summary.md` and the trainer's run folders, and never overwrites an
-earlier summary.
+Verdicts: `pass`/`fail` against a target; `not-measurable` where no comparison holds (accuracy on
+synthetic data, a run stopped by its time limit, any ratio of a `--quick` run); `info` for a number
+without a target; `skipped`/`stopped`/`error` for a step that did not run, hit its time limit or failed,
+with the reason. `--out DIR` keeps `summary.json`, `summary.md` and the run folders, and never overwrites
+an earlier summary.
 """
 
 import json

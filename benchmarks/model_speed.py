@@ -46,14 +46,7 @@ from benchmarks.common import (
 )
 
 # $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
-CIFAR_DEPTHS = {
-    "resnet20": 3,
-    "resnet32": 5,
-    "resnet44": 7,
-    "resnet56": 9,
-    "resnet110": 18,
-    "resnet1202": 200,
-}
+CIFAR_DEPTHS = {f"resnet{6 * n + 2}": n for n in (3, 5, 7, 9, 18, 200)}
 # The CIFAR-sized networks: the paper's presets and the fast ResNet-9.
 CIFAR_MODELS = (*CIFAR_DEPTHS, "resnet9")
 IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -122,11 +115,8 @@ class ReferenceCifarResNet(nn.Module):
 
 def reference_conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     """A $3 \\times 3$ convolution that keeps the map's size, batch norm and an in-place ReLU."""
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
+    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]  # fmt: skip
 
 
 class ReferenceResidual(nn.Module):
@@ -167,19 +157,11 @@ def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
     """
     return nn.Sequential(
         *reference_conv_bn_relu(3, 64),
-        *reference_conv_bn_relu(64, 128),
-        nn.MaxPool2d(2),
-        ReferenceResidual(128),
-        *reference_conv_bn_relu(128, 256),
-        nn.MaxPool2d(2),
-        *reference_conv_bn_relu(256, 512),
-        nn.MaxPool2d(2),
-        ReferenceResidual(512),
-        nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(),
-        nn.Linear(512, num_classes, bias=False),
-        ReferenceScale(0.125),
-    )
+        *reference_conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128),
+        *reference_conv_bn_relu(128, 256), nn.MaxPool2d(2),
+        *reference_conv_bn_relu(256, 512), nn.MaxPool2d(2), ReferenceResidual(512),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(0.125),
+    )  # fmt: skip
 
 
 def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
@@ -309,33 +291,23 @@ def choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     p = parser(__doc__.split("\n\n")[1], repeats=7)
-    p.add_argument(
-        "--models",
-        type=choices((*CIFAR_MODELS, *IMAGENET_PRESETS)),
-        default="resnet20,resnet56,resnet9,resnet18,resnet50",
-        help="comma-separated: resnet20..resnet1202 and resnet9 (CIFAR), resnet18..152 (ImageNet)",
-    )
+    # fmt: off
+    p.add_argument("--models", type=choices((*CIFAR_MODELS, *IMAGENET_PRESETS)),
+                   default="resnet20,resnet56,resnet9,resnet18,resnet50",
+                   help="comma-separated: resnet20..resnet1202 and resnet9 (CIFAR), resnet18..152 (ImageNet)")
     p.add_argument("--batch-size", type=positive, help="images per step (default: 128 CIFAR, 32 ImageNet)")
     p.add_argument("--image-size", type=positive, help="square image side (default: 32 CIFAR, 224 ImageNet)")
-    p.add_argument(
-        "--variants",
-        type=choices(VARIANTS),
-        default="eager,channels_last,compile",
-        help=f"comma-separated, from {', '.join(VARIANTS)}",
-    )
+    p.add_argument("--variants", type=choices(VARIANTS), default="eager,channels_last,compile",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
     p.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
-    p.add_argument(
-        "--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default"
-    )
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                   default="default", help="torch.compile mode (default)")
     p.add_argument("--modes", type=choices(MODES), default="train,infer", help="train, infer or both")
     p.add_argument("--steps", type=positive, default=5, help="steps per timed repeat (5)")
-    p.add_argument(
-        "--warmup", type=int, choices=range(0, 100), default=2, metavar="N", help="untimed calls per side (2)"
-    )
-    p.add_argument(
-        "--autocast", choices=("none", "bf16"), default="none", help="bf16 autocast (forward pass)"
-    )
+    p.add_argument("--warmup", type=int, choices=range(100), default=2, metavar="N", help="untimed calls (2)")
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none", help="bf16 autocast (forward)")
+    # fmt: on
     args = p.parse_args(argv)
     if args.quick:  # resnet20 and resnet18, batch 4, 32x32, eager and channels_last, 2 repeats of 1 step
         args.models, args.batch_size, args.image_size = ["resnet20", "resnet18"], 4, 32

@@ -74,17 +74,8 @@ def train(data_dir: Path, logs_dir: Path, seed: int, trainer_args: list[str]) ->
     from experiments import cifar10
 
     results = logs_dir / f"results-seed{seed}.json"
-    argv = [
-        "--data-dir",
-        str(data_dir),
-        "--logs-dir",
-        str(logs_dir),
-        "--seed",
-        str(seed),
-        "--results",
-        str(results),
-        *trainer_args,
-    ]
+    argv = ["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), "--seed", str(seed), "--results",
+            str(results), *trainer_args]  # fmt: skip
     status = cifar10.main(argv)
     if status != 0:
         raise SystemExit(f"the trainer exited with status {status} for seed {seed}")
@@ -109,28 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Options after the known ones go to experiments/cifar10.py, e.g. verify_checksums=false for "
         "a copy of CIFAR-10 that is not the official archive.",
     )
+    # fmt: off
     parser.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (as for the trainer)")
-    parser.add_argument(
-        "--logs-dir",
-        type=Path,
-        default=Path("logs/time_to_accuracy"),
-        help="where the runs go (default logs/time_to_accuracy)",
-    )
+    parser.add_argument("--logs-dir", type=Path, default=Path("logs/time_to_accuracy"),
+                        help="where the runs go (default logs/time_to_accuracy)")
     # Comma-separated, so that trainer options such as verify_checksums=false may follow in any order.
     parser.add_argument("--seeds", type=_seed_list, default=[0, 1], help="one run per seed (default 0,1)")
-    parser.add_argument(
-        "--target",
-        type=float,
-        default=PAPER_RESNET20_ACCURACY,
-        help="test accuracy to reach (default 0.9125, Table 6's ResNet-20)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=Path,
-        nargs="+",
-        metavar="RUN",
-        help="summarise these finished run folders instead of training",
-    )
+    parser.add_argument("--target", type=float, default=PAPER_RESNET20_ACCURACY,
+                        help="test accuracy to reach (default 0.9125, Table 6's ResNet-20)")
+    parser.add_argument("--runs", type=Path, nargs="+", metavar="RUN",
+                        help="summarise these finished run folders instead of training")
+    # fmt: on
     args, trainer_args = parser.parse_known_args(argv)
     if not 0 < args.target < 1:
         parser.error(f"--target is an accuracy between 0 and 1, got {args.target}")
