@@ -20,6 +20,7 @@ The last rows feed each loader into the training step, which is what a trainer s
 import argparse
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -64,6 +65,11 @@ def endless(make_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
     """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
     for epoch in itertools.count():
         yield from make_epoch(epoch)
+
+
+def epochs_of(loader: DataLoader, epoch: int) -> Iterator[Batch]:
+    """One epoch of a DataLoader, which shuffles anew each time it is iterated."""
+    return iter(loader)
 
 
 def pil_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
@@ -149,12 +155,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         drop_last=True,
         channels_last=args.channels_last,
     )
-    loaders: dict[str, Callable[[], Iterator[Batch]]] = {
-        "TensorBatches": lambda: endless(tensor_batches.epoch)
-    }
+    # Each row pulls from its own endless stream of batches (a DataLoader's workers start only once).
+    loaders: dict[str, Callable[[], Iterator[Batch]]] = {}
+    loaders["TensorBatches"] = partial(endless, tensor_batches.epoch)
     for workers in args.workers:
         loader = pil_loader(images, labels, args.batch_size, workers, device)
-        loaders[f"DataLoader+PIL workers={workers}"] = lambda loader=loader: endless(lambda _: iter(loader))
+        loaders[f"DataLoader+PIL workers={workers}"] = partial(endless, partial(epochs_of, loader))
     step = train_step(device, args.channels_last)
     fixed_images, fixed_labels = next(tensor_batches.epoch(0))
 

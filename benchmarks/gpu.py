@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,14 @@ def declined_graphs() -> int:
 StepResult = tuple[str, list[Row], dict[str, Any]]
 
 
+def speed_step(argv: list[str], quick: bool) -> StepResult:
+    return "done", speed_rows(argv, quick), {"argv": argv}
+
+
+def pipeline_step(device: torch.device, quick: bool) -> StepResult:
+    return "done", pipeline_rows(device, quick), {}
+
+
 def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_images: int) -> StepResult:
     before = declined_graphs()
     results = cifar10.train(**settings)
@@ -277,13 +286,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     no_compile = "--no-compile" if args.no_compile else ""
     no_compile = "torch.compile steps are left out with --quick" if args.quick else no_compile
     steps: list[tuple[str, str, str, Callable[[], StepResult]]] = []
-    for name, *call in SPEED_CALLS if "model_speed" in stages else ():
-        speed = speed_argv(*call, device, args.quick)
-        steps.append(("model_speed", name, no_compile if "compile" in call[1] else "",
-                      lambda a=speed: ("done", speed_rows(a, args.quick), {"argv": a})))  # fmt: skip
+    for name, models, variants, autocast, modes in SPEED_CALLS if "model_speed" in stages else ():
+        speed = speed_argv(models, variants, autocast, modes, device, args.quick)
+        steps.append(("model_speed", name, no_compile if "compile" in variants else "",
+                      partial(speed_step, speed, args.quick)))  # fmt: skip
     if "data_pipeline" in stages:
-        steps.append(("data_pipeline", "TensorBatches vs resnet20", "",
-                      lambda: ("done", pipeline_rows(device, args.quick), {})))  # fmt: skip
+        pipeline = partial(pipeline_step, device, args.quick)
+        steps.append(("data_pipeline", "TensorBatches vs resnet20", "", pipeline))
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as folder:
             logs_dir = args.out / "runs" if args.out is not None else Path(folder) / "logs"
@@ -296,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 skip = "--cuda-graphs needs CUDA" if run.cuda_graphs and device.type != "cuda" else \
                     no_compile if run.compile or run.cuda_graphs else ""  # fmt: skip
                 settings = run.settings(data_dir, real, args.quick, device, logs_dir, args.time_limit)
-                steps.append(("trainer", run.label, skip,
-                              lambda r=run, s=settings: train_step(r, s, real, train_images)))  # fmt: skip
+                trainer = partial(train_step, run, settings, real, train_images)
+                steps.append(("trainer", run.label, skip, trainer))
             reports, rows = run_steps(steps, args.time_limit)
     finally:
         torch.set_num_threads(threads)

@@ -169,6 +169,8 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
     Our network `name`, the reference with the same architecture, and what that reference is, once their
     parameter counts agree: a cheap guard against comparing different networks.
     """
+    ours: nn.Module
+    reference: nn.Module
     if name == "resnet9":
         ours, reference, described = resnet.resnet9(), reference_resnet9(), "minimal ResNet-9 (nn.Sequential)"
     elif name in CIFAR_DEPTHS:
@@ -254,7 +256,8 @@ def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, war
         # Fresh models for every mode, so inference never runs on weights that training steps on random
         # data have pushed somewhere unusual.
         ours, reference, described = build_pair(name)
-        runs = [timed_steps(model, setting, mode, ours.head.out_features) for model in (ours, reference)]
+        num_classes = next(m.out_features for m in reversed(list(ours.modules())) if isinstance(m, nn.Linear))
+        runs = [timed_steps(model, setting, mode, num_classes) for model in (ours, reference)]
         # Compilation, cuDNN's algorithm search and the allocator's first requests are paid here, untimed.
         for run in runs:
             for _ in range(warmup):

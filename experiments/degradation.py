@@ -192,7 +192,7 @@ def schedule(curves: list[plot.Curve]) -> str:
 def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: str) -> str:
     """The data, each half's schedule (saying so when the plain one is shorter), and the line styles."""
     plain, residual = ([c for _, c in curves] for curves in panels.values())
-    data = next((c.summary["data"] for c in plain + residual if c.summary), {})
+    data: dict[str, Any] = next((c.summary["data"] for c in plain + residual if c.summary), {})
     images = " / ".join(f"{data[k]:,} {k[:-7]}" for k in ("train_images", "test_images") if k in data)
     last = [max(c.epochs) for c in plain], [max(c.epochs) for c in residual]
     shorter = " (a shorter schedule)" if all(last) and max(last[0]) < min(last[1]) else ""
@@ -222,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {name}: {e}", file=sys.stderr, flush=True)
                 return 1
             run_dir = results.run_dir
-            if results.summary is None:
+            if results.summary is None or run_dir is None:
                 print(f"{name} stopped ({results.stopped}) in {run_dir}; run the same command again to "
                       f"resume it, and train the networks after it", flush=True)  # fmt: skip
                 return 1
+        assert run_dir is not None
         runs[name] = (kind, depth, run_dir)
     curves = {name: plot.read_run(run_dir, label=name) for name, (_, _, run_dir) in runs.items()}
     panels = {half: [(depth, curves[name]) for name, (kind, depth, _) in runs.items() if kind == k]

@@ -189,3 +189,29 @@ def test_both_loops_of_the_overhead_benchmark_train_the_same_network_on_the_same
     assert first.shape == (16, 3, 32, 32) and first.dtype == torch.float32
     group = bare.optimizer.param_groups[0]
     assert (group["momentum"], group["weight_decay"], group["initial_lr"]) == (0.9, 1e-4, 0.1)
+
+
+def test_valid_ablation_scores_both_weights_in_every_view_on_the_validation_split(tmp_path, capsys):
+    """A run with a weight average and a validation split, scored 2 x 2 x 3 ways on its held-out images."""
+    from benchmarks import valid_ablation
+    from experiments import cifar10
+    from experiments.synthetic import write_synthetic_cifar10
+
+    write_synthetic_cifar10(tmp_path / "data", n_per_train_batch=16, n_test=16, separable=True)
+    run = cifar10.train(data_dir=str(tmp_path / "data"), verify_checksums=False, logs_dir=tmp_path / "logs",
+                        device="cpu", epochs=1, batch_size=16, valid_split=20, ema_decay=0.9, model="custom",
+                        n_blocks=[1, 1, 1], n_channels=[4, 8, 16]).run_dir  # fmt: skip
+    capsys.readouterr()
+    assert valid_ablation.main([str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{run}: 20 validation images, step 4"  # 60 training images in batches of 16
+    rows = [line.split() for line in lines[2:]]
+    expected = [(w, f, shift) for w in ("trained", "averaged") for f in ("no", "yes") for shift in "012"]
+    assert [(r[0], r[1], r[2]) for r in rows] == expected
+    assert all(0.0 <= float(r[4]) <= 1.0 for r in rows)
+    # Runs without a split are refused: the comparison must never read the test set.
+    plain = cifar10.train(data_dir=str(tmp_path / "data"), verify_checksums=False, logs_dir=tmp_path / "logs",
+                          device="cpu", epochs=1, batch_size=16, ema_decay=0.9, model="custom",
+                          n_blocks=[1, 1, 1], n_channels=[4, 8, 16]).run_dir  # fmt: skip
+    with pytest.raises(SystemExit, match="no validation split"):
+        valid_ablation.main([str(plain)])
