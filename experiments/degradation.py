@@ -30,10 +30,11 @@ error (bold) per epoch from the run folders. The numbers go into a JSON file bes
 
 **Runs longer than a session.** Each network trains in a folder of its own, `LOGS/<network>/`
 (`--logs-dir`). Run the same command again and each network is looked up there: a finished run is
-read, not retrained; an unfinished one is resumed from its last checkpoint (`resume=`, exact); only a
-network without a run starts afresh. `--time-limit S` is the whole invocation's budget, passed to
-each run as the trainer's own time limit, so a run stops cleanly after a step and saves its checkpoint
-before a session ends. The figure is drawn once every network has finished.
+read, not retrained (new settings need a new `--logs-dir`); an unfinished one is resumed from its last
+checkpoint (`resume=`, exact); only a network without a run starts afresh. `--time-limit S` is the
+whole invocation's budget, passed to each run as the trainer's own time limit, so a run stops cleanly
+after a step and saves its checkpoint before a session ends. The figure is drawn once every network
+has finished.
 
 **Runs made elsewhere.** `--runs resnet56=PATH ...` takes a network from an existing run folder
 (the per-depth runs of RESULTS.md, say) instead of training it; the title describes each half's
