@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -133,3 +134,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def first_reaching(history: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """
+    The first epoch record of a trainer's history (`metrics.jsonl`) whose test accuracy reaches `target`,
+    or None. The test curve is only watched: the verdict of a run is always its final epoch.
+    """
+    return next(
+        (r for r in history if r.get("test_accuracy") is not None and r["test_accuracy"] >= target), None
+    )

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks import data_pipeline, model_speed
-from benchmarks.common import describe_machine, parser, positive, start, table
+from benchmarks.common import describe_machine, first_reaching, parser, positive, start, table
 from experiments import cifar10
 from experiments.synthetic import write_synthetic_cifar10
 
@@ -155,13 +155,6 @@ TRAINER_RUNS = (
 )
 
 
-def time_to_target(history: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """The first epoch whose test accuracy reaches `target` (the test set is only watched), or None."""
-    return next(
-        (r for r in history if r.get("test_accuracy") is not None and r["test_accuracy"] >= target), None
-    )
-
-
 def trainer_rows(run: TrainerRun, results: Any, real: bool, train_images: int, declined: int) -> list[Row]:
     """The rows for one finished or stopped run; `results` is what `cifar10.train` returned."""
     stage, history, stopped = f"trainer {run.label}", results.history, results.summary is None
@@ -194,7 +187,7 @@ def trainer_rows(run: TrainerRun, results: Any, real: bool, train_images: int, d
         return rows
     add(final, f"{measured:.4f}", f">= {accuracy}", "not-measurable" if stopped else
         "pass" if measured >= accuracy else "fail")  # fmt: skip
-    reached = time_to_target(history, accuracy)
+    reached = first_reaching(history, accuracy)
     if reached is not None:
         add(to_target, f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})", limit,
             "pass" if reached["train_time_s"] <= seconds else "fail")  # fmt: skip

@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import load_average  # noqa: E402
+from benchmarks.common import first_reaching, load_average  # noqa: E402
 
 PAPER_IMAGES = 64_000 * 128
 # Table 6: ResNet-20 reaches 8.75% test error.
@@ -50,7 +50,7 @@ def summarize(run_dir: Path, target: float) -> dict[str, Any]:
             f"is measured on full-data runs only"
         )
     images_per_epoch = results["data"]["train_images"]
-    crossing = next((r for r in records if r.get("test_accuracy", 0.0) >= target), None)
+    crossing = first_reaching(records, target)
     return {
         "run_dir": str(run_dir),
         "seed": results["seed"],

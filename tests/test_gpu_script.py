@@ -18,7 +18,7 @@ import pytest
 import torch
 from cifar_synthetic import publish_digests_of
 
-from benchmarks import gpu
+from benchmarks import common, gpu
 from experiments import data as cifar_data
 
 NUMBER = r"\d+(\.\d+)?"
@@ -303,10 +303,10 @@ def test_time_to_target_reads_the_trainers_own_clock():
     # `train_images_per_s` is left inconsistent with the clock on purpose: the recorded clock is what counts.
     history = [{"epoch": e, "test_accuracy": a, "train_time_s": t, "train_images_per_s": 1.0}
                for e, a, t in ((1, 0.80, 5.5), (2, 0.92, 8.0), (3, 0.93, 10.25))]  # fmt: skip
-    assert gpu.time_to_target(history, 0.9125)["train_time_s"] == 8.0
-    assert gpu.time_to_target(history, 0.9303) is None
+    assert common.first_reaching(history, 0.9125)["train_time_s"] == 8.0
+    assert common.first_reaching(history, 0.9303) is None
     # An epoch that was not evaluated never reaches a target.
-    assert gpu.time_to_target([{"epoch": 1, "train_time_s": 1.0}], 0.0) is None
+    assert common.first_reaching([{"epoch": 1, "train_time_s": 1.0}], 0.0) is None
 
 
 def test_a_ratio_verdict_follows_the_printed_value():
