@@ -43,8 +43,8 @@ schedule from its runs' `results.json`, and says so when the plain networks ran 
 `--quick` trains on a class-balanced subset (5,000 training and 1,000 test images) at half the
 paper's widths (8/16/32), plain-20/56 and ResNet-20/56, 20 epochs: the early part of the figure in
 minutes per network, not its final numbers. Every other trainer setting passes through: the flags
-spelt as the trainer spells them (`--epochs`, `--batch-size`, `--lr`, `--amp`, ...) and `key=value`
-(`lr_warmup_steps=400`, `verify_checksums=false`). RESULTS.md has the runs on real CIFAR-10.
+spelt as the trainer spells them (`--recipe`, `--epochs`, `--batch-size`, `--lr`, `--amp`, ...) and
+`key=value` (`lr_warmup_steps=400`, `verify_checksums=false`). RESULTS.md has the runs on real CIFAR-10.
 """
 
 import argparse
@@ -63,6 +63,9 @@ from experiments.files import write_json
 
 PAPER_WIDTHS = (16, 32, 64)
 QUICK = {"train_subset": 5_000, "test_subset": 1_000, "epochs": 20}
+# The trainer's flags this script passes on, spelt as experiments/cifar10.py spells them.
+TRAINER_FLAGS = {"recipe": str, "data_dir": str, "device": str, "threads": int, "seed": int, "epochs": int,
+                 "batch_size": int, "lr": float, "amp": str}  # fmt: skip
 
 
 def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
@@ -105,37 +108,26 @@ def setting(text: str) -> tuple[str, Any]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="experiments/degradation.py", description=__doc__.split("\n\n")[1])
-    p.add_argument(
-        "--plain", type=int, nargs="*", metavar="D", help="plain depths (20 32 44 56; --quick: 20 56)"
-    )
+    # fmt: off
+    p.add_argument("--plain", type=int, nargs="*", metavar="D", help="plain depths (20 32 44 56)")
     p.add_argument("--residual", type=int, nargs="*", metavar="D", help="residual depths (20 32 44 56 110)")
-    p.add_argument(
-        "--widths", type=int, nargs=3, metavar="W", help="stage widths (16 32 64; --quick: 8 16 32)"
-    )
-    p.add_argument("--quick", action="store_true", help="5,000/1,000-image subset, half width, 20 epochs")
+    p.add_argument("--widths", type=int, nargs=3, metavar="W", help="stage widths (16 32 64; quick: 8 16 32)")
+    p.add_argument("--quick", action="store_true", help="5k/1k images, half width, depths 20 56, 20 epochs")
     p.add_argument("--runs", nargs="+", default=[], metavar="NET=RUN", help="networks from run folders")
     p.add_argument("--plain-epochs", type=int, metavar="N", help="a shorter schedule for the plain networks")
-    p.add_argument(
-        "--time-limit", type=float, metavar="S", help="seconds for this invocation; rerun to resume"
-    )
+    p.add_argument("--time-limit", type=float, metavar="S", help="seconds for this call; rerun to resume")
     p.add_argument("--out", type=Path, help="the PNG; its JSON beside it (degradation[_quick].png)")
     p.add_argument("--logs-dir", type=Path, default=Path("logs/degradation"), help="one folder per network")
-    for flag, kind in (
-        ("--data-dir", str),
-        ("--device", str),
-        ("--threads", int),
-        ("--seed", int),
-        ("--epochs", int),
-        ("--batch-size", int),
-        ("--lr", float),
-        ("--amp", str),
-    ):
-        p.add_argument(flag, type=kind, help="as for experiments/cifar10.py")  # fmt: skip
-    p.add_argument(
-        "--no-download", dest="download", action="store_false", help="as for experiments/cifar10.py"
-    )
-    p.add_argument("settings", nargs="*", type=setting, metavar="key=value", help="more trainer settings")
+    for key, kind in TRAINER_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=kind, help="as for experiments/cifar10.py")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download CIFAR-10")
+    p.add_argument("settings", nargs="*", type=setting, metavar="key=value",
+                   help="more trainer settings (not right after a list such as --plain 20 56)")
+    # fmt: on
     args = p.parse_args(argv)
+    for flag, value in (("--time-limit", args.time_limit), ("--plain-epochs", args.plain_epochs)):
+        if value is not None and not value > 0:
+            p.error(f"{flag} {value}: must be positive")
     widths = args.widths = tuple(args.widths or ((8, 16, 32) if args.quick else PAPER_WIDTHS))
     plain = args.plain if args.plain is not None else [20, 56] if args.quick else [20, 32, 44, 56]
     residual = (
@@ -168,9 +160,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def trainer_settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """What every network's run gets: the flags given, `key=value` settings, and a test score every epoch."""
-    flags = {"data_dir": args.data_dir, "device": args.device, "threads": args.threads, "seed": args.seed,
-             "epochs": args.epochs, "batch_size": args.batch_size, "optimizer.learning_rate": args.lr,
-             "amp": args.amp}  # fmt: skip
+    # `--lr` is the optimizer's rate, as on the trainer's command line; the other flags are their keys.
+    flags = {"optimizer.learning_rate" if k == "lr" else k: getattr(args, k) for k in TRAINER_FLAGS}
     settings = {**(QUICK if args.quick else {}), **{k: v for k, v in flags.items() if v is not None}}
     if kind == "plain" and args.plain_epochs is not None:
         settings["epochs"] = args.plain_epochs

@@ -164,7 +164,7 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
         return SimpleNamespace(summary=None, history=[], run_dir=tmp_path / "run", stopped="time limit")
 
     monkeypatch.setattr(degradation.cifar10, "train", stopped_by_its_time_limit)
-    args = ["--quick", "--time-limit", "600", "--plain-epochs", "5", "lr_warmup_steps=3",
+    args = ["--quick", "--recipe", "cpu", "--time-limit", "600", "--plain-epochs", "5", "lr_warmup_steps=3",
             "verify_checksums=false", "--out", str(tmp_path / "f.png"),
             "--logs-dir", str(tmp_path / "logs")]  # fmt: skip
     assert degradation.main(args) == 1
@@ -174,6 +174,7 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
     assert settings["model"] == "custom" and settings["n_channels"] == [8, 16, 32]  # --quick: half width
     assert (settings["train_subset"], settings["test_subset"], settings["epochs"]) == (5_000, 1_000, 5)
     assert settings["lr_warmup_steps"] == 3 and settings["verify_checksums"] is False
+    assert settings["recipe"] == "cpu"
     assert settings["eval_every_epoch"] is True and settings["valid_split"] == 0
 
 
@@ -187,6 +188,8 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
         (["--runs", "resnet20=/no/such/run"], "NETWORK=RUN_FOLDER"),
         (["--runs", "resnet20=."], "a finished run (with its results.json)"),
         (["epochs"], "key=value"),
+        (["--time-limit", "0"], "--time-limit 0.0: must be positive"),
+        (["--plain-epochs", "-1"], "--plain-epochs -1: must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_fix(bad: list[str], message: str, tmp_path: Path, capsys) -> None:
