@@ -33,9 +33,9 @@ def positive(text: str) -> int:
 
 def parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
     """The flags every benchmark takes, spelt as the trainer's command line spells them."""
-    p = argparse.ArgumentParser(
-        description=(doc or "").strip(), formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    # A docstring's example block shows without its Markdown fences.
+    description = (doc or "").strip().strip("`").strip()
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
                    help="where to measure (default: cuda when available)")  # fmt: skip

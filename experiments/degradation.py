@@ -2,7 +2,7 @@
 # The degradation problem: plain networks against residual networks (Figure 6)
 
 ```
-python experiments/degradation.py --data-dir DATA --time-limit 10000   # Figure 6; rerun to resume
+python experiments/degradation.py --data-dir DATA --recipe cpu --time-limit 10000   # rerun to resume
 python experiments/degradation.py --data-dir DATA --quick              # a subset at half width
 python experiments/degradation.py --runs resnet20=logs/cifar10/<uuid> ... --out figure6.png
 ```
@@ -107,7 +107,9 @@ def setting(text: str) -> tuple[str, Any]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="experiments/degradation.py", description=__doc__.split("\n\n")[1])
+    usage = __doc__.split("\n\n")[1].strip("`\n")  # the docstring's examples
+    p = argparse.ArgumentParser(prog="experiments/degradation.py", description=usage,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     # fmt: off
     p.add_argument("--plain", type=int, nargs="*", metavar="D", help="plain depths (20 32 44 56)")
     p.add_argument("--residual", type=int, nargs="*", metavar="D", help="residual depths (20 32 44 56 110)")
