@@ -90,7 +90,12 @@ def find_run(logs_dir: Path) -> tuple[Path | None, bool]:
         r for r in logs_dir.glob("*/*") if (r / "results.json").is_file() or any(r.glob("checkpoints/*.pt"))
     ]
     finished = [r for r in runs if (r / "results.json").is_file()]
-    newest = max(finished or runs, key=lambda r: r.stat().st_mtime, default=None)
+
+    # Each resumption continues in a new folder: the newest checkpoint or result is the run's latest state.
+    def written(run: Path) -> float:
+        return max(f.stat().st_mtime for f in [*run.glob("checkpoints/*.pt"), *run.glob("results.json")])
+
+    newest = max(finished or runs, key=written, default=None)
     return newest, bool(finished)
 
 

@@ -10,6 +10,7 @@ layout. Nothing depends on the machine's speed: runs are stopped by a step count
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,6 +116,13 @@ def test_a_networks_run_is_found_in_its_own_folder(tmp_path: Path) -> None:
     (logs / "cifar10" / "b" / "checkpoints").mkdir(parents=True)
     (logs / "cifar10" / "b" / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
     assert degradation.find_run(logs) == (logs / "cifar10" / "b", False)  # to be resumed
+    # Its resumption, in a folder of its own, has the later checkpoint (a folder's own time says nothing).
+    (logs / "cifar10" / "0" / "checkpoints").mkdir(parents=True)
+    (logs / "cifar10" / "0" / "checkpoints" / "last.pt").write_bytes(b"later")
+    os.utime(logs / "cifar10" / "b" / "checkpoints" / "last.pt", (1, 1))
+    os.utime(logs / "cifar10" / "0", (2e9, 2e9))
+    os.utime(logs / "cifar10" / "b", (3e9, 3e9))
+    assert degradation.find_run(logs) == (logs / "cifar10" / "0", False)
     (logs / "cifar10" / "c").mkdir()
     (logs / "cifar10" / "c" / "results.json").write_text("{}")
     assert degradation.find_run(logs) == (logs / "cifar10" / "c", True)  # finished: to be read
