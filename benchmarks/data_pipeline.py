@@ -20,6 +20,7 @@ The last rows feed each loader into the training step, which is what a trainer s
 import argparse
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,9 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import resnet
-from benchmarks.common import alternate, machine_description, parse_device, print_table, rate_summary
+from benchmarks.common import alternate, load_average, parser, positive, rate_summary, start, table
 from experiments.data import CIFAR10_MEAN, CIFAR10_STD
 from experiments.loader import TensorBatches
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class PilCifar(Dataset):
@@ -58,52 +61,50 @@ def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (n,), generator=generator)
 
 
-def endless(
-    make_epoch: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(make_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
     """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
     for epoch in itertools.count():
         yield from make_epoch(epoch)
 
 
-def pil_loader(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int, device: torch.device
-) -> DataLoader:
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-        ]
-    )
-    return DataLoader(
-        PilCifar(images.numpy(), labels.numpy(), transform),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-    )
+def epochs_of(loader: DataLoader, epoch: int) -> Iterator[Batch]:
+    """One epoch of a DataLoader, which shuffles anew each time it is iterated."""
+    return iter(loader)
 
 
-def take(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    count: int,
-    device: torch.device,
-    consume: Callable[[torch.Tensor, torch.Tensor], None] | None,
-) -> Callable[[], None]:
+def pil_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int,
+               device: torch.device) -> DataLoader:  # fmt: skip
+    """The usual alternative: torchvision's transforms on PIL images, in worker processes if asked."""
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])  # fmt: skip
+    dataset = PilCifar(images.numpy(), labels.numpy(), transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0, pin_memory=device.type == "cuda")  # fmt: skip
+
+
+def take(batches: Iterator[Batch], count: int, device: torch.device,
+         consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:  # fmt: skip
     """A callable that pulls `count` batches, moves them to `device` and hands them to `consume`."""
 
     def run() -> None:
         for images, labels in itertools.islice(batches, count):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if consume is not None:
                 consume(images, labels)
 
     return run
+
+
+def worker_counts(text: str) -> list[int]:
+    """An `argparse` type: comma-separated worker counts, each 0 or more."""
+    try:
+        counts = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 0,2, got {text!r}") from None
+    if any(count < 0 for count in counts):
+        raise argparse.ArgumentTypeError(f"worker counts are 0 or more, got {text!r}")
+    return counts
 
 
 def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -124,58 +125,22 @@ def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Ten
     return step
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    # The opening paragraph ends in a colon: the list after it belongs in the help too.
-    parser = argparse.ArgumentParser(
-        description="\n\n".join(__doc__.split("\n\n")[1:3]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu or cuda (default: cuda when available)",
-    )
-    parser.add_argument("--images", type=int, default=50_000, help="synthetic training-set size")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=20, help="batches per timed repeat")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating timed repeats per pipeline")
-    parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="run the model (and have TensorBatches hand out batches) in channels_last",
-    )
-    parser.add_argument(
-        "--no-end-to-end",
-        action="store_true",
-        help="skip the loader + training-step rows (the slowest part on a CPU)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="seconds-long smoke run: 128 images, batch 8, 2 batches, 2 repeats, workers 0",
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, "0"
-    for flag in ("images", "batch_size", "batches", "repeats"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    try:
-        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    except ValueError:
-        raise SystemExit(f"--workers must be comma-separated integers, got {args.workers!r}") from None
-    if any(w < 0 for w in args.workers):
-        raise SystemExit(f"--workers must be 0 or more, got {args.workers}")
-    if args.images < args.batch_size:
-        raise SystemExit(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
-    return args
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
-    device = parse_device(args.device)
-    print(f"machine: {machine_description(device)}")
+    p = parser("\n\n".join(__doc__.split("\n\n")[1:3]), repeats=5)
+    # fmt: off
+    p.add_argument("--images", type=positive, default=50_000, help="synthetic training-set size (50000)")
+    p.add_argument("--batch-size", type=positive, default=128, help="images per batch (128)")
+    p.add_argument("--batches", type=positive, default=20, help="batches per timed repeat (20)")
+    p.add_argument("--workers", type=worker_counts, default=[0, 2], help="DataLoader worker counts (0,2)")
+    p.add_argument("--channels-last", action="store_true", help="model and TensorBatches in channels_last")
+    p.add_argument("--no-end-to-end", action="store_true", help="skip the loader + training-step rows")
+    # fmt: on
+    args = p.parse_args(argv)
+    if args.quick:  # 128 images, batch 8, 2 batches, 2 repeats, workers 0
+        args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, [0]
+    if args.images < args.batch_size:
+        p.error(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
+    device = start(p, args)
     images, labels = synthetic_cifar(args.images, seed=0)
     tensor_batches = TensorBatches(
         images,
@@ -190,12 +155,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         drop_last=True,
         channels_last=args.channels_last,
     )
-    loaders: dict[str, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = {
-        "TensorBatches": lambda: endless(tensor_batches.epoch)
-    }
+    # Each row pulls from its own endless stream of batches (a DataLoader's workers start only once).
+    loaders: dict[str, Callable[[], Iterator[Batch]]] = {}
+    loaders["TensorBatches"] = partial(endless, tensor_batches.epoch)
     for workers in args.workers:
         loader = pil_loader(images, labels, args.batch_size, workers, device)
-        loaders[f"DataLoader+PIL workers={workers}"] = lambda loader=loader: endless(lambda _: iter(loader))
+        loaders[f"DataLoader+PIL workers={workers}"] = partial(endless, partial(epochs_of, loader))
     step = train_step(device, args.channels_last)
     fixed_images, fixed_labels = next(tensor_batches.epoch(0))
 
@@ -204,40 +169,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             step(fixed_images, fixed_labels)
 
     # Each row: (name, callable). Iterators are created once, so workers start and warm up only once.
-    rows: list[tuple[str, Callable[[], None]]] = [
+    pipelines: list[tuple[str, Callable[[], None]]] = [
         (f"supply: {name}", take(make(), args.batches, device, None)) for name, make in loaders.items()
     ]
-    rows.append(("demand: resnet20 train step (fixed batch)", model_only))
+    pipelines.append(("demand: resnet20 train step (fixed batch)", model_only))
     if not args.no_end_to_end:
-        rows += [
+        pipelines += [
             (f"end to end: {name} -> resnet20 step", take(make(), args.batches, device, step))
             for name, make in loaders.items()
         ]
-    for _, run in rows:  # warm-up: worker start-up, allocator, first-call costs
+    for _, run in pipelines:  # warm-up: worker start-up, allocator, first-call costs
         run()
-    seconds = alternate([run for _, run in rows], args.repeats, device)
+    seconds = alternate([run for _, run in pipelines], args.repeats, device)
     images_per_repeat = args.batches * args.batch_size
-    rates = {}
-    table = []
-    for (name, _), times in zip(rows, seconds, strict=True):
-        rate, spread = rate_summary(images_per_repeat, times)
-        rates[name] = rate
-        table.append([name, f"{rate:.0f}", f"{spread:.0%}"])
+    summaries = {
+        name: rate_summary(images_per_repeat, times)
+        for (name, _), times in zip(pipelines, seconds, strict=True)
+    }
+    rates = {name: rate for name, (rate, _) in summaries.items()}
+    rows = [[name, f"{rate:.0f}", f"{spread:.0%}"] for name, (rate, spread) in summaries.items()]
 
     print(
         f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
         f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
-        f"channels_last={args.channels_last}"
+        f"channels_last={args.channels_last}; {load_average()}"
     )
-    print_table(["pipeline", "images/s", "spread"], table)
-    print()
+    print(table(["pipeline", "images/s", "spread"], rows) + "\n")
     demand = rates["demand: resnet20 train step (fixed batch)"]
     tensor_supply = rates["supply: TensorBatches"]
     for name in loaders:
-        print(
-            f"ratio supply/demand {name}: {rates[f'supply: {name}'] / demand:.2f} "
-            f"(above 1: the loader outpaces a resnet20 step)"
-        )
+        ratio = rates[f"supply: {name}"] / demand
+        print(f"ratio supply/demand {name}: {ratio:.2f} (above 1: the loader outpaces a resnet20 step)")
     for workers in args.workers:
         name = f"DataLoader+PIL workers={workers}"
         print(f"ratio TensorBatches/{name} supply: {tensor_supply / rates[f'supply: {name}']:.2f}")

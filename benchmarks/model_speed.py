@@ -26,7 +26,6 @@ import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,23 +36,17 @@ from torch import nn
 import resnet
 from benchmarks.common import (
     alternate,
-    machine_description,
+    load_average,
     paired_ratio,
-    parse_device,
-    print_table,
+    parser,
+    positive,
     rate_summary,
-    set_threads,
+    start,
+    table,
 )
 
 # $n$ of the $6n + 2$-layer CIFAR networks, for the reference.
-CIFAR_DEPTHS = {
-    "resnet20": 3,
-    "resnet32": 5,
-    "resnet44": 7,
-    "resnet56": 9,
-    "resnet110": 18,
-    "resnet1202": 200,
-}
+CIFAR_DEPTHS = {f"resnet{6 * n + 2}": n for n in (3, 5, 7, 9, 18, 200)}
 # The CIFAR-sized networks: the paper's presets and the fast ResNet-9.
 CIFAR_MODELS = (*CIFAR_DEPTHS, "resnet9")
 IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -122,11 +115,8 @@ class ReferenceCifarResNet(nn.Module):
 
 def reference_conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     """A $3 \\times 3$ convolution that keeps the map's size, batch norm and an in-place ReLU."""
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
+    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]  # fmt: skip
 
 
 class ReferenceResidual(nn.Module):
@@ -167,46 +157,32 @@ def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
     """
     return nn.Sequential(
         *reference_conv_bn_relu(3, 64),
-        *reference_conv_bn_relu(64, 128),
-        nn.MaxPool2d(2),
-        ReferenceResidual(128),
-        *reference_conv_bn_relu(128, 256),
-        nn.MaxPool2d(2),
-        *reference_conv_bn_relu(256, 512),
-        nn.MaxPool2d(2),
-        ReferenceResidual(512),
-        nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(),
-        nn.Linear(512, num_classes, bias=False),
-        ReferenceScale(0.125),
-    )
+        *reference_conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128),
+        *reference_conv_bn_relu(128, 256), nn.MaxPool2d(2),
+        *reference_conv_bn_relu(256, 512), nn.MaxPool2d(2), ReferenceResidual(512),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(0.125),
+    )  # fmt: skip
 
 
 def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
-    """Our network `name`, the reference with the same architecture, and what that reference is."""
+    """
+    Our network `name`, the reference with the same architecture, and what that reference is, once their
+    parameter counts agree: a cheap guard against comparing different networks.
+    """
+    ours: nn.Module
+    reference: nn.Module
     if name == "resnet9":
-        return _checked_pair(name, resnet.resnet9(), reference_resnet9(), "minimal ResNet-9 (nn.Sequential)")
-    ours = resnet.PRESETS[name]()
-    if name in CIFAR_DEPTHS:
-        reference: nn.Module = ReferenceCifarResNet(CIFAR_DEPTHS[name])
+        ours, reference, described = resnet.resnet9(), reference_resnet9(), "minimal ResNet-9 (nn.Sequential)"
+    elif name in CIFAR_DEPTHS:
+        ours, reference = resnet.PRESETS[name](), ReferenceCifarResNet(CIFAR_DEPTHS[name])
         described = "minimal option-A CIFAR ResNet"
     else:
-        reference = getattr(torchvision.models, name)(weights=None)
+        ours, reference = resnet.PRESETS[name](), getattr(torchvision.models, name)(weights=None)
         described = f"torchvision.models.{name}"
-    return _checked_pair(name, ours, reference, described)
-
-
-def _checked_pair(
-    name: str, ours: nn.Module, reference: nn.Module, described: str
-) -> tuple[nn.Module, nn.Module, str]:
-    """The pair, once their parameter counts agree: a cheap guard against comparing different networks."""
-    ours_count = sum(p.numel() for p in ours.parameters())
-    reference_count = sum(p.numel() for p in reference.parameters())
-    if ours_count != reference_count:
-        raise RuntimeError(
-            f"{name}: ours has {ours_count} parameters, the reference {reference_count}; "
-            f"the comparison would not be between equal architectures"
-        )
+    counts = [sum(p.numel() for p in model.parameters()) for model in (ours, reference)]
+    if counts[0] != counts[1]:
+        raise RuntimeError(f"{name}: ours has {counts[0]} parameters, the reference {counts[1]}; "
+                           f"the comparison would not be between equal architectures")  # fmt: skip
     return ours, reference, described
 
 
@@ -223,60 +199,41 @@ class Setting:
     compile_mode: str = "default"
 
 
-def prepare(model: nn.Module, setting: Setting) -> nn.Module:
-    """Move the model to the device and memory format of the variant, and compile it if asked."""
+def timed_steps(model: nn.Module, setting: Setting, mode: str, num_classes: int) -> Callable[[], None]:
+    """
+    A callable that runs `setting.steps` training steps (forward, cross-entropy, backward, SGD step, as a
+    trainer does) or forward passes in evaluation mode without autograd, on one fixed random batch.
+    """
     model = model.to(setting.device)
     if "channels_last" in setting.variant:
         model = model.to(memory_format=torch.channels_last)
-    if setting.variant.startswith("compile"):
-        model = torch.compile(model, mode=setting.compile_mode)
-    return model
-
-
-def autocast_context(setting: Setting) -> AbstractContextManager:
-    if setting.autocast == "bf16":
-        return torch.autocast(setting.device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def make_inputs(setting: Setting, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    compiled = (
+        torch.compile(model, mode=setting.compile_mode) if setting.variant.startswith("compile") else model
+    )
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(setting.batch_size, 3, setting.image_size, setting.image_size, generator=generator)
-    labels = torch.randint(0, num_classes, (setting.batch_size,), generator=generator)
-    images = images.to(setting.device)
+    size = (setting.batch_size, 3, setting.image_size, setting.image_size)
+    images = torch.randn(size, generator=generator).to(setting.device)
     if "channels_last" in setting.variant:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(setting.device)
-
-
-def train_steps(model: nn.Module, setting: Setting, num_classes: int) -> Callable[[], None]:
-    """A callable that runs `setting.steps` full training steps, the way a trainer would."""
-    images, labels = make_inputs(setting, num_classes)
-    model.train()
+    labels = torch.randint(0, num_classes, (setting.batch_size,), generator=generator).to(setting.device)
+    autocast = torch.autocast(setting.device.type, dtype=torch.bfloat16, enabled=setting.autocast == "bf16")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train(mode == "train")
 
-    def run() -> None:
+    def train() -> None:
         for _ in range(setting.steps):
-            with autocast_context(setting):
-                loss = F.cross_entropy(model(images), labels)
+            with autocast:
+                loss = F.cross_entropy(compiled(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-    return run
-
-
-def infer_steps(model: nn.Module, setting: Setting, num_classes: int) -> Callable[[], None]:
-    """A callable that runs `setting.steps` forward passes in evaluation mode without autograd."""
-    images, _ = make_inputs(setting, num_classes)
-    model.eval()
-
-    def run() -> None:
-        with torch.inference_mode(), autocast_context(setting):
+    def infer() -> None:
+        with torch.inference_mode(), autocast:
             for _ in range(setting.steps):
-                model(images)
+                compiled(images)
 
-    return run
+    return train if mode == "train" else infer
 
 
 @dataclass
@@ -299,196 +256,87 @@ def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, war
         # Fresh models for every mode, so inference never runs on weights that training steps on random
         # data have pushed somewhere unusual.
         ours, reference, described = build_pair(name)
-        num_classes = ours.head.out_features
-        pair = [prepare(ours, setting), prepare(reference, setting)]
-        make = train_steps if mode == "train" else infer_steps
-        runs = [make(model, setting, num_classes) for model in pair]
-        # Warm-up: compilation, cuDNN's algorithm search and the allocator's first requests are paid
-        # here, outside the measured repeats.
+        num_classes = next(m.out_features for m in reversed(list(ours.modules())) if isinstance(m, nn.Linear))
+        runs = [timed_steps(model, setting, mode, num_classes) for model in (ours, reference)]
+        # Compilation, cuDNN's algorithm search and the allocator's first requests are paid here, untimed.
         for run in runs:
             for _ in range(warmup):
                 run()
         seconds = alternate(runs, repeats, setting.device)
         images = setting.batch_size * setting.steps
-        ours_rate, ours_spread = rate_summary(images, seconds[0])
-        reference_rate, reference_spread = rate_summary(images, seconds[1])
+        (ours_rate, ours_spread), (reference_rate, reference_spread) = (
+            rate_summary(images, s) for s in seconds
+        )
         # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
         ratio = paired_ratio(seconds[1], seconds[0])
-        results.append(
-            Result(
-                name,
-                setting.variant,
-                mode,
-                setting,
-                ours_rate,
-                reference_rate,
-                ratio,
-                max(ours_spread, reference_spread),
-                described,
-            )
-        )
-        # Progress for long runs; the table at the end is on stdout.
-        print(
-            f"  {name} {setting.variant} {mode}: ours {ours_rate:.1f}, reference {reference_rate:.1f} "
-            f"images/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        spread = max(ours_spread, reference_spread)
+        results.append(Result(name, setting.variant, mode, setting, ours_rate, reference_rate, ratio, spread,
+                              described))  # fmt: skip
+        progress = f"ours {ours_rate:.1f}, reference {reference_rate:.1f} images/s"
+        print(f"  {name} {setting.variant} {mode}: {progress}", file=sys.stderr, flush=True)
     return results
 
 
-def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in allowed]
-    if unknown or not items:
-        raise SystemExit(f"{flag}: unknown or empty {unknown or text!r}; choose from {', '.join(allowed)}")
-    return items
+def choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An `argparse` type: a comma-separated, non-empty list of names from `allowed`."""
 
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in allowed]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown or empty {unknown or text!r}; choose from {', '.join(allowed)}"
+            )
+        return items
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    # The opening paragraph ends in a colon: the list after it belongs in the help too.
-    parser = argparse.ArgumentParser(
-        description="\n\n".join(__doc__.split("\n\n")[1:3]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--models",
-        default="resnet20,resnet56,resnet9,resnet18,resnet50",
-        help="comma-separated networks (CIFAR: resnet20..resnet1202 and resnet9, ImageNet: resnet18..152)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step (default: 128 for CIFAR networks, 32 for ImageNet presets)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="square image side (default: 32 for CIFAR networks, 224 for ImageNet presets)",
-    )
-    parser.add_argument(
-        "--variants",
-        default="eager,channels_last,compile",
-        help=f"comma-separated, from {', '.join(VARIANTS)}",
-    )
-    parser.add_argument(
-        "--compile-mode",
-        choices=("default", "reduce-overhead", "max-autotune"),
-        default="default",
-        help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)",
-    )
-    parser.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
-    parser.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
-    parser.add_argument("--modes", default="train,infer", help="train, infer or both")
-    parser.add_argument("--repeats", type=int, default=7, help="alternating timed repeats per side")
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls (of --steps steps) per side")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu or cuda (default: cuda when available)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's own choice, one per core)",
-    )
-    parser.add_argument(
-        "--autocast",
-        choices=("none", "bf16"),
-        default="none",
-        help="bf16 autocast around the forward pass (pays on GPUs and bf16-capable CPUs)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a seconds-long smoke run: resnet20 and resnet18, batch 4, 32x32, eager and "
-        "channels_last, 2 repeats of 1 step",
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.models, args.batch_size, args.image_size = "resnet20,resnet18", 4, 32
-        args.variants, args.repeats, args.steps, args.warmup = "eager,channels_last", 2, 1, 1
-    for flag in ("batch_size", "image_size", "repeats", "steps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.warmup < 0:
-        raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
-    args.models = parse_list(args.models, (*CIFAR_MODELS, *IMAGENET_PRESETS), "--models")
-    args.variants = [
-        v
-        for v in parse_list(args.variants, VARIANTS, "--variants")
-        if not (args.no_compile and v.startswith("compile"))
-        and not (args.no_channels_last and "channels_last" in v)
-    ]
-    if not args.variants:
-        raise SystemExit("--no-compile/--no-channels-last removed every variant; keep at least one")
-    args.modes = parse_list(args.modes, MODES, "--modes")
-    return args
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
-    args = parse_args(argv)
-    device = parse_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cuda":
-        # Let cuDNN pick the fastest algorithm for the fixed shapes, as the trainer does; both sides get it.
-        torch.backends.cudnn.benchmark = True
-    print(f"machine: {machine_description(device)}")
+    p = parser(__doc__.split("\n\n")[1], repeats=7)
+    # fmt: off
+    p.add_argument("--models", type=choices((*CIFAR_MODELS, *IMAGENET_PRESETS)),
+                   default="resnet20,resnet56,resnet9,resnet18,resnet50",
+                   help="comma-separated: resnet20..resnet1202 and resnet9 (CIFAR), resnet18..152 (ImageNet)")
+    p.add_argument("--batch-size", type=positive, help="images per step (default: 128 CIFAR, 32 ImageNet)")
+    p.add_argument("--image-size", type=positive, help="square image side (default: 32 CIFAR, 224 ImageNet)")
+    p.add_argument("--variants", type=choices(VARIANTS), default="eager,channels_last,compile",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
+    p.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                   default="default", help="torch.compile mode (default)")
+    p.add_argument("--modes", type=choices(MODES), default="train,infer", help="train, infer or both")
+    p.add_argument("--steps", type=positive, default=5, help="steps per timed repeat (5)")
+    p.add_argument("--warmup", type=int, choices=range(100), default=2, metavar="N", help="untimed calls (2)")
+    p.add_argument("--autocast", choices=("none", "bf16"), default="none", help="bf16 autocast (forward)")
+    # fmt: on
+    args = p.parse_args(argv)
+    if args.quick:  # resnet20 and resnet18, batch 4, 32x32, eager and channels_last, 2 repeats of 1 step
+        args.models, args.batch_size, args.image_size = ["resnet20", "resnet18"], 4, 32
+        args.variants, args.repeats, args.steps, args.warmup = ["eager", "channels_last"], 2, 1, 1
+    args.variants = [v for v in args.variants if not (args.no_compile and v.startswith("compile"))
+                     and not (args.no_channels_last and "channels_last" in v)]  # fmt: skip
+    if not args.variants:
+        p.error("--no-compile/--no-channels-last removed every variant; keep at least one")
+    device = start(p, args)
     results: list[Result] = []
     for name in args.models:
         cifar = name in CIFAR_MODELS
         for variant in args.variants:
-            setting = Setting(
-                device,
-                args.batch_size or (128 if cifar else 32),
-                args.image_size or (32 if cifar else 224),
-                variant,
-                args.autocast,
-                args.steps,
-                args.compile_mode,
-            )
+            batch, size = args.batch_size or (128 if cifar else 32), args.image_size or (32 if cifar else 224)
+            setting = Setting(device, batch, size, variant, args.autocast, args.steps, args.compile_mode)
             results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
 
-    print(
-        f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; "
-        f"autocast {args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
-        f"spread = (max - min) / median of the noisier side"
-    )
-    print_table(
-        [
-            "model",
-            "variant",
-            "mode",
-            "batch",
-            "size",
-            "ours img/s",
-            "reference img/s",
-            "ratio",
-            "spread",
-            "reference",
-        ],
-        [
-            [
-                r.name,
-                r.variant,
-                r.mode,
-                str(r.setting.batch_size),
-                str(r.setting.image_size),
-                f"{r.ours:.1f}",
-                f"{r.reference:.1f}",
-                f"{r.ratio:.3f}",
-                f"{r.spread:.0%}",
-                r.described,
-            ]
-            for r in results
-        ],
-    )
-    print()
+    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; autocast "
+          f"{args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
+          f"spread = (max - min) / median of the noisier side; {load_average()}")  # fmt: skip
+    headers = ["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
+               "spread", "reference"]  # fmt: skip
+    rows = [[r.name, r.variant, r.mode, r.setting.batch_size, r.setting.image_size, f"{r.ours:.1f}",
+             f"{r.reference:.1f}", f"{r.ratio:.3f}", f"{r.spread:.0%}", r.described]
+            for r in results]  # fmt: skip
+    print(table(headers, rows) + "\n")
     for r in results:
         verdict = "meets" if r.ratio >= 1.0 else "below"
         print(f"ratio {r.name} {r.variant} {r.mode}: {r.ratio:.3f} (ours/reference, {verdict} the 1.0 bar)")

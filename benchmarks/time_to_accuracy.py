@@ -22,7 +22,6 @@ and the load average beside them.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import first_reaching, load_average  # noqa: E402
 
 PAPER_IMAGES = 64_000 * 128
 # Table 6: ResNet-20 reaches 8.75% test error.
@@ -49,7 +50,7 @@ def summarize(run_dir: Path, target: float) -> dict[str, Any]:
             f"is measured on full-data runs only"
         )
     images_per_epoch = results["data"]["train_images"]
-    crossing = next((r for r in records if r.get("test_accuracy", 0.0) >= target), None)
+    crossing = first_reaching(records, target)
     return {
         "run_dir": str(run_dir),
         "seed": results["seed"],
@@ -73,17 +74,8 @@ def train(data_dir: Path, logs_dir: Path, seed: int, trainer_args: list[str]) ->
     from experiments import cifar10
 
     results = logs_dir / f"results-seed{seed}.json"
-    argv = [
-        "--data-dir",
-        str(data_dir),
-        "--logs-dir",
-        str(logs_dir),
-        "--seed",
-        str(seed),
-        "--results",
-        str(results),
-        *trainer_args,
-    ]
+    argv = ["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), "--seed", str(seed), "--results",
+            str(results), *trainer_args]  # fmt: skip
     status = cifar10.main(argv)
     if status != 0:
         raise SystemExit(f"the trainer exited with status {status} for seed {seed}")
@@ -108,28 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Options after the known ones go to experiments/cifar10.py, e.g. verify_checksums=false for "
         "a copy of CIFAR-10 that is not the official archive.",
     )
+    # fmt: off
     parser.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (as for the trainer)")
-    parser.add_argument(
-        "--logs-dir",
-        type=Path,
-        default=Path("logs/time_to_accuracy"),
-        help="where the runs go (default logs/time_to_accuracy)",
-    )
+    parser.add_argument("--logs-dir", type=Path, default=Path("logs/time_to_accuracy"),
+                        help="where the runs go (default logs/time_to_accuracy)")
     # Comma-separated, so that trainer options such as verify_checksums=false may follow in any order.
     parser.add_argument("--seeds", type=_seed_list, default=[0, 1], help="one run per seed (default 0,1)")
-    parser.add_argument(
-        "--target",
-        type=float,
-        default=PAPER_RESNET20_ACCURACY,
-        help="test accuracy to reach (default 0.9125, Table 6's ResNet-20)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=Path,
-        nargs="+",
-        metavar="RUN",
-        help="summarise these finished run folders instead of training",
-    )
+    parser.add_argument("--target", type=float, default=PAPER_RESNET20_ACCURACY,
+                        help="test accuracy to reach (default 0.9125, Table 6's ResNet-20)")
+    parser.add_argument("--runs", type=Path, nargs="+", metavar="RUN",
+                        help="summarise these finished run folders instead of training")
+    # fmt: on
     args, trainer_args = parser.parse_known_args(argv)
     if not 0 < args.target < 1:
         parser.error(f"--target is an accuracy between 0 and 1, got {args.target}")
@@ -140,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dirs = args.runs or [train(args.data_dir, args.logs_dir, seed, trainer_args) for seed in args.seeds]
     rows = [summarize(run, args.target) for run in run_dirs]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(
-        f"target: test accuracy >= {args.target:.4f}; load average now {load[0]:.2f} {load[1]:.2f} "
-        f"{load[2]:.2f}"
-    )
+    print(f"target: test accuracy >= {args.target:.4f}; {load_average()} now")
     for r in rows:
         reached = (
             f"reached at epoch {r['first_epoch_at_target']} after {r['train_time_to_target_s'] / 60:.1f} "

@@ -14,6 +14,7 @@ run's data settings (e.g. `data_dir=...`, `verify_checksums=false` for a copy of
 the official archive).
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -31,25 +32,27 @@ SHIFTS = (0, 1, 2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
-        print(__doc__.strip().splitlines()[2], file=sys.stderr)
-        return 2
-    run_dir, extra = Path(argv[0]), argv[1:]
-    saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+    description = __doc__.split("\n\n")[2]
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.valid_ablation", description=description)
+    parser.add_argument("run", type=Path, help="a run folder trained with ema_decay and --valid-split")
+    parser.add_argument("settings", nargs="*", metavar="key=value", help="data settings over the run's own")
+    args = parser.parse_args(argv)
+    saved = load_checkpoint(args.run / CHECKPOINT_DIR / LAST)
     if not saved.get("ema"):
-        raise SystemExit(f"{run_dir} has no averaged weights: train with ema_decay=0.999 to compare them")
+        raise SystemExit(f"{args.run} has no averaged weights: train with ema_decay=0.999 to compare them")
     overrides = saved_settings(saved)
-    for item in extra:
-        key, value = item.split("=", 1)
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"expected key=value, got {item!r}")
         overrides[key] = {"false": False, "true": True}.get(value.lower(), value)
     if not overrides.get("valid_split"):
-        raise SystemExit(f"{run_dir} has no validation split; this comparison never uses the test set")
+        raise SystemExit(f"{args.run} has no validation split; this comparison never uses the test set")
     c = cifar10.Configs()
     ConfigProcessor(c, overrides)
-    model = c.model.to(c.device)
-    loader = c.valid_loader
-    print(f"{run_dir}: {loader.images_per_epoch} validation images, step {saved_position(saved)['step']}")
+    model, loader = c.model.to(c.device), c.valid_loader
+    assert loader is not None  # a valid_split, checked above
+    print(f"{args.run}: {loader.images_per_epoch} validation images, step {saved_position(saved)['step']}")
     print("weights    flip TTA  shift TTA  valid loss  valid accuracy")
     for name, weights in (("trained", saved["model"]), ("averaged", saved["ema"]["model"])):
         model.load_state_dict(weights)

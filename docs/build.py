@@ -43,20 +43,21 @@ DEFAULT_PACKAGES = ("resnet", "experiments")
 
 # Pages are listed in the order a newcomer should read them: the tutorial module first (residual
 # learning -> shortcuts -> blocks -> stage stack -> presets), then the rest of the model library; then
-# the paper's central experiment (the degradation problem, Figure 6), the training tutorial and the run
-# machinery it imports, and after them the operational modules (data, recipes, checkpoints, processes,
-# command line, output). Packages keep the order they are given in (resnet before experiments); inside a
-# package, modules named here come first and any other module is appended alphabetically, so a new file
-# is never silently left out of the site. A name here whose file does not exist gets no page: the list
-# only orders what the packages hold.
+# the training tutorial, the paper's central experiment built on it (the degradation problem, Figure 6),
+# the run machinery the tutorial imports, and after them the operational modules (data, recipes,
+# checkpoints, processes, command line, output). Packages keep the order they are given in (resnet
+# before experiments); inside a package, modules named here come first and any other module is appended
+# alphabetically, so a new file is never silently left out of the site. A name here whose file does not
+# exist gets no page: the list only orders what the packages hold.
 READING_ORDER = (
     "resnet/model.py",
     "resnet/fast.py",
     "resnet/checks.py",
     "resnet/torchvision_interop.py",
     "resnet/__init__.py",
-    "experiments/degradation.py",
     "experiments/cifar10.py",
+    "experiments/degradation.py",
+    "experiments/trainer.py",
     "experiments/runner.py",
     "experiments/progress.py",
     "experiments/loader.py",

@@ -5,22 +5,25 @@
 python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out curves.png
 ```
 
-Every run folder holds `metrics.jsonl`, one line per epoch. This draws, per epoch and one line per run,
-the training error, the evaluation error (validation when the run held out a split, otherwise the
-test set, which a run only watches) and the learning rate at the end of the epoch. Errors rather than
-accuracies, as in the paper's figures: a curve that falls towards 0 reads as "better", and the last
-points of two good runs are not squashed together against 100%.
-
-Each run is labelled by its recipe, network and seed when its `results.json` is there, else by its
-folder name; `--labels` overrides them.
+Every run folder holds `metrics.jsonl`, one line per epoch. [`draw`](#draw) plots per epoch, a line per
+run labelled by its recipe, network and seed (or `--labels`), the training error, the evaluation error
+(validation when the run held out a split, else the test set, which a run only watches) and the learning
+rate; [`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
+[`degradation.py`](degradation.html). Errors rather than accuracies, as in the paper: a curve falls
+towards 0 for "better", and two good runs are not squashed together against 100%.
 """
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiments.files import atomic_write
 
 
 class PlotError(Exception):
@@ -29,75 +32,74 @@ class PlotError(Exception):
 
 @dataclass
 class Curve:
-    """One run's per-epoch numbers."""
+    """One run's per-epoch numbers (errors as fractions), and its `results.json` once it has finished."""
 
     label: str
     epochs: list[int]
+    steps: list[int]
     train_error: list[float]
     eval_name: str
+    # None for an epoch that was not evaluated (`eval_every_epoch=False`).
     eval_error: list[float | None]
     lr: list[float]
+    summary: dict[str, Any] | None = None
 
 
 def read_run(path: Path, label: str | None = None) -> Curve:
     """A run folder (or its `metrics.jsonl`) as a `Curve`."""
     folder = path.parent if path.name == "metrics.jsonl" else path
-    metrics = folder / "metrics.jsonl"
+    metrics, results = folder / "metrics.jsonl", folder / "results.json"
     if not metrics.is_file():
         raise PlotError(f"{folder} has no metrics.jsonl; pass a run folder such as logs/cifar10/<uuid>")
     try:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        summary = json.loads(results.read_text()) if results.is_file() else None
     except json.JSONDecodeError as e:
-        raise PlotError(f"{metrics} is not one JSON object per line ({e.msg} at line {e.lineno})") from None
+        raise PlotError(f"{folder}: a file there is not JSON ({e.msg} at line {e.lineno})") from None
     if not records:
         raise PlotError(f"{metrics} is empty: the run has not finished an epoch yet")
-    eval_name = "valid" if any("valid_accuracy" in r for r in records) else "test"
-    return Curve(
-        label=label or _label(folder),
-        epochs=[int(r["epoch"]) for r in records],
-        train_error=[1.0 - float(r["train_accuracy"]) for r in records],
-        eval_name=eval_name,
-        eval_error=[
-            1.0 - float(r[f"{eval_name}_accuracy"]) if f"{eval_name}_accuracy" in r else None for r in records
-        ],
-        lr=[float(r["lr"]) for r in records],
+    name = "valid" if any("valid_accuracy" in r for r in records) else "test"
+    s = summary or {}
+    label = label or (
+        f"{s.get('recipe')} recipe, {s.get('model')}, seed {s.get('seed')}" if s else folder.name
     )
+    return Curve(
+        label, [int(r["epoch"]) for r in records], [int(r["step"]) for r in records],
+        [1.0 - float(r["train_accuracy"]) for r in records], name,
+        [1.0 - float(r[f"{name}_accuracy"]) if f"{name}_accuracy" in r else None for r in records],
+        [float(r["lr"]) for r in records], summary,
+    )  # fmt: skip
 
 
-def _label(folder: Path) -> str:
-    results = folder / "results.json"
-    if results.is_file():
-        try:
-            r: dict[str, Any] = json.loads(results.read_text())
-            return f"{r.get('recipe', '?')} recipe, {r.get('model', '?')}, seed {r.get('seed', '?')}"
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    return folder.name
-
-
-def draw(curves: list[Curve], out: Path, title: str | None = None) -> None:
-    """Three panels side by side: training error, evaluation error, learning rate."""
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only, never a window
+    return importlib.import_module("matplotlib.pyplot")
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    eval_names = sorted({c.eval_name for c in curves})
-    panels = [
-        ("training error (%)", axes[0]),
-        (f"{'/'.join(eval_names)} error (%)", axes[1]),
-        ("learning rate", axes[2]),
-    ]
+
+def evaluated(curve: Curve) -> tuple[list[int], list[float]]:
+    """The epochs that were evaluated, and their evaluation error in percent."""
+    points = [(x, 100 * e) for x, e in zip(curve.epochs, curve.eval_error, strict=True) if e is not None]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def save(figure: Any, out: Path) -> None:
+    """Write the PNG atomically, so an interrupted run never leaves half an image."""
+    atomic_write(out, lambda f: figure.savefig(f, dpi=100, format="png"))
+    _pyplot().close(figure)
+
+
+def draw(curves: list[Curve], title: str | None = None) -> Any:
+    """Three panels side by side: training error, evaluation error, learning rate."""
+    figure, axes = _pyplot().subplots(1, 3, figsize=(13, 3.8))
     for curve in curves:
         (line,) = axes[0].plot(curve.epochs, [100 * e for e in curve.train_error], label=curve.label)
-        points = [(x, 100 * e) for x, e in zip(curve.epochs, curve.eval_error, strict=True) if e is not None]
-        if points:
-            axes[1].plot(*zip(*points, strict=True), color=line.get_color(), marker=".")
+        axes[1].plot(*evaluated(curve), color=line.get_color(), marker=".")
         axes[2].plot(curve.epochs, curve.lr, color=line.get_color())
-    for name, ax in panels:
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+    names = "/".join(sorted({c.eval_name for c in curves}))
+    for ax, name in zip(axes, ("training error (%)", f"{names} error (%)", "learning rate"), strict=True):
+        ax.set(xlabel="epoch", ylabel=name)
         ax.grid(alpha=0.3)
     axes[1].set_ylim(bottom=0)
     # A log scale shows step drops best, but cannot draw a schedule that ends at 0.
@@ -105,34 +107,52 @@ def draw(curves: list[Curve], out: Path, title: str | None = None) -> None:
         axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+# One colour per depth, the same in both panels of Figure 6, so a depth is easy to follow across them.
+COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:gray")
+
+
+def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
+    """
+    Figure 6: a panel per entry of `panels` (plain networks, then residual ones), each curve with its
+    depth; error in percent per epoch, training error thin and dashed, test error bold, one colour per
+    depth. Sized to stay legible at the README's width.
+    """
+    depths = sorted({depth for curves in panels.values() for depth, _ in curves})
+    colour = {depth: COLOURS[i % len(COLOURS)] for i, depth in enumerate(depths)}
+    figure, axes = _pyplot().subplots(1, len(panels), figsize=(11, 4.8), sharey=True, squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items(), strict=True):
+        for depth, curve in curves:
+            ax.plot(curve.epochs, [100 * e for e in curve.train_error], "--", lw=1, color=colour[depth])
+            xs, ys = evaluated(curve)  # a run evaluated only at its end gets a marker to be seen at all
+            ax.plot(xs, ys, "-", lw=2.5, color=colour[depth], label=curve.label,
+                    marker="o" if len(xs) < 3 else None)  # fmt: skip
+        ax.set_title(name, fontsize=13)
+        ax.set_xlabel("epoch", fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=11, loc="upper right")
+    axes[0][0].set_ylabel("error (%)", fontsize=12)
+    axes[0][0].set_ylim(bottom=0)
+    figure.suptitle("\n".join(textwrap.fill(line, 110) for line in title.splitlines()), fontsize=11)
+    figure.tight_layout()
+    return figure
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.plot",
-        description="Draw training error, evaluation error and learning rate "
-        "per epoch from run folders (their metrics.jsonl), one "
-        "line per run.",
-    )
-    parser.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run folders, or their metrics.jsonl"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("curves.png"), help="PNG to write (default curves.png)"
-    )
+    parser = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.split("\n\n")[2])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders or metrics.jsonl")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (curves.png)")
     parser.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
     parser.add_argument("--title", help="a title over the panels")
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels gives {len(args.labels)} labels for {len(args.runs)} runs; give one per run")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         parser.error('drawing needs matplotlib: pip install -e ".[plot]"')
     labels = args.labels or [None] * len(args.runs)
     try:
@@ -140,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except PlotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    draw(curves, args.out, args.title)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save(draw(curves, args.title), args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,7 +1,7 @@
 """
 The benchmark scripts run end to end in their `--quick` mode and print what BENCHMARKS.md quotes: a table
-row per measurement and the ratio lines. Only the output's shape is checked, never a timing: the numbers
-depend on the machine and on whatever else runs on it.
+row per measurement and the ratio lines, after the line naming the machine and its load. Only the output's
+shape is checked, never a timing: the numbers depend on the machine and on whatever else runs on it.
 """
 
 import re
@@ -112,11 +112,14 @@ def test_model_speed_flags_can_skip_compile_and_channels_last(capsys):
         (["--variants", "fast"], "--variants"),
         (["--repeats", "0"], "--repeats"),
         (["--variants", "compile", "--no-compile"], "removed every variant"),
+        (["--threads", "0"], "--threads"),
     ],
 )
-def test_model_speed_rejects_bad_flags_with_a_message(argv, message):
-    with pytest.raises(SystemExit, match=message):
+def test_model_speed_rejects_bad_flags_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         model_speed.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_data_pipeline_prints_supply_demand_and_the_loader_ratios(capsys):
@@ -141,32 +144,74 @@ def test_data_pipeline_prints_supply_demand_and_the_loader_ratios(capsys):
         assert re.search(rf"^{re.escape(line)}: {NUMBER}", out, re.MULTILINE), line
 
 
-def test_data_pipeline_rejects_more_batch_than_images():
-    with pytest.raises(SystemExit, match="--images"):
-        data_pipeline.main(["--images", "8", "--batch-size", "16"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--images", "8", "--batch-size", "16"], "--images"), (["--workers", "0,-1"], "--workers")],
+)
+def test_data_pipeline_rejects_bad_flags_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        data_pipeline.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_trainer_overhead_prints_both_loops_and_the_overhead(capsys):
     overhead = trainer_overhead.main(["--quick", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert out.startswith("machine: CPU ")
-    for loop in ("labml trainer (cifar10.train_epoch)", "bare PyTorch loop"):
+    assert out.startswith("machine: CPU ") and "load average" in out.splitlines()[0]
+    for loop in ("labml trainer (cifar10.train)", "bare PyTorch loop"):
         assert re.search(rf"^\| {re.escape(loop)} +\| {NUMBER} +\| {NUMBER} +\| \d+% +\|$", out, re.MULTILINE)
     assert re.search(rf"^ratio trainer/bare epoch time: {NUMBER} \(median over repeats", out, re.MULTILINE)
     assert f"overhead: {overhead:+.2%} (target: at most +3%)" in out
 
 
-def test_both_loops_of_the_overhead_benchmark_do_the_same_arithmetic():
-    """Same start, same batches, same optimizer: one epoch of each must end at the same weights."""
-    trainer = trainer_overhead.build_trainer(
-        {"model": "resnet20", "batch_size": 16, "device.use_cuda": False},
-        trainer_overhead.synthetic_dataset(32, 16, seed=0),
+def test_both_loops_of_the_overhead_benchmark_train_the_same_network_on_the_same_batches(tmp_path):
+    """
+    The same network, the same number of steps over the same images in the same batches, the same
+    optimizer settings: what the trainer reports of its run must match the bare loop.
+    """
+    from experiments.synthetic import write_synthetic_cifar10
+
+    write_synthetic_cifar10(tmp_path / "data", n_per_train_batch=8, n_test=16)
+    settings = {"model": "resnet20", "batch_size": 16, "seed": 3, "channels_last": False, "device": "cpu"}
+    seconds, summary = trainer_overhead.trainer_epoch(tmp_path / "data", tmp_path / "logs", settings)
+    bare = trainer_overhead.BareLoop(tmp_path / "data", "resnet20", 16, False, torch.device("cpu"), seed=3)
+    bare_seconds = bare.two_epochs()
+    assert seconds > 0 and bare_seconds > 0
+    assert summary["model"] == "resnet20" and summary["recipe"] == "paper" and summary["epochs"] == 2
+    assert summary["parameters"] == sum(p.numel() for p in bare.model.parameters())
+    # 40 images in batches of 16: three steps an epoch (the last batch smaller), on both sides.
+    assert (
+        summary["steps"] == bare.steps == 6
+        and summary["data"]["train_images"] == bare.loader.images_per_epoch
     )
-    bare = trainer_overhead.BareEpoch(trainer, [0])
-    trainer_overhead.trainer_epoch(trainer, [0])()
-    bare()
-    assert trainer.progress.step == 2
-    for (name, ours), theirs in zip(
-        trainer.network.state_dict().items(), bare.model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+    first = next(bare.loader.epoch(0))[0]
+    assert first.shape == (16, 3, 32, 32) and first.dtype == torch.float32
+    group = bare.optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["initial_lr"]) == (0.9, 1e-4, 0.1)
+
+
+def test_valid_ablation_scores_both_weights_in_every_view_on_the_validation_split(tmp_path, capsys):
+    """A run with a weight average and a validation split, scored 2 x 2 x 3 ways on its held-out images."""
+    from benchmarks import valid_ablation
+    from experiments import cifar10
+    from experiments.synthetic import write_synthetic_cifar10
+
+    write_synthetic_cifar10(tmp_path / "data", n_per_train_batch=16, n_test=16, separable=True)
+    run = cifar10.train(data_dir=str(tmp_path / "data"), verify_checksums=False, logs_dir=tmp_path / "logs",
+                        device="cpu", epochs=1, batch_size=16, valid_split=20, ema_decay=0.9, model="custom",
+                        n_blocks=[1, 1, 1], n_channels=[4, 8, 16]).run_dir  # fmt: skip
+    capsys.readouterr()
+    assert valid_ablation.main([str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{run}: 20 validation images, step 4"  # 60 training images in batches of 16
+    rows = [line.split() for line in lines[2:]]
+    expected = [(w, f, shift) for w in ("trained", "averaged") for f in ("no", "yes") for shift in "012"]
+    assert [(r[0], r[1], r[2]) for r in rows] == expected
+    assert all(0.0 <= float(r[4]) <= 1.0 for r in rows)
+    # Runs without a split are refused: the comparison must never read the test set.
+    plain = cifar10.train(data_dir=str(tmp_path / "data"), verify_checksums=False, logs_dir=tmp_path / "logs",
+                          device="cpu", epochs=1, batch_size=16, ema_decay=0.9, model="custom",
+                          n_blocks=[1, 1, 1], n_channels=[4, 8, 16]).run_dir  # fmt: skip
+    with pytest.raises(SystemExit, match="no validation split"):
+        valid_ablation.main([str(plain)])

@@ -357,8 +357,8 @@ def test_fixture_site_pages_follow_the_reading_order(fixture_site: Path) -> None
         "resnet/model.html",
         "resnet/helpers.html",
         "resnet/zoo/deep.html",
-        "experiments/degradation.html",
         "experiments/cifar10.html",
+        "experiments/degradation.html",
         "experiments/progress.html",
         "experiments/data.html",
         "experiments/aaa_tools.html",
@@ -464,15 +464,15 @@ def test_repo_site_links_resolve_and_math_is_rendered(repo_site: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_reading_order_is_tutorial_then_experiment_then_training_then_operations() -> None:
+def test_reading_order_is_tutorial_then_training_then_experiment_then_operations() -> None:
     order = list(build.READING_ORDER)
     assert order[0] == "resnet/model.py"
     last_model_page = max(index for index, name in enumerate(order) if name.startswith("resnet/"))
     assert order[last_model_page + 1 : last_model_page + 5] == [
-        "experiments/degradation.py",  # the paper's central experiment, Figure 6
         "experiments/cifar10.py",  # the training tutorial
-        "experiments/runner.py",  # and the machinery it imports
-        "experiments/progress.py",
+        "experiments/degradation.py",  # the paper's central experiment, Figure 6, built on it
+        "experiments/trainer.py",  # and the machinery the tutorial imports
+        "experiments/runner.py",
     ]
     assert len(order) == len(set(order))
 
@@ -484,9 +484,9 @@ def test_repo_index_follows_the_reading_order(repo_site: Path) -> None:
     listed = [name for name in build.READING_ORDER if (REPO_ROOT / name).is_file() and name in order]
     assert [name for name in order if name in listed] == listed  # listed pages keep the listed order
     experiments = [name for name in order if name.startswith("experiments/")]
-    assert experiments[:2] == ["experiments/degradation.py", "experiments/cifar10.py"]
+    assert experiments[:2] == ["experiments/cifar10.py", "experiments/degradation.py"]
     assert (
-        order.index("experiments/degradation.py")
+        order.index("experiments/cifar10.py")
         == max(index for index, name in enumerate(order) if name.startswith("resnet/")) + 1
     )
 
