@@ -59,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         for flip in (False, True):
             for shift in SHIFTS:
                 with torch.no_grad():
-                    loss, accuracy = cifar10.evaluate(
+                    scores = cifar10.evaluate(
                         model, loader, "valid", amp_dtype=None, flip_tta=flip, shift_tta=shift
                     )
+                # The views' average where there are several; the first row is the single view.
+                suffix = "_tta" if flip or shift else ""
+                loss, accuracy = scores[f"loss{suffix}"], scores[f"accuracy{suffix}"]
                 flipped = "yes" if flip else "no"
                 print(f"{name:<10} {flipped:<9} {shift:<10} {loss:>10.4f}  {accuracy:>14.4f}", flush=True)
     return 0
