@@ -54,6 +54,7 @@ from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
 from experiments.distributed import World
+from experiments.options import RecordedOptions
 from experiments.run_configs import RunConfigs
 from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 
@@ -290,18 +291,23 @@ class TensorBatches:
 PAPER_VALID_SPLIT = 5_000
 
 
-class CifarDataConfigs(RunConfigs):
+class CifarDataConfigs(RecordedOptions, RunConfigs):
     """The data of a run: which images, how they are batched (§4.2: 128 a step) and augmented."""
 
-    # The data: the official files, checked against their md5 sums (off only for a stand-in in
-    # CIFAR-10's format). `valid_split` holds out training images for choosing settings (the paper uses
-    # 5,000); the subsets are class-balanced draws for quick experiments, 0 meaning all.
+    # Where the official files are (or go, when downloaded), checked against their md5 sums unless
+    # `verify_checksums` is off (only for a stand-in in CIFAR-10's format).
     data_dir: str
+    # Download CIFAR-10 when it is not in `data_dir`.
     download: bool = True
+    # Check every file's md5 sum before reading it.
     verify_checksums: bool = True
+    # Training images held out to validate on, for choosing settings (the paper holds out 5,000).
     valid_split: int = 0
+    # A class-balanced draw of this many training images for quick experiments; 0 means all.
     train_subset: int = 0
+    # A class-balanced draw of this many test images; 0 means all.
     test_subset: int = 0
+    # §4.2's random crops and flips of the training images.
     augment: bool = True
     # Side of the square Cutout blanks in each training image; 0 is off (the paper has no Cutout).
     cutout: int = 0
@@ -311,6 +317,7 @@ class CifarDataConfigs(RunConfigs):
     test_loader: TensorBatches
     # The global batch: with several processes each takes `batch_size / world_size` images per step.
     batch_size: int = 128
+    # Images per evaluation batch; the scores do not depend on it.
     eval_batch_size: int = 1000
     steps_per_epoch: int
 

@@ -98,7 +98,9 @@ import math
 from typing import Any
 
 import torch
-from labml.configs import BaseConfigs, option
+from labml.configs import option
+
+from experiments.options import RecordedOptions
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe is the configuration's defaults.
@@ -151,15 +153,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# What each recipe is for. `--help` lists the settings a recipe changes straight from `RECIPES`, so the
-# help and the recipes cannot disagree.
+# What each recipe is for, one line each in `--help`; `--help-recipes` lists the settings straight from
+# `RECIPES`, so the help and the recipes cannot disagree.
 RECIPE_PURPOSES = {
     "paper": "He et al. §4.2, the configuration's defaults",
-    "fast": "a short schedule for a GPU",
-    "cpu": "the paper's ResNet-20 to Table 6's accuracy in a run short enough for a small CPU",
-    "resnet9": "the DAWNBench ResNet-9 with its schedule",
+    "fast": "a short schedule for a GPU (30 epochs)",
+    "cpu": "the paper's ResNet-20 in a run short enough for a small CPU (25 epochs)",
+    "resnet9": "the DAWNBench ResNet-9 with its 24-epoch schedule",
 }
-# The defaults `--help` lists for the paper's recipe, read from the configuration classes.
+# The defaults `--help-recipes` lists for the paper's recipe, read from the configuration classes.
 PAPER_SETTINGS = (
     "batch_size", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "lr_milestones",
     "lr_decay", "iterations",
@@ -173,27 +175,32 @@ def _settings_text(settings: dict[str, Any]) -> str:
     )
 
 
-def recipe_help(paper: dict[str, Any]) -> str:
+def recipe_summary(recipes: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per recipe: its name and what it is for."""
+    width = max(map(len, recipes))
+    return [f"{name:<{width}}  {RECIPE_PURPOSES.get(name, '')}".rstrip() for name in recipes]
+
+
+def recipe_settings(recipes: dict[str, dict[str, Any]], paper: dict[str, Any]) -> str:
     """
-    One sentence per recipe: what it is for, the settings it changes, and those it adds on CUDA; `paper`
-    holds the defaults of `PAPER_SETTINGS`, which the paper's recipe keeps.
+    Every recipe with the settings it changes and those it adds on CUDA; `paper` holds the defaults of
+    `PAPER_SETTINGS`, which the paper's recipe keeps.
     """
     parts = []
-    for name, recipe in RECIPES.items():
-        text = f"{name}: {RECIPE_PURPOSES[name]}"
+    for name, recipe in recipes.items():
+        text = f"{name}: {RECIPE_PURPOSES.get(name, '')}"
         if name == "paper":
-            text += f": {_settings_text(paper)}"
+            text += f"\n  keeps {_settings_text(paper)}"
         plain = {key: value for key, value in recipe.items() if key != "cuda"}
         if plain:
-            text += f"; sets {_settings_text(plain)}"
+            text += f"\n  sets {_settings_text(plain)}"
         if "cuda" in recipe:
-            text += f", and on CUDA {_settings_text(recipe['cuda'])}"
-        parts.append(text + ".")
-    # argparse formats help with %, so a literal percent sign is written twice.
-    return " ".join(parts).replace("%", "%%")
+            text += f"\n  and on CUDA {_settings_text(recipe['cuda'])}"
+        parts.append(text)
+    return "\n".join(parts)
 
 
-class SGDConfigs(BaseConfigs):
+class SGDConfigs(RecordedOptions):
     """
     ## The optimizer
 
@@ -204,9 +211,13 @@ class SGDConfigs(BaseConfigs):
 
     optimizer: torch.optim.SGD
     parameters: Any
+    # The base learning rate, before the schedule's multiplier.
     learning_rate: float = 0.1
+    # Momentum of the update (§4.2: 0.9).
     momentum: float = 0.9
+    # L2 penalty on the weights (§4.2: 0.0001).
     weight_decay: float = 1e-4
+    # Nesterov's form of momentum (the fast recipes use it).
     nesterov: bool = False
 
     def __init__(self) -> None:
