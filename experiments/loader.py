@@ -327,9 +327,23 @@ def _data_dir(c: CifarDataConfigs) -> str:
     return str(cifar_data.default_data_dir())
 
 
+def data_root(data_dir: str | Path) -> Path:
+    """
+    The folder that holds `cifar-10-batches-py/`. `--data-dir` names that folder's parent, but pointing it
+    at `cifar-10-batches-py/` itself is an easy slip (it is the folder with the data in it); such a path
+    is read as its parent, unless it holds a `cifar-10-batches-py/` of its own.
+    """
+    where = Path(data_dir)
+    if where.name == cifar_data.BATCHES_FOLDER and not (where / cifar_data.BATCHES_FOLDER).exists():
+        return where.parent
+    return where
+
+
 @option(CifarDataConfigs.dataset)
 def _dataset(c: CifarDataConfigs) -> cifar_data.CifarArrays:
-    return cifar_data.load_cifar10(Path(c.data_dir), download=c.download, verify_checksums=c.verify_checksums)
+    return cifar_data.load_cifar10(
+        data_root(c.data_dir), download=c.download, verify_checksums=c.verify_checksums
+    )
 
 
 def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, train: bool) -> TensorBatches:
@@ -354,7 +368,7 @@ def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, t
 
 @option([CifarDataConfigs.train_loader, CifarDataConfigs.valid_loader])
 def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatches | None]:
-    where = Path(c.data_dir)
+    where = data_root(c.data_dir)
     selection = dict(valid_split=c.valid_split, train_subset=c.train_subset, seed=c.seed, data_dir=where)
     train, valid = cifar_data.training_images(c.dataset, **selection)
     return _loader(c, train, train=True), (_loader(c, valid, train=False) if valid else None)
@@ -363,7 +377,7 @@ def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatc
 @option(CifarDataConfigs.test_loader)
 def _test_loader(c: CifarDataConfigs) -> TensorBatches:
     test = cifar_data.test_images(
-        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=Path(c.data_dir)
+        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=data_root(c.data_dir)
     )
     return _loader(c, test, train=False)
 

@@ -95,6 +95,7 @@ The fast and resnet9 recipes were written for GPUs; what each reaches is in RESU
 """
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -241,6 +242,10 @@ class ScheduleError(ValueError):
     """A learning-rate schedule whose settings contradict each other; the trainer reports it in one line."""
 
 
+class ScheduleWarning(UserWarning):
+    """A schedule that runs as asked but probably not as meant (a warm-up that fills most of the run)."""
+
+
 class StepSchedule:
     """
     ## Step decay (the paper's schedule)
@@ -289,6 +294,18 @@ class WarmupThenDecay:
         self.total_steps = int(total_steps)
         self.warmup_steps = min(int(warmup_steps), self.total_steps)
         self.warmup_factor = float(warmup_factor)
+        if warmup_steps and 2 * warmup_steps >= total_steps:
+            # A recipe's warm-up is counted in steps, so a run shortened far enough (fewer epochs, a
+            # `train_subset`) spends most or all of itself warming up and barely decays. We warn rather
+            # than rescale: the schedule stays what was asked for, and the warning says how to change it.
+            decay = "never decays" if warmup_steps >= total_steps else "decays only in the second half"
+            warnings.warn(
+                f"lr_warmup_steps={warmup_steps} is at least half of this run's {total_steps} steps, so the "
+                f"learning rate {decay}; give fewer warm-up steps (e.g. lr_warmup_steps={total_steps // 20}) "
+                "or train for longer",
+                ScheduleWarning,
+                stacklevel=3,
+            )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
