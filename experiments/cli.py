@@ -112,8 +112,8 @@ FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
 RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
 
 
-def _at_least(minimum: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= minimum else f"must be at least {minimum:g}"
+def _at_least(minimum: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= minimum else f"must be at least {minimum}"
 
 
 def _within(low: int, high: int, *, high_inclusive: bool = False) -> Callable[[Any], str | None]:
@@ -167,6 +167,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "optimizer.weight_decay": _at_least(0),
     "device.cuda_device": _at_least(0),
     "data_dir": lambda v: None if v else "must not be empty",
+    # The run options with a range.
+    **dict.fromkeys(("threads", "stop_after_steps"), _at_least(1)),
+    "time_limit_s": lambda v: None if 0 < v < math.inf else "must be a positive number of seconds",
 }
 
 
@@ -248,10 +251,8 @@ def parse(
             raise UsageError(f"unknown option {word}" + (f"; did you mean {close[0]}?" if close else ""))
         if args.help_recipes or args.list_configs:
             paper = {key: _getter({}, configs_class, nested)(key) for key in PAPER_SETTINGS}
-            text = (
-                recipe_settings(recipes, paper) if args.help_recipes else _configs_text(configs_class, nested)
-            )
-            print(text)
+            listing = recipe_settings(recipes, paper) if args.help_recipes else None
+            print(listing or _configs_text(configs_class, nested))
             raise SystemExit(0)
         user: dict[str, tuple[Any, str | None]] = {}
         for item in args.overrides:
@@ -362,9 +363,8 @@ def _request(
     default_recipe = config_default(configs_class, "recipe")
     recipe = overrides.get("recipe", default_recipe) if recipe is None else recipe
     if recipe not in recipes:
-        raise UsageError(
-            f"unknown recipe {recipe!r} (--recipe, recipe=): must be one of {', '.join(sorted(recipes))}"
-        )
+        names = ", ".join(sorted(recipes))
+        raise UsageError(f"unknown recipe {recipe!r} (--recipe, recipe=): must be one of {names}")
     if recipe != default_recipe or "recipe" in overrides:
         # Leaving the default out lets a resumed run keep its own; a `--recipe` flag beats `recipe=`.
         overrides["recipe"] = recipe
@@ -378,13 +378,11 @@ def _request(
         # A resumed run is checked once the checkpoint's settings are merged in (`runner`).
         check_combinations(overrides, configs_class, nested, typed)
         check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
-    for name, minimum in (("--stop-after-steps", 1), ("--threads", 1)):
-        value = run.get(name[2:].replace("-", "_"))
-        if value is not None and value < minimum:
-            raise UsageError(f"{name} must be at least {minimum}, got {value}")
-    time_limit = run.get("time_limit_s")
-    if time_limit is not None and not (0 < time_limit < math.inf):
-        raise UsageError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    for flag in FLAGS:
+        value = run.get(flag.key)
+        problem = RULES[flag.key](value) if flag.run and flag.key in RULES and value is not None else None
+        if problem:
+            raise UsageError(f"{flag.name} {problem}, got {value}")
     if resume is not None and eval is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
     if run.get("tensorboard") and eval is not None:
@@ -434,11 +432,7 @@ def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> 
         if key in o:
             return o[key]
         head, dot, name = key.partition(".")
-        return (
-            config_default(nested[head], name)
-            if dot and head in nested
-            else config_default(configs_class, key)
-        )
+        return config_default(nested[head], name) if dot else config_default(configs_class, key)
 
     return get
 
@@ -459,17 +453,15 @@ def check_hardware(
     get = _getter(o, configs_class, nested)
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
         raise UsageError("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
-    batch = get("batch_size")
-    if batch % world_size:
-        raise UsageError(
-            f"--batch-size {batch} is the global batch and must divide evenly over the {world_size} processes"
-        )
+    if get("batch_size") % world_size:
+        raise UsageError(f"--batch-size {get('batch_size')} is the global batch and must divide evenly over "
+                         f"the {world_size} processes")  # fmt: skip
     cuda_graphs = uses_cuda_graphs(get("compile"), get("compile_mode"))
     if cuda_graphs and not wants_cuda:
         if resumed:
             raise UsageError(
-                f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs CUDA, but this "
-                "run is on the CPU; resume on a GPU, or pass compile=False"
+                f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs "
+                "CUDA, but this run is on the CPU; resume on a GPU, or pass compile=False"
             )
         raise UsageError(
             f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on CPU use --compile alone"
@@ -478,8 +470,8 @@ def check_hardware(
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
         raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
-            "processes; use --compile with the default mode for multi-GPU runs"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with "
+            "several processes; use --compile with the default mode for multi-GPU runs"
         )
     if get("sync_bn") and world_size > 1 and not wants_cuda:
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
@@ -507,10 +499,9 @@ def check_combinations(
                          "give lr_warmup_steps a number of steps")  # fmt: skip
     train_images = cifar_data.TRAIN_IMAGES - get("valid_split")
     if get("train_subset") > train_images:
-        raise UsageError(
-            f"train_subset={get('train_subset')}: CIFAR-10 has only {train_images} training images "
-            f"after holding out valid_split={get('valid_split')}; ask for at most {train_images}"
-        )
+        raise UsageError(f"train_subset={get('train_subset')}: CIFAR-10 has only {train_images} training "
+                         f"images after holding out valid_split={get('valid_split')}; ask for at most "
+                         f"{train_images}")  # fmt: skip
     model, shortcut = get("model"), get("shortcut")
     architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
     if architecture and model != "custom":
@@ -545,7 +536,7 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
         return value
     try:
         parsed = _convert(value, annotation) if spelling is not None else _convert_python(value, annotation)
-    except (ValueError, SyntaxError, TypeError):
+    except (ValueError, SyntaxError, TypeError, KeyError):
         choices = f" or one of: {', '.join(options)}" if options else ""
         raise UsageError(f"{said}: expected {_describe(annotation)}{choices}") from None
     if parsed is _NOT_A_VALUE:
@@ -575,7 +566,7 @@ def _convert(text: str, annotation: Any) -> Any:
     if annotation is bool:
         words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
                  "off": False}  # fmt: skip
-        return words[text.lower()] if text.lower() in words else _raise(ValueError(text))
+        return words[text.lower()]  # a KeyError, like the other conversions' errors, says "expected ..."
     if annotation is str:
         return text
     if annotation in (int, float) or typing.get_origin(annotation) is list:
@@ -583,10 +574,6 @@ def _convert(text: str, annotation: Any) -> Any:
         value = float(text) if annotation is float else ast.literal_eval(text)
         return _convert_python(value, annotation)
     return _NOT_A_VALUE
-
-
-def _raise(error: Exception) -> NoReturn:
-    raise error
 
 
 def _convert_python(value: Any, annotation: Any) -> Any:
@@ -599,7 +586,9 @@ def _convert_python(value: Any, annotation: Any) -> Any:
             raise ValueError(value)
         return float(value)
     if annotation in (int, bool, str):
-        return value if type(value) is annotation else _raise(TypeError(value))
+        if type(value) is not annotation:
+            raise TypeError(value)
+        return value
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation) or (int,)
         if not isinstance(value, (list, tuple)):
