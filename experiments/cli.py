@@ -17,10 +17,8 @@ import argparse
 import ast
 import difflib
 import importlib.util
-import inspect
 import math
 import os
-import re
 import shlex
 import sys
 import types
@@ -33,17 +31,32 @@ from typing import Any, NoReturn
 import torch
 
 import resnet
-from experiments import data as cifar_data
 from experiments.distributed import World
 from experiments.errors import UsageError
-from experiments.loader import PAD, PAPER_VALID_SPLIT
+from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
 from experiments.models import custom_trunk
-from experiments.options import option_names
+from experiments.options import (
+    Rule,
+    annotations,
+    at_least,
+    comments,
+    config_default,
+    one_of,
+    option_names,
+    within,
+)
 from experiments.precision import AMP_CHOICES
-from experiments.recipes import PAPER_SETTINGS, recipe_settings, recipe_summary
+from experiments.recipes import (
+    PAPER_SETTINGS,
+    SCHEDULE_RULES,
+    check_schedule_settings,
+    recipe_settings,
+    recipe_summary,
+)  # fmt: skip
 from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
 
-__all__ = ["FLAGS", "RUN_OPTIONS", "UsageError", "check", "check_combinations", "check_hardware", "parse"]
+# `config_default` and `UsageError` are re-exported: other scripts read them from here.
+__all__ = ["FLAGS", "RUN_OPTIONS", "UsageError", "check", "check_hardware", "config_default", "parse"]
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "steps_per_epoch", "world",
@@ -108,79 +121,33 @@ FLAGS = (
          run=True, kind=int),
 )  # fmt: skip
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
-# The flags `train(**settings)` takes by name; `recipe` and `device` are its own keyword arguments.
-RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
-
-
-def _at_least(minimum: int) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= minimum else f"must be at least {minimum}"
-
-
-def _within(low: int, high: int, *, high_inclusive: bool = False) -> Callable[[Any], str | None]:
-    def rule(v: Any) -> str | None:
-        ok = low <= v <= high if high_inclusive else low <= v < high
-        return None if ok else f"must be in [{low}, {high}{']' if high_inclusive else ')'}"
-
-    return rule
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
 def _positive_list(v: Any) -> str | None:
     return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
 
 
-def _fractions_of_the_run(v: Any) -> str | None:
-    ok = all(0 < x < 1 for x in v)
-    return (
-        None if ok else "must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (32k and 48k of 64k)"
-    )
+# The flags `train(**settings)` takes by name; `recipe` and `device` are its own keyword arguments.
+RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
 
 
-# What each value may be, beyond its type (floats are also finite: `_convert`). The image sizes come from
-# the data code, the crop padding from the loader, the shortcut names from the library.
-RULES: dict[str, Callable[[Any], str | None]] = {
-    **dict.fromkeys(("epochs", "iterations", "batch_size", "eval_batch_size", "log_every"), _at_least(1)),
-    "valid_split": _within(0, cifar_data.TRAIN_IMAGES),  # at least one image left to train on
+# What each setting may be beyond its type (numbers are also finite: `_convert`). The data's and the
+# schedule's rules live beside them; these are the network's, the machine's and the run's.
+RULES: dict[str, Rule] = {
+    **DATA_RULES,
+    **SCHEDULE_RULES,
+    **dict.fromkeys(("log_every", "threads", "stop_after_steps"), at_least(1)),
     # torch and numpy seed their generators with at most 64 and 32 bits; the epoch is added to the seed.
-    "seed": _within(0, 2**32),
-    "train_subset": _within(0, cifar_data.TRAIN_IMAGES, high_inclusive=True),
-    "test_subset": _within(0, cifar_data.TEST_IMAGES, high_inclusive=True),
-    "num_classes": _at_least(10),  # CIFAR-10's labels run 0..9
-    "lr_warmup_steps": _at_least(0),
-    "lr_warmup_fraction": _within(0, 1),
-    "lr_warmup_factor": _within(0, 1, high_inclusive=True),
-    "lr_decay": _within(0, 1, high_inclusive=True),
-    "lr_milestones": _fractions_of_the_run,
-    "label_smoothing": _within(0, 1),
-    "ema_decay": _within(0, 1),
-    "shortcut": _one_of(SHORTCUT_CHOICES),
-    "amp": _one_of(AMP_CHOICES),
-    "compile_mode": _one_of(COMPILE_MODES),
-    "cutout": _within(0, 32, high_inclusive=True),  # a larger square than the image blanks all of it
-    "shift_tta": _within(0, PAD, high_inclusive=True),  # training crops move an image at most PAD pixels
+    "seed": within(0, 2**32),
+    "num_classes": at_least(10),  # CIFAR-10's labels run 0..9
+    "ema_decay": within(0, 1),
+    "shortcut": one_of(SHORTCUT_CHOICES),
+    "amp": one_of(AMP_CHOICES),
+    "compile_mode": one_of(COMPILE_MODES),
     **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
-    "optimizer.learning_rate": lambda v: None if v > 0 else "must be positive",
-    "optimizer.momentum": _within(0, 1),
-    "optimizer.weight_decay": _at_least(0),
-    "device.cuda_device": _at_least(0),
-    "data_dir": lambda v: None if v else "must not be empty",
-    # The run options with a range.
-    **dict.fromkeys(("threads", "stop_after_steps"), _at_least(1)),
+    "device.cuda_device": at_least(0),
     "time_limit_s": lambda v: None if 0 < v < math.inf else "must be a positive number of seconds",
 }
-
-
-def config_default(configs_class: type, key: str) -> Any:
-    """`key`'s default as the configuration class declares it (a value, or its first option's name)."""
-    for klass in configs_class.__mro__:
-        item = klass.__dict__.get(key)
-        if getattr(item, "has_value", False):
-            return item.value
-    options = option_names(configs_class, key)
-    return options[0] if options else None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -489,19 +456,10 @@ def check_combinations(
     """
     get = _getter(o, configs_class, nested)
     typed = o.keys() if typed is None else typed
-    if get("optimizer.nesterov") and get("optimizer.momentum") <= 0:
-        raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
+    check_schedule_settings(get, typed)
+    check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
-    if "lr_warmup_fraction" in typed and get("lr_warmup_steps") != "from_fraction":
-        # A fraction the schedule would silently ignore; a recipe's own fraction may be overridden by steps.
-        raise UsageError("lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or "
-                         "give lr_warmup_steps a number of steps")  # fmt: skip
-    train_images = cifar_data.TRAIN_IMAGES - get("valid_split")
-    if get("train_subset") > train_images:
-        raise UsageError(f"train_subset={get('train_subset')}: CIFAR-10 has only {train_images} training "
-                         f"images after holding out valid_split={get('valid_split')}; ask for at most "
-                         f"{train_images}")  # fmt: skip
     model, shortcut = get("model"), get("shortcut")
     architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
     if architecture and model != "custom":
@@ -527,11 +485,11 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
     head, dot, rest = key.partition(".")
     if dot and head in nested:
         cls, name = nested[head], rest
-    annotations = _annotations(cls)
-    if (dot and head not in nested) or name not in annotations or key in INTERNAL_KEYS:
+    declared = annotations(cls)
+    if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
         raise UsageError(f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}")
     said = spelling or f"{key}={value!r}"
-    options, annotation = option_names(cls, name), annotations[name]
+    options, annotation = option_names(cls, name), declared[name]
     if isinstance(value, str) and value in options:
         return value
     try:
@@ -609,46 +567,16 @@ def _describe(annotation: Any) -> str:
     return names.get(annotation, "an option name")
 
 
-def _annotations(cls: type) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(klass.__dict__.get("__annotations__", {}))
-    return {k: v for k, v in merged.items() if not k.startswith("_")}
-
-
 def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
-    keys = [k for k in _annotations(configs_class) if k not in INTERNAL_KEYS]
+    keys = [k for k in annotations(configs_class) if k not in INTERNAL_KEYS]
     for head, cls in nested.items():
-        keys += [f"{head}.{k}" for k in _annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
+        keys += [f"{head}.{k}" for k in annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
     return keys
 
 
 def _suggest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _comments(cls: type) -> dict[str, str]:
-    """
-    Each setting's help: the comment right above its annotation in the class's source, so that the help
-    is written once, where the setting is declared.
-    """
-    notes: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        block: list[str] = []
-        for line in map(str.strip, lines):
-            field = re.match(r"^(\w+)\s*:", line)
-            if line.startswith("#"):
-                block.append(line.lstrip("#").strip())
-                continue
-            if field and block and field.group(1) in klass.__dict__.get("__annotations__", {}):
-                notes[field.group(1)] = " ".join(block)
-            block = []
-    return notes
 
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
@@ -660,12 +588,12 @@ def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
         head, dot, name = key.partition(".")
         cls = nested[head] if dot else configs_class
         name = name if dot else key
-        annotation, options = _annotations(cls)[name], option_names(cls, name)
+        annotation, options = annotations(cls)[name], option_names(cls, name)
         kind = _describe(annotation)
         kind = " or ".join(filter(None, [kind if kind != "an option name" else "", ", ".join(options)]))
         default = _getter({}, configs_class, nested)
         helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"
                  for f in FLAGS if f.key == key and not f.run]  # fmt: skip
-        help_text = " ".join([_comments(cls).get(name, ""), *helps]).strip()
+        help_text = " ".join([comments(cls).get(name, ""), *helps]).strip()
         lines.append(f"{key}={config_default(cls, name)!s}  [{kind}]  {help_text}".rstrip())
     return "\n".join(lines)

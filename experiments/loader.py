@@ -43,7 +43,7 @@ few images so every rank runs the same number of steps.
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
 from experiments.distributed import World
-from experiments.options import RecordedOptions
+from experiments.errors import UsageError
+from experiments.options import RecordedOptions, Rule, at_least, within
 from experiments.run_configs import RunConfigs
 from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 
@@ -320,6 +321,29 @@ class CifarDataConfigs(RecordedOptions, RunConfigs):
     # Images per evaluation batch; the scores do not depend on it.
     eval_batch_size: int = 1000
     steps_per_epoch: int
+
+
+# What each data setting may be, checked by the command line before anything is read. The sizes are the
+# official set's, so no split or subset can ask for more images than there are.
+DATA_RULES: dict[str, Rule] = {
+    "valid_split": within(0, cifar_data.TRAIN_IMAGES),  # at least one image left to train on
+    "train_subset": within(0, cifar_data.TRAIN_IMAGES, high_inclusive=True),
+    "test_subset": within(0, cifar_data.TEST_IMAGES, high_inclusive=True),
+    **dict.fromkeys(("batch_size", "eval_batch_size"), at_least(1)),
+    "cutout": within(0, 32, high_inclusive=True),  # a larger square than the image blanks all of it
+    "shift_tta": within(0, PAD, high_inclusive=True),  # training crops move an image at most PAD pixels
+    "data_dir": lambda v: None if v else "must not be empty",
+}
+
+
+def check_data_settings(get: Callable[[str], Any]) -> None:
+    """The data settings together (`get` reads a setting); raises `UsageError`."""
+    left = cifar_data.TRAIN_IMAGES - get("valid_split")
+    if get("train_subset") > left:
+        raise UsageError(
+            f"train_subset={get('train_subset')}: CIFAR-10 has only {left} training images after holding "
+            f"out valid_split={get('valid_split')}; ask for at most {left}"
+        )
 
 
 @option(CifarDataConfigs.data_dir, "labml")

@@ -1,5 +1,11 @@
 """
-# The names of labml's options, recorded as they are registered
+# What a setting is: its options, default, help and rules
+
+The command line ([`cli.py`](cli.html)) checks every setting against what the configuration classes
+declare, so it reads all of it from them: the annotation (the type), the default, the comment above the
+declaration (the help) and the names of the labml options that compute it. The rules (`at_least`,
+`within`, `one_of`) are written beside their subject: the data's in [`loader.py`](loader.html), the
+schedule's and optimizer's in [`recipes.py`](recipes.html), the rest in `cli.py`.
 
 labml keeps the functions registered with `@option` in a private table of each configuration class. The
 command line needs their names: to accept `model=resnet56` or `scheduler=warmup_cosine`, to list the
@@ -8,10 +14,32 @@ private table, a configuration class that extends [`RecordedOptions`](#RecordedO
 as labml's public `option` decorator hands the function to the class's public `calc` hook.
 """
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
 from labml.configs import BaseConfigs
+
+# A rule says what is wrong with a value (`"must be at least 1"`), or `None` when nothing is.
+Rule = Callable[[Any], str | None]
+
+
+def at_least(minimum: int) -> Rule:
+    return lambda v: None if v >= minimum else f"must be at least {minimum}"
+
+
+def within(low: int, high: int, *, high_inclusive: bool = False) -> Rule:
+    def rule(v: Any) -> str | None:
+        ok = low <= v <= high if high_inclusive else low <= v < high
+        return None if ok else f"must be in [{low}, {high}{']' if high_inclusive else ')'}"
+
+    return rule
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
 
 # (configuration class, key) -> option names, in the order they were registered.
 _NAMES: dict[tuple[type, str], list[str]] = {}
@@ -39,3 +67,44 @@ def option_names(cls: type, key: str) -> list[str]:
     for klass in cls.__mro__:
         names += [n for n in _NAMES.get((klass, key), []) if n not in names]
     return names
+
+
+def config_default(configs_class: type, key: str) -> Any:
+    """`key`'s default as the configuration class declares it (a value, or its first option's name)."""
+    for klass in configs_class.__mro__:
+        item = klass.__dict__.get(key)
+        if getattr(item, "has_value", False):
+            return item.value
+    options = option_names(configs_class, key)
+    return options[0] if options else None
+
+
+def annotations(cls: type) -> dict[str, Any]:
+    """The settings of `cls` and its bases, with their annotations."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(klass.__dict__.get("__annotations__", {}))
+    return {k: v for k, v in merged.items() if not k.startswith("_")}
+
+
+def comments(cls: type) -> dict[str, str]:
+    """
+    Each setting's help: the comment right above its annotation in the class's source, so that the help
+    is written once, where the setting is declared.
+    """
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        block: list[str] = []
+        for line in map(str.strip, lines):
+            field = re.match(r"^(\w+)\s*:", line)
+            if line.startswith("#"):
+                block.append(line.lstrip("#").strip())
+                continue
+            if field and block and field.group(1) in klass.__dict__.get("__annotations__", {}):
+                notes[field.group(1)] = " ".join(block)
+            block = []
+    return notes

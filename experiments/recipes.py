@@ -100,12 +100,14 @@ The fast and resnet9 recipes were written for GPUs; what each reaches is in RESU
 
 import math
 import warnings
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
 from labml.configs import option
 
-from experiments.options import RecordedOptions
+from experiments.errors import UsageError
+from experiments.options import RecordedOptions, Rule, at_least, within
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe is the configuration's defaults.
@@ -203,6 +205,43 @@ def recipe_settings(recipes: dict[str, dict[str, Any]], paper: dict[str, Any]) -
             text += f"\n  and on CUDA {_settings_text(recipe['cuda'])}"
         parts.append(text)
     return "\n".join(parts)
+
+
+def _fractions_of_the_run(v: Any) -> str | None:
+    ok = all(0 < x < 1 for x in v)
+    return (
+        None if ok else "must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (32k and 48k of 64k)"
+    )
+
+
+# What the length, schedule and optimizer settings may be, checked by the command line.
+SCHEDULE_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("epochs", "iterations"), at_least(1)),
+    "lr_warmup_steps": at_least(0),
+    "lr_warmup_fraction": within(0, 1),
+    "lr_warmup_factor": within(0, 1, high_inclusive=True),
+    "lr_decay": within(0, 1, high_inclusive=True),
+    "lr_milestones": _fractions_of_the_run,
+    "label_smoothing": within(0, 1),
+    "optimizer.learning_rate": lambda v: None if v > 0 else "must be positive",
+    "optimizer.momentum": within(0, 1),
+    "optimizer.weight_decay": at_least(0),
+}
+
+
+def check_schedule_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
+    """
+    The schedule's and optimizer's settings together; raises `UsageError`. `typed` are the keys the user
+    gave, so a recipe's own warm-up fraction may give way to typed warm-up steps.
+    """
+    if get("optimizer.nesterov") and get("optimizer.momentum") <= 0:
+        raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
+    if "lr_warmup_fraction" in typed and get("lr_warmup_steps") != "from_fraction":
+        # A fraction the schedule would silently ignore.
+        raise UsageError(
+            "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
+            "lr_warmup_steps a number of steps"
+        )
 
 
 class SGDConfigs(RecordedOptions):
