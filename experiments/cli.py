@@ -52,7 +52,7 @@ from experiments.recipes import (
     check_schedule_settings,
     recipe_settings,
     recipe_summary,
-)  # fmt: skip
+)
 from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
 
 # `config_default` and `UsageError` are re-exported: other scripts read them from here.
