@@ -347,7 +347,7 @@ class WarmupThenDecay:
                 f"learning rate {decay}; give fewer warm-up steps (e.g. lr_warmup_steps={total_steps // 20}) "
                 "or train for longer",
                 ScheduleWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
 
     def __call__(self, step: int) -> float:
