@@ -14,15 +14,12 @@ help). Precedence: recipe < `key=value` < flags.
 """
 
 import argparse
-import ast
 import difflib
 import importlib.util
 import math
 import os
 import shlex
 import sys
-import types
-import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +33,18 @@ from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
 from experiments.models import custom_trunk
 from experiments.options import (
+    NOT_A_VALUE,
     Rule,
     annotations,
     at_least,
     comments,
     config_default,
+    convert_text,
+    convert_value,
+    describe,
     one_of,
     option_names,
+    suggest,
     within,
 )
 from experiments.precision import AMP_CHOICES
@@ -131,8 +133,8 @@ def _positive_list(v: Any) -> str | None:
 RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
 
 
-# What each setting may be beyond its type (numbers are also finite: `_convert`). The data's and the
-# schedule's rules live beside them; these are the network's, the machine's and the run's.
+# What each setting may be beyond its type (numbers are also finite: `options.convert_value`). The data's
+# and the schedule's rules live beside them; these are the network's, the machine's and the run's.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
     **SCHEDULE_RULES,
@@ -241,7 +243,7 @@ def parse(
                 try:
                     run[flag.key] = flag.kind(value)
                 except ValueError:
-                    raise UsageError(f"{flag.name} {value}: expected {_describe(flag.kind)}") from None
+                    raise UsageError(f"{flag.name} {value}: expected {describe(flag.kind)}") from None
         recipe, device = run.pop("recipe", None), run.pop("device", None)
         return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
     except UsageError as e:
@@ -269,11 +271,11 @@ def check(
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
     for key in [*run, *settings]:
         if key not in known:
-            raise UsageError(f"unknown setting {key!r}{_suggest(key, known)}")
+            raise UsageError(f"unknown setting {key!r}{suggest(key, known)}")
     for flag in FLAGS:
         value = run.get(flag.key)
         if flag.kind in (int, float) and value is not None and type(value) not in (flag.kind, int):
-            raise UsageError(f"{flag.key} must be {_describe(flag.kind)}, got {value!r}")
+            raise UsageError(f"{flag.key} must be {describe(flag.kind)}, got {value!r}")
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
     return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
@@ -487,84 +489,23 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
         cls, name = nested[head], rest
     declared = annotations(cls)
     if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
-        raise UsageError(f"unknown configuration '{key}'{_suggest(key, _all_keys(configs_class, nested))}")
+        raise UsageError(f"unknown configuration '{key}'{suggest(key, _all_keys(configs_class, nested))}")
     said = spelling or f"{key}={value!r}"
     options, annotation = option_names(cls, name), declared[name]
     if isinstance(value, str) and value in options:
         return value
     try:
-        parsed = _convert(value, annotation) if spelling is not None else _convert_python(value, annotation)
+        parsed = convert_text(value, annotation) if spelling is not None else convert_value(value, annotation)
     except (ValueError, SyntaxError, TypeError, KeyError):
         choices = f" or one of: {', '.join(options)}" if options else ""
-        raise UsageError(f"{said}: expected {_describe(annotation)}{choices}") from None
-    if parsed is _NOT_A_VALUE:
-        expected = f"one of: {', '.join(options)}" if options else _describe(annotation)
-        raise UsageError(f"{said}: expected {expected}{_suggest(str(value), options)}")
+        raise UsageError(f"{said}: expected {describe(annotation)}{choices}") from None
+    if parsed is NOT_A_VALUE:
+        expected = f"one of: {', '.join(options)}" if options else describe(annotation)
+        raise UsageError(f"{said}: expected {expected}{suggest(str(value), options)}")
     problem = RULES[key](parsed) if key in RULES and parsed is not None else None
     if problem:
         raise UsageError(f"{said}: {problem}")
     return parsed
-
-
-_NOT_A_VALUE = object()
-
-
-def _optional_of(annotation: Any) -> Any:
-    """`X` for an annotation `X | None` (or `Optional[X]`), else `None`."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return None
-
-
-def _convert(text: str, annotation: Any) -> Any:
-    """Text to the annotated type; `_NOT_A_VALUE` when the annotation only admits option names."""
-    inner, text = _optional_of(annotation), text.strip()
-    if inner is not None:
-        return None if text in ("None", "none", "null") else _convert(text, inner)
-    if annotation is bool:
-        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
-                 "off": False}  # fmt: skip
-        return words[text.lower()]  # a KeyError, like the other conversions' errors, says "expected ..."
-    if annotation is str:
-        return text
-    if annotation in (int, float) or typing.get_origin(annotation) is list:
-        # `inf` and `nan` would pass every range check (nan compares false) and ruin the run silently.
-        value = float(text) if annotation is float else ast.literal_eval(text)
-        return _convert_python(value, annotation)
-    return _NOT_A_VALUE
-
-
-def _convert_python(value: Any, annotation: Any) -> Any:
-    """Check a value that already has a Python type (from the Python API or a literal list)."""
-    inner = _optional_of(annotation)
-    if inner is not None:
-        return None if value is None else _convert_python(value, inner)
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(value)
-        return float(value)
-    if annotation in (int, bool, str):
-        if type(value) is not annotation:
-            raise TypeError(value)
-        return value
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation) or (int,)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(value)
-        return [_convert_python(v, item) for v in value]
-    return _NOT_A_VALUE
-
-
-def _describe(annotation: Any) -> str:
-    inner = _optional_of(annotation)
-    if inner is not None:
-        return f"{_describe(inner)} or None"
-    if typing.get_origin(annotation) is list:
-        return "a list of numbers like [0.5,0.75]" if typing.get_args(annotation) == (float,) else \
-            "a list of integers like [3,3,3]"  # fmt: skip
-    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
-             Path: "a path"}  # fmt: skip
-    return names.get(annotation, "an option name")
 
 
 def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
@@ -572,11 +513,6 @@ def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
     for head, cls in nested.items():
         keys += [f"{head}.{k}" for k in annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
     return keys
-
-
-def _suggest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
@@ -589,7 +525,7 @@ def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
         cls = nested[head] if dot else configs_class
         name = name if dot else key
         annotation, options = annotations(cls)[name], option_names(cls, name)
-        kind = _describe(annotation)
+        kind = describe(annotation)
         kind = " or ".join(filter(None, [kind if kind != "an option name" else "", ", ".join(options)]))
         default = _getter({}, configs_class, nested)
         helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"

@@ -14,9 +14,15 @@ private table, a configuration class that extends [`RecordedOptions`](#RecordedO
 as labml's public `option` decorator hands the function to the class's public `calc` hook.
 """
 
+import ast
+import difflib
 import inspect
+import math
 import re
+import types
+import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from labml.configs import BaseConfigs
@@ -108,3 +114,77 @@ def comments(cls: type) -> dict[str, str]:
                 notes[field.group(1)] = " ".join(block)
             block = []
     return notes
+
+
+# ## Text to a setting's type
+#
+# labml would store `epochs=abc` as the string `'abc'`; these turn a value into its annotated type or raise
+# (`ValueError`, `TypeError`, `SyntaxError`, `KeyError`), and `describe` says what was expected instead.
+
+# What a conversion returns for an annotation that admits only option names (`model: nn.Module`).
+NOT_A_VALUE = object()
+
+
+def _optional_of(annotation: Any) -> Any:
+    """`X` for an annotation `X | None` (or `Optional[X]`), else `None`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return None
+
+
+def convert_text(text: str, annotation: Any) -> Any:
+    """Text to the annotated type; `NOT_A_VALUE` when the annotation only admits option names."""
+    inner, text = _optional_of(annotation), text.strip()
+    if inner is not None:
+        return None if text in ("None", "none", "null") else convert_text(text, inner)
+    if annotation is bool:
+        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+                 "off": False}  # fmt: skip
+        return words[text.lower()]  # a KeyError, like the other conversions' errors, says "expected ..."
+    if annotation is str:
+        return text
+    if annotation in (int, float) or typing.get_origin(annotation) is list:
+        # `inf` and `nan` would pass every range check (nan compares false) and ruin the run silently.
+        value = float(text) if annotation is float else ast.literal_eval(text)
+        return convert_value(value, annotation)
+    return NOT_A_VALUE
+
+
+def convert_value(value: Any, annotation: Any) -> Any:
+    """Check a value that already has a Python type (from the Python API or a literal list)."""
+    inner = _optional_of(annotation)
+    if inner is not None:
+        return None if value is None else convert_value(value, inner)
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(value)
+        return float(value)
+    if annotation in (int, bool, str):
+        if type(value) is not annotation:
+            raise TypeError(value)
+        return value
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation) or (int,)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        return [convert_value(v, item) for v in value]
+    return NOT_A_VALUE
+
+
+def describe(annotation: Any) -> str:
+    """What an annotation admits, in words for an error message."""
+    inner = _optional_of(annotation)
+    if inner is not None:
+        return f"{describe(inner)} or None"
+    if typing.get_origin(annotation) is list:
+        return "a list of numbers like [0.5,0.75]" if typing.get_args(annotation) == (float,) else \
+            "a list of integers like [3,3,3]"  # fmt: skip
+    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
+             Path: "a path"}  # fmt: skip
+    return names.get(annotation, "an option name")
+
+
+def suggest(word: str, candidates: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest candidate, or nothing."""
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
