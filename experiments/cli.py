@@ -7,10 +7,12 @@ turns the command line into overrides and checks every one against the annotatio
 configuration classes *before* any data is read or any folder is created. A mistake is reported in two
 lines (what was wrong, then where the options are listed) with exit status 2.
 
-Each flag is declared once, in [`FLAGS`](#FLAGS): its spelling, the setting it sets and a help line whose
-default is read from the configuration classes. Every configuration, the `optimizer.*` and `device.*`
-ones included, is also settable as `key=value` (`--list-configs` prints them all with type, default and
-help). Precedence: recipe < `key=value` < flags.
+Each flag is declared once, as a [`Flag`](#Flag) in `FLAGS`: its spelling, the setting it sets and a
+help line whose default is read from the configuration classes. Every configuration, the `optimizer.*`
+and `device.*` ones included, is also settable as `key=value` (`--list-configs` prints them all with
+type, default and help). Precedence: recipe < `key=value` < flags. What one setting may be is decided
+in [`options.py`](options.html); the data's and the schedule's ranges beside them, in
+[`loader.py`](loader.html) and [`recipes.py`](recipes.html).
 """
 
 import argparse
