@@ -519,19 +519,20 @@ def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
     """What `--list-configs` prints: every settable key with its type, default and help."""
+    default, notes = _getter({}, configs_class, nested), {"": comments(configs_class)}
+    notes.update({head: comments(cls) for head, cls in nested.items()})
     lines = []
     for key in _all_keys(configs_class, nested):
         if key in nested:
             continue  # the sub-configurations themselves; their settings follow as `head.key`
-        head, dot, name = key.partition(".")
-        cls = nested[head] if dot else configs_class
-        name = name if dot else key
+        head, _, name = key.rpartition(".")
+        cls = nested[head] if head else configs_class
         annotation, options = annotations(cls)[name], option_names(cls, name)
-        kind = describe(annotation)
-        kind = " or ".join(filter(None, [kind if kind != "an option name" else "", ", ".join(options)]))
-        default = _getter({}, configs_class, nested)
+        kind = " or ".join(filter(None, [describe(annotation), ", ".join(options)]))
         helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"
                  for f in FLAGS if f.key == key and not f.run]  # fmt: skip
-        help_text = " ".join([comments(cls).get(name, ""), *helps]).strip()
-        lines.append(f"{key}={config_default(cls, name)!s}  [{kind}]  {help_text}".rstrip())
+        help_text = " ".join([notes[head].get(name, ""), *helps]).strip()
+        lines.append(
+            f"{key}={default(key)!s}  [{kind.replace('an option name or ', '')}]  {help_text}".rstrip()
+        )
     return "\n".join(lines)
