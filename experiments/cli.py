@@ -56,6 +56,7 @@ from experiments.recipes import (
     check_schedule_settings,
     recipe_settings,
     recipe_summary,
+    recipe_values,
 )
 from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
 
@@ -341,7 +342,7 @@ def _request(
         overrides["recipe"] = recipe
     # The one place that decides whether this run wants a GPU.
     wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
-    overrides = {**_recipe_overrides(recipes, recipe, overrides, wants_cuda), **overrides}
+    overrides = {**recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
     resume, eval = run.get("resume"), run.get("eval")
@@ -365,21 +366,6 @@ def _request(
     paths = {key: Path(run[key]) for key in ("results", "logs_dir") if run.get(key) is not None}
     fields = {key: run[key] for key in RUN_OPTIONS if run.get(key) is not None and key != "cuda_graphs"}
     return Request(settings=overrides, wants_cuda=wants_cuda, **{**fields, **paths})
-
-
-def _recipe_overrides(
-    recipes: dict[str, dict[str, Any]], recipe: str, user: dict[str, Any], wants_cuda: bool
-) -> dict[str, Any]:
-    values = dict(recipes[recipe])
-    # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
-    cuda_values = values.pop("cuda", {})
-    if wants_cuda:
-        values.update(cuda_values)
-    if "iterations" in user and user["iterations"] != "from_epochs":
-        # An explicit iteration count beats the recipe's epoch count.
-        values.pop("iterations", None)
-        values.pop("epochs", None)
-    return values
 
 
 def _device_overrides(device: str) -> dict[str, Any]:

@@ -182,6 +182,20 @@ def _settings_text(settings: dict[str, Any]) -> str:
     )
 
 
+def recipe_values(recipe: dict[str, Any], typed: dict[str, Any], *, on_cuda: bool) -> dict[str, Any]:
+    """The settings a recipe gives a run, before what was `typed` (which beats them all) is laid over."""
+    values = dict(recipe)
+    # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
+    cuda_values = values.pop("cuda", {})
+    if on_cuda:
+        values.update(cuda_values)
+    if typed.get("iterations", "from_epochs") != "from_epochs":
+        # An explicit iteration count beats the recipe's epoch count.
+        values.pop("iterations", None)
+        values.pop("epochs", None)
+    return values
+
+
 def recipe_summary(recipes: dict[str, dict[str, Any]]) -> list[str]:
     """One line per recipe: its name and what it is for."""
     width = max(map(len, recipes))

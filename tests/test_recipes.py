@@ -18,7 +18,13 @@ from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments import cifar10, precision
 from experiments.precision import AmpChoice, choose_amp, step_timer
-from experiments.recipes import RECIPES, ScheduleWarning, WarmupCosineSchedule, WarmupLinearSchedule
+from experiments.recipes import (
+    RECIPES,
+    ScheduleWarning,
+    WarmupCosineSchedule,
+    WarmupLinearSchedule,
+    recipe_values,
+)
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +264,14 @@ def test_a_short_run_of_the_cpu_recipe_warns_once_about_its_warm_up(data_dir: Pa
     # 5 steps of 64 images against the recipe's 200 warm-up steps.
     swallowed = [w for w in caught if issubclass(w.category, ScheduleWarning)]
     assert len(swallowed) == 1 and "this run's 5 steps" in str(swallowed[0].message)
+
+
+def test_a_recipe_adds_its_cuda_settings_only_on_a_gpu_and_yields_to_typed_iterations() -> None:
+    fast = RECIPES["fast"]
+    on_cpu, on_gpu = recipe_values(fast, {}, on_cuda=False), recipe_values(fast, {}, on_cuda=True)
+    assert "cuda" not in on_cpu and "amp" not in on_cpu and on_cpu["epochs"] == 30
+    assert on_gpu == {**on_cpu, **fast["cuda"]}
+    # A typed iteration count sets the length; the recipe's epochs would otherwise end the run first.
+    counted = recipe_values(fast, {"iterations": 500}, on_cuda=False)
+    assert "epochs" not in counted and "iterations" not in counted
+    assert recipe_values(fast, {"iterations": "from_epochs"}, on_cuda=False) == on_cpu
