@@ -292,7 +292,9 @@ class TensorBatches:
 PAPER_VALID_SPLIT = 5_000
 
 
-class CifarDataConfigs(RecordedOptions, RunConfigs):
+# `RecordedOptions` notes the names of the `@option`s registered here and in the tutorial's `Configs`, for
+# the command line; listed after `RunConfigs`, the order stays valid if `RunConfigs` extends it too.
+class CifarDataConfigs(RunConfigs, RecordedOptions):
     """The data of a run: which images, how they are batched (§4.2: 128 a step) and augmented."""
 
     # Where the official files are (or go, when downloaded), checked against their md5 sums unless
