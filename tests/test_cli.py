@@ -498,3 +498,15 @@ def test_every_flag_is_declared_once_and_reaches_the_request() -> None:
     assert (request.threads, request.stop_after_steps, request.time_limit_s) == (1, 2, 9.5)
     assert (request.logs_dir, request.results) == (Path("L"), Path("r.json"))
     assert (request.labml_url, request.resume) == ("http://x", "run")
+
+
+def test_option_names_come_from_our_record_not_labmls_private_tables() -> None:
+    from experiments import options
+
+    for module in (cli, options):
+        source = Path(module.__file__ or "").read_text()
+        assert "_calculators" not in source and "labml.internal" not in source
+    assert options.option_names(Configs, "scheduler") == ["step", "warmup_cosine", "warmup_linear"]
+    # The first option registered is the default, as labml computes it.
+    assert options.option_names(Configs, "model")[0] == cli.config_default(Configs, "model") == "resnet20"
+    assert options.option_names(SGDConfigs, "optimizer") == ["SGD"]
