@@ -43,7 +43,7 @@ few images so every rank runs the same number of steps.
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
 from experiments.distributed import World
+from experiments.errors import UsageError
+from experiments.options import RecordedOptions, Rule, at_least, within
 from experiments.run_configs import RunConfigs
 from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 
@@ -290,18 +292,25 @@ class TensorBatches:
 PAPER_VALID_SPLIT = 5_000
 
 
-class CifarDataConfigs(RunConfigs):
+# `RecordedOptions` notes the names of the `@option`s registered here and in the tutorial's `Configs`, for
+# the command line; listed after `RunConfigs`, the order stays valid if `RunConfigs` extends it too.
+class CifarDataConfigs(RunConfigs, RecordedOptions):
     """The data of a run: which images, how they are batched (§4.2: 128 a step) and augmented."""
 
-    # The data: the official files, checked against their md5 sums (off only for a stand-in in
-    # CIFAR-10's format). `valid_split` holds out training images for choosing settings (the paper uses
-    # 5,000); the subsets are class-balanced draws for quick experiments, 0 meaning all.
+    # Where the official files are (or go, when downloaded), checked against their md5 sums unless
+    # `verify_checksums` is off (only for a stand-in in CIFAR-10's format).
     data_dir: str
+    # Download CIFAR-10 when it is not in `data_dir`.
     download: bool = True
+    # Check every file's md5 sum before reading it.
     verify_checksums: bool = True
+    # Training images held out to validate on, for choosing settings (the paper holds out 5,000).
     valid_split: int = 0
+    # A class-balanced draw of this many training images for quick experiments; 0 means all.
     train_subset: int = 0
+    # A class-balanced draw of this many test images; 0 means all.
     test_subset: int = 0
+    # §4.2's random crops and flips of the training images.
     augment: bool = True
     # Side of the square Cutout blanks in each training image; 0 is off (the paper has no Cutout).
     cutout: int = 0
@@ -311,8 +320,32 @@ class CifarDataConfigs(RunConfigs):
     test_loader: TensorBatches
     # The global batch: with several processes each takes `batch_size / world_size` images per step.
     batch_size: int = 128
+    # Images per evaluation batch; the scores do not depend on it.
     eval_batch_size: int = 1000
     steps_per_epoch: int
+
+
+# What each data setting may be, checked by the command line before anything is read. The sizes are the
+# official set's, so no split or subset can ask for more images than there are.
+DATA_RULES: dict[str, Rule] = {
+    "valid_split": within(0, cifar_data.TRAIN_IMAGES),  # at least one image left to train on
+    "train_subset": within(0, cifar_data.TRAIN_IMAGES, high_inclusive=True),
+    "test_subset": within(0, cifar_data.TEST_IMAGES, high_inclusive=True),
+    **dict.fromkeys(("batch_size", "eval_batch_size"), at_least(1)),
+    "cutout": within(0, 32, high_inclusive=True),  # a larger square than the image blanks all of it
+    "shift_tta": within(0, PAD, high_inclusive=True),  # training crops move an image at most PAD pixels
+    "data_dir": lambda v: None if v else "must not be empty",
+}
+
+
+def check_data_settings(get: Callable[[str], Any]) -> None:
+    """The data settings together (`get` reads a setting); raises `UsageError`."""
+    left = cifar_data.TRAIN_IMAGES - get("valid_split")
+    if get("train_subset") > left:
+        raise UsageError(
+            f"train_subset={get('train_subset')}: CIFAR-10 has only {left} training images after holding "
+            f"out valid_split={get('valid_split')}; ask for at most {left}"
+        )
 
 
 @option(CifarDataConfigs.data_dir, "labml")
@@ -320,9 +353,23 @@ def _data_dir(c: CifarDataConfigs) -> str:
     return str(cifar_data.default_data_dir())
 
 
+def data_root(data_dir: str | Path) -> Path:
+    """
+    The folder that holds `cifar-10-batches-py/`. `--data-dir` names that folder's parent, but pointing it
+    at `cifar-10-batches-py/` itself is an easy slip (it is the folder with the data in it); such a path
+    is read as its parent, unless it holds a `cifar-10-batches-py/` of its own.
+    """
+    where = Path(data_dir)
+    if where.name == cifar_data.BATCHES_FOLDER and not (where / cifar_data.BATCHES_FOLDER).exists():
+        return where.parent
+    return where
+
+
 @option(CifarDataConfigs.dataset)
 def _dataset(c: CifarDataConfigs) -> cifar_data.CifarArrays:
-    return cifar_data.load_cifar10(Path(c.data_dir), download=c.download, verify_checksums=c.verify_checksums)
+    return cifar_data.load_cifar10(
+        data_root(c.data_dir), download=c.download, verify_checksums=c.verify_checksums
+    )
 
 
 def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, train: bool) -> TensorBatches:
@@ -347,7 +394,7 @@ def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, t
 
 @option([CifarDataConfigs.train_loader, CifarDataConfigs.valid_loader])
 def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatches | None]:
-    where = Path(c.data_dir)
+    where = data_root(c.data_dir)
     selection = dict(valid_split=c.valid_split, train_subset=c.train_subset, seed=c.seed, data_dir=where)
     train, valid = cifar_data.training_images(c.dataset, **selection)
     return _loader(c, train, train=True), (_loader(c, valid, train=False) if valid else None)
@@ -356,7 +403,7 @@ def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatc
 @option(CifarDataConfigs.test_loader)
 def _test_loader(c: CifarDataConfigs) -> TensorBatches:
     test = cifar_data.test_images(
-        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=Path(c.data_dir)
+        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=data_root(c.data_dir)
     )
     return _loader(c, test, train=False)
 

@@ -35,12 +35,16 @@ zero replaces the step drops, so no epoch is wasted at a rate that is too high o
 smoothing 0.1 and weight decay $5 \\times 10^{-4}$ regularise the shorter run; the test-time
 prediction averages the image and its mirror image (flip TTA). 30 epochs instead of about 164.
 
+Its 200 warm-up steps (the `cpu` recipe's too) are a count, not a fraction of the run: a run cut to
+fewer than 400 steps, a few epochs of a `train_subset` say, would spend half of itself or more warming
+up and hardly decay. [`WarmupThenDecay`](#WarmupThenDecay) then warns once (`ScheduleWarning`, with the
+numbers and a warm-up that would fit) and keeps the schedule as asked, rather than rescaling it behind
+the user's back.
+
 An exponential moving average of the weights (`ema_decay=0.999`, see `experiments/ema.py`) can be
-added to any recipe; it is **off** in all of them. Measured on the 45k/5k validation split with the
-`cpu` recipe (RESULTS.md), the average was no better than the trained weights (0.1–0.2 points below
-at 7 epochs, 0.06–0.30 below at 25, within the noise of 5,000 images): the cosine decay already ends
-with tiny steps, which leaves the average less noise to remove than a schedule that stops at a large
-rate would.
+added to any recipe; it is **off** in all of them, after a comparison on the 45k/5k validation split
+(RESULTS.md): the cosine decay already ends with tiny steps, which leaves the average less noise to
+remove than a schedule that stops at a large rate would.
 
 ## `resnet9`: the DAWNBench recipe, with its network
 
@@ -84,8 +88,8 @@ accuracy (RESULTS.md has such a run). Each departure from §4.2, and why:
   classes look the same mirrored, and training already flips); kept after a measurement on the
   validation split (RESULTS.md).
 * **Shift test-time augmentation, one pixel** (`shift_tta=1`): the average also covers the image moved
-  one pixel down-right and one up-left, both crops training could have drawn, so six views in all. On
-  the validation split it added about half a point on top of the flips (RESULTS.md); two pixels added less.
+  one pixel down-right and one up-left, both crops training could have drawn, so six views in all;
+  chosen over two pixels on the validation split (RESULTS.md).
 * **`amp=auto`**: bf16 autocast on CPUs with native bf16 (AMX, AVX512-BF16) when a timed step says it
   is faster, float32 elsewhere (see `experiments/precision.py`). Where bf16 is chosen it is a change
   of number format the paper did not have; the network and the recipe stay the same.
@@ -95,10 +99,15 @@ The fast and resnet9 recipes were written for GPUs; what each reaches is in RESU
 """
 
 import math
+import warnings
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
-from labml.configs import BaseConfigs, option
+from labml.configs import option
+
+from experiments.errors import UsageError
+from experiments.options import RecordedOptions, Rule, at_least, within
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe is the configuration's defaults.
@@ -151,15 +160,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# What each recipe is for. `--help` lists the settings a recipe changes straight from `RECIPES`, so the
-# help and the recipes cannot disagree.
+# What each recipe is for, one line each in `--help`; `--help-recipes` lists the settings straight from
+# `RECIPES`, so the help and the recipes cannot disagree.
 RECIPE_PURPOSES = {
     "paper": "He et al. §4.2, the configuration's defaults",
-    "fast": "a short schedule for a GPU",
-    "cpu": "the paper's ResNet-20 to Table 6's accuracy in a run short enough for a small CPU",
-    "resnet9": "the DAWNBench ResNet-9 with its schedule",
+    "fast": "a short schedule for a GPU (30 epochs)",
+    "cpu": "the paper's ResNet-20 in a run short enough for a small CPU (25 epochs)",
+    "resnet9": "the DAWNBench ResNet-9 with its 24-epoch schedule",
 }
-# The defaults `--help` lists for the paper's recipe, read from the configuration classes.
+# The defaults `--help-recipes` lists for the paper's recipe, read from the configuration classes.
 PAPER_SETTINGS = (
     "batch_size", "optimizer.learning_rate", "optimizer.momentum", "optimizer.weight_decay", "lr_milestones",
     "lr_decay", "iterations",
@@ -173,27 +182,83 @@ def _settings_text(settings: dict[str, Any]) -> str:
     )
 
 
-def recipe_help(paper: dict[str, Any]) -> str:
+def recipe_values(recipe: dict[str, Any], typed: dict[str, Any], *, on_cuda: bool) -> dict[str, Any]:
+    """The settings a recipe gives a run, before what was `typed` (which beats them all) is laid over."""
+    values = dict(recipe)
+    # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
+    cuda_values = values.pop("cuda", {})
+    if on_cuda:
+        values.update(cuda_values)
+    if typed.get("iterations", "from_epochs") != "from_epochs":
+        # An explicit iteration count beats the recipe's epoch count.
+        values.pop("iterations", None)
+        values.pop("epochs", None)
+    return values
+
+
+def recipe_summary(recipes: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per recipe: its name and what it is for."""
+    width = max(map(len, recipes))
+    return [f"{name:<{width}}  {RECIPE_PURPOSES.get(name, '')}".rstrip() for name in recipes]
+
+
+def recipe_settings(recipes: dict[str, dict[str, Any]], paper: dict[str, Any]) -> str:
     """
-    One sentence per recipe: what it is for, the settings it changes, and those it adds on CUDA; `paper`
-    holds the defaults of `PAPER_SETTINGS`, which the paper's recipe keeps.
+    Every recipe with the settings it changes and those it adds on CUDA; `paper` holds the defaults of
+    `PAPER_SETTINGS`, which the paper's recipe keeps.
     """
     parts = []
-    for name, recipe in RECIPES.items():
-        text = f"{name}: {RECIPE_PURPOSES[name]}"
+    for name, recipe in recipes.items():
+        text = f"{name}: {RECIPE_PURPOSES.get(name, '')}"
         if name == "paper":
-            text += f": {_settings_text(paper)}"
+            text += f"\n  keeps {_settings_text(paper)}"
         plain = {key: value for key, value in recipe.items() if key != "cuda"}
         if plain:
-            text += f"; sets {_settings_text(plain)}"
+            text += f"\n  sets {_settings_text(plain)}"
         if "cuda" in recipe:
-            text += f", and on CUDA {_settings_text(recipe['cuda'])}"
-        parts.append(text + ".")
-    # argparse formats help with %, so a literal percent sign is written twice.
-    return " ".join(parts).replace("%", "%%")
+            text += f"\n  and on CUDA {_settings_text(recipe['cuda'])}"
+        parts.append(text)
+    return "\n".join(parts)
 
 
-class SGDConfigs(BaseConfigs):
+def _fractions_of_the_run(v: Any) -> str | None:
+    ok = all(0 < x < 1 for x in v)
+    return (
+        None if ok else "must hold fractions of the run between 0 and 1, e.g. [0.5,0.75] (32k and 48k of 64k)"
+    )
+
+
+# What the length, schedule and optimizer settings may be, checked by the command line.
+SCHEDULE_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("epochs", "iterations"), at_least(1)),
+    "lr_warmup_steps": at_least(0),
+    "lr_warmup_fraction": within(0, 1),
+    "lr_warmup_factor": within(0, 1, high_inclusive=True),
+    "lr_decay": within(0, 1, high_inclusive=True),
+    "lr_milestones": _fractions_of_the_run,
+    "label_smoothing": within(0, 1),
+    "optimizer.learning_rate": lambda v: None if v > 0 else "must be positive",
+    "optimizer.momentum": within(0, 1),
+    "optimizer.weight_decay": at_least(0),
+}
+
+
+def check_schedule_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
+    """
+    The schedule's and optimizer's settings together; raises `UsageError`. `typed` are the keys the user
+    gave, so a recipe's own warm-up fraction may give way to typed warm-up steps.
+    """
+    if get("optimizer.nesterov") and get("optimizer.momentum") <= 0:
+        raise UsageError("optimizer.nesterov needs a positive optimizer.momentum")
+    if "lr_warmup_fraction" in typed and get("lr_warmup_steps") != "from_fraction":
+        # A fraction the schedule would silently ignore.
+        raise UsageError(
+            "lr_warmup_fraction only applies with lr_warmup_steps=from_fraction; set both, or give "
+            "lr_warmup_steps a number of steps"
+        )
+
+
+class SGDConfigs(RecordedOptions):
     """
     ## The optimizer
 
@@ -204,9 +269,13 @@ class SGDConfigs(BaseConfigs):
 
     optimizer: torch.optim.SGD
     parameters: Any
+    # The base learning rate, before the schedule's multiplier.
     learning_rate: float = 0.1
+    # Momentum of the update (§4.2: 0.9).
     momentum: float = 0.9
+    # L2 penalty on the weights (§4.2: 0.0001).
     weight_decay: float = 1e-4
+    # Nesterov's form of momentum (the fast recipes use it).
     nesterov: bool = False
 
     def __init__(self) -> None:
@@ -228,6 +297,10 @@ def _sgd(c: SGDConfigs) -> torch.optim.SGD:
 
 class ScheduleError(ValueError):
     """A learning-rate schedule whose settings contradict each other; the trainer reports it in one line."""
+
+
+class ScheduleWarning(UserWarning):
+    """A schedule that runs as asked but probably not as meant (a warm-up that fills most of the run)."""
 
 
 class StepSchedule:
@@ -278,6 +351,18 @@ class WarmupThenDecay:
         self.total_steps = int(total_steps)
         self.warmup_steps = min(int(warmup_steps), self.total_steps)
         self.warmup_factor = float(warmup_factor)
+        if warmup_steps and 2 * warmup_steps >= total_steps:
+            # A recipe's warm-up is counted in steps, so a run shortened far enough (fewer epochs, a
+            # `train_subset`) spends most or all of itself warming up and barely decays. We warn rather
+            # than rescale: the schedule stays what was asked for, and the warning says how to change it.
+            decay = "never decays" if warmup_steps >= total_steps else "decays only in the second half"
+            warnings.warn(
+                f"lr_warmup_steps={warmup_steps} is at least half of this run's {total_steps} steps, so the "
+                f"learning rate {decay}; give fewer warm-up steps (e.g. lr_warmup_steps={total_steps // 20}) "
+                "or train for longer",
+                ScheduleWarning,
+                stacklevel=2,
+            )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

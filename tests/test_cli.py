@@ -15,7 +15,8 @@ from synthetic_main import run_trainer
 from experiments import cli
 from experiments.cifar10 import NESTED_CONFIGS, Configs, SGDConfigs
 from experiments.distributed import World
-from experiments.recipes import RECIPES
+from experiments.recipes import RECIPE_PURPOSES, RECIPES
+from experiments.run_configs import Request
 
 
 def parse(*argv: str, world_size: int = 1) -> dict:
@@ -29,8 +30,8 @@ BAD_COMMAND_LINES = [
     (["--epochs", "0"], "epochs"),
     (["epochs=abc"], "epochs"),
     (["epochs=1.5"], "epochs"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--lr", "-0.1"], "learning_rate"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--lr", "-0.1"], "--lr -0.1: must be positive"),
     (["--model", "resnet21"], "resnet20"),
     (["model=resnt20"], "resnet20"),
     (["optimiser.learning_rate=0.1"], "optimizer.learning_rate"),
@@ -55,7 +56,7 @@ BAD_COMMAND_LINES = [
     (["amp=fp8"], "amp"),
     (["--amp", "fp8"], "--amp"),
     (["--recipe", "slow"], "--recipe"),
-    (["--valid-split", "-5"], "valid_split"),
+    (["--valid-split", "-5"], "--valid-split -5: must be in [0, 50000)"),
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
     (["--stop-after-steps", "0"], "--stop-after-steps"),
     (["--eval", "no/such/checkpoint.pt"], "--eval"),
@@ -76,7 +77,8 @@ BAD_COMMAND_LINES = [
     (["cutout=-1"], "cutout"),
     (["cutout=2.5"], "cutout"),
     # Bounds of the official set, checked before the data are read.
-    (["--valid-split", "60000"], "valid_split=60000: must be in [0, 50000)"),
+    (["--valid-split", "60000"], "--valid-split 60000: must be in [0, 50000)"),
+    (["valid_split=60000"], "valid_split='60000': must be in [0, 50000)"),
     (["train_subset=50001"], "train_subset"),
     (
         ["train_subset=45001", "--valid-split"],
@@ -84,6 +86,17 @@ BAD_COMMAND_LINES = [
     ),
     (["test_subset=10001"], "test_subset"),
     (["--time-limit", "0"], "--time-limit must be a positive number"),
+    # Issue 27 item 9: values that would pass every range check, or overflow a generator's seed.
+    (["--lr", "inf"], "--lr inf: expected a finite number"),
+    (["--lr", "nan"], "--lr nan: expected a finite number"),
+    (["optimizer.momentum=nan"], "optimizer.momentum='nan': expected a finite number"),
+    (["--seed", str(2**64)], f"--seed {2**64}: must be in [0, 4294967296)"),
+    (["seed=-1"], "seed='-1': must be in [0, 4294967296)"),
+    # Issue 28: a mistyped flag gets a suggestion, like a mistyped key.
+    (["--epcohs", "1"], "unknown option --epcohs; did you mean --epochs?"),
+    (["--epcohs=1"], "unknown option --epcohs; did you mean --epochs?"),
+    (["--no-verify-checksum"], "did you mean --no-verify-checksums?"),
+    (["--time-limit", "inf"], "--time-limit must be a positive number"),
 ]
 
 
@@ -98,6 +111,10 @@ def test_bad_input_exits_2_with_usage_before_touching_anything(
     assert status == 2
     err = capsys.readouterr().err
     assert "usage:" in err and mentions in err
+    # Two lines: what was wrong, and where the flags and settings are listed; not argparse's usage block.
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "error:" in lines[0] and lines[1].startswith("usage:"), err
+    assert "--help" in lines[1] and "--list-configs" in lines[1]
     assert "Traceback" not in err
     assert not data_dir.exists() and not logs_dir.exists()
 
@@ -135,42 +152,74 @@ def test_the_global_batch_must_split_evenly_over_processes(capsys: pytest.Captur
     assert parse("--batch-size", "64", world_size=2)["batch_size"] == 64
 
 
-def test_help_lists_every_option(capsys: pytest.CaptureFixture) -> None:
+def printed(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """What a command line that only prints (`--help` and its kin) prints; it must exit 0."""
     with pytest.raises(SystemExit) as exit_info:
-        parse("--help")
+        parse(*argv)
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    parser = cli.build_parser(RECIPES, Configs, NESTED_CONFIGS)
-    for action in parser._actions:
-        for flag in action.option_strings:
-            assert flag in text, flag
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_option_in_under_60_lines(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    text = printed(capsys, "--help")
+    assert len(text.splitlines()) < 60, text
+    for flag in [*cli.FLAGS_BY_NAME, "--help-recipes", "--list-configs"]:
+        assert flag in text, flag
     # argparse wraps lines wherever the terminal width puts them.
     flat = " ".join(text.split())
-    assert "key=value" in flat and "torchrun" in flat
-    # Every recipe is described, and operational notes (what was measured where) stay out of --help.
-    assert all(f"{name}:" in flat for name in RECIPES)
+    assert "key=value" in flat and "torchrun" in flat and "--recipe cpu" in flat
+    assert f"paper {Configs().iterations:,} iterations" in flat
+    # Each recipe is summarised on one line of its own; the settings are --help-recipes' job.
+    for name in RECIPES:
+        (line,) = [line for line in text.splitlines() if line.split()[:1] == [name]]
+        assert RECIPE_PURPOSES[name] in line
+    assert "lr_warmup_factor" not in text
+    # Operational notes (what was measured where) stay out of --help.
     assert "measured" not in flat and "CPU cores" not in flat
-    # The settings each recipe changes are listed from RECIPES itself, values included.
-    recipe_help = flat[flat.rindex("--recipe {") :]
-    # The paper's recipe changes nothing: its help lists the configuration's own defaults.
+
+
+def test_help_recipes_lists_every_setting_of_every_recipe(capsys: pytest.CaptureFixture) -> None:
+    text = printed(capsys, "--help-recipes")
     after_paper = list(RECIPES)[list(RECIPES).index("paper") + 1]
-    paper = recipe_help.split(" paper: ", 1)[1].split(f" {after_paper}: ")[0]
+    # The paper's recipe changes nothing: it lists the configuration's own defaults.
+    paper = text.split("paper: ", 1)[1].split(f"{after_paper}: ")[0]
     defaults = {
         "batch_size": Configs().batch_size, "optimizer.learning_rate": SGDConfigs().learning_rate,
         "optimizer.momentum": SGDConfigs().momentum, "optimizer.weight_decay": SGDConfigs().weight_decay,
         "lr_milestones": Configs().lr_milestones, "iterations": Configs().iterations,
     }  # fmt: skip
     for key, value in defaults.items():
-        text = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-        assert text in paper, text
-    assert f"paper: {Configs().iterations:,} iterations" in flat
+        setting = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        assert setting in paper, setting
     for name, recipe in RECIPES.items():
-        described = recipe_help.split(f" {name}: ", 1)[1]
-        for key, value in recipe.items():
+        described = text.split(f"{name}: ", 1)[1]
+        for key, value in {**recipe, **recipe.get("cuda", {})}.items():
             if key != "cuda":
-                text = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                assert text in described, (name, text)
-    assert "epochs=25" in recipe_help.split(" cpu: ", 1)[1].split(" resnet9: ")[0]
+                setting = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                assert setting in described, (name, setting)
+    assert "epochs=25" in text.split("cpu: ", 1)[1].split("resnet9: ")[0]
+
+
+def test_list_configs_prints_every_settable_key_with_its_type_default_and_help(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    lines = printed(capsys, "--list-configs").splitlines()
+    keys = {line.split("=", 1)[0]: line for line in lines}
+    settable = [k for k in cli._all_keys(Configs, NESTED_CONFIGS) if k not in NESTED_CONFIGS]
+    assert sorted(keys) == sorted(settable)
+    assert not set(keys) & cli.INTERNAL_KEYS
+    # Defaults read from the configuration classes, types from their annotations, options from labml's.
+    assert keys["batch_size"].startswith("batch_size=128  [a whole number]")
+    assert keys["optimizer.learning_rate"].startswith("optimizer.learning_rate=0.1  [a finite number]")
+    assert keys["model"].startswith("model=resnet20  [resnet20, ") and "custom]" in keys["model"]
+    assert "[step, warmup_cosine, warmup_linear]" in keys["scheduler"]
+    assert "[a whole number or from_fraction]" in keys["lr_warmup_steps"]
+    # The help: the comment beside the declaration, and the flag that sets it.
+    assert "Cutout" in keys["cutout"] and "--lr: base learning rate" in keys["optimizer.learning_rate"]
+    assert "class-balanced" in keys["train_subset"] and "--no-verify-checksums" in keys["verify_checksums"]
 
 
 def test_values_are_converted_to_their_annotated_types() -> None:
@@ -409,3 +458,55 @@ def test_the_command_line_a_report_prints_runs_what_train_would() -> None:
     assert from_line == from_python
     assert from_line.settings["lr_milestones"] == [0.4, 0.8] and from_line.time_limit_s == 60
     assert from_line.settings["data_dir"] == "CIFAR data" and from_line.logs_dir == Path("my runs")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["model=custom", "n_blocks=[2,", "2,", "2]"],  # what the shell makes of n_blocks=[2, 2, 2]
+        ["model=custom", "n_blocks=[2, 2, 2]"],  # n_blocks="[2, 2, 2]", quoted
+        ["n_blocks=[", "2", ",2,2", "]", "--model", "custom"],
+    ],
+)
+def test_lists_accept_spaces(argv: list[str]) -> None:
+    assert parse(*argv)["n_blocks"] == [2, 2, 2]
+
+
+def test_an_unbalanced_list_is_one_clear_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("model=custom", "n_blocks=[2,", "2,", "2")
+    assert exit_info.value.code == 2
+    assert "n_blocks='[2, 2, 2': expected a list of integers" in capsys.readouterr().err
+
+
+def test_no_verify_checksums_is_the_flag_for_verify_checksums_false() -> None:
+    assert parse("--no-verify-checksums")["verify_checksums"] is False
+    assert parse("--no-download")["download"] is False
+    assert parse() == {}
+
+
+def test_every_flag_is_declared_once_and_reaches_the_request() -> None:
+    names = [flag.name for flag in cli.FLAGS]
+    assert len(names) == len(set(names))
+    # The run options `train()` takes by name are exactly the run flags' fields of `Request`.
+    assert set(cli.RUN_OPTIONS) - {"cuda_graphs"} <= set(Request.__dataclass_fields__)
+    request = cli.parse(
+        ["--threads", "1", "--stop-after-steps", "2", "--time-limit", "9.5", "--logs-dir", "L", "--results",
+         "r.json", "--labml-url", "http://x", "--resume", "run"],
+        Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=World(),
+    )  # fmt: skip
+    assert (request.threads, request.stop_after_steps, request.time_limit_s) == (1, 2, 9.5)
+    assert (request.logs_dir, request.results) == (Path("L"), Path("r.json"))
+    assert (request.labml_url, request.resume) == ("http://x", "run")
+
+
+def test_option_names_come_from_our_record_not_labmls_private_tables() -> None:
+    from experiments import options
+
+    for module in (cli, options):
+        source = Path(module.__file__ or "").read_text()
+        assert "_calculators" not in source and "labml.internal" not in source
+    assert options.option_names(Configs, "scheduler") == ["step", "warmup_cosine", "warmup_linear"]
+    # The first option registered is the default, as labml computes it.
+    assert options.option_names(Configs, "model")[0] == cli.config_default(Configs, "model") == "resnet20"
+    assert options.option_names(SGDConfigs, "optimizer") == ["SGD"]

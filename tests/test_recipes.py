@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,13 @@ from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments import cifar10, precision
 from experiments.precision import AmpChoice, choose_amp, step_timer
-from experiments.recipes import RECIPES
+from experiments.recipes import (
+    RECIPES,
+    ScheduleWarning,
+    WarmupCosineSchedule,
+    WarmupLinearSchedule,
+    recipe_values,
+)
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +233,45 @@ def test_eval_measures_the_whole_test_set_unless_asked_for_a_subset(data_dir: Pa
     assert json.loads(full.read_text())["test_images"] == 64
     assert json.loads(full.read_text())["test_subset"] == 0
     assert json.loads(subset.read_text())["test_images"] == 20
+
+
+@pytest.mark.parametrize("schedule", [WarmupCosineSchedule, WarmupLinearSchedule])
+@pytest.mark.parametrize(("steps", "decay"), [(96, "never decays"), (300, "decays only in the second half")])
+def test_a_warm_up_that_fills_most_of_the_run_warns_and_is_kept(
+    schedule: type, steps: int, decay: str
+) -> None:
+    # `train_subset=2000 --epochs 6 --recipe cpu`: 16 steps an epoch, 96 in all, against 200 warm-up steps.
+    with pytest.warns(ScheduleWarning, match=f"lr_warmup_steps=200 is at least half of this run's {steps} "):
+        multiplier = schedule(steps, 200, 0.1)
+    with pytest.warns(ScheduleWarning, match=decay):
+        schedule(steps, 200, 0.1)
+    # Warned, not changed: the warm-up is still the one asked for.
+    assert multiplier.warmup_steps == min(200, steps) and multiplier(0) == pytest.approx(0.1)
+
+
+def test_a_warm_up_within_the_first_half_is_silent() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WarmupCosineSchedule(25 * 391, 200, 0.1)
+        WarmupLinearSchedule(401, 200, 0.0)
+        WarmupCosineSchedule(100, 0, 0.1)
+
+
+def test_a_short_run_of_the_cpu_recipe_warns_once_about_its_warm_up(data_dir: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_trainer(tiny_args(data_dir, tmp_path / "logs", "--recipe", "cpu", "shift_tta=0")) == 0
+    # 5 steps of 64 images against the recipe's 200 warm-up steps.
+    swallowed = [w for w in caught if issubclass(w.category, ScheduleWarning)]
+    assert len(swallowed) == 1 and "this run's 5 steps" in str(swallowed[0].message)
+
+
+def test_a_recipe_adds_its_cuda_settings_only_on_a_gpu_and_yields_to_typed_iterations() -> None:
+    fast = RECIPES["fast"]
+    on_cpu, on_gpu = recipe_values(fast, {}, on_cuda=False), recipe_values(fast, {}, on_cuda=True)
+    assert "cuda" not in on_cpu and "amp" not in on_cpu and on_cpu["epochs"] == 30
+    assert on_gpu == {**on_cpu, **fast["cuda"]}
+    # A typed iteration count sets the length; the recipe's epochs would otherwise end the run first.
+    counted = recipe_values(fast, {"iterations": 500}, on_cuda=False)
+    assert "epochs" not in counted and "iterations" not in counted
+    assert recipe_values(fast, {"iterations": "from_epochs"}, on_cuda=False) == on_cpu
