@@ -78,6 +78,7 @@ READING_ORDER = (
     "experiments/files.py",
     "experiments/distributed.py",
     "experiments/cli.py",
+    "experiments/options.py",
     "experiments/console.py",
     "experiments/plot.py",
     "experiments/export_weights.py",
