@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import torch
 
+from experiments.errors import ExperimentError
 from experiments.files import atomic_write
 
 # Written into every checkpoint so we can tell our files from any other pickle.
@@ -44,7 +45,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ExperimentError):
     """A checkpoint that cannot be used; its message is one line naming the file and the fix."""
 
 
@@ -187,7 +188,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # One function writes the schema and one reads it, so the two cannot drift apart. The run's own state
 # is that of its parts, each with `state_dict`/`load_state_dict`: the network, the optimizer, the
 # schedule, the fp16 loss scaler and the weight average when the run has them, and the run's
-# [`Progress`](progress.html) (where it stopped, the partial epoch's sums, the history, the clocks).
+# [`Progress`](trainer.html#Progress) (where it stopped, the partial epoch's sums, the history, the clocks).
 
 
 class Stateful(Protocol):
