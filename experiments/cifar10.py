@@ -165,13 +165,11 @@ def train_epoch(c: Configs, run: Run) -> None:
     A *step* is one mini-batch of 128 images (§4.2): the network's prediction, the cross-entropy loss
     against the labels, its gradient by back-propagation, one SGD update, and the schedule one step on. In
     training mode batch norm normalises with each mini-batch's own statistics (§3.4) and updates its
-    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained and, between
-    steps, stops the run when asked to or when the loss is no longer finite; `run.after_step` adds the step
-    to the epoch's sums (and the weight average, if any) and to the console. The three `scaler` lines are
-    the same in every number format: with fp16 they scale the loss so that small gradients do not
-    underflow, unscale before the update and skip a step whose gradients overflowed
-    ([`torch.amp.GradScaler`](https://pytorch.org/docs/stable/amp.html)); otherwise they are a plain
-    `loss.backward()` and `optimizer.step()`.
+    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained, and stops
+    the run between steps when asked to or when the loss is no longer finite; `run.after_step` counts the
+    step. The three `scaler` lines read the same in every number format: with fp16, `torch.amp.GradScaler`
+    scales the loss so that small gradients do not underflow, unscales before the update and skips a step
+    whose gradients overflowed; otherwise they are a plain `loss.backward()` and `optimizer.step()`.
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):
@@ -293,25 +291,11 @@ def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
     request = cli.parse(argv, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world_from_environment())
-    if request.eval is not None:
-        status = launch.exit_status(lambda: launch.run_evaluation(Configs, evaluate, request))
-    else:
-        status = launch.exit_status(lambda: launch.run_training(Configs, NESTED_CONFIGS, fit, request))
-    return launch.labml_sender_exit(status, request)
+    return launch.command(request, Configs, NESTED_CONFIGS, fit, evaluate)
 
 
 def _checked(settings: dict[str, Any], **options: Any) -> run_configs.Request:
-    # The flags by name (`logs_dir`, `threads`, ...) apart from the configuration's settings.
-    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
-    return cli.check(
-        settings,
-        Configs,
-        nested=NESTED_CONFIGS,
-        recipes=RECIPES,
-        world=world_from_environment(),
-        **options,
-        **run,
-    )
+    return launch.checked(settings, Configs, NESTED_CONFIGS, RECIPES, **options)
 
 
 if __name__ == "__main__":

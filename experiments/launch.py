@@ -411,6 +411,27 @@ def exit_status(run: Callable[[], Any]) -> int:
     return STOP_STATUS.get(outcome.stopped or "", 0) if isinstance(outcome, Results) else 0
 
 
+def command(
+    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Callable[[Any, Run], Any],
+    evaluate: Callable[..., dict[str, float]],
+) -> int:  # fmt: skip
+    """What a training script's `main` does with a parsed command line: train or evaluate, then exit."""
+    if request.eval is not None:
+        status = exit_status(lambda: run_evaluation(configs, evaluate, request))
+    else:
+        status = exit_status(lambda: run_training(configs, nested, fit, request))
+    return labml_sender_exit(status, request)
+
+
+def checked(
+    settings: dict[str, Any], configs: type, nested: dict[str, type], recipes: dict[str, Any], **options: Any
+) -> Request:
+    """The Python API's settings checked as the command line's are; the flags by name go apart."""
+    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
+    world = world_from_environment()
+    return cli.check(settings, configs, nested=nested, recipes=recipes, world=world, **options, **run)
+
+
 def labml_sender_exit(status: int, request: Request) -> int:
     """
     labml 0.4.168 sends to its app from a thread that keeps the process alive and retries forever when
