@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_synthetic import publish_digests_of
-from experiments.runner import Results
 
 from benchmarks import gpu
 from experiments import data as cifar_data
+from experiments.runner import Results
 
 NUMBER = r"\d+(\.\d+)?"
 
