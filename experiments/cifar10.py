@@ -276,7 +276,7 @@ def train(*, recipe: str | None = None, device: str | None = None, **settings: A
     defaults to the paper's), with the same checks (a bad setting raises `cli.UsageError`, a schedule
     that contradicts itself a `recipes.ScheduleError`) and the same run folder. The other flags go by
     name (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns
-    the run's [`Results`](trainer.html#Results); their `summary` is `None` when the run stopped early.
+    the run's [`Results`](launch.html#Results); their `summary` is `None` when the run stopped early.
     """
     if "eval" in settings:
         raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")

@@ -11,11 +11,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from synthetic_main import SCRIPT, tiny_args, write_data
 
-from experiments import console
+from experiments import console, trainer
 
 EPOCHS = 2
 
@@ -179,3 +181,22 @@ def test_an_epoch_without_evaluation_shows_only_its_training_numbers() -> None:
     )
     with_valid = {**record, "valid_loss": 0.6, "valid_accuracy": 0.79}
     assert ", valid loss 0.6000 accuracy 0.7900, " in console.epoch_line(with_valid, 182)
+
+
+@pytest.mark.parametrize(
+    ("device", "recipe", "iterations", "batch_size", "gpu_sized"),
+    [
+        ("cpu", "paper", 64_000, 128, True),  # the default: 8.2M images, 6.5x the cpu recipe's 1.25M
+        ("cpu", "resnet9", 2_352, 512, True),  # 24 epochs of 98 steps: 1.2M images
+        ("cpu", "cpu", 9_775, 128, False),  # the CPU's own recipe
+        ("cpu", "paper", 391 * 5, 128, False),  # five epochs: short enough for a CPU
+        ("cuda", "paper", 64_000, 128, False),
+    ],
+)
+def test_a_gpu_sized_run_is_one_on_a_cpu_with_half_the_cpu_recipes_images_or_more(
+    device: str, recipe: str, iterations: int, batch_size: int, gpu_sized: bool
+) -> None:
+    c = SimpleNamespace(
+        device=torch.device(device), recipe=recipe, iterations=iterations, batch_size=batch_size
+    )
+    assert trainer.gpu_sized_on_cpu(c) is gpu_sized
