@@ -51,15 +51,28 @@ class AmpChoice:
         return asdict(self)
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of Linux's `/proc/cpuinfo` (empty elsewhere)."""
+    entries: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            entries[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return entries
+
+
 def cpu_bf16_units() -> list[str]:
-    """The native bf16 instruction sets this CPU has (empty when bf16 would be emulated)."""
-    units = []
-    # These private probes exist in every torch this project supports; they ask the CPU, not the build.
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        units.append("AMX")
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        units.append("AVX512-BF16")
-    return units
+    """
+    The native bf16 instruction sets this CPU has (empty when bf16 would be emulated), from the flags
+    the kernel reports. Where there are none to read (not Linux) the answer is none, and `auto` keeps
+    float32: the safe side, since it is never slower than emulated bf16.
+    """
+    flags = _cpuinfo().get("flags", "").split()
+    return [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
 
 
 def machine(device: torch.device) -> dict[str, str | int]:
@@ -67,14 +80,7 @@ def machine(device: torch.device) -> dict[str, str | int]:
     The one description of where a run computes, for the console and every results file: the device
     (with the GPU's name, or the CPU threads), the CPU's model name, the thread count and the software.
     """
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo().get("model name") or platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     name = (
         f"{device} ({torch.cuda.get_device_name(device)})"

@@ -47,6 +47,9 @@ class StopRequested(Exception):
 ESTIMATE_AFTER_STEPS = 10
 
 
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
 class WeightAverage(AveragedModel):
     r"""
     An exponential moving average of the weights, $\bar\theta_t = \beta_t \bar\theta_{t-1} + (1 - \beta_t)
@@ -71,9 +74,9 @@ class WeightAverage(AveragedModel):
         """$\\beta_t$ for update number `update` (the first, `update=1`, copies)."""
         return 0.0 if update <= 1 else min(self.decay, update / (9.0 + update))
 
-    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+    def _average(self, averaged: Tensors, current: Tensors, count: torch.Tensor | int) -> None:
         if averaged[0].is_floating_point():
-            get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, _)
+            get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, count)
         else:
             for mine, theirs in zip(averaged, current, strict=True):
                 mine.copy_(theirs)
@@ -427,7 +430,7 @@ class Run:
                 recipe=c.recipe,
                 epochs=c.epochs,
                 batch_size=c.batch_size,
-                device=machine(self.device)["device"],
+                device=str(machine(self.device)["device"]),
                 resumed_from=self.resumed_from,
                 epoch=self.progress.epoch,
                 step=self.progress.step,
