@@ -88,12 +88,9 @@ class Configs(CifarDataConfigs):
 
 # ### The data
 #
-# [`CifarDataConfigs`](loader.html#CifarDataConfigs) holds the data settings, as labml's experiments
-# inherit its `CIFAR10Configs`: 50k training images (45k with `valid_split=5000`, the paper's split for
-# choosing settings) and 10k test images, normalised per channel (the paper subtracts the per-pixel mean;
-# see `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a
-# 32×32 crop is randomly sampled from the padded image or its horizontal flip": a class depends neither on
-# where the object sits nor on left and right.
+# [`CifarDataConfigs`](loader.html#CifarDataConfigs): 50k training images (45k with `valid_split=5000`,
+# the paper's split for choosing settings) and 10k test images, augmented as §4.2 says: "4 pixels are
+# padded on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip".
 
 
 # ### The network, the optimizer and the schedule
@@ -266,17 +263,14 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
 
 # ## Running it
 #
-# Three ways to run the pieces above, each checking its settings as the command line does, so Python
-# and the shell run exactly the same code ([`trainer.py`](trainer.html) does the running).
+# Three ways in, each checking its settings as the command line does ([`launch.py`](launch.html) runs).
 
 
 def train(*, recipe: str | None = None, device: str | None = None, **settings: Any) -> Results:
     """
-    `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs (`recipe`
-    defaults to the paper's), with the same checks (a bad setting raises `cli.UsageError`, a schedule
-    that contradicts itself a `recipes.ScheduleError`) and the same run folder. The other flags go by
-    name (`logs_dir`, `resume`, `results`, `threads`, `time_limit_s`, `stop_after_steps`, ...). Returns
-    the run's [`Results`](launch.html#Results); their `summary` is `None` when the run stopped early.
+    `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, checks
+    included; the flags go by name (`logs_dir`, `resume`, `threads`, `time_limit_s`, ...). Returns the
+    run's [`Results`](launch.html#Results) (`summary` is `None` when the run stopped early).
     """
     if "eval" in settings:
         raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
