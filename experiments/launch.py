@@ -296,9 +296,8 @@ def _train(
         # Nothing left to train: say so rather than open a new, empty run folder.
         p = run.progress
         raise UsageError(
-            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps); to train it longer, "
-            f"resume with a longer schedule, e.g. --resume {request.resume} --epochs {p.epoch + 10} "
-            f"(and iterations=N for a schedule set in iterations)"
+            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "
+            f"to train it longer, give it more epochs, e.g. --resume {request.resume} --epochs {p.epoch + 10}"
         )
     with stop_on_signals(run):
         if world.is_main:
