@@ -292,8 +292,9 @@ def _train(
         stop_after_steps=request.stop_after_steps,
         time_limit_s=request.time_limit_s, resumed_from=resumed_from, saved=saved,
     )  # fmt: skip
-    if run.done:
-        # Nothing left to train: say so rather than open a new, empty run folder.
+    if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
+        # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended its
+        # last epoch but died before writing results.json resumes to evaluate and write them.)
         p = run.progress
         raise UsageError(
             f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "

@@ -6,6 +6,7 @@ that it learns, that it is reproducible, and that an interrupted run resumes to 
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -212,6 +213,12 @@ def test_resuming_a_finished_run_says_so_and_how_to_extend_it(
         == 0
     )
     assert json.loads(results.read_text())["steps"] == 10
+    # A run that ended its last epoch but never wrote results.json (killed in between) resumes to write them.
+    orphan = tmp_path / "orphan" / "checkpoints" / "last.pt"
+    orphan.parent.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.pt", orphan)
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(orphan), "--results", str(results)]) == 0
+    assert json.loads(results.read_text())["steps"] == 5
 
 
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
