@@ -136,8 +136,8 @@ from experiments import cifar10
 from experiments.checkpoint import CheckpointError
 from experiments.cli import UsageError, command_line
 from experiments.data import DataError
-from experiments.runner import RunError
 from experiments.synthetic import write_synthetic_cifar10
+from experiments.trainer import RunError
 
 STAGES = ("model_speed", "data_pipeline", "trainer")
 # The project's goals for the fast path on one H100: (test accuracy, seconds of training to reach it).

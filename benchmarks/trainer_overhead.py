@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from labml.internal.configs.processor import ConfigProcessor
+from labml import experiment
 from torch.optim.lr_scheduler import LambdaLR
 
 from benchmarks.common import (
@@ -38,11 +38,10 @@ from benchmarks.common import (
     rate_summary,
     set_threads,
 )
-from experiments import cifar10, runner
+from experiments import cifar10, launch, trainer
 from experiments.cli import config_default
 from experiments.data import CifarArrays
 from experiments.models import MODEL_NAMES
-from experiments.progress import Progress
 
 
 def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
@@ -63,16 +62,17 @@ def synthetic_dataset(n_train: int, n_test: int, seed: int) -> CifarArrays:
     )
 
 
-def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> runner.Run:
+def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> trainer.Run:
     """
     A run as `experiments/cifar10.py` builds it, minus the labml experiment (which would create a run
     folder): the configuration is computed the way the trainer's non-main ranks compute it.
     """
     c = cifar10.Configs()
     # An iteration budget far beyond the benchmark, so the loop never stops early.
-    ConfigProcessor(c, {**overrides, "iterations": 10**9, "dataset": dataset})
-    runner.prepare(c)
-    return runner.Run(
+    experiment.evaluate()
+    experiment.configs(c, {**overrides, "iterations": 10**9, "dataset": dataset})
+    launch.prepare(c)
+    return trainer.Run(
         c,
         model_name=str(overrides.get("model", config_default(cifar10.Configs, "model"))),
         settings=overrides,
@@ -80,12 +80,12 @@ def build_trainer(overrides: dict[str, Any], dataset: CifarArrays) -> runner.Run
     )
 
 
-def trainer_epoch(run: runner.Run, epochs: list[int]) -> Callable[[], None]:
+def trainer_epoch(run: trainer.Run, epochs: list[int]) -> Callable[[], None]:
     """One call trains the next epoch in `epochs` through the trainer, then rewinds to a fresh epoch."""
 
     def train() -> None:
         # The start of a fresh epoch, set the way a resume sets it.
-        fresh = Progress(run.device).state_dict()
+        fresh = trainer.Progress(run.device).state_dict()
         run.progress.load_state_dict({**fresh, "position": {"step": 0, "epoch": epochs.pop(0), "batch": 0}})
         cifar10.train_epoch(run.c, run)
 
@@ -98,7 +98,7 @@ class BareEpoch:
     identical optimizer and schedule. Each call trains the next epoch in `epochs`.
     """
 
-    def __init__(self, trainer: runner.Run, epochs: list[int]):
+    def __init__(self, trainer: trainer.Run, epochs: list[int]):
         self.model = copy.deepcopy(trainer.network)
         settings = trainer.c.optimizer.param_groups[0]
         self.optimizer = torch.optim.SGD(

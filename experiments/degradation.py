@@ -145,11 +145,12 @@ from experiments import cifar10, cli
 from experiments import data as cifar_data
 from experiments.checkpoint import CheckpointError
 from experiments.files import atomic_write, write_json
+from experiments.launch import Results
 from experiments.models import PLAIN_NETWORKS
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import ScheduleError
-from experiments.runner import Results, RunError
 from experiments.synthetic import write_cifar10_folder
+from experiments.trainer import RunError
 
 # The paper's CIFAR widths (§4.2: 16, 32 and 64 filters in the three stages).
 PAPER_WIDTHS = [16, 32, 64]

@@ -17,7 +17,7 @@ from cifar_synthetic import publish_digests_of
 
 from benchmarks import gpu
 from experiments import data as cifar_data
-from experiments.runner import Results
+from experiments.launch import Results
 
 NUMBER = r"\d+(\.\d+)?"
 
