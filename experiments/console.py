@@ -125,12 +125,9 @@ class Console:
     """
 
     def __init__(
-        self,
-        stream: TextIO | None = None,
-        *,
-        every_s: float = 30.0,
+        self, stream: TextIO | None = None, *, every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.stream = stream if stream is not None else sys.stdout
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s = every_s

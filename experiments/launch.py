@@ -207,12 +207,10 @@ def _compute(configs: type[BaseConfigs], settings: dict[str, Any], world: World,
 # ## Training and evaluating
 
 
-def run_training(
-    configs: type[BaseConfigs],
-    nested: dict[str, type],
-    fit: Callable[[Any, Run], dict[str, float]],
-    request: Request,
-) -> Results:
+Fit = Callable[[Any, Run], dict[str, float]]
+
+
+def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
     """
     Train as `request` asks, from the start or from a checkpoint, to the end of the schedule or until
     stopped, with `fit(c, run)` (the training script's). Raises an `ExperimentError` with a one-line message.
@@ -256,11 +254,7 @@ def _resumed_settings(
 
 
 def _train(
-    configs: type[BaseConfigs],
-    nested: dict[str, type],
-    fit: Callable[[Any, Run], dict[str, float]],
-    request: Request,
-    world: World,
+    configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request, world: World
 ) -> Results:
     settings = dict(request.settings)
     experiments_path = _logs(request)
@@ -320,9 +314,7 @@ def _train(
     return Results(summary, run.progress.history, run_dir)
 
 
-def _fit_or_stop(
-    fit: Callable[[Any, Run], dict[str, float]], c: Any, run: Run, source: Path
-) -> dict[str, float] | None:
+def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path) -> dict[str, float] | None:
     """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
     try:
         return fit(c, run)

@@ -138,15 +138,9 @@ Measure = Callable[[torch.dtype | None], float]
 
 
 def step_timer(
-    model: nn.Module,
-    batch_shape: tuple[int, ...],
-    num_classes: int,
-    device: torch.device,
-    channels_last: bool,
-    *,
-    warmup: int = 2,
-    repeats: int = 4,
-) -> Measure:
+    model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, device: torch.device,
+    channels_last: bool, *, warmup: int = 2, repeats: int = 4,
+) -> Measure:  # fmt: skip
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
     images. The copy and a private random generator leave the run's weights, batch-norm statistics and
