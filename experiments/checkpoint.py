@@ -1,27 +1,20 @@
 """
 # Checkpoints that survive crashes and cannot run code
 
-A training run on a shared machine can be killed at any moment: by the user, by a scheduler, by a full
-disk. A checkpoint is only useful if whatever happens, the last one written is complete, and if
-loading one can never do anything but load numbers. This module makes both true.
+A run can be killed at any moment (by the user, a scheduler, a full disk), so the last checkpoint written
+must always be complete, and loading one must never do anything but load numbers.
 
-**Atomic writes.** The checkpoint is written to a temporary file in the same folder, flushed and
-`fsync`ed, and then renamed over the old one ([`files.py`](files.html) does this for every file a run
-writes). A reader sees either the old file or the new one, never half of either; a crash (even `kill -9`)
-in the middle of a write leaves the previous checkpoint untouched.
+**Atomic writes.** Into a temporary file in the same folder, `fsync`ed, then renamed over the old one
+([`files.py`](files.html)): a reader sees the old file or the new one, never half of either, even after
+`kill -9` mid-write.
 
-**Safe loading.** A checkpoint is a pickle, and unpickling can call arbitrary code. We load with
-`torch.load(weights_only=True)`, which only rebuilds tensors and plain containers (dicts, lists,
-tuples, numbers, strings). Everything we save is chosen to fit: RNG states as tensors, positions as
-ints, the configuration as strings and numbers; no numpy arrays, no objects.
+**Safe loading.** `torch.load(weights_only=True)` rebuilds only tensors and plain containers, never
+objects or code; everything we save fits that (RNG states as tensors, positions as ints, settings as
+strings and numbers). Every way a file can be wrong (missing, truncated, not a checkpoint, another
+network, carrying code) is a [`CheckpointError`](#CheckpointError): one line naming the file and the fix.
 
-**Clear refusals.** Every way a file can be wrong (missing, truncated, not a checkpoint, from another
-network, carrying code) ends in a [`CheckpointError`](#CheckpointError) with one line that names the
-file and what to do.
-
-**One schema.** [`checkpoint_state`](#checkpoint_state) writes every entry a checkpoint has and
-[`restore_checkpoint`](#restore_checkpoint) reads every one back, so what is saved and what is restored
-are decided in one place.
+**One schema.** [`checkpoint_state`](#checkpoint_state) writes every entry and
+[`restore_checkpoint`](#restore_checkpoint) reads every one back, so the two cannot drift apart.
 """
 
 import pickle
@@ -31,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from experiments.errors import ExperimentError
 from experiments.files import atomic_write
 
 # Written into every checkpoint so we can tell our files from any other pickle.
@@ -44,7 +38,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ExperimentError):
     """A checkpoint that cannot be used; its message is one line naming the file and the fix."""
 
 
@@ -187,7 +181,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # One function writes the schema and one reads it, so the two cannot drift apart. The run's own state
 # is that of its parts, each with `state_dict`/`load_state_dict`: the network, the optimizer, the
 # schedule, the fp16 loss scaler and the weight average when the run has them, and the run's
-# [`Progress`](progress.html) (where it stopped, the partial epoch's sums, the history, the clocks).
+# [`Progress`](trainer.html#Progress) (where it stopped, the partial epoch's sums, the history, the clocks).
 
 
 class Stateful(Protocol):

@@ -14,13 +14,15 @@ paper does. [`Configs`](#Configs) holds every setting, the paper's value its def
 build the data, network, optimizer and schedule on first use; `key=value` on the command line changes any
 setting ([`cli.py`](cli.html) checks it first). Then come [one epoch](#train_epoch), [an
 evaluation](#evaluate) and [the run](#fit). The rest of a real run (several processes, checkpoints, exact
-resumption, stops, metrics files) is in [`runner.py`](runner.html), as labml's trainer serves its experiments.
+resumption, stops, the console, metrics files) is in [`trainer.py`](trainer.html), as labml's trainer
+serves its experiments.
 """
 
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python experiments/cifar10.py` puts `experiments/` on the path, not the root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,15 +30,16 @@ if __package__ in (None, ""):  # `python experiments/cifar10.py` puts `experimen
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from labml import monit
 from labml.configs import option
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments import run_configs, runner
+from experiments import cli, launch, run_configs
+from experiments.distributed import world_from_environment
+from experiments.launch import Results
 from experiments.loader import CifarDataConfigs, TensorBatches
 from experiments.models import MODEL_NAMES, build_model
 from experiments.recipes import RECIPES, SGDConfigs, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
-from experiments.runner import Run
+from experiments.trainer import Run
 
 
 class Configs(CifarDataConfigs):
@@ -85,12 +88,9 @@ class Configs(CifarDataConfigs):
 
 # ### The data
 #
-# [`CifarDataConfigs`](loader.html#CifarDataConfigs) holds the data settings, as labml's experiments
-# inherit its `CIFAR10Configs`: 50k training images (45k with `valid_split=5000`, the paper's split for
-# choosing settings) and 10k test images, normalised per channel (the paper subtracts the per-pixel mean;
-# see `data.py`). Training images are augmented as §4.2 says: "4 pixels are padded on each side, and a
-# 32×32 crop is randomly sampled from the padded image or its horizontal flip": a class depends neither on
-# where the object sits nor on left and right.
+# [`CifarDataConfigs`](loader.html#CifarDataConfigs): 50k training images (45k with `valid_split=5000`,
+# the paper's split for choosing settings) and 10k test images, augmented as §4.2 says: "4 pixels are
+# padded on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip".
 
 
 # ### The network, the optimizer and the schedule
@@ -162,20 +162,22 @@ def train_epoch(c: Configs, run: Run) -> None:
     A *step* is one mini-batch of 128 images (§4.2): the network's prediction, the cross-entropy loss
     against the labels, its gradient by back-propagation, one SGD update, and the schedule one step on. In
     training mode batch norm normalises with each mini-batch's own statistics (§3.4) and updates its
-    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained and, between
-    steps, stops the run when asked to or when the loss is no longer finite; `run.after_step` adds the step
-    to the epoch's sums (and the weight average, if any). fp16's loss scaling hooks into `run.model` and
-    the optimizer ([`precision.py`](precision.html)), so the step reads the same in every number format.
+    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained, and stops
+    the run between steps when asked to or when the loss is no longer finite; `run.after_step` counts the
+    step. The three `scaler` lines read the same in every number format: with fp16, `torch.amp.GradScaler`
+    scales the loss so that small gradients do not underflow, unscales before the update and skips a step
+    whose gradients overflowed; otherwise they are a plain `loss.backward()` and `optimizer.step()`.
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):
         # Autocast runs the forward pass in bf16 or fp16 when the run asks for it, and is a no-op otherwise.
-        with run.precision.autocast():
+        with run.autocast():
             logits = run.model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=c.label_smoothing)
         c.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        c.optimizer.step()
+        run.scaler.scale(loss).backward()
+        run.scaler.step(c.optimizer)
+        run.scaler.update()
         c.scheduler.step()
         run.after_step(loss, logits, labels)
 
@@ -197,13 +199,13 @@ def evaluate(
     `flip_tta` the logits of an image and its mirror image are averaged (CIFAR's classes look the same
     mirrored), and `shift_tta=k` adds the image moved $k$ pixels diagonally each way, two of the crops
     training showed; their average gives `loss_tta` and `accuracy_tta`. The first view is the image
-    itself, so the single-view numbers cost nothing extra. `before_batch` runs before each batch (the
-    runner stops there).
+    itself, so the single-view numbers cost nothing extra. `before_batch` runs before each batch (a
+    stopping run stops there).
     """
     model.eval()
     tta = flip_tta or shift_tta > 0
     sums: dict[str, torch.Tensor] = {}
-    for x, y in monit.iterate(name.capitalize(), loader.epoch(0), total_steps=len(loader)):
+    for x, y in loader.epoch(0):
         if before_batch is not None:
             before_batch()
         views = loader.views(x, flip=flip_tta, shift=shift_tta)
@@ -241,13 +243,13 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
 
     def score(loader: TensorBatches, name: str) -> dict[str, float]:
         return evaluate(
-            run.eval_model, loader, name, amp_dtype=run.precision.dtype, flip_tta=c.flip_tta,
+            run.eval_model, loader, name, amp_dtype=run.amp.dtype, flip_tta=c.flip_tta,
             shift_tta=c.shift_tta, before_batch=run.check_stop,
         )  # fmt: skip
 
     name, loader = ("valid", c.valid_loader) if c.valid_loader is not None else ("test", c.test_loader)
     test: dict[str, float] | None = None
-    for _ in monit.loop(range(run.progress.epoch, c.epochs)):
+    for _ in range(run.progress.epoch, c.epochs):
         if run.done:
             break
         train_epoch(c, run)
@@ -261,11 +263,34 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
 
 # ## Running it
 #
-# [`runner.entry_points`](runner.html#entry_points) makes three ways to run the pieces above: `main(argv)`,
-# the command line; `train(**settings)`, the same from Python (`train(model="resnet56", data_dir="data")`
-# returns [`Results`](runner.html#Results)); `evaluate_checkpoint(path)`, what `--eval PATH` does.
-EXPERIMENT = runner.Experiment("cifar10", Configs, NESTED_CONFIGS, fit, evaluate, Path(__file__), RECIPES)
-train, evaluate_checkpoint, main = runner.entry_points(EXPERIMENT)
+# Three ways in, each checking its settings as the command line does ([`launch.py`](launch.html) runs).
+
+
+def train(*, recipe: str | None = None, device: str | None = None, **settings: Any) -> Results:
+    """
+    `train(model="resnet56", epochs=30, data_dir="data")` runs what the command line runs, checks
+    included; the flags go by name (`logs_dir`, `resume`, `threads`, `time_limit_s`, ...). Returns the
+    run's [`Results`](launch.html#Results) (`summary` is `None` when the run stopped early).
+    """
+    if "eval" in settings:
+        raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
+    return launch.run_training(Configs, NESTED_CONFIGS, fit, _checked(settings, recipe=recipe, device=device))
+
+
+def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
+    """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
+    return launch.run_evaluation(Configs, evaluate, _checked({**settings, "eval": str(path)}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
+    request = cli.parse(argv, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world_from_environment())
+    return launch.command(request, Configs, NESTED_CONFIGS, fit, evaluate)
+
+
+def _checked(settings: dict[str, Any], **options: Any) -> run_configs.Request:
+    return launch.checked(settings, Configs, NESTED_CONFIGS, RECIPES, **options)
+
 
 if __name__ == "__main__":
     sys.exit(main())

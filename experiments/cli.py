@@ -347,7 +347,7 @@ def _request(
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
     resume, eval = run.get("resume"), run.get("eval")
     if resume is None:
-        # A resumed run is checked once the checkpoint's settings are merged in (`runner`).
+        # A resumed run is checked once the checkpoint's settings are merged in (`launch`).
         check_combinations(overrides, configs_class, nested, typed)
         check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
     for flag in FLAGS:
@@ -361,8 +361,6 @@ def _request(
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
-    if eval is not None and not Path(eval).is_file():
-        raise UsageError(f"--eval needs a checkpoint file; {eval} is not a file")
     paths = {key: Path(run[key]) for key in ("results", "logs_dir") if run.get(key) is not None}
     fields = {key: run[key] for key in RUN_OPTIONS if run.get(key) is not None and key != "cuda_graphs"}
     return Request(settings=overrides, wants_cuda=wants_cuda, **{**fields, **paths})

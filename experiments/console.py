@@ -1,106 +1,79 @@
 """
-# What a run prints: labml's live console on a terminal, plain lines everywhere else
+# What a run prints
 
-On a terminal labml redraws one status line in place while it trains: a carriage return takes the
-cursor back to the start of the line, and ANSI escape codes colour the numbers. That is pleasant to
-watch and unreadable anywhere else. Sent to a file (a cluster job's log, `nohup`, CI) the same bytes
-become one very long line per epoch, thousands of refreshes joined by `\\r` and full of escape codes,
-which neither `less` nor `grep` can make sense of.
+A person watching a run wants to know three things: what runs, how it is going, and when it will end.
+So a run prints, and nothing else:
 
-So the choice is made once per run, from where standard output goes:
+* **one start line** before the first step: model, recipe, epochs, batch, device and threads, run folder.
+  On a CPU running a GPU-sized recipe it says so and names `--recipe cpu`;
+* **one estimate line** once the first steps are timed: how long the training will take (and, on a CPU
+  running a GPU-sized recipe, how long `--recipe cpu` would);
+* **a status line** (step/total, loss, accuracy, images/s, ETA) of at most 100 columns. On a terminal it
+  is redrawn in place every `log_every` steps; anywhere else (a file, a pipe, `nohup`, a cluster job) it
+  is printed as a whole plain line every `progress_every_s` seconds, so `tail -f` shows progress;
+* **one line per epoch** and **one at the end**, the numbers of `metrics.jsonl` and `results.json`.
 
-* **a terminal** (or a notebook, where labml has a display of its own): labml's console, unchanged;
-* **anything else**: labml's progress display is switched off, the messages it still has to give (the
-  run header, its warnings) are written as whole lines without colour, and the trainer writes one
-  line when training starts, one per epoch and one at the end. Every line is complete when it is
-  written, so `tail -f` shows progress and `grep '^epoch'` gives the curve.
-
-[`use_live_console`](#use_live_console) decides and sets labml up; [`print_plain`](#print_plain) writes
-the start, epoch and end lines, and does nothing on a terminal, where labml shows the same numbers.
+The configuration, git and set-up messages labml would print are kept off the screen (the run folder
+keeps them); [`trainer.py`](trainer.html) decides that. Every line here is a plain function of numbers,
+so the tests compare the text without running anything or reading a clock.
 """
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from labml.internal.logger import logger_singleton
-from labml.internal.logger.destinations import Destination
-from labml.internal.logger.destinations.factory import create_destination
-from labml.internal.monitor import monitor_singleton
-from labml.internal.util import is_ipynb
+WIDTH = 100
 
 
-def is_live() -> bool:
-    """Whether standard output can show labml's live console: a terminal, or a notebook."""
-    stream = sys.stdout
-    return bool(stream is not None and stream.isatty()) or is_ipynb()
-
-
-class PlainDestination(Destination):
-    """
-    A labml log destination for files and pipes: whole lines only, without colour.
-
-    labml hands every destination a list of text parts, each with an optional style, and says whether
-    the line is finished. An unfinished line is a refresh that the next one overwrites on a terminal;
-    in a file it would only pile up, so it is dropped. Blank lines, which labml uses to space out its
-    screen, are dropped too.
-    """
-
-    def log(self, parts: list[str | tuple[str, Any]], *, is_new_line: bool, is_reset: bool) -> None:
-        if not is_new_line:
-            return
-        text = "".join(part if isinstance(part, str) else part[0] for part in parts)
-        if text.strip():
-            print(text, flush=True)
-
-
-def use_live_console() -> bool:
-    """
-    Set labml's console output for where standard output goes now; `True` for the live console.
-
-    Both settings are made every time, so a process that trains several times (the degradation
-    experiment, a notebook, the tests) gets what its current output calls for, whatever a run before
-    it chose. `monitor_singleton().silent()` is labml's own switch for its progress display, the one
-    it uses for the quiet processes of a multi-GPU run. labml has no public setter for where its
-    logger writes, so we replace the contents of the logger's list of destinations; on a terminal
-    they are rebuilt with labml's own factory, which is what labml starts with.
-    """
-    live = is_live()
-    monitor_singleton().silent(not live)
-    destinations: list[Destination] = logger_singleton()._Logger__destinations
-    destinations[:] = create_destination() if live else [PlainDestination()]
-    return live
-
-
-# ## The plain lines
+def duration(seconds: float) -> str:
+    """`8 h 43 min`, `12 min 5 s`, `45 s`: as precise as an estimate deserves."""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s} s"
 
 
 def start_line(
-    run_dir: Path,
-    *,
-    model: str,
-    recipe: str,
-    epochs: int,
-    batch_size: int,
-    device: str,
-    resumed_from: Path | None = None,
-    epoch: int = 0,
-    step: int = 0,
-) -> str:
+    run_dir: Path, *, model: str, recipe: str, epochs: int, batch_size: int, device: str,
+    resumed_from: Path | None = None, epoch: int = 0, step: int = 0, gpu_sized_on_cpu: bool = False,
+) -> str:  # fmt: skip
     """The line a run starts with: what trains, for how long, where, and where its files go."""
     where = f"resumed from {resumed_from} after epoch {epoch} (step {step}); " if resumed_from else ""
+    hint = "; this recipe is sized for a GPU, --recipe cpu for a CPU" if gpu_sized_on_cpu else ""
     return (
         f"Training {model} ({recipe} recipe) for {epochs} epochs of batch {batch_size} on {device}; "
-        f"{where}run folder {run_dir}"
+        f"{where}run folder {run_dir}{hint}"
     )
+
+
+def estimate_line(seconds: float, steps: int, images_per_s: float, cpu_recipe_s: float | None = None) -> str:
+    """The expected training time once the first steps are timed, with the CPU recipe's beside it."""
+    line = f"estimated training time: {duration(seconds)} for {steps} steps at {images_per_s:.0f} images/s"
+    if cpu_recipe_s is not None:
+        line += f"; --recipe cpu would take about {duration(cpu_recipe_s)}"
+    return line
+
+
+def status_line(
+    step: int, steps: int, loss: float, accuracy: float, images_per_s: float, eta_s: float | None
+) -> str:
+    """The live line: each number once, within `WIDTH` columns."""
+    eta = duration(eta_s) if eta_s is not None else "?"
+    line = (
+        f"step {step}/{steps}  loss {loss:.4f}  accuracy {accuracy:.4f}  "
+        f"{images_per_s:.0f} images/s  ETA {eta}"
+    )
+    return line[:WIDTH]
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """
-    One epoch's numbers, from the record that also goes to `metrics.jsonl`.
-
-    Validation and test numbers appear only for the epochs that were evaluated (all of them, unless
-    `eval_every_epoch=False`). The rate is the run's average so far, as in the record.
+    One epoch's numbers, from the record that also goes to `metrics.jsonl`. Validation and test numbers
+    appear only for the epochs that were evaluated. The rate is the run's average so far.
     """
     parts = [f"step {record['step']}", f"lr {record['lr']:.4g}"]
     for split in ("train", "valid", "test"):
@@ -144,7 +117,41 @@ def accuracy_line(results: dict[str, Any]) -> str:
     return line
 
 
-def print_plain(line: str) -> None:
-    """Print one of the lines above when the output is not a terminal; on a terminal labml shows it all."""
-    if not is_live():
-        print(line, flush=True)
+class Console:
+    """
+    Where the lines go. `live` (a terminal) redraws the status line in place with a carriage return;
+    otherwise it is printed whole at most every `every_s` seconds (0: every time it is given). `clock`
+    is replaceable so that tests never depend on how fast the machine is.
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, *, every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.stream = stream if stream is not None else sys.stdout
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every_s = every_s
+        self.clock = clock
+        self._last: float | None = None
+        self._drawn = 0
+
+    def line(self, text: str) -> None:
+        """A whole line that stays (start, estimate, epoch, end); it first clears a drawn status line."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def status(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r" + text.ljust(self._drawn))
+            self.stream.flush()
+            self._drawn = len(text)
+            return
+        now = self.clock()
+        if self._last is None or now - self._last >= self.every_s:
+            self._last = now
+            print(text, file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self._drawn = 0

@@ -22,6 +22,7 @@ Decisions that must be the same on every rank (stop because of a signal, stop be
 non-finite) are made with an all-reduce, so no rank waits forever for a partner that already left.
 """
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -98,6 +99,15 @@ def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def state_hash(model: torch.nn.Module) -> str:
+    """A SHA-256 of every tensor in the model's state, to compare weights across processes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def state_hashes(state_hash: str, world: World) -> list[str]:

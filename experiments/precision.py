@@ -19,6 +19,7 @@ always says which format produced it. `amp=none`, `bf16` or `fp16` skip the deci
 """
 
 import copy
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.amp.grad_scaler import OptState
 
 # The values `amp` may take; `auto` is resolved to one of the others by `choose_amp`.
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
@@ -51,28 +51,49 @@ class AmpChoice:
         return asdict(self)
 
 
-def cpu_bf16_units() -> list[str]:
-    """The native bf16 instruction sets this CPU has (empty when bf16 would be emulated)."""
-    units = []
-    # These private probes exist in every torch this project supports; they ask the CPU, not the build.
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        units.append("AMX")
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        units.append("AVX512-BF16")
-    return units
-
-
-def cpu_model_name() -> str:
-    """The CPU's marketing name from `/proc/cpuinfo` (Linux), or the platform's description."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of Linux's `/proc/cpuinfo` (empty elsewhere)."""
+    entries: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            entries[key.strip()] = value.strip()
     except OSError:
         pass
-    import platform
+    return entries
 
-    return platform.processor() or platform.machine()
+
+def cpu_bf16_units() -> list[str]:
+    """
+    The native bf16 instruction sets this CPU has (empty when bf16 would be emulated), from the flags
+    the kernel reports. Where there are none to read (not Linux) the answer is none, and `auto` keeps
+    float32: the safe side, since it is never slower than emulated bf16.
+    """
+    flags = _cpuinfo().get("flags", "").split()
+    return [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+
+
+def machine(device: torch.device) -> dict[str, str | int]:
+    """
+    The one description of where a run computes, for the console and every results file: the device
+    (with the GPU's name, or the CPU threads), the CPU's model name, the thread count and the software.
+    """
+    cpu = _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    name = (
+        f"{device} ({torch.cuda.get_device_name(device)})"
+        if device.type == "cuda"
+        else f"cpu ({threads} threads)"
+    )
+    return {
+        "device": name,
+        "cpu": cpu,
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def choose_amp(requested: str, device: torch.device, measure: "Measure | None" = None) -> AmpChoice:
@@ -94,12 +115,12 @@ def choose_amp(requested: str, device: torch.device, measure: "Measure | None" =
         return AmpChoice(
             "auto",
             "none",
-            f"{cpu_model_name()} has no native bf16 (no AMX, no AVX512-BF16): "
+            f"{machine(device)['cpu']} has no native bf16 (no AMX, no AVX512-BF16): "
             f"bf16 would be emulated and slower than float32",
         )
     if measure is None:
         return AmpChoice(
-            "auto", "none", f"{cpu_model_name()} has {'+'.join(units)}, but no measurement was made"
+            "auto", "none", f"{machine(device)['cpu']} has {'+'.join(units)}, but no measurement was made"
         )
     fp32_s, bf16_s = measure(None), measure(torch.bfloat16)
     measured = {"none": fp32_s, "bf16": bf16_s}
@@ -107,7 +128,7 @@ def choose_amp(requested: str, device: torch.device, measure: "Measure | None" =
     return AmpChoice(
         "auto",
         chosen,
-        f"{cpu_model_name()} has {'+'.join(units)}; a training step took "
+        f"{machine(device)['cpu']} has {'+'.join(units)}; a training step took "
         f"{bf16_s * 1e3:.1f} ms in bf16 and {fp32_s * 1e3:.1f} ms in float32",
         measured,
     )
@@ -117,15 +138,9 @@ Measure = Callable[[torch.dtype | None], float]
 
 
 def step_timer(
-    model: nn.Module,
-    batch_shape: tuple[int, ...],
-    num_classes: int,
-    device: torch.device,
-    channels_last: bool,
-    *,
-    warmup: int = 2,
-    repeats: int = 4,
-) -> Measure:
+    model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, device: torch.device,
+    channels_last: bool, *, warmup: int = 2, repeats: int = 4,
+) -> Measure:  # fmt: skip
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
     images. The copy and a private random generator leave the run's weights, batch-norm statistics and
@@ -151,74 +166,3 @@ def step_timer(
         return min(times)
 
     return measure
-
-
-class Precision:
-    """
-    A run's number format at work: `autocast()` goes around the forward pass and the loss, and
-    `attach` readies the network and the optimizer, so that the training step stays the plain
-    `loss.backward(); optimizer.step()` in every format.
-
-    Only fp16 needs more than autocast. Its narrow exponent range lets small gradients underflow to
-    zero, so the usual recipe multiplies the loss by a large factor before `backward()` and divides the
-    gradients by it before the step (`torch.amp.GradScaler`, whose adaptive factor is part of the
-    checkpoint). `attach` does the same with hooks and leaves the step as it is:
-
-    * the gradient arriving at the network's output is multiplied by the factor. The loss reaches the
-      weights only through that output, so every gradient behind it is scaled exactly as if the loss
-      had been;
-    * before each optimizer step the gradients are divided by it again. If any is infinite or NaN the
-      factor was too large: every gradient is unset, so the optimizer skips the step, and the factor
-      shrinks.
-
-    A change to the loop should know that with fp16 the gradients are still scaled between `backward()`
-    and `step()` (to clip them, call `scaler.unscale_(optimizer)` first, as with a `GradScaler`), and
-    that a loss term computed from the weights directly would need `scaler.scale` itself. bf16 has
-    float32's range and needs none of this.
-    """
-
-    def __init__(self, choice: AmpChoice, device: torch.device) -> None:
-        self.choice = choice
-        self.device = device
-        self.dtype = choice.dtype
-        self.scaler = torch.amp.GradScaler(device.type) if choice.chosen == "fp16" else None
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
-        """The model the training steps call; with fp16, its gradients are scaled (see above)."""
-        scaler = self.scaler
-        if scaler is None:
-            return model
-
-        def unscale_or_skip(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-            # What `GradScaler.step` does before it steps, from the same per-optimizer record (private to
-            # torch; the parity test in tests/test_recipes.py watches it): divide the gradients unless the
-            # caller already has (to clip them, say), then skip the step if any was not finite.
-            record = scaler._per_optimizer_states[id(optimizer)]
-            if record["stage"] is not OptState.UNSCALED:
-                scaler.unscale_(optimizer)
-            if sum(found_inf.item() for found_inf in record["found_inf_per_device"].values()):
-                # Optimizers pass over parameters without a gradient: no update, no momentum, no decay.
-                optimizer.zero_grad(set_to_none=True)
-
-        optimizer.register_step_pre_hook(unscale_or_skip)
-        optimizer.register_step_post_hook(lambda optimizer, args, kwargs: scaler.update())
-        return ScaledGradients(model, scaler)
-
-
-class ScaledGradients(nn.Module):
-    """`model` with float32 outputs, the gradient arriving at them multiplied by the scaler's scale."""
-
-    def __init__(self, model: nn.Module, scaler: torch.amp.GradScaler) -> None:
-        super().__init__()
-        self.model = model
-        self.scaler = scaler
-
-    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
-        # In float32: the scale must apply before the gradient is cast to fp16, or small ones underflow.
-        output: torch.Tensor = self.model(*args, **kwargs).float()
-        if output.requires_grad:
-            output.register_hook(self.scaler.scale)
-        return output

@@ -41,7 +41,7 @@ up and hardly decay. [`WarmupThenDecay`](#WarmupThenDecay) then warns once (`Sch
 numbers and a warm-up that would fit) and keeps the schedule as asked, rather than rescaling it behind
 the user's back.
 
-An exponential moving average of the weights (`ema_decay=0.999`, see `experiments/ema.py`) can be
+An exponential moving average of the weights (`ema_decay=0.999`, see `experiments/trainer.py`) can be
 added to any recipe; it is **off** in all of them, after a comparison on the 45k/5k validation split
 (RESULTS.md): the cosine decay already ends with tiny steps, which leaves the average less noise to
 remove than a schedule that stops at a large rate would.
@@ -295,8 +295,8 @@ def _sgd(c: SGDConfigs) -> torch.optim.SGD:
     )
 
 
-class ScheduleError(ValueError):
-    """A learning-rate schedule whose settings contradict each other; the trainer reports it in one line."""
+class ScheduleError(UsageError):
+    """A learning-rate schedule whose settings contradict each other: a bad setting, exit status 2."""
 
 
 class ScheduleWarning(UserWarning):

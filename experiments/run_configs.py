@@ -5,7 +5,7 @@ Two small things every layer of the trainer shares, kept apart so that each laye
 without importing the others: [`RunConfigs`](#RunConfigs), the labml configuration of how a run computes
 (device, number format, compilation, logging, seed), which the data's and the tutorial's configurations
 extend; and [`Request`](#Request), what a caller (the command line or `experiments.cifar10.train`) asks
-the [runner](runner.html) to do, after [`cli.py`](cli.html) has checked it.
+the [trainer](trainer.html) to do, after [`cli.py`](cli.html) has checked it.
 """
 
 import platform
@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from labml.configs import BaseConfigs, option
+from labml.configs import option
 from labml_helpers.device import DeviceConfigs
 
 from experiments.distributed import World
+from experiments.options import RecordedOptions
 
 # ## The settings of how a run runs
 #
@@ -26,7 +27,7 @@ from experiments.distributed import World
 # they change how fast and where a run computes, not what it computes.
 
 
-class RunConfigs(BaseConfigs):
+class RunConfigs(RecordedOptions):
     """Hardware, number format, compilation, logging; settable from the command line like the rest."""
 
     device: torch.device
@@ -40,13 +41,15 @@ class RunConfigs(BaseConfigs):
     # Batch-norm statistics over all processes (GPUs only).
     sync_bn: bool = False
     # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
-    # decay per step, e.g. 0.999 (`experiments/ema.py`); 0 turns it off.
+    # decay per step, e.g. 0.999 (`trainer.WeightAverage`); 0 turns it off.
     ema_decay: float = 0.0
-    # Console progress every this many steps (a GPU would otherwise wait for the host every step).
+    # The console's status line every this many steps (a GPU would otherwise wait for the host every
+    # step); when the output is not a terminal, at most once every `progress_every_s` seconds.
     log_every: int = 20
+    progress_every_s: float = 30.0
     # Data order, augmentation and initial weights.
     seed: int = 5
-    # Set by the runner, not by users: this process's place among data-parallel processes.
+    # Set by the trainer, not by users: this process's place among data-parallel processes.
     world: Any = World()
 
 
@@ -56,7 +59,7 @@ CUDA_GRAPHS_MODE = "reduce-overhead"
 
 
 def uses_cuda_graphs(compile: bool, compile_mode: str) -> bool:
-    """Whether a run with these settings replays CUDA graphs; the command line and the runner both ask."""
+    """Whether a run with these settings replays CUDA graphs; the command line and the trainer both ask."""
     return bool(compile) and compile_mode == CUDA_GRAPHS_MODE
 
 

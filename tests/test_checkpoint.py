@@ -15,7 +15,7 @@ import torch
 from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments import checkpoint as ckpt
-from experiments import runner
+from experiments import distributed
 from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
 
 
@@ -196,7 +196,7 @@ def test_every_saved_entry_loads_weights_only(trained: Path) -> None:
     assert state["position"] == {"step": 5, "epoch": 1, "batch": 0}
     results = json.loads((trained.parent.parent / "results.json").read_text())
     weights = SimpleNamespace(state_dict=lambda: state["model"])
-    assert runner.state_hash(weights) == results["weights_sha256"]
+    assert distributed.state_hash(weights) == results["weights_sha256"]
 
 
 def test_a_version_1_checkpoint_with_pythons_random_state_still_resumes(

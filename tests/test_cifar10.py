@@ -6,7 +6,9 @@ that it learns, that it is reproducible, and that an interrupted run resumes to 
 import json
 import math
 import re
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
 import resnet
-from experiments import cifar10, cli, loader
+from experiments import cifar10, cli, launch, loader, run_configs
 from experiments.checkpoint import load_checkpoint
 from experiments.distributed import World
 from experiments.precision import AMP_DTYPES
@@ -179,6 +181,46 @@ def test_eval_measures_a_checkpoint_on_the_test_set(
     assert json.loads(results_path.read_text())["test_accuracy"] == reference[0]["test_accuracy"]
 
 
+def test_eval_takes_a_run_folder_or_uuid_as_resume_does(reference: tuple[dict, Path]) -> None:
+    results, run_dir = reference
+    logs = run_dir.parent.parent
+    for name in (str(run_dir), run_dir.name):
+        request = run_configs.Request(eval=name, logs_dir=logs, threads=1)
+        measured = launch.run_evaluation(cifar10.Configs, cifar10.evaluate, request)
+        assert measured["checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
+        assert measured["test_accuracy"] == results["test_accuracy"]
+
+
+def test_resuming_a_finished_run_says_so_and_how_to_extend_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs)) == 0
+    (run_dir,) = (logs / "cifar10").iterdir()
+    capsys.readouterr()
+    assert run_trainer(["--logs-dir", str(logs), "--resume", run_dir.name]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "is a finished run (1 epochs, 5 steps)" in error and f"--resume {run_dir.name} --epochs 11" in error
+    )
+    # No new, empty run folder; and the suggestion works: one more epoch, 5 more steps.
+    assert list((logs / "cifar10").iterdir()) == [run_dir]
+    results = tmp_path / "extended.json"
+    assert (
+        run_trainer(
+            ["--logs-dir", str(logs), "--resume", run_dir.name, "--epochs", "2", "--results", str(results)]
+        )
+        == 0
+    )
+    assert json.loads(results.read_text())["steps"] == 10
+    # A run that ended its last epoch but never wrote results.json (killed in between) resumes to write them.
+    orphan = tmp_path / "orphan" / "checkpoints" / "last.pt"
+    orphan.parent.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.pt", orphan)
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(orphan), "--results", str(results)]) == 0
+    assert json.loads(results.read_text())["steps"] == 5
+
+
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -217,7 +259,8 @@ def test_the_trainer_refuses_a_warm_up_past_the_first_drop_before_any_folder(
 ) -> None:
     # This run has 5 steps, so the first drop (50%) is at step 2 and a 3-step warm-up would swallow it.
     status, results, _ = train(data_dir, tmp_path / "logs", "lr_warmup_steps=3", epochs=1)
-    assert status == 1 and results == {}
+    # Settings that contradict each other are the user's to fix: exit status 2.
+    assert status == 2 and results == {}
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: lr_warmup_steps=3") and "step 2" in error and "more epochs" in error
     assert not any((tmp_path / "logs").rglob("checkpoints"))
@@ -500,11 +543,46 @@ def test_mixed_precision_runs_the_network_in_the_low_precision_type_and_resumes(
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     # fp16 needs loss scaling, and its scale must survive a resume; bf16 has fp32's range and needs none.
     assert (state["scaler"] is not None) == (amp == "fp16")
+    if amp == "fp16":
+        # GradScaler's own state: the adaptive scale and where it is in its growth interval.
+        assert {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} <= state[
+            "scaler"
+        ].keys()
     results_path = tmp_path / "resumed.json"
     resume = ["--logs-dir", str(logs), "--resume", str(run_dir), "--results", str(results_path)]
     assert run_trainer(resume) == 0
     results = json.loads(results_path.read_text())
     assert results["amp"] == amp and results["steps"] == 5 and math.isfinite(results["test_loss"])
+
+
+def test_the_fp16_step_scales_the_loss_and_skips_a_step_whose_gradients_overflowed() -> None:
+    # `train_epoch` itself, with a scale so large that the first fp16 gradients overflow: GradScaler must
+    # skip those steps (weights and momentum untouched) and halve the scale, then step normally.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+    ]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    seen: list[tuple[float, bool]] = []
+    before = [p.detach().clone() for p in net.parameters()]
+
+    def after_step(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        moved = any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+        seen.append((scaler.get_scale(), moved))
+
+    run = SimpleNamespace(
+        model=net, scaler=scaler, batches=lambda loader: iter(batches * 30), after_step=after_step,
+        autocast=lambda: torch.autocast("cpu", dtype=torch.float16),
+    )  # fmt: skip
+    c = SimpleNamespace(train_loader=None, label_smoothing=0.0, optimizer=optimizer, scheduler=scheduler)
+    cifar10.train_epoch(c, run)
+    assert seen[0] == (2.0**39, False)  # overflowed: skipped, the scale halved
+    assert seen[-1][1] and seen[-1][0] < 2.0**39  # later steps were taken
+    assert all(math.isfinite(p.float().sum().item()) for p in net.parameters())
 
 
 def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_message(
@@ -520,8 +598,11 @@ def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_me
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "--device", "cpu"]) == 1
     message = capsys.readouterr().err
     assert "needs CUDA" in message and "compile=False" in message
-    # The advice works: without compiling, the same checkpoint resumes on the CPU.
-    assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "compile=False"]) == 0
+    # The advice works: without compiling, the same (finished) checkpoint trains an epoch more on the CPU.
+    assert (
+        run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "compile=False", "--epochs", "3"])
+        == 0
+    )
 
 
 def test_a_resumed_run_is_checked_with_the_checkpoints_settings_not_the_defaults(
@@ -568,7 +649,7 @@ def test_a_resume_refuses_what_was_typed_as_a_usage_error_and_reads_the_saved_re
     state["config"].update({"lr_warmup_steps": "from_fraction", "lr_warmup_fraction": 0.0})
     checkpoint = tmp_path / "fraction.pt"
     torch.save(state, checkpoint)
-    assert run_trainer([*logs, "--resume", str(checkpoint), "lr_warmup_fraction=0.1"]) == 0
+    assert run_trainer([*logs, "--resume", str(checkpoint), "lr_warmup_fraction=0.1", "--epochs", "3"]) == 0
 
 
 def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memory() -> None:

@@ -322,10 +322,10 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from synthetic_main import run_trainer, tiny_args
-from experiments import runner
+from experiments import checkpoint
 from experiments.checkpoint import load_checkpoint
 data_dir, logs, fill = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "fill"
-save = runner.save_checkpoint
+save = checkpoint.save_checkpoint
 
 def save_then_fill_the_disk(path, state):
     save(path, state)
@@ -338,7 +338,7 @@ def save_then_fill_the_disk(path, state):
             except OSError as error:
                 assert error.errno == 28, error
 
-runner.save_checkpoint = save_then_fill_the_disk
+checkpoint.save_checkpoint = save_then_fill_the_disk
 status = run_trainer(tiny_args(data_dir, logs, epochs=int(sys.argv[5])))
 runs = sorted((logs / "cifar10").glob("*")) if (logs / "cifar10").is_dir() else []
 checkpoints = runs[0] / "checkpoints" if runs else None

@@ -82,8 +82,8 @@ FIXTURE_MODULES = {
     ),
     "resnet/__init__.py": "",  # empty modules get no page
     "experiments/cifar10.py": '"""Training on CIFAR-10 (§4.2)."""\n\nEPOCHS = 1\n',
-    # experiments/runner.py is in the reading order but not here: it must simply get no page.
-    "experiments/progress.py": "# Where a run is.\nPOSITION = 0\n",
+    # experiments/trainer.py is in the reading order but not here: it must simply get no page.
+    "experiments/launch.py": "# Where a run starts.\nSTARTED = 0\n",
     "experiments/degradation.py": (
         '"""\n# Plain against residual networks\n\n'
         "```\n"
@@ -359,15 +359,17 @@ def test_fixture_site_pages_follow_the_reading_order(fixture_site: Path) -> None
         "resnet/zoo/deep.html",
         "experiments/cifar10.html",
         "experiments/degradation.html",
-        "experiments/progress.html",
+        "experiments/launch.html",
         "experiments/data.html",
         "experiments/aaa_tools.html",
     ]
     assert not (fixture_site / "resnet" / "__init__.html").exists()
     # Listed in READING_ORDER, absent from the fixture: no page, and nothing links to one.
-    assert "experiments/runner.py" in build.READING_ORDER
-    assert not (fixture_site / "experiments" / "runner.html").exists()
-    assert all("runner.html" not in page.read_text(encoding="utf-8") for page in fixture_site.rglob("*.html"))
+    assert "experiments/trainer.py" in build.READING_ORDER
+    assert not (fixture_site / "experiments" / "trainer.html").exists()
+    assert all(
+        "trainer.html" not in page.read_text(encoding="utf-8") for page in fixture_site.rglob("*.html")
+    )
     assert "Residual learning in brief" in index  # title from the front matter
 
 
@@ -472,7 +474,7 @@ def test_reading_order_is_tutorial_then_training_then_experiment_then_operations
         "experiments/cifar10.py",  # the training tutorial
         "experiments/degradation.py",  # the paper's central experiment, Figure 6, built on it
         "experiments/trainer.py",  # and the machinery the tutorial imports
-        "experiments/runner.py",
+        "experiments/launch.py",
     ]
     assert len(order) == len(set(order))
 

@@ -1,0 +1,431 @@
+"""
+# Starting and ending a run
+
+What the command line and the Python API (`experiments.cifar10.train`) both call, so the two run
+exactly the same code: [`run_training`](#run_training) computes the configuration before any folder
+exists (so bad input leaves nothing behind), checks the disk, restores a checkpoint, runs labml quietly
+around the [`Run`](trainer.html#Run), stops on SIGINT/SIGTERM with a checkpoint to resume from, and
+writes `results.json`; [`run_evaluation`](#run_evaluation) measures a checkpoint;
+[`exit_status`](#exit_status) turns any `ExperimentError` into its one line and exit status.
+"""
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from labml import experiment, lab
+from labml.configs import BaseConfigs
+
+from experiments import checkpoint as ckpt
+from experiments import cli
+from experiments.console import accuracy_line, end_line
+from experiments.distributed import World, destroy_process_group, init_process_group, world_from_environment
+from experiments.errors import ExperimentError, UsageError
+from experiments.files import write_json
+from experiments.precision import choose_amp, machine
+from experiments.run_configs import Request
+from experiments.trainer import Diverged, Run, RunError, StopRequested, tta_views
+
+
+@dataclass
+class Results:
+    """
+    What a run produced. `summary` is `results.json` (None when the run stopped before its end),
+    `history` the per-epoch records of `metrics.jsonl`, `stopped` why it stopped early (a signal's name,
+    `--stop-after-steps` or `time limit`), and `run_dir` its folder (None on ranks other than 0).
+    """
+
+    summary: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    run_dir: Path | None
+    stopped: str | None = None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return None if self.summary is None else float(self.summary["test_accuracy"])
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+
+
+# Exit statuses of a run that a signal stopped, as a shell reports a process killed by it.
+STOP_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
+# ## Before training: labml, the disk, the data and the model
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """
+    Keep labml's set-up messages (a `Prepare …` line per computed setting, the commit, the configuration
+    table) off the screen: the run folder records them, and the console says what runs in one line.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def check_writable(folder: Path, needed_bytes: int) -> None:
+    """Fail before training if the run folder cannot be created or the disk is nearly full."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(
+            f"cannot write run logs under {existing} (not a writable folder); pass --logs-dir "
+            f"with a writable folder or fix its permissions"
+        )
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise RunError(
+            f"only {free / 2**20:.1f} MiB free under {existing}, a checkpoint needs about "
+            f"{needed_bytes / 2**20:.1f} MiB; free some space or pass --logs-dir elsewhere"
+        )
+
+
+def prepare(c: Any) -> None:
+    """Compute the data and the model before any run folder exists, so input errors leave nothing behind."""
+    with quiet():
+        torch.manual_seed(c.seed)
+        init_process_group(c.world, c.device)
+        if c.device.type == "cuda":
+            # cuDNN picks the fastest convolution algorithm for our fixed input shapes; the choice can vary
+            # between runs, so GPU runs are not bit-for-bit reproducible (CPU runs are).
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        _ = c.train_loader, c.valid_loader, c.test_loader
+        model = c.model.to(c.device)
+        if c.channels_last:
+            model.to(memory_format=torch.channels_last)
+        _ = c.optimizer, c.scheduler, c.epochs, c.iterations, c.channels_last, c.progress_every_s
+
+
+@contextlib.contextmanager
+def labml_run() -> Iterator[None]:
+    """
+    labml's run context, quiet. On the way out labml appends to its run log; on a full disk that write
+    fails too, and its `OSError` would replace the trainer's own error, which names the file and the
+    fix. So when the run is already ending with an error, that error is the one reported.
+    """
+    with quiet():
+        watcher = experiment.start()
+        watcher.__enter__()
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(OSError), quiet():
+            watcher.__exit__(type(error), error, error.__traceback__)
+        raise
+    try:
+        with quiet():
+            watcher.__exit__(None, None, None)
+    except OSError as e:
+        raise RunError(
+            f"labml could not write its run log ({e.strerror or e}); free some space under "
+            f"{lab.get_experiments_path()}"
+        ) from None
+
+
+@contextlib.contextmanager
+def stop_on_signals(run: Run) -> Iterator[None]:
+    """
+    The first SIGINT/SIGTERM asks the run to stop after the current step and save; a second SIGINT
+    stops at once (the last complete checkpoint stays as it was). The previous handlers come back after.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if run.stop_reason is not None:
+            raise KeyboardInterrupt()
+        run.request_stop(name)
+        if run.world.is_main:
+            print(
+                f"\n{name} received: saving a checkpoint after this step "
+                f"(press Ctrl+C again to quit without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    # Restored afterwards, for callers that run several trainings in one process (degradation.py).
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _logs(request: Request) -> Path:
+    """Point labml at the logs folder (and the labml app, if asked) and return where runs are written."""
+    settings: dict[str, Any] = {}
+    if request.logs_dir is not None:
+        settings["experiments_path"] = str(request.logs_dir.resolve())
+    if request.labml_url:
+        settings["web_api"] = request.labml_url
+    if settings:
+        lab.configure(settings)
+    return Path(lab.get_experiments_path())
+
+
+def _compute(configs: type[BaseConfigs], settings: dict[str, Any], world: World, **create: Any) -> Any:
+    """A configuration with `settings` applied: a labml run on rank 0 (`create`), a silent one elsewhere."""
+    c = configs()
+    c.world = world
+    with quiet():
+        if create:
+            experiment.create(**create)
+        else:
+            experiment.evaluate()
+        experiment.configs(c, settings)
+    return c
+
+
+# ## Training and evaluating
+
+
+Fit = Callable[[Any, Run], dict[str, float]]
+
+
+def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
+    """
+    Train as `request` asks, from the start or from a checkpoint, to the end of the schedule or until
+    stopped, with `fit(c, run)` (the training script's). Raises an `ExperimentError` with a one-line message.
+    """
+    world = world_from_environment()
+    # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
+    # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
+    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+    with _threads(request.threads):
+        try:
+            return _train(configs, nested, fit, request, world)
+        finally:
+            destroy_process_group()
+
+
+def _resumed_settings(
+    configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    A resumed run's settings: the checkpoint's with the new ones over them, given the checks the command
+    line leaves to a resume. If the checkpoint's own settings cannot run here (one written on a GPU
+    machine may ask for CUDA graphs) it is refused as a checkpoint; if only what was typed breaks them,
+    as a usage error.
+    """
+    merged = {**saved, **request.settings}
+
+    def problem(o: dict[str, Any], typed: Any, resumed: bool) -> str | None:
+        try:
+            cli.check_combinations(o, configs, nested, typed)
+            cli.check_hardware(o, configs, nested, world.size, request.wants_cuda, resumed=resumed)
+        except UsageError as e:
+            return str(e)
+        return None
+
+    typed_problem = problem(merged, request.settings.keys(), resumed=False)
+    if typed_problem is None:
+        return merged
+    if problem(saved, (), resumed=True) is None:
+        raise UsageError(typed_problem)
+    raise ckpt.CheckpointError(f"{path}: {problem(merged, request.settings.keys(), resumed=True)}")
+
+
+def _train(
+    configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request, world: World
+) -> Results:
+    settings = dict(request.settings)
+    experiments_path = _logs(request)
+    resumed_from, saved = None, None
+    if request.resume is not None:
+        resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
+        saved = ckpt.load_checkpoint(resumed_from)
+        settings = _resumed_settings(
+            configs, nested, request, world, resumed_from, ckpt.saved_settings(saved)
+        )
+    # The console is ours, and metrics.jsonl the record; labml writes to its app only with an URL, and
+    # TensorBoard's event files (in the run folder's tensorboard/) only when asked.
+    writers = {"web_api"} if request.labml_url else set()
+    if request.tensorboard:
+        writers.add("tensorboard")
+    comment = f"resumed from {resumed_from}" if resumed_from else ""
+    name, source = "cifar10", Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
+    create = {"name": name, "python_file": str(source), "writers": writers, "comment": comment}
+    c = _compute(configs, settings, world, **(create if world.is_main else {}))
+    prepare(c)
+    run_dir = None
+    if world.is_main:
+        param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
+        check_writable(experiments_path / name, 4 * param_bytes + 2**20)
+        run_dir = experiments_path / name / experiment.get_uuid()
+    model_name = str(settings.get("model", cli.config_default(configs, "model")))
+    run = Run(
+        c, model_name=model_name, settings=settings, run_dir=run_dir,
+        stop_after_steps=request.stop_after_steps,
+        time_limit_s=request.time_limit_s, resumed_from=resumed_from, saved=saved,
+    )  # fmt: skip
+    if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
+        # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended its
+        # last epoch but died before writing results.json resumes to evaluate and write them.)
+        p = run.progress
+        raise UsageError(
+            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "
+            f"to train it longer, give it more epochs, e.g. --resume {request.resume} --epochs {p.epoch + 10}"
+        )
+    with stop_on_signals(run):
+        if world.is_main:
+            with labml_run():
+                run.begin()
+                scores = _fit_or_stop(fit, c, run, source)
+        else:
+            scores = _fit_or_stop(fit, c, run, source)
+    if scores is None:
+        return Results(None, run.progress.history, run_dir, stopped=run.stop_reason)
+    summary = run.summary(scores)
+    if run_dir is not None:
+        write_json(run_dir / "results.json", summary)
+        if request.results is not None:
+            write_json(request.results, summary)
+        run.console.line(end_line(summary))
+        print(f"results: {run_dir / 'results.json'}")
+        print(accuracy_line(summary), flush=True)
+    return Results(summary, run.progress.history, run_dir)
+
+
+def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path) -> dict[str, float] | None:
+    """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
+    try:
+        return fit(c, run)
+    except StopRequested:
+        run.save()
+        if run.world.is_main:
+            p = run.progress
+            run.console.line(
+                f"\nstopped at step {p.step} (epoch {p.epoch + 1}, batch {p.batch}); "
+                f"checkpoint: {run.checkpoint_path}\n"
+                f"continue with: python {os.path.relpath(source)} --resume {run.run_dir}"
+            )
+        return None
+    except Diverged as e:
+        if run.world.is_main and run.checkpoint_path is not None:
+            kept = (
+                f"the last good checkpoint {run.checkpoint_path} is kept"
+                if run.checkpoint_path.exists()
+                else "no checkpoint was written before it"
+            )
+            raise Diverged(f"{e}; {kept}") from None
+        raise
+
+
+def run_evaluation(
+    configs: type[BaseConfigs], evaluate: Callable[..., dict[str, float]], request: Request
+) -> dict[str, Any]:
+    """
+    `--eval RUN`: rebuild the network a checkpoint describes and measure it on the test set. RUN is what
+    `--resume` takes: a checkpoint file, a run folder or a run's uuid.
+    """
+    assert request.eval is not None
+    path = ckpt.find_checkpoint(request.eval, _logs(request))
+    saved = ckpt.load_checkpoint(path)
+    settings = {**ckpt.evaluation_settings(saved), **request.settings}
+    with _threads(request.threads):
+        c = _compute(configs, settings, World())
+        with quiet():
+            model = c.model
+            model_name = str(settings.get("model", cli.config_default(configs, "model")))
+            expected = ckpt.model_signature(model_name, c.num_classes, model)
+            ckpt.check_network(path, saved, expected)
+            weights, which = ckpt.evaluation_weights(saved)
+            try:
+                model.load_state_dict(weights)
+            except RuntimeError as e:
+                reason = str(e).splitlines()[0][:160]
+                raise ckpt.CheckpointError(f"{path} does not fit {expected['model']} ({reason})") from None
+            model.to(c.device)
+            if c.channels_last:
+                model.to(memory_format=torch.channels_last)
+            amp = choose_amp(c.amp, c.device)
+            scores = evaluate(
+                model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
+            )
+        results = {
+            "checkpoint": str(path), "model": expected["model"], "weights": which,
+            "test_loss": scores["loss"], "test_accuracy": scores["accuracy"],
+            "test_loss_tta": scores.get("loss_tta"), "test_accuracy_tta": scores.get("accuracy_tta"),
+            "tta_views": tta_views(c.flip_tta, c.shift_tta), "test_subset": c.test_subset,
+            "test_images": c.test_loader.images_per_epoch, "flip_tta": c.flip_tta, "shift_tta": c.shift_tta,
+            "amp": amp.chosen, "amp_choice": amp.as_dict(), "position": ckpt.saved_position(saved),
+            **machine(c.device),
+        }  # fmt: skip
+    if request.results is not None:
+        write_json(request.results, results)
+    print(f"test loss: {scores['loss']:.4f}")
+    print(accuracy_line(results), flush=True)
+    return results
+
+
+def exit_status(run: Callable[[], Any]) -> int:
+    """Run what a command line asked for and turn the outcome into an exit status (errors: one line)."""
+    try:
+        outcome = run()
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last complete checkpoint is unchanged", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
+    return STOP_STATUS.get(outcome.stopped or "", 0) if isinstance(outcome, Results) else 0
+
+
+def command(
+    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Callable[[Any, Run], Any],
+    evaluate: Callable[..., dict[str, float]],
+) -> int:  # fmt: skip
+    """What a training script's `main` does with a parsed command line: train or evaluate, then exit."""
+    if request.eval is not None:
+        status = exit_status(lambda: run_evaluation(configs, evaluate, request))
+    else:
+        status = exit_status(lambda: run_training(configs, nested, fit, request))
+    return labml_sender_exit(status, request)
+
+
+def checked(
+    settings: dict[str, Any], configs: type, nested: dict[str, type], recipes: dict[str, Any], **options: Any
+) -> Request:
+    """The Python API's settings checked as the command line's are; the flags by name go apart."""
+    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
+    world = world_from_environment()
+    return cli.check(settings, configs, nested=nested, recipes=recipes, world=world, **options, **run)
+
+
+def labml_sender_exit(status: int, request: Request) -> int:
+    """
+    labml 0.4.168 sends to its app from a thread that keeps the process alive and retries forever when
+    the server cannot be reached, and has no public switch for it. On the command line, once the run's
+    own files are written and the output flushed, a run that used the app ends without waiting for it.
+    """
+    if request.labml_url:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -1,0 +1,502 @@
+"""
+# One training run: the steps, the epochs, the checkpoints and the numbers
+
+[`cifar10.py`](cifar10.html) says what training *is*. A [`Run`](#Run) is what its loop calls to be a real
+run on a real machine: it wraps the network for several processes and `torch.compile`, holds the number
+format and its `GradScaler`, the [weight average](#WeightAverage) and the [`Progress`](#Progress), and
+turns each step and epoch into the console's lines, metrics, checkpoints and `results.json`'s numbers.
+Between steps it stops cleanly on a request or at the first non-finite loss, all ranks together
+([`distributed.py`](distributed.html)). [`launch.py`](launch.html) starts and ends it.
+"""
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from labml import tracker
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from experiments import checkpoint as ckpt
+from experiments import data as cifar_data
+from experiments.console import Console, epoch_line, estimate_line, start_line, status_line
+from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, state_hashes, sum_over_ranks
+from experiments.errors import ExperimentError
+from experiments.precision import choose_amp, machine, step_timer
+from experiments.recipes import RECIPES
+from experiments.run_configs import uses_cuda_graphs
+
+
+class RunError(ExperimentError):
+    """A run that cannot go on (a folder it cannot write, a loss that diverged); exit status 1."""
+
+
+class Diverged(RunError):
+    """The loss became NaN or infinite."""
+
+
+class StopRequested(Exception):
+    """A signal, `--stop-after-steps` or the time limit asked the run to stop; raised between steps."""
+
+
+# Steps timed (after the first, which includes warm-up and compilation) before the estimate line.
+ESTIMATE_AFTER_STEPS = 10
+
+
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
+class WeightAverage(AveragedModel):
+    r"""
+    An exponential moving average of the weights, $\bar\theta_t = \beta_t \bar\theta_{t-1} + (1 - \beta_t)
+    \theta_t$, evaluated (and checkpointed, and `--eval`ed) instead of the trained weights when
+    `ema_decay` > 0. Near the end of a short, fast schedule SGD's last iterate still jitters around a good
+    region, and the average smooths that out. PyTorch's `AveragedModel` keeps the copy and applies
+    `get_ema_multi_avg_fn`; ours adds two things. A **warm-up**: with $\beta = 0.999$ the average would
+    remember early weights for thousands of steps, longer than a short run, so update $t$ uses
+    $\beta_t = \min(\beta, t / (9 + t))$ (the first update copies the weights, as `AveragedModel` does).
+    And batch-norm **buffers** are averaged with the weights they were measured with, while the integer
+    batch counter is copied. The update count is kept on the host so that no step waits for the device.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}; 0.999 is a common choice")
+        super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
+        self.module.requires_grad_(False)
+        self.decay, self.updates = float(decay), 0
+
+    def decay_at(self, update: int) -> float:
+        """$\\beta_t$ for update number `update` (the first, `update=1`, copies)."""
+        return 0.0 if update <= 1 else min(self.decay, update / (9.0 + update))
+
+    def _average(self, averaged: Tensors, current: Tensors, count: torch.Tensor | int) -> None:
+        if averaged[0].is_floating_point():
+            get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, count)
+        else:
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        self.update_parameters(model)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The averaged network's own state (loadable into a bare network) and the update count."""
+        return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.module.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+        self.n_averaged.fill_(self.updates)
+
+
+class Progress:
+    """
+    Where a run is and what it has measured: the position (the next step is batch `batch` of epoch
+    `epoch`, `step` steps taken), the partial epoch's sums (so a resumed epoch reports the same mean as
+    an uninterrupted one), the per-epoch history and the clocks. `train_time_s` counts only training
+    steps, across resumptions; `elapsed_s` is wall time since the run first started. Saved and restored
+    like a module (`state_dict`) by the checkpoint.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.step = self.epoch = self.batch = self.train_images = 0
+        self.sums = self._zero_sums()
+        self.history: list[dict[str, Any]] = []
+        self.train_time_s = self._elapsed_before = 0.0
+        self._started = time.perf_counter()
+
+    def _zero_sums(self) -> dict[str, torch.Tensor]:
+        # Summed on the device in 64 bits: the epoch's mean is exact, and no step waits for the host.
+        types = {"loss": torch.float64, "correct": torch.int64, "seen": torch.int64}
+        return {key: torch.zeros((), dtype=dtype, device=self.device) for key, dtype in types.items()}
+
+    def add_step(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, world_size: int
+    ) -> None:
+        n = labels.shape[0]
+        self.sums["loss"] += loss.double() * n
+        self.sums["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
+        self.sums["seen"] += n
+        self.train_images += n * world_size
+        self.step, self.batch = self.step + 1, self.batch + 1
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.epoch, self.batch, self.sums = self.epoch + 1, 0, self._zero_sums()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    @property
+    def train_images_per_s(self) -> float:
+        return self.train_images / max(self.train_time_s, 1e-9)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
+            "epoch_sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "history": list(self.history),
+            "timing": {"elapsed_s": self.elapsed_s, "train_time_s": self.train_time_s,
+                       "train_images": self.train_images},
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position, timing = state["position"], state["timing"]
+        self.step, self.epoch, self.batch = (int(position[k]) for k in ("step", "epoch", "batch"))
+        self.sums = {k: v.to(self.device) for k, v in state["epoch_sums"].items()}
+        self.history = list(state["history"])
+        self.train_time_s = float(timing["train_time_s"])
+        self.train_images = int(timing["train_images"])
+        # The wall clock continues from where the stopped run left it.
+        self._elapsed_before, self._started = float(timing["elapsed_s"]), time.perf_counter()
+
+
+class Run:
+    """
+    One training run of a computed configuration `c`: the loop calls `batches`, `after_step` and
+    `end_epoch`, and steps through `scaler`. `model` is the network as the steps call it (wrapped for
+    several processes and `torch.compile`); `network` the bare one, whose state is saved. `run_dir` is
+    the run folder on rank 0, else `None`. A `saved` checkpoint (from `resumed_from`) is restored first.
+    """
+
+    def __init__(
+        self, c: Any, *, model_name: str, settings: dict[str, Any], run_dir: Path | None,
+        stop_after_steps: int | None = None, time_limit_s: float | None = None,
+        resumed_from: Path | None = None, saved: dict[str, Any] | None = None, console: Console | None = None,
+    ) -> None:  # fmt: skip
+        self.c, self.world, self.device = c, c.world, c.device
+        self.model_name, self.settings, self.run_dir = model_name, settings, run_dir
+        self.stop_after_steps, self.time_limit_s = stop_after_steps, time_limit_s
+        self.resumed_from = resumed_from
+        self.console = console or Console(every_s=c.progress_every_s)
+        self.network: nn.Module = c.model
+        self.signature = ckpt.model_signature(model_name, c.num_classes, self.network)
+        # `amp=auto` is decided once, by timing a copy of the network (`precision.py`). With several
+        # processes each would measure on its own and might disagree, so they keep float32.
+        shape = (c.batch_size, 3, 32, 32)
+        measure = step_timer(self.network, shape, c.num_classes, self.device, c.channels_last)
+        self.amp = choose_amp(c.amp, self.device, None if self.world.is_distributed else measure)
+        # fp16's narrow range lets small gradients underflow: the step scales the loss through this (a
+        # no-op in other formats), and its adaptive scale is part of the checkpoint.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.chosen == "fp16")
+        self.cuda_graphs = uses_cuda_graphs(c.compile, c.compile_mode)
+        self.model = self._wrap_model()
+        # Copied after `_wrap_model`, which may swap in synchronised batch norm.
+        self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
+        self.progress = Progress(self.device)
+        self.stop_reason: str | None = None
+        self._first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=self.device)
+        # A CPU step takes long enough that agreeing after every one costs nothing; elsewhere every 10th.
+        self._check_every = 1 if (self.device.type == "cpu" and not self.world.is_distributed) else 10
+        if saved is not None:
+            assert resumed_from is not None
+            ckpt.restore_checkpoint(resumed_from, saved, self._parts(), self.signature, len(c.train_loader))
+        self._started = time.perf_counter()
+        self._timed: tuple[float, int] | None = None  # (clock, step) after this process's first step
+
+    def _wrap_model(self) -> nn.Module:
+        model = self.network
+        if self.world.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.c.sync_bn:
+                # Converting keeps parameter names, so the saved state dict is unchanged.
+                model = self.network = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            on_gpu = self.device.type == "cuda"
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if on_gpu else None)
+        if self.c.compile:
+            model = torch.compile(model, mode=self.c.compile_mode)
+        return model
+
+    def autocast(self) -> torch.autocast:
+        """bf16 or fp16 for the forward pass when the run asks for it; a no-op otherwise."""
+        return torch.autocast(self.device.type, dtype=self.amp.dtype, enabled=self.amp.dtype is not None)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation measures: the average of the weights when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ### Checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+
+    def _parts(self) -> ckpt.RunParts:
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        return ckpt.RunParts(
+            self.network, self.c.optimizer, self.c.scheduler, scaler, self.ema, self.progress
+        )
+
+    def save(self) -> None:
+        """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
+        if self.checkpoint_path is None:
+            return
+        try:
+            ckpt.save_checkpoint(
+                self.checkpoint_path, ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
+            )
+        except OSError as e:
+            raise RunError(
+                f"could not write checkpoint {self.checkpoint_path} ({e.strerror or e}); the last good "
+                f"checkpoint there is kept: free space or fix permissions, then resume with "
+                f"--resume {self.run_dir}"
+            ) from None
+
+    # ### Steps
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+
+    def check_stop(self) -> None:
+        """Stop between evaluation batches; with several processes the ranks agree at the next step."""
+        if self.stop_reason and not self.world.is_distributed:
+            raise StopRequested()
+
+    def batches(self, loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """
+        The batches left in the current epoch (after a resume, those after the last step taken), ending
+        at the run's last iteration. Between steps it stops the run (all ranks together) on a stop request
+        or a non-finite loss. The training clock runs while this does.
+        """
+        progress = self.progress
+        start = time.perf_counter()
+        try:
+            for x, y in loader.epoch(progress.epoch, start_batch=progress.batch):
+                if progress.step >= self.c.iterations:
+                    break
+                if self.cuda_graphs:
+                    # Tells the recorded graphs that the previous step's outputs are no longer needed.
+                    torch.compiler.cudagraph_mark_step_begin()
+                yield x, y
+                # With several processes every rank must reach each agreement at the same step, so a stop
+                # asked of one rank (its time limit, a signal only it got) waits for the next scheduled one.
+                alone = not self.world.is_distributed
+                if progress.step % self._check_every == 0 or (self.stop_reason and alone):
+                    self._agree_on_stop()
+            self._agree_on_stop()
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            progress.train_time_s += time.perf_counter() - start
+
+    def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count a finished step: epoch sums, the weight average, the divergence watch and the console."""
+        loss = loss.detach().float()
+        progress = self.progress
+        # Remember the first step whose loss is not finite, without waiting for the device to say so.
+        self._first_bad_step = torch.where(
+            torch.isfinite(loss) | (self._first_bad_step < NO_BAD_STEP),
+            self._first_bad_step,
+            torch.full_like(self._first_bad_step, progress.step),
+        )
+        if self.ema is not None:
+            self.ema.update(self.network)
+        progress.add_step(loss, logits, labels, self.world.size)
+        if self.stop_after_steps is not None and progress.step >= self.stop_after_steps:
+            self.request_stop("--stop-after-steps")
+        if self.time_limit_s is not None and time.perf_counter() - self._started >= self.time_limit_s:
+            self.request_stop("time limit")
+        if self.world.is_main:
+            self._report_step()
+
+    def _report_step(self) -> None:
+        """The estimate once the first steps are timed, and the status line every `log_every` steps."""
+        p, c = self.progress, self.c
+        if self._timed is None:
+            # The first step pays for warm-up and compilation; the clock starts after it.
+            self._timed = (time.perf_counter(), p.step)
+        steps = p.step - self._timed[1]
+        seconds_per_step = (time.perf_counter() - self._timed[0]) / max(steps, 1)
+        images_per_s = c.batch_size / max(seconds_per_step, 1e-9)
+        if steps == ESTIMATE_AFTER_STEPS:
+            cpu_s = None
+            if gpu_sized_on_cpu(c) and self.model_name == "resnet20":
+                cpu_s = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES / images_per_s
+            self.console.line(
+                estimate_line(self.total_steps * seconds_per_step, self.total_steps, images_per_s, cpu_s)
+            )
+        if p.step % c.log_every == 0:
+            seen = p.sums["seen"].clamp(min=1)
+            loss, accuracy = (p.sums["loss"] / seen).item(), (p.sums["correct"] / seen).item()
+            tracker.save(p.step, {"loss.train": loss, "accuracy.train": accuracy})
+            if steps:
+                left_s = (self.total_steps - p.step) * seconds_per_step
+                self.console.status(
+                    status_line(p.step, self.total_steps, loss, accuracy, images_per_s, left_s)
+                )
+
+    @property
+    def total_steps(self) -> int:
+        """The run's length in steps: whichever of `iterations` and `epochs` ends it first."""
+        return min(self.c.iterations, self.c.epochs * len(self.c.train_loader))
+
+    def _agree_on_stop(self) -> None:
+        stop, first_bad = agree_on_stop(self.stop_reason is not None, self._first_bad_step, self.world)
+        if first_bad is not None:
+            raise Diverged(
+                f"the loss became non-finite (NaN or infinite) at step {first_bad}; the learning "
+                f"rate is probably too high: try a lower one, e.g. --lr {self._lower_lr():g}"
+            )
+        if stop:
+            self.request_stop("a stop on another rank")
+            raise StopRequested()
+
+    def _lower_lr(self) -> float:
+        return float(self.c.scheduler.base_lrs[0]) / 10
+
+    # ### Epochs
+
+    @property
+    def done(self) -> bool:
+        """Whether the schedule is over and its last epoch recorded (a stop can come in between)."""
+        return (self.progress.step >= self.c.iterations or self.progress.epoch >= self.c.epochs) and (
+            self.progress.batch == 0
+        )
+
+    @property
+    def finishing(self) -> bool:
+        """Whether the epoch just trained is the run's last."""
+        return self.progress.epoch + 1 >= self.c.epochs or self.progress.step >= self.c.iterations
+
+    def end_epoch(self, scores: dict[str, float]) -> None:
+        """
+        Record the finished epoch (training sums over all ranks, plus evaluation `scores` such as
+        `{"valid_loss": ..., "valid_accuracy": ...}`), print and log it, and write the checkpoint.
+        """
+        progress = self.progress
+        for name, value in scores.items():
+            if name.endswith("_loss") and not math.isfinite(value):
+                # Weights that give non-finite logits are as diverged as a non-finite training loss, and
+                # must not replace the last good checkpoint either.
+                raise Diverged(
+                    f"the {name[: -len('_loss')]} loss became non-finite (NaN or infinite) after step "
+                    f"{progress.step}; the learning rate is probably too high: try a lower one, "
+                    f"e.g. --lr {self._lower_lr():g}"
+                )
+        sums = {k: sum_over_ranks(v, self.world) for k, v in progress.sums.items()}
+        seen = max(1, int(sums["seen"].item()))
+        time_before = progress.history[-1]["train_time_s"] if progress.history else 0.0
+        record: dict[str, Any] = {
+            "epoch": progress.epoch + 1,
+            "step": progress.step,
+            "lr": self.c.optimizer.param_groups[0]["lr"],
+            "train_loss": sums["loss"].item() / seen,
+            "train_accuracy": sums["correct"].item() / seen,
+            **scores,
+            "epoch_train_time_s": progress.train_time_s - time_before,
+            "train_time_s": progress.train_time_s,
+            "train_images_per_s": progress.train_images_per_s,
+        }
+        progress.end_epoch(record)
+        if self.world.is_main:
+            tracker.save(
+                progress.step,
+                {k.replace("_", ".", 1): v for k, v in record.items() if k.endswith(("loss", "accuracy"))},
+            )
+            self._append_metrics(record)
+            self.console.line(epoch_line(record, self.c.epochs))
+        self.save()
+
+    # ### Files
+
+    def begin(self) -> None:
+        """Rank 0, inside labml's run: the checkpoint folder, the metrics so far and the start line."""
+        if self.run_dir is None:
+            return
+        try:
+            (self.run_dir / ckpt.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+            history = self.progress.history
+            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        except OSError as e:
+            raise RunError(
+                f"cannot write to the run folder {self.run_dir} ({e.strerror or e}); pass "
+                f"--logs-dir with a writable folder"
+            ) from None
+        c = self.c
+        self.console.line(
+            start_line(
+                self.run_dir,
+                model=self.model_name,
+                recipe=c.recipe,
+                epochs=c.epochs,
+                batch_size=c.batch_size,
+                device=str(machine(self.device)["device"]),
+                resumed_from=self.resumed_from,
+                epoch=self.progress.epoch,
+                step=self.progress.step,
+                gpu_sized_on_cpu=gpu_sized_on_cpu(c),
+            )  # fmt: skip
+        )
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise RunError(
+                f"could not write {path} ({e.strerror or e}); the last good checkpoint is kept, "
+                f"fix the folder and resume with --resume {self.run_dir}"
+            ) from None
+
+    def summary(self, test: dict[str, float]) -> dict[str, Any]:
+        """`results.json`: the final numbers, and everything needed to tell what they measured."""
+        c, progress = self.c, self.progress
+        last = progress.history[-1] if progress.history else {}
+        hashes = state_hashes(state_hash(self.network), self.world)
+        return {
+            "model": self.model_name, "recipe": c.recipe, "seed": c.seed, "num_classes": c.num_classes,
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "epochs": progress.epoch, "steps": progress.step, "batch_size": c.batch_size,
+            **{k: last.get(k) for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")},
+            "valid_accuracy_tta": last.get("valid_accuracy_tta"),
+            # The paper's protocol, one view of each test image; the test-time views' average beside it
+            # (None when the recipe uses none).
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_loss_tta": test.get("loss_tta"), "test_accuracy_tta": test.get("accuracy_tta"),
+            "tta_views": tta_views(c.flip_tta, c.shift_tta),
+            "wall_time_s": progress.elapsed_s, "train_time_s": progress.train_time_s,
+            "train_images_per_s": progress.train_images_per_s,
+            "world_size": self.world.size, "amp": self.amp.chosen, "amp_choice": self.amp.as_dict(),
+            "channels_last": c.channels_last, "compile": c.compile, "compile_mode": c.compile_mode,
+            "cutout": c.cutout,
+            # With an average, the valid/test numbers are the averaged network's.
+            "ema_decay": c.ema_decay, "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            # What the numbers were measured on, so a subset run can never pass for a full one.
+            "data": {
+                "train_subset": c.train_subset, "test_subset": c.test_subset, "valid_split": c.valid_split,
+                "train_images": c.train_loader.images_per_epoch * self.world.size,
+                "valid_images": c.valid_loader.images_per_epoch if c.valid_loader else 0,
+                "test_images": c.test_loader.images_per_epoch, "augment": c.augment, "cutout": c.cutout,
+                "flip_tta": c.flip_tta, "shift_tta": c.shift_tta,
+            },
+            "label_smoothing": c.label_smoothing, "images_seen": progress.train_images,
+            **machine(self.device),
+        }  # fmt: skip
+
+
+def gpu_sized_on_cpu(c: Any) -> bool:
+    """A CPU run of another recipe that trains at least half the images the `cpu` recipe trains."""
+    cpu_recipe_images = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES
+    return (
+        c.device.type == "cpu" and c.recipe != "cpu" and 2 * c.iterations * c.batch_size >= cpu_recipe_images
+    )
+
+
+def tta_views(flip: bool, shift: int) -> int:
+    """How many views of each image the test-time average takes (1: the single view alone)."""
+    return (3 if shift else 1) * (2 if flip else 1)
