@@ -233,6 +233,13 @@ def _resumed_settings(
     machine may ask for CUDA graphs) it is refused as a checkpoint; if only what was typed breaks them,
     as a usage error.
     """
+    # The checkpoint brings its random generators' state, so a new seed would be recorded and never used.
+    seed, saved_seed = request.settings.get("seed"), saved.get("seed", cli.config_default(configs, "seed"))
+    if seed is not None and seed != saved_seed:
+        raise UsageError(
+            f"--seed {seed} cannot apply to a resumed run: {path} continues its own random state "
+            f"(seed {saved_seed}); drop --seed, or start a new run"
+        )
     merged = {**saved, **request.settings}
 
     def problem(o: dict[str, Any], typed: Any, resumed: bool) -> str | None:

@@ -198,7 +198,9 @@ class Run:
         self._check_every = 1 if (self.device.type == "cpu" and not self.world.is_distributed) else 10
         if saved is not None:
             assert resumed_from is not None
+            settings_now = _optimizer_settings(c.optimizer, c.scheduler)
             ckpt.restore_checkpoint(resumed_from, saved, self._parts(), self.signature, len(c.train_loader))
+            _apply_optimizer_settings(c.optimizer, c.scheduler, *settings_now)
         self._started = time.perf_counter()
         self._timed: tuple[float, int] | None = None  # (clock, step) after this process's first step
 
@@ -487,6 +489,44 @@ class Run:
             "label_smoothing": c.label_smoothing, "images_seen": progress.train_images,
             **machine(self.device),
         }  # fmt: skip
+
+
+# ### What a resume keeps and what it takes from the command line
+#
+# A checkpoint restores the optimizer's and the schedule's *state*: momentum buffers, the step count.
+# But PyTorch's `load_state_dict` also brings back their *settings* — each parameter group's learning
+# rate, weight decay, momentum and nesterov, the schedule's base rates (`LambdaLR` keeps `base_lrs`) and
+# its multiplier's own fields (the drop steps, the cosine's length). Left as they are, `--resume RUN --lr
+# 0.01` or `--epochs 6` would be recorded in the new run's settings and checkpoint while the old values
+# trained. So the run takes its settings from the configuration it was just built with (the
+# checkpoint's settings with the typed ones over them) and only the state from the checkpoint: the
+# schedule is re-derived for the run's current length and continues from the step it had reached.
+# Unchanged settings give back exactly the saved values, so a plain resume stays bit for bit.
+
+
+def _optimizer_settings(
+    optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The freshly built optimizer's group settings and schedule, before a checkpoint overwrites them."""
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    return groups, scheduler.state_dict()
+
+
+def _apply_optimizer_settings(
+    optimizer: torch.optim.Optimizer, scheduler: Any, groups: list[dict[str, Any]], schedule: dict[str, Any]
+) -> None:
+    """Put this run's settings back over a restored optimizer and schedule, at the restored step."""
+    restored = scheduler.state_dict()
+    for group, settings in zip(optimizer.param_groups, groups, strict=True):
+        group.update(settings)
+    keep = ("last_epoch", "_step_count")
+    scheduler.load_state_dict({**schedule, **{k: restored[k] for k in keep if k in restored}})
+    # The rate the schedule gives at this step, computed as `LambdaLR` computes it after each step.
+    step = scheduler.last_epoch
+    rates = [base * rate(step) for rate, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)]
+    for group, lr in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = list(rates)
 
 
 def gpu_sized_on_cpu(c: Any) -> bool:
