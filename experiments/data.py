@@ -398,10 +398,18 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
         unpacked = staging / BATCHES_FOLDER
         if not unpacked.is_dir():
             raise DataError(archive, f"does not contain {BATCHES_FOLDER}/", corrupt_fix)
+        # Several runs (or torchrun's ranks) started together on an archive-only folder each unpack into
+        # their own staging folder; the first rename wins. A folder that appears meanwhile came from
+        # such a winner's single rename, so it is complete, and it is read and checked like any other:
+        # use it rather than fail or overwrite it.
         target = data_dir / BATCHES_FOLDER
         if target.exists():
-            raise DataError(target, "appeared while unpacking; not overwriting it", "run again")
-        os.rename(unpacked, target)
+            return
+        try:
+            os.rename(unpacked, target)
+        except OSError:
+            if not target.is_dir():
+                raise
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         problem = f"is truncated or corrupt ({type(error).__name__}: {error})"
         raise DataError(archive, problem, corrupt_fix) from None

@@ -29,7 +29,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # The clean-up must not replace the error being reported: on a read-only file system even
+        # unlinking a file that was never created fails (EROFS), and that second error would hide
+        # the first, which names what actually went wrong.
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise
     # The rename lives in the folder's own metadata; syncing the folder keeps a power cut from bringing
     # the old file back. Some file systems cannot sync a folder, which costs only that guarantee.

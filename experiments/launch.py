@@ -93,6 +93,26 @@ def check_writable(folder: Path, needed_bytes: int) -> None:
         )
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """
+    Fail before anything trains if the file `flag` names could not be written at the end: a folder in
+    its place, a file where a folder of its path should be, or a folder (or file system) that is
+    read-only. Found after training, it would cost the run's results.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise RunError(f"{flag} {path} is a folder; give a file path, e.g. {flag} {path / 'results.json'}")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    # `os.access` answers for read-only file systems too (EROFS), not only for file modes.
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(
+            f"cannot write {flag} {path}: {existing} is not a writable folder; give a path in a writable "
+            f"folder or fix its permissions"
+        )
+
+
 def prepare(c: Any) -> None:
     """Compute the data and the model before any run folder exists, so input errors leave nothing behind."""
     with quiet():
@@ -263,6 +283,11 @@ def _train(
 ) -> Results:
     settings = dict(request.settings)
     experiments_path = _logs(request)
+    if world.is_main:
+        # Both output places are checked before the data or the network is touched.
+        check_writable(experiments_path, 0)
+        if request.results is not None:
+            check_output_file(request.results, "--results")
     resumed_from, saved = None, None
     if request.resume is not None:
         resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
@@ -410,7 +435,13 @@ def command(
 ) -> int:  # fmt: skip
     """What a training script's `main` does with a parsed command line: train or evaluate, then exit."""
     if request.eval is not None:
-        status = exit_status(lambda: run_evaluation(configs, evaluate, request))
+
+        def checked_evaluation() -> dict[str, Any]:
+            if request.results is not None:
+                check_output_file(request.results, "--results")
+            return run_evaluation(configs, evaluate, request)
+
+        status = exit_status(checked_evaluation)
     else:
         status = exit_status(lambda: run_training(configs, nested, fit, request))
     return labml_sender_exit(status, request)

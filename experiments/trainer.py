@@ -247,7 +247,14 @@ class Run:
             ckpt.save_checkpoint(
                 self.checkpoint_path, ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
             )
-        except OSError as e:
+        except Exception as e:
+            if _interrupted(e):
+                # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError
+                # ("unexpected pos"), raised while closing the half-written file. The temporary file is
+                # gone and the previous checkpoint untouched, so it is the quit the user asked for.
+                raise KeyboardInterrupt() from None
+            if not isinstance(e, OSError):
+                raise
             raise RunError(
                 f"could not write checkpoint {self.checkpoint_path} ({e.strerror or e}); the last good "
                 f"checkpoint there is kept: free space or fix permissions, then resume with "
@@ -489,6 +496,16 @@ class Run:
             "label_smoothing": c.label_smoothing, "images_seen": progress.train_images,
             **machine(self.device),
         }  # fmt: skip
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether `error` was raised while a `KeyboardInterrupt` was being handled (or is one)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 # ### What a resume keeps and what it takes from the command line

@@ -488,3 +488,234 @@ def test_two_runs_at_once_get_separate_folders(data_dir: Path, tmp_path: Path) -
         state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         assert state["config"]["seed"] in (1, 2)
         assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+class TwoSignalsPartWayThrough(SignalsPartWayThrough):
+    """A checkpoint writer that receives SIGINT after `after` bytes, and again at its next write."""
+
+    def __init__(self, file, after: int) -> None:
+        super().__init__(file, after)
+        self.written_at_second: int | None = None
+
+    def write(self, data) -> int:
+        signalled = self.written_at_signal is not None
+        count = super().write(data)
+        if signalled and self.written_at_second is None:
+            self.written_at_second = self.written
+            os.kill(os.getpid(), signal.SIGINT)
+        return count
+
+
+def test_two_ctrl_c_during_one_checkpoint_write_quit_in_one_line_and_keep_the_last_checkpoint(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Both signals land inside torch.save's writer, one write call apart (a user's double Ctrl+C a few
+    # ms apart): the second used to surface as torch's "RuntimeError ... unexpected pos" traceback.
+    save = ckpt.torch.save
+    saves: list[TwoSignalsPartWayThrough | None] = []
+    first: list[bytes] = []
+
+    def second_save_interrupted_twice(state: dict, f) -> None:
+        if saves:
+            first.append((only_run(tmp_path / "logs") / "checkpoints" / "last.pt").read_bytes())
+            saves.append(TwoSignalsPartWayThrough(f, after=4096))
+            return save(state, saves[-1])
+        saves.append(None)
+        return save(state, f)
+
+    monkeypatch.setattr(ckpt.torch, "save", second_save_interrupted_twice)
+    assert run_trainer(tiny_args(data_dir, tmp_path / "logs", epochs=3)) == 128 + signal.SIGINT
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    interrupted = saves[1]
+    assert interrupted is not None and interrupted.written_at_second is not None
+    assert interrupted.written_at_signal < interrupted.written_at_second
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RuntimeError" not in err and "unexpected pos" not in err
+    assert err.strip().splitlines()[-1] == "interrupted; the last complete checkpoint is unchanged"
+    # The epoch-1 checkpoint is there byte for byte, and no half-written file beside it.
+    checkpoints = only_run(tmp_path / "logs") / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["last.pt"]
+    assert (checkpoints / "last.pt").read_bytes() == first[0]
+    assert load_checkpoint(checkpoints / "last.pt")["position"] == {"step": 5, "epoch": 1, "batch": 0}
+
+
+# ### Runs started together on an archive-only data folder
+#
+# Each run unpacks into a staging folder of its own, and the first to rename it into place wins. The
+# others must use the winner's folder. The two moments a winner can get in first (while a loser unpacks,
+# and between its check and its rename) are forced here by doing the winner's whole load at that moment.
+
+
+ARCHIVE_AND_FOLDER = [cifar_data.ARCHIVE_NAME, cifar_data.BATCHES_FOLDER]
+
+
+def archive_only(root: Path) -> Path:
+    from cifar_synthetic import write_synthetic_cifar10_archive
+
+    write_synthetic_cifar10_archive(root, n_per_train_batch=4, n_test=6)
+    return root
+
+
+@pytest.mark.parametrize("moment", ["while unpacking", "before the rename"])
+def test_a_run_that_loses_the_unpacking_race_uses_the_winners_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    root = archive_only(tmp_path / "data")
+    winner: list[cifar_data.CifarArrays] = []
+    started: list[bool] = []
+
+    def another_run_finishes_first() -> None:
+        if not started:
+            started.append(True)
+            winner.append(cifar_data.load_cifar10(root, download=False, verify_checksums=False))
+
+    if moment == "while unpacking":
+        extract = cifar_data.tarfile.TarFile.extractall
+
+        def extract_then_lose(self, *args, **kwargs):
+            extract(self, *args, **kwargs)
+            another_run_finishes_first()
+
+        monkeypatch.setattr(cifar_data.tarfile.TarFile, "extractall", extract_then_lose)
+    else:
+        rename = cifar_data.os.rename
+
+        def lose_then_rename(source, target):
+            # The loser has seen no folder yet; the winner renames its own in before the loser does.
+            if Path(target) == root / cifar_data.BATCHES_FOLDER:
+                another_run_finishes_first()
+            return rename(source, target)
+
+        monkeypatch.setattr(cifar_data.os, "rename", lose_then_rename)
+    arrays = cifar_data.load_cifar10(root, download=False, verify_checksums=False)
+    monkeypatch.undo()
+    assert winner and torch.equal(arrays.train_images, winner[0].train_images)
+    assert torch.equal(arrays.test_labels, winner[0].test_labels)
+    # One folder, the archive, and no staging folder left behind.
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [cifar_data.ARCHIVE_NAME, cifar_data.BATCHES_FOLDER]
+    )
+
+
+LOAD_TOGETHER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from experiments import data
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+arrays = data.load_cifar10(Path(sys.argv[2]), download=False, verify_checksums=False)
+print(tuple(arrays.train_images.shape))
+"""
+
+
+def test_three_runs_started_together_on_an_archive_only_folder_all_load(tmp_path: Path) -> None:
+    root = archive_only(tmp_path / "data")
+    start = time.time() + 3  # all three spin until the same moment, past their imports
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_TOGETHER, str(Path(SCRIPT).parent.parent), str(root), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in outcomes]
+    assert [out.strip() for out, _ in outcomes] == ["(20, 3, 32, 32)"] * 3
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [cifar_data.ARCHIVE_NAME, cifar_data.BATCHES_FOLDER]
+    )
+
+
+# ### Output paths that cannot be written, found before training
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_an_unwritable_results_path_is_reported_before_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "a-folder").mkdir()
+    results = tmp_path / "a-folder" if where == "a folder" else tmp_path / "a-file" / "results.json"
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, "--results", str(results))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"--results {results}" in err[0]
+    assert not (logs / "cifar10").exists(), "nothing may train"
+    assert (tmp_path / "a-file").read_text() == "not a folder" and not any((tmp_path / "a-folder").iterdir())
+
+
+def test_atomic_write_reports_the_write_error_not_its_clean_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from experiments.files import atomic_write
+
+    def clean_up_fails(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    def disk_full(f) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "unlink", clean_up_fails)
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "results.json", disk_full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.__context__ is None
+
+
+# Runs inside a private mount namespace where `ro` is a read-only bind mount: atomic_write's own error,
+# then the trainer with --results there (logs elsewhere), and what the logs folder holds afterwards.
+READ_ONLY_DRIVER = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from synthetic_main import run_trainer, tiny_args
+from experiments.files import write_json
+data_dir, ro, logs = Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+try:
+    write_json(ro / "direct.json", {})
+    error = None
+except OSError as e:
+    error = {"errno": e.errno, "chained": e.__context__ is not None}
+status = run_trainer(tiny_args(data_dir, logs, "--results", str(ro / "results.json")))
+print(json.dumps({"write_json": error, "status": status, "runs": (logs / "cifar10").is_dir()}))
+"""
+READ_ONLY_MOUNT = [
+    "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+    'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"', "sh",
+]  # fmt: skip
+
+
+def test_a_results_path_on_a_read_only_file_system_is_reported_before_training(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    reason = can_run(READ_ONLY_MOUNT, [str(ro), "true"])
+    if reason:
+        pytest.skip(reason)
+    args = [str(Path(SCRIPT).parent), str(data_dir), str(ro), str(tmp_path / "logs")]
+    result = subprocess.run(
+        [*READ_ONLY_MOUNT, str(ro), sys.executable, "-c", READ_ONLY_DRIVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
+    import errno
+
+    # The error reported is the write's own, not the clean-up's second EROFS raised while handling it.
+    assert json.loads(lines[-1]) == {
+        "write_json": {"errno": errno.EROFS, "chained": False},
+        "status": 1,
+        "runs": False,
+    }
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and f"cannot write --results {ro / 'results.json'}" in err[0]
