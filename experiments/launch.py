@@ -12,6 +12,8 @@ writes `results.json`; [`run_evaluation`](#run_evaluation) measures a checkpoint
 import contextlib
 import io
 import os
+import re
+import shlex
 import shutil
 import signal
 import sys
@@ -58,8 +60,13 @@ class Results:
         return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
 
 
+# The signals that stop a run with a checkpoint at the exact position: Ctrl+C, a scheduler's or `kill`'s
+# SIGTERM, and SIGHUP, which a closed SSH session or terminal sends (absent on Windows).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 # Exit statuses of a run that a signal stopped, as a shell reports a process killed by it.
-STOP_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+STOP_STATUS = {signal.Signals(sig).name: 128 + sig for sig in STOP_SIGNALS}
 
 
 # ## Before training: labml, the disk, the data and the model
@@ -131,6 +138,45 @@ def prepare(c: Any) -> None:
         _ = c.optimizer, c.scheduler, c.epochs, c.iterations, c.channels_last, c.progress_every_s
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA's `OutOfMemoryError`, or the CPU allocator's `RuntimeError`."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+@contextlib.contextmanager
+def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
+    """
+    Turn running out of memory (most often a `--batch-size` too large for the machine) into one line
+    naming the setting, instead of the allocator's traceback. A run folder that holds no checkpoint yet
+    holds nothing to keep, and is removed rather than left empty.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not _out_of_memory(error):
+            raise
+        kept = ""
+        if run_dir is not None:
+            checkpoint = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+            if checkpoint.exists():
+                kept = f"; the last checkpoint {checkpoint} is kept"
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        # The allocators' messages run to several lines; the size asked for is the useful part.
+        asked = re.search(r"allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(error))
+        if asked is None:
+            reason = type(error).__name__
+        else:
+            size = f"{int(asked[1]) / 2**20:.0f} MiB" if asked[1] else asked[2]
+            reason = f"{'CUDA' if isinstance(error, torch.OutOfMemoryError) else 'it'} asked for {size} more"
+        raise UsageError(
+            f"out of memory with --batch-size {batch_size} ({reason}){kept}; give a smaller --batch-size "
+            f"(the paper trains with 128)"
+        ) from None
+
+
 @contextlib.contextmanager
 def labml_run() -> Iterator[None]:
     """
@@ -160,8 +206,8 @@ def labml_run() -> Iterator[None]:
 @contextlib.contextmanager
 def stop_on_signals(run: Run) -> Iterator[None]:
     """
-    The first SIGINT/SIGTERM asks the run to stop after the current step and save; a second SIGINT
-    stops at once (the last complete checkpoint stays as it was). The previous handlers come back after.
+    The first SIGINT, SIGTERM or SIGHUP asks the run to stop after the current step and save; a second
+    one stops at once (the last complete checkpoint stays as it was). The previous handlers come back after.
     """
 
     def handler(signum: int, frame: Any) -> None:
@@ -170,14 +216,16 @@ def stop_on_signals(run: Run) -> Iterator[None]:
             raise KeyboardInterrupt()
         run.request_stop(name)
         if run.world.is_main:
-            print(
-                f"\n{name} received: saving a checkpoint after this step "
-                f"(press Ctrl+C again to quit without saving)",
-                file=sys.stderr,
-                flush=True,
-            )
+            # After SIGHUP the terminal may be gone; failing to say so must not stop the save.
+            with contextlib.suppress(OSError):
+                print(
+                    f"\n{name} received: saving a checkpoint after this step "
+                    f"(press Ctrl+C again to quit without saving)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -304,33 +352,11 @@ def _train(
     name, source = "cifar10", Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
     create = {"name": name, "python_file": str(source), "writers": writers, "comment": comment}
     c = _compute(configs, settings, world, **(create if world.is_main else {}))
-    prepare(c)
-    run_dir = None
-    if world.is_main:
-        param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
-        check_writable(experiments_path / name, 4 * param_bytes + 2**20)
-        run_dir = experiments_path / name / experiment.get_uuid()
-    model_name = str(settings.get("model", cli.config_default(configs, "model")))
-    run = Run(
-        c, model_name=model_name, settings=settings, run_dir=run_dir,
-        stop_after_steps=request.stop_after_steps,
-        time_limit_s=request.time_limit_s, resumed_from=resumed_from, saved=saved,
-    )  # fmt: skip
-    if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
-        # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended its
-        # last epoch but died before writing results.json resumes to evaluate and write them.)
-        p = run.progress
-        raise UsageError(
-            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "
-            f"to train it longer, give it more epochs, e.g. --resume {request.resume} --epochs {p.epoch + 10}"
+    run_dir = experiments_path / name / experiment.get_uuid() if world.is_main else None
+    with memory_errors(c.batch_size, run_dir):
+        scores, run = _prepare_and_fit(
+            c, configs, fit, source, request, settings, run_dir, resumed_from, saved
         )
-    with stop_on_signals(run):
-        if world.is_main:
-            with labml_run():
-                run.begin()
-                scores = _fit_or_stop(fit, c, run, source)
-        else:
-            scores = _fit_or_stop(fit, c, run, source)
     if scores is None:
         return Results(None, run.progress.history, run_dir, stopped=run.stop_reason)
     summary = run.summary(scores)
@@ -344,19 +370,56 @@ def _train(
     return Results(summary, run.progress.history, run_dir)
 
 
-def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path) -> dict[str, float] | None:
+def _prepare_and_fit(
+    c: Any, configs: type[BaseConfigs], fit: Fit, source: Path, request: Request, settings: dict[str, Any],
+    run_dir: Path | None, resumed_from: Path | None, saved: dict[str, Any] | None,
+) -> tuple[dict[str, float] | None, Run]:  # fmt: skip
+    """Compute the data and the network, restore a checkpoint and train: the scores, `None` if stopped."""
+    world = c.world
+    prepare(c)
+    if run_dir is not None:
+        param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
+        check_writable(run_dir.parent, 4 * param_bytes + 2**20)
+    model_name = str(settings.get("model", cli.config_default(configs, "model")))
+    run = Run(
+        c, model_name=model_name, settings=settings, run_dir=run_dir,
+        stop_after_steps=request.stop_after_steps,
+        time_limit_s=request.time_limit_s, resumed_from=resumed_from, saved=saved,
+    )  # fmt: skip
+    if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
+        # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended its
+        # last epoch but died before writing results.json resumes to evaluate and write them.)
+        p = run.progress
+        raise UsageError(
+            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "
+            f"to train it longer, give it more epochs, e.g. --resume {shlex.quote(str(request.resume))} "
+            f"--epochs {p.epoch + 10}"
+        )
+    with stop_on_signals(run):
+        if world.is_main:
+            with labml_run():
+                run.begin()
+                scores = _fit_or_stop(fit, c, run, source, request)
+        else:
+            scores = _fit_or_stop(fit, c, run, source, request)
+    return scores, run
+
+
+def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path, request: Request) -> dict[str, float] | None:
     """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
     try:
         return fit(c, run)
     except StopRequested:
         run.save()
-        if run.world.is_main:
+        if run.world.is_main and run.run_dir is not None:
             p = run.progress
-            run.console.line(
-                f"\nstopped at step {p.step} (epoch {p.epoch + 1}, batch {p.batch}); "
-                f"checkpoint: {run.checkpoint_path}\n"
-                f"continue with: python {os.path.relpath(source)} --resume {run.run_dir}"
-            )
+            # A stop by SIGHUP may have no terminal left to print to; the checkpoint is what matters.
+            with contextlib.suppress(OSError):
+                run.console.line(
+                    f"\nstopped at step {p.step} (epoch {p.epoch + 1}, batch {p.batch}); "
+                    f"checkpoint: {run.checkpoint_path}\n"
+                    f"continue with: {continue_command(source, run.run_dir, request)}"
+                )
         return None
     except Diverged as e:
         if run.world.is_main and run.checkpoint_path is not None:
@@ -367,6 +430,35 @@ def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path) -> dict[str, float] |
             )
             raise Diverged(f"{e}; {kept}") from None
         raise
+
+
+def continue_command(source: Path, run_dir: Path, request: Request) -> str:
+    """
+    The command that continues a stopped run, quoted for a POSIX shell so that it can be pasted as it
+    is. The checkpoint brings the run's settings; what it does not keep is repeated: where runs and
+    results go, the device, the threads, the data folder (a relative path means this folder), and the
+    labml, TensorBoard and time-limit choices.
+    """
+    argv = ["python", os.path.relpath(source), "--resume", str(run_dir)]
+    if request.logs_dir is not None:
+        argv += ["--logs-dir", str(request.logs_dir)]
+    settings = request.settings
+    if "data_dir" in settings:
+        argv += ["--data-dir", str(settings["data_dir"])]
+    if settings.get("device.use_cuda") is False:
+        argv += ["--device", "cpu"]
+    elif "device.cuda_device" in settings and world_from_environment().size == 1:
+        argv += ["--device", f"cuda:{settings['device.cuda_device']}"]
+    options = {
+        "--threads": request.threads, "--results": request.results, "--labml-url": request.labml_url,
+        "--time-limit": request.time_limit_s,
+    }  # fmt: skip
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if request.tensorboard:
+        argv.append("--tensorboard")
+    return shlex.join(argv)
 
 
 def run_evaluation(

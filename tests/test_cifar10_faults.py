@@ -8,6 +8,7 @@ checkpoint, and resume to the same result.
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -107,14 +108,18 @@ def start_script(argv: list[str]) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGHUP is what a closed SSH session or terminal sends: it must save as SIGTERM does.
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
 def test_a_signal_during_training_saves_exits_and_resumes_to_the_same_result(
     signum: int, data_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     logs = tmp_path / "logs"
-    # Far more epochs than the signal will let it run. The drops are fractions of the run, and a resumed
-    # run keeps its saved schedule, so a 100-epoch run cut short and a short uninterrupted one share a
-    # rate only without drops; `lr_decay=1` removes them from both.
+    # Far more epochs than the signal will let it run. The drops are fractions of the run's length, which
+    # the resume below shortens: the steps trained before the stop had the 100-epoch run's rates, so it
+    # and a short uninterrupted run share a rate only without drops; `lr_decay=1` removes them from both.
     process = start_script(tiny_args(data_dir, logs, *NO_DROPS, epochs=100))
     output = Output(process)
     output.wait_for("Train", process)
@@ -719,3 +724,64 @@ def test_a_results_path_on_a_read_only_file_system_is_reported_before_training(
     }
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and f"cannot write --results {ro / 'results.json'}" in err[0]
+
+
+# ### A batch too large for the machine
+#
+# A real allocation failure, not a mock: the child caps its own address space a little above what it
+# uses once torch is loaded, so the first forward pass over a 10,000-image batch cannot get its memory.
+OUT_OF_MEMORY_DRIVER = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from synthetic_main import run_trainer, tiny_args
+from experiments.synthetic import write_synthetic_cifar10
+data, logs = Path(sys.argv[2]), Path(sys.argv[3])
+write_synthetic_cifar10(data, n_per_train_batch=2000, n_test=20)
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+status = run_trainer(tiny_args(data, logs, "--batch-size", "10000000", "--threads", "1"))
+print(json.dumps({"status": status, "runs": sorted(p.name for p in (logs / "cifar10").iterdir())}))
+"""
+
+
+def test_a_batch_too_large_for_memory_is_one_line_and_leaves_no_empty_run_folder(tmp_path: Path) -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads its own address-space size from /proc")
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_MEMORY_DRIVER, str(Path(SCRIPT).parent), str(tmp_path / "data"),
+         str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
+    assert json.loads(lines[-1]) == {"status": 2, "runs": []}
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory with --batch-size 10000000 (")
+    assert "MiB more" in err[0] and "give a smaller --batch-size" in err[0]
+
+
+def test_the_printed_continue_command_pastes_as_it_is(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Spaces and a quote in the paths: the command must come out quoted for the shell, and carry
+    # --logs-dir (else the resumed run would go to ./logs), --device and --data-dir.
+    logs, results = tmp_path / "run's logs", tmp_path / "final results.json"
+    argv = tiny_args(data_dir, logs, "--stop-after-steps", "3", "--results", str(results), epochs=2)
+    assert run_trainer(argv) == 0
+    (line,) = (x for x in capsys.readouterr().out.splitlines() if x.startswith("continue with: "))
+    command = shlex.split(line.removeprefix("continue with: "))
+    assert command[:2] == ["python", os.path.relpath(cifar10.__file__)]
+    stopped = only_run(logs)
+    options = dict(zip(command[2::2], command[3::2], strict=True))
+    assert options == {
+        "--resume": str(stopped), "--logs-dir": str(logs), "--data-dir": str(data_dir), "--device": "cpu",
+        "--results": str(results),
+    }  # fmt: skip
+    # Run as pasted (the test's launcher adds only its verify_checksums=False): it finishes the run.
+    assert run_trainer(command[2:]) == 0
+    summary = json.loads(results.read_text())
+    assert (summary["epochs"], summary["steps"], summary["resumed_from"]) == (
+        2, 10, str(stopped / "checkpoints" / "last.pt")
+    )  # fmt: skip
+    assert Path(summary["run_dir"]).parent == logs / "cifar10"
