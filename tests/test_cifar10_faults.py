@@ -785,3 +785,19 @@ def test_the_printed_continue_command_pastes_as_it_is(
         2, 10, str(stopped / "checkpoints" / "last.pt")
     )  # fmt: skip
     assert Path(summary["run_dir"]).parent == logs / "cifar10"
+
+
+def test_every_test_the_readme_reliability_section_names_exists() -> None:
+    import re
+
+    root = Path(SCRIPT).parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Reliability") : readme.index("**Verified only on a GPU.**")]
+    named = set(re.findall(r"`(test_\w+)", section))
+    defined = {
+        name for path in (root / "tests").glob("test_*.py")
+        for name in re.findall(r"^def (test_\w+)", path.read_text(), flags=re.MULTILINE)
+    }  # fmt: skip
+    assert len(named) >= 20 and not named - defined, sorted(named - defined)
+    files = set(re.findall(r"`(tests/test_\w+\.py)`", section))
+    assert files and all((root / f).exists() for f in files)
