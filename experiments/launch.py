@@ -4,7 +4,7 @@
 What the command line and the Python API (`experiments.cifar10.train`) both call, so the two run
 exactly the same code: [`run_training`](#run_training) computes the configuration before any folder
 exists (so bad input leaves nothing behind), checks the disk, restores a checkpoint, runs labml quietly
-around the [`Run`](trainer.html#Run), stops on SIGINT/SIGTERM with a checkpoint to resume from, and
+around the [`Run`](trainer.html#Run), stops on SIGINT/SIGTERM/SIGHUP with a checkpoint to resume from, and
 writes `results.json`; [`run_evaluation`](#run_evaluation) measures a checkpoint;
 [`exit_status`](#exit_status) turns any `ExperimentError` into its one line and exit status.
 """

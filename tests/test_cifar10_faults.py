@@ -544,6 +544,57 @@ def test_two_ctrl_c_during_one_checkpoint_write_quit_in_one_line_and_keep_the_la
     assert load_checkpoint(checkpoints / "last.pt")["position"] == {"step": 5, "epoch": 1, "batch": 0}
 
 
+# The same double Ctrl+C in a process of its own, as a user's terminal delivers it: the exit status and
+# everything printed are the script's, with no test framework in between.
+DOUBLE_CTRL_C_DRIVER = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from synthetic_main import OWN_DATA, tiny_args
+from experiments import checkpoint, cifar10
+save, saves = checkpoint.torch.save, []
+
+class Writer:
+    def __init__(self, file):
+        self.file, self.written, self.signals = file, 0, 0
+    def write(self, data):
+        count = self.file.write(data)
+        self.written += count
+        if self.signals == 1 or (self.signals == 0 and self.written >= 4096):
+            self.signals += 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return count
+    def flush(self):
+        self.file.flush()
+
+def second_save_interrupted_twice(state, f):
+    saves.append(state["position"])
+    return save(state, Writer(f) if len(saves) == 2 else f)
+
+checkpoint.torch.save = second_save_interrupted_twice
+sys.exit(cifar10.main([*OWN_DATA, *tiny_args(Path(sys.argv[2]), Path(sys.argv[3]), epochs=3)]))
+"""
+
+
+def test_two_ctrl_c_during_a_checkpoint_write_in_a_separate_process(data_dir: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    result = subprocess.run(
+        [sys.executable, "-c", DOUBLE_CTRL_C_DRIVER, str(Path(SCRIPT).parent), str(data_dir), str(logs)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "unexpected pos" not in result.stderr
+    err = result.stderr.strip().splitlines()
+    assert err[-1] == "interrupted; the last complete checkpoint is unchanged"
+    assert [line for line in err if line] == [
+        "SIGINT received: saving a checkpoint after this step (press Ctrl+C again to quit without saving)",
+        "interrupted; the last complete checkpoint is unchanged",
+    ]
+    checkpoints = only_run(logs) / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["last.pt"]
+    assert load_checkpoint(checkpoints / "last.pt")["position"] == {"step": 5, "epoch": 1, "batch": 0}
+
+
 # ### Runs started together on an archive-only data folder
 #
 # Each run unpacks into a staging folder of its own, and the first to rename it into place wins. The
