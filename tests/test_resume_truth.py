@@ -91,3 +91,23 @@ def test_a_new_seed_for_a_resumed_run_is_refused_in_one_line(
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--seed 7 cannot apply to a resumed run" in error[0]
     assert [p.name for p in (logs / "cifar10").iterdir()] == [stopped.name]
+
+
+def test_a_longer_resumed_cosine_run_decays_over_its_new_length(data_dir: Path, tmp_path: Path) -> None:
+    # A cosine that reached zero at the end of 3 epochs climbs back to where a 6-epoch cosine is at
+    # step 15 (half the base rate) and decays to zero again over the new length.
+    cosine = ("scheduler=warmup_cosine", "lr_warmup_steps=0")
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, *cosine, epochs=3)) == 0
+    short = only_run(logs)
+    assert metrics(short)[-1]["lr"] == 0.0
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(short), "--epochs", "6"]) == 0
+    longer = resumed_run(logs, short)
+    assert (
+        load_checkpoint(longer / "checkpoints" / "last.pt")["scheduler"]["lr_lambdas"][0]["total_steps"] == 30
+    )
+    reference_logs = tmp_path / "reference"
+    assert run_trainer(tiny_args(data_dir, reference_logs, *cosine, epochs=6)) == 0
+    expected = [record["lr"] for record in metrics(only_run(reference_logs))]
+    assert [record["lr"] for record in metrics(longer)][3:] == expected[3:]
+    assert expected[3:] == pytest.approx([0.025, 0.0066987, 0.0], abs=1e-6)
