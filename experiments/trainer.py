@@ -164,7 +164,8 @@ class Run:
     One training run of a computed configuration `c`: the loop calls `batches`, `after_step` and
     `end_epoch`, and steps through `scaler`. `model` is the network as the steps call it (wrapped for
     several processes and `torch.compile`); `network` the bare one, whose state is saved. `run_dir` is
-    the run folder on rank 0, else `None`. A `saved` checkpoint (from `resumed_from`) is restored first.
+    the run folder on rank 0, else `None`. A `saved` checkpoint (from `resumed_from`) is restored first:
+    its state, under this run's optimizer and schedule settings (see below).
     """
 
     def __init__(
