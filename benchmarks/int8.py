@@ -33,14 +33,7 @@ import torch
 from torch import nn
 
 import resnet
-from benchmarks.common import (
-    alternate,
-    machine_description,
-    paired_ratio,
-    print_table,
-    rate_summary,
-    set_threads,
-)
+from benchmarks.common import alternate, describe_machine, paired_ratio, rate_summary, table
 from resnet.quantize import quantize_int8
 
 CPU = torch.device("cpu")
@@ -164,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
     for flag in ("batch_size", "repeats", "calibration", "test_images"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    set_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from experiments.data import DataError, load_cifar10
 
     try:
@@ -174,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
     test = (normalized(data.test_images[: args.test_images]), data.test_labels[: args.test_images])
     calibration = normalized(data.train_images[: args.calibration])
     networks = [load_network(spec) for spec in args.model]
-    print(f"machine: {machine_description(CPU)}")
+    print(f"machine: {describe_machine(CPU)}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"batch {args.batch_size}, {args.repeats} repeats, {len(test[0])} test images, "
@@ -183,18 +177,20 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
     results = []
     for name, model in networks:
         results += measure(name, model, test, calibration, args.batch_size, args.repeats)
-    print_table(
-        ["network", "version", "test accuracy %", "images/s", "spread"],
-        [
+    print(
+        table(
+            ["network", "version", "test accuracy %", "images/s", "spread"],
             [
-                r.network,
-                r.version,
-                f"{r.accuracy:.2f}",
-                f"{r.images_per_second:.0f}",
-                f"{100 * r.spread:.0f}%",
-            ]
-            for r in results
-        ],
+                [
+                    r.network,
+                    r.version,
+                    f"{r.accuracy:.2f}",
+                    f"{r.images_per_second:.0f}",
+                    f"{100 * r.spread:.0f}%",
+                ]
+                for r in results
+            ],
+        )
     )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return results
