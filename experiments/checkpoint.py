@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from experiments.errors import ExperimentError
+from experiments.errors import ExperimentError, UsageError
 from experiments.files import atomic_write
 
 # Written into every checkpoint so we can tell our files from any other pickle.
@@ -142,7 +142,8 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
         matches = sorted(logs_dir.glob(f"*/{reference}")) if logs_dir.is_dir() and reference else []
         matches = [m for m in matches if m.is_dir()]
         if not matches:
-            raise CheckpointError(
+            # Nothing by that name: a mistyped setting, not a damaged file.
+            raise UsageError(
                 f"no run '{reference}': pass a run uuid from {logs_dir}, a run folder or a checkpoint file"
             )
         run_dir = matches[0]
