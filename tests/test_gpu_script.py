@@ -52,7 +52,7 @@ def test_every_step_runs_in_order_and_only_the_compiled_ones_are_skipped(quick_r
     for stage, name, status in steps:
         cuda_graphs = name == "resnet20 fast CUDA graphs"
         assert status == ("skipped" if (stage, name) in COMPILED or cuda_graphs else "done"), name
-    assert summary["machine"].startswith("CPU ") and "load average" in summary["machine"]
+    assert summary["machine"].startswith("cpu (1 threads), CPU ") and "load average" in summary["machine"]
     assert "synthetic" in summary["note"]
 
 
