@@ -8,7 +8,7 @@ python -m benchmarks.data_pipeline --device cpu --batches 20 --repeats 5
 Images/s that [`TensorBatches`](../experiments/loader.py) supplies with the paper's augmentation, against
 a `DataLoader` over PIL images with torchvision's transforms (0 and 2 persistent workers), against what a
 `resnet20` training step demands, and each loader feeding that step: synthetic `uint8` data of CIFAR-10's
-shape, no files. Supply/demand below 1 means the model waits for data. BENCHMARKS.md, section 4.
+shape, no files. BENCHMARKS.md, section 4.
 """
 
 import itertools
@@ -46,15 +46,13 @@ class PilCifar(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-def endless(make_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
-    """Batches from epoch after epoch, so a timed window never stops at an epoch boundary."""
-    for epoch in itertools.count():
-        yield from make_epoch(epoch)
-
-
-def take(batches: Iterator[Batch], count: int, device: torch.device,
+def take(epoch: Callable[[int], Iterator[Batch]], count: int, device: torch.device,
          consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:  # fmt: skip
-    """A callable that pulls `count` batches, moves them to `device` and hands them to `consume`."""
+    """
+    A callable that pulls the next `count` batches, moves them to `device` and hands them to `consume`;
+    from epoch after epoch, so that a timed window never stops at an epoch boundary.
+    """
+    batches = itertools.chain.from_iterable(map(epoch, itertools.count()))
 
     def run() -> None:
         for images, labels in itertools.islice(batches, count):
@@ -106,23 +104,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])  # fmt: skip
     # Each row pulls from its own endless stream; a DataLoader's persistent workers start only once.
-    loaders = {"TensorBatches": partial(endless, tensor_batches.epoch)}
+    loaders: dict[str, Callable[[int], Iterator[Batch]]] = {"TensorBatches": tensor_batches.epoch}
     for workers in args.workers:
         loader = DataLoader(PilCifar(images, labels, transform), batch_size=args.batch_size, shuffle=True,
                             num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                             pin_memory=device.type == "cuda")  # fmt: skip
-        loaders[f"DataLoader+PIL workers={workers}"] = partial(endless, lambda _, loader=loader: iter(loader))
+        loaders[f"DataLoader+PIL workers={workers}"] = lambda _, loader=loader: iter(loader)
     step = train_step(device, args.channels_last)
     fixed = next(tensor_batches.epoch(0))
-    pipelines = {f"supply: {name}": take(new(), args.batches, device, None) for name, new in loaders.items()}
+    pipelines = {f"supply: {n}": take(epochs, args.batches, device, None) for n, epochs in loaders.items()}
 
     def demand() -> None:
         for _ in range(args.batches):
             step(*fixed)
 
     pipelines[DEMAND] = demand
-    for name, new in loaders.items():
-        pipelines[f"end to end: {name} -> resnet20 step"] = take(new(), args.batches, device, step)
+    for name, epoch in loaders.items():
+        pipelines[f"end to end: {name} -> resnet20 step"] = take(epoch, args.batches, device, step)
     for run in pipelines.values():  # warm-up: worker start-up, allocator, first-call costs
         run()
     seconds = common.alternate(list(pipelines.values()), args.repeats, device)

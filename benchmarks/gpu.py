@@ -7,11 +7,8 @@ python -m benchmarks.gpu --data-dir DATA --out gpu-run     # with CIFAR-10 in DA
 python -m benchmarks.gpu --quick --device cpu              # a smoke run of every step, tiny sizes
 ```
 
-GPU time is lent for minutes, so this runs [`model_speed`](model_speed.py),
-[`data_pipeline`](data_pipeline.py) and the trainer's runs (`cifar10.train`, each under its own
-`--time-limit`) in one go, and ends with one table of verdicts; `--out DIR` keeps `summary.json`,
-`summary.md` and the run folders, and never overwrites an earlier summary. The steps, the targets and
-the verdicts: BENCHMARKS.md, "The GPU script".
+GPU time is lent for minutes: this runs `model_speed`, `data_pipeline` and the trainer's runs (each
+under its own `--time-limit`) in one go and ends with a table of verdicts. BENCHMARKS.md, "The GPU script".
 """
 
 import json
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
 from benchmarks import common, data_pipeline, model_speed
 from experiments import cifar10
@@ -78,8 +76,8 @@ def speed_step(models: str, variants: str, autocast: str, modes: str, device: to
             f"{modes} --batch-size {batch} --image-size {size} --repeats {counts}").split()  # fmt: skip
     precision = "bf16" if autocast == "bf16" else "fp32"
     return "done", [
-        Row("model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.setting.batch_size} "
-            f"{r.setting.image_size}px: ours/reference", f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} "
+        Row("model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.batch_size} "
+            f"{r.image_size}px: ours/reference", f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} "
             "img/s)", ">= 1.0", ratio_verdict(r.ratio, 3, quick))
         for r in model_speed.main(argv)
     ], {"argv": argv}  # fmt: skip
@@ -131,16 +129,9 @@ TRAINER_RUNS = (TrainerRun("resnet9", "resnet9"), TrainerRun("resnet20", "fast")
                 TrainerRun("resnet20", "fast", cuda_graphs=True))  # fmt: skip
 
 
-def declined_graphs() -> int:
-    """How often in this process the inductor backend compiled a graph but did not record it."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
-
-
 def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_images: int) -> StepResult:
     """One trainer run and its rows: speed, and on real data the final accuracy and the time to target."""
-    before = declined_graphs()
+    before = counters["inductor"]["cudagraph_skips"]  # graphs inductor compiled but did not record
     results = cifar10.train(**settings)
     stage, history, stopped, rows = f"trainer {run.label}", results.history, results.summary is None, []
     details = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
@@ -150,7 +141,7 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
         rows.append(Row(stage, *cells))
 
     if run.cuda_graphs:  # a graph torch.compile could not record shows only in a log line and this counter
-        declined = declined_graphs() - before
+        declined = counters["inductor"]["cudagraph_skips"] - before
         add("graphs torch.compile declined to record as CUDA graphs", str(declined), "0",
             passed(declined == 0))  # fmt: skip
     if not history:
@@ -162,21 +153,21 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
     accuracy, seconds = TARGETS[run.model]
     final = "final test accuracy" + (f" (epoch {len(history)}, run stopped)" if stopped else "")
     to_target, limit = f"training time to {accuracy:.2%} (evaluation excluded)", f"<= {seconds:.0f} s"
-    measured = history[-1]["test_accuracy"] if history else 0.0
-    reached = common.first_reaching(history, accuracy)
+    reached, unmeasured = common.first_reaching(history, accuracy), "not-measurable"
     if history and not real:
-        add(final, f"{measured:.4f} (synthetic, not meaningful)", f">= {accuracy} on CIFAR-10",
-            "not-measurable")  # fmt: skip
-        add(to_target, "synthetic data, not meaningful", limit, "not-measurable")
+        add(final, f"{history[-1]['test_accuracy']:.4f} (synthetic, not meaningful)",
+            f">= {accuracy} on CIFAR-10", unmeasured)  # fmt: skip
+        add(to_target, "synthetic data, not meaningful", limit, unmeasured)
     elif history:
-        add(final, f"{measured:.4f}", f">= {accuracy}",
-            "not-measurable" if stopped else passed(measured >= accuracy))  # fmt: skip
-        if reached is not None:
+        measured = history[-1]["test_accuracy"]
+        verdict = unmeasured if stopped else passed(measured >= accuracy)
+        add(final, f"{measured:.4f}", f">= {accuracy}", verdict)
+        if reached is None:
+            why = f"not reached in {len(history)} epochs" + (" before the time limit" if stopped else "")
+            add(to_target, why, limit, unmeasured if stopped else "fail")
+        else:
             add(to_target, f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})", limit,
                 passed(reached["train_time_s"] <= seconds))  # fmt: skip
-        else:
-            why = f"not reached in {len(history)} epochs" + (" before the time limit" if stopped else "")
-            add(to_target, why, limit, "not-measurable" if stopped else "fail")
     return "stopped" if stopped else "done", rows, details
 
 

@@ -12,6 +12,7 @@ CIFAR ones and `resnet9` the plain networks below, written the way short CIFAR s
 is timed and what the columns mean: BENCHMARKS.md, section 1.
 """
 
+import argparse
 import itertools
 import math
 import statistics
@@ -120,35 +121,35 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
 
 
 @dataclass
-class Setting:
-    """Everything that decides what one timed call does."""
-
-    device: torch.device
+class Result:
+    name: str
+    variant: str
+    mode: str
     batch_size: int
     image_size: int
-    variant: str
-    autocast: str
-    steps: int
+    ours: float
+    reference: float
+    ratio: float
+    spread: float
+    described: str
 
 
-def timed_steps(model: nn.Module, setting: Setting, mode: str) -> Callable[[], None]:
-    """`setting.steps` SGD training steps (`mode="train"`) or inference passes on one fixed random batch."""
-    channels_last = "channels_last" in setting.variant
-    model = model.to(setting.device)
-    model = model.to(memory_format=torch.channels_last) if channels_last else model
-    compiled = torch.compile(model) if setting.variant.startswith("compile") else model
+def timed_steps(model: nn.Module, device: torch.device, batch: int, size: int, variant: str, mode: str,
+                args: argparse.Namespace) -> Callable[[], None]:  # fmt: skip
+    """`args.steps` SGD training steps (`mode="train"`) or inference passes on one fixed random batch."""
+    layout = torch.channels_last if "channels_last" in variant else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
+    compiled = torch.compile(model) if variant.startswith("compile") else model
     generator = torch.Generator().manual_seed(0)
-    size = (setting.batch_size, 3, setting.image_size, setting.image_size)
-    images = torch.randn(size, generator=generator).to(setting.device)
-    images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    images = torch.randn((batch, 3, size, size), generator=generator).to(device, memory_format=layout)
     num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
-    labels = torch.randint(0, num_classes, (setting.batch_size,), generator=generator).to(setting.device)
-    autocast = torch.autocast(setting.device.type, dtype=torch.bfloat16, enabled=setting.autocast == "bf16")
+    labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     model.train(mode == "train")
 
     def train() -> None:
-        for _ in range(setting.steps):
+        for _ in range(args.steps):
             with autocast:
                 loss = F.cross_entropy(compiled(images), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -157,46 +158,10 @@ def timed_steps(model: nn.Module, setting: Setting, mode: str) -> Callable[[], N
 
     def infer() -> None:
         with torch.inference_mode(), autocast:
-            for _ in range(setting.steps):
+            for _ in range(args.steps):
                 compiled(images)
 
     return train if mode == "train" else infer
-
-
-@dataclass
-class Result:
-    name: str
-    variant: str
-    mode: str
-    setting: Setting
-    ours: float
-    reference: float
-    ratio: float
-    spread: float
-    described: str
-
-
-def measure(name: str, setting: Setting, modes: Sequence[str], repeats: int, warmup: int) -> list[Result]:
-    """Time ours and the reference on `name` in one variant, for each mode, in alternating repeats."""
-    results = []
-    for mode in modes:
-        # Fresh models for each mode: inference never runs on weights trained on random data.
-        ours, reference, described = build_pair(name)
-        runs = [timed_steps(model, setting, mode) for model in (ours, reference)]
-        for run in runs * warmup:  # compilation, cuDNN's search, the allocator's first requests: untimed
-            run()
-        seconds = common.alternate(runs, repeats, setting.device)
-        (ours_rate, ours_spread), (theirs, theirs_spread) = (
-            common.rate_summary(setting.batch_size * setting.steps, s) for s in seconds
-        )
-        # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
-        ratio = common.paired_ratio(seconds[1], seconds[0])
-        spread = max(ours_spread, theirs_spread)
-        results.append(Result(name, setting.variant, mode, setting, ours_rate, theirs, ratio, spread,
-                              described))  # fmt: skip
-        print(f"  {name} {setting.variant} {mode}: ours {ours_rate:.1f}, reference {theirs:.1f} images/s",
-              file=sys.stderr, flush=True)  # fmt: skip
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
@@ -229,16 +194,27 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     for name in args.models:
         cifar = name in CIFAR_MODELS
         batch, size = args.batch_size or (128 if cifar else 32), args.image_size or (32 if cifar else 224)
-        for variant in args.variants:
-            setting = Setting(device, batch, size, variant, args.autocast, args.steps)
-            results.extend(measure(name, setting, args.modes, args.repeats, args.warmup))
+        for variant, mode in itertools.product(args.variants, args.modes):
+            # Fresh models for each mode: inference never runs on weights trained on random data.
+            *pair, described = build_pair(name)
+            runs = [timed_steps(model, device, batch, size, variant, mode, args) for model in pair]
+            for run in runs * args.warmup:  # compilation, cuDNN's search, the first allocations: untimed
+                run()
+            seconds = common.alternate(runs, args.repeats, device)
+            (rate, spread), (theirs, spread2) = (common.rate_summary(batch * args.steps, t) for t in seconds)
+            # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
+            ratio = common.paired_ratio(seconds[1], seconds[0])
+            results.append(Result(name, variant, mode, batch, size, rate, theirs, ratio,
+                                  max(spread, spread2), described))  # fmt: skip
+            print(f"  {name} {variant} {mode}: ours {rate:.1f}, reference {theirs:.1f} images/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; autocast "
           f"{args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
           f"spread = (max - min) / median of the noisier side; {common.load_average()}")  # fmt: skip
     headers = ["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
                "spread", "reference"]  # fmt: skip
-    print(common.table(headers, [[r.name, r.variant, r.mode, r.setting.batch_size, r.setting.image_size,
+    print(common.table(headers, [[r.name, r.variant, r.mode, r.batch_size, r.image_size,
                            f"{r.ours:.1f}", f"{r.reference:.1f}", f"{r.ratio:.3f}", f"{r.spread:.0%}",
                            r.described] for r in results]) + "\n")  # fmt: skip
     for r in results:

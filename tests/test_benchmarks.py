@@ -86,7 +86,7 @@ def one_timed_step(models: str, *extra: str) -> list[str]:
 def test_model_speed_times_resnet9_at_cifar_size_against_its_reference(capsys):
     results = model_speed.main(one_timed_step("resnet9", "--variants", "eager"))
     out = capsys.readouterr().out
-    assert [(r.name, r.mode, r.setting.image_size) for r in results] == [
+    assert [(r.name, r.mode, r.image_size) for r in results] == [
         ("resnet9", "train", 32),
         ("resnet9", "infer", 32),
     ]
