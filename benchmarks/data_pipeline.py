@@ -8,7 +8,7 @@ python -m benchmarks.data_pipeline --device cpu --batches 20 --repeats 5
 Images/s that [`TensorBatches`](../experiments/loader.py) supplies with the paper's augmentation, against
 a `DataLoader` over PIL images with torchvision's transforms (0 and 2 persistent workers), against what a
 `resnet20` training step demands, and each loader feeding that step: synthetic `uint8` data of CIFAR-10's
-shape, no files. BENCHMARKS.md, section 4.
+shape, no files. BENCHMARKS.md, section 2.
 """
 
 import itertools
