@@ -78,7 +78,7 @@ def describe_machine(device: torch.device) -> str:
             f"Python {m['python']}, {load_average()}, {now}")  # fmt: skip
 
 
-def time_call(run: Callable[[], None], device: torch.device) -> float:
+def time_call(run: Callable[[], object], device: torch.device) -> float:
     """Seconds one call of `run` takes, its device work included (CUDA kernels run asynchronously)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
     sync(device)
@@ -88,8 +88,14 @@ def time_call(run: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def alternate(runs: Sequence[Callable[[], None]], repeats: int, device: torch.device) -> list[list[float]]:
-    """Seconds of every repeat of each callable, in order A B, B A, ...: one list per callable."""
+def alternate(runs: Sequence[Callable[[], object]], repeats: int, device: torch.device,
+              warmup: int = 1) -> list[list[float]]:  # fmt: skip
+    """
+    Seconds of every repeat of each callable, in order A B, B A, ...: one list per callable. `warmup`
+    untimed calls of each come first (compilation, kernel choice, first allocations, worker start-up).
+    """
+    for run in [*runs] * warmup:
+        run()
     seconds: list[list[float]] = [[] for _ in runs]
     for repeat in range(repeats):
         for i in range(len(runs)) if repeat % 2 == 0 else reversed(range(len(runs))):

@@ -121,8 +121,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     pipelines[DEMAND] = demand
     for name, epoch in loaders.items():
         pipelines[f"end to end: {name} -> resnet20 step"] = take(epoch, args.batches, device, step)
-    for run in pipelines.values():  # warm-up: worker start-up, allocator, first-call costs
-        run()
     seconds = common.alternate(list(pipelines.values()), args.repeats, device)
     summaries = {name: common.rate_summary(args.batches * args.batch_size, times)
                  for name, times in zip(pipelines, seconds, strict=True)}  # fmt: skip

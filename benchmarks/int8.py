@@ -24,6 +24,8 @@ from torch import nn
 import resnet
 from benchmarks import common
 from benchmarks.common import positive
+from experiments.data import load_cifar10
+from experiments.errors import ExperimentError
 from resnet.quantize import quantize_int8
 
 
@@ -74,9 +76,7 @@ def measure(name: str, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor]
     versions = {"float32": (model, torch.float32), "bfloat16": (copy.deepcopy(model).to(torch.bfloat16),
                 torch.bfloat16), "int8": (int8, torch.float32)}  # fmt: skip
     runs = [partial(network, images[:batch_size].to(dtype)) for network, dtype in versions.values()]
-    for run in runs:  # warm-up: oneDNN picks and caches its kernels on the first call
-        run()
-    seconds, results = common.alternate(runs, repeats, torch.device("cpu")), []
+    seconds, results = common.alternate(runs, repeats, torch.device("cpu")), []  # warm-up: oneDNN's choice
     for (version, (network, dtype)), times in zip(versions.items(), seconds, strict=True):
         rate, spread = common.rate_summary(min(batch_size, len(images)), times)
         logits = torch.cat([network(x.to(dtype)) for x in images.split(batch_size)])
@@ -104,9 +104,6 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
     if args.quick:  # 64 test images, 32 to calibrate, batch 16, 2 repeats
         args.test_images, args.calibration, args.batch_size, args.repeats = 64, 32, 16, 2
     common.start(p, args)
-    from experiments.data import load_cifar10
-    from experiments.errors import ExperimentError
-
     try:
         data = load_cifar10(args.data_dir, download=False, verify_checksums=not args.no_verify_checksums)
     except ExperimentError as e:

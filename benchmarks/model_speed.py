@@ -14,7 +14,6 @@ is timed and what the columns mean: BENCHMARKS.md, section 1.
 
 import argparse
 import itertools
-import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -174,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     p.add_argument("--image-size", type=positive, help="square image side (default: 32 CIFAR, 224 ImageNet)")
     p.add_argument("--variants", type=names(VARIANTS), default="eager,channels_last,compile",
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
-    p.add_argument("--no-compile", action="store_true", help="drop the torch.compile variants")
-    p.add_argument("--no-channels-last", action="store_true", help="drop the channels_last variants")
+    for layout in ("compile", "channels-last"):
+        p.add_argument(f"--no-{layout}", action="store_true", help=f"drop the {layout} variants")
     p.add_argument("--modes", type=names(("train", "infer")), default="train,infer", help="train, infer")
     p.add_argument("--steps", type=positive, default=5, help="steps per timed repeat (5)")
     p.add_argument("--warmup", type=int, choices=range(100), default=2, metavar="N", help="untimed calls (2)")
@@ -198,9 +197,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             # Fresh models for each mode: inference never runs on weights trained on random data.
             *pair, described = build_pair(name)
             runs = [timed_steps(model, device, batch, size, variant, mode, args) for model in pair]
-            for run in runs * args.warmup:  # compilation, cuDNN's search, the first allocations: untimed
-                run()
-            seconds = common.alternate(runs, args.repeats, device)
+            seconds = common.alternate(runs, args.repeats, device, args.warmup)
             (rate, spread), (theirs, spread2) = (common.rate_summary(batch * args.steps, t) for t in seconds)
             # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
             ratio = common.paired_ratio(seconds[1], seconds[0])
@@ -220,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     for r in results:
         verdict = "meets" if r.ratio >= 1.0 else "below"
         print(f"ratio {r.name} {r.variant} {r.mode}: {r.ratio:.3f} (ours/reference, {verdict} the 1.0 bar)")
-    geometric_mean = math.exp(statistics.fmean(math.log(r.ratio) for r in results))
+    geometric_mean = statistics.geometric_mean(r.ratio for r in results)
     print(f"ratio geometric mean over {len(results)} rows: {geometric_mean:.3f}")
     return results
 
