@@ -67,11 +67,11 @@ def ratio_verdict(ratio: float, digits: int, quick: bool = False) -> str:
     return "not-measurable" if quick else passed(round(ratio, digits) >= 1.0)
 
 
-def speed_step(models: str, variants: str, autocast: str, modes: str, device: torch.device,
-               quick: bool) -> StepResult:  # fmt: skip
+def speed_step(models: str, variants: str, autocast: str, modes: str, device: torch.device, quick: bool,
+               repeats: int = 5) -> StepResult:  # fmt: skip
     """`model_speed` at the sizes of our speed goals (a GPU's, a CPU's or `--quick`'s)."""
     sizes = {"cuda": ((512, 32), (256, 224)), "cpu": ((128, 32), (8, 224))}[device.type][models == "resnet50"]
-    batch, size, counts = (2, 32, "1 --steps 1 --warmup 0") if quick else (*sizes, "5 --steps 3")
+    batch, size, counts = (2, 32, "1 --steps 1 --warmup 0") if quick else (*sizes, f"{repeats} --steps 3")
     argv = (f"--device {device.type} --models {models} --variants {variants} --autocast {autocast} --modes "
             f"{modes} --batch-size {batch} --image-size {size} --repeats {counts}").split()  # fmt: skip
     precision = "bf16" if autocast == "bf16" else "fp32"
@@ -83,9 +83,10 @@ def speed_step(models: str, variants: str, autocast: str, modes: str, device: to
     ], {"argv": argv}  # fmt: skip
 
 
-def pipeline_step(device: torch.device, quick: bool) -> StepResult:
+def pipeline_step(device: torch.device, quick: bool, repeats: int = 5) -> StepResult:
     """`data_pipeline` at the fast recipe's batch and layout; 8 workers, as a DataLoader user would try."""
-    argv = "--quick" if quick else "--batch-size 512 --channels-last --batches 10 --workers 8"
+    sizes = f"--batch-size 512 --channels-last --batches 10 --workers 8 --repeats {repeats}"
+    argv = "--quick" if quick else sizes
     rates = data_pipeline.main([*argv.split(), "--device", device.type])
     ratio = rates["supply: TensorBatches"] / rates[data_pipeline.DEMAND]
     return "done", [
@@ -216,10 +217,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     no_compile = "--no-compile" if args.no_compile else ""
     no_compile = "torch.compile steps are left out with --quick" if args.quick else no_compile
     steps = [("model_speed", name, no_compile if "compile" in call[1] else "",
-              partial(speed_step, *call, device, args.quick))
+              partial(speed_step, *call, device, args.quick, args.repeats))
              for name, *call in SPEED_CALLS if "model_speed" in args.stages]  # fmt: skip
     if "data_pipeline" in args.stages:
-        pipeline = partial(pipeline_step, device, args.quick)
+        pipeline = partial(pipeline_step, device, args.quick, args.repeats)
         steps.append(("data_pipeline", "TensorBatches vs resnet20", "", pipeline))
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as folder:
