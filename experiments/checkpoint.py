@@ -297,7 +297,11 @@ def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them."""
+    """
+    The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them.
+    They are the file's content, unchecked: the trainer passes them through the command line's checks
+    ([`launch.checked_settings`](launch.html#checked_settings)) before it uses them.
+    """
     return dict(state["config"])
 
 
@@ -311,9 +315,10 @@ def check_network(path: Path, state: dict[str, Any], expected: dict[str, Any]) -
     check_signature(path, state["signature"], expected)
 
 
-def evaluation_settings(state: dict[str, Any]) -> dict[str, Any]:
+def evaluation_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """
-    The settings to rebuild a checkpoint's network and data with for `--eval`. The run's subsets say what
-    it trained on and watched; an evaluation measures the whole test set unless it asks for a subset.
+    The settings to rebuild a checkpoint's network and data with for `--eval`, from its (checked)
+    [`saved_settings`](#saved_settings). The run's subsets say what it trained on and watched; an
+    evaluation measures the whole test set unless it asks for a subset.
     """
-    return {k: v for k, v in saved_settings(state).items() if k not in ("test_subset", "train_subset")}
+    return {k: v for k, v in settings.items() if k not in ("test_subset", "train_subset")}

@@ -18,6 +18,8 @@ from synthetic_main import TINY_STAGES, run_trainer, tiny_args, write_data
 
 import resnet
 from experiments import checkpoint as ckpt
+from experiments import cifar10, cli
+from experiments.recipes import RECIPES
 from resnet import loading
 
 # The tensor whose stored bytes the tests damage: a convolution's weights, 16*8*3*3 floats.
@@ -159,3 +161,65 @@ def test_a_version_2_checkpoint_without_digest_still_loads_unverified(trained: P
     torch.save(state, path)
     assert ckpt.load_checkpoint(path)["version"] == 2
     assert isinstance(resnet.load_checkpoint(path), torch.nn.Module)
+
+
+# ## Saved settings pass the command line's checks
+#
+# Each edit is written with the trainer's own writer, so its digest matches: these files are not damaged,
+# they hold settings that the command line would refuse.
+EDITED_SETTINGS = [
+    pytest.param({"batch_size": 0}, "batch_size=0: must be at least 1", id="batch_size=0"),
+    pytest.param({"model": "resnet999"}, "model='resnet999': expected one of: ", id="unknown-model"),
+    pytest.param({"epochs": "abc"}, "epochs='abc': expected a whole number", id="epochs=abc"),
+    pytest.param({"train_loader": "x"}, "unknown configuration 'train_loader'", id="internal-key"),
+    pytest.param({"world": 3}, "unknown configuration 'world'", id="internal-world"),
+    pytest.param(
+        {"optimizer.learning_rate": float("nan")}, "optimizer.learning_rate=nan: expected", id="nan"
+    ),
+    pytest.param({"recipe": "fastest"}, "unknown recipe 'fastest'", id="unknown-recipe"),
+    pytest.param({"model": "plain20", "shortcut": "B"}, "plain20 is a plain network", id="combination"),
+]
+
+
+def edited(trained: Path, folder: Path, change: dict) -> Path:
+    state = ckpt.load_checkpoint(trained)
+    state["config"] = {**state["config"], **change}
+    path = folder / "edited" / "last.pt"
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, state)
+    assert loading.checkpoint_damage(torch.load(path, weights_only=True)) is None
+    return path
+
+
+@pytest.mark.parametrize("how", ["--resume", "--eval"])
+@pytest.mark.parametrize("change, message", EDITED_SETTINGS)
+def test_edited_saved_settings_end_in_one_line_with_status_1(
+    how: str, change: dict, message: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = edited(trained, tmp_path, change)
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), how, str(path)]) == 1
+    line = one_error_line(capsys)
+    assert f"{path} holds settings the command line refuses" in line and message in line
+    assert not (logs / "cifar10").exists()
+
+
+@pytest.mark.parametrize("how", ["--resume", "--eval"])
+def test_settings_that_are_not_a_table_end_in_one_line(
+    how: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    state = ckpt.load_checkpoint(trained)
+    state["config"] = ["model", "custom"]
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, state)
+    assert run_trainer(["--logs-dir", str(tmp_path / "logs"), how, str(path)]) == 1
+    assert "not a table of settings" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipes_saved_settings_pass_the_check(recipe: str) -> None:
+    # What a checkpoint saves is the checked command line's settings, less the machine's (`device.*`).
+    argv = ["--recipe", recipe, "--device", "cpu"]
+    request = cli.parse(argv, cifar10.Configs, nested=cifar10.NESTED_CONFIGS, recipes=RECIPES)
+    saved = ckpt.run_config(request.settings)
+    assert cli.check_saved(saved, cifar10.Configs, cifar10.NESTED_CONFIGS, RECIPES) == saved
