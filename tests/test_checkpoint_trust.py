@@ -223,3 +223,27 @@ def test_every_recipes_saved_settings_pass_the_check(recipe: str) -> None:
     request = cli.parse(argv, cifar10.Configs, nested=cifar10.NESTED_CONFIGS, recipes=RECIPES)
     saved = ckpt.run_config(request.settings)
     assert cli.check_saved(saved, cifar10.Configs, cifar10.NESTED_CONFIGS, RECIPES) == saved
+
+
+def test_an_averaged_runs_checkpoint_verifies_and_its_damaged_average_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The weight average is a second copy of the network, the one --eval and the library load.
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(write_data(tmp_path / "data"), logs, "ema_decay=0.5")) == 0
+    (run_dir,) = (logs / "cifar10").iterdir()
+    path = run_dir / "checkpoints" / "last.pt"
+    state = ckpt.load_checkpoint(path)
+    assert state["ema"] is not None and loading.checkpoint_damage(state) is None
+    average = state["ema"]["model"]
+    name = next(k for k in average if k.endswith(DAMAGED_TENSOR))
+    stored = bytes(average[name].untyped_storage())
+    raw = bytearray(path.read_bytes())
+    assert raw.count(stored) == 1
+    start = raw.find(stored) + len(stored) // 2
+    raw[start : start + 64] = bytes(b ^ 0xFF for b in raw[start : start + 64])
+    path.write_bytes(bytes(raw))
+    assert run_trainer(["--eval", str(path)]) == 1
+    assert f"{path} is damaged" in capsys.readouterr().err
+    with pytest.raises(resnet.LoadError, match="is damaged"):
+        resnet.load_checkpoint(path)
