@@ -305,8 +305,11 @@ def checkpoint_damage(state: dict[str, Any]) -> str | None:
         return None
     try:
         actual = checkpoint_digest(state)
-    except TypeError as e:
-        return str(e)
+    except (TypeError, ValueError, RuntimeError) as e:
+        # A value of a kind our checkpoints never hold (a sparse or quantized tensor, say), or containers
+        # nested deeper than Python recurses (`RecursionError` is a `RuntimeError`).
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return f"it holds something no checkpoint of this trainer holds ({reason})"
     if recorded != actual:
         return "its contents do not match the SHA-256 digest recorded when it was saved"
     return None

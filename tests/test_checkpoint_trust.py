@@ -247,3 +247,18 @@ def test_an_averaged_runs_checkpoint_verifies_and_its_damaged_average_is_refused
     assert f"{path} is damaged" in capsys.readouterr().err
     with pytest.raises(resnet.LoadError, match="is damaged"):
         resnet.load_checkpoint(path)
+
+
+# torch notes that it checks a sparse tensor it loads weights-only; that check is welcome here.
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants:UserWarning")
+def test_a_value_no_checkpoint_holds_is_refused_by_the_digest_check(trained: Path, tmp_path: Path) -> None:
+    # A sparse tensor loads weights-only, but no checkpoint of the trainer holds one: refused, not a crash.
+    state = torch.load(trained, weights_only=True)
+    state["model"] = {**state["model"], "extra": torch.eye(3).to_sparse()}
+    path = tmp_path / "sparse.pt"
+    torch.save(state, path)
+    message = "holds something no checkpoint of this trainer holds"
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(resnet.LoadError, match=message):
+        resnet.load_checkpoint(path)
