@@ -437,16 +437,9 @@ def _shaped_like(model: nn.Module) -> str:
 def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     config_path = folder / CONFIG_NAME
     try:
-        with open(config_path, "rb") as f:
-            raw_config = f.read(_MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise LoadError(f"cannot read {config_path} ({e.strerror or e})") from None
-    if len(raw_config) > _MAX_CONFIG_BYTES:
-        raise LoadError(f"{config_path} is larger than {_MAX_CONFIG_BYTES} bytes; it is not a config.json")
-    try:
-        config = json.loads(raw_config)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError(f"{config_path} is not valid JSON ({e})") from None
+        config = weight_files.read_small_json(config_path, _MAX_CONFIG_BYTES, "a config.json")
+    except ValueError as e:
+        raise LoadError(f"{config_path} {e}") from None
     expected = {"format", "version", "network", "options"}
     if not isinstance(config, dict) or set(config) != expected:
         keys = sorted(config) if isinstance(config, dict) else type(config).__name__
