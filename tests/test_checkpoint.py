@@ -17,6 +17,7 @@ from synthetic_main import run_trainer, tiny_args, write_data
 from experiments import checkpoint as ckpt
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
+from experiments.errors import UsageError
 
 
 def minimal_state(value: float = 1.0) -> dict:
@@ -183,7 +184,7 @@ def test_resume_finds_runs_by_uuid_folder_or_file(trained: Path) -> None:
     assert find_checkpoint(run_dir.name, logs) == trained
     assert find_checkpoint(str(run_dir), logs) == trained
     assert find_checkpoint(str(trained), logs) == trained
-    with pytest.raises(CheckpointError, match="no run"):
+    with pytest.raises(UsageError, match="no run"):  # names nothing: a mistyped setting, exit 2
         find_checkpoint("0123abcd", logs)
 
 
