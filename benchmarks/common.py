@@ -1,17 +1,15 @@
 """
 # What every benchmark shares
 
-Timing on a shared machine is noisy: other processes come and go, CPU clocks change, caches warm up.
-Every benchmark here therefore measures the things it compares in *alternating* repeats (A B, B A, A B,
-...), so a slow spell hits both sides about equally, and reports the *median* of the repeats, which one
-unlucky repeat cannot move. The spread printed beside it, and the machine's load average printed at the
-start, say how much to trust a ratio. Speed is always printed, never asserted.
+The flags every script takes, the `machine:` line its output opens with, and the paired alternating
+timing described in BENCHMARKS.md ("How the numbers are taken"): hand-written because the pairing is
+the point, since a median over back-to-back pairs cancels most of a shared machine's slow spells.
+Speed is printed, never asserted.
 """
 
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,26 +17,36 @@ from typing import Any
 
 import torch
 
+from experiments.precision import machine
 
-def positive(text: str) -> int:
-    """An `argparse` type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+DEVICES = ("cpu", "cuda")
 
 
-def parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
-    """The flags every benchmark takes, spelt as the trainer's command line spells them."""
-    # A docstring's example block shows without its Markdown fences.
-    description = (doc or "").strip().strip("`").strip()
+def positive(text: str, least: int = 1) -> int:
+    """An `argparse` type: a whole number of at least 1 (or `least`)."""
+    if not text.strip().isdigit() or int(text) < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {least}, got {text!r}")
+    return int(text)
+
+
+def names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An `argparse` type: a non-empty comma-separated list of names from `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items or not set(items) <= set(allowed):
+            raise argparse.ArgumentTypeError(f"got {text!r}; choose from {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
+def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> argparse.ArgumentParser:
+    """The flags every benchmark takes, spelt as the trainer spells them; `doc` (the module's) is the help."""
+    description = (doc or "").split("\n", 2)[-1].replace("```\n", "")  # the docstring less its title
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cuda = torch.cuda.is_available()
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
-                   help="where to measure (default: cuda when available)")  # fmt: skip
+    device = "cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu"
+    p.add_argument("--device", choices=devices, default=device, help=f"where to measure (here: {device})")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--repeats", type=positive, default=repeats, help=f"alternating timed repeats ({repeats})")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run at tiny sizes")
@@ -46,65 +54,51 @@ def parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
 
 
 def start(p: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
-    """Check the device, set the threads and print the machine line every benchmark's output opens with."""
+    """Check the device, set the threads and print the `machine:` line."""
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False here; run with --device cpu")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        # cuDNN picks the fastest algorithm for the fixed shapes, as the trainer lets it; both sides get it.
+    if device.type == "cuda":  # cuDNN picks its fastest algorithm for fixed shapes, as the trainer lets it
         torch.backends.cudnn.benchmark = True
     print(f"machine: {describe_machine(device)}", flush=True)
     return device
 
 
-def load_average() -> str:
+def load_average(label: str = "load average") -> str:
     """The 1, 5 and 15 minute load averages: how busy the machine was while it was measured."""
-    if not hasattr(os, "getloadavg"):
-        return "load average unknown"
-    return "load average " + " ".join(f"{load:.2f}" for load in os.getloadavg())
+    return " ".join([label, *(f"{load:.2f}" for load in getattr(os, "getloadavg", lambda: ())())])
 
 
 def describe_machine(device: torch.device) -> str:
-    """One line naming what the numbers were measured on, and how busy it was, for BENCHMARKS.md."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    parts = [f"CPU {cpu}", f"{os.cpu_count()} cores", f"{torch.get_num_threads()} torch threads",
-             f"torch {torch.__version__}", load_average(),
-             datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]  # fmt: skip
-    if device.type == "cuda":
-        parts.insert(0, f"GPU {torch.cuda.get_device_name(device)}")
-    return ", ".join(parts)
+    """The trainer's description of the machine (`precision.machine`), its cores, load and the time."""
+    m, now = machine(device), datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{m['device']}, CPU {m['cpu']} ({os.cpu_count()} cores), torch {m['torch']}, "
+            f"Python {m['python']}, {load_average()}, {now}")  # fmt: skip
 
 
-def time_call(run: Callable[[], None], device: torch.device) -> float:
+def time_call(run: Callable[[], object], device: torch.device) -> float:
     """Seconds one call of `run` takes, its device work included (CUDA kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
+    started = time.perf_counter()
     run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    sync(device)
+    return time.perf_counter() - started
 
 
-def alternate(runs: Sequence[Callable[[], None]], repeats: int, device: torch.device) -> list[list[float]]:
+def alternate(runs: Sequence[Callable[[], object]], repeats: int, device: torch.device,
+              warmup: int = 1) -> list[list[float]]:  # fmt: skip
     """
-    Time every callable `repeats` times, interleaved, reversing the order on every other repeat so that
-    neither side always runs right after the other has warmed or heated the machine. Returns the
-    seconds of each repeat, one list per callable.
+    Seconds of every repeat of each callable, in order A B, B A, ...: one list per callable. `warmup`
+    untimed calls of each come first (compilation, kernel choice, first allocations, worker start-up).
     """
+    for run in [*runs] * warmup:
+        run()
     seconds: list[list[float]] = [[] for _ in runs]
     for repeat in range(repeats):
-        order = range(len(runs)) if repeat % 2 == 0 else reversed(range(len(runs)))
-        for i in order:
+        for i in range(len(runs)) if repeat % 2 == 0 else reversed(range(len(runs))):
             seconds[i].append(time_call(runs[i], device))
     return seconds
 
@@ -117,30 +111,19 @@ def rate_summary(images: int, seconds: Sequence[float]) -> tuple[float, float]:
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """
-    The median over repeats of `numerator[i] / denominator[i]`. The two times of one repeat were taken
-    back to back under the same load, so their ratio cancels most of a slow spell that a ratio of two
-    separate medians would keep.
-    """
+    """The median over repeats of `numerator[i] / denominator[i]`, two times taken back to back."""
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table with columns as wide as their widest cell (markdown-compatible)."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[object]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in (headers, *rows)]  # fmt: skip
+    return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])
 
 
 def first_reaching(history: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """
-    The first epoch record of a trainer's history (`metrics.jsonl`) whose test accuracy reaches `target`,
-    or None. The test curve is only watched: the verdict of a run is always its final epoch.
-    """
-    return next(
-        (r for r in history if r.get("test_accuracy") is not None and r["test_accuracy"] >= target), None
-    )
+    """The first epoch (`metrics.jsonl`) whose test accuracy reaches `target` (watched, never chosen on)."""
+    accuracy = "test_accuracy"
+    return next((r for r in history if r.get(accuracy) is not None and r[accuracy] >= target), None)

@@ -7,25 +7,8 @@ python -m benchmarks.gpu --data-dir DATA --out gpu-run     # with CIFAR-10 in DA
 python -m benchmarks.gpu --quick --device cpu              # a smoke run of every step, tiny sizes
 ```
 
-GPU time is usually lent for minutes, so this takes every GPU measurement in one go, calling code that
-also runs on its own, and ends with one table that says what passed: (1) [`model_speed`](model_speed.py),
-our networks against torchvision's `resnet50` at 224 pixels and batch 256 and against the minimal CIFAR
-and ResNet-9 references at batch 512, in fp32 (NCHW and `channels_last`), bf16 and compiled, target
-ours/reference ≥ 1.0; (2) [`data_pipeline`](data_pipeline.py), target `TensorBatches` supply / `resnet20`
-demand ≥ 1.0; (3) the trainer, `cifar10.train(...)` once per run (`resnet9 --recipe resnet9`, `resnet20`
-and `resnet56 --recipe fast`, then `resnet20` compiled and with CUDA graphs, whose table row counts the
-graphs `torch.compile` declined to record). Each run gets the trainer's own `--time-limit` (`--time-limit`
-here): at the limit it stops after a step, saves its checkpoint and reports the epochs it finished. With
-the real CIFAR-10 (`--data-dir`; never downloaded here, every md5 checked) each recipe runs its full
-schedule and the table gives the training time to target by the trainer's own clock, which stops while
-it evaluates: `resnet9` 94% in ≤ 10 s, `resnet20` 91.25% in ≤ 30 s, `resnet56` 93.03% in ≤ 90 s (Table
-6's numbers; our goals on one H100). Without it, a few epochs on synthetic images: throughput only.
-
-Verdicts: `pass`/`fail` against a target; `not-measurable` where no comparison holds (accuracy on
-synthetic data, a run stopped by its time limit, any ratio of a `--quick` run); `info` for a number
-without a target; `skipped`/`stopped`/`error` for a step that did not run, hit its time limit or failed,
-with the reason. `--out DIR` keeps `summary.json`, `summary.md` and the run folders, and never overwrites
-an earlier summary.
+GPU time is lent for minutes: this runs `model_speed`, `data_pipeline` and the trainer's runs (each
+under its own `--time-limit`) in one go and ends with a table of verdicts. BENCHMARKS.md, "The GPU script".
 """
 
 import json
@@ -33,22 +16,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
 
-from benchmarks import data_pipeline, model_speed
-from benchmarks.common import describe_machine, first_reaching, parser, positive, start, table
+from benchmarks import common, data_pipeline, model_speed
 from experiments import cifar10
 from experiments.synthetic import write_synthetic_cifar10
 
 STAGES = ("model_speed", "data_pipeline", "trainer")
 # Our goals on one H100: (test accuracy, seconds of training to reach it).
 TARGETS = {"resnet20": (0.9125, 30.0), "resnet56": (0.9303, 90.0), "resnet9": (0.94, 10.0)}
-CIFAR10_TRAIN_IMAGES = 50_000
 # The `model_speed` calls: name, models, variants, autocast, modes.
 SPEED_CALLS = (
     ("resnet50 fp32", "resnet50", "eager,channels_last", "none", "train,infer"),
@@ -72,45 +54,46 @@ class Row:
     verdict: str = "info"
 
 
+# What a step returns: its status ("done" or "stopped"), its rows, and details for summary.json.
+StepResult = tuple[str, list[Row], dict[str, Any]]
+
+
+def passed(ok: bool) -> str:
+    return "pass" if ok else "fail"
+
+
 def ratio_verdict(ratio: float, digits: int, quick: bool = False) -> str:
     """`pass` when the ratio *as printed* is at least 1, so a row never reads "1.000 ... fail"."""
-    return "not-measurable" if quick else ("pass" if round(ratio, digits) >= 1.0 else "fail")
+    return "not-measurable" if quick else passed(round(ratio, digits) >= 1.0)
 
 
-def speed_argv(
-    models: str, variants: str, autocast: str, modes: str, device: torch.device, quick: bool
-) -> list[str]:
-    """A `model_speed` command line at the sizes of our speed goals (a GPU's, a CPU's or `--quick`'s)."""
-    imagenet = models == "resnet50"
-    batch, size = {"cuda": ((512, 32), (256, 224)), "cpu": ((128, 32), (8, 224))}[device.type][imagenet]
-    counts = "--repeats 5 --steps 3"
-    if quick:
-        batch, size, counts = 2, 32, "--repeats 1 --steps 1 --warmup 0"
-    return (f"--device {device.type} --models {models} --variants {variants} --autocast {autocast} "
-            f"--modes {modes} --batch-size {batch} --image-size {size} {counts}").split()  # fmt: skip
-
-
-def speed_rows(argv: list[str], quick: bool) -> list[Row]:
-    precision = "bf16" if "bf16" in argv else "fp32"
-    return [
-        Row("model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.setting.batch_size} "
-            f"{r.setting.image_size}px: ours/reference", f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} "
+def speed_step(models: str, variants: str, autocast: str, modes: str, device: torch.device, quick: bool,
+               repeats: int = 5) -> StepResult:  # fmt: skip
+    """`model_speed` at the sizes of our speed goals (a GPU's, a CPU's or `--quick`'s)."""
+    sizes = {"cuda": ((512, 32), (256, 224)), "cpu": ((128, 32), (8, 224))}[device.type][models == "resnet50"]
+    batch, size, counts = (2, 32, "1 --steps 1 --warmup 0") if quick else (*sizes, f"{repeats} --steps 3")
+    argv = (f"--device {device.type} --models {models} --variants {variants} --autocast {autocast} --modes "
+            f"{modes} --batch-size {batch} --image-size {size} --repeats {counts}").split()  # fmt: skip
+    precision = "bf16" if autocast == "bf16" else "fp32"
+    return "done", [
+        Row("model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.batch_size} "
+            f"{r.image_size}px: ours/reference", f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} "
             "img/s)", ">= 1.0", ratio_verdict(r.ratio, 3, quick))
         for r in model_speed.main(argv)
-    ]  # fmt: skip
+    ], {"argv": argv}  # fmt: skip
 
 
-def pipeline_rows(device: torch.device, quick: bool) -> list[Row]:
+def pipeline_step(device: torch.device, quick: bool, repeats: int = 5) -> StepResult:
     """`data_pipeline` at the fast recipe's batch and layout; 8 workers, as a DataLoader user would try."""
-    argv = "--quick" if quick else "--batch-size 512 --channels-last --batches 10 --workers 8"
+    sizes = f"--batch-size 512 --channels-last --batches 10 --workers 8 --repeats {repeats}"
+    argv = "--quick" if quick else sizes
     rates = data_pipeline.main([*argv.split(), "--device", device.type])
-    rows = [Row("data pipeline", f"{name} (img/s)", f"{rate:.0f}") for name, rate in rates.items()]
-    ratio = rates["supply: TensorBatches"] / rates["demand: resnet20 train step (fixed batch)"]
-    verdict = ratio_verdict(ratio, 2, quick)
-    return [
-        *rows,
-        Row("data pipeline", "TensorBatches supply / resnet20 demand", f"{ratio:.2f}", ">= 1.0", verdict),
-    ]
+    ratio = rates["supply: TensorBatches"] / rates[data_pipeline.DEMAND]
+    return "done", [
+        *(Row("data pipeline", f"{name} (img/s)", f"{rate:.0f}") for name, rate in rates.items()),
+        Row("data pipeline", "TensorBatches supply / resnet20 demand", f"{ratio:.2f}", ">= 1.0",
+            ratio_verdict(ratio, 2, quick)),
+    ], {}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,9 +108,8 @@ class TrainerRun:
     @property
     def label(self) -> str:
         variant = "compiled" if self.compile else "CUDA graphs" if self.cuda_graphs else ""
-        return " ".join(
-            w for w in (self.model, "" if self.recipe == self.model else self.recipe, variant) if w
-        )
+        recipe = "" if self.recipe == self.model else self.recipe
+        return " ".join(word for word in (self.model, recipe, variant) if word)
 
     def settings(self, data_dir: Path, real: bool, quick: bool, device: torch.device, logs_dir: Path,
                  time_limit_s: float) -> dict[str, Any]:  # fmt: skip
@@ -135,123 +117,81 @@ class TrainerRun:
         settings: dict[str, Any] = dict(
             model=self.model, recipe=self.recipe, device=device.type, data_dir=str(data_dir), download=False,
             logs_dir=logs_dir, valid_split=0, eval_every_epoch=True, time_limit_s=time_limit_s,
+            **({"compile": True} if self.compile else {"cuda_graphs": True} if self.cuda_graphs else {}),
         )  # fmt: skip
-        settings.update(
-            {"compile": True} if self.compile else {"cuda_graphs": True} if self.cuda_graphs else {}
-        )
         if not real:  # a few epochs give a steady rate; synthetic files cannot match the official md5 sums
-            settings.update(
-                epochs=1 if quick else 3, verify_checksums=False, **({"batch_size": 64} if quick else {})
-            )
+            settings.update(epochs=1 if quick else 3, verify_checksums=False)
+            settings.update({"batch_size": 64} if quick else {})
         return settings
 
 
-TRAINER_RUNS = (
-    TrainerRun("resnet9", "resnet9"),
-    TrainerRun("resnet20", "fast"),
-    TrainerRun("resnet56", "fast"),
-    TrainerRun("resnet20", "fast", compile=True),
-    TrainerRun("resnet20", "fast", cuda_graphs=True),
-)
-
-
-def trainer_rows(run: TrainerRun, results: Any, real: bool, train_images: int, declined: int) -> list[Row]:
-    """The rows for one finished or stopped run; `results` is what `cifar10.train` returned."""
-    stage, history, stopped = f"trainer {run.label}", results.history, results.summary is None
-    rows: list[Row] = []
-
-    def add(metric: str, value: str, target: str = "-", verdict: str = "info") -> None:
-        rows.append(Row(stage, metric, value, target, verdict))
-
-    if run.cuda_graphs:  # a graph torch.compile could not record shows only in a log line and this counter
-        add("graphs torch.compile declined to record as CUDA graphs", str(declined), "0",
-            "pass" if declined == 0 else "fail")  # fmt: skip
-    if not history:
-        add("train images/s", "no epoch completed", "-", "not-measurable")
-        return rows
-    add("train images/s, all epochs (incl. warm-up)", f"{history[-1]['train_images_per_s']:.0f}")
-    if len(history) > 1:  # after the first epoch's warm-up and compilation: the steady rate
-        add("train images/s, last epoch", f"{train_images / history[-1]['epoch_train_time_s']:.0f}")
-    accuracy, seconds = TARGETS[run.model]
-    final, measured = "final test accuracy", history[-1]["test_accuracy"]
-    final += f" (epoch {len(history)}, run stopped)" if stopped else ""
-    to_target, limit = f"training time to {accuracy:.2%} (evaluation excluded)", f"<= {seconds:.0f} s"
-    if not real:
-        add(
-            final,
-            f"{measured:.4f} (synthetic, not meaningful)",
-            f">= {accuracy} on CIFAR-10",
-            "not-measurable",
-        )
-        add(to_target, "synthetic data, not meaningful", limit, "not-measurable")
-        return rows
-    add(final, f"{measured:.4f}", f">= {accuracy}", "not-measurable" if stopped else
-        "pass" if measured >= accuracy else "fail")  # fmt: skip
-    reached = first_reaching(history, accuracy)
-    if reached is not None:
-        add(to_target, f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})", limit,
-            "pass" if reached["train_time_s"] <= seconds else "fail")  # fmt: skip
-    else:
-        why = f"not reached in {len(history)} epochs" + (" before the time limit" if stopped else "")
-        add(to_target, why, limit, "not-measurable" if stopped else "fail")
-    return rows
-
-
-def declined_graphs() -> int:
-    """How often in this process the inductor backend compiled a graph but did not record it."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
-
-
-# What a step returns: its status ("done" or "stopped"), its rows, and details for summary.json.
-StepResult = tuple[str, list[Row], dict[str, Any]]
-
-
-def speed_step(argv: list[str], quick: bool) -> StepResult:
-    return "done", speed_rows(argv, quick), {"argv": argv}
-
-
-def pipeline_step(device: torch.device, quick: bool) -> StepResult:
-    return "done", pipeline_rows(device, quick), {}
+TRAINER_RUNS = (TrainerRun("resnet9", "resnet9"), TrainerRun("resnet20", "fast"),
+                TrainerRun("resnet56", "fast"), TrainerRun("resnet20", "fast", compile=True),
+                TrainerRun("resnet20", "fast", cuda_graphs=True))  # fmt: skip
 
 
 def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_images: int) -> StepResult:
-    before = declined_graphs()
+    """One trainer run and its rows: speed, and on real data the final accuracy and the time to target."""
+    before = counters["inductor"]["cudagraph_skips"]  # graphs inductor compiled but did not record
     results = cifar10.train(**settings)
-    rows = trainer_rows(run, results, real, train_images, declined_graphs() - before)
+    stage, history, stopped, rows = f"trainer {run.label}", results.history, results.summary is None, []
     details = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
-               "run_dir": str(results.run_dir), "results": results.summary,
-               "history": results.history}  # fmt: skip
-    return "done" if results.summary is not None else "stopped", rows, details
+               "run_dir": str(results.run_dir), "results": results.summary, "history": history}  # fmt: skip
+
+    def add(*cells: str) -> None:
+        rows.append(Row(stage, *cells))
+
+    if run.cuda_graphs:  # a graph torch.compile could not record shows only in a log line and this counter
+        declined = counters["inductor"]["cudagraph_skips"] - before
+        add("graphs torch.compile declined to record as CUDA graphs", str(declined), "0",
+            passed(declined == 0))  # fmt: skip
+    if not history:
+        add("train images/s", "no epoch completed", "-", "not-measurable")
+    else:
+        add("train images/s, all epochs (incl. warm-up)", f"{history[-1]['train_images_per_s']:.0f}")
+    if len(history) > 1:  # after the first epoch's warm-up and compilation: the steady rate
+        add("train images/s, last epoch", f"{train_images / history[-1]['epoch_train_time_s']:.0f}")
+    accuracy, seconds = TARGETS[run.model]
+    final = "final test accuracy" + (f" (epoch {len(history)}, run stopped)" if stopped else "")
+    to_target, limit = f"training time to {accuracy:.2%} (evaluation excluded)", f"<= {seconds:.0f} s"
+    reached, unmeasured = common.first_reaching(history, accuracy), "not-measurable"
+    if history and not real:
+        add(final, f"{history[-1]['test_accuracy']:.4f} (synthetic, not meaningful)",
+            f">= {accuracy} on CIFAR-10", unmeasured)  # fmt: skip
+        add(to_target, "synthetic data, not meaningful", limit, unmeasured)
+    elif history:
+        measured = history[-1]["test_accuracy"]
+        verdict = unmeasured if stopped else passed(measured >= accuracy)
+        add(final, f"{measured:.4f}", f">= {accuracy}", verdict)
+        if reached is None:
+            why = f"not reached in {len(history)} epochs" + (" before the time limit" if stopped else "")
+            add(to_target, why, limit, unmeasured if stopped else "fail")
+        else:
+            add(to_target, f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})", limit,
+                passed(reached["train_time_s"] <= seconds))  # fmt: skip
+    return "stopped" if stopped else "done", rows, details
 
 
-def run_steps(
-    steps: list[tuple[str, str, str, Callable[[], StepResult]]], time_limit: int
-) -> tuple[list, list]:
-    """Each step in turn, `(stage, name, why it is skipped or "", call)`; returns the reports and the rows."""
+def run_steps(steps: list[tuple[str, str, str, Callable[[], StepResult]]],
+              time_limit: int) -> tuple[list[dict[str, Any]], list[Row]]:  # fmt: skip
+    """Each `(stage, name, why it is skipped or "", call)` in turn; one that fails costs only its rows."""
     reports, rows = [], []
     for stage, name, skip, call in steps:
-        report: dict[str, Any] = {
-            "stage": stage,
-            "name": name,
-            "status": "skipped",
-            "reason": skip,
-            "seconds": 0.0,
-        }
+        report: dict[str, Any] = {"stage": stage, "name": name, "status": "skipped", "reason": skip,
+                                  "seconds": 0.0}  # fmt: skip
         step_rows: list[Row] = []
         if not skip:
             print(f"\n=== {stage}: {name}", flush=True)
             started = time.perf_counter()
             try:
                 report["status"], step_rows, report["details"] = call()
-            except (Exception, SystemExit) as e:  # one broken step must not cost the others' measurements
+            except (Exception, SystemExit) as e:
                 report["status"], report["reason"] = "error", f"{type(e).__name__}: {e}"[:200]
             report["seconds"] = time.perf_counter() - started
         if report["status"] != "done":
             reason = report["reason"] or f"stopped by its {time_limit} s time limit"
-            verdict = report["status"] if report["status"] in ("error", "stopped") else "skipped"
-            rows.append(Row(stage.replace("_", " "), name, f"{report['status']}: {reason}", "-", verdict))
+            status = report["status"]
+            rows.append(Row(stage.replace("_", " "), name, f"{status}: {reason}", "-", status))
         rows += step_rows
         reports.append(report)
     return reports, rows
@@ -259,42 +199,38 @@ def run_steps(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the steps in order, print the summary table last; returns what summary.json holds."""
-    p = parser(__doc__.split("\n\n")[1], repeats=5)
+    p = common.parser(__doc__, repeats=5)
     p.add_argument("--data-dir", type=Path, help="a folder holding the real CIFAR-10 (time to accuracy)")
     p.add_argument("--out", type=Path, help="write summary.json and summary.md there; keep the run folders")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
+    p.add_argument("--stages", type=common.names(STAGES), default=",".join(STAGES), help="comma-separated")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile steps")
-    p.add_argument("--time-limit", type=positive, default=150, help="seconds for each trainer run (150)")
+    p.add_argument("--time-limit", type=common.positive, default=150, help="seconds per trainer run (150)")
     args = p.parse_args(argv)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if not stages or any(s not in STAGES for s in stages):
-        p.error(f"--stages {args.stages}: choose from {', '.join(STAGES)}")
-    if args.data_dir is not None and not args.data_dir.is_dir():
+    real = args.data_dir is not None
+    if real and not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a folder; give the one holding cifar-10-batches-py/")
     if args.out is not None and any((args.out / name).exists() for name in ("summary.json", "summary.md")):
         p.error(f"--out {args.out} already holds a summary; choose another folder so the earlier one is kept")
     threads = torch.get_num_threads()
-    device = start(p, args)
-    machine, real = describe_machine(device), args.data_dir is not None
+    device = common.start(p, args)
+    machine = common.describe_machine(device)
     no_compile = "--no-compile" if args.no_compile else ""
     no_compile = "torch.compile steps are left out with --quick" if args.quick else no_compile
-    steps: list[tuple[str, str, str, Callable[[], StepResult]]] = []
-    for name, models, variants, autocast, modes in SPEED_CALLS if "model_speed" in stages else ():
-        speed = speed_argv(models, variants, autocast, modes, device, args.quick)
-        steps.append(("model_speed", name, no_compile if "compile" in variants else "",
-                      partial(speed_step, speed, args.quick)))  # fmt: skip
-    if "data_pipeline" in stages:
-        pipeline = partial(pipeline_step, device, args.quick)
+    steps = [("model_speed", name, no_compile if "compile" in call[1] else "",
+              partial(speed_step, *call, device, args.quick, args.repeats))
+             for name, *call in SPEED_CALLS if "model_speed" in args.stages]  # fmt: skip
+    if "data_pipeline" in args.stages:
+        pipeline = partial(pipeline_step, device, args.quick, args.repeats)
         steps.append(("data_pipeline", "TensorBatches vs resnet20", "", pipeline))
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as folder:
             logs_dir = args.out / "runs" if args.out is not None else Path(folder) / "logs"
-            data_dir, train_images = args.data_dir or Path(folder) / "data", CIFAR10_TRAIN_IMAGES
-            if "trainer" in stages and not real:  # a real epoch's worth on a GPU; 80 images with --quick
+            data_dir, train_images = args.data_dir or Path(folder) / "data", 50_000
+            if "trainer" in args.stages and not real:  # a real epoch's worth on a GPU; 80 images with --quick
                 per_file = 16 if args.quick else 10_000 if device.type == "cuda" else 1_000
                 write_synthetic_cifar10(data_dir, n_per_train_batch=per_file, n_test=32, separable=True)
                 train_images = 5 * per_file
-            for run in TRAINER_RUNS if "trainer" in stages else ():
+            for run in TRAINER_RUNS if "trainer" in args.stages else ():
                 skip = "--cuda-graphs needs CUDA" if run.cuda_graphs and device.type != "cuda" else \
                     no_compile if run.compile or run.cuda_graphs else ""  # fmt: skip
                 settings = run.settings(data_dir, real, args.quick, device, logs_dir, args.time_limit)
@@ -308,13 +244,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = {"command": command, "machine": machine, "note": note, "steps": reports,
                "rows": [asdict(row) for row in rows]}  # fmt: skip
-    text = table(["stage", "metric", "value", "target", "verdict"], [list(asdict(r).values()) for r in rows])
+    text = common.table([field.name for field in fields(Row)], [list(asdict(r).values()) for r in rows])
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        (args.out / "summary.md").write_text(
-            f"# GPU benchmark\n\n{machine}\n\n`{command}`\n\n{note}\n\n{text}\n"
-        )
+        markdown = f"# GPU benchmark\n\n{machine}\n\n`{command}`\n\n{note}\n\n{text}\n"
+        (args.out / "summary.md").write_text(markdown)
     print(f"\n# Summary\nmachine: {machine}\n{note}\n{text}", flush=True)
     return summary
 

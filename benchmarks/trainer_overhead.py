@@ -1,21 +1,14 @@
 """
 # Trainer overhead: what the labml trainer costs per epoch
 
-[`experiments/cifar10.py`](../experiments/cifar10.py) wraps every training step in bookkeeping: the
-progress display, the global step, on-device sums of loss and accuracy, a check for a non-finite loss
-and for stop signals, the learning-rate schedule. This script measures what that costs: an epoch of
-`cifar10.train(...)`, the trainer's public entry point, against a bare PyTorch loop that does only the
-arithmetic (forward, cross-entropy, backward, SGD step, schedule step) on the same network, the same
-number of steps and the same images, read by the same `TensorBatches` loader.
+```
+python -m benchmarks.trainer_overhead --device cpu --images 2560 --repeats 11
+```
 
-Each repeat is one trainer run of two epochs on synthetic images in CIFAR-10's file format, and two
-epochs of the bare loop; the first epoch of each warms up, the second is timed. The trainer's time is
-its own clock for that epoch (`epoch_train_time_s` in its history), which stops while it evaluates or
-writes its checkpoint, so set-up, evaluation and files are not part of the number. The two sides
-alternate (trainer first in one repeat, bare loop first in the next); the overhead is the median over
-repeats of the ratio of the two epoch times measured back to back, minus 1. The target is at most 3%.
-
-    python -m benchmarks.trainer_overhead --device cpu --images 2560 --repeats 11
+The second epoch of a two-epoch `cifar10.train(...)` run, by the trainer's own clock, against a bare
+PyTorch loop (forward, cross-entropy, backward, SGD and schedule steps) on the same network, settings,
+steps and `TensorBatches`, on synthetic images in CIFAR-10's file format, in alternating repeats; the
+overhead is the median of the paired ratios minus 1. BENCHMARKS.md, section 3.
 """
 
 import statistics
@@ -29,22 +22,14 @@ import torch
 import torch.nn.functional as F
 
 import resnet
-from benchmarks.common import (
-    load_average,
-    paired_ratio,
-    parser,
-    positive,
-    rate_summary,
-    start,
-    table,
-    time_call,
-)
+from benchmarks import common
+from benchmarks.common import positive
 from experiments import cifar10
 from experiments.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
 from experiments.loader import TensorBatches
 from experiments.synthetic import write_synthetic_cifar10
 
-CIFAR_PRESETS = [name for name in resnet.PRESETS if name in ("resnet20", "resnet32", "resnet44", "resnet56")]
+LABELS = {"trainer": "labml trainer (cifar10.train)", "bare": "bare PyTorch loop"}
 
 
 def trainer_epoch(data_dir: Path, logs_dir: Path, settings: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -56,26 +41,20 @@ def trainer_epoch(data_dir: Path, logs_dir: Path, settings: dict[str, Any]) -> t
 
 
 class BareLoop:
-    """
-    The trainer's network, optimizer settings (the `paper` recipe's SGD and step schedule) and loader,
-    driven by a minimal loop; `steps` counts the steps it trained.
-    """
+    """The `paper` recipe's network, SGD, step schedule and loader in a minimal loop; `steps` it trained."""
 
     def __init__(self, data_dir: Path, model: str, batch_size: int, channels_last: bool, device: torch.device,
                  seed: int, epochs: int = 2):  # fmt: skip
         arrays = load_cifar10(data_dir, download=False, verify_checksums=False)
-        self.device = device
+        self.device, self.steps = device, 0
         self.model = resnet.PRESETS[model]().to(device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=torch.channels_last) if channels_last else self.model
         self.loader = TensorBatches(arrays.train_images, arrays.train_labels, batch_size=batch_size,
                                     shuffle=True, augment=True, device=device, seed=seed, mean=CIFAR10_MEAN,
                                     std=CIFAR10_STD, channels_last=channels_last)  # fmt: skip
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        # The drops at 50% and 75% of the run, as `cifar10.Configs.lr_milestones` places them.
-        total = epochs * len(self.loader)
+        total = epochs * len(self.loader)  # drops at 50% and 75% of the run, as `cifar10.Configs` puts them
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, [total // 2, total * 3 // 4])
-        self.steps = 0
 
     def epoch(self, epoch: int) -> None:
         self.model.train()
@@ -90,12 +69,12 @@ class BareLoop:
     def two_epochs(self) -> float:
         """Seconds of the second of two epochs (the first warms up), as the trainer's run is timed."""
         self.epoch(0)
-        return time_call(lambda: self.epoch(1), self.device)
+        return common.time_call(lambda: self.epoch(1), self.device)
 
 
 def main(argv: Sequence[str] | None = None) -> float:
-    p = parser(__doc__.split("\n\n")[1], repeats=5)
-    p.add_argument("--model", choices=CIFAR_PRESETS, default="resnet20", help="the network (resnet20)")
+    p = common.parser(__doc__, repeats=5)
+    p.add_argument("--model", choices=("resnet20", "resnet32", "resnet44", "resnet56"), default="resnet20")
     p.add_argument("--images", type=positive, default=5120, help="synthetic training images per epoch (5120)")
     p.add_argument("--batch-size", type=positive, default=128, help="images per step (128)")
     p.add_argument("--channels-last", action="store_true", help="the trainer's channels_last setting")
@@ -104,34 +83,32 @@ def main(argv: Sequence[str] | None = None) -> float:
         args.images, args.batch_size, args.repeats = 80, 16, 2
     if args.images % 5:
         p.error(f"--images {args.images}: give a multiple of 5 (CIFAR-10 has five training files)")
-    device = start(p, args)
-    trainer_s: list[float] = []
-    bare_s: list[float] = []
+    device = common.start(p, args)
+    seconds: dict[str, list[float]] = {"trainer": [], "bare": []}
+    settings = {"model": args.model, "batch_size": args.batch_size, "channels_last": args.channels_last,
+                "device": device.type}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="trainer-overhead-") as folder:
         data_dir, logs_dir = Path(folder) / "data", Path(folder) / "logs"
         write_synthetic_cifar10(data_dir, n_per_train_batch=args.images // 5, n_test=16)
-        for repeat in range(args.repeats):
-            # Alternate which side goes first, so neither always runs right after the other.
+        for repeat in range(args.repeats):  # alternating which side goes first
             for side in ("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer"):
                 if side == "trainer":
-                    settings = {"model": args.model, "batch_size": args.batch_size, "seed": repeat,
-                                "channels_last": args.channels_last, "device": device.type}  # fmt: skip
-                    trainer_s.append(trainer_epoch(data_dir, logs_dir, settings)[0])
+                    seconds[side].append(trainer_epoch(data_dir, logs_dir, {**settings, "seed": repeat})[0])
                 else:
                     bare = BareLoop(data_dir, args.model, args.batch_size, args.channels_last, device, repeat)
-                    bare_s.append(bare.two_epochs())
-            progress = f"trainer {trainer_s[-1]:.3f} s, bare {bare_s[-1]:.3f} s"
-            print(f"  repeat {repeat + 1}: {progress}", file=sys.stderr, flush=True)
+                    seconds[side].append(bare.two_epochs())
+            print(f"  repeat {repeat + 1}: trainer {seconds['trainer'][-1]:.3f} s, "
+                  f"bare {seconds['bare'][-1]:.3f} s", file=sys.stderr, flush=True)  # fmt: skip
     rows = []
-    for name, times in (("labml trainer (cifar10.train)", trainer_s), ("bare PyTorch loop", bare_s)):
-        rate, spread = rate_summary(args.images, times)
-        rows.append([name, f"{statistics.median(times):.3f}", f"{rate:.1f}", f"{spread:.0%}"])
+    for side, times in seconds.items():
+        rate, spread = common.rate_summary(args.images, times)
+        rows.append([LABELS[side], f"{statistics.median(times):.3f}", f"{rate:.1f}", f"{spread:.0%}"])
     print(f"\n{args.model}, {args.images} synthetic images per epoch in batches of {args.batch_size}, "
           f"channels_last={args.channels_last}; median of {args.repeats} alternating epochs; "
-          f"{load_average()}")  # fmt: skip
-    print(table(["loop", "s/epoch", "images/s", "spread"], rows))
-    overhead = paired_ratio(trainer_s, bare_s) - 1
-    medians = statistics.median(trainer_s) / statistics.median(bare_s)
+          f"{common.load_average()}")  # fmt: skip
+    print(common.table(["loop", "s/epoch", "images/s", "spread"], rows))
+    overhead = common.paired_ratio(seconds["trainer"], seconds["bare"]) - 1
+    medians = statistics.median(seconds["trainer"]) / statistics.median(seconds["bare"])
     print(f"\nratio trainer/bare epoch time: {1 + overhead:.4f} (median over repeats of the back-to-back "
           f"pair; ratio of the medians: {medians:.4f})")  # fmt: skip
     print(f"overhead: {overhead:+.2%} (target: at most +3%)")

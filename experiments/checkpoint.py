@@ -13,6 +13,12 @@ objects or code; everything we save fits that (RNG states as tensors, positions 
 strings and numbers). Every way a file can be wrong (missing, truncated, not a checkpoint, another
 network, carrying code) is a [`CheckpointError`](#CheckpointError): one line naming the file and the fix.
 
+**Damage is detected.** A disk can flip bits inside a tensor and leave a file that still loads, with
+wrong weights. So every checkpoint records a SHA-256 of all its other entries (the library's
+[`checkpoint_digest`](../resnet/loading.html#checkpoint_digest), so the trainer and `resnet.load_checkpoint`
+check the same thing), computed as it is saved and checked over the very tensors just parsed as it is
+loaded. A mismatch is refused in one line that names an intact older checkpoint beside it, if any.
+
 **One schema.** [`checkpoint_state`](#checkpoint_state) writes every entry and
 [`restore_checkpoint`](#restore_checkpoint) reads every one back, so the two cannot drift apart.
 """
@@ -24,14 +30,16 @@ from typing import Any, Protocol
 
 import torch
 
-from experiments.errors import ExperimentError
+from experiments.errors import ExperimentError, UsageError
 from experiments.files import atomic_write
+from resnet.loading import TRAINER_DIGEST, checkpoint_damage, checkpoint_digest, intact_alternative
 
 # Written into every checkpoint so we can tell our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
-# Version 2 no longer holds Python's `random` state; version 1 files load unchanged (the entry is ignored).
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3 adds the digest; versions 1 and 2 still load, unverified (they carry nothing to check against).
+# Version 2 dropped Python's `random` state; version 1 files load unchanged (the entry is ignored).
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 # The file name of the newest checkpoint inside a run folder.
 CHECKPOINT_DIR = "checkpoints"
@@ -45,16 +53,18 @@ class CheckpointError(ExperimentError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     Write `state` to `path` atomically (see [`experiments/files.py`](files.py)): either the whole new
-    file is there afterwards, or the old one is untouched. Errors (a full disk, a read-only folder)
-    propagate after the temporary file is removed.
+    file is there afterwards, or the old one is untouched. The digest of `state` is added as it is
+    written. Errors (a full disk, a read-only folder) propagate after the temporary file is removed.
     """
+    state = {**state, TRAINER_DIGEST: checkpoint_digest(state)}
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
     """
     Load and check a checkpoint written by [`save_checkpoint`](#save_checkpoint). Tensors come back on
-    the CPU. Raises `CheckpointError` for anything that is not a complete checkpoint of this trainer.
+    the CPU. Raises `CheckpointError` for anything that is not a complete, intact checkpoint of this
+    trainer; for a damaged one, its message names what to use instead (unless `advise` is false).
     """
     path = Path(path)
     if path.is_dir():
@@ -77,9 +87,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         # Truncated zips, garbage bytes read as a legacy pickle (KeyError, IndexError, ...): any failure
         # to parse means the file is not a usable checkpoint.
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        instead = _alternative(path, advise)
         raise CheckpointError(
-            f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); "
-            f"use an earlier checkpoint or start a new run"
+            f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); {instead}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by experiments/cifar10.py")
@@ -88,10 +98,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} has checkpoint version {state.get('version')!r}; this trainer reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
+    # Checked on what `torch.load` just parsed: these tensors are the ones a resume or `--eval` then uses.
+    if damage := checkpoint_damage(state):
+        raise CheckpointError(f"{path} is damaged: {damage}; {_alternative(path, advise)}")
     for key in ("model", "config", "signature", "position"):
         if key not in state:
             raise CheckpointError(f"{path} is incomplete: it has no '{key}' entry")
     return state
+
+
+def _alternative(path: Path, advise: bool) -> str:
+    """The newest intact checkpoint beside a damaged one, in words, or what to do without one."""
+    if not advise:
+        return "use an earlier checkpoint or start a new run"
+
+    def intact(candidate: Path) -> bool:
+        try:
+            load_checkpoint(candidate, advise=False)
+        except CheckpointError:
+            return False
+        return True
+
+    return intact_alternative(path, intact)
 
 
 def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -142,7 +170,8 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
         matches = sorted(logs_dir.glob(f"*/{reference}")) if logs_dir.is_dir() and reference else []
         matches = [m for m in matches if m.is_dir()]
         if not matches:
-            raise CheckpointError(
+            # Nothing by that name: a mistyped setting, not a damaged file.
+            raise UsageError(
                 f"no run '{reference}': pass a run uuid from {logs_dir}, a run folder or a checkpoint file"
             )
         run_dir = matches[0]
@@ -269,7 +298,11 @@ def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them."""
+    """
+    The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them.
+    They are the file's content, unchecked: the trainer passes them through the command line's checks
+    ([`launch.checked_settings`](launch.html#checked_settings)) before it uses them.
+    """
     return dict(state["config"])
 
 
@@ -283,9 +316,10 @@ def check_network(path: Path, state: dict[str, Any], expected: dict[str, Any]) -
     check_signature(path, state["signature"], expected)
 
 
-def evaluation_settings(state: dict[str, Any]) -> dict[str, Any]:
+def evaluation_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """
-    The settings to rebuild a checkpoint's network and data with for `--eval`. The run's subsets say what
-    it trained on and watched; an evaluation measures the whole test set unless it asks for a subset.
+    The settings to rebuild a checkpoint's network and data with for `--eval`, from its (checked)
+    [`saved_settings`](#saved_settings). The run's subsets say what it trained on and watched; an
+    evaluation measures the whole test set unless it asks for a subset.
     """
-    return {k: v for k, v in saved_settings(state).items() if k not in ("test_subset", "train_subset")}
+    return {k: v for k, v in settings.items() if k not in ("test_subset", "train_subset")}

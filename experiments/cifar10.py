@@ -279,7 +279,7 @@ def train(*, recipe: str | None = None, device: str | None = None, **settings: A
 
 def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
     """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
-    return launch.run_evaluation(Configs, evaluate, _checked({**settings, "eval": str(path)}))
+    return launch.run_evaluation(Configs, NESTED_CONFIGS, evaluate, _checked({**settings, "eval": str(path)}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -334,9 +334,7 @@ def _request(
     typed = list(overrides)  # what this command line sets itself, as opposed to its recipe
     default_recipe = config_default(configs_class, "recipe")
     recipe = overrides.get("recipe", default_recipe) if recipe is None else recipe
-    if recipe not in recipes:
-        names = ", ".join(sorted(recipes))
-        raise UsageError(f"unknown recipe {recipe!r} (--recipe, recipe=): must be one of {names}")
+    _check_recipe(recipe, recipes)
     if recipe != default_recipe or "recipe" in overrides:
         # Leaving the default out lets a resumed run keep its own; a `--recipe` flag beats `recipe=`.
         overrides["recipe"] = recipe
@@ -364,6 +362,29 @@ def _request(
     paths = {key: Path(run[key]) for key in ("results", "logs_dir") if run.get(key) is not None}
     fields = {key: run[key] for key in RUN_OPTIONS if run.get(key) is not None and key != "cuda_graphs"}
     return Request(settings=overrides, wants_cuda=wants_cuda, **{**fields, **paths})
+
+
+def _check_recipe(recipe: Any, recipes: dict[str, dict[str, Any]]) -> None:
+    if recipe not in recipes:
+        names = ", ".join(sorted(recipes))
+        raise UsageError(f"unknown recipe {recipe!r} (--recipe, recipe=): must be one of {names}")
+
+
+def check_saved(
+    settings: dict[str, Any], configs_class: type, nested: dict[str, type], recipes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """
+    Settings read back from a file (a checkpoint's), each through the very checks a `key=value` of the
+    Python API gets: a setting users may set at all, its type, its options, its range, and a known
+    recipe. Returns them converted; raises `UsageError`, which the caller reports as the file's fault.
+    """
+    for key in settings:
+        if not isinstance(key, str):
+            raise UsageError(f"setting names are text, not {key!r}")
+    checked = {key: _check(configs_class, nested, key, value, None) for key, value in settings.items()}
+    if "recipe" in checked:
+        _check_recipe(checked["recipe"], recipes)
+    return checked
 
 
 def _device_overrides(device: str) -> dict[str, Any]:

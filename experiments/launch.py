@@ -34,6 +34,7 @@ from experiments.distributed import World, destroy_process_group, init_process_g
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import write_json
 from experiments.precision import choose_amp, machine
+from experiments.recipes import RECIPES
 from experiments.run_configs import Request
 from experiments.trainer import Diverged, Run, RunError, StopRequested, tta_views
 
@@ -326,6 +327,27 @@ def _resumed_settings(
     raise ckpt.CheckpointError(f"{path}: {problem(merged, request.settings.keys(), resumed=True)}")
 
 
+def checked_settings(
+    configs: type, nested: dict[str, type], path: Path, state: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    A loaded checkpoint's settings, through the command line's own checks before a resume or `--eval`
+    uses them. A value the command line would refuse (edited, or written by another version of the
+    trainer) is the file's fault: one line naming it, exit status 1.
+    """
+    try:
+        if not isinstance(state["config"], dict):
+            raise UsageError(f"they are a {type(state['config']).__name__}, not a table of settings")
+        settings = cli.check_saved(ckpt.saved_settings(state), configs, nested, RECIPES)
+        cli.check_combinations(settings, configs, nested, typed=())
+    except UsageError as e:
+        raise ckpt.CheckpointError(
+            f"{path} holds settings the command line refuses ({e}); it was edited or written by "
+            f"another version of this trainer: use another checkpoint, or start a new run"
+        ) from None
+    return settings
+
+
 def _train(
     configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request, world: World
 ) -> Results:
@@ -340,9 +362,8 @@ def _train(
     if request.resume is not None:
         resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
         saved = ckpt.load_checkpoint(resumed_from)
-        settings = _resumed_settings(
-            configs, nested, request, world, resumed_from, ckpt.saved_settings(saved)
-        )
+        checked = checked_settings(configs, nested, resumed_from, saved)
+        settings = _resumed_settings(configs, nested, request, world, resumed_from, checked)
     # The console is ours, and metrics.jsonl the record; labml writes to its app only with an URL, and
     # TensorBoard's event files (in the run folder's tensorboard/) only when asked.
     writers = {"web_api"} if request.labml_url else set()
@@ -462,7 +483,10 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
 
 
 def run_evaluation(
-    configs: type[BaseConfigs], evaluate: Callable[..., dict[str, float]], request: Request
+    configs: type[BaseConfigs],
+    nested: dict[str, type],
+    evaluate: Callable[..., dict[str, float]],
+    request: Request,
 ) -> dict[str, Any]:
     """
     `--eval RUN`: rebuild the network a checkpoint describes and measure it on the test set. RUN is what
@@ -471,7 +495,8 @@ def run_evaluation(
     assert request.eval is not None
     path = ckpt.find_checkpoint(request.eval, _logs(request))
     saved = ckpt.load_checkpoint(path)
-    settings = {**ckpt.evaluation_settings(saved), **request.settings}
+    checked = checked_settings(configs, nested, path, saved)
+    settings = {**ckpt.evaluation_settings(checked), **request.settings}
     with _threads(request.threads):
         c = _compute(configs, settings, World())
         with quiet():
@@ -531,7 +556,7 @@ def command(
         def checked_evaluation() -> dict[str, Any]:
             if request.results is not None:
                 check_output_file(request.results, "--results")
-            return run_evaluation(configs, evaluate, request)
+            return run_evaluation(configs, nested, evaluate, request)
 
         status = exit_status(checked_evaluation)
     else:

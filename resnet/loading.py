@@ -18,13 +18,22 @@ and those bytes are parsed; a trainer checkpoint, a pickle, is parsed with `weig
 builds tensors and plain containers only. The network is first built on the `meta` device, which
 allocates nothing, and compared with the file's tensors, so a file that asks for a huge network it
 does not hold is refused before any memory is spent on it.
+
+A trainer checkpoint also records a SHA-256 [`checkpoint_digest`](#checkpoint_digest) of everything
+else it holds, computed when it is saved. Storage damage (a flipped bit, a bad sector, a copy cut
+short inside a tensor) leaves a file that still parses, and whose wrong weights would otherwise load
+silently; its digest no longer matches, so it is refused, naming an intact older checkpoint beside it
+if there is one. The digest is taken over the tensors and values just parsed, the very ones then used.
+It detects damage, not a deliberate edit: whoever can rewrite the file can rewrite its digest too.
 """
 
+import hashlib
 import io
 import json
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,10 @@ from resnet.registry import Model
 # `experiments/checkpoint.py`'s FORMAT: the library reads the trainer's schema without importing the
 # trainer (tests/test_loading.py checks the two agree).
 TRAINER_FORMAT = "resnet-annotated/cifar10-checkpoint"
+# The entry holding a trainer checkpoint's digest, and the first checkpoint version that has one; older
+# checkpoints load unverified (nothing in them can tell damage apart from the weights a run learned).
+TRAINER_DIGEST = "digest"
+TRAINER_DIGEST_SINCE = 3
 # The `format` in a weight file's metadata and in `config.json`.
 WEIGHTS_FORMAT = "resnet-annotated/weights"
 # A checkpoint saves the settings its run was given; the network's come from these defaults otherwise
@@ -240,6 +253,95 @@ def trainer_options(settings: dict[str, Any], source: str) -> tuple[str, dict[st
     return name, options
 
 
+# ## Checkpoints that know they are damaged
+#
+# The digest is a hash tree over the parsed checkpoint: a tensor is hashed with its dtype and shape, a
+# dict as the sorted hashes of its (key, value) pairs, a list in order. So the same numbers give the
+# same digest whatever device, memory layout or dict order they had when saved, and no byte of one entry
+# can pass for another's. Hand-written rather than a hash of the file: `torch.save`'s zip layout is not
+# ours to pin down, and hashing what was parsed is what makes the check cover what is then used.
+
+
+def checkpoint_digest(state: dict[str, Any]) -> str:
+    """The SHA-256 (hex) of every entry of a trainer checkpoint's `state` except the digest itself."""
+    return _digest({k: v for k, v in state.items() if k != TRAINER_DIGEST}).hex()
+
+
+def _digest(value: Any) -> bytes:
+    h = hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu").contiguous()
+        h.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}\0".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(b"dict\0")
+        for pair in sorted(_digest(k) + _digest(v) for k, v in value.items()):
+            h.update(pair)
+    elif isinstance(value, (list, tuple)):
+        h.update(b"list\0")
+        for item in value:
+            h.update(_digest(item))
+    elif isinstance(value, float):
+        h.update(f"float\0{value.hex()}".encode())
+    elif value is None or isinstance(value, (bool, int, str, bytes, torch.dtype, torch.device)):
+        h.update(f"{type(value).__name__}\0{value!r}".encode())
+    else:
+        raise TypeError(
+            f"a checkpoint holds tensors, numbers, strings and containers, not {type(value).__name__}"
+        )
+    return h.digest()
+
+
+def checkpoint_damage(state: dict[str, Any]) -> str | None:
+    """
+    What is wrong with a parsed trainer checkpoint's digest, or `None` when it matches (or when the
+    checkpoint is older than digests and cannot be checked).
+    """
+    recorded = state.get(TRAINER_DIGEST)
+    version = state.get("version")
+    if recorded is None:
+        if isinstance(version, int) and version >= TRAINER_DIGEST_SINCE:
+            return f"it has no {TRAINER_DIGEST!r} entry, which every version-{version} checkpoint has"
+        return None
+    try:
+        actual = checkpoint_digest(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        # A value of a kind our checkpoints never hold (a sparse or quantized tensor, say), or containers
+        # nested deeper than Python recurses (`RecursionError` is a `RuntimeError`).
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return f"it holds something no checkpoint of this trainer holds ({reason})"
+    if recorded != actual:
+        return "its contents do not match the SHA-256 digest recorded when it was saved"
+    return None
+
+
+def intact_alternative(path: Path, is_intact: Callable[[Path], bool]) -> str:
+    """
+    What to use instead of the damaged checkpoint `path`: the newest other `.pt` file beside it for
+    which `is_intact(candidate)` holds, or else the advice to resume from an earlier run or retrain.
+    """
+    folder = path.parent
+    try:
+        others = [p for p in folder.glob("*.pt") if p.is_file() and not p.name.startswith(".") and p != path]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        others = []
+    for candidate in others:
+        if is_intact(candidate):
+            return f"use {candidate}, the newest intact checkpoint beside it"
+    return f"no other intact checkpoint is in {folder}: resume from an earlier run's checkpoint, or retrain"
+
+
+def _trainer_file_intact(path: Path) -> bool:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a candidate that cannot be read is simply not the alternative
+        return False
+    return (
+        isinstance(state, dict) and state.get("format") == TRAINER_FORMAT and checkpoint_damage(state) is None
+    )
+
+
 def _from_trainer_checkpoint(raw: bytes, source: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     try:
         saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -259,6 +361,9 @@ def _from_trainer_checkpoint(raw: bytes, source: str) -> tuple[str, dict[str, An
             f"{source} is not a checkpoint of experiments/cifar10.py and names no network; load a "
             f"bare state dict with model.load_state_dict(torch.load(path, weights_only=True))"
         )
+    if damage := checkpoint_damage(saved):
+        alternative = intact_alternative(Path(source), _trainer_file_intact)
+        raise LoadError(f"{source} is damaged: {damage}; {alternative}")
     settings = saved.get("config")
     if not isinstance(settings, dict):
         raise LoadError(f"{source} is incomplete: it has no saved settings")
@@ -332,16 +437,9 @@ def _shaped_like(model: nn.Module) -> str:
 def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     config_path = folder / CONFIG_NAME
     try:
-        with open(config_path, "rb") as f:
-            raw_config = f.read(_MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise LoadError(f"cannot read {config_path} ({e.strerror or e})") from None
-    if len(raw_config) > _MAX_CONFIG_BYTES:
-        raise LoadError(f"{config_path} is larger than {_MAX_CONFIG_BYTES} bytes; it is not a config.json")
-    try:
-        config = json.loads(raw_config)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError(f"{config_path} is not valid JSON ({e})") from None
+        config = weight_files.read_small_json(config_path, _MAX_CONFIG_BYTES, "a config.json")
+    except ValueError as e:
+        raise LoadError(f"{config_path} {e}") from None
     expected = {"format", "version", "network", "options"}
     if not isinstance(config, dict) or set(config) != expected:
         keys = sorted(config) if isinstance(config, dict) else type(config).__name__

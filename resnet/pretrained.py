@@ -263,6 +263,24 @@ def shipped_weights(known_networks: Sequence[str]) -> dict[str, list[str]]:
     return {network: found[network] for network in known_networks if network in found}
 
 
+def read_small_json(path: Path, max_bytes: int, what: str) -> Any:
+    """
+    The JSON value in `path`, read once and never more than `max_bytes` (an untrusted file cannot make
+    us read a huge one). A problem raises `ValueError` in words that follow the file's name.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror or e})") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes, so it is not {what}")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"is not valid JSON ({e})") from None
+
+
 def read_record(network: str, dataset: str, folder: Path | None = None) -> WeightRecord:
     """
     The record of `network`'s `dataset` weights in `folder` (default `WEIGHTS_DIR`), checked field by
@@ -274,16 +292,9 @@ def read_record(network: str, dataset: str, folder: Path | None = None) -> Weigh
         return WeightsError(f"{path}: {problem}; reinstall the package (or re-export the weights)")
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_RECORD_BYTES + 1)
-    except OSError as e:
-        raise refuse(f"cannot be read ({e.strerror or e})") from None
-    if len(raw) > _MAX_RECORD_BYTES:
-        raise refuse(f"is larger than {_MAX_RECORD_BYTES} bytes, so it is not a weights record")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise refuse(f"is not valid JSON ({e})") from None
+        data = read_small_json(path, _MAX_RECORD_BYTES, "a weights record")
+    except ValueError as e:
+        raise refuse(str(e)) from None
     if not isinstance(data, dict):
         raise refuse(f"holds a {type(data).__name__}, not a JSON object")
     allowed = {f.name: f for f in fields(WeightRecord)}

@@ -17,6 +17,7 @@ from synthetic_main import run_trainer, tiny_args, write_data
 from experiments import checkpoint as ckpt
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
+from experiments.errors import UsageError
 
 
 def minimal_state(value: float = 1.0) -> dict:
@@ -183,7 +184,7 @@ def test_resume_finds_runs_by_uuid_folder_or_file(trained: Path) -> None:
     assert find_checkpoint(run_dir.name, logs) == trained
     assert find_checkpoint(str(run_dir), logs) == trained
     assert find_checkpoint(str(trained), logs) == trained
-    with pytest.raises(CheckpointError, match="no run"):
+    with pytest.raises(UsageError, match="no run"):  # names nothing: a mistyped setting, exit 2
         find_checkpoint("0123abcd", logs)
 
 
@@ -204,7 +205,9 @@ def test_a_version_1_checkpoint_with_pythons_random_state_still_resumes(
 ) -> None:
     # Version 1 also saved Python's `random` state, which nothing used; such a file must keep resuming.
     state = load_checkpoint(trained)
-    assert state["version"] == ckpt.VERSION == 2 and "python_state" not in state["rng"]
+    assert state["version"] == ckpt.VERSION == 3 and "python_state" not in state["rng"]
+    # Nor did it have a digest (version 3's): it loads unverified.
+    del state["digest"]
     state["version"] = 1
     state["rng"].update({"python_version": 3, "python_state": torch.zeros(625, dtype=torch.int64)})
     old = tmp_path / "v1.pt"
@@ -212,9 +215,9 @@ def test_a_version_1_checkpoint_with_pythons_random_state_still_resumes(
     assert load_checkpoint(old)["version"] == 1
     logs = tmp_path / "logs"
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(old), "--epochs", "2"]) == 0
-    state["version"] = 3
+    state["version"] = 4
     torch.save(state, old)
-    with pytest.raises(CheckpointError, match="version 3; this trainer reads versions 1, 2"):
+    with pytest.raises(CheckpointError, match="version 4; this trainer reads versions 1, 2, 3"):
         load_checkpoint(old)
 
 

@@ -186,7 +186,7 @@ def test_eval_takes_a_run_folder_or_uuid_as_resume_does(reference: tuple[dict, P
     logs = run_dir.parent.parent
     for name in (str(run_dir), run_dir.name):
         request = run_configs.Request(eval=name, logs_dir=logs, threads=1)
-        measured = launch.run_evaluation(cifar10.Configs, cifar10.evaluate, request)
+        measured = launch.run_evaluation(cifar10.Configs, cifar10.NESTED_CONFIGS, cifar10.evaluate, request)
         assert measured["checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
         assert measured["test_accuracy"] == results["test_accuracy"]
 

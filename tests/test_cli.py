@@ -59,7 +59,6 @@ BAD_COMMAND_LINES = [
     (["--valid-split", "-5"], "--valid-split -5: must be in [0, 50000)"),
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
     (["--stop-after-steps", "0"], "--stop-after-steps"),
-    (["--eval", "no/such/checkpoint.pt"], "--eval"),
     (["--threads", "0"], "--threads"),
     (["--threads", "two"], "--threads"),
     (["train_subset=-1"], "train_subset"),
@@ -98,6 +97,23 @@ BAD_COMMAND_LINES = [
     (["--no-verify-checksum"], "did you mean --no-verify-checksums?"),
     (["--time-limit", "inf"], "--time-limit must be a positive number"),
 ]
+
+
+@pytest.mark.parametrize("flag", ["--eval", "--resume"])
+def test_a_run_reference_that_names_nothing_is_one_line_exit_2_and_touches_nothing(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # --eval takes what --resume takes (a checkpoint, a run folder or a run's uuid), so only the logs
+    # folder can say that nothing has the name; a mistyped name is the user's setting, exit 2.
+    data_dir, logs_dir = tmp_path / "data", tmp_path / "logs"
+    status = run_trainer(
+        ["--data-dir", str(data_dir), "--logs-dir", str(logs_dir), flag, "no/such/checkpoint.pt"]
+    )
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no run 'no/such/checkpoint.pt'"), lines
+    assert "a run folder or a checkpoint file" in lines[0]
+    assert not data_dir.exists() and not any(logs_dir.rglob("*.pt"))
 
 
 @pytest.mark.parametrize(

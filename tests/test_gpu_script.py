@@ -52,7 +52,7 @@ def test_every_step_runs_in_order_and_only_the_compiled_ones_are_skipped(quick_r
     for stage, name, status in steps:
         cuda_graphs = name == "resnet20 fast CUDA graphs"
         assert status == ("skipped" if (stage, name) in COMPILED or cuda_graphs else "done"), name
-    assert summary["machine"].startswith("CPU ") and "load average" in summary["machine"]
+    assert summary["machine"].startswith("cpu (1 threads), CPU ") and "load average" in summary["machine"]
     assert "synthetic" in summary["note"]
 
 
@@ -314,3 +314,14 @@ def test_a_ratio_verdict_follows_the_printed_value():
     assert gpu.ratio_verdict(0.9994, 3) == "fail"  # printed as 0.999
     assert gpu.ratio_verdict(0.994, 2) == "fail" and gpu.ratio_verdict(0.996, 2) == "pass"
     assert gpu.ratio_verdict(2.0, 2, quick=True) == "not-measurable"
+
+
+def test_repeats_reach_the_speed_and_pipeline_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpu.model_speed, "main", lambda argv: calls.append(argv) or [])
+    rates = {"supply: TensorBatches": 2.0, gpu.data_pipeline.DEMAND: 1.0}
+    monkeypatch.setattr(gpu.data_pipeline, "main", lambda argv: calls.append(argv) or rates)
+    gpu.main(["--device", "cpu", "--stages", "model_speed,data_pipeline", "--no-compile", "--repeats", "3"])
+    assert len(calls) == len(gpu.SPEED_CALLS) - 1 + 1  # the compiled call is left out
+    for argv in calls:
+        assert argv[argv.index("--repeats") + 1] == "3", argv

@@ -29,6 +29,7 @@ def test_int8_benchmark_prints_accuracy_and_speed_of_every_version(tmp_path, cap
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
+    assert out.startswith("machine: cpu (1 threads), CPU ")
     assert [(r.network, r.version) for r in results] == [
         ("resnet20", "float32"),
         ("resnet20", "bfloat16"),

@@ -136,7 +136,8 @@ def test_an_averaged_run_loads_its_average(trained: Path, tmp_path: Path) -> Non
     average = {k: v + 1 if v.is_floating_point() else v for k, v in saved["model"].items()}
     saved["ema"] = {"model": average, "updates": 5}
     path = tmp_path / "ema.pt"
-    torch.save(saved, path)
+    # Written by the trainer's writer, so that its digest is that of the new contents.
+    trainer_checkpoint.save_checkpoint(path, saved)
     model = resnet.load_checkpoint(path)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in average.items())
 
@@ -194,7 +195,8 @@ def test_a_checkpoint_cannot_choose_what_is_built(trained: Path, tmp_path: Path)
     ]
     for change, message in cases:
         path = tmp_path / "edited.pt"
-        torch.save({**saved, "config": {**saved["config"], **change}}, path)
+        # With a digest of the edited contents: the network checks, not the damage check, must refuse it.
+        trainer_checkpoint.save_checkpoint(path, {**saved, "config": {**saved["config"], **change}})
         with pytest.raises(resnet.LoadError, match=re.escape(message)):
             resnet.load_checkpoint(path)
 
