@@ -18,7 +18,7 @@ from synthetic_main import run_trainer, tiny_args, write_data
 
 import resnet
 from experiments import cifar10, cli, launch, loader, run_configs
-from experiments.checkpoint import load_checkpoint
+from experiments.checkpoint import load_checkpoint, save_checkpoint
 from experiments.distributed import World
 from experiments.precision import AMP_DTYPES
 from experiments.recipes import ScheduleError, StepSchedule, WarmupCosineSchedule, WarmupLinearSchedule
@@ -593,7 +593,8 @@ def test_a_checkpoint_asking_for_cuda_graphs_is_refused_on_a_cpu_with_a_clear_me
     state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
     state["config"].update({"compile": True, "compile_mode": "reduce-overhead"})
     checkpoint = tmp_path / "from-a-gpu.pt"
-    torch.save(state, checkpoint)
+    # Written as the trainer writes one, digest included: a genuine GPU run's checkpoint, not damage.
+    save_checkpoint(checkpoint, state)
     logs = tmp_path / "logs"
     assert run_trainer(["--logs-dir", str(logs), "--resume", str(checkpoint), "--device", "cpu"]) == 1
     message = capsys.readouterr().err
@@ -648,7 +649,7 @@ def test_a_resume_refuses_what_was_typed_as_a_usage_error_and_reads_the_saved_re
     state = load_checkpoint(reference[1] / "checkpoints" / "last.pt")
     state["config"].update({"lr_warmup_steps": "from_fraction", "lr_warmup_fraction": 0.0})
     checkpoint = tmp_path / "fraction.pt"
-    torch.save(state, checkpoint)
+    save_checkpoint(checkpoint, state)  # with its digest, as a run with these settings writes it
     assert run_trainer([*logs, "--resume", str(checkpoint), "lr_warmup_fraction=0.1", "--epochs", "3"]) == 0
 
 
