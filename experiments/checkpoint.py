@@ -69,8 +69,8 @@ def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(
-            f"{path} is a folder; pass a checkpoint file (e.g. {path / LAST}) "
-            f"or use --resume with the run folder"
+            f"{path} is a folder; pass a checkpoint file (e.g. {path / LAST}), or give the run folder "
+            f"to --resume or --eval, which find its checkpoint"
         )
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")

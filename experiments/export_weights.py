@@ -32,18 +32,17 @@ if __package__ in (None, ""):
 import torch
 
 from experiments.checkpoint import CHECKPOINT_DIR, LAST, evaluation_weights, load_checkpoint
+from experiments.trainer import tta_views
 from resnet.loading import trainer_options, weights_bytes
 from resnet.pretrained import DATASETS, WEIGHTS_DIR, read_record, sha256_hex
 
 
-def tta_views(flip: bool, shift: int) -> str | None:
+def describe_tta(flip: bool, shift: int) -> str | None:
     """How the trainer's test-time augmentation averages (`flip_tta`, `shift_tta`), in words; None without."""
     if not flip and not shift:
         return None
     parts = [*(["flip"] if flip else []), *([f"{shift}-pixel shift"] if shift else [])]
-    # A shift adds the image moved both ways diagonally, and the flip mirrors every view.
-    views = (3 if shift else 1) * (2 if flip else 1)
-    return f"{' + '.join(parts)}, {views} views"
+    return f"{' + '.join(parts)}, {tta_views(flip, shift)} views"
 
 
 def write_weights(
@@ -107,7 +106,7 @@ def export(
     # The weights the run's results were measured with (the average, when the run kept one).
     weights, _ = evaluation_weights(saved)
     data = results.get("data", {})
-    views = tta_views(bool(data.get("flip_tta")), int(data.get("shift_tta") or 0))
+    views = describe_tta(bool(data.get("flip_tta")), int(data.get("shift_tta") or 0))
     if "test_accuracy_tta" in results or views is None:
         # Since single view came first (2026-12-06) `test_accuracy` is the paper's one view, with the
         # test-time average beside it; a run without views has only the one number anyway.

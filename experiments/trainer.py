@@ -471,6 +471,7 @@ class Run:
             "parameters": sum(p.numel() for p in self.network.parameters()),
             "epochs": progress.epoch, "steps": progress.step, "batch_size": c.batch_size,
             **{k: last.get(k) for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")},
+            "valid_loss_tta": last.get("valid_loss_tta"),
             "valid_accuracy_tta": last.get("valid_accuracy_tta"),
             # The paper's protocol, one view of each test image; the test-time views' average beside it
             # (None when the recipe uses none).

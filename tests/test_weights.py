@@ -22,7 +22,7 @@ from safetensors.torch import load as parse_safetensors
 
 import resnet
 from experiments import data as cifar_data
-from experiments.export_weights import tta_views, write_weights
+from experiments.export_weights import describe_tta, write_weights
 from experiments.loader import TensorBatches
 from resnet import pretrained, registry
 
@@ -126,7 +126,7 @@ def test_the_shipped_weights_come_from_the_cpu_recipe_as_it_now_runs() -> None:
     meta = resnet.ResNet20_Weights.CIFAR10.meta
     epochs = re.search(r"--epochs (\d+)", meta["command"])
     assert epochs is not None and int(epochs.group(1)) == RECIPES[meta["recipe"]]["epochs"]
-    assert meta["tta_views"] == tta_views(flip=True, shift=1) == "flip + 1-pixel shift, 6 views"
+    assert meta["tta_views"] == describe_tta(flip=True, shift=1) == "flip + 1-pixel shift, 6 views"
 
 
 def test_multiply_adds_are_counted_not_typed() -> None:
