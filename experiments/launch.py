@@ -85,10 +85,8 @@ def quiet() -> Iterator[None]:
 
 def check_writable(folder: Path, needed_bytes: int) -> None:
     """Fail before training if the run folder cannot be created or the disk is nearly full."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    existing = _nearest_existing(folder)
+    if not _writable_folder(existing):
         raise RunError(
             f"cannot write run logs under {existing} (not a writable folder); pass --logs-dir "
             f"with a writable folder or fix its permissions"
@@ -110,15 +108,24 @@ def check_output_file(path: Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise RunError(f"{flag} {path} is a folder; give a file path, e.g. {flag} {path / 'results.json'}")
-    existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
-    # `os.access` answers for read-only file systems too (EROFS), not only for file modes.
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    existing = _nearest_existing(path.parent)
+    if not _writable_folder(existing):
         raise RunError(
             f"cannot write {flag} {path}: {existing} is not a writable folder; give a path in a writable "
             f"folder or fix its permissions"
         )
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or the closest folder above it that exists: where creating it would start."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _writable_folder(path: Path) -> bool:
+    # `os.access` answers for read-only file systems too (EROFS), not only for file modes.
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def prepare(c: Any) -> None:
