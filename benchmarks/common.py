@@ -1,10 +1,9 @@
 """
 # What every benchmark shares
 
-The flags every script takes, the `machine:` line its output opens with, and the paired alternating
-timing described in BENCHMARKS.md ("How the numbers are taken"): hand-written because the pairing is
-the point, since a median over back-to-back pairs cancels most of a shared machine's slow spells.
-Speed is printed, never asserted.
+The flags, the `machine:` line and the paired alternating timing of BENCHMARKS.md ("How the numbers are
+taken"), hand-written because the pairing is the point: a median over back-to-back pairs cancels most of
+a shared machine's slow spells. Speed is printed, never asserted.
 """
 
 import argparse
@@ -42,8 +41,8 @@ def names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 
 
 def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> argparse.ArgumentParser:
-    """The flags every benchmark takes, spelt as the trainer spells them; `doc` (the module's) is the help."""
-    description = (doc or "").split("\n", 2)[-1].replace("```\n", "")  # the docstring less its title
+    """The flags every benchmark takes, spelt as the trainer spells them; `doc` less its title is the help."""
+    description = (doc or "").split("\n", 2)[-1].replace("```\n", "")
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     device = "cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu"
     p.add_argument("--device", choices=devices, default=device, help=f"where to measure (here: {device})")
@@ -53,8 +52,9 @@ def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> a
     return p
 
 
-def start(p: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
-    """Check the device, set the threads and print the `machine:` line."""
+def start(p: argparse.ArgumentParser, args: argparse.Namespace, **quick: Any) -> torch.device:
+    """Apply `--quick`'s sizes, check the device, set the threads and print the `machine:` line."""
+    vars(args).update(quick if args.quick else {})
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False here; run with --device cpu")
     if args.threads is not None:
@@ -79,13 +79,16 @@ def describe_machine(device: torch.device) -> str:
 
 
 def time_call(run: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of `run` takes, its device work included (CUDA kernels run asynchronously)."""
+    """
+    Seconds one call of `run` takes, its device work included (CUDA kernels run asynchronously), or the
+    seconds it returns if it times itself.
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
     sync(device)
     started = time.perf_counter()
-    run()
+    own = run()
     sync(device)
-    return time.perf_counter() - started
+    return own if isinstance(own, float) else time.perf_counter() - started
 
 
 def alternate(runs: Sequence[Callable[[], object]], repeats: int, device: torch.device,

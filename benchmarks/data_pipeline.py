@@ -5,10 +5,9 @@
 python -m benchmarks.data_pipeline --device cpu --batches 20 --repeats 5
 ```
 
-Images/s that [`TensorBatches`](../experiments/loader.py) supplies with the paper's augmentation, against
-a `DataLoader` over PIL images with torchvision's transforms (0 and 2 persistent workers), against what a
-`resnet20` training step demands, and each loader feeding that step: synthetic `uint8` data of CIFAR-10's
-shape, no files. BENCHMARKS.md, section 2.
+Images/s of [`TensorBatches`](../experiments/loader.py) with the paper's augmentation, of a `DataLoader`
+over PIL images with torchvision's transforms, of a `resnet20` training step, and of each loader feeding
+that step, on synthetic `uint8` data of CIFAR-10's shape. BENCHMARKS.md, section 2.
 """
 
 import itertools
@@ -49,8 +48,8 @@ class PilCifar(Dataset):
 def take(epoch: Callable[[int], Iterator[Batch]], count: int, device: torch.device,
          consume: Callable[[torch.Tensor, torch.Tensor], None] | None) -> Callable[[], None]:  # fmt: skip
     """
-    A callable that pulls the next `count` batches, moves them to `device` and hands them to `consume`;
-    from epoch after epoch, so that a timed window never stops at an epoch boundary.
+    A callable that pulls the next `count` batches to `device` and hands them to `consume`; from epoch
+    after epoch, so that a timed window never stops at an epoch boundary.
     """
     batches = itertools.chain.from_iterable(map(epoch, itertools.count()))
 
@@ -80,20 +79,17 @@ def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Ten
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = common.parser(__doc__, repeats=5)
-    # fmt: off
     p.add_argument("--images", type=positive, default=50_000, help="synthetic training-set size (50000)")
     p.add_argument("--batch-size", type=positive, default=128, help="images per batch (128)")
     p.add_argument("--batches", type=positive, default=20, help="batches per timed repeat (20)")
-    p.add_argument("--workers", type=partial(positive, least=0), nargs="+", default=[0, 2],
-                   help="DataLoader worker counts (0 2)")
+    p.add_argument(
+        "--workers", type=partial(positive, least=0), nargs="+", default=[0, 2], help="DataLoader workers"
+    )
     p.add_argument("--channels-last", action="store_true", help="model and TensorBatches in channels_last")
-    # fmt: on
     args = p.parse_args(argv)
-    if args.quick:  # 128 images, batch 8, 2 batches, 2 repeats, workers 0
-        args.images, args.batch_size, args.batches, args.repeats, args.workers = 128, 8, 2, 2, [0]
+    device = common.start(p, args, images=128, batch_size=8, batches=2, repeats=2, workers=[0])
     if args.images < args.batch_size:
         p.error(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
-    device = common.start(p, args)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (args.images,), generator=generator)
@@ -110,26 +106,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                             num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                             pin_memory=device.type == "cuda")  # fmt: skip
         loaders[f"DataLoader+PIL workers={workers}"] = lambda _, loader=loader: iter(loader)
-    step = train_step(device, args.channels_last)
-    fixed = next(tensor_batches.epoch(0))
+    step, fixed = train_step(device, args.channels_last), next(tensor_batches.epoch(0))
     pipelines = {f"supply: {n}": take(epochs, args.batches, device, None) for n, epochs in loaders.items()}
-
-    def demand() -> None:
-        for _ in range(args.batches):
-            step(*fixed)
-
-    pipelines[DEMAND] = demand
-    for name, epoch in loaders.items():
-        pipelines[f"end to end: {name} -> resnet20 step"] = take(epoch, args.batches, device, step)
+    pipelines[DEMAND] = take(lambda _: itertools.repeat(fixed), args.batches, device, step)
+    for name, epochs in loaders.items():
+        pipelines[f"end to end: {name} -> resnet20 step"] = take(epochs, args.batches, device, step)
     seconds = common.alternate(list(pipelines.values()), args.repeats, device)
-    summaries = {name: common.rate_summary(args.batches * args.batch_size, times)
-                 for name, times in zip(pipelines, seconds, strict=True)}  # fmt: skip
-    rates = {name: rate for name, (rate, _) in summaries.items()}
+    summaries = [common.rate_summary(args.batches * args.batch_size, times) for times in seconds]
+    rates = {name: rate for name, (rate, _) in zip(pipelines, summaries, strict=True)}
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
           f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
           f"channels_last={args.channels_last}; {common.load_average()}")  # fmt: skip
-    rows = [[name, f"{rate:.0f}", f"{spread:.0%}"] for name, (rate, spread) in summaries.items()]
+    rows = [
+        [name, f"{rate:.0f}", f"{spread:.0%}"]
+        for name, (rate, spread) in zip(pipelines, summaries, strict=True)
+    ]
     print(common.table(["pipeline", "images/s", "spread"], rows) + "\n")
     for name in loaders:
         ratio = rates[f"supply: {name}"] / rates[DEMAND]

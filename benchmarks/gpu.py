@@ -7,8 +7,8 @@ python -m benchmarks.gpu --data-dir DATA --out gpu-run     # with CIFAR-10 in DA
 python -m benchmarks.gpu --quick --device cpu              # a smoke run of every step, tiny sizes
 ```
 
-GPU time is lent for minutes: this runs `model_speed`, `data_pipeline` and the trainer's runs (each
-under its own `--time-limit`) in one go and ends with a table of verdicts. BENCHMARKS.md, "The GPU script".
+GPU time is lent for minutes: this runs `model_speed`, `data_pipeline` and the trainer's runs (each under
+its own `--time-limit`) in one go and ends with a table of verdicts. BENCHMARKS.md, "The GPU script".
 """
 
 import json
@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch._dynamo.utils import counters
@@ -31,7 +31,7 @@ from experiments.synthetic import write_synthetic_cifar10
 STAGES = ("model_speed", "data_pipeline", "trainer")
 # Our goals on one H100: (test accuracy, seconds of training to reach it).
 TARGETS = {"resnet20": (0.9125, 30.0), "resnet56": (0.9303, 90.0), "resnet9": (0.94, 10.0)}
-# The `model_speed` calls: name, models, variants, autocast, modes.
+# The `model_speed` calls: name, models, variants, amp, modes.
 SPEED_CALLS = (
     ("resnet50 fp32", "resnet50", "eager,channels_last", "none", "train,infer"),
     ("resnet50 bf16", "resnet50", "channels_last", "bf16", "train,infer"),
@@ -43,8 +43,7 @@ SPEED_CALLS = (
 )
 
 
-@dataclass
-class Row:
+class Row(NamedTuple):
     """One line of the final table."""
 
     stage: str
@@ -58,23 +57,19 @@ class Row:
 StepResult = tuple[str, list[Row], dict[str, Any]]
 
 
-def passed(ok: bool) -> str:
-    return "pass" if ok else "fail"
-
-
 def ratio_verdict(ratio: float, digits: int, quick: bool = False) -> str:
     """`pass` when the ratio *as printed* is at least 1, so a row never reads "1.000 ... fail"."""
-    return "not-measurable" if quick else passed(round(ratio, digits) >= 1.0)
+    return "not-measurable" if quick else "pass" if round(ratio, digits) >= 1.0 else "fail"
 
 
-def speed_step(models: str, variants: str, autocast: str, modes: str, device: torch.device, quick: bool,
+def speed_step(models: str, variants: str, amp: str, modes: str, device: torch.device, quick: bool,
                repeats: int = 5) -> StepResult:  # fmt: skip
     """`model_speed` at the sizes of our speed goals (a GPU's, a CPU's or `--quick`'s)."""
     sizes = {"cuda": ((512, 32), (256, 224)), "cpu": ((128, 32), (8, 224))}[device.type][models == "resnet50"]
     batch, size, counts = (2, 32, "1 --steps 1 --warmup 0") if quick else (*sizes, f"{repeats} --steps 3")
-    argv = (f"--device {device.type} --models {models} --variants {variants} --autocast {autocast} --modes "
-            f"{modes} --batch-size {batch} --image-size {size} --repeats {counts}").split()  # fmt: skip
-    precision = "bf16" if autocast == "bf16" else "fp32"
+    argv = (f"--device {device.type} --models {models} --variants {variants} --amp {amp} --modes {modes} "
+            f"--batch-size {batch} --image-size {size} --repeats {counts}").split()  # fmt: skip
+    precision = "bf16" if amp == "bf16" else "fp32"
     return "done", [
         Row("model speed", f"{r.name} {r.variant} {precision} {r.mode} b{r.batch_size} "
             f"{r.image_size}px: ours/reference", f"{r.ratio:.3f} ({r.ours:.0f} vs {r.reference:.0f} "
@@ -86,8 +81,7 @@ def speed_step(models: str, variants: str, autocast: str, modes: str, device: to
 def pipeline_step(device: torch.device, quick: bool, repeats: int = 5) -> StepResult:
     """`data_pipeline` at the fast recipe's batch and layout; 8 workers, as a DataLoader user would try."""
     sizes = f"--batch-size 512 --channels-last --batches 10 --workers 8 --repeats {repeats}"
-    argv = "--quick" if quick else sizes
-    rates = data_pipeline.main([*argv.split(), "--device", device.type])
+    rates = data_pipeline.main([*("--quick" if quick else sizes).split(), "--device", device.type])
     ratio = rates["supply: TensorBatches"] / rates[data_pipeline.DEMAND]
     return "done", [
         *(Row("data pipeline", f"{name} (img/s)", f"{rate:.0f}") for name, rate in rates.items()),
@@ -134,17 +128,17 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
     """One trainer run and its rows: speed, and on real data the final accuracy and the time to target."""
     before = counters["inductor"]["cudagraph_skips"]  # graphs inductor compiled but did not record
     results = cifar10.train(**settings)
-    stage, history, stopped, rows = f"trainer {run.label}", results.history, results.summary is None, []
+    history, stopped, rows = results.history, results.summary is None, []
     details = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
                "run_dir": str(results.run_dir), "results": results.summary, "history": history}  # fmt: skip
 
     def add(*cells: str) -> None:
-        rows.append(Row(stage, *cells))
+        rows.append(Row(f"trainer {run.label}", *cells))
 
     if run.cuda_graphs:  # a graph torch.compile could not record shows only in a log line and this counter
         declined = counters["inductor"]["cudagraph_skips"] - before
         add("graphs torch.compile declined to record as CUDA graphs", str(declined), "0",
-            passed(declined == 0))  # fmt: skip
+            "pass" if declined == 0 else "fail")  # fmt: skip
     if not history:
         add("train images/s", "no epoch completed", "-", "not-measurable")
     else:
@@ -161,14 +155,14 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
         add(to_target, "synthetic data, not meaningful", limit, unmeasured)
     elif history:
         measured = history[-1]["test_accuracy"]
-        verdict = unmeasured if stopped else passed(measured >= accuracy)
+        verdict = unmeasured if stopped else "pass" if measured >= accuracy else "fail"
         add(final, f"{measured:.4f}", f">= {accuracy}", verdict)
         if reached is None:
             why = f"not reached in {len(history)} epochs" + (" before the time limit" if stopped else "")
             add(to_target, why, limit, unmeasured if stopped else "fail")
         else:
             add(to_target, f"{reached['train_time_s']:.1f} s (epoch {reached['epoch']})", limit,
-                passed(reached["train_time_s"] <= seconds))  # fmt: skip
+                "pass" if reached["train_time_s"] <= seconds else "fail")  # fmt: skip
     return "stopped" if stopped else "done", rows, details
 
 
@@ -243,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "trainer runs on synthetic CIFAR-10-format data: throughput only, accuracy means nothing"  # fmt: skip
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = {"command": command, "machine": machine, "note": note, "steps": reports,
-               "rows": [asdict(row) for row in rows]}  # fmt: skip
-    text = common.table([field.name for field in fields(Row)], [list(asdict(r).values()) for r in rows])
+               "rows": [row._asdict() for row in rows]}  # fmt: skip
+    text = common.table(Row._fields, rows)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -9,7 +9,8 @@ python -m benchmarks.int8 --data-dir ~/data --model resnet20 --model resnet56=lo
 The same weights as float32, as bfloat16 and through `resnet.quantize_int8` (calibrated on the first
 `--calibration` training images): each one's single-view CIFAR-10 test accuracy and its images/s on one
 batch, timed in alternating repeats. `--model NAME` takes the weights shipped with the package,
-`NAME=FILE` a state dict, a `.safetensors` file or a trainer checkpoint (its evaluation weights).
+`NAME=FILE` what `resnet.load_checkpoint` reads: a `.safetensors` weight file, a trainer checkpoint (its
+evaluation weights) or a `save_pretrained` folder.
 """
 
 import copy
@@ -39,28 +40,14 @@ class Measured:
 
 
 def load_network(spec: str) -> tuple[str, nn.Module]:
-    """`NAME` (shipped weights) or `NAME=FILE` to a trained network in eval mode."""
+    """`NAME` (its shipped weights) or `NAME=FILE` (what `resnet.load_checkpoint` reads), in eval mode."""
     name, _, file = spec.partition("=")
-    if not file:
-        try:
-            return name, resnet.create_model(name, weights="cifar10").eval()
-        except (TypeError, ValueError) as e:
-            raise SystemExit(f"--model {name}: no shipped weights ({e}); use --model {name}=FILE") from None
-    if not Path(file).is_file():
-        raise SystemExit(f"--model {spec}: {file} is not a file")
-    if file.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(file)
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and "config" in state:  # a trainer checkpoint
-            from experiments.checkpoint import evaluation_weights, load_checkpoint
-
-            state, _ = evaluation_weights(load_checkpoint(Path(file)))
-    model = resnet.create_model(name).eval()
-    model.load_state_dict(state)
-    return name, model
+    try:
+        if file:
+            return name, resnet.create_model(name, checkpoint_path=file).eval()
+        return name, resnet.create_model(name, weights="cifar10").eval()
+    except ValueError as e:  # `resnet.LoadError` too: the library's one line, with the way out
+        raise SystemExit(f"--model {spec}: {e}" + ("" if file else f"; or use --model {name}=FILE")) from None
 
 
 def normalized(images: torch.Tensor) -> torch.Tensor:
@@ -101,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> list[Measured]:
     p.add_argument("--no-verify-checksums", action="store_true", help="skip the md5 check (own copies)")
     # fmt: on
     args = p.parse_args(argv)
-    if args.quick:  # 64 test images, 32 to calibrate, batch 16, 2 repeats
-        args.test_images, args.calibration, args.batch_size, args.repeats = 64, 32, 16, 2
-    common.start(p, args)
+    common.start(p, args, test_images=64, calibration=32, batch_size=16, repeats=2)
     try:
         data = load_cifar10(args.data_dir, download=False, verify_checksums=not args.no_verify_checksums)
     except ExperimentError as e:

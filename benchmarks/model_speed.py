@@ -3,21 +3,18 @@
 
 ```
 python -m benchmarks.model_speed --device cpu --models resnet20,resnet56,resnet9 --repeats 7
-python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --batch-size 128
+python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --amp bf16
 ```
 
-Training steps and inference passes of our networks against a reference with the same architecture
-(equal parameter counts are checked): `torchvision.models.resnetXX` for the ImageNet presets, and for the
-CIFAR ones and `resnet9` the plain networks below, written the way short CIFAR scripts write them. How it
-is timed and what the columns mean: BENCHMARKS.md, section 1.
+Training steps and inference passes of our networks against a reference of the same architecture (equal
+parameter counts are checked): `torchvision.models.resnetXX` for the ImageNet presets, the plain networks
+below for the CIFAR ones and `resnet9`. BENCHMARKS.md, section 1.
 """
 
-import argparse
 import itertools
 import statistics
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,16 +70,12 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
             nn.ReLU(inplace=True)]  # fmt: skip
 
 
-class ReferenceResidual(nn.Module):
+class ReferenceResidual(nn.Sequential):
     """ResNet-9's residual block: two convolutions on a branch, the identity added, a ReLU after the sum."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.branch = nn.Sequential(*conv_bn_relu(channels, channels), *conv_bn_relu(channels, channels)[:2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The sum is a fresh tensor, so rectifying it in place touches nothing the backward pass needs.
-        return F.relu(self.branch(x) + x, inplace=True)
+        return F.relu(super().forward(x) + x, inplace=True)
 
 
 class ReferenceScale(nn.Module):
@@ -94,11 +87,13 @@ class ReferenceScale(nn.Module):
 
 def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
     """The DAWNBench ResNet-9 as one `nn.Sequential` with in-place ReLUs (a block's ReLU after the sum)."""
+
+    def residual(c: int) -> nn.Module:
+        return ReferenceResidual(*conv_bn_relu(c, c), *conv_bn_relu(c, c)[:2])
+
     return nn.Sequential(
-        *conv_bn_relu(3, 64),
-        *conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128),
-        *conv_bn_relu(128, 256), nn.MaxPool2d(2),
-        *conv_bn_relu(256, 512), nn.MaxPool2d(2), ReferenceResidual(512),
+        *conv_bn_relu(3, 64), *conv_bn_relu(64, 128), nn.MaxPool2d(2), residual(128),
+        *conv_bn_relu(128, 256), nn.MaxPool2d(2), *conv_bn_relu(256, 512), nn.MaxPool2d(2), residual(512),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(),
     )  # fmt: skip
 
@@ -119,8 +114,7 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
     return *pair, described
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     name: str
     variant: str
     mode: str
@@ -133,34 +127,32 @@ class Result:
     described: str
 
 
-def timed_steps(model: nn.Module, device: torch.device, batch: int, size: int, variant: str, mode: str,
-                args: argparse.Namespace) -> Callable[[], None]:  # fmt: skip
-    """`args.steps` SGD training steps (`mode="train"`) or inference passes on one fixed random batch."""
+def timed_steps(model: nn.Module, device: torch.device, batch: int, size: int, variant: str, train: bool,
+                steps: int, amp: str) -> Callable[[], None]:  # fmt: skip
+    """`steps` SGD training steps (or inference passes) on one fixed random batch."""
     layout = torch.channels_last if "channels_last" in variant else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
+    model = model.to(device, memory_format=layout).train(train)
     compiled = torch.compile(model) if variant.startswith("compile") else model
     generator = torch.Generator().manual_seed(0)
     images = torch.randn((batch, 3, size, size), generator=generator).to(device, memory_format=layout)
     num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
     labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    model.train(mode == "train")
 
-    def train() -> None:
-        for _ in range(args.steps):
-            with autocast:
-                loss = F.cross_entropy(compiled(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    def run() -> None:
+        with torch.inference_mode(not train):
+            for _ in range(steps):
+                with autocast:
+                    out = compiled(images)
+                    if not train:
+                        continue
+                    loss = F.cross_entropy(out, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-    def infer() -> None:
-        with torch.inference_mode(), autocast:
-            for _ in range(args.steps):
-                compiled(images)
-
-    return train if mode == "train" else infer
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
@@ -178,42 +170,39 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     p.add_argument("--modes", type=names(("train", "infer")), default="train,infer", help="train, infer")
     p.add_argument("--steps", type=positive, default=5, help="steps per timed repeat (5)")
     p.add_argument("--warmup", type=int, choices=range(100), default=2, metavar="N", help="untimed calls (2)")
-    p.add_argument("--autocast", choices=("none", "bf16"), default="none", help="bf16 autocast (forward)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="number format, as the trainer's")
     # fmt: on
     args = p.parse_args(argv)
     if args.quick:  # resnet20 and resnet18, batch 4, 32x32, eager and channels_last, 2 repeats of 1 step
         args.models, args.batch_size, args.image_size = ["resnet20", "resnet18"], 4, 32
         args.variants, args.repeats, args.steps, args.warmup = ["eager", "channels_last"], 2, 1, 1
+    device = common.start(p, args)
     args.variants = [v for v in args.variants if not (args.no_compile and v.startswith("compile"))
                      and not (args.no_channels_last and "channels_last" in v)]  # fmt: skip
     if not args.variants:
         p.error("--no-compile/--no-channels-last removed every variant; keep at least one")
-    device = common.start(p, args)
     results: list[Result] = []
-    for name in args.models:
+    for name, variant, mode in itertools.product(args.models, args.variants, args.modes):
         cifar = name in CIFAR_MODELS
         batch, size = args.batch_size or (128 if cifar else 32), args.image_size or (32 if cifar else 224)
-        for variant, mode in itertools.product(args.variants, args.modes):
-            # Fresh models for each mode: inference never runs on weights trained on random data.
-            *pair, described = build_pair(name)
-            runs = [timed_steps(model, device, batch, size, variant, mode, args) for model in pair]
-            seconds = common.alternate(runs, args.repeats, device, args.warmup)
-            (rate, spread), (theirs, spread2) = (common.rate_summary(batch * args.steps, t) for t in seconds)
-            # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
-            ratio = common.paired_ratio(seconds[1], seconds[0])
-            results.append(Result(name, variant, mode, batch, size, rate, theirs, ratio,
-                                  max(spread, spread2), described))  # fmt: skip
-            print(f"  {name} {variant} {mode}: ours {rate:.1f}, reference {theirs:.1f} images/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        # Fresh models for each mode: inference never runs on weights trained on random data.
+        *pair, described = build_pair(name)
+        train = mode == "train"
+        runs = [timed_steps(m, device, batch, size, variant, train, args.steps, args.amp) for m in pair]
+        seconds = common.alternate(runs, args.repeats, device, args.warmup)
+        (ours, spread), (theirs, spread2) = (common.rate_summary(batch * args.steps, t) for t in seconds)
+        # Rates are inverse times: ours/reference in images/s is reference/ours in seconds.
+        ratio = common.paired_ratio(seconds[1], seconds[0])
+        results.append(Result(name, variant, mode, batch, size, ours, theirs, ratio, max(spread, spread2),
+                              described))  # fmt: skip
 
-    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; autocast "
-          f"{args.autocast}; ratio = median over repeats of ours/reference measured back to back; "
-          f"spread = (max - min) / median of the noisier side; {common.load_average()}")  # fmt: skip
+    print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; amp {args.amp}; "
+          "ratio = median over repeats of ours/reference measured back to back; spread = (max - min) / "
+          f"median of the noisier side; {common.load_average()}")  # fmt: skip
     headers = ["model", "variant", "mode", "batch", "size", "ours img/s", "reference img/s", "ratio",
                "spread", "reference"]  # fmt: skip
-    print(common.table(headers, [[r.name, r.variant, r.mode, r.batch_size, r.image_size,
-                           f"{r.ours:.1f}", f"{r.reference:.1f}", f"{r.ratio:.3f}", f"{r.spread:.0%}",
-                           r.described] for r in results]) + "\n")  # fmt: skip
+    print(common.table(headers, [[*r[:5], f"{r.ours:.1f}", f"{r.reference:.1f}", f"{r.ratio:.3f}",
+                                  f"{r.spread:.0%}", r.described] for r in results]) + "\n")  # fmt: skip
     for r in results:
         verdict = "meets" if r.ratio >= 1.0 else "below"
         print(f"ratio {r.name} {r.variant} {r.mode}: {r.ratio:.3f} (ours/reference, {verdict} the 1.0 bar)")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import first_reaching, load_average
+from benchmarks.common import first_reaching, load_average, positive
 
 PAPER_IMAGES = 64_000 * 128
 # Table 6: ResNet-20 reaches 8.75% test error.
@@ -60,9 +60,7 @@ def train(data_dir: Path, logs_dir: Path, seed: int, trainer_args: list[str]) ->
 
 
 def _seed_list(text: str) -> list[int]:
-    if not all(part.isdigit() for part in text.split(",")):
-        raise argparse.ArgumentTypeError(f"expected seeds of 0 or more like 0,1, got {text!r}")
-    return [int(part) for part in text.split(",")]
+    return [positive(part, least=0) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ steps and `TensorBatches`, on synthetic images in CIFAR-10's file format, in alt
 overhead is the median of the paired ratios minus 1. BENCHMARKS.md, section 3.
 """
 
+import itertools
 import statistics
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,26 +79,20 @@ def main(argv: Sequence[str] | None = None) -> float:
     p.add_argument("--batch-size", type=positive, default=128, help="images per step (128)")
     p.add_argument("--channels-last", action="store_true", help="the trainer's channels_last setting")
     args = p.parse_args(argv)
-    if args.quick:  # 80 images in batches of 16, 2 repeats
-        args.images, args.batch_size, args.repeats = 80, 16, 2
+    device = common.start(p, args, images=80, batch_size=16, repeats=2)
     if args.images % 5:
         p.error(f"--images {args.images}: give a multiple of 5 (CIFAR-10 has five training files)")
-    device = common.start(p, args)
-    seconds: dict[str, list[float]] = {"trainer": [], "bare": []}
     settings = {"model": args.model, "batch_size": args.batch_size, "channels_last": args.channels_last,
                 "device": device.type}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="trainer-overhead-") as folder:
         data_dir, logs_dir = Path(folder) / "data", Path(folder) / "logs"
         write_synthetic_cifar10(data_dir, n_per_train_batch=args.images // 5, n_test=16)
-        for repeat in range(args.repeats):  # alternating which side goes first
-            for side in ("trainer", "bare") if repeat % 2 == 0 else ("bare", "trainer"):
-                if side == "trainer":
-                    seconds[side].append(trainer_epoch(data_dir, logs_dir, {**settings, "seed": repeat})[0])
-                else:
-                    bare = BareLoop(data_dir, args.model, args.batch_size, args.channels_last, device, repeat)
-                    seconds[side].append(bare.two_epochs())
-            print(f"  repeat {repeat + 1}: trainer {seconds['trainer'][-1]:.3f} s, "
-                  f"bare {seconds['bare'][-1]:.3f} s", file=sys.stderr, flush=True)  # fmt: skip
+        # Each side's repeat `i` trains with seed `i`; each call is one fresh run that times itself.
+        seeds = {"trainer": itertools.count(), "bare": itertools.count()}
+        sides = [lambda: trainer_epoch(data_dir, logs_dir, {**settings, "seed": next(seeds["trainer"])})[0],
+                 lambda: BareLoop(data_dir, args.model, args.batch_size, args.channels_last, device,
+                                  next(seeds["bare"])).two_epochs()]  # fmt: skip
+        seconds = dict(zip(seeds, common.alternate(sides, args.repeats, device, warmup=0), strict=True))
     rows = []
     for side, times in seconds.items():
         rate, spread = common.rate_summary(args.images, times)

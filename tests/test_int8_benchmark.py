@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+import resnet
 from experiments.synthetic import write_synthetic_cifar10
 
 pytest.importorskip("torchao", reason="the [int8] extra is not installed")
@@ -47,10 +48,23 @@ def test_int8_benchmark_prints_accuracy_and_speed_of_every_version(tmp_path, cap
 
 
 def test_a_model_without_shipped_weights_needs_a_file(tmp_path):
-    with pytest.raises(SystemExit, match="resnet32=FILE"):
+    with pytest.raises(SystemExit, match="resnet32 has no trained weights.*use --model resnet32=FILE"):
         int8.load_network("resnet32")
-    with pytest.raises(SystemExit, match="is not a file"):
+    with pytest.raises(SystemExit, match="cannot read .*missing.pt.*check the path") as stopped:
         int8.load_network(f"resnet32={tmp_path / 'missing.pt'}")
+    assert "\n" not in str(stopped.value.code)
+
+
+def test_a_model_file_is_read_by_the_library(tmp_path):
+    """`NAME=FILE` goes through `resnet.load_checkpoint`: the file's weights, checked against the name."""
+    model = resnet.resnet20()
+    resnet.save_pretrained(model, tmp_path / "saved")
+    name, loaded = int8.load_network(f"resnet20={tmp_path / 'saved'}")
+    assert name == "resnet20" and not loaded.training
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    with pytest.raises(SystemExit, match="--model resnet56=.*resnet20"):
+        int8.load_network(f"resnet56={tmp_path / 'saved'}")
 
 
 def test_a_data_folder_that_fails_its_checks_ends_in_one_line(tmp_path):
