@@ -7,10 +7,9 @@ python -m benchmarks.int8 --data-dir ~/data --model resnet20 --model resnet56=lo
 ```
 
 The same weights as float32, as bfloat16 and through `resnet.quantize_int8` (calibrated on the first
-`--calibration` training images): each one's single-view CIFAR-10 test accuracy and its images/s on one
-batch, timed in alternating repeats. `--model NAME` takes the weights shipped with the package,
-`NAME=FILE` what `resnet.load_checkpoint` reads: a `.safetensors` weight file, a trainer checkpoint (its
-evaluation weights) or a `save_pretrained` folder.
+`--calibration` training images): single-view CIFAR-10 test accuracy and images/s on one batch.
+`--model NAME` takes the shipped weights, `NAME=FILE` what `resnet.load_checkpoint` reads (a
+`.safetensors` file, a trainer checkpoint, a `save_pretrained` folder).
 """
 
 import copy

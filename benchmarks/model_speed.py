@@ -2,13 +2,12 @@
 # Model speed against reference implementations
 
 ```
-python -m benchmarks.model_speed --device cpu --models resnet20,resnet56,resnet9 --repeats 7
-python -m benchmarks.model_speed --device cuda --models resnet18,resnet50 --amp bf16
+python -m benchmarks.model_speed --device cuda --models resnet20,resnet9,resnet50 --amp bf16
 ```
 
-Training steps and inference passes of our networks against a reference of the same architecture (equal
-parameter counts are checked): `torchvision.models.resnetXX` for the ImageNet presets, the plain networks
-below for the CIFAR ones and `resnet9`. BENCHMARKS.md, section 1.
+Training steps and inference passes of our networks against a reference of the same architecture:
+`torchvision.models.resnetXX` for the ImageNet presets, the plain networks below for the CIFAR ones and
+`resnet9`. BENCHMARKS.md, section 1.
 """
 
 import itertools

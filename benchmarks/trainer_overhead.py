@@ -6,9 +6,8 @@ python -m benchmarks.trainer_overhead --device cpu --images 2560 --repeats 11
 ```
 
 The second epoch of a two-epoch `cifar10.train(...)` run, by the trainer's own clock, against a bare
-PyTorch loop (forward, cross-entropy, backward, SGD and schedule steps) on the same network, settings,
-steps and `TensorBatches`, on synthetic images in CIFAR-10's file format, in alternating repeats; the
-overhead is the median of the paired ratios minus 1. BENCHMARKS.md, section 3.
+PyTorch loop on the same network, settings, steps and `TensorBatches`, on synthetic images in CIFAR-10's
+file format: the overhead is the median of the paired ratios minus 1. BENCHMARKS.md, section 3.
 """
 
 import itertools
@@ -47,8 +46,8 @@ class BareLoop:
                  seed: int, epochs: int = 2):  # fmt: skip
         arrays = load_cifar10(data_dir, download=False, verify_checksums=False)
         self.device, self.steps = device, 0
-        self.model = resnet.PRESETS[model]().to(device)
-        self.model = self.model.to(memory_format=torch.channels_last) if channels_last else self.model
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = resnet.PRESETS[model]().to(device, memory_format=layout)
         self.loader = TensorBatches(arrays.train_images, arrays.train_labels, batch_size=batch_size,
                                     shuffle=True, augment=True, device=device, seed=seed, mean=CIFAR10_MEAN,
                                     std=CIFAR10_STD, channels_last=channels_last)  # fmt: skip
