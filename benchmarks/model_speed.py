@@ -12,6 +12,7 @@ Training steps and inference passes of our networks against a reference of the s
 
 import itertools
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         ratio = common.paired_ratio(seconds[1], seconds[0])
         results.append(Result(name, variant, mode, batch, size, ours, theirs, ratio, max(spread, spread2),
                               described))  # fmt: skip
+        print(f"  {name} {variant} {mode}: ours {ours:.1f}, reference {theirs:.1f} images/s", file=sys.stderr)
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.steps} steps; amp {args.amp}; "
           "ratio = median over repeats of ours/reference measured back to back; spread = (max - min) / "
