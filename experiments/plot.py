@@ -5,12 +5,11 @@
 python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out curves.png
 ```
 
-Every run folder holds `metrics.jsonl`, one line per epoch. [`draw`](#draw) plots per epoch, a line per
-run labelled by its recipe, network and seed (or `--labels`), the training error, the evaluation error
-(validation when the run held out a split, else the test set, which a run only watches) and the learning
-rate; [`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
-[`degradation.py`](degradation.html). Errors rather than accuracies, as in the paper: a curve falls
-towards 0 for "better", and two good runs are not squashed together against 100%.
+[`draw`](#draw) plots each run's `metrics.jsonl` per epoch (training error, validation or else test
+error, learning rate), a line per run labelled by its recipe, network and seed or by `--labels`;
+[`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
+[`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not squashed
+together against 100%.
 """
 
 import argparse
