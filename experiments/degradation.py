@@ -155,8 +155,8 @@ def trainer_settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     return {**settings, **always, **dict(args.settings)}
 
 
-def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: str) -> str:
-    """The data, each half's schedule (saying so when the plain one is shorter), and the line styles."""
+def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: tuple[int, ...]) -> str:
+    """The data and widths, each half's schedule (and whether the plain one is shorter), the line styles."""
 
     def schedule(curves: list[plot.Curve]) -> str:  # from the runs' results.json
         kinds = {f"{s['recipe']} recipe, {s['epochs']} epochs of batch {s['batch_size']}"
@@ -168,7 +168,8 @@ def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: str) -> str:
     images = " / ".join(f"{data[k]:,} {k[:-7]}" for k in ("train_images", "test_images") if k in data)
     last = [max(c.epochs) for c in plain], [max(c.epochs) for c in residual]
     shorter = " (a shorter schedule)" if all(last) and max(last[0]) < min(last[1]) else ""
-    return (f"Figure 6 on CIFAR-10, {images or 'unknown'} images{widths}\nplain networks{shorter}: "
+    width = "" if widths == PAPER_WIDTHS else f", widths {'/'.join(map(str, widths))}"
+    return (f"Figure 6 on CIFAR-10, {images or 'unknown'} images{width}\nplain networks{shorter}: "
             f"{schedule(plain)}\nresidual networks: {schedule(residual)}\n"
             f"thin dashed: training error, bold: test error")  # fmt: skip
 
@@ -203,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {name: plot.read_run(run_dir, label=name) for name, (_, _, run_dir) in runs.items()}
     panels = {half: [(depth, curves[name]) for name, (kind, depth, _) in runs.items() if kind == k]
               for half, k in (("plain networks", "plain"), ("residual networks", "residual"))}  # fmt: skip
-    # Widths other than the paper's are part of the setting, so the title names them.
-    widths = "" if args.widths == PAPER_WIDTHS else f", widths {'/'.join(map(str, args.widths))}"
-    figure_title = title(panels, widths)
+    figure_title = title(panels, args.widths)
     networks = [{"network": name, "kind": kind, "depth": depth, "run_dir": str(run_dir),
                  "epochs": curves[name].epochs, "steps": curves[name].steps,
                  "train_error": curves[name].train_error, "test_error": curves[name].eval_error,

@@ -43,8 +43,6 @@ def write_weights(
     state: dict[str, torch.Tensor], network: str, dataset: str, record: dict[str, Any], out_dir: Path
 ) -> Path:
     """Write `state` and its record (`record`, names, size and hash) into `out_dir`; replaces nothing."""
-    if dataset not in DATASETS:
-        raise SystemExit(f"unknown dataset {dataset!r}; resnet.pretrained.DATASETS has {', '.join(DATASETS)}")
     weights = out_dir / f"{network}_{dataset}.safetensors"
     record_path = weights.with_suffix(".json")
     for path in (weights, record_path):
@@ -82,6 +80,8 @@ def export(
     single_view_accuracy: float | None = None,
 ) -> Path:
     """Write the weights and record of `run_dir`'s network (see above); returns the weight file."""
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown dataset {dataset!r}; resnet.pretrained.DATASETS has {', '.join(DATASETS)}")
     results = json.loads((run_dir / "results.json").read_text())
     saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
     network, options = trainer_options(saved["config"], str(run_dir))
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m experiments.export_weights", description=__doc__.split("\n\n")[2]
     )
     parser.add_argument("run_dir", type=Path, help="a finished run folder (with results.json)")
-    parser.add_argument("--dataset", default="cifar10", help="the name users pass as weights= (cifar10)")
+    parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="what users pass as weights=")
     parser.add_argument("--command", required=True, help="the command that trained the run, for the record")
     parser.add_argument("--machine", required=True, help="where it trained (cores, CPU/GPU), for the record")
     parser.add_argument("--notes", default="", help="anything else a user should know about these weights")

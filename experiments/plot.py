@@ -117,9 +117,8 @@ COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:
 
 def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
     """
-    Figure 6: a panel per entry of `panels` (plain networks, then residual ones), each curve with its
-    depth; error in percent per epoch, training error thin and dashed, test error bold, one colour per
-    depth. Sized to stay legible at the README's width.
+    Figure 6, a panel per entry of `panels` (plain, then residual): error in percent per epoch, training
+    thin and dashed, test bold, one colour per depth; sized to stay legible at the README's width.
     """
     depths = sorted({depth for curves in panels.values() for depth, _ in curves})
     colour = {depth: COLOURS[i % len(COLOURS)] for i, depth in enumerate(depths)}

@@ -47,10 +47,9 @@ The ResNet-9 of [`resnet/fast.py`](../resnet/fast.py) with the 24-epoch schedule
 with to 94%: batch 512, Nesterov, weight decay $5 \\times 10^{-4}$, the rate climbing linearly from 0 to
 0.4 over the first 5/24 of the run (`lr_warmup_fraction`, so it stretches with `--epochs`) and falling
 linearly to 0, $8 \\times 8$ Cutout. Label smoothing 0.2 and flip TTA, nearly free, come from his later
-runs. (He gives the rate per image of a summed loss and the weight decay times the batch; for our
-averaged loss both come to the numbers above.) Smaller departures: crops pad with black, as the ResNet
-paper's do; Cutout squares may be clipped at the edges, as DeVries & Taylor's are; the epoch's last,
-smaller batch is trained on too.
+runs. (His rate and weight decay, given for a summed loss, come to these for our mean.) Smaller
+departures: crops pad with black, as the ResNet paper's do; Cutout squares may be clipped at the edges,
+as DeVries & Taylor's are; the epoch's last, smaller batch is trained on too.
 
 The weight average (`ema_decay`) is off in every recipe: a cosine decay already ends with tiny steps.
 """

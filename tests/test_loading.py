@@ -400,6 +400,12 @@ def test_the_export_command_passes_every_flag_to_the_record(
         export_weights.main([str(tmp_path / "out"), *flags[:4], "--out-dir", str(tmp_path / "other")])
     assert exit_info.value.code == 2 and "has no results.json" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+    # A dataset the package does not know is named, not a KeyError.
+    with pytest.raises(
+        SystemExit, match="unknown dataset 'cifar100'; resnet.pretrained.DATASETS has cifar10"
+    ):
+        export_weights.export(resnet20_run, "cifar100", "cmd", "a test", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_export_refuses_a_network_its_builder_does_not_make(trained: Path, tmp_path: Path) -> None:
