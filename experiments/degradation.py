@@ -64,17 +64,14 @@ def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[s
 
 def find_run(logs_dir: Path) -> tuple[Path | None, bool]:
     """The newest run folder under a network's own logs folder (or None), and whether it finished."""
-    # A run killed before its first checkpoint left nothing to resume: it does not count.
-    runs = [
-        r for r in logs_dir.glob("*/*") if (r / "results.json").is_file() or any(r.glob("checkpoints/*.pt"))
-    ]
+
+    def saved(run: Path) -> list[Path]:  # none in a run killed before its first checkpoint: it does not count
+        return [*run.glob("checkpoints/*.pt"), *run.glob("results.json")]
+
+    runs = [r for r in logs_dir.glob("*/*") if saved(r)]
     finished = [r for r in runs if (r / "results.json").is_file()]
-
     # Each resumption continues in a new folder: the newest checkpoint or result is the run's latest state.
-    def written(run: Path) -> float:
-        return max(f.stat().st_mtime for f in [*run.glob("checkpoints/*.pt"), *run.glob("results.json")])
-
-    newest = max(finished or runs, key=written, default=None)
+    newest = max(finished or runs, key=lambda r: max(f.stat().st_mtime for f in saved(r)), default=None)
     return newest, bool(finished)
 
 

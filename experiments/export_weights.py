@@ -49,15 +49,9 @@ def write_weights(
         if path.exists():
             raise SystemExit(f"{path} exists; remove it first if you mean to replace the shipped weights")
     data = weights_bytes(state, network, {"num_classes": len(DATASETS[dataset].classes)})
-    full = {
-        "network": network,
-        "dataset": dataset,
-        "file": weights.name,
-        "file_size": len(data),
-        # The hash of the bytes written, not of the file read back: nothing can come in between.
-        "sha256": sha256_hex(data),
-        **record,
-    }
+    names = {"network": network, "dataset": dataset, "file": weights.name}
+    # The hash of the bytes written, not of the file read back: nothing can come in between.
+    full = {**names, "file_size": len(data), "sha256": sha256_hex(data), **record}
     out_dir.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(data)
     record_path.write_text(json.dumps(full, indent=2) + "\n")
@@ -108,17 +102,9 @@ def export(
             f"{run_dir}/results.json comes from an older trainer and has only the TTA accuracy ({views}); "
             f"measure one view of each test image and pass it with --single-view-accuracy"
         )
-    record = {
-        "test_accuracy_single_view": single_view,
-        "test_accuracy_tta": tta,
-        "tta_views": views,
-        "recipe": results["recipe"],
-        "seed": results["seed"],
-        "command": command,
-        "machine": machine,
-        "notes": notes,
-    }
-    return write_weights(dict(weights), network, dataset, record, out_dir)
+    accuracy = {"test_accuracy_single_view": single_view, "test_accuracy_tta": tta, "tta_views": views}
+    how = {"recipe": results["recipe"], "seed": results["seed"], "command": command, "machine": machine}
+    return write_weights(dict(weights), network, dataset, {**accuracy, **how, "notes": notes}, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

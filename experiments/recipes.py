@@ -217,9 +217,11 @@ class SGDConfigs(RecordedOptions):
     parameters: Any
     # The base learning rate, before the schedule's multiplier.
     learning_rate: float = 0.1
+    # Momentum of the update (§4.2: 0.9).
     momentum: float = 0.9
-    # An L2 penalty on the weights.
+    # L2 penalty on the weights (§4.2: 0.0001).
     weight_decay: float = 1e-4
+    # Nesterov's form of momentum (the fast recipes use it).
     nesterov: bool = False
 
     def __init__(self) -> None:
