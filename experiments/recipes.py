@@ -116,12 +116,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# What each recipe is for, one line each in `--help`; `--help-recipes` lists the settings straight from
-# `RECIPES`, so the help and the recipes cannot disagree.
+# What each recipe is for, one line each in `--help`; lengths and settings (`--help-recipes`) are read
+# from `RECIPES`, so the help and the recipes cannot disagree.
 RECIPE_PURPOSES = {
     "paper": "He et al. §4.2, the configuration's defaults",
-    "fast": "a short schedule for a GPU (30 epochs)",
-    "cpu": "the paper's ResNet-20 in a run short enough for a small CPU (25 epochs)",
+    "fast": f"a short schedule for a GPU ({RECIPES['fast']['epochs']} epochs)",
+    "cpu": f"the paper's ResNet-20 in a run short enough for a small CPU ({RECIPES['cpu']['epochs']} epochs)",
     "resnet9": "the DAWNBench ResNet-9 with its 24-epoch schedule",
 }
 # The defaults `--help-recipes` lists for the paper's recipe, read from the configuration classes.
