@@ -8,13 +8,13 @@ command line beats the recipe. RESULTS.md has what each recipe reaches and the r
 
 ## `paper`: §4.2 of He et al. (2015)
 
-The configuration's defaults, so the recipe is empty: SGD with momentum 0.9 and weight decay
-$10^{-4}$, batch 128, learning rate 0.1 divided by 10 at 32k and 48k iterations, stop at 64k. The
-drops are stored as fractions of the run (`lr_milestones=[0.5, 0.75]`), so that a shortened run keeps
-the paper's shape instead of staying at 0.1 throughout. ResNet-110's warm-up, 0.01 "until the training
-error is below 80% (about 400 iterations), and then go back to 0.1", is `lr_warmup_steps=400`;
-[`StepSchedule`](#StepSchedule) does go back (a popular reproduction forgets to), and refuses a warm-up
-that would reach the first drop, as the run would then never train at the full rate.
+§4.2's recipe is the [configuration's](cifar10.html#Configs) defaults, so this one is empty. Its
+drops of the rate, at 32k and 48k of 64k iterations, are stored as fractions of the run
+(`lr_milestones=[0.5, 0.75]`), so that a shortened run keeps the paper's shape instead of staying at
+0.1 throughout. ResNet-110's warm-up, 0.01 "until the training error is below 80% (about 400
+iterations), and then go back to 0.1", is `lr_warmup_steps=400`; [`StepSchedule`](#StepSchedule) does
+go back (a popular reproduction forgets to), and refuses a warm-up that would reach the first drop, as
+the run would then never train at the full rate.
 
 ## `fast` and `cpu`: shorter runs
 
