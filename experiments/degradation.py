@@ -9,42 +9,23 @@ python experiments/degradation.py --runs resnet20=logs/cifar10/<uuid> ... --out 
 
 Stacking more layers should never make a network *worse on its own training set*: a deeper network
 could copy a shallower one and set its extra layers to the identity. Yet §4.2 and Figure 6 of He et
-al. (2015) show exactly that on CIFAR-10: a 56-layer *plain* network (the same stack of $3 \\times 3$
-convolutions and batch normalisation, without shortcuts) ends with a **higher training error** than a
-20-layer one. Overfitting would show as lower training error and higher test error; this is an
-optimisation failure, the *degradation problem*. Batch normalisation keeps the signals healthy, so
-vanishing gradients do not explain it: the solver finds the near-identity mappings the extra layers
-would need hard to reach. Residual networks learn $\\mathcal{F}(x) = \\mathcal{H}(x) - x$ instead of
-$\\mathcal{H}(x)$, so "do nothing" is the easy default of zero weights, and the order flips back:
-**ResNet-56 has lower training and test error than ResNet-20**.
+al. (2015) show a 56-layer *plain* network (the same stack of $3 \\times 3$ convolutions and batch
+normalisation, without shortcuts) ending with a **higher training error** than a 20-layer one. That is
+not overfitting, which would lower the training error, nor vanishing gradients, which batch
+normalisation prevents: it is an optimisation failure, the *degradation problem*. The solver struggles
+to reach the near-identity mappings the extra layers would need. Residual networks learn
+$\\mathcal{F}(x) = \\mathcal{H}(x) - x$ instead of $\\mathcal{H}(x)$, so "do nothing" is the easy default
+of zero weights, and the order flips back: **ResNet-56 has lower training and test error than
+ResNet-20**.
 
-## What this script does
-
-One ordinary run of the [trainer](cifar10.html) per network, `cifar10.train(...)`, with the same
-settings for all: plain-20/32/44/56 (`--plain`) on the left, ResNet-20/32/44/56/110 (`--residual`) on
-the right, as the paper draws them. The plain networks are the CIFAR presets without shortcuts; the
-residual ones keep option A (zero-padding identity shortcuts), which adds no parameters, so each plain
-network and its residual twin have exactly the same weights to learn. Each run evaluates the test set
-after every epoch, and [`plot.figure6`](plot.html#figure6) draws training error (thin, dashed) and test
-error (bold) per epoch from the run folders. The numbers go into a JSON file beside the PNG.
-
-**Runs longer than a session.** Each network trains in a folder of its own, `LOGS/<network>/`
-(`--logs-dir`). Run the same command again and each network is looked up there: a finished run is
-read, not retrained (new settings need a new `--logs-dir`); an unfinished one is resumed from its last
-checkpoint (`resume=`, exact); only a network without a run starts afresh. `--time-limit S` is the
-whole invocation's budget, passed to each run as the trainer's own time limit, so a run stops cleanly
-after a step and saves its checkpoint before a session ends. The figure is drawn once every network
-has finished.
-
-**Runs made elsewhere.** `--runs resnet56=PATH ...` takes a network from an existing run folder
-(the per-depth runs of RESULTS.md, say) instead of training it; the title describes each half's
-schedule from its runs' `results.json`, and says so when the plain networks ran a shorter one.
-
-`--quick` trains on a class-balanced subset (5,000 training and 1,000 test images) at half the
-paper's widths (8/16/32), plain-20/56 and ResNet-20/56, 20 epochs: the early part of the figure in
-minutes per network, not its final numbers. Every other trainer setting passes through: the flags
-spelt as the trainer spells them (`--recipe`, `--epochs`, `--batch-size`, `--lr`, `--amp`, ...) and
-`key=value` (`lr_warmup_steps=400`, `verify_checksums=false`). RESULTS.md has the runs on real CIFAR-10.
+This script is one ordinary [trainer](cifar10.html) run per network, `cifar10.train(...)`, with the
+same settings for all: plain-20/32/44/56 (`--plain`) on the left, ResNet-20/32/44/56/110 (`--residual`)
+on the right. The residual networks keep option A (zero-padding shortcuts), which adds no parameters,
+so each plain network has exactly its residual twin's weights to learn. Each run evaluates the test set
+after every epoch, and [`plot.figure6`](plot.html#figure6) draws the errors from the run folders, with
+the numbers in a JSON file beside the PNG. Each network trains in a folder of its own under
+`--logs-dir`, so a session's end costs nothing: rerun the command and a finished network is read, an
+unfinished one resumed exactly from its checkpoint. The README lists the flags; RESULTS.md has the runs.
 """
 
 import argparse
@@ -72,11 +53,9 @@ def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[s
     """A network's name (`plain-20`, `ResNet-56`) and its trainer settings: a preset, or a `custom` net."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth {depth} is not a CIFAR depth 6n+2 (8, 14, 20, ..., 56, ..., 110)")
-    name, preset = (
-        (f"plain-{depth}", f"plain{depth}") if kind == "plain" else (f"ResNet-{depth}", f"resnet{depth}")
-    )
+    name = f"plain-{depth}" if kind == "plain" else f"ResNet-{depth}"
     if widths == PAPER_WIDTHS and depth in (20, 32, 44, 56, 110):
-        return name, {"model": preset}
+        return name, {"model": name.lower().replace("-", "")}  # the trainer's preset, plain56 or resnet56
     # §4.2: 6n + 2 layers, the stem, 2n convolutions in each of three stages, and the classifier.
     n = (depth - 2) // 6
     return name, {"model": "custom", "n_blocks": [n, n, n], "n_channels": list(widths),
@@ -85,17 +64,14 @@ def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[s
 
 def find_run(logs_dir: Path) -> tuple[Path | None, bool]:
     """The newest run folder under a network's own logs folder (or None), and whether it finished."""
-    # A run killed before its first checkpoint left nothing to resume: it does not count.
-    runs = [
-        r for r in logs_dir.glob("*/*") if (r / "results.json").is_file() or any(r.glob("checkpoints/*.pt"))
-    ]
+
+    def saved(run: Path) -> list[Path]:  # none in a run killed before its first checkpoint: it does not count
+        return [*run.glob("checkpoints/*.pt"), *run.glob("results.json")]
+
+    runs = [r for r in logs_dir.glob("*/*") if saved(r)]
     finished = [r for r in runs if (r / "results.json").is_file()]
-
     # Each resumption continues in a new folder: the newest checkpoint or result is the run's latest state.
-    def written(run: Path) -> float:
-        return max(f.stat().st_mtime for f in [*run.glob("checkpoints/*.pt"), *run.glob("results.json")])
-
-    newest = max(finished or runs, key=written, default=None)
+    newest = max(finished or runs, key=lambda r: max(f.stat().st_mtime for f in saved(r)), default=None)
     return newest, bool(finished)
 
 
@@ -172,30 +148,25 @@ def trainer_settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     settings = {**(QUICK if args.quick else {}), **{k: v for k, v in flags.items() if v is not None}}
     if kind == "plain" and args.plain_epochs is not None:
         settings["epochs"] = args.plain_epochs
-    return {
-        **settings,
-        "download": args.download,
-        "valid_split": 0,
-        "eval_every_epoch": True,
-        **dict(args.settings),
-    }
+    always = {"download": args.download, "valid_split": 0, "eval_every_epoch": True}
+    return {**settings, **always, **dict(args.settings)}
 
 
-def schedule(curves: list[plot.Curve]) -> str:
-    """How the runs of one half were trained, from their `results.json`."""
-    kinds = {f"{s['recipe']} recipe, {s['epochs']} epochs of batch {s['batch_size']}"
-             for s in (c.summary or {} for c in curves) if s}  # fmt: skip
-    return "; ".join(sorted(kinds)) or "unknown schedule"
+def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: tuple[int, ...]) -> str:
+    """The data and widths, each half's schedule (and whether the plain one is shorter), the line styles."""
 
+    def schedule(curves: list[plot.Curve]) -> str:  # from the runs' results.json
+        kinds = {f"{s['recipe']} recipe, {s['epochs']} epochs of batch {s['batch_size']}"
+                 for s in (c.summary or {} for c in curves) if s}  # fmt: skip
+        return "; ".join(sorted(kinds)) or "unknown schedule"
 
-def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: str) -> str:
-    """The data, each half's schedule (saying so when the plain one is shorter), and the line styles."""
     plain, residual = ([c for _, c in curves] for curves in panels.values())
     data: dict[str, Any] = next((c.summary["data"] for c in plain + residual if c.summary), {})
     images = " / ".join(f"{data[k]:,} {k[:-7]}" for k in ("train_images", "test_images") if k in data)
     last = [max(c.epochs) for c in plain], [max(c.epochs) for c in residual]
     shorter = " (a shorter schedule)" if all(last) and max(last[0]) < min(last[1]) else ""
-    return (f"Figure 6 on CIFAR-10, {images or 'unknown'} images{widths}\nplain networks{shorter}: "
+    width = "" if widths == PAPER_WIDTHS else f", widths {'/'.join(map(str, widths))}"
+    return (f"Figure 6 on CIFAR-10, {images or 'unknown'} images{width}\nplain networks{shorter}: "
             f"{schedule(plain)}\nresidual networks: {schedule(residual)}\n"
             f"thin dashed: training error, bold: test error")  # fmt: skip
 
@@ -230,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {name: plot.read_run(run_dir, label=name) for name, (_, _, run_dir) in runs.items()}
     panels = {half: [(depth, curves[name]) for name, (kind, depth, _) in runs.items() if kind == k]
               for half, k in (("plain networks", "plain"), ("residual networks", "residual"))}  # fmt: skip
-    # Widths other than the paper's are part of the setting, so the title names them.
-    widths = "" if args.widths == PAPER_WIDTHS else f", widths {'/'.join(map(str, args.widths))}"
-    figure_title = title(panels, widths)
+    figure_title = title(panels, args.widths)
     networks = [{"network": name, "kind": kind, "depth": depth, "run_dir": str(run_dir),
                  "epochs": curves[name].epochs, "steps": curves[name].steps,
                  "train_error": curves[name].train_error, "test_error": curves[name].eval_error,

@@ -6,18 +6,12 @@ python -m experiments.export_weights logs/cifar10/<uuid> --dataset cifar10 \\
     --command "<the training command>" --machine "<cores, CPU or GPU>"
 ```
 
-Takes a finished run folder and writes two files into `resnet/weights/`, which is all a network needs to
-appear in `resnet.list_models(pretrained=True)`, `resnet.<Name>_Weights`, `weights=` and `torch.hub`:
-
-* `<network>_<dataset>.safetensors`: the network's tensors alone (no optimizer, no schedule), with
-  its name and options in the file's metadata, so `resnet.load_checkpoint` can rebuild it too;
-* `<network>_<dataset>.json`: its record (`resnet.pretrained.WeightRecord` lists the fields): the
-  file's size and SHA-256, computed from the bytes written, the run's single-view and TTA test accuracy,
-  its recipe and seed, the command and the machine.
-
-A run with `ema_decay` reported its averaged weights, so those are the ones exported. Only a named
-network as its builder makes it can ship (another shortcut or a `custom` network would not load with
-`resnet.<network>(weights=...)`), and an existing file is never replaced.
+Writes a finished run's network into `resnet/weights/` as `<network>_<dataset>.safetensors` (its
+tensors alone, with its name and options in the metadata) and `<network>_<dataset>.json`, its record
+(`resnet.pretrained.WeightRecord`: size and SHA-256 of the bytes written, single-view and TTA test
+accuracy, recipe, seed, command, machine). That is all a network needs to load by name; the README's
+"Trained weights" says how. A run with `ema_decay` reported its averaged weights, so those ship. Only a
+named network as its builder makes it can ship, and an existing file is never replaced.
 """
 
 import argparse
@@ -48,27 +42,16 @@ def describe_tta(flip: bool, shift: int) -> str | None:
 def write_weights(
     state: dict[str, torch.Tensor], network: str, dataset: str, record: dict[str, Any], out_dir: Path
 ) -> Path:
-    """
-    Write `state` as `<network>_<dataset>.safetensors` and its record (the fields of `record`, plus the
-    names, size and hash) into `out_dir`; returns the weight file. Refuses to replace either file.
-    """
-    if dataset not in DATASETS:
-        raise SystemExit(f"unknown dataset {dataset!r}; resnet.pretrained.DATASETS has {', '.join(DATASETS)}")
+    """Write `state` and its record (`record`, names, size and hash) into `out_dir`; replaces nothing."""
     weights = out_dir / f"{network}_{dataset}.safetensors"
     record_path = weights.with_suffix(".json")
     for path in (weights, record_path):
         if path.exists():
             raise SystemExit(f"{path} exists; remove it first if you mean to replace the shipped weights")
     data = weights_bytes(state, network, {"num_classes": len(DATASETS[dataset].classes)})
-    full = {
-        "network": network,
-        "dataset": dataset,
-        "file": weights.name,
-        "file_size": len(data),
-        # The hash of the bytes written, not of the file read back: nothing can come in between.
-        "sha256": sha256_hex(data),
-        **record,
-    }
+    names = {"network": network, "dataset": dataset, "file": weights.name}
+    # The hash of the bytes written, not of the file read back: nothing can come in between.
+    full = {**names, "file_size": len(data), "sha256": sha256_hex(data), **record}
     out_dir.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(data)
     record_path.write_text(json.dumps(full, indent=2) + "\n")
@@ -90,18 +73,18 @@ def export(
     notes: str = "",
     single_view_accuracy: float | None = None,
 ) -> Path:
-    """Write `<network>_<dataset>.safetensors` and its JSON record from `run_dir`; returns the weight file."""
+    """Write the weights and record of `run_dir`'s network (see above); returns the weight file."""
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown dataset {dataset!r}; resnet.pretrained.DATASETS has {', '.join(DATASETS)}")
     results = json.loads((run_dir / "results.json").read_text())
     saved = load_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
     network, options = trainer_options(saved["config"], str(run_dir))
-    expected = {
-        "num_classes": len(DATASETS[dataset].classes),
-        "zero_init_residual": options["zero_init_residual"],
-    }
+    classes = len(DATASETS[dataset].classes)
+    expected = {"num_classes": classes, "zero_init_residual": options["zero_init_residual"]}
     if network == "custom" or options != expected:
         raise SystemExit(
             f"{run_dir} trained {network} with {options}; only a named network as its builder makes it "
-            f"(with {expected['num_classes']} classes) loads with resnet.{network}(weights=...)"
+            f"(with {classes} classes) loads with resnet.{network}(weights=...)"
         )
     # The weights the run's results were measured with (the average, when the run kept one).
     weights, _ = evaluation_weights(saved)
@@ -119,49 +102,26 @@ def export(
             f"{run_dir}/results.json comes from an older trainer and has only the TTA accuracy ({views}); "
             f"measure one view of each test image and pass it with --single-view-accuracy"
         )
-    record = {
-        "test_accuracy_single_view": single_view,
-        "test_accuracy_tta": tta,
-        "tta_views": views,
-        "recipe": results["recipe"],
-        "seed": results["seed"],
-        "command": command,
-        "machine": machine,
-        "notes": notes,
-    }
-    return write_weights(dict(weights), network, dataset, record, out_dir)
+    accuracy = {"test_accuracy_single_view": single_view, "test_accuracy_tta": tta, "tta_views": views}
+    how = {"recipe": results["recipe"], "seed": results["seed"], "command": command, "machine": machine}
+    return write_weights(dict(weights), network, dataset, {**accuracy, **how, "notes": notes}, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.export_weights",
-        description="Export a finished run's weights into resnet/weights/.",
+        prog="python -m experiments.export_weights", description=__doc__.split("\n\n")[2]
     )
     parser.add_argument("run_dir", type=Path, help="a finished run folder (with results.json)")
-    parser.add_argument(
-        "--dataset", default="cifar10", help="the name users pass as weights= (default cifar10)"
-    )
+    parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="what users pass as weights=")
     parser.add_argument("--command", required=True, help="the command that trained the run, for the record")
     parser.add_argument("--machine", required=True, help="where it trained (cores, CPU/GPU), for the record")
     parser.add_argument("--notes", default="", help="anything else a user should know about these weights")
-    parser.add_argument(
-        "--single-view-accuracy",
-        type=float,
-        help="the one-view test accuracy, needed when the run's results hold only its TTA accuracy",
-    )
+    parser.add_argument("--single-view-accuracy", type=float, help="for a run that recorded only its TTA")
     parser.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="default: resnet/weights/")
     args = parser.parse_args(argv)
     if not (args.run_dir / "results.json").is_file():
         parser.error(f"{args.run_dir} has no results.json: export finished runs only")
-    path = export(
-        args.run_dir,
-        args.dataset,
-        args.command,
-        args.machine,
-        args.out_dir,
-        args.notes,
-        args.single_view_accuracy,
-    )
+    path = export(**vars(args))
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 

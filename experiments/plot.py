@@ -5,12 +5,11 @@
 python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out curves.png
 ```
 
-Every run folder holds `metrics.jsonl`, one line per epoch. [`draw`](#draw) plots per epoch, a line per
-run labelled by its recipe, network and seed (or `--labels`), the training error, the evaluation error
-(validation when the run held out a split, else the test set, which a run only watches) and the learning
-rate; [`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
-[`degradation.py`](degradation.html). Errors rather than accuracies, as in the paper: a curve falls
-towards 0 for "better", and two good runs are not squashed together against 100%.
+[`draw`](#draw) plots each run's `metrics.jsonl` per epoch (training error, validation or else test
+error, learning rate), a line per run labelled by its recipe, network and seed or by `--labels`;
+[`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
+[`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not squashed
+together against 100%.
 """
 
 import argparse
@@ -118,9 +117,8 @@ COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:
 
 def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
     """
-    Figure 6: a panel per entry of `panels` (plain networks, then residual ones), each curve with its
-    depth; error in percent per epoch, training error thin and dashed, test error bold, one colour per
-    depth. Sized to stay legible at the README's width.
+    Figure 6, a panel per entry of `panels` (plain, then residual): error in percent per epoch, training
+    thin and dashed, test bold, one colour per depth; sized to stay legible at the README's width.
     """
     depths = sorted({depth for curves in panels.values() for depth, _ in curves})
     colour = {depth: COLOURS[i % len(COLOURS)] for i, depth in enumerate(depths)}

@@ -381,6 +381,33 @@ def test_export_asks_for_the_single_view_accuracy_of_an_older_tta_run(
     assert record["tta_views"] == "flip + 1-pixel shift, 6 views"
 
 
+def test_the_export_command_passes_every_flag_to_the_record(
+    resnet20_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    flags = ["--command", "cmd", "--machine", "a test", "--notes", "n", "--out-dir", str(out)]
+    assert export_weights.main([str(resnet20_run), *flags]) == 0
+    record = json.loads((out / "resnet20_cifar10.json").read_text())
+    assert (record["dataset"], record["command"], record["machine"], record["notes"]) == (
+        "cifar10",
+        "cmd",
+        "a test",
+        "n",
+    )
+    assert f"wrote {out / 'resnet20_cifar10.safetensors'}" in capsys.readouterr().out
+    # A folder without results.json is not a finished run: a usage error, and nothing written.
+    with pytest.raises(SystemExit) as exit_info:
+        export_weights.main([str(tmp_path / "out"), *flags[:4], "--out-dir", str(tmp_path / "other")])
+    assert exit_info.value.code == 2 and "has no results.json" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    # A dataset the package does not know is named, not a KeyError.
+    with pytest.raises(
+        SystemExit, match="unknown dataset 'cifar100'; resnet.pretrained.DATASETS has cifar10"
+    ):
+        export_weights.export(resnet20_run, "cifar100", "cmd", "a test", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
 def test_export_refuses_a_network_its_builder_does_not_make(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="only a named network as its builder makes it"):
         export_weights.export(trained.parent.parent, "cifar10", "cmd", "a test", tmp_path / "out")
