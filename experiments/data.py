@@ -99,17 +99,28 @@ def default_data_dir() -> Path:
     return Path(lab.get_data_path())
 
 
+def data_root(data_dir: str | Path) -> Path:
+    """
+    The folder that holds `cifar-10-batches-py/`. Naming that folder itself instead is an easy slip (it
+    is the one with the data in it), so such a path means its parent, unless it holds one of its own.
+    """
+    where = Path(data_dir)
+    if where.name == BATCHES_FOLDER and not (where / BATCHES_FOLDER).exists():
+        return where.parent
+    return where
+
+
 def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: bool = True) -> CifarArrays:
     """
-    Read CIFAR-10 from `data_dir` (the folder holding `cifar-10-batches-py/` or the archive), unpacking
-    or, with `download`, downloading the archive first if needed.
+    Read CIFAR-10 from `data_dir` (the folder holding `cifar-10-batches-py/` or the archive, or that
+    folder itself: see `data_root`), unpacking or, with `download`, downloading the archive if needed.
 
     `verify_checksums=False` skips only the md5 sums, for data *meant* to differ from the official files
     in their format (e.g. written by [`experiments.synthetic`](synthetic.py)); every other check stays.
     Raises `DataError`; nothing in `data_dir` changes except that `cifar-10-batches-py/` (and, when
     downloading, the archive) may be added.
     """
-    data_dir = Path(data_dir)
+    data_dir = data_root(data_dir)
     folder = data_dir / BATCHES_FOLDER
     archive = data_dir / ARCHIVE_NAME
     if _exists(data_dir):
@@ -328,15 +339,12 @@ def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
         if not unpacked.is_dir():
             raise DataError(archive, f"does not contain {BATCHES_FOLDER}/", corrupt_fix)
         # Runs (or torchrun's ranks) started together on an archive-only folder each unpack into their own
-        # staging folder, and the first rename wins. A folder that appears meanwhile came whole from such
-        # a winner's rename, and is checked like any other: use it rather than fail or overwrite it.
-        target = data_dir / BATCHES_FOLDER
-        if target.exists():
-            return
+        # staging folder, and the first rename wins: the others' renames fail on its folder, which came
+        # whole from that rename and is checked like any other, so they use it.
         try:
-            os.rename(unpacked, target)
+            os.rename(unpacked, data_dir / BATCHES_FOLDER)
         except OSError:
-            if not target.is_dir():
+            if not (data_dir / BATCHES_FOLDER).is_dir():
                 raise
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         problem = f"is truncated or corrupt ({type(error).__name__}: {error})"

@@ -34,7 +34,6 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from labml.configs import option
 from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
+from experiments.data import data_root
 from experiments.distributed import World
 from experiments.errors import UsageError
 from experiments.options import RecordedOptions, Rule, at_least, within
@@ -314,23 +314,9 @@ def _data_dir(c: CifarDataConfigs) -> str:
     return str(cifar_data.default_data_dir())
 
 
-def data_root(data_dir: str | Path) -> Path:
-    """
-    The folder that holds `cifar-10-batches-py/`. `--data-dir` names that folder's parent, but pointing it
-    at `cifar-10-batches-py/` itself is an easy slip (it is the folder with the data in it); such a path
-    is read as its parent, unless it holds a `cifar-10-batches-py/` of its own.
-    """
-    where = Path(data_dir)
-    if where.name == cifar_data.BATCHES_FOLDER and not (where / cifar_data.BATCHES_FOLDER).exists():
-        return where.parent
-    return where
-
-
 @option(CifarDataConfigs.dataset)
 def _dataset(c: CifarDataConfigs) -> cifar_data.CifarArrays:
-    return cifar_data.load_cifar10(
-        data_root(c.data_dir), download=c.download, verify_checksums=c.verify_checksums
-    )
+    return cifar_data.load_cifar10(c.data_dir, download=c.download, verify_checksums=c.verify_checksums)
 
 
 def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, train: bool) -> TensorBatches:
