@@ -381,9 +381,7 @@ def _download_archive(data_dir: Path, *, verify: bool) -> None:
         f"or the unpacked {BATCHES_FOLDER}/ folder into {data_dir}"
     )
     # The folders this call creates, innermost first.
-    created = [
-        folder for folder in (data_dir.absolute(), *data_dir.absolute().parents) if not folder.exists()
-    ]
+    created = [path for path in (data_dir.absolute(), *data_dir.absolute().parents) if not path.exists()]
     staging: Path | None = None
     try:
         try:
@@ -405,11 +403,10 @@ def _download_archive(data_dir: Path, *, verify: bool) -> None:
         if verify and (mismatch := _md5_mismatch(downloaded, downloaded.read_bytes())):
             problem = f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})"
             raise DataError(data_dir, problem, f"run again, or {offline_fix}")
-        if (data_dir / ARCHIVE_NAME).exists():
-            raise DataError(
-                data_dir / ARCHIVE_NAME, "appeared while downloading; not overwriting it", "run again"
-            )
-        os.rename(downloaded, data_dir / ARCHIVE_NAME)
+        archive = data_dir / ARCHIVE_NAME
+        if archive.exists():
+            raise DataError(archive, "appeared while downloading; not overwriting it", "run again")
+        os.rename(downloaded, archive)
         created = []
     except (OSError, http.client.HTTPException, ValueError, RecursionError) as error:
         reason = getattr(error, "reason", None) or error

@@ -88,21 +88,15 @@ class TensorBatches:
     cutout: int = 0
 
     def __post_init__(self) -> None:
-        images, size = self.images, min(self.images.shape[2:], default=0)
+        images, labels, size = self.images, self.labels, min(self.images.shape[2:], default=0)
         if images.dtype != torch.uint8 or images.dim() != 4 or len(images) == 0:
-            raise ValueError(
-                f"images must be a uint8 tensor [n>0, C, H, W], got {images.dtype} {list(images.shape)}"
-            )
-        if self.labels.dim() != 1 or len(self.labels) != len(images):
-            raise ValueError(
-                f"labels must be [{len(images)}] to match the images, got {list(self.labels.shape)}"
-            )
+            raise ValueError(f"images must be uint8 [n>0, C, H, W], got {images.dtype} {list(images.shape)}")
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be [{len(images)}] to match the images, got {list(labels.shape)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}"
-            )
+            raise ValueError(f"need 0 <= rank < world_size, got rank {self.rank} of {self.world_size}")
         if len(self.mean) != images.shape[1] or len(self.std) != images.shape[1] or min(self.std) <= 0:
             problem = f"got {self.mean} and {self.std}"
             raise ValueError(f"mean and std need {images.shape[1]} entries each and std > 0, {problem}")
@@ -112,7 +106,7 @@ class TensorBatches:
             raise ValueError(f"dtype must be a floating point type, got {self.dtype}")
         self.device = torch.device(self.device)
         self.images = images.to(self.device)
-        self.labels = self.labels.to(self.device, torch.int64)
+        self.labels = labels.to(self.device, torch.int64)
         # $(x / 255 - \mu) / \sigma$ as one multiply and one subtract.
         std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._scale = 1.0 / (255.0 * std)
