@@ -1,20 +1,18 @@
 r"""
 # Reading CIFAR-10's pickles without unpickling them
 
-The batches are pickles, and `pickle.load` builds whatever a file asks for. Restricting the names it
-may import is not enough: allowing just numpy's array rebuilder, `ndarray` and `dtype` still let a file
-hand numpy's `__setstate__` a dtype with a hidden object field, and numpy took eight "pixel" bytes for a
-pointer. The state a pickle passes on is as dangerous as the names it imports.
+`pickle.load` builds whatever a file asks for, and restricting the names it may import is not enough:
+with only numpy's array rebuilder, `ndarray` and `dtype` allowed, a file could still hand numpy's
+`__setstate__` a dtype with a hidden object field, and numpy took eight "pixel" bytes for a pointer.
 
-So nothing here unpickles. `pickletools.genops` (the standard library's opcode reader) splits the file
-into opcodes, and [`read_pickle`](#read_pickle) evaluates the few CIFAR-10 files use: dicts, lists,
-tuples, ints, strings, and the pattern numpy writes for an array, *recognised by its shape*. From it we
-take a shape, an integer dtype code and raw bytes, check them, and build the array with `np.frombuffer`.
-Anything else raises `NotCifarPickle` before it is built. Two spellings of the same values are read:
-the official files' (Python 2's `cPickle` at protocol 2: byte strings as Python 2 `str`, numpy 1's
-`numpy.core.multiarray`) and Python 3's `pickle.dumps(..., protocol=2)` (byte strings as calls to
-`_codecs.encode(text, "latin1")`, which we do ourselves; numpy 2's `numpy._core.multiarray`), which is
-what [`experiments.synthetic`](synthetic.py) writes.
+So nothing here unpickles. `pickletools.genops`, the standard library's opcode reader, splits the file
+into opcodes, and [`read_pickle`](#read_pickle) evaluates the few that CIFAR-10 files use: dicts, lists,
+tuples, ints, strings, and numpy's pattern for an array, *recognised by its shape*, from which we take a
+shape, an integer dtype code and raw bytes, check them, and build the array with `np.frombuffer`.
+Anything else raises `NotCifarPickle` before it is built. Both spellings of protocol 2 are read: the
+official files' (Python 2's `cPickle`: byte strings as `str`, numpy 1's `numpy.core.multiarray`) and
+Python 3's, which [`experiments.synthetic`](synthetic.py) writes (bytes as `_codecs.encode(text,
+"latin1")` calls, which we do ourselves; numpy 2's `numpy._core.multiarray`).
 """
 
 from __future__ import annotations

@@ -1,50 +1,39 @@
 r"""
 # Batches straight from a tensor on the training device
 
-CIFAR-10 is small enough to hold whole: 50,000 images of $3 \times 32 \times 32$ bytes are about 150 MB.
-So instead of a `DataLoader` with worker processes decoding one PIL image at a time, `TensorBatches`
-moves the `uint8` set to the training device once and builds every batch there with a handful of tensor
-operations: gather the batch, crop and flip it with one more gather, and scale to normalised floats.
-There is no Python work per image: the interpreter does the same few calls for a batch of 8 or of 1024
-(a test counts them), and on a GPU the images never cross the PCIe bus again after the first copy. Per
-epoch, the sampler's index list is turned into one tensor and copied over once.
+CIFAR-10 fits whole in memory: 50,000 images of $3 \times 32 \times 32$ bytes are about 150 MB. So
+instead of a `DataLoader` whose workers decode one PIL image at a time, `TensorBatches` moves the `uint8`
+set to the training device once and builds every batch there with a handful of tensor operations: gather
+the batch, crop and flip it with one more gather, scale to normalised floats. The interpreter does the
+same few calls for a batch of 8 or of 1024 (a test counts them), and on a GPU the images cross the PCIe
+bus once.
 
-## Augmentation (paper §4.2)
+## Augmentation (§4.2)
 
 > 4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the padded image or its
 > horizontal flip.
 
-The padding is black, i.e. zero in pixel space before normalisation, which is what padding the raw image
-means. A crop at offset $(d_y, d_x) \in \{0, \dots, 8\}^2$ of the padded image picks output pixel
-$(i, j)$ from input pixel $(i + d_y - 4, j + d_x - 4)$, or zero when that falls outside; a flip reverses
-$j$ first. Both are folded into a single index computation per batch.
-
-Not from the paper, and off unless `cutout` is set: *Cutout* (DeVries & Taylor, 2017) blanks a random
-`cutout` × `cutout` square of every training image, after normalisation, so the square takes the data
-set's mean colour. Its centre is uniform over the image, so the square may hang over an edge and cover
-less. The short, fast schedules of the ResNet-9 recipe use it (8 × 8) as their main regulariser.
+The padding is black (zero before normalisation). A crop at offset $(d_y, d_x) \in \{0, \dots, 8\}^2$
+takes output pixel $(i, j)$ from input pixel $(i + d_y - 4, j + d_x - 4)$, or zero outside the image; a
+flip reverses $j$ first; both become one index computation per batch. Not from the paper and off unless
+`cutout` is set: *Cutout* (DeVries & Taylor, 2017) blanks a random `cutout` × `cutout` square of each
+training image after normalisation (so it takes the mean colour), centred anywhere on the image, so it
+may hang over an edge; the ResNet-9 recipe's short schedules use it as their main regulariser.
 
 ## Everything is a pure function of (seed, epoch, batch)
 
-The order of an epoch comes from a generator seeded by `seed + epoch` (the rule of
-`torch.utils.data.DistributedSampler`, which we use for the indices), and the crops and flips of batch
-$b$ come from a generator seeded by a hash of (seed, epoch, rank, $b$). Nothing carries over from one
-batch to the next, which buys two things:
-
-* **exact resumption**: a run stopped after batch $k$ continues with `epoch(e, start_batch=k)` and sees
-  precisely the batches it would have seen without the interruption;
-* **the same batches on CPU and GPU**: random numbers are drawn by CPU generators and the few bytes of
-  crop offsets and flip bits are copied over, so the device does not change the data.
-
-With `world_size > 1` each rank takes its own slice of the shuffled order, as `DistributedSampler`
-would give it: the slices are disjoint, and when the set does not divide evenly the sampler repeats a
-few images so every rank runs the same number of steps.
+An epoch's order comes from `torch.utils.data.DistributedSampler` seeded by `seed + epoch`; batch $b$'s
+crops and flips from a generator seeded by a hash of (seed, epoch, rank, $b$). Nothing carries over from
+one batch to the next, so a run stopped after batch $k$ resumes with `epoch(e, start_batch=k)` and sees
+exactly the batches it would have seen, and since CPU generators draw the random numbers, CPU and GPU get
+the same batches. With `world_size > 1` each rank takes its own slice of the shuffled order, as the
+sampler gives it: disjoint, padded by a few repeats so every rank runs the same number of steps.
 """
 
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -53,6 +42,7 @@ from labml.configs import option
 from torch.utils.data import DistributedSampler
 
 from experiments import data as cifar_data
+from experiments.data import data_root
 from experiments.distributed import World
 from experiments.errors import UsageError
 from experiments.options import RecordedOptions, Rule, at_least, within
@@ -63,101 +53,82 @@ from resnet.pretrained import CIFAR10_MEAN, CIFAR10_STD
 PAD = 4
 
 
+@dataclass(eq=False, repr=False)
 class TensorBatches:
     """
-    Shuffled, augmented, normalised batches drawn from a `uint8` image tensor kept on `device`.
+    Shuffled, augmented, normalised batches drawn from `uint8` `images` `[n, C, H, W]` and integer
+    `labels` `[n]`, both kept on `device`.
 
-    * `images`: `uint8` `[n, C, H, W]`, e.g. `CifarArrays.train_images`.
-    * `labels`: integer `[n]`.
-    * `batch_size`: images per batch on this rank.
-    * `shuffle`: visit the images in a new random order every epoch (training) or in file order (evaluation).
-    * `augment`: random 4-pixel-padded crop and horizontal flip (training only).
-    * `device`: where the set lives and batches are built.
+    * `batch_size`: images per batch on this rank; `drop_last` skips a final smaller batch.
+    * `shuffle`: a new random order every epoch (training), else file order (evaluation).
+    * `augment`: §4.2's random crop of the 4-pixel-padded image and horizontal flip (training only).
     * `seed`: with the epoch and batch index, fixes the order and the augmentation.
     * `mean`, `std`: per-channel statistics on a 0..1 scale, e.g. `CIFAR10_MEAN` and `CIFAR10_STD`.
-    * `drop_last`: skip the final batch when it would be smaller than `batch_size`.
     * `rank`, `world_size`: this process's place among data-parallel processes.
     * `channels_last`: hand out batches in NHWC memory layout, which convolutions on recent GPUs prefer.
     * `dtype`: float type of the images handed out (`torch.float32`, or `bfloat16`/`float16`).
-    * `cutout`: side of the square Cutout blanks in each augmented image; 0 (the default) turns it off.
+    * `cutout`: side of the square Cutout blanks in each augmented image; 0 (the default) is off.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        augment: bool,
-        device: torch.device | str,
-        seed: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        channels_last: bool = False,
-        dtype: torch.dtype = torch.float32,
-        cutout: int = 0,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
-                f"images must be a uint8 tensor [n, C, H, W], got {images.dtype} {list(images.shape)}"
-            )
+    images: torch.Tensor
+    labels: torch.Tensor
+    _: KW_ONLY
+    batch_size: int
+    shuffle: bool
+    augment: bool
+    device: torch.device | str
+    seed: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    channels_last: bool = False
+    dtype: torch.dtype = torch.float32
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        images, labels, size = self.images, self.labels, min(self.images.shape[2:], default=0)
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) == 0:
+            raise ValueError(f"images must be uint8 [n>0, C, H, W], got {images.dtype} {list(images.shape)}")
         if labels.dim() != 1 or len(labels) != len(images):
             raise ValueError(f"labels must be [{len(images)}] to match the images, got {list(labels.shape)}")
-        if len(images) == 0:
-            raise ValueError("TensorBatches needs at least one image")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ValueError(f"mean and std need {channels} entries each and std > 0, got {mean} and {std}")
-        if cutout < 0 or cutout > min(images.shape[2:]):
-            raise ValueError(
-                f"cutout must be between 0 (off) and the image size {min(images.shape[2:])}, got {cutout}"
-            )
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating point type, got {dtype}")
-
-        self.device = torch.device(device)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {self.rank} of {self.world_size}")
+        if len(self.mean) != images.shape[1] or len(self.std) != images.shape[1] or min(self.std) <= 0:
+            problem = f"got {self.mean} and {self.std}"
+            raise ValueError(f"mean and std need {images.shape[1]} entries each and std > 0, {problem}")
+        if not 0 <= self.cutout <= size:
+            raise ValueError(f"cutout must be between 0 (off) and the image size {size}, got {self.cutout}")
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {self.dtype}")
+        self.device = torch.device(self.device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.channels_last = channels_last
-        self.dtype = dtype
-        self.cutout = cutout
         # $(x / 255 - \mu) / \sigma$ as one multiply and one subtract.
-        std_tensor = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_tensor)
-        self._shift = mean_tensor / std_tensor
+        std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / std
         # The sampler only ever sees indices, so a `range` stands in for a data set.
         self._sampler = DistributedSampler(
-            range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+            range(len(images)),
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=self.shuffle,
+            seed=self.seed,
         )
 
     @property
     def images_per_epoch(self) -> int:
         """Images this rank hands out per epoch (fewer than its share when `drop_last` drops a batch)."""
-        if self.drop_last:
-            return len(self) * self.batch_size
-        return self._sampler.num_samples
+        return len(self) * self.batch_size if self.drop_last else self._sampler.num_samples
 
     def translate(self, images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
         """
-        A batch of this loader's (normalised) images moved `dx` pixels right and `dy` pixels down. The
-        border left uncovered is black, as in the zero-padded training crops: for shifts of at most
-        `PAD` pixels the result is one of the crops training could have drawn.
+        A batch of this loader's images moved `dx` pixels right and `dy` down, onto black as in training's
+        zero-padded crops: for shifts of at most `PAD` pixels, one of the crops training could have drawn.
         """
         height, width = images.shape[2:]
         out = torch.empty_like(images)
@@ -169,8 +140,8 @@ class TensorBatches:
 
     def views(self, images: torch.Tensor, flip: bool, shift: int = 0) -> list[torch.Tensor]:
         """
-        The test-time views of a batch: the images themselves, with `shift` also moved `shift` pixels
-        down-right and up-left (`translate`), and with `flip` the mirror image of each of those.
+        The test-time views of a batch: the images, with `shift` also moved `shift` pixels down-right and
+        up-left (`translate`), and with `flip` the mirror image of each of those.
         """
         views = [images]
         if shift:
@@ -187,9 +158,8 @@ class TensorBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """
-        Yield `(images, labels)` for batches `start_batch, start_batch + 1, …` of epoch `epoch`.
-
-        Images are `[batch, C, H, W]` in `dtype`, labels `int64 [batch]`, both on `device`.
+        Yield `(images, labels)` for batches `start_batch, start_batch + 1, …` of epoch `epoch`: images
+        `[batch, C, H, W]` in `dtype`, labels `int64 [batch]`, both on `device`.
         """
         if not 0 <= start_batch <= len(self):
             raise ValueError(
@@ -205,50 +175,38 @@ class TensorBatches:
         for batch in range(start_batch, len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = self.images[index]
-            if not self.augment:
-                yield self._normalise(images), self.labels[index]
-                continue
-            draws = self._random_draws(len(index), images.shape[2:], self._batch_generator(epoch, batch))
-            images = self._normalise(self._crop_and_flip(images, draws))
-            if self.cutout:
+            if self.augment:
+                draws = self._random_draws(len(index), images.shape[2:], epoch, batch)
+                images = self._crop_and_flip(images, draws)
+            images = self._normalise(images)
+            if self.augment and self.cutout:
                 images = self._cut_out(images, draws)
             yield images, self.labels[index]
 
-    def _batch_generator(self, epoch: int, batch: int) -> torch.Generator:
+    def _random_draws(self, n: int, size: torch.Size, epoch: int, batch: int) -> torch.Tensor:
+        """
+        Everything random about a batch, as rows of one `[3 or 5, n]` tensor, copied to the device at
+        once: crop offsets (rows 0, 1), flips (row 2) and Cutout's centres (rows 3, 4), drawn last so
+        that turning Cutout on leaves every batch's crops and flips as they were.
+        """
         # A hash rather than `seed + epoch + batch`, so that neighbouring (epoch, batch) pairs never share
         # a stream, e.g. epoch 1 batch 0 and epoch 0 batch 1.
         key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
-        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        return torch.Generator().manual_seed(seed)
-
-    def _random_draws(self, n: int, size: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        """
-        Everything random about a batch of `n` images, as rows of one `[3 or 5, n]` tensor on the device:
-        crop offsets (rows 0, 1), flips (row 2) and, with Cutout, the squares' centres (rows 3, 4).
-
-        The centres are drawn last, so turning Cutout on leaves every batch's crops and flips as they were,
-        and one small host-to-device copy per batch carries all the draws.
-        """
+        generator = torch.Generator().manual_seed(
+            int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        )
         rows = [
             torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
             torch.randint(0, 2, (1, n), generator=generator),
         ]
         if self.cutout:
-            rows += [
-                torch.randint(0, size[0], (1, n), generator=generator),
-                torch.randint(0, size[1], (1, n), generator=generator),
-            ]
+            rows += [torch.randint(0, side, (1, n), generator=generator) for side in size]
         return torch.cat(rows).to(self.device)
 
     def _crop_and_flip(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """
-        Random `H x W` crop of the zero-padded batch, mirrored left-right for a random half of the images.
-
-        One gather with per-image row and column indices does both, so the batch is never split up.
-        """
+        """A random crop of the zero-padded batch, mirrored for a random half: one gather does both."""
         n, channels, height, width = images.shape
         offsets, flip = draws[:2], draws[2].bool()
-
         padded = F.pad(images, (PAD, PAD, PAD, PAD))
         rows = offsets[0, :, None] + torch.arange(height, device=self.device)
         columns = torch.arange(width, device=self.device).expand(n, width)
@@ -263,16 +221,13 @@ class TensorBatches:
 
     def _cut_out(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Set a `cutout` × `cutout` square around each image's drawn centre to 0 (the mean colour)."""
-        _, _, height, width = images.shape
-        centres = draws[3:5]
         # Rows (and columns) from centre - cutout // 2 up to, not including, that plus `cutout`.
-        top_left = centres - self.cutout // 2
-        rows = torch.arange(height, device=self.device) - top_left[0, :, None]
-        columns = torch.arange(width, device=self.device) - top_left[1, :, None]
+        top_left = draws[3:5] - self.cutout // 2
+        rows = torch.arange(images.shape[2], device=self.device) - top_left[0, :, None]
+        columns = torch.arange(images.shape[3], device=self.device) - top_left[1, :, None]
         in_rows = (rows >= 0) & (rows < self.cutout)
         in_columns = (columns >= 0) & (columns < self.cutout)
-        inside = in_rows[:, :, None] & in_columns[:, None, :]
-        return images.masked_fill_(inside[:, None], 0)
+        return images.masked_fill_((in_rows[:, :, None] & in_columns[:, None, :])[:, None], 0)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         out = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
@@ -353,23 +308,9 @@ def _data_dir(c: CifarDataConfigs) -> str:
     return str(cifar_data.default_data_dir())
 
 
-def data_root(data_dir: str | Path) -> Path:
-    """
-    The folder that holds `cifar-10-batches-py/`. `--data-dir` names that folder's parent, but pointing it
-    at `cifar-10-batches-py/` itself is an easy slip (it is the folder with the data in it); such a path
-    is read as its parent, unless it holds a `cifar-10-batches-py/` of its own.
-    """
-    where = Path(data_dir)
-    if where.name == cifar_data.BATCHES_FOLDER and not (where / cifar_data.BATCHES_FOLDER).exists():
-        return where.parent
-    return where
-
-
 @option(CifarDataConfigs.dataset)
 def _dataset(c: CifarDataConfigs) -> cifar_data.CifarArrays:
-    return cifar_data.load_cifar10(
-        data_root(c.data_dir), download=c.download, verify_checksums=c.verify_checksums
-    )
+    return cifar_data.load_cifar10(c.data_dir, download=c.download, verify_checksums=c.verify_checksums)
 
 
 def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, train: bool) -> TensorBatches:

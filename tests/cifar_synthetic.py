@@ -34,7 +34,6 @@ from experiments.synthetic import (
     synthetic_batch,
     write_batch_file,
     write_cifar10_folder,
-    write_meta_file,
     write_synthetic_cifar10,
 )
 
@@ -50,7 +49,6 @@ __all__ = [
     "synthetic_batch",
     "write_batch_file",
     "write_cifar10_folder",
-    "write_meta_file",
     "write_synthetic_cifar10",
     "write_synthetic_cifar10_archive",
 ]
