@@ -262,11 +262,8 @@ class Run:
         loss = loss.detach().float()
         progress = self.progress
         # Remember the first step whose loss is not finite, without waiting for the device to say so.
-        self._first_bad_step = torch.where(
-            torch.isfinite(loss) | (self._first_bad_step < NO_BAD_STEP),
-            self._first_bad_step,
-            torch.full_like(self._first_bad_step, progress.step),
-        )
+        first = ~torch.isfinite(loss) & (self._first_bad_step == NO_BAD_STEP)
+        self._first_bad_step = torch.where(first, progress.step, self._first_bad_step)
         if self.ema is not None:
             self.ema.update(self.network)
         progress.add_step(loss, logits, labels, self.world.size)
@@ -382,9 +379,8 @@ class Run:
 
     def _parts(self) -> ckpt.RunParts:
         scaler = self.scaler if self.scaler.is_enabled() else None
-        return ckpt.RunParts(
-            self.network, self.c.optimizer, self.c.scheduler, scaler, self.ema, self.progress
-        )
+        c = self.c
+        return ckpt.RunParts(self.network, c.optimizer, c.scheduler, scaler, self.ema, self.progress)
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
@@ -406,27 +402,18 @@ class Run:
         """Rank 0, inside labml's run: the checkpoint folder, the metrics so far and the start line."""
         if self.run_dir is None:
             return
-        with _writing(
-            f"cannot write to the run folder {self.run_dir}", "pass --logs-dir with a writable folder"
-        ):
+        advice = "pass --logs-dir with a writable folder"
+        with _writing(f"cannot write to the run folder {self.run_dir}", advice):
             (self.run_dir / ckpt.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             history = "".join(json.dumps(r) + "\n" for r in self.progress.history)
             (self.run_dir / "metrics.jsonl").write_text(history)
         c, p, device = self.c, self.progress, str(machine(self.device)["device"])
-        self.console.line(
-            start_line(
-                self.run_dir,
-                model=self.model_name,
-                recipe=c.recipe,
-                epochs=c.epochs,
-                batch_size=c.batch_size,
-                device=device,
-                resumed_from=self.resumed_from,
-                epoch=p.epoch,
-                step=p.step,
-                gpu_sized_on_cpu=gpu_sized_on_cpu(c),
-            )  # fmt: skip
-        )
+        line = start_line(
+            self.run_dir, model=self.model_name, recipe=c.recipe, epochs=c.epochs, batch_size=c.batch_size,
+            device=device, resumed_from=self.resumed_from, epoch=p.epoch, step=p.step,
+            gpu_sized_on_cpu=gpu_sized_on_cpu(c),
+        )  # fmt: skip
+        self.console.line(line)
 
     def summary(self, test: dict[str, float]) -> dict[str, Any]:
         """`results.json`: the final numbers, and everything needed to tell what they measured."""
