@@ -157,10 +157,9 @@ class Progress:
 class Run:
     """
     One training run of a computed configuration `c`: the loop calls `batches`, `after_step` and
-    `end_epoch`, and steps through `scaler`. `model` is the network as the steps call it (wrapped for
-    several processes and `torch.compile`); `network` the bare one, whose state is saved. `run_dir` is
-    the run folder on rank 0, else `None`. A `saved` checkpoint (from `resumed_from`) is restored first:
-    its state, under this run's optimizer and schedule settings (see [below](#_settings_kept)).
+    `end_epoch`, and steps through `scaler`. `model` is the network the steps call (wrapped for several
+    processes and `torch.compile`), `network` the bare one whose state is saved; `run_dir` is the run
+    folder on rank 0, else `None`. A `saved` checkpoint is restored first ([how](#_settings_kept)).
     """
 
     def __init__(
@@ -331,10 +330,7 @@ class Run:
         return self.progress.epoch + 1 >= self.c.epochs or self.progress.step >= self.c.iterations
 
     def end_epoch(self, scores: dict[str, float]) -> None:
-        """
-        Record the finished epoch (training sums over all ranks, plus evaluation `scores` such as
-        `{"valid_loss": ..., "valid_accuracy": ...}`), print and log it, and write the checkpoint.
-        """
+        """Record the epoch (training sums over all ranks, `scores` such as `valid_loss`), print, save."""
         progress = self.progress
         for name, value in scores.items():
             # Weights that give non-finite logits are as diverged as a non-finite training loss, and must
@@ -472,10 +468,10 @@ def _interrupted(error: BaseException | None) -> bool:
 def _settings_kept(optimizer: torch.optim.Optimizer, scheduler: Any) -> Iterator[None]:
     """
     A checkpoint restored inside this keeps the optimizer's and schedule's *settings* the run was built
-    with. PyTorch's `load_state_dict` restores settings with the state (each group's rate, weight decay,
-    momentum, the schedule's base rates and drop steps), so `--resume RUN --lr 0.01` or `--epochs 6`
-    would train with the old values. Only the state (momentum buffers, the step reached) comes from
-    the checkpoint; unchanged settings give back the saved values, so a plain resume stays bit for bit.
+    with: `load_state_dict` brings back the saved ones too (rates, weight decay, momentum, the schedule's
+    base rates and drop steps), and `--resume RUN --lr 0.01` or `--epochs 6` would train the old values.
+    Only the state (momentum buffers, the step reached) comes from the checkpoint; unchanged settings
+    give back the saved values, so a plain resume stays bit for bit.
     """
     groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     schedule = scheduler.state_dict()
