@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, weights in (("trained", saved["model"]), ("averaged", saved["ema"]["model"])):
         model.load_state_dict(weights)
         for flip, shift in ((flip, shift) for flip in (False, True) for shift in (0, 1, 2)):
-            scores = cifar10.evaluate(model, loader, "valid", amp_dtype=None, flip_tta=flip, shift_tta=shift)
+            scores = cifar10.evaluate(model, loader, amp_dtype=None, flip_tta=flip, shift_tta=shift)
             suffix = "_tta" if flip or shift else ""  # the views' average; the first row is the single view
             loss, accuracy = scores[f"loss{suffix}"], scores[f"accuracy{suffix}"]
             flipped = "yes" if flip else "no"

@@ -1,26 +1,15 @@
 """
 # Checkpoints that survive crashes and cannot run code
 
-A run can be killed at any moment (by the user, a scheduler, a full disk), so the last checkpoint written
-must always be complete, and loading one must never do anything but load numbers.
-
-**Atomic writes.** Into a temporary file in the same folder, `fsync`ed, then renamed over the old one
-([`files.py`](files.html)): a reader sees the old file or the new one, never half of either, even after
-`kill -9` mid-write.
-
-**Safe loading.** `torch.load(weights_only=True)` rebuilds only tensors and plain containers, never
-objects or code; everything we save fits that (RNG states as tensors, positions as ints, settings as
-strings and numbers). Every way a file can be wrong (missing, truncated, not a checkpoint, another
-network, carrying code) is a [`CheckpointError`](#CheckpointError): one line naming the file and the fix.
-
-**Damage is detected.** A disk can flip bits inside a tensor and leave a file that still loads, with
-wrong weights. So every checkpoint records a SHA-256 of all its other entries (the library's
-[`checkpoint_digest`](../resnet/loading.html#checkpoint_digest), so the trainer and `resnet.load_checkpoint`
-check the same thing), computed as it is saved and checked over the very tensors just parsed as it is
-loaded. A mismatch is refused in one line that names an intact older checkpoint beside it, if any.
-
-**One schema.** [`checkpoint_state`](#checkpoint_state) writes every entry and
-[`restore_checkpoint`](#restore_checkpoint) reads every one back, so the two cannot drift apart.
+A run can be killed at any moment, so the last checkpoint must always be whole, and loading one must do
+nothing but load numbers. Checkpoints are written atomically ([`files.py`](files.html)) and loaded with
+`torch.load(weights_only=True)`, which rebuilds tensors and plain containers, never objects or code.
+Every checkpoint records a SHA-256 of its other entries (the library's
+[`checkpoint_digest`](../resnet/loading.html#checkpoint_digest), so the trainer and
+`resnet.load_checkpoint` check the same thing), checked over the very tensors just parsed: a flipped bit
+in a weight still loads, but not unnoticed. Every way a file can be wrong is a `CheckpointError`, one line
+naming the file and the fix. [`checkpoint_state`](#checkpoint_state) writes every entry and
+[`restore_checkpoint`](#restore_checkpoint) reads each back, so the two cannot drift apart.
 """
 
 import pickle
@@ -34,14 +23,13 @@ from experiments.errors import ExperimentError, UsageError
 from experiments.files import atomic_write
 from resnet.loading import TRAINER_DIGEST, checkpoint_damage, checkpoint_digest, intact_alternative
 
-# Written into every checkpoint so we can tell our files from any other pickle.
+# Tells our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
-# Version 3 adds the digest; versions 1 and 2 still load, unverified (they carry nothing to check against).
-# Version 2 dropped Python's `random` state; version 1 files load unchanged (the entry is ignored).
+# Version 3 adds the digest; 1 and 2 still load, unverified (they carry nothing to check against).
+# Version 2 dropped Python's `random` state, which version 1 files still hold and is ignored.
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-
-# The file name of the newest checkpoint inside a run folder.
+# The newest checkpoint of a run is `<run folder>/checkpoints/last.pt`.
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
@@ -51,20 +39,15 @@ class CheckpointError(ExperimentError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """
-    Write `state` to `path` atomically (see [`experiments/files.py`](files.py)): either the whole new
-    file is there afterwards, or the old one is untouched. The digest of `state` is added as it is
-    written. Errors (a full disk, a read-only folder) propagate after the temporary file is removed.
-    """
+    """Write `state` and its digest to `path` atomically; errors (a full disk) propagate."""
     state = {**state, TRAINER_DIGEST: checkpoint_digest(state)}
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
     """
-    Load and check a checkpoint written by [`save_checkpoint`](#save_checkpoint). Tensors come back on
-    the CPU. Raises `CheckpointError` for anything that is not a complete, intact checkpoint of this
-    trainer; for a damaged one, its message names what to use instead (unless `advise` is false).
+    Load a checkpoint of [`save_checkpoint`](#save_checkpoint), its tensors on the CPU, or raise a
+    `CheckpointError`; for a damaged one the message names what to use instead (unless not `advise`).
     """
     path = Path(path)
     if path.is_dir():
@@ -76,20 +59,17 @@ def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # `weights_only=True` refuses pickles that would construct objects or call functions.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
-        raise CheckpointError(
-            f"{path} is not a checkpoint of this trainer: it holds objects or code that "
-            f"a weights-only load refuses to run ({reason[:120]})"
-        ) from None
     except Exception as e:
-        # Truncated zips, garbage bytes read as a legacy pickle (KeyError, IndexError, ...): any failure
-        # to parse means the file is not a usable checkpoint.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        if isinstance(e, pickle.UnpicklingError):  # what `weights_only` refuses to construct or call
+            raise CheckpointError(
+                f"{path} is not a checkpoint of this trainer: it holds objects or code that "
+                f"a weights-only load refuses to run ({reason})"
+            ) from None
+        # Truncated zips, garbage read as a legacy pickle (KeyError, IndexError, ...): not a checkpoint.
         instead = _alternative(path, advise)
         raise CheckpointError(
-            f"{path} is truncated or corrupt and cannot be loaded ({reason[:120]}); {instead}"
+            f"{path} is truncated or corrupt and cannot be loaded ({reason}); {instead}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by experiments/cifar10.py")
@@ -114,61 +94,48 @@ def _alternative(path: Path, advise: bool) -> str:
 
     def intact(candidate: Path) -> bool:
         try:
-            load_checkpoint(candidate, advise=False)
+            return bool(load_checkpoint(candidate, advise=False))
         except CheckpointError:
             return False
-        return True
 
     return intact_alternative(path, intact)
 
 
-def check_signature(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+def model_signature(model_name: str, num_classes: int, model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a network: its name, classes and the shape of every tensor in its state."""
+    shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
+    return {"model": model_name, "num_classes": int(num_classes), "shapes": shapes}
+
+
+def check_network(path: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
     """
-    Refuse a checkpoint of another network. `saved` and `expected` are
-    [`model_signature`](#model_signature)s; the message names the first difference in words a user
-    recognises (preset, number of classes) before falling back to tensor shapes.
+    Refuse a loaded checkpoint whose network is not the `expected` [signature](#model_signature), naming
+    the first difference in words a user recognises (preset, number of classes) before tensor shapes.
     """
+    saved = state["signature"]
     for key, what in (("model", "model"), ("num_classes", "number of classes")):
         if saved.get(key) != expected.get(key):
             raise CheckpointError(
                 f"{path} was written for {what} {saved.get(key)!r}, but this run uses "
-                f"{expected.get(key)!r}; pass the matching --model/num_classes or "
-                f"another checkpoint"
+                f"{expected.get(key)!r}; pass the matching --model/num_classes or another checkpoint"
             )
-    saved_shapes, expected_shapes = saved.get("shapes", {}), expected.get("shapes", {})
-    if saved_shapes != expected_shapes:
-        names = sorted(set(saved_shapes) ^ set(expected_shapes))
-        names += sorted(
-            n for n in set(saved_shapes) & set(expected_shapes) if saved_shapes[n] != expected_shapes[n]
-        )
+    saved_shapes, shapes = saved.get("shapes", {}), expected.get("shapes", {})
+    differ = sorted(n for n in saved_shapes.keys() | shapes.keys() if saved_shapes.get(n) != shapes.get(n))
+    if differ:
         raise CheckpointError(
-            f"{path} holds a network of another shape (first difference: "
-            f"{names[0] if names else '?'}); it does not fit this model"
+            f"{path} holds a network of another shape (first difference: {differ[0]}); it does not fit "
+            f"this model"
         )
-
-
-def model_signature(model_name: str, num_classes: int, model: torch.nn.Module) -> dict[str, Any]:
-    """What identifies a network: its name, classes and the shape of every tensor in its state."""
-    return {
-        "model": model_name,
-        "num_classes": int(num_classes),
-        "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
-    }
 
 
 def find_checkpoint(reference: str, logs_dir: Path) -> Path:
-    """
-    Turn what a user passes to `--resume` into a checkpoint file: a checkpoint path, a run folder, or a
-    run's uuid (searched for under `logs_dir/<experiment>/`).
-    """
+    """What a user passes to `--resume`, as a checkpoint file: a file, a run folder or a run's uuid."""
     candidate = Path(reference).expanduser()
     if candidate.is_file():
         return candidate
-    if candidate.is_dir():
-        run_dir = candidate
-    else:
-        matches = sorted(logs_dir.glob(f"*/{reference}")) if logs_dir.is_dir() and reference else []
-        matches = [m for m in matches if m.is_dir()]
+    run_dir = candidate
+    if not candidate.is_dir():
+        matches = [m for m in sorted(logs_dir.glob(f"*/{reference}")) if m.is_dir()] if reference else []
         if not matches:
             # Nothing by that name: a mistyped setting, not a damaged file.
             raise UsageError(
@@ -184,44 +151,19 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
     return checkpoint
 
 
-def rng_state() -> dict[str, Any]:
-    """
-    The random number generators' states, as tensors (weights-only loadable). Only PyTorch's: the loader
-    draws every batch from its own generator seeded by (seed, epoch, batch), and nothing in a run uses
-    Python's `random`, so its state would restore nothing.
-    """
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what [`rng_state`](#rng_state) captured (older checkpoints' Python state is ignored)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        states = state["cuda"]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-
-
 # ## What a checkpoint holds
 #
-# One function writes the schema and one reads it, so the two cannot drift apart. The run's own state
-# is that of its parts, each with `state_dict`/`load_state_dict`: the network, the optimizer, the
-# schedule, the fp16 loss scaler and the weight average when the run has them, and the run's
-# [`Progress`](trainer.html#Progress) (where it stopped, the partial epoch's sums, the history, the clocks).
+# The run's state is that of its parts, each with `state_dict`/`load_state_dict`: the network, the
+# optimizer, the schedule, the fp16 loss scaler and the weight average when the run has them, and its
+# [`Progress`](trainer.html#Progress) (where it stopped, the partial epoch's sums, the history, the
+# clocks). Random states are PyTorch's alone: the loader draws each batch from its own generator seeded
+# by (seed, epoch, batch), and nothing in a run uses Python's `random`.
 
 
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-def run_config(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint keeps: what the run is, not the hardware it ran on (`device.*`)."""
-    return {k: v for k, v in settings.items() if not k.startswith("device.")}
 
 
 @dataclass(frozen=True)
@@ -234,6 +176,19 @@ class RunParts:
     scaler: Stateful | None
     ema: Stateful | None
     progress: Stateful
+
+
+def rng_state() -> dict[str, Any]:
+    """PyTorch's random number generators' states, as tensors (weights-only loadable)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def run_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint keeps: what the run is, not the hardware it ran on (`device.*`)."""
+    return {k: v for k, v in settings.items() if not k.startswith("device.")}
 
 
 def checkpoint_state(parts: RunParts, settings: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
@@ -258,13 +213,11 @@ def restore_checkpoint(
     path: Path, state: dict[str, Any], parts: RunParts, signature: dict[str, Any], batches_per_epoch: int
 ) -> None:
     """
-    Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it clearly.
-    `batches_per_epoch` is what this run's data gives: a checkpoint taken later in an epoch than that
-    cannot continue exactly.
+    Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it in one
+    line. A checkpoint taken later in an epoch than this run's `batches_per_epoch` cannot continue exactly.
     """
     check_network(path, state, signature)
-    batch = saved_position(state)["batch"]
-    if batch > batches_per_epoch:
+    if (batch := saved_position(state)["batch"]) > batches_per_epoch:
         raise CheckpointError(
             f"{path} stopped at batch {batch} of an epoch that now has {batches_per_epoch} batches; "
             f"resume with the same data and batch size"
@@ -282,27 +235,23 @@ def restore_checkpoint(
         if parts.ema is not None:
             parts.ema.load_state_dict(state["ema"])
         parts.progress.load_state_dict(state)
-        set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"]["torch"])
+        cuda = state["rng"].get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path} does not fit this run ({str(e).splitlines()[0][:160]})") from None
 
 
 def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """
-    The weights a run reported its numbers with, and which they are: a run with `ema_decay` evaluated
-    its averaged weights, so those are the ones to measure again.
-    """
+    """The weights a run reported its numbers with: the averaged ones when it kept an average."""
     if state.get("ema"):
         return state["ema"]["model"], "averaged (ema)"
     return state["model"], "trained"
 
 
 def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
-    """
-    The settings a checkpoint's run was given ([`run_config`](#run_config)); a resume starts from them.
-    They are the file's content, unchecked: the trainer passes them through the command line's checks
-    ([`launch.checked_settings`](launch.html#checked_settings)) before it uses them.
-    """
+    """The run's settings as the file holds them, unchecked: `launch.checked_settings` checks them."""
     return dict(state["config"])
 
 
@@ -311,15 +260,6 @@ def saved_position(state: dict[str, Any]) -> dict[str, int]:
     return dict(state["position"])
 
 
-def check_network(path: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Refuse a loaded checkpoint whose network is not the `expected` [signature](#model_signature)."""
-    check_signature(path, state["signature"], expected)
-
-
 def evaluation_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """
-    The settings to rebuild a checkpoint's network and data with for `--eval`, from its (checked)
-    [`saved_settings`](#saved_settings). The run's subsets say what it trained on and watched; an
-    evaluation measures the whole test set unless it asks for a subset.
-    """
+    """The saved settings that rebuild the network and data for `--eval`: the whole test set by default."""
     return {k: v for k, v in settings.items() if k not in ("test_subset", "train_subset")}

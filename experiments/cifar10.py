@@ -184,7 +184,7 @@ def train_epoch(c: Configs, run: Run) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: TensorBatches, name: str, *, amp_dtype: torch.dtype | None, flip_tta: bool,
+    model: nn.Module, loader: TensorBatches, *, amp_dtype: torch.dtype | None, flip_tta: bool,
     shift_tta: int = 0, before_batch: Callable[[], None] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """
@@ -241,10 +241,10 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
     the result is the final epoch's network, never the best epoch's. Returns its test scores.
     """
 
-    def score(loader: TensorBatches, name: str) -> dict[str, float]:
+    def score(loader: TensorBatches) -> dict[str, float]:
         return evaluate(
-            run.eval_model, loader, name, amp_dtype=run.amp.dtype, flip_tta=c.flip_tta,
-            shift_tta=c.shift_tta, before_batch=run.check_stop,
+            run.eval_model, loader, amp_dtype=run.amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta,
+            before_batch=run.check_stop,
         )  # fmt: skip
 
     name, loader = ("valid", c.valid_loader) if c.valid_loader is not None else ("test", c.test_loader)
@@ -255,10 +255,10 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
         train_epoch(c, run)
         scores: dict[str, float] = {}
         if c.eval_every_epoch or run.finishing:
-            scores = score(loader, name)
+            scores = score(loader)
             test = scores if name == "test" else None
         run.end_epoch({f"{name}_{key}": value for key, value in scores.items()})
-    return test if test is not None else score(c.test_loader, "test")
+    return test if test is not None else score(c.test_loader)
 
 
 # ## Running it

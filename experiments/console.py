@@ -1,21 +1,11 @@
 """
 # What a run prints
 
-A person watching a run wants to know three things: what runs, how it is going, and when it will end.
-So a run prints, and nothing else:
-
-* **one start line** before the first step: model, recipe, epochs, batch, device and threads, run folder.
-  On a CPU running a GPU-sized recipe it says so and names `--recipe cpu`;
-* **one estimate line** once the first steps are timed: how long the training will take (and, on a CPU
-  running a GPU-sized recipe, how long `--recipe cpu` would);
-* **a status line** (step/total, loss, accuracy, images/s, ETA) of at most 100 columns. On a terminal it
-  is redrawn in place every `log_every` steps; anywhere else (a file, a pipe, `nohup`, a cluster job) it
-  is printed as a whole plain line every `progress_every_s` seconds, so `tail -f` shows progress;
-* **one line per epoch** and **one at the end**, the numbers of `metrics.jsonl` and `results.json`.
-
-The configuration, git and set-up messages labml would print are kept off the screen (the run folder
-keeps them); [`trainer.py`](trainer.html) decides that. Every line here is a plain function of numbers,
-so the tests compare the text without running anything or reading a clock.
+One start line, one estimate line once the first steps are timed, a status line of at most 100 columns
+(redrawn in place on a terminal, printed whole every `progress_every_s` seconds anywhere else, so
+`tail -f` shows progress), one line per epoch and one at the end: the README's "What a run prints".
+Every line is a plain function of numbers, so tests compare text without running anything or reading a
+clock; [`Console`](#Console) decides only where the lines go.
 """
 
 import sys
@@ -32,9 +22,7 @@ def duration(seconds: float) -> str:
     s = max(0, round(seconds))
     if s >= 3600:
         return f"{s // 3600} h {s % 3600 // 60} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s} s"
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
 def start_line(
@@ -63,24 +51,17 @@ def status_line(
 ) -> str:
     """The live line: each number once, within `WIDTH` columns."""
     eta = duration(eta_s) if eta_s is not None else "?"
-    line = (
-        f"step {step}/{steps}  loss {loss:.4f}  accuracy {accuracy:.4f}  "
-        f"{images_per_s:.0f} images/s  ETA {eta}"
-    )
-    return line[:WIDTH]
+    line = f"step {step}/{steps}  loss {loss:.4f}  accuracy {accuracy:.4f}  {images_per_s:.0f} images/s"
+    return f"{line}  ETA {eta}"[:WIDTH]
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
-    """
-    One epoch's numbers, from the record that also goes to `metrics.jsonl`. Validation and test numbers
-    appear only for the epochs that were evaluated. The rate is the run's average so far.
-    """
+    """One epoch's record (as in `metrics.jsonl`): the splits it evaluated, and the run's rate so far."""
     parts = [f"step {record['step']}", f"lr {record['lr']:.4g}"]
     for split in ("train", "valid", "test"):
         if f"{split}_loss" in record:
             parts.append(f"{split} loss {record[f'{split}_loss']:.4f} {_accuracy(record, split)}")
-    parts.append(f"{record['epoch_train_time_s']:.1f} s")
-    parts.append(f"{record['train_images_per_s']:.0f} images/s")
+    parts += [f"{record['epoch_train_time_s']:.1f} s", f"{record['train_images_per_s']:.0f} images/s"]
     return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)
 
 
@@ -94,23 +75,18 @@ def _accuracy(scores: dict[str, Any], split: str) -> str:
 
 def end_line(results: dict[str, Any]) -> str:
     """The line a finished run ends with, from its `results.json`."""
-    valid = (
-        f"valid loss {results['valid_loss']:.4f} {_accuracy(results, 'valid')}, "
-        if results.get("valid_loss") is not None
-        else ""
-    )
+    valid = ""
+    if results.get("valid_loss") is not None:
+        valid = f"valid loss {results['valid_loss']:.4f} {_accuracy(results, 'valid')}, "
     return (
-        f"Finished {results['epochs']} epochs ({results['steps']} steps) in "
-        f"{results['wall_time_s']:.1f} s, {results['train_time_s']:.1f} s of it training; {valid}"
+        f"Finished {results['epochs']} epochs ({results['steps']} steps) in {results['wall_time_s']:.1f} s, "
+        f"{results['train_time_s']:.1f} s of it training; {valid}"
         f"test loss {results['test_loss']:.4f} {_accuracy(results, 'test')}"
     )
 
 
 def accuracy_line(results: dict[str, Any]) -> str:
-    """
-    The last line of a run or an evaluation: the paper's protocol (one view of each test image) first,
-    and the test-time average beside it, labelled with its number of views, when the recipe uses one.
-    """
+    """The last line of a run or `--eval`: the paper's single view, then the test-time average if any."""
     line = f"test accuracy: {results['test_accuracy']:.4f} (single view)"
     if results.get("test_accuracy_tta") is not None:
         line += f"; {results['test_accuracy_tta']:.4f} averaged over {results['tta_views']} test-time views"
@@ -119,25 +95,29 @@ def accuracy_line(results: dict[str, Any]) -> str:
 
 class Console:
     """
-    Where the lines go. `live` (a terminal) redraws the status line in place with a carriage return;
-    otherwise it is printed whole at most every `every_s` seconds (0: every time it is given). `clock`
-    is replaceable so that tests never depend on how fast the machine is.
+    Where the lines go. On a terminal (`live`) the status line is redrawn in place after a carriage
+    return; otherwise it is printed whole at most every `every_s` seconds (0: every time). `clock` is
+    replaceable so that tests never depend on how fast the machine is.
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, every_s: float = 30.0,
+        self,
+        stream: TextIO | None = None,
+        *,
+        every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = every_s
-        self.clock = clock
+        self.every_s, self.clock = every_s, clock
         self._last: float | None = None
         self._drawn = 0
 
     def line(self, text: str) -> None:
-        """A whole line that stays (start, estimate, epoch, end); it first clears a drawn status line."""
-        self._clear()
+        """A line that stays (start, estimate, epoch, end); a drawn status line is cleared first."""
+        if self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self._drawn = 0
         print(text, file=self.stream, flush=True)
 
     def status(self, text: str) -> None:
@@ -150,8 +130,3 @@ class Console:
         if self._last is None or now - self._last >= self.every_s:
             self._last = now
             print(text, file=self.stream, flush=True)
-
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self._drawn = 0

@@ -1,21 +1,11 @@
 """
 # Choosing the number format: `amp=auto`
 
-Mixed precision trades accuracy of the arithmetic for speed, and whether the trade pays depends on
-the hardware more than on anything else:
-
-* on a GPU with bf16 units it is nearly always faster, and bf16 keeps float32's exponent range, so no
-  loss scaling is needed;
-* on a CPU with native bf16 instructions (Intel's AMX tiles or AVX512-BF16) oneDNN runs bf16
-  convolutions much faster than float32;
-* on a CPU without them, autocast still works but every bf16 operation is emulated through float32
-  conversions, which makes training several times *slower*.
-
-So `amp=auto` decides per machine, once, before training: on CUDA it takes bf16 where the GPU supports
-it; on a CPU without native bf16 it keeps float32 without measuring anything (there is nothing to win);
-on a CPU with native bf16 it times a few training steps of the actual network in both formats and keeps
-the faster one. The decision and its reason go into `results.json` (`amp_choice`), so a reported speed
-always says which format produced it. `amp=none`, `bf16` or `fp16` skip the decision.
+Whether mixed precision pays depends on the hardware. bf16 is nearly always faster on a GPU with bf16
+units and on a CPU with native bf16 instructions (AMX, AVX512-BF16), but a CPU without them emulates it
+through float32 and trains several times *slower*. So `amp=auto` decides once, before training, as the
+README's "Number format" says: bf16 on a GPU that supports it, float32 on a CPU without native bf16, and
+on a CPU with it whichever format a few timed steps of the actual network found faster.
 """
 
 import copy
@@ -31,16 +21,17 @@ import torch.nn as nn
 # The values `amp` may take; `auto` is resolved to one of the others by `choose_amp`.
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Seconds per training step in a format (`None`: float32).
+Measure = Callable[[torch.dtype | None], float]
 
 
 @dataclass(frozen=True)
 class AmpChoice:
-    """What was asked for, what a run uses, and why."""
+    """What was asked for, what a run uses, why, and the seconds per step of each format if measured."""
 
     requested: str
     chosen: str
     reason: str
-    # Seconds per timed step in each format, when the choice was measured.
     measured_s: dict[str, float] | None = None
 
     @property
@@ -53,23 +44,19 @@ class AmpChoice:
 
 def _cpuinfo() -> dict[str, str]:
     """The first processor's entries of Linux's `/proc/cpuinfo` (empty elsewhere)."""
-    entries: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            entries[key.strip()] = value.strip()
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return entries
+        return {}
+    return {
+        key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())
+    }
 
 
 def cpu_bf16_units() -> list[str]:
     """
-    The native bf16 instruction sets this CPU has (empty when bf16 would be emulated), from the flags
-    the kernel reports. Where there are none to read (not Linux) the answer is none, and `auto` keeps
-    float32: the safe side, since it is never slower than emulated bf16.
+    The native bf16 instruction sets the kernel reports for this CPU. Where it reports nothing (not
+    Linux) the answer is none, and `auto` keeps float32: never slower than emulated bf16.
     """
     flags = _cpuinfo().get("flags", "").split()
     return [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
@@ -80,61 +67,42 @@ def machine(device: torch.device) -> dict[str, str | int]:
     The one description of where a run computes, for the console and every results file: the device
     (with the GPU's name, or the CPU threads), the CPU's model name, the thread count and the software.
     """
-    cpu = _cpuinfo().get("model name") or platform.processor() or platform.machine()
     threads = torch.get_num_threads()
-    name = (
-        f"{device} ({torch.cuda.get_device_name(device)})"
-        if device.type == "cuda"
-        else f"cpu ({threads} threads)"
-    )
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
-        "device": name,
-        "cpu": cpu,
+        "device": f"{device} ({gpu})" if gpu else f"cpu ({threads} threads)",
+        "cpu": _cpuinfo().get("model name") or platform.processor() or platform.machine(),
         "threads": threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
 
 
-def choose_amp(requested: str, device: torch.device, measure: "Measure | None" = None) -> AmpChoice:
+def choose_amp(requested: str, device: torch.device, measure: Measure | None = None) -> AmpChoice:
     """
-    Resolve `amp=auto` for `device`; any other value is returned as chosen. `measure(dtype)` returns
-    seconds per training step in that format (`None` is float32); without it a CPU with native bf16
-    keeps float32, because an unmeasured guess is not a choice we want to report.
+    Resolve `amp=auto` for `device`; any other value is returned as chosen. Without a `measure` a CPU
+    with native bf16 keeps float32: an unmeasured guess is not a choice we want to report.
     """
     if requested != "auto":
         return AmpChoice(requested, requested, "set explicitly")
     if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported():
-            return AmpChoice("auto", "bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
-        return AmpChoice("auto", "none", f"{torch.cuda.get_device_name(device)} has no bf16 support")
+            return AmpChoice("auto", "bf16", f"{gpu} supports bf16")
+        return AmpChoice("auto", "none", f"{gpu} has no bf16 support")
     if device.type != "cpu":
         return AmpChoice("auto", "none", f"no automatic choice for {device.type} devices")
-    units = cpu_bf16_units()
+    cpu, units = machine(device)["cpu"], "+".join(cpu_bf16_units())
     if not units:
-        return AmpChoice(
-            "auto",
-            "none",
-            f"{machine(device)['cpu']} has no native bf16 (no AMX, no AVX512-BF16): "
-            f"bf16 would be emulated and slower than float32",
-        )
+        emulated = "bf16 would be emulated and slower than float32"
+        return AmpChoice("auto", "none", f"{cpu} has no native bf16 (no AMX, no AVX512-BF16): {emulated}")
     if measure is None:
-        return AmpChoice(
-            "auto", "none", f"{machine(device)['cpu']} has {'+'.join(units)}, but no measurement was made"
-        )
-    fp32_s, bf16_s = measure(None), measure(torch.bfloat16)
-    measured = {"none": fp32_s, "bf16": bf16_s}
-    chosen = "bf16" if bf16_s < fp32_s else "none"
-    return AmpChoice(
-        "auto",
-        chosen,
-        f"{machine(device)['cpu']} has {'+'.join(units)}; a training step took "
-        f"{bf16_s * 1e3:.1f} ms in bf16 and {fp32_s * 1e3:.1f} ms in float32",
-        measured,
-    )
-
-
-Measure = Callable[[torch.dtype | None], float]
+        return AmpChoice("auto", "none", f"{cpu} has {units}, but no measurement was made")
+    measured = {"none": measure(None), "bf16": measure(torch.bfloat16)}
+    chosen = min(measured, key=measured.__getitem__)
+    ms = {name: f"{seconds * 1e3:.1f} ms" for name, seconds in measured.items()}
+    reason = f"{cpu} has {units}; a training step took {ms['bf16']} in bf16 and {ms['none']} in float32"
+    return AmpChoice("auto", chosen, reason, measured)
 
 
 def step_timer(
@@ -144,7 +112,7 @@ def step_timer(
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
     images. The copy and a private random generator leave the run's weights, batch-norm statistics and
-    random streams exactly as they were, so `amp=auto` does not change what the run computes.
+    random streams as they were, so `amp=auto` does not change what the run computes.
     """
 
     def measure(dtype: torch.dtype | None) -> float:

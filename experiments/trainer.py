@@ -1,14 +1,15 @@
 """
 # One training run: the steps, the epochs, the checkpoints and the numbers
 
-[`cifar10.py`](cifar10.html) says what training *is*. A [`Run`](#Run) is what its loop calls to be a real
-run on a real machine: it wraps the network for several processes and `torch.compile`, holds the number
+[`cifar10.py`](cifar10.html) says what training *is*; a [`Run`](#Run) is what its loop calls to make that
+a run on a real machine. It wraps the network for several processes and `torch.compile`, holds the number
 format and its `GradScaler`, the [weight average](#WeightAverage) and the [`Progress`](#Progress), and
-turns each step and epoch into the console's lines, metrics, checkpoints and `results.json`'s numbers.
-Between steps it stops cleanly on a request or at the first non-finite loss, all ranks together
+turns steps and epochs into the console's lines, metrics, checkpoints and `results.json`. Between steps
+it stops cleanly on a request or at the first non-finite loss, all ranks together
 ([`distributed.py`](distributed.html)). [`launch.py`](launch.html) starts and ends it.
 """
 
+import contextlib
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from labml import tracker
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from experiments import checkpoint as ckpt
@@ -45,22 +47,17 @@ class StopRequested(Exception):
 
 # Steps timed (after the first, which includes warm-up and compilation) before the estimate line.
 ESTIMATE_AFTER_STEPS = 10
-
-
 Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
 
 
 class WeightAverage(AveragedModel):
     r"""
     An exponential moving average of the weights, $\bar\theta_t = \beta_t \bar\theta_{t-1} + (1 - \beta_t)
-    \theta_t$, evaluated (and checkpointed, and `--eval`ed) instead of the trained weights when
-    `ema_decay` > 0. Near the end of a short, fast schedule SGD's last iterate still jitters around a good
-    region, and the average smooths that out. PyTorch's `AveragedModel` keeps the copy and applies
-    `get_ema_multi_avg_fn`; ours adds two things. A **warm-up**: with $\beta = 0.999$ the average would
-    remember early weights for thousands of steps, longer than a short run, so update $t$ uses
-    $\beta_t = \min(\beta, t / (9 + t))$ (the first update copies the weights, as `AveragedModel` does).
-    And batch-norm **buffers** are averaged with the weights they were measured with, while the integer
-    batch counter is copied. The update count is kept on the host so that no step waits for the device.
+    \theta_t$, evaluated, checkpointed and `--eval`ed instead of the trained weights when `ema_decay` > 0:
+    near the end of a short schedule SGD's last iterate still jitters, and the average smooths that out.
+    PyTorch's `AveragedModel` keeps the copy; we add a **warm-up**, $\beta_t = \min(\beta, t / (9 + t))$,
+    since with $\beta = 0.999$ the average would remember early weights longer than a short run lasts, and
+    average batch norm's **buffers** with their weights (its integer batch counter is copied).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -97,11 +94,9 @@ class WeightAverage(AveragedModel):
 
 class Progress:
     """
-    Where a run is and what it has measured: the position (the next step is batch `batch` of epoch
-    `epoch`, `step` steps taken), the partial epoch's sums (so a resumed epoch reports the same mean as
-    an uninterrupted one), the per-epoch history and the clocks. `train_time_s` counts only training
-    steps, across resumptions; `elapsed_s` is wall time since the run first started. Saved and restored
-    like a module (`state_dict`) by the checkpoint.
+    Where a run is (the next step is batch `batch` of epoch `epoch`), the partial epoch's sums (so a
+    resumed epoch reports the mean an uninterrupted one would), the history and the clocks, which count
+    across resumptions. The checkpoint saves and restores it like a module.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -162,10 +157,9 @@ class Progress:
 class Run:
     """
     One training run of a computed configuration `c`: the loop calls `batches`, `after_step` and
-    `end_epoch`, and steps through `scaler`. `model` is the network as the steps call it (wrapped for
-    several processes and `torch.compile`); `network` the bare one, whose state is saved. `run_dir` is
-    the run folder on rank 0, else `None`. A `saved` checkpoint (from `resumed_from`) is restored first:
-    its state, under this run's optimizer and schedule settings (see below).
+    `end_epoch`, and steps through `scaler`. `model` is the network the steps call (wrapped for several
+    processes and `torch.compile`), `network` the bare one whose state is saved; `run_dir` is the run
+    folder on rank 0, else `None`. A `saved` checkpoint is restored first ([how](#_settings_kept)).
     """
 
     def __init__(
@@ -177,6 +171,9 @@ class Run:
         self.model_name, self.settings, self.run_dir = model_name, settings, run_dir
         self.stop_after_steps, self.time_limit_s = stop_after_steps, time_limit_s
         self.resumed_from = resumed_from
+        self._kept = (  # what to do after a failed write, which leaves the last good checkpoint in place
+            f"the last good checkpoint is kept: free space or fix permissions, then --resume {run_dir}"
+        )
         self.console = console or Console(every_s=c.progress_every_s)
         self.network: nn.Module = c.model
         self.signature = ckpt.model_signature(model_name, c.num_classes, self.network)
@@ -189,8 +186,15 @@ class Run:
         # no-op in other formats), and its adaptive scale is part of the checkpoint.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.chosen == "fp16")
         self.cuda_graphs = uses_cuda_graphs(c.compile, c.compile_mode)
-        self.model = self._wrap_model()
-        # Copied after `_wrap_model`, which may swap in synchronised batch norm.
+        self.model = self.network
+        if self.world.is_distributed:
+            if c.sync_bn:  # converting keeps parameter names, so the saved state dict is unchanged
+                self.model = self.network = nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=ids)
+        if c.compile:
+            self.model = torch.compile(self.model, mode=c.compile_mode)
+        # Copied from the network as the steps train it (with synchronised batch norm, if swapped in).
         self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
         self.progress = Progress(self.device)
         self.stop_reason: str | None = None
@@ -199,25 +203,12 @@ class Run:
         self._check_every = 1 if (self.device.type == "cpu" and not self.world.is_distributed) else 10
         if saved is not None:
             assert resumed_from is not None
-            settings_now = _optimizer_settings(c.optimizer, c.scheduler)
-            ckpt.restore_checkpoint(resumed_from, saved, self._parts(), self.signature, len(c.train_loader))
-            _apply_optimizer_settings(c.optimizer, c.scheduler, *settings_now)
+            with _settings_kept(c.optimizer, c.scheduler):
+                ckpt.restore_checkpoint(
+                    resumed_from, saved, self._parts(), self.signature, len(c.train_loader)
+                )
         self._started = time.perf_counter()
         self._timed: tuple[float, int] | None = None  # (clock, step) after this process's first step
-
-    def _wrap_model(self) -> nn.Module:
-        model = self.network
-        if self.world.is_distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            if self.c.sync_bn:
-                # Converting keeps parameter names, so the saved state dict is unchanged.
-                model = self.network = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            on_gpu = self.device.type == "cuda"
-            model = DistributedDataParallel(model, device_ids=[self.device.index] if on_gpu else None)
-        if self.c.compile:
-            model = torch.compile(model, mode=self.c.compile_mode)
-        return model
 
     def autocast(self) -> torch.autocast:
         """bf16 or fp16 for the forward pass when the run asks for it; a no-op otherwise."""
@@ -227,40 +218,6 @@ class Run:
     def eval_model(self) -> nn.Module:
         """What evaluation measures: the average of the weights when the run keeps one."""
         return self.ema.module if self.ema is not None else self.model
-
-    # ### Checkpoints
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
-
-    def _parts(self) -> ckpt.RunParts:
-        scaler = self.scaler if self.scaler.is_enabled() else None
-        return ckpt.RunParts(
-            self.network, self.c.optimizer, self.c.scheduler, scaler, self.ema, self.progress
-        )
-
-    def save(self) -> None:
-        """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
-        if self.checkpoint_path is None:
-            return
-        try:
-            ckpt.save_checkpoint(
-                self.checkpoint_path, ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
-            )
-        except Exception as e:
-            if _interrupted(e):
-                # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError
-                # ("unexpected pos"), raised while closing the half-written file. The temporary file is
-                # gone and the previous checkpoint untouched, so it is the quit the user asked for.
-                raise KeyboardInterrupt() from None
-            if not isinstance(e, OSError):
-                raise
-            raise RunError(
-                f"could not write checkpoint {self.checkpoint_path} ({e.strerror or e}); the last good "
-                f"checkpoint there is kept: free space or fix permissions, then resume with "
-                f"--resume {self.run_dir}"
-            ) from None
 
     # ### Steps
 
@@ -304,11 +261,8 @@ class Run:
         loss = loss.detach().float()
         progress = self.progress
         # Remember the first step whose loss is not finite, without waiting for the device to say so.
-        self._first_bad_step = torch.where(
-            torch.isfinite(loss) | (self._first_bad_step < NO_BAD_STEP),
-            self._first_bad_step,
-            torch.full_like(self._first_bad_step, progress.step),
-        )
+        first = ~torch.isfinite(loss) & (self._first_bad_step == NO_BAD_STEP)
+        self._first_bad_step = torch.where(first, progress.step, self._first_bad_step)
         if self.ema is not None:
             self.ema.update(self.network)
         progress.add_step(loss, logits, labels, self.world.size)
@@ -332,18 +286,16 @@ class Run:
             cpu_s = None
             if gpu_sized_on_cpu(c) and self.model_name == "resnet20":
                 cpu_s = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES / images_per_s
-            self.console.line(
-                estimate_line(self.total_steps * seconds_per_step, self.total_steps, images_per_s, cpu_s)
-            )
+            total_s = self.total_steps * seconds_per_step
+            self.console.line(estimate_line(total_s, self.total_steps, images_per_s, cpu_s))
         if p.step % c.log_every == 0:
             seen = p.sums["seen"].clamp(min=1)
             loss, accuracy = (p.sums["loss"] / seen).item(), (p.sums["correct"] / seen).item()
             tracker.save(p.step, {"loss.train": loss, "accuracy.train": accuracy})
             if steps:
                 left_s = (self.total_steps - p.step) * seconds_per_step
-                self.console.status(
-                    status_line(p.step, self.total_steps, loss, accuracy, images_per_s, left_s)
-                )
+                line = status_line(p.step, self.total_steps, loss, accuracy, images_per_s, left_s)
+                self.console.status(line)
 
     @property
     def total_steps(self) -> int:
@@ -353,25 +305,24 @@ class Run:
     def _agree_on_stop(self) -> None:
         stop, first_bad = agree_on_stop(self.stop_reason is not None, self._first_bad_step, self.world)
         if first_bad is not None:
-            raise Diverged(
-                f"the loss became non-finite (NaN or infinite) at step {first_bad}; the learning "
-                f"rate is probably too high: try a lower one, e.g. --lr {self._lower_lr():g}"
-            )
+            raise self._diverged(f"the loss became non-finite (NaN or infinite) at step {first_bad}")
         if stop:
             self.request_stop("a stop on another rank")
             raise StopRequested()
 
-    def _lower_lr(self) -> float:
-        return float(self.c.scheduler.base_lrs[0]) / 10
+    def _diverged(self, what: str) -> Diverged:
+        lower = float(self.c.scheduler.base_lrs[0]) / 10
+        return Diverged(
+            f"{what}; the learning rate is probably too high: try a lower one, e.g. --lr {lower:g}"
+        )
 
     # ### Epochs
 
     @property
     def done(self) -> bool:
         """Whether the schedule is over and its last epoch recorded (a stop can come in between)."""
-        return (self.progress.step >= self.c.iterations or self.progress.epoch >= self.c.epochs) and (
-            self.progress.batch == 0
-        )
+        p = self.progress
+        return (p.step >= self.c.iterations or p.epoch >= self.c.epochs) and p.batch == 0
 
     @property
     def finishing(self) -> bool:
@@ -379,19 +330,15 @@ class Run:
         return self.progress.epoch + 1 >= self.c.epochs or self.progress.step >= self.c.iterations
 
     def end_epoch(self, scores: dict[str, float]) -> None:
-        """
-        Record the finished epoch (training sums over all ranks, plus evaluation `scores` such as
-        `{"valid_loss": ..., "valid_accuracy": ...}`), print and log it, and write the checkpoint.
-        """
+        """Record the epoch (training sums over all ranks, `scores` such as `valid_loss`), print, save."""
         progress = self.progress
         for name, value in scores.items():
+            # Weights that give non-finite logits are as diverged as a non-finite training loss, and must
+            # not replace the last good checkpoint either.
             if name.endswith("_loss") and not math.isfinite(value):
-                # Weights that give non-finite logits are as diverged as a non-finite training loss, and
-                # must not replace the last good checkpoint either.
-                raise Diverged(
-                    f"the {name[: -len('_loss')]} loss became non-finite (NaN or infinite) after step "
-                    f"{progress.step}; the learning rate is probably too high: try a lower one, "
-                    f"e.g. --lr {self._lower_lr():g}"
+                split = name.removesuffix("_loss")
+                raise self._diverged(
+                    f"the {split} loss became non-finite (NaN or infinite) after step {progress.step}"
                 )
         sums = {k: sum_over_ranks(v, self.world) for k, v in progress.sums.items()}
         seen = max(1, int(sums["seen"].item()))
@@ -409,57 +356,60 @@ class Run:
         }
         progress.end_epoch(record)
         if self.world.is_main:
-            tracker.save(
-                progress.step,
-                {k.replace("_", ".", 1): v for k, v in record.items() if k.endswith(("loss", "accuracy"))},
-            )
-            self._append_metrics(record)
+            scalars = {
+                k.replace("_", ".", 1): v for k, v in record.items() if k.endswith(("loss", "accuracy"))
+            }
+            tracker.save(progress.step, scalars)
+            if self.run_dir is not None:
+                path = self.run_dir / "metrics.jsonl"
+                with _writing(f"could not write {path}", self._kept), open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             self.console.line(epoch_line(record, self.c.epochs))
         self.save()
 
     # ### Files
 
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+
+    def _parts(self) -> ckpt.RunParts:
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        c = self.c
+        return ckpt.RunParts(self.network, c.optimizer, c.scheduler, scaler, self.ema, self.progress)
+
+    def save(self) -> None:
+        """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
+        if self.checkpoint_path is None:
+            return
+        try:
+            with _writing(f"could not write checkpoint {self.checkpoint_path}", self._kept):
+                state = ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
+                ckpt.save_checkpoint(self.checkpoint_path, state)
+        except Exception as e:
+            # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError ("unexpected
+            # pos"), raised while closing the half-written file. The temporary file is gone and the previous
+            # checkpoint untouched, so it is the quit the user asked for.
+            if _interrupted(e):
+                raise KeyboardInterrupt() from None
+            raise
+
     def begin(self) -> None:
         """Rank 0, inside labml's run: the checkpoint folder, the metrics so far and the start line."""
         if self.run_dir is None:
             return
-        try:
+        advice = "pass --logs-dir with a writable folder"
+        with _writing(f"cannot write to the run folder {self.run_dir}", advice):
             (self.run_dir / ckpt.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-            history = self.progress.history
-            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        except OSError as e:
-            raise RunError(
-                f"cannot write to the run folder {self.run_dir} ({e.strerror or e}); pass "
-                f"--logs-dir with a writable folder"
-            ) from None
-        c = self.c
-        self.console.line(
-            start_line(
-                self.run_dir,
-                model=self.model_name,
-                recipe=c.recipe,
-                epochs=c.epochs,
-                batch_size=c.batch_size,
-                device=str(machine(self.device)["device"]),
-                resumed_from=self.resumed_from,
-                epoch=self.progress.epoch,
-                step=self.progress.step,
-                gpu_sized_on_cpu=gpu_sized_on_cpu(c),
-            )  # fmt: skip
-        )
-
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
-            return
-        path = self.run_dir / "metrics.jsonl"
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            raise RunError(
-                f"could not write {path} ({e.strerror or e}); the last good checkpoint is kept, "
-                f"fix the folder and resume with --resume {self.run_dir}"
-            ) from None
+            history = "".join(json.dumps(r) + "\n" for r in self.progress.history)
+            (self.run_dir / "metrics.jsonl").write_text(history)
+        c, p, device = self.c, self.progress, str(machine(self.device)["device"])
+        line = start_line(
+            self.run_dir, model=self.model_name, recipe=c.recipe, epochs=c.epochs, batch_size=c.batch_size,
+            device=device, resumed_from=self.resumed_from, epoch=p.epoch, step=p.step,
+            gpu_sized_on_cpu=gpu_sized_on_cpu(c),
+        )  # fmt: skip
+        self.console.line(line)
 
     def summary(self, test: dict[str, float]) -> dict[str, Any]:
         """`results.json`: the final numbers, and everything needed to tell what they measured."""
@@ -500,52 +450,41 @@ class Run:
         }  # fmt: skip
 
 
-def _interrupted(error: BaseException) -> bool:
-    """Whether `error` was raised while a `KeyboardInterrupt` was being handled (or is one)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__context__
-    return False
+@contextlib.contextmanager
+def _writing(what: str, advice: str) -> Iterator[None]:
+    """A failed write as one line: what could not be written, why (the system's words), and what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise RunError(f"{what} ({e.strerror or e}); {advice}") from None
 
 
-# ### What a resume keeps and what it takes from the command line
-#
-# A checkpoint restores the optimizer's and the schedule's *state*: momentum buffers, the step count.
-# But PyTorch's `load_state_dict` also brings back their *settings* — each parameter group's learning
-# rate, weight decay, momentum and nesterov, the schedule's base rates (`LambdaLR` keeps `base_lrs`) and
-# its multiplier's own fields (the drop steps, the cosine's length). Left as they are, `--resume RUN --lr
-# 0.01` or `--epochs 6` would be recorded in the new run's settings and checkpoint while the old values
-# trained. So the run takes its settings from the configuration it was just built with (the
-# checkpoint's settings with the typed ones over them) and only the state from the checkpoint: the
-# schedule is re-derived for the run's current length and continues from the step it had reached.
-# Unchanged settings give back exactly the saved values, so a plain resume stays bit for bit.
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether `error` is a `KeyboardInterrupt` or was raised while one was being handled."""
+    return error is not None and (isinstance(error, KeyboardInterrupt) or _interrupted(error.__context__))
 
 
-def _optimizer_settings(
-    optimizer: torch.optim.Optimizer, scheduler: Any
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The freshly built optimizer's group settings and schedule, before a checkpoint overwrites them."""
+@contextlib.contextmanager
+def _settings_kept(optimizer: torch.optim.Optimizer, scheduler: Any) -> Iterator[None]:
+    """
+    A checkpoint restored inside this keeps the optimizer's and schedule's *settings* the run was built
+    with: `load_state_dict` brings back the saved ones too (rates, weight decay, momentum, the schedule's
+    base rates and drop steps), and `--resume RUN --lr 0.01` or `--epochs 6` would train the old values.
+    Only the state (momentum buffers, the step reached) comes from the checkpoint; unchanged settings
+    give back the saved values, so a plain resume stays bit for bit.
+    """
     groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    return groups, scheduler.state_dict()
-
-
-def _apply_optimizer_settings(
-    optimizer: torch.optim.Optimizer, scheduler: Any, groups: list[dict[str, Any]], schedule: dict[str, Any]
-) -> None:
-    """Put this run's settings back over a restored optimizer and schedule, at the restored step."""
+    schedule = scheduler.state_dict()
+    yield
     restored = scheduler.state_dict()
-    for group, settings in zip(optimizer.param_groups, groups, strict=True):
-        group.update(settings)
-    keep = ("last_epoch", "_step_count")
-    scheduler.load_state_dict({**schedule, **{k: restored[k] for k in keep if k in restored}})
-    # The rate the schedule gives at this step, computed as `LambdaLR` computes it after each step.
-    step = scheduler.last_epoch
+    scheduler.load_state_dict(schedule)
+    # The rate the schedule gives at the restored step, computed as `LambdaLR` computes it after a step.
+    step = restored["last_epoch"]
     rates = [base * rate(step) for rate, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)]
-    for group, lr in zip(optimizer.param_groups, rates, strict=True):
-        group["lr"] = lr
-    scheduler._last_lr = list(rates)
+    for group, settings, lr in zip(optimizer.param_groups, groups, rates, strict=True):
+        group.update(settings, lr=lr)
+    reached = {k: restored[k] for k in ("last_epoch", "_step_count") if k in restored}
+    scheduler.load_state_dict({**schedule, **reached, "_last_lr": rates})
 
 
 def gpu_sized_on_cpu(c: Any) -> bool:

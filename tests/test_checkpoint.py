@@ -16,7 +16,7 @@ from synthetic_main import run_trainer, tiny_args, write_data
 
 from experiments import checkpoint as ckpt
 from experiments import distributed
-from experiments.checkpoint import CheckpointError, check_signature, find_checkpoint, load_checkpoint
+from experiments.checkpoint import CheckpointError, check_network, find_checkpoint, load_checkpoint
 from experiments.errors import UsageError
 
 
@@ -138,7 +138,7 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_tensor() -> None:
     saved = {"model": "custom", "num_classes": 10, "shapes": {"head.weight": [10, 32]}}
     expected = {"model": "custom", "num_classes": 10, "shapes": {"head.weight": [10, 64]}}
     with pytest.raises(CheckpointError, match="head.weight"):
-        check_signature(Path("x.pt"), saved, expected)
+        check_network(Path("x.pt"), {"signature": saved}, expected)
 
 
 def test_resuming_with_another_preset_is_refused(

@@ -681,7 +681,7 @@ def test_flip_tta_averages_two_passes_even_when_the_model_reuses_its_output_memo
         mean=[0.5] * 3,
         std=[0.5] * 3,
     )
-    loss = cifar10.evaluate(SharedOutput(), loader, "test", amp_dtype=None, flip_tta=True)["loss_tta"]
+    loss = cifar10.evaluate(SharedOutput(), loader, amp_dtype=None, flip_tta=True)["loss_tta"]
     # Averaged, the two classes score the same (0 on a -1..1 scale), so the loss is that of logits
     # [0, 0, 0, ...]: log(10). Holding the first pass's output while the second runs would read the
     # mirrored pass's scores twice.
@@ -733,7 +733,7 @@ def test_shift_tta_averages_the_six_views_of_each_image() -> None:
         mean=[0.5] * 3, std=[0.5] * 3,
     )  # fmt: skip
     model(_normalised(images[:1]))
-    scores = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=True, shift_tta=2)
+    scores = cifar10.evaluate(model, batches, amp_dtype=None, flip_tta=True, shift_tta=2)
     padded = F.pad(images, (4, 4, 4, 4))
     views = [padded[:, :, 4 - k : 36 - k, 4 - k : 36 - k] for k in (0, 2, -2)]
     views += [view.flip(3) for view in views]
@@ -754,5 +754,5 @@ def test_without_test_time_views_only_the_single_view_is_reported() -> None:
         mean=[0.5] * 3, std=[0.5] * 3,
     )  # fmt: skip
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    scores = cifar10.evaluate(model, batches, "test", amp_dtype=None, flip_tta=False)
+    scores = cifar10.evaluate(model, batches, amp_dtype=None, flip_tta=False)
     assert set(scores) == {"loss", "accuracy"}

@@ -150,11 +150,11 @@ def test_a_signal_during_evaluation_saves_the_finished_epoch_and_resumes_exactly
     evaluate = cifar10.evaluate
     calls = []
 
-    def interrupted_evaluate(model, loader, name: str, **options) -> dict[str, float]:
-        calls.append(name)
+    def interrupted_evaluate(model, loader, **options) -> dict[str, float]:
+        calls.append(loader)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)
-        return evaluate(model, loader, name, **options)
+        return evaluate(model, loader, **options)
 
     monkeypatch.setattr(cifar10, "evaluate", interrupted_evaluate)
     logs = tmp_path / "logs"
