@@ -115,6 +115,8 @@ FLAGS = (
     Flag("--threads", "threads", "CPU threads (default: PyTorch's; try 1 on a busy machine)", "N", run=True,
          kind=int),
     Flag("--resume", "resume", "continue a run: its uuid, run folder or checkpoint", "RUN", run=True),
+    Flag("--run-dir", "run_dir", "the run folder itself; the same command continues it (torchrun restarts)",
+         "DIR", run=True, kind=Path),
     Flag("--eval", "eval", "evaluate a run (uuid, folder or checkpoint) on the test set", "RUN", run=True),
     Flag("--results", "results", "also write results.json to PATH", "PATH", run=True, kind=Path),
     Flag("--logs-dir", "logs_dir", "where run folders go (default ./logs)", "DIR", run=True, kind=Path),

@@ -477,9 +477,13 @@ def _download_archive(data_dir: Path, *, verify: bool) -> Path:
                 f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})",
                 f"run again, or {offline_fix}",
             )
-        if archive.exists():
-            raise DataError(archive, "appeared while downloading; not overwriting it", "run again")
-        os.rename(downloaded, archive)
+        # Several runs (or the first rank of several nodes) started together on an empty folder each
+        # download into their own staging folder; the first rename wins. An archive that appeared
+        # meanwhile came from such a rename, so it is complete, and unpacking checks its bytes like any
+        # other: use it rather than fail. (Should two renames still cross, the second replaces one
+        # complete download with another, and a reader that already opened the first keeps reading it.)
+        if not archive.exists():
+            os.rename(downloaded, archive)
         succeeded = True
     except (OSError, http.client.HTTPException, ValueError, RecursionError) as error:
         reason = getattr(error, "reason", None) or error
