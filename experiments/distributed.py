@@ -42,6 +42,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,7 +191,7 @@ def local_leader_first(world: World, device: torch.device) -> Iterator[None]:
     safe, as it does for separate runs started together on one folder.
 
     The wait is an all-reduce rather than a barrier so that it carries one bit: if a leader's body
-    fails, the waiting ranks stop with a one-line error instead of waiting for a partner that is gone
+    fails, every other rank stops with a one-line error instead of waiting for a partner that is gone
     (or reading a folder it left half-checked). Every rank takes part exactly once.
     """
     if not world.is_distributed:
@@ -201,19 +202,22 @@ def local_leader_first(world: World, device: torch.device) -> Iterator[None]:
         flag = torch.tensor([1.0 if failed else 0.0], device=device)
         return bool(any_rank(flag, world).item() > 0)
 
+    failed_elsewhere = PreparationFailed(
+        f"rank {world.rank}: local rank 0 of a node could not prepare the data, so this rank stops too; "
+        f"that rank's own error (in its node's output) says what to fix"
+    )
     if world.local_rank == 0:
         try:
             yield
         except BaseException:
             exchange(failed=True)
             raise
-        exchange(failed=False)
+        # A leader that succeeded stops as well when another node's failed, rather than train alone.
+        if exchange(failed=False):
+            raise failed_elsewhere
         return
     if exchange(failed=False):
-        raise PreparationFailed(
-            f"rank {world.rank}: local rank 0 of a node could not prepare the data, so this rank stops "
-            f"too; its own error (in its output) says what to fix"
-        )
+        raise failed_elsewhere
     yield
 
 
@@ -231,7 +235,7 @@ class Start:
     host: str = ""
 
 
-def start_of(checkpoint: Any, saved: dict[str, Any] | None, settings: dict[str, Any]) -> Start:
+def start_of(checkpoint: Path | None, saved: dict[str, Any] | None, settings: dict[str, Any]) -> Start:
     """
     This rank's [`Start`](#Start): `saved` is the loaded checkpoint at path `checkpoint` (both `None`
     for a new run); `settings` those to compare between ranks, without what may differ between machines

@@ -8,8 +8,10 @@ needs a worker to be killed mid-run, the worker itself says when it is there (a 
 test waits for that file rather than for a number of seconds.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,6 +157,18 @@ def test_a_run_dir_whose_run_died_before_its_first_checkpoint_starts_again(
     assert_same_weights(weights(run_dir), weights(uninterrupted))
 
 
+def test_the_same_command_on_a_finished_run_dir_trains_nothing(
+    data_dir: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    before = (run_dir / "results.json").read_bytes(), (run_dir / CHECKPOINT_DIR / LAST).read_bytes()
+    assert run_trainer(run_dir_args(data_dir, run_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a finished run (2 epochs, 10 steps): nothing to train" in err[0], err
+    assert ((run_dir / "results.json").read_bytes(), (run_dir / CHECKPOINT_DIR / LAST).read_bytes()) == before
+
+
 # ## Every rank starts from the same place
 
 
@@ -286,7 +300,7 @@ HOLDING_WORKER = textwrap.dedent(
             end_epoch(self, scores)
             if self.progress.epoch == 1:
                 Path(marker).write_text(str(os.getpid()))
-                time.sleep(3600)
+                time.sleep(600)
 
         Run.end_epoch = end_epoch_then_hold
     sys.exit(synthetic_main.cifar10.main([*synthetic_main.OWN_DATA, *sys.argv[1:]]))
@@ -323,12 +337,12 @@ def test_two_nodes_lose_a_worker_restart_and_end_with_the_uninterrupted_weights(
     ]  # fmt: skip
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     environments = [dict(os.environ), {**os.environ, "ELASTIC_TEST_MARKER": str(marker)}]
+    outputs = [open(log, "w") for log in logs]  # noqa: SIM115 - closed once the nodes have ended
     nodes = [
-        subprocess.Popen(
-            node, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        for log, env in zip(logs, environments, strict=True)
+        subprocess.Popen(node, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        for out, env in zip(outputs, environments, strict=True)
     ]
+    killed = False
     try:
         checkpoint = run_dir / CHECKPOINT_DIR / LAST
         # Wait (without a clock) until node 1's worker holds still after the first epoch's checkpoint.
@@ -343,11 +357,23 @@ def test_two_nodes_lose_a_worker_restart_and_end_with_the_uninterrupted_weights(
                 pass
         assert load_checkpoint(checkpoint)["position"] == {"step": 5, "epoch": 1, "batch": 0}
         os.kill(int(marker.read_text()), signal.SIGKILL)
+        killed = True
         codes = [n.wait(timeout=600) for n in nodes]
     finally:
+        # torchrun starts its workers in sessions of their own: on a failure, the launchers are asked
+        # to stop theirs (SIGTERM), and the held worker, which nothing else would end, is killed.
+        if not killed and marker.exists() and marker.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
         for n in nodes:
             if n.poll() is None:
-                os.killpg(n.pid, signal.SIGKILL)
+                n.terminate()
+                try:
+                    n.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(n.pid, signal.SIGKILL)
+        for out in outputs:
+            out.close()
     text = "\n".join(log.read_text() for log in logs)
     assert codes == [0, 0], text[-6000:]
     results = json.loads((run_dir / "results.json").read_text())
