@@ -357,6 +357,12 @@ def _request(
             raise UsageError(f"{flag.name} {problem}, got {value}")
     if resume is not None and eval is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
+    if run.get("run_dir") is not None:
+        # `--run-dir` is the run folder itself (`run_folder.py`), so nothing else may choose one.
+        for other in ("--resume", "--eval", "--logs-dir"):
+            if run.get(FLAGS_BY_NAME[other].key) is not None:
+                raise UsageError(f"--run-dir and {other} exclude each other: --run-dir is the run folder "
+                                 f"itself and continues its own checkpoint; drop {other}")  # fmt: skip
     if run.get("tensorboard") and eval is not None:
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:

@@ -42,18 +42,12 @@ RUN_FILES = ("run.yaml", ckpt.CHECKPOINT_DIR, "metrics.jsonl")
 
 def check_request(request: Request) -> Path | None:
     """
-    The run folder `--run-dir` names, made absolute, or `None` without the flag. Refuses the flags that
-    cannot go with it, and a path that is not a new folder, an empty one or a run's.
+    The run folder `--run-dir` names, made absolute, or `None` without the flag. Refuses a path that
+    is not a new folder, an empty one or a run's. (The flags that cannot go with it are refused with
+    the command line's other combinations, in `cli.py`.)
     """
     if request.run_dir is None:
         return None
-    clashes = {"--resume": request.resume, "--eval": request.eval, "--logs-dir": request.logs_dir}
-    for flag, value in clashes.items():
-        if value is not None:
-            raise UsageError(
-                f"--run-dir and {flag} exclude each other: --run-dir is the run folder itself and "
-                f"continues its own checkpoint; drop {flag}"
-            )
     run_dir = Path(request.run_dir).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir {run_dir} is a file; give a folder (new, empty, or a run's)")

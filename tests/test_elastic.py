@@ -125,7 +125,9 @@ def test_continuing_needs_only_the_folder_and_refuses_other_settings(
     assert json.loads((run_dir / "results.json").read_text())["steps"] == 10
 
 
-@pytest.mark.parametrize("case", ["a file", "a folder of other files", "with --resume", "with --logs-dir"])
+@pytest.mark.parametrize(
+    "case", ["a file", "a folder of other files", "with --resume", "with --logs-dir", "with --eval"]
+)
 def test_run_dir_refusals_are_one_line_and_touch_nothing(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
 ) -> None:
@@ -136,14 +138,18 @@ def test_run_dir_refusals_are_one_line_and_touch_nothing(
     elif case == "a folder of other files":
         target.mkdir()
         (target / "notes.txt").write_text("mine")
-    elif case == "with --resume":
-        extra = ["--resume", str(tmp_path / "elsewhere")]
+    elif case in ("with --resume", "with --eval"):
+        extra = [case.split()[1], str(tmp_path / "elsewhere")]
     else:
         extra = ["--logs-dir", str(tmp_path / "logs")]
     listing = sorted(str(p) for p in tmp_path.rglob("*"))
     assert run_trainer(run_dir_args(data_dir, target, *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --run-dir"), err
+    if extra:
+        # Refused with the command line's other mistakes: its line, then where the flags are listed.
+        assert len(err) == 2 and f"error: --run-dir and {extra[0]} exclude each other" in err[0], err
+    else:
+        assert len(err) == 1 and err[0].startswith(f"error: --run-dir {target} "), err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == listing
 
 
