@@ -342,7 +342,10 @@ def test_two_nodes_lose_a_worker_restart_and_end_with_the_uninterrupted_weights(
         str(worker), *run_dir_args(data_dir, run_dir, epochs=epochs),
     ]  # fmt: skip
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    environments = [dict(os.environ), {**os.environ, "ELASTIC_TEST_MARKER": str(marker)}]
+    # A fresh store each rendezvous round (see the README): PyTorch's shared one keeps the first
+    # round's keys and host, which a restarted round may read or miss.
+    fresh_store = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    environments = [fresh_store, {**fresh_store, "ELASTIC_TEST_MARKER": str(marker)}]
     outputs = [open(log, "w") for log in logs]  # noqa: SIM115 - closed once the nodes have ended
     nodes = [
         subprocess.Popen(node, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
