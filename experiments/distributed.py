@@ -32,7 +32,9 @@ itself, so a run folder that one node sees and another does not would split the 
 [`agree_on_start`](#agree_on_start) compares what each rank found, and the settings it was given, before
 the first step. When a worker dies, `torchrun --max-restarts` starts the same command on every node again;
 with `--run-dir` that command continues from the folder's last checkpoint
-([`run_folder.py`](run_folder.html)).
+([`run_folder.py`](run_folder.html)). (Set `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` for restarts: with
+the store PyTorch shares between rendezvous rounds, a restarted round failed or hung in our test; the
+README's multi-machine section says what was seen.)
 """
 
 import contextlib
