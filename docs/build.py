@@ -75,6 +75,7 @@ READING_ORDER = (
     "experiments/checkpoint.py",
     "experiments/files.py",
     "experiments/distributed.py",
+    "experiments/run_folder.py",
     "experiments/cli.py",
     "experiments/options.py",
     "experiments/console.py",

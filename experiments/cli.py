@@ -115,6 +115,8 @@ FLAGS = (
     Flag("--threads", "threads", "CPU threads (default: PyTorch's; try 1 on a busy machine)", "N", run=True,
          kind=int),
     Flag("--resume", "resume", "continue a run: its uuid, run folder or checkpoint", "RUN", run=True),
+    Flag("--run-dir", "run_dir", "the run folder itself; the same command continues it (torchrun restarts)",
+         "DIR", run=True, kind=Path),
     Flag("--eval", "eval", "evaluate a run (uuid, folder or checkpoint) on the test set", "RUN", run=True),
     Flag("--results", "results", "also write results.json to PATH", "PATH", run=True, kind=Path),
     Flag("--logs-dir", "logs_dir", "where run folders go (default ./logs)", "DIR", run=True, kind=Path),
@@ -355,6 +357,12 @@ def _request(
             raise UsageError(f"{flag.name} {problem}, got {value}")
     if resume is not None and eval is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
+    if run.get("run_dir") is not None:
+        # `--run-dir` is the run folder itself (`run_folder.py`), so nothing else may choose one.
+        for other in ("--resume", "--eval", "--logs-dir"):
+            if run.get(FLAGS_BY_NAME[other].key) is not None:
+                raise UsageError(f"--run-dir and {other} exclude each other: --run-dir is the run folder "
+                                 f"itself and continues its own checkpoint; drop {other}")  # fmt: skip
     if run.get("tensorboard") and eval is not None:
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:

@@ -403,10 +403,12 @@ def _download_archive(data_dir: Path, *, verify: bool) -> None:
         if verify and (mismatch := _md5_mismatch(downloaded, downloaded.read_bytes())):
             problem = f"the archive downloaded from {CIFAR10_URL} is not the official one ({mismatch})"
             raise DataError(data_dir, problem, f"run again, or {offline_fix}")
+        # Several runs (or the first rank of several nodes) started together on an empty folder each
+        # download into their own staging folder. An archive that appeared meanwhile came from another's
+        # rename, so it is complete, and unpacking checks its bytes like any other: use it, don't fail.
         archive = data_dir / ARCHIVE_NAME
-        if archive.exists():
-            raise DataError(archive, "appeared while downloading; not overwriting it", "run again")
-        os.rename(downloaded, archive)
+        if not archive.exists():
+            os.rename(downloaded, archive)
         created = []
     except (OSError, http.client.HTTPException, ValueError, RecursionError) as error:
         reason = getattr(error, "reason", None) or error

@@ -20,15 +20,38 @@ statistics span all ranks, and N processes × `b/N` images approximate one proce
 
 Decisions that must be the same on every rank (stop because of a signal, stop because the loss went
 non-finite) are made with an all-reduce, so no rank waits forever for a partner that already left.
+
+## Several machines
+
+`torchrun --nnodes=M --nproc-per-node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT` on each of M
+machines (or one `srun` that starts them) makes one world of M × N ranks; nothing above changes. Two
+things do, and this module decides both. The data must be prepared once per machine before anyone reads
+it: [`local_leader_first`](#local_leader_first) lets local rank 0 of each node download and unpack while
+the node's other ranks wait. And every rank must start from the same point: each reads the checkpoint
+itself, so a run folder that one node sees and another does not would split the run;
+[`agree_on_start`](#agree_on_start) compares what each rank found, and the settings it was given, before
+the first step. When a worker dies, `torchrun --max-restarts` starts the same command on every node again;
+with `--run-dir` that command continues from the folder's last checkpoint
+([`run_folder.py`](run_folder.html)). (Set `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` for restarts: with
+the store PyTorch shares between rendezvous rounds, a restarted round failed or hung in our test; the
+README's multi-machine section says what was seen.)
 """
 
+import contextlib
 import hashlib
 import os
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from experiments.errors import ExperimentError, UsageError
+from resnet.loading import TRAINER_DIGEST
 
 
 @dataclass(frozen=True)
@@ -103,8 +126,13 @@ def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
 
 def state_hash(model: torch.nn.Module) -> str:
     """A SHA-256 of every tensor in the model's state, to compare weights across processes."""
+    return tensors_hash(model.state_dict())
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of named tensors: their names, and their bytes in a fixed order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -146,3 +174,115 @@ def agree_on_stop(
     flags = any_rank(flags, world)
     bad = int(-flags[1].item())
     return bool(flags[0].item() > 0), (bad if bad < NO_BAD_STEP else None)
+
+
+# ## Several machines: the data once per node, one starting point for all
+
+
+class PreparationFailed(ExperimentError):
+    """Another rank could not prepare the data; its own message says why (exit status 1)."""
+
+
+@contextlib.contextmanager
+def local_leader_first(world: World, device: torch.device) -> Iterator[None]:
+    """
+    Run the body (reading the data, which may download and unpack it) on local rank 0 of every node
+    first, and on the node's other ranks once all of those have finished. Two ranks on a node never
+    download or unpack into the same folder at once, and the waiting ranks find the data ready. Local
+    ranks 0 of different nodes may still share a folder (a network file system); `data.py` makes that
+    safe, as it does for separate runs started together on one folder.
+
+    The wait is an all-reduce rather than a barrier so that it carries one bit: if a leader's body
+    fails, every other rank stops with a one-line error instead of waiting for a partner that is gone
+    (or reading a folder it left half-checked). Every rank takes part exactly once.
+    """
+    if not world.is_distributed:
+        yield
+        return
+
+    def exchange(failed: bool) -> bool:
+        flag = torch.tensor([1.0 if failed else 0.0], device=device)
+        return bool(any_rank(flag, world).item() > 0)
+
+    failed_elsewhere = PreparationFailed(
+        f"rank {world.rank}: local rank 0 of a node could not prepare the data, so this rank stops too; "
+        f"that rank's own error (in its node's output) says what to fix"
+    )
+    if world.local_rank == 0:
+        try:
+            yield
+        except BaseException:
+            exchange(failed=True)
+            raise
+        # A leader that succeeded stops as well when another node's failed, rather than train alone.
+        if exchange(failed=False):
+            raise failed_elsewhere
+        return
+    if exchange(failed=False):
+        raise failed_elsewhere
+    yield
+
+
+@dataclass(frozen=True)
+class Start:
+    """
+    Where one rank starts: the checkpoint it continues (`None` for a new run) with its digest and step,
+    and a digest of the settings it was given. Equal on every rank, or the run would split.
+    """
+
+    checkpoint: str | None
+    checkpoint_digest: str | None
+    step: int
+    settings_digest: str
+    host: str = ""
+
+
+def start_of(checkpoint: Path | None, saved: dict[str, Any] | None, settings: dict[str, Any]) -> Start:
+    """
+    This rank's [`Start`](#Start): `saved` is the loaded checkpoint at path `checkpoint` (both `None`
+    for a new run); `settings` those to compare between ranks, without what may differ between machines
+    (the data's folder, the device).
+    """
+    text = repr(sorted((key, repr(value)) for key, value in settings.items()))
+    # Checkpoints of version 3 carry a digest of everything in them; older ones, only their weights'.
+    digest = None if saved is None else str(saved.get(TRAINER_DIGEST) or tensors_hash(saved["model"]))
+    step = 0 if saved is None else int(saved["position"]["step"])
+    return Start(
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        checkpoint_digest=digest,
+        step=step,
+        settings_digest=hashlib.sha256(text.encode()).hexdigest(),
+        host=socket.gethostname(),
+    )
+
+
+def agree_on_start(start: Start, world: World) -> None:
+    """
+    Refuse to train unless every rank continues the same checkpoint (or none) with the same settings.
+    Every rank gathers every rank's `Start` and decides alike, so all stop together with the same line
+    (exit status 2: the folder or the command is what must change).
+    """
+    if not world.is_distributed:
+        return
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, start)
+    first = gathered[0]
+    for rank, other in enumerate(gathered):
+        where = f"rank {rank} (host {other.host})"
+        if (other.checkpoint_digest, other.step) != (first.checkpoint_digest, first.step):
+            raise UsageError(
+                f"{where} {_describe(other)}, but rank 0 (host {first.host}) {_describe(first)}; every rank "
+                f"reads the checkpoint itself, so the run folder (--run-dir or --resume) must be on storage "
+                f"every node sees at the same path, e.g. a network file system"
+            )
+        if other.settings_digest != first.settings_digest:
+            raise UsageError(
+                f"{where} was given other settings than rank 0 (host {first.host}); start every node with "
+                f"the same command"
+            )
+
+
+def _describe(start: Start) -> str:
+    if start.checkpoint is None:
+        return "finds no checkpoint and starts a new run"
+    return f"continues {start.checkpoint} at step {start.step}"

@@ -28,7 +28,7 @@ from labml import experiment, lab
 from labml.configs import BaseConfigs
 
 from experiments import checkpoint as ckpt
-from experiments import cli
+from experiments import cli, distributed, run_folder
 from experiments.console import accuracy_line, end_line
 from experiments.distributed import World, destroy_process_group, init_process_group, world_from_environment
 from experiments.errors import ExperimentError, UsageError
@@ -139,7 +139,9 @@ def prepare(c: Any) -> None:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        _ = c.train_loader, c.valid_loader, c.test_loader
+        # One rank per node reads (and if need be downloads and unpacks) the data first, the rest after it.
+        with distributed.local_leader_first(c.world, c.device):
+            _ = c.train_loader, c.valid_loader, c.test_loader
         model = c.model.to(c.device)
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -360,16 +362,23 @@ def _train(
 ) -> Results:
     settings = dict(request.settings)
     experiments_path = _logs(request)
+    # `--run-dir`: a fixed run folder, which the same command continues from its checkpoint.
+    fixed_dir = run_folder.check_request(request)
     if world.is_main:
         # Both output places are checked before the data or the network is touched.
-        check_writable(experiments_path, 0)
+        check_writable(fixed_dir or experiments_path, 0)
         if request.results is not None:
             check_output_file(request.results, "--results")
     resumed_from, saved = None, None
     if request.resume is not None:
         resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
+    elif fixed_dir is not None:
+        resumed_from = run_folder.checkpoint_to_continue(fixed_dir)
+    if resumed_from is not None:
         saved = ckpt.load_checkpoint(resumed_from)
         checked = checked_settings(configs, nested, resumed_from, saved)
+        if fixed_dir is not None:
+            run_folder.check_same_run(resumed_from, checked, request.settings, configs, nested)
         settings = _resumed_settings(configs, nested, request, world, resumed_from, checked)
     # The console is ours, and metrics.jsonl the record; labml writes to its app only with an URL, and
     # TensorBoard's event files (in the run folder's tensorboard/) only when asked.
@@ -379,8 +388,10 @@ def _train(
     comment = f"resumed from {resumed_from}" if resumed_from else ""
     name, source = "cifar10", Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
     create = {"name": name, "python_file": str(source), "writers": writers, "comment": comment}
+    if fixed_dir is not None and world.is_main:
+        create.update(run_folder.labml_place(fixed_dir))
     c = _compute(configs, settings, world, **(create if world.is_main else {}))
-    run_dir = experiments_path / name / experiment.get_uuid() if world.is_main else None
+    run_dir = (fixed_dir or experiments_path / name / experiment.get_uuid()) if world.is_main else None
     with memory_errors(c.batch_size, run_dir):
         scores, run = _prepare_and_fit(
             c, configs, fit, source, request, settings, run_dir, resumed_from, saved
@@ -405,6 +416,9 @@ def _prepare_and_fit(
     """Compute the data and the network, restore a checkpoint and train: the scores, `None` if stopped."""
     world = c.world
     prepare(c)
+    # Every rank read the checkpoint itself: they must all have found the same one, with the same settings.
+    start = distributed.start_of(resumed_from, saved, run_folder.compared_settings(settings))
+    distributed.agree_on_start(start, world)
     if run_dir is not None:
         param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
         check_writable(run_dir.parent, 4 * param_bytes + 2**20)
@@ -467,7 +481,9 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
     results go, the device, the threads, the data folder (a relative path means this folder), and the
     labml, TensorBoard and time-limit choices.
     """
-    argv = ["python", os.path.relpath(source), "--resume", str(run_dir)]
+    # A fixed run folder continues with the same flag; any other run, with `--resume`.
+    again = "--run-dir" if request.run_dir is not None else "--resume"
+    argv = ["python", os.path.relpath(source), again, str(run_dir)]
     if request.logs_dir is not None:
         argv += ["--logs-dir", str(request.logs_dir)]
     settings = request.settings

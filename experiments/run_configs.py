@@ -89,6 +89,8 @@ class Request:
 
     settings: dict[str, Any] = field(default_factory=dict)
     resume: str | None = None
+    # `--run-dir`: the run folder itself, which the same command continues (`run_folder.py`).
+    run_dir: Path | None = None
     eval: str | None = None
     results: Path | None = None
     logs_dir: Path | None = None
