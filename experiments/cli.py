@@ -20,7 +20,6 @@ import difflib
 import importlib.util
 import math
 import os
-import shlex
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -282,24 +281,6 @@ def check(
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
     return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
-
-
-def command_line(settings: dict[str, Any]) -> str:
-    """
-    The shell command that runs what `train(**settings)` runs: `recipe`, `device` and the run options as
-    their flags, every configuration setting as `key=value`, each word quoted for the shell. For reports.
-    """
-    flags = {flag.key: flag.name for flag in FLAGS if flag.run}
-    words = ["python", "experiments/cifar10.py"]
-    for key, value in settings.items():
-        if key in flags:
-            if value is not None and value is not False:
-                words += [flags[key]] if value is True else [flags[key], str(value)]
-        else:
-            # A list as the command line writes it, without the spaces Python puts after its commas.
-            text = str(value).replace(", ", ",") if isinstance(value, (list, tuple)) else str(value)
-            words.append(f"{key}={text}")
-    return " ".join(shlex.quote(word) for word in words)
 
 
 def _request(
