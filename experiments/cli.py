@@ -1,18 +1,16 @@
 """
 # The command line, checked before anything happens
 
-labml accepts configuration overrides as a dictionary and trusts them: a misspelled key is ignored, and
-`epochs=abc` is stored as the string `'abc'` until something deep in the loop trips over it. This module
-turns the command line into overrides and checks every one against the annotations and options of the
-configuration classes *before* any data is read or any folder is created. A mistake is reported in two
-lines (what was wrong, then where the options are listed) with exit status 2.
+labml trusts configuration overrides: a misspelled key is ignored, and `epochs=abc` stays the string
+`'abc'` until something deep in the loop trips over it. This module checks the command line (and the
+Python API's keywords) against the configuration classes' annotations, options and rules *before* any
+data is read or any folder is made; a mistake is two lines (what was wrong, where the options are
+listed) and exit status 2.
 
-Each flag is declared once, as a [`Flag`](#Flag) in `FLAGS`: its spelling, the setting it sets and a
-help line whose default is read from the configuration classes. Every configuration, the `optimizer.*`
-and `device.*` ones included, is also settable as `key=value` (`--list-configs` prints them all with
-type, default and help). Precedence: recipe < `key=value` < flags. What one setting may be is decided
-in [`options.py`](options.html); the data's and the schedule's ranges beside them, in
-[`loader.py`](loader.html) and [`recipes.py`](recipes.html).
+Each flag is declared once, as a [`Flag`](#Flag) in `FLAGS`; every configuration is also settable as
+`key=value` (`--list-configs` lists them). Precedence: recipe < `key=value` < flags. What a setting may
+be is read in [`options.py`](options.html); the data's and the schedule's rules live in
+[`loader.py`](loader.html) and [`recipes.py`](recipes.html), the others here.
 """
 
 import argparse
@@ -22,7 +20,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,25 +55,22 @@ from experiments.recipes import (
     recipe_summary,
     recipe_values,
 )
-from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
+from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, uses_cuda_graphs
 
 # `config_default` and `UsageError` are re-exported: other scripts read them from here.
-__all__ = ["FLAGS", "RUN_OPTIONS", "UsageError", "check", "check_hardware", "config_default", "parse"]
+__all__ = ["FLAGS", "RUN_OPTIONS", "Request", "UsageError", "check", "config_default", "parse"]
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "steps_per_epoch", "world",
                  "optimizer.parameters", "device.device_info", "device.device"}  # fmt: skip
 
-# `preset`: each network keeps its own shortcut option (A for the CIFAR networks); the rest are the library's.
-SHORTCUT_CHOICES = ("preset", *resnet.SHORTCUTS)
-
 
 @dataclass(frozen=True)
 class Flag:
     """
-    One flag. `key` is the configuration setting it sets, or with `run` the `Request` field. A flag with
-    a `metavar` takes a value (`kind` converts a run option's text; settings go through `_check`), one
-    without is a switch that sets `value`; `const` is the value of an optional value left out.
+    One flag. `key` is the setting it sets, or with `run` the [`Request`](#Request) field (of type
+    `kind`). With a `metavar` it takes a value (`const`: the value when the value is left out); without
+    one it is a switch that sets `value`.
     """
 
     name: str
@@ -84,7 +79,7 @@ class Flag:
     metavar: str | None = None
     value: Any = True
     run: bool = False
-    kind: Callable[[str], Any] = str
+    kind: type = str
     const: Any = None
 
 
@@ -125,18 +120,31 @@ FLAGS = (
          run=True, kind=int),
 )  # fmt: skip
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
+# The flags `train(**settings)` takes by name; `recipe` and `device` are its own keyword arguments.
+RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
+# The run flags a `Request` carries; `--cuda-graphs` becomes settings, as `--recipe` and `--device` do.
+REQUEST_FLAGS = [flag for flag in FLAGS if flag.key in RUN_OPTIONS and flag.key != "cuda_graphs"]
+
+# What a caller asks for, once checked: the settings, whether the run goes to a GPU (decided once, and
+# needed again by a resumed run's checks), and one field per run flag (`None` where not given), so that
+# a new run option is one row of `FLAGS`.
+Request = make_dataclass(
+    "Request",
+    [
+        ("settings", dict[str, Any], field(default_factory=dict)),
+        ("wants_cuda", bool, False),
+        *((f.key, f.kind | None, None) if f.metavar else (f.key, bool, False) for f in REQUEST_FLAGS),
+    ],
+    frozen=True,
+)
 
 
 def _positive_list(v: Any) -> str | None:
     return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
 
 
-# The flags `train(**settings)` takes by name; `recipe` and `device` are its own keyword arguments.
-RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
-
-
-# What each setting may be beyond its type (numbers are also finite: `options.convert_value`). The data's
-# and the schedule's rules live beside them; these are the network's, the machine's and the run's.
+# What each setting may be beyond its type (numbers are also finite: `options.convert_value`): the data's,
+# the schedule's, and here the network's, the machine's and the run's.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
     **SCHEDULE_RULES,
@@ -145,7 +153,8 @@ RULES: dict[str, Rule] = {
     "seed": within(0, 2**32),
     "num_classes": at_least(10),  # CIFAR-10's labels run 0..9
     "ema_decay": within(0, 1),
-    "shortcut": one_of(SHORTCUT_CHOICES),
+    # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
+    "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
     "amp": one_of(AMP_CHOICES),
     "compile_mode": one_of(COMPILE_MODES),
     **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
@@ -239,15 +248,12 @@ def parse(
             if not flag.run:
                 # The text goes through the same checks as `key=value`, and errors name the flag.
                 user[flag.key] = (value, f"{flag.name} {value}") if isinstance(value, str) else (value, None)
-            elif flag.metavar is None:
-                run[flag.key] = value
-            else:
-                try:
-                    run[flag.key] = flag.kind(value)
-                except ValueError:
-                    raise UsageError(f"{flag.name} {value}: expected {describe(flag.kind)}") from None
-        recipe, device = run.pop("recipe", None), run.pop("device", None)
-        return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
+                continue
+            try:
+                run[flag.key] = value if flag.metavar is None else flag.kind(value)
+            except ValueError:
+                raise UsageError(f"{flag.name} {value}: expected {describe(flag.kind)}") from None
+        return _request(user, configs_class, nested, recipes, world or World(), run)
     except UsageError as e:
         print(f"{parser.prog}: error: {e}\nusage: {parser.format_usage()[7:].strip()} "
               "(--help: the flags, --list-configs: every setting)", file=sys.stderr)  # fmt: skip
@@ -261,15 +267,15 @@ def check(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World | None = None,
-    recipe: str | None = None,
-    device: str | None = None,
     **run: Any,
 ) -> Request:
     """
     The Python API's twin of [`parse`](#parse): `settings` are configuration values (`epochs=3`,
-    `**{"optimizer.learning_rate": 0.05}`), `device` is what `--device` takes, and `run` holds the other
-    flags by name (`RUN_OPTIONS`). Raises `UsageError` where the command line would exit with status 2.
+    `**{"optimizer.learning_rate": 0.05}`) and the run flags by name (`RUN_OPTIONS`); `recipe` and
+    `device` take what their flags take. Raises `UsageError` where the command line exits with status 2.
     """
+    settings = dict(settings)
+    run.update({key: settings.pop(key) for key in list(settings) if key in RUN_OPTIONS})
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
     for key in [*run, *settings]:
         if key not in known:
@@ -280,7 +286,7 @@ def check(
             raise UsageError(f"{flag.key} must be {describe(flag.kind)}, got {value!r}")
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
-    return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
+    return _request(user, configs_class, nested, recipes, world or World(), run)
 
 
 def _request(
@@ -289,15 +295,13 @@ def _request(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World,
-    recipe: str | None,
-    device: str | None,
     run: dict[str, Any],
 ) -> Request:
     """
     Settings as `(value, spelling)` pairs (spelling `""`: text from `key=value`; a flag's own words for
-    text from a flag; `None`: a Python value) and the run options, checked and resolved into a `Request`.
+    text from a flag; `None`: a Python value) and the run flags, checked and resolved into a `Request`.
     """
-    user = dict(user)
+    user, device = dict(user), run.get("device")
     if device is not None:
         user.update({k: (v, None) for k, v in _device_overrides(device).items()})
     if "epochs" in user:
@@ -314,7 +318,7 @@ def _request(
         overrides.update(graphs)
     typed = list(overrides)  # what this command line sets itself, as opposed to its recipe
     default_recipe = config_default(configs_class, "recipe")
-    recipe = overrides.get("recipe", default_recipe) if recipe is None else recipe
+    recipe = overrides.get("recipe", default_recipe) if run.get("recipe") is None else run["recipe"]
     _check_recipe(recipe, recipes)
     if recipe != default_recipe or "recipe" in overrides:
         # Leaving the default out lets a resumed run keep its own; a `--recipe` flag beats `recipe=`.
@@ -324,8 +328,7 @@ def _request(
     overrides = {**recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
-    resume, eval = run.get("resume"), run.get("eval")
-    if resume is None:
+    if run.get("resume") is None:
         # A resumed run is checked once the checkpoint's settings are merged in (`launch`).
         check_combinations(overrides, configs_class, nested, typed)
         check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
@@ -334,15 +337,15 @@ def _request(
         problem = RULES[flag.key](value) if flag.run and flag.key in RULES and value is not None else None
         if problem:
             raise UsageError(f"{flag.name} {problem}, got {value}")
-    if resume is not None and eval is not None:
+    if run.get("resume") is not None and run.get("eval") is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
-    if run.get("tensorboard") and eval is not None:
+    if run.get("tensorboard") and run.get("eval") is not None:
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
-    paths = {key: Path(run[key]) for key in ("results", "logs_dir") if run.get(key) is not None}
-    fields = {key: run[key] for key in RUN_OPTIONS if run.get(key) is not None and key != "cuda_graphs"}
-    return Request(settings=overrides, wants_cuda=wants_cuda, **{**fields, **paths})
+    given = [f for f in REQUEST_FLAGS if run.get(f.key) is not None]
+    fields = {f.key: f.kind(run[f.key]) if f.metavar else run[f.key] for f in given}
+    return Request(settings=overrides, wants_cuda=wants_cuda, **fields)
 
 
 def _check_recipe(recipe: Any, recipes: dict[str, dict[str, Any]]) -> None:
@@ -355,9 +358,9 @@ def check_saved(
     settings: dict[str, Any], configs_class: type, nested: dict[str, type], recipes: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """
-    Settings read back from a file (a checkpoint's), each through the very checks a `key=value` of the
-    Python API gets: a setting users may set at all, its type, its options, its range, and a known
-    recipe. Returns them converted; raises `UsageError`, which the caller reports as the file's fault.
+    Settings read back from a file (a checkpoint's) through the checks a `key=value` of the Python API
+    gets: a key users may set, its type, options and range, and a known recipe. Returns them converted;
+    raises `UsageError`, which the caller reports as the file's fault.
     """
     for key in settings:
         if not isinstance(key, str):
@@ -404,8 +407,8 @@ def check_hardware(
     resumed: bool = False,
 ) -> None:
     """
-    What the settings ask of the machine and the number of processes; raises `UsageError`. It runs on
-    the final settings, so for a resumed run on the checkpoint's settings merged with the new ones.
+    What the settings ask of the machine and the number of processes; raises `UsageError`. For a resumed
+    run it checks the checkpoint's settings with the new ones laid over them.
     """
     get = _getter(o, configs_class, nested)
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
@@ -414,12 +417,12 @@ def check_hardware(
         raise UsageError(f"--batch-size {get('batch_size')} is the global batch and must divide evenly over "
                          f"the {world_size} processes")  # fmt: skip
     cuda_graphs = uses_cuda_graphs(get("compile"), get("compile_mode"))
+    if cuda_graphs and not wants_cuda and resumed:
+        raise UsageError(
+            f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs CUDA, but "
+            "this run is on the CPU; resume on a GPU, or pass compile=False"
+        )
     if cuda_graphs and not wants_cuda:
-        if resumed:
-            raise UsageError(
-                f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs "
-                "CUDA, but this run is on the CPU; resume on a GPU, or pass compile=False"
-            )
         raise UsageError(
             f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on CPU use --compile alone"
         )
@@ -427,8 +430,8 @@ def check_hardware(
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
         raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with "
-            "several processes; use --compile with the default mode for multi-GPU runs"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
+            "processes; use --compile with the default mode for multi-GPU runs"
         )
     if get("sync_bn") and world_size > 1 and not wants_cuda:
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
@@ -439,7 +442,7 @@ def check_combinations(
 ) -> None:
     """
     Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
-    this time, not by a recipe or a checkpoint (default: all of `o`); a setting that only applies with
+    this time (default: all of `o`), not by a recipe or a checkpoint: a setting that only applies with
     another is refused only when typed, so a recipe's warm-up fraction may give way to typed steps, a
     resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a custom
     network resumed as a preset is refused for its network, by the signature check.
@@ -469,12 +472,10 @@ def check_combinations(
 def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, spelling: str | None) -> Any:
     """
     One setting checked against its annotation (type), options and `RULES` (range). `spelling` is how
-    the user wrote it for messages (`None`: a Python value, `""`: `key=value` text).
+    the user wrote it, for messages (`None`: a Python value, `""`: `key=value` text).
     """
-    cls, name = configs_class, key
-    head, dot, rest = key.partition(".")
-    if dot and head in nested:
-        cls, name = nested[head], rest
+    head, dot, name = key.partition(".")
+    cls, name = (nested[head], name) if dot and head in nested else (configs_class, key)
     declared = annotations(cls)
     if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
         raise UsageError(f"unknown configuration '{key}'{suggest(key, _all_keys(configs_class, nested))}")

@@ -1,13 +1,10 @@
 """
 # Which network a run trains
 
-The trainer's `model` setting is a name from `resnet.list_models()`: a `resnet` preset, a `plainN`
-network (the CIFAR preset with `shortcut="none"`, the paper's plain baselines of Figure 6), `custom`,
-built from `n_blocks`, `n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of
-`resnet/fast.py` (not a network from the paper). The names and the networks behind them live in the
-library (`resnet/registry.py`), so a run's `model` is also what `resnet.create_model` and `torch.hub`
-take. This module only turns the trainer's settings into that call; the command line uses it too, to
-reject a bad custom network before anything is read or written.
+The trainer's `model` is a name from `resnet.list_models()` (`resnet/registry.py`), so it is also what
+`resnet.create_model` and `torch.hub` take: a preset, a `plainN` network (the preset without shortcuts,
+Figure 6's plain baselines), `resnet9` (the DAWNBench network, not the paper's) or `custom`, built from
+`n_blocks`, `n_channels` and `bottlenecks`. This module turns the trainer's settings into that call.
 """
 
 from typing import Any
@@ -21,29 +18,6 @@ __all__ = ["MODEL_NAMES", "PLAIN_NETWORKS", "build_model", "custom_trunk"]
 MODEL_NAMES = ["resnet20", *(name for name in resnet.list_models() if name != "resnet20")]
 
 
-def _library_shortcut(shortcut: str) -> dict[str, Any]:
-    # The trainer's `preset` means "the network's own choice", which the library gives when no shortcut
-    # is passed.
-    return {} if shortcut == "preset" else {"shortcut": shortcut}
-
-
-def custom_trunk(
-    n_blocks: list[int],
-    n_channels: list[int],
-    bottlenecks: list[int] | None,
-    shortcut: str,
-    zero_init_residual: bool = False,
-) -> resnet.ResNetBase:
-    """The trunk of the `custom` network (see `resnet.custom_resnet`); an empty `bottlenecks` is `None`."""
-    return resnet.custom_resnet(
-        list(n_blocks),
-        list(n_channels),
-        list(bottlenecks) if bottlenecks else None,
-        zero_init_residual=zero_init_residual,
-        **_library_shortcut(shortcut),
-    ).trunk
-
-
 def build_model(
     name: str,
     *,
@@ -55,18 +29,29 @@ def build_model(
     zero_init_residual: bool,
 ) -> resnet.ResNetClassifier | resnet.ResNet9:
     """
-    `resnet.create_model(name)` with the run's settings: a `resnet.ResNetClassifier`, or for `resnet9` a
-    `resnet.ResNet9`. The stages (`n_blocks`, `n_channels`, `bottlenecks`) reach only `custom`.
+    `resnet.create_model(name)` with the run's settings. The stages reach only `custom`, and the
+    trainer's `shortcut="preset"` (each network's own choice) is what the library does when given none.
     """
-    kwargs: dict[str, Any] = {
-        "num_classes": num_classes,
-        "zero_init_residual": zero_init_residual,
-        **_library_shortcut(shortcut),
-    }
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "zero_init_residual": zero_init_residual}
+    if shortcut != "preset":
+        kwargs["shortcut"] = shortcut
     if name == "custom":
-        kwargs.update(
-            n_blocks=list(n_blocks),
-            n_channels=list(n_channels),
-            bottlenecks=list(bottlenecks) if bottlenecks else None,
-        )
+        stages = {"n_blocks": n_blocks, "n_channels": n_channels, "bottlenecks": bottlenecks or None}
+        kwargs.update({key: list(value) if value else value for key, value in stages.items()})
     return resnet.create_model(name, **kwargs)
+
+
+def custom_trunk(
+    n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str
+) -> resnet.ResNetBase:
+    """The `custom` network's trunk; the command line builds it to check the three lists before a run."""
+    network = build_model(
+        "custom",
+        num_classes=10,
+        shortcut=shortcut,
+        n_blocks=n_blocks,
+        n_channels=n_channels,
+        bottlenecks=bottlenecks,
+        zero_init_residual=False,
+    )
+    return network.trunk

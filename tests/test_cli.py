@@ -15,7 +15,6 @@ from experiments import cli
 from experiments.cifar10 import NESTED_CONFIGS, Configs, SGDConfigs
 from experiments.distributed import World
 from experiments.recipes import RECIPE_PURPOSES, RECIPES
-from experiments.run_configs import Request
 
 
 def parse(*argv: str, world_size: int = 1) -> dict:
@@ -503,7 +502,7 @@ def test_every_flag_is_declared_once_and_reaches_the_request() -> None:
     names = [flag.name for flag in cli.FLAGS]
     assert len(names) == len(set(names))
     # The run options `train()` takes by name are exactly the run flags' fields of `Request`.
-    assert set(cli.RUN_OPTIONS) - {"cuda_graphs"} <= set(Request.__dataclass_fields__)
+    assert set(cli.RUN_OPTIONS) - {"cuda_graphs"} <= set(cli.Request.__dataclass_fields__)
     request = cli.parse(
         ["--threads", "1", "--stop-after-steps", "2", "--time-limit", "9.5", "--logs-dir", "L", "--results",
          "r.json", "--labml-url", "http://x", "--resume", "run"],
