@@ -1,16 +1,11 @@
 """
 # The command line, checked before anything happens
 
-labml trusts configuration overrides: a misspelled key is ignored, and `epochs=abc` stays the string
-`'abc'` until something deep in the loop trips over it. This module checks the command line (and the
-Python API's keywords) against the configuration classes' annotations, options and rules *before* any
-data is read or any folder is made; a mistake is two lines (what was wrong, where the options are
-listed) and exit status 2.
-
-Each flag is declared once, as a [`Flag`](#Flag) in `FLAGS`; every configuration is also settable as
-`key=value` (`--list-configs` lists them). Precedence: recipe < `key=value` < flags. What a setting may
-be is read in [`options.py`](options.html); the data's and the schedule's rules live in
-[`loader.py`](loader.html) and [`recipes.py`](recipes.html), the others here.
+labml trusts overrides: a misspelled key is ignored, and `epochs=abc` stays `'abc'` until the loop trips
+over it. Here the command line and the Python API's keywords are checked against the configuration
+classes ([`options.py`](options.html)) *before* any data is read or any folder is made; a mistake is
+two lines and exit status 2. Each flag is declared once, a [`Flag`](#Flag) in `FLAGS`; every setting
+is also `key=value` (`--list-configs`). Precedence: recipe < `key=value` < flags.
 """
 
 import argparse
@@ -27,25 +22,12 @@ from typing import Any, NoReturn
 import torch
 
 import resnet
+from experiments import options
 from experiments.distributed import World
 from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
 from experiments.models import custom_trunk
-from experiments.options import (
-    NOT_A_VALUE,
-    Rule,
-    annotations,
-    at_least,
-    comments,
-    config_default,
-    convert_text,
-    convert_value,
-    describe,
-    one_of,
-    option_names,
-    suggest,
-    within,
-)
+from experiments.options import Rule, at_least, config_default, one_of, within
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import (
     PAPER_SETTINGS,
@@ -68,9 +50,8 @@ INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "step
 @dataclass(frozen=True)
 class Flag:
     """
-    One flag. `key` is the setting it sets, or with `run` the [`Request`](#Request) field (of type
-    `kind`). With a `metavar` it takes a value (`const`: the value when the value is left out); without
-    one it is a switch that sets `value`.
+    One flag: the setting `key` it sets, or with `run` the [`Request`](#Request) field of type `kind`. A
+    switch (no `metavar`) sets `value`; `const` is the value of a value left out.
     """
 
     name: str
@@ -83,8 +64,7 @@ class Flag:
     const: Any = None
 
 
-# Every flag, once. `{default}` in a help is the setting's declared default, `{paper_iterations}` the
-# paper's length.
+# Every flag, once; in a help, `{default}` is the setting's declared default.
 FLAGS = (
     Flag("--model", "model", "resnetN, plainN (no shortcuts), resnet9, custom (default {default})", "NAME"),
     Flag("--recipe", "recipe", "training recipe (default {default}; listed below)", "NAME", run=True),
@@ -125,9 +105,8 @@ RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in (
 # The run flags a `Request` carries; `--cuda-graphs` becomes settings, as `--recipe` and `--device` do.
 REQUEST_FLAGS = [flag for flag in FLAGS if flag.key in RUN_OPTIONS and flag.key != "cuda_graphs"]
 
-# What a caller asks for, once checked: the settings, whether the run goes to a GPU (decided once, and
-# needed again by a resumed run's checks), and one field per run flag (`None` where not given), so that
-# a new run option is one row of `FLAGS`.
+# What a caller asks for, once checked: settings, whether the run goes to a GPU (decided once), and a
+# field per run flag, so that a new run option is one row of `FLAGS`.
 Request = make_dataclass(
     "Request",
     [
@@ -252,7 +231,7 @@ def parse(
             try:
                 run[flag.key] = value if flag.metavar is None else flag.kind(value)
             except ValueError:
-                raise UsageError(f"{flag.name} {value}: expected {describe(flag.kind)}") from None
+                raise UsageError(f"{flag.name} {value}: expected {options.describe(flag.kind)}") from None
         return _request(user, configs_class, nested, recipes, world or World(), run)
     except UsageError as e:
         print(f"{parser.prog}: error: {e}\nusage: {parser.format_usage()[7:].strip()} "
@@ -270,20 +249,19 @@ def check(
     **run: Any,
 ) -> Request:
     """
-    The Python API's twin of [`parse`](#parse): `settings` are configuration values (`epochs=3`,
-    `**{"optimizer.learning_rate": 0.05}`) and the run flags by name (`RUN_OPTIONS`); `recipe` and
-    `device` take what their flags take. Raises `UsageError` where the command line exits with status 2.
+    The Python API's [`parse`](#parse): settings (`epochs=3`) and run flags by name (`RUN_OPTIONS`);
+    `recipe` and `device` take what their flags take. Raises `UsageError` where `parse` exits with 2.
     """
     settings = dict(settings)
     run.update({key: settings.pop(key) for key in list(settings) if key in RUN_OPTIONS})
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
     for key in [*run, *settings]:
         if key not in known:
-            raise UsageError(f"unknown setting {key!r}{suggest(key, known)}")
+            raise UsageError(f"unknown setting {key!r}{options.suggest(key, known)}")
     for flag in FLAGS:
         value = run.get(flag.key)
         if flag.kind in (int, float) and value is not None and type(value) not in (flag.kind, int):
-            raise UsageError(f"{flag.key} must be {describe(flag.kind)}, got {value!r}")
+            raise UsageError(f"{flag.key} must be {options.describe(flag.kind)}, got {value!r}")
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
     return _request(user, configs_class, nested, recipes, world or World(), run)
@@ -298,8 +276,8 @@ def _request(
     run: dict[str, Any],
 ) -> Request:
     """
-    Settings as `(value, spelling)` pairs (spelling `""`: text from `key=value`; a flag's own words for
-    text from a flag; `None`: a Python value) and the run flags, checked and resolved into a `Request`.
+    Settings as `(value, spelling)` pairs (spelling `""`: `key=value` text, a flag's words for its text,
+    `None` for a Python value) and the run flags, checked and resolved into a `Request`.
     """
     user, device = dict(user), run.get("device")
     if device is not None:
@@ -357,11 +335,7 @@ def _check_recipe(recipe: Any, recipes: dict[str, dict[str, Any]]) -> None:
 def check_saved(
     settings: dict[str, Any], configs_class: type, nested: dict[str, type], recipes: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """
-    Settings read back from a file (a checkpoint's) through the checks a `key=value` of the Python API
-    gets: a key users may set, its type, options and range, and a known recipe. Returns them converted;
-    raises `UsageError`, which the caller reports as the file's fault.
-    """
+    """A checkpoint's settings through the Python API's checks, converted; the caller blames the file."""
     for key in settings:
         if not isinstance(key, str):
             raise UsageError(f"setting names are text, not {key!r}")
@@ -398,18 +372,9 @@ def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> 
 
 
 def check_hardware(
-    o: dict[str, Any],
-    configs_class: type,
-    nested: dict[str, type],
-    world_size: int,
-    wants_cuda: bool,
-    *,
-    resumed: bool = False,
+    o: dict[str, Any], configs_class: type, nested: dict[str, type], world_size: int, wants_cuda: bool
 ) -> None:
-    """
-    What the settings ask of the machine and the number of processes; raises `UsageError`. For a resumed
-    run it checks the checkpoint's settings with the new ones laid over them.
-    """
+    """What the settings ask of the machine and the number of processes; raises `UsageError`."""
     get = _getter(o, configs_class, nested)
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
         raise UsageError("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
@@ -417,14 +382,10 @@ def check_hardware(
         raise UsageError(f"--batch-size {get('batch_size')} is the global batch and must divide evenly over "
                          f"the {world_size} processes")  # fmt: skip
     cuda_graphs = uses_cuda_graphs(get("compile"), get("compile_mode"))
-    if cuda_graphs and not wants_cuda and resumed:
-        raise UsageError(
-            f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs CUDA, but "
-            "this run is on the CPU; resume on a GPU, or pass compile=False"
-        )
     if cuda_graphs and not wants_cuda:
         raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on CPU use --compile alone"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on a CPU use --compile alone "
+            "(compile_mode=default), or compile=False"
         )
     if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
@@ -441,11 +402,9 @@ def check_combinations(
     o: dict[str, Any], configs_class: type, nested: dict[str, type], typed: Collection[str] | None = None
 ) -> None:
     """
-    Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
-    this time (default: all of `o`), not by a recipe or a checkpoint: a setting that only applies with
-    another is refused only when typed, so a recipe's warm-up fraction may give way to typed steps, a
-    resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a custom
-    network resumed as a preset is refused for its network, by the signature check.
+    Settings fine one by one but not together; raises `UsageError`. A setting that only applies with
+    another is refused only when `typed` this time (default: all of `o`), not by a recipe or checkpoint:
+    a recipe's warm-up fraction gives way to typed steps, a resumed run keeps its saved `compile_mode`.
     """
     get = _getter(o, configs_class, nested)
     typed = o.keys() if typed is None else typed
@@ -470,27 +429,27 @@ def check_combinations(
 
 
 def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, spelling: str | None) -> Any:
-    """
-    One setting checked against its annotation (type), options and `RULES` (range). `spelling` is how
-    the user wrote it, for messages (`None`: a Python value, `""`: `key=value` text).
-    """
+    """One setting checked against its annotation, options and `RULES`; `spelling` as in `_request`."""
     head, dot, name = key.partition(".")
     cls, name = (nested[head], name) if dot and head in nested else (configs_class, key)
-    declared = annotations(cls)
+    declared = options.annotations(cls)
     if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
-        raise UsageError(f"unknown configuration '{key}'{suggest(key, _all_keys(configs_class, nested))}")
+        raise UsageError(
+            f"unknown configuration '{key}'{options.suggest(key, _all_keys(configs_class, nested))}"
+        )
     said = spelling or f"{key}={value!r}"
-    options, annotation = option_names(cls, name), declared[name]
-    if isinstance(value, str) and value in options:
+    choices, annotation = options.option_names(cls, name), declared[name]
+    if isinstance(value, str) and value in choices:
         return value
+    convert = options.convert_text if spelling is not None else options.convert_value
     try:
-        parsed = convert_text(value, annotation) if spelling is not None else convert_value(value, annotation)
+        parsed = convert(value, annotation)
     except (ValueError, SyntaxError, TypeError, KeyError):
-        choices = f" or one of: {', '.join(options)}" if options else ""
-        raise UsageError(f"{said}: expected {describe(annotation)}{choices}") from None
-    if parsed is NOT_A_VALUE:
-        expected = f"one of: {', '.join(options)}" if options else describe(annotation)
-        raise UsageError(f"{said}: expected {expected}{suggest(str(value), options)}")
+        named = f" or one of: {', '.join(choices)}" if choices else ""
+        raise UsageError(f"{said}: expected {options.describe(annotation)}{named}") from None
+    if parsed is options.NOT_A_VALUE:
+        expected = f"one of: {', '.join(choices)}" if choices else options.describe(annotation)
+        raise UsageError(f"{said}: expected {expected}{options.suggest(str(value), choices)}")
     problem = RULES[key](parsed) if key in RULES and parsed is not None else None
     if problem:
         raise UsageError(f"{said}: {problem}")
@@ -498,24 +457,24 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
 
 
 def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
-    keys = [k for k in annotations(configs_class) if k not in INTERNAL_KEYS]
+    keys = [k for k in options.annotations(configs_class) if k not in INTERNAL_KEYS]
     for head, cls in nested.items():
-        keys += [f"{head}.{k}" for k in annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
+        keys += [f"{head}.{k}" for k in options.annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
     return keys
 
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
     """What `--list-configs` prints: every settable key with its type, default and help."""
-    default, notes = _getter({}, configs_class, nested), {"": comments(configs_class)}
-    notes.update({head: comments(cls) for head, cls in nested.items()})
+    default, notes = _getter({}, configs_class, nested), {"": options.comments(configs_class)}
+    notes.update({head: options.comments(cls) for head, cls in nested.items()})
     lines = []
     for key in _all_keys(configs_class, nested):
         if key in nested:
             continue  # the sub-configurations themselves; their settings follow as `head.key`
         head, _, name = key.rpartition(".")
         cls = nested[head] if head else configs_class
-        annotation, options = annotations(cls)[name], option_names(cls, name)
-        kind = " or ".join(filter(None, [describe(annotation), ", ".join(options)]))
+        annotation, choices = options.annotations(cls)[name], options.option_names(cls, name)
+        kind = " or ".join(filter(None, [options.describe(annotation), ", ".join(choices)]))
         helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"
                  for f in FLAGS if f.key == key and not f.run]  # fmt: skip
         help_text = " ".join([notes[head].get(name, ""), *helps]).strip()

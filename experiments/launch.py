@@ -1,12 +1,12 @@
 """
 # Starting and ending a run
 
-The command line and the Python API (`experiments.cifar10.train`) both call this module, so the two run
-the same code. [`run_training`](#run_training) computes the configuration before any folder exists (bad
-input leaves nothing behind), checks the disk, restores a checkpoint, runs labml quietly around the
-[`Run`](trainer.html#Run), turns SIGINT, SIGTERM and SIGHUP into a checkpoint to resume from, and writes
-`results.json`; [`run_evaluation`](#run_evaluation) measures a checkpoint; [`command`](#command) turns
-any `ExperimentError` into its one line and exit status.
+The command line and the Python API (`experiments.cifar10.train`) both run through here:
+[`run_training`](#run_training) computes the configuration before any folder exists (bad input leaves
+nothing behind), checks the disk, restores a checkpoint, runs the [`Run`](trainer.html#Run) inside a
+quiet labml run, saves on SIGINT, SIGTERM and SIGHUP, and writes `results.json`;
+[`run_evaluation`](#run_evaluation) measures a checkpoint; [`command`](#command) gives any
+`ExperimentError` its one line and exit status.
 """
 
 import contextlib
@@ -42,9 +42,8 @@ from experiments.trainer import Diverged, Run, RunError, StopRequested, tta_view
 @dataclass
 class Results:
     """
-    What a run produced: `summary` is `results.json` (None when the run stopped before its end),
-    `history` the per-epoch records of `metrics.jsonl`, `run_dir` its folder (None on ranks other than
-    0), and `stopped` why it stopped early (a signal's name, `--stop-after-steps` or `time limit`).
+    What a run produced: `results.json` (`None` if it stopped early), the records of `metrics.jsonl`, its
+    folder (`None` on ranks but 0), and why it stopped early (a signal, `--stop-after-steps`, `time limit`).
     """
 
     summary: dict[str, Any] | None
@@ -61,9 +60,8 @@ class Results:
         return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
 
 
-# The signals that stop a run with a checkpoint at the exact position: Ctrl+C, a scheduler's or `kill`'s
-# SIGTERM, and SIGHUP, which a closed SSH session or terminal sends (absent on Windows). A run they stop
-# exits as a shell reports a process killed by them.
+# Ctrl+C, a scheduler's or `kill`'s SIGTERM, and SIGHUP (a closed terminal; absent on Windows) stop a
+# run with a checkpoint, and it exits as a shell reports a process they killed.
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 STOP_STATUS = {signal.Signals(sig).name: 128 + sig for sig in STOP_SIGNALS}
 
@@ -132,10 +130,7 @@ def prepare(c: Any) -> None:
 
 @contextlib.contextmanager
 def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
-    """
-    Running out of memory (most often a `--batch-size` too large for the machine) as one line naming the
-    setting, not the allocator's traceback. A run folder without a checkpoint yet is removed, not left.
-    """
+    """Out of memory as one line naming `--batch-size`; a run folder with no checkpoint yet is removed."""
     try:
         yield
     except (RuntimeError, MemoryError) as error:
@@ -162,9 +157,8 @@ def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
 @contextlib.contextmanager
 def labml_run() -> Iterator[None]:
     """
-    labml's run context, quiet. On the way out labml appends to its run log; on a full disk that write
-    fails too, and its `OSError` would replace the trainer's own error, which names the file and the
-    fix. So when the run is already ending with an error, that error is the one reported.
+    labml's run, quiet. On the way out labml appends to its log; on a full disk that fails too, and its
+    `OSError` must not replace the trainer's own error, which names the file and the fix.
     """
     with quiet():
         watcher = experiment.start()
@@ -187,10 +181,7 @@ def labml_run() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_on_signals(run: Run) -> Iterator[None]:
-    """
-    The first SIGINT, SIGTERM or SIGHUP asks the run to stop after the current step and save; a second
-    one stops at once (the last complete checkpoint stays as it was). The old handlers come back after.
-    """
+    """A first stop signal saves after the current step; a second quits at once (last checkpoint kept)."""
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -253,9 +244,8 @@ def checked_settings(
     configs: type, nested: dict[str, type], path: Path, state: dict[str, Any]
 ) -> dict[str, Any]:
     """
-    A loaded checkpoint's settings through the command line's own checks, before a resume or `--eval`
-    uses them. A value the command line would refuse (edited, or written by another version of the
-    trainer) is the file's fault: one line naming it, exit status 1.
+    A checkpoint's settings through the command line's checks before a resume or `--eval` uses them; a
+    value it would refuse (an edit, another version of the trainer) is the file's fault, exit status 1.
     """
     try:
         if not isinstance(state["config"], dict):
@@ -274,10 +264,8 @@ def _resumed_settings(
     configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
 ) -> dict[str, Any]:
     """
-    A resumed run's settings: the checkpoint's with the new ones over them, through the checks the
-    command line leaves to a resume. If the checkpoint's own settings cannot run here (one written on a
-    GPU machine may ask for CUDA graphs) it is refused as a checkpoint; if only what was typed breaks
-    them, as a usage error.
+    The checkpoint's settings with the new ones over them, through the checks the command line leaves to
+    a resume: refused as a usage error if what was typed breaks them, else as the checkpoint's fault.
     """
     saved = checked_settings(configs, nested, path, saved)
     # The checkpoint brings its random generators' state, so a new seed would be recorded and never used.
@@ -289,20 +277,20 @@ def _resumed_settings(
         )
     merged = {**saved, **request.settings}
 
-    def problem(o: dict[str, Any], typed: Any, resumed: bool) -> str | None:
+    def problem(o: dict[str, Any], typed: Any) -> str | None:
         try:
             cli.check_combinations(o, configs, nested, typed)
-            cli.check_hardware(o, configs, nested, world.size, request.wants_cuda, resumed=resumed)
+            cli.check_hardware(o, configs, nested, world.size, request.wants_cuda)
         except UsageError as e:
             return str(e)
         return None
 
-    typed_problem = problem(merged, request.settings.keys(), resumed=False)
+    typed_problem = problem(merged, request.settings.keys())
     if typed_problem is None:
         return merged
-    if problem(saved, (), resumed=True) is None:
+    if problem(saved, ()) is None:
         raise UsageError(typed_problem)
-    raise ckpt.CheckpointError(f"{path}: {problem(merged, request.settings.keys(), resumed=True)}")
+    raise ckpt.CheckpointError(f"{path}: {typed_problem}")
 
 
 # ## Training and evaluating
@@ -312,10 +300,7 @@ Fit = Callable[[Any, Run], dict[str, float]]
 
 
 def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
-    """
-    Train as `request` asks, from the start or from a checkpoint, to the end of the schedule or until
-    stopped, with `fit(c, run)` (the training script's). Raises an `ExperimentError` with a one-line message.
-    """
+    """Train as `request` asks with the script's `fit(c, run)`; raises an `ExperimentError` (one line)."""
     world = world_from_environment()
     # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
     # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
@@ -341,8 +326,7 @@ def _train(
         resumed_from = ckpt.find_checkpoint(request.resume, logs)
         saved = ckpt.load_checkpoint(resumed_from)
         settings = _resumed_settings(configs, nested, request, world, resumed_from, saved)
-    # The console is ours, and metrics.jsonl the record; labml writes to its app only with an URL, and
-    # TensorBoard's event files (in the run folder's tensorboard/) only when asked.
+    # The console and metrics.jsonl are ours; labml writes to its app or TensorBoard only when asked.
     writers = {"web_api"} if request.labml_url else set()
     writers |= {"tensorboard"} if request.tensorboard else set()
     source = Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
@@ -387,7 +371,7 @@ def _train(
 
 
 def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path, request: Request) -> dict[str, float] | None:
-    """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
+    """Train to the end; on a stop request save, say how to continue, and return `None`."""
     try:
         return fit(c, run)
     except StopRequested:
@@ -415,9 +399,8 @@ def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path, request: Request) -> 
 
 def continue_command(source: Path, run_dir: Path, request: Request) -> str:
     """
-    The command that continues a stopped run, quoted for a POSIX shell so that it pastes as it is. The
-    checkpoint brings the run's settings; what it does not keep is repeated: the data folder (a relative
-    path means this folder), the device, and the run flags but the resume, evaluation and debugging ones.
+    The shell command that continues a stopped run. The checkpoint brings the settings; the data folder,
+    the device and the run flags (but resume, eval and the debugging stop) are repeated.
     """
     argv = ["python", os.path.relpath(source), "--resume", str(run_dir)]
     settings = request.settings
@@ -444,10 +427,7 @@ def run_evaluation(
     evaluate: Callable[..., dict[str, float]],
     request: Request,
 ) -> dict[str, Any]:
-    """
-    `--eval RUN`: rebuild the network a checkpoint describes and measure it on the test set. RUN is what
-    `--resume` takes: a checkpoint file, a run folder or a run's uuid.
-    """
+    """`--eval RUN` (what `--resume` takes): a checkpoint's network rebuilt and measured on the test set."""
     assert request.eval is not None
     if request.results is not None:
         check_output_file(request.results, "--results")
@@ -512,9 +492,8 @@ def command(
         print("\ninterrupted; the last complete checkpoint is unchanged", file=sys.stderr, flush=True)
         status = 128 + signal.SIGINT
     if request.labml_url:
-        # labml 0.4.168 sends to its app from a thread that keeps the process alive and retries forever
-        # when the server cannot be reached, and has no public switch for it. Once the run's own files
-        # are written and the output flushed, a run that used the app ends without waiting for it.
+        # labml 0.4.168's sender thread retries an unreachable app forever and keeps the process alive,
+        # with no public switch; the run's own files are written, so end without waiting for it.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
