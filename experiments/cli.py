@@ -21,12 +21,11 @@ from typing import Any, NoReturn
 
 import torch
 
-import resnet
 from experiments import options
 from experiments.distributed import World
 from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
-from experiments.models import custom_trunk
+from experiments.models import MODEL_RULES, check_model_settings
 from experiments.options import Rule, at_least, config_default, one_of, within
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import (
@@ -118,25 +117,19 @@ Request = make_dataclass(
 )
 
 
-def _positive_list(v: Any) -> str | None:
-    return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
-
-
 # What each setting may be beyond its type (numbers are also finite: `options.convert_value`): the data's,
-# the schedule's, and here the network's, the machine's and the run's.
+# the schedule's and the network's rules live with their subjects, the machine's and the run's here.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
     **SCHEDULE_RULES,
+    **MODEL_RULES,
     **dict.fromkeys(("log_every", "threads", "stop_after_steps"), at_least(1)),
     # torch and numpy seed their generators with at most 64 and 32 bits; the epoch is added to the seed.
     "seed": within(0, 2**32),
     "num_classes": at_least(10),  # CIFAR-10's labels run 0..9
     "ema_decay": within(0, 1),
-    # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
-    "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
     "amp": one_of(AMP_CHOICES),
     "compile_mode": one_of(COMPILE_MODES),
-    **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
     "device.cuda_device": at_least(0),
     "time_limit_s": lambda v: None if 0 < v < math.inf else "must be a positive number of seconds",
 }
@@ -412,20 +405,7 @@ def check_combinations(
     check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
-    model, shortcut = get("model"), get("shortcut")
-    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
-    if architecture and model != "custom":
-        # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        raise UsageError(f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
-                         "add --model custom")  # fmt: skip
-    if str(model).startswith("plain") and shortcut not in ("preset", "none"):
-        raise UsageError(f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not "
-                         f"apply; use --model resnet{model[len('plain') :]} shortcut={shortcut}")  # fmt: skip
-    if model == "custom":
-        try:  # the model registry's own check of the three lists
-            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"custom model: {e}") from None
+    check_model_settings(get, typed)
 
 
 def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, spelling: str | None) -> Any:

@@ -4,15 +4,17 @@
 The trainer's `model` is a name from `resnet.list_models()` (`resnet/registry.py`), so it is also what
 `resnet.create_model` and `torch.hub` take: a preset, a `plainN` network (the preset without shortcuts,
 Figure 6's plain baselines), `resnet9` (the DAWNBench network, not the paper's) or `custom`, built from
-`n_blocks`, `n_channels` and `bottlenecks`. This module turns the trainer's settings into that call.
+`n_blocks`, `n_channels` and `bottlenecks`. This module turns the trainer's settings into that call, and
+holds the rules the command line checks them with.
 """
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import resnet
-from resnet.registry import PLAIN_NETWORKS
-
-__all__ = ["MODEL_NAMES", "PLAIN_NETWORKS", "build_model", "custom_trunk"]
+from experiments.errors import UsageError
+from experiments.options import Rule, one_of
+from resnet.registry import PLAIN_NETWORKS as PLAIN_NETWORKS  # re-exported for the trainer's readers
 
 # The first name is the trainer's default: ResNet-20, the paper's smallest CIFAR network.
 MODEL_NAMES = ["resnet20", *(name for name in resnet.list_models() if name != "resnet20")]
@@ -55,3 +57,36 @@ def custom_trunk(
         zero_init_residual=False,
     )
     return network.trunk
+
+
+def _positive_list(v: Any) -> str | None:
+    return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
+
+
+MODEL_RULES: dict[str, Rule] = {
+    # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
+    "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
+    **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
+}
+
+
+def check_model_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
+    """The network's settings together (`get` reads one); raises `UsageError`."""
+    model, shortcut = get("model"), get("shortcut")
+    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
+    if architecture and model != "custom":
+        # A preset fixes its own stages; accepting these and then ignoring them would train another net.
+        raise UsageError(
+            f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; add "
+            "--model custom"
+        )
+    if str(model).startswith("plain") and shortcut not in ("preset", "none"):
+        raise UsageError(
+            f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not apply; use "
+            f"--model resnet{model[len('plain') :]} shortcut={shortcut}"
+        )
+    if model == "custom":
+        try:  # the library's own check of the three lists
+            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"custom model: {e}") from None

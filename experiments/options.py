@@ -19,7 +19,6 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from labml.configs import BaseConfigs
@@ -173,8 +172,7 @@ def describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is list:
         return "a list of numbers like [0.5,0.75]" if typing.get_args(annotation) == (float,) else \
             "a list of integers like [3,3,3]"  # fmt: skip
-    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
-             Path: "a path"}  # fmt: skip
+    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
     return names.get(annotation, "an option name")
 
 
