@@ -315,25 +315,26 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
 def _train(
     configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request, world: World
 ) -> Results:
-    settings, logs = dict(request.settings), _logs(request)
+    settings = dict(request.settings)
+    experiments_path = _logs(request)
     if world.is_main:
         # Both output places are checked before the data or the network is touched.
-        check_writable(logs, 0)
+        check_writable(experiments_path, 0)
         if request.results is not None:
             check_output_file(request.results, "--results")
     resumed_from, saved = None, None
     if request.resume is not None:
-        resumed_from = ckpt.find_checkpoint(request.resume, logs)
+        resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
         saved = ckpt.load_checkpoint(resumed_from)
         settings = _resumed_settings(configs, nested, request, world, resumed_from, saved)
     # The console and metrics.jsonl are ours; labml writes to its app or TensorBoard only when asked.
     writers = {"web_api"} if request.labml_url else set()
     writers |= {"tensorboard"} if request.tensorboard else set()
-    source = Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
     comment = f"resumed from {resumed_from}" if resumed_from else ""
-    create = {"name": "cifar10", "python_file": str(source), "writers": writers, "comment": comment}
+    name, source = "cifar10", Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
+    create = {"name": name, "python_file": str(source), "writers": writers, "comment": comment}
     c = _compute(configs, settings, world, **(create if world.is_main else {}))
-    run_dir = logs / "cifar10" / experiment.get_uuid() if world.is_main else None
+    run_dir = experiments_path / name / experiment.get_uuid() if world.is_main else None
     with memory_errors(c.batch_size, run_dir):
         prepare(c)
         if run_dir is not None:

@@ -501,8 +501,12 @@ def test_no_verify_checksums_is_the_flag_for_verify_checksums_false() -> None:
 def test_every_flag_is_declared_once_and_reaches_the_request() -> None:
     names = [flag.name for flag in cli.FLAGS]
     assert len(names) == len(set(names))
-    # The run options `train()` takes by name are exactly the run flags' fields of `Request`.
-    assert set(cli.RUN_OPTIONS) - {"cuda_graphs"} <= set(cli.Request.__dataclass_fields__)
+    # `Request` is made from the run flags: a field for each that `train()` takes by name (`--cuda-graphs`
+    # becomes settings), typed as its flag converts it, and nothing else but the settings and the device.
+    fields = cli.Request.__dataclass_fields__
+    assert set(fields) == {*cli.RUN_OPTIONS, "settings", "wants_cuda"} - {"cuda_graphs"}
+    assert fields["threads"].type == int | None and fields["logs_dir"].type == Path | None
+    assert fields["tensorboard"].type is bool and cli.Request().tensorboard is False
     request = cli.parse(
         ["--threads", "1", "--stop-after-steps", "2", "--time-limit", "9.5", "--logs-dir", "L", "--results",
          "r.json", "--labml-url", "http://x", "--resume", "run"],
