@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     return launch.command(request, Configs, NESTED_CONFIGS, fit, evaluate)
 
 
-def _checked(settings: dict[str, Any], **options: Any) -> run_configs.Request:
+def _checked(settings: dict[str, Any], **options: Any) -> cli.Request:
     return launch.checked(settings, Configs, NESTED_CONFIGS, RECIPES, **options)
 
 

@@ -1,18 +1,11 @@
 """
 # The command line, checked before anything happens
 
-labml accepts configuration overrides as a dictionary and trusts them: a misspelled key is ignored, and
-`epochs=abc` is stored as the string `'abc'` until something deep in the loop trips over it. This module
-turns the command line into overrides and checks every one against the annotations and options of the
-configuration classes *before* any data is read or any folder is created. A mistake is reported in two
-lines (what was wrong, then where the options are listed) with exit status 2.
-
-Each flag is declared once, as a [`Flag`](#Flag) in `FLAGS`: its spelling, the setting it sets and a
-help line whose default is read from the configuration classes. Every configuration, the `optimizer.*`
-and `device.*` ones included, is also settable as `key=value` (`--list-configs` prints them all with
-type, default and help). Precedence: recipe < `key=value` < flags. What one setting may be is decided
-in [`options.py`](options.html); the data's and the schedule's ranges beside them, in
-[`loader.py`](loader.html) and [`recipes.py`](recipes.html).
+labml trusts overrides: a misspelled key is ignored, and `epochs=abc` stays `'abc'` until the loop trips
+over it. Here the command line and the Python API's keywords are checked against the configuration
+classes ([`options.py`](options.html)) *before* any data is read or any folder is made; a mistake is
+two lines and exit status 2. Each flag is declared once, a [`Flag`](#Flag) in `FLAGS`; every setting
+is also `key=value` (`--list-configs`). Precedence: recipe < `key=value` < flags.
 """
 
 import argparse
@@ -20,35 +13,20 @@ import difflib
 import importlib.util
 import math
 import os
-import shlex
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
-import resnet
+from experiments import options
 from experiments.distributed import World
 from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
-from experiments.models import custom_trunk
-from experiments.options import (
-    NOT_A_VALUE,
-    Rule,
-    annotations,
-    at_least,
-    comments,
-    config_default,
-    convert_text,
-    convert_value,
-    describe,
-    one_of,
-    option_names,
-    suggest,
-    within,
-)
+from experiments.models import MODEL_RULES, check_model_settings
+from experiments.options import Rule, at_least, config_default, one_of, within
 from experiments.precision import AMP_CHOICES
 from experiments.recipes import (
     PAPER_SETTINGS,
@@ -58,25 +36,21 @@ from experiments.recipes import (
     recipe_summary,
     recipe_values,
 )
-from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, Request, uses_cuda_graphs
+from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, uses_cuda_graphs
 
 # `config_default` and `UsageError` are re-exported: other scripts read them from here.
-__all__ = ["FLAGS", "RUN_OPTIONS", "UsageError", "check", "check_hardware", "config_default", "parse"]
+__all__ = ["FLAGS", "RUN_OPTIONS", "Request", "UsageError", "check", "config_default", "parse"]
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "steps_per_epoch", "world",
                  "optimizer.parameters", "device.device_info", "device.device"}  # fmt: skip
 
-# `preset`: each network keeps its own shortcut option (A for the CIFAR networks); the rest are the library's.
-SHORTCUT_CHOICES = ("preset", *resnet.SHORTCUTS)
-
 
 @dataclass(frozen=True)
 class Flag:
     """
-    One flag. `key` is the configuration setting it sets, or with `run` the `Request` field. A flag with
-    a `metavar` takes a value (`kind` converts a run option's text; settings go through `_check`), one
-    without is a switch that sets `value`; `const` is the value of an optional value left out.
+    One flag: the setting `key` it sets, or with `run` the [`Request`](#Request) field of type `kind`. A
+    switch (no `metavar`) sets `value`; `const` is the value of a value left out.
     """
 
     name: str
@@ -85,12 +59,11 @@ class Flag:
     metavar: str | None = None
     value: Any = True
     run: bool = False
-    kind: Callable[[str], Any] = str
+    kind: type = str
     const: Any = None
 
 
-# Every flag, once. `{default}` in a help is the setting's declared default, `{paper_iterations}` the
-# paper's length.
+# Every flag, once; in a help, `{default}` is the setting's declared default.
 FLAGS = (
     Flag("--model", "model", "resnetN, plainN (no shortcuts), resnet9, custom (default {default})", "NAME"),
     Flag("--recipe", "recipe", "training recipe (default {default}; listed below)", "NAME", run=True),
@@ -128,30 +101,37 @@ FLAGS = (
          run=True, kind=int),
 )  # fmt: skip
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
-
-
-def _positive_list(v: Any) -> str | None:
-    return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
-
-
 # The flags `train(**settings)` takes by name; `recipe` and `device` are its own keyword arguments.
 RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in ("recipe", "device"))
+# The run flags a `Request` carries; `--cuda-graphs` becomes settings, as `--recipe` and `--device` do.
+REQUEST_FLAGS = [flag for flag in FLAGS if flag.key in RUN_OPTIONS and flag.key != "cuda_graphs"]
+
+# What a caller asks for, once checked: settings, whether the run goes to a GPU (decided once), and a
+# field per run flag, so that a new run option is one row of `FLAGS`.
+Request = make_dataclass(
+    "Request",
+    [
+        ("settings", dict[str, Any], field(default_factory=dict)),
+        ("wants_cuda", bool, False),
+        *((f.key, f.kind | None, None) if f.metavar else (f.key, bool, False) for f in REQUEST_FLAGS),
+    ],
+    frozen=True,
+)
 
 
-# What each setting may be beyond its type (numbers are also finite: `options.convert_value`). The data's
-# and the schedule's rules live beside them; these are the network's, the machine's and the run's.
+# What each setting may be beyond its type (numbers are also finite: `options.convert_value`): the data's,
+# the schedule's and the network's rules live with their subjects, the machine's and the run's here.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
     **SCHEDULE_RULES,
+    **MODEL_RULES,
     **dict.fromkeys(("log_every", "threads", "stop_after_steps"), at_least(1)),
     # torch and numpy seed their generators with at most 64 and 32 bits; the epoch is added to the seed.
     "seed": within(0, 2**32),
     "num_classes": at_least(10),  # CIFAR-10's labels run 0..9
     "ema_decay": within(0, 1),
-    "shortcut": one_of(SHORTCUT_CHOICES),
     "amp": one_of(AMP_CHOICES),
     "compile_mode": one_of(COMPILE_MODES),
-    **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
     "device.cuda_device": at_least(0),
     "time_limit_s": lambda v: None if 0 < v < math.inf else "must be a positive number of seconds",
 }
@@ -242,15 +222,12 @@ def parse(
             if not flag.run:
                 # The text goes through the same checks as `key=value`, and errors name the flag.
                 user[flag.key] = (value, f"{flag.name} {value}") if isinstance(value, str) else (value, None)
-            elif flag.metavar is None:
-                run[flag.key] = value
-            else:
-                try:
-                    run[flag.key] = flag.kind(value)
-                except ValueError:
-                    raise UsageError(f"{flag.name} {value}: expected {describe(flag.kind)}") from None
-        recipe, device = run.pop("recipe", None), run.pop("device", None)
-        return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
+                continue
+            try:
+                run[flag.key] = value if flag.metavar is None else flag.kind(value)
+            except ValueError:
+                raise UsageError(f"{flag.name} {value}: expected {options.describe(flag.kind)}") from None
+        return _request(user, configs_class, nested, recipes, world or World(), run)
     except UsageError as e:
         print(f"{parser.prog}: error: {e}\nusage: {parser.format_usage()[7:].strip()} "
               "(--help: the flags, --list-configs: every setting)", file=sys.stderr)  # fmt: skip
@@ -264,44 +241,25 @@ def check(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World | None = None,
-    recipe: str | None = None,
-    device: str | None = None,
     **run: Any,
 ) -> Request:
     """
-    The Python API's twin of [`parse`](#parse): `settings` are configuration values (`epochs=3`,
-    `**{"optimizer.learning_rate": 0.05}`), `device` is what `--device` takes, and `run` holds the other
-    flags by name (`RUN_OPTIONS`). Raises `UsageError` where the command line would exit with status 2.
+    The Python API's [`parse`](#parse): settings (`epochs=3`) and run flags by name (`RUN_OPTIONS`);
+    `recipe` and `device` take what their flags take. Raises `UsageError` where `parse` exits with 2.
     """
+    settings = dict(settings)
+    run.update({key: settings.pop(key) for key in list(settings) if key in RUN_OPTIONS})
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
     for key in [*run, *settings]:
         if key not in known:
-            raise UsageError(f"unknown setting {key!r}{suggest(key, known)}")
+            raise UsageError(f"unknown setting {key!r}{options.suggest(key, known)}")
     for flag in FLAGS:
         value = run.get(flag.key)
         if flag.kind in (int, float) and value is not None and type(value) not in (flag.kind, int):
-            raise UsageError(f"{flag.key} must be {describe(flag.kind)}, got {value!r}")
+            raise UsageError(f"{flag.key} must be {options.describe(flag.kind)}, got {value!r}")
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
-    return _request(user, configs_class, nested, recipes, world or World(), recipe, device, run)
-
-
-def command_line(settings: dict[str, Any]) -> str:
-    """
-    The shell command that runs what `train(**settings)` runs: `recipe`, `device` and the run options as
-    their flags, every configuration setting as `key=value`, each word quoted for the shell. For reports.
-    """
-    flags = {flag.key: flag.name for flag in FLAGS if flag.run}
-    words = ["python", "experiments/cifar10.py"]
-    for key, value in settings.items():
-        if key in flags:
-            if value is not None and value is not False:
-                words += [flags[key]] if value is True else [flags[key], str(value)]
-        else:
-            # A list as the command line writes it, without the spaces Python puts after its commas.
-            text = str(value).replace(", ", ",") if isinstance(value, (list, tuple)) else str(value)
-            words.append(f"{key}={text}")
-    return " ".join(shlex.quote(word) for word in words)
+    return _request(user, configs_class, nested, recipes, world or World(), run)
 
 
 def _request(
@@ -310,15 +268,13 @@ def _request(
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World,
-    recipe: str | None,
-    device: str | None,
     run: dict[str, Any],
 ) -> Request:
     """
-    Settings as `(value, spelling)` pairs (spelling `""`: text from `key=value`; a flag's own words for
-    text from a flag; `None`: a Python value) and the run options, checked and resolved into a `Request`.
+    Settings as `(value, spelling)` pairs (spelling `""`: `key=value` text, a flag's words for its text,
+    `None` for a Python value) and the run flags, checked and resolved into a `Request`.
     """
-    user = dict(user)
+    user, device = dict(user), run.get("device")
     if device is not None:
         user.update({k: (v, None) for k, v in _device_overrides(device).items()})
     if "epochs" in user:
@@ -335,7 +291,7 @@ def _request(
         overrides.update(graphs)
     typed = list(overrides)  # what this command line sets itself, as opposed to its recipe
     default_recipe = config_default(configs_class, "recipe")
-    recipe = overrides.get("recipe", default_recipe) if recipe is None else recipe
+    recipe = overrides.get("recipe", default_recipe) if run.get("recipe") is None else run["recipe"]
     _check_recipe(recipe, recipes)
     if recipe != default_recipe or "recipe" in overrides:
         # Leaving the default out lets a resumed run keep its own; a `--recipe` flag beats `recipe=`.
@@ -345,8 +301,7 @@ def _request(
     overrides = {**recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
-    resume, eval = run.get("resume"), run.get("eval")
-    if resume is None:
+    if run.get("resume") is None:
         # A resumed run is checked once the checkpoint's settings are merged in (`launch`).
         check_combinations(overrides, configs_class, nested, typed)
         check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
@@ -355,7 +310,7 @@ def _request(
         problem = RULES[flag.key](value) if flag.run and flag.key in RULES and value is not None else None
         if problem:
             raise UsageError(f"{flag.name} {problem}, got {value}")
-    if resume is not None and eval is not None:
+    if run.get("resume") is not None and run.get("eval") is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
     if run.get("run_dir") is not None:
         # `--run-dir` is the run folder itself (`run_folder.py`), so nothing else may choose one.
@@ -363,13 +318,13 @@ def _request(
             if run.get(FLAGS_BY_NAME[other].key) is not None:
                 raise UsageError(f"--run-dir and {other} exclude each other: --run-dir is the run folder "
                                  f"itself and continues its own checkpoint; drop {other}")  # fmt: skip
-    if run.get("tensorboard") and eval is not None:
+    if run.get("tensorboard") and run.get("eval") is not None:
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
-    paths = {key: Path(run[key]) for key in ("results", "logs_dir") if run.get(key) is not None}
-    fields = {key: run[key] for key in RUN_OPTIONS if run.get(key) is not None and key != "cuda_graphs"}
-    return Request(settings=overrides, wants_cuda=wants_cuda, **{**fields, **paths})
+    given = [f for f in REQUEST_FLAGS if run.get(f.key) is not None]
+    fields = {f.key: f.kind(run[f.key]) if f.metavar else run[f.key] for f in given}
+    return Request(settings=overrides, wants_cuda=wants_cuda, **fields)
 
 
 def _check_recipe(recipe: Any, recipes: dict[str, dict[str, Any]]) -> None:
@@ -381,11 +336,7 @@ def _check_recipe(recipe: Any, recipes: dict[str, dict[str, Any]]) -> None:
 def check_saved(
     settings: dict[str, Any], configs_class: type, nested: dict[str, type], recipes: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """
-    Settings read back from a file (a checkpoint's), each through the very checks a `key=value` of the
-    Python API gets: a setting users may set at all, its type, its options, its range, and a known
-    recipe. Returns them converted; raises `UsageError`, which the caller reports as the file's fault.
-    """
+    """A checkpoint's settings through the Python API's checks, converted; the caller blames the file."""
     for key in settings:
         if not isinstance(key, str):
             raise UsageError(f"setting names are text, not {key!r}")
@@ -422,18 +373,9 @@ def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> 
 
 
 def check_hardware(
-    o: dict[str, Any],
-    configs_class: type,
-    nested: dict[str, type],
-    world_size: int,
-    wants_cuda: bool,
-    *,
-    resumed: bool = False,
+    o: dict[str, Any], configs_class: type, nested: dict[str, type], world_size: int, wants_cuda: bool
 ) -> None:
-    """
-    What the settings ask of the machine and the number of processes; raises `UsageError`. It runs on
-    the final settings, so for a resumed run on the checkpoint's settings merged with the new ones.
-    """
+    """What the settings ask of the machine and the number of processes; raises `UsageError`."""
     get = _getter(o, configs_class, nested)
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
         raise UsageError("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
@@ -442,20 +384,16 @@ def check_hardware(
                          f"the {world_size} processes")  # fmt: skip
     cuda_graphs = uses_cuda_graphs(get("compile"), get("compile_mode"))
     if cuda_graphs and not wants_cuda:
-        if resumed:
-            raise UsageError(
-                f"it asks for compile_mode={CUDA_GRAPHS_MODE} (--cuda-graphs), which needs "
-                "CUDA, but this run is on the CPU; resume on a GPU, or pass compile=False"
-            )
         raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on CPU use --compile alone"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) needs CUDA; on a CPU use --compile alone "
+            "(compile_mode=default), or compile=False"
         )
     if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
         raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with "
-            "several processes; use --compile with the default mode for multi-GPU runs"
+            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
+            "processes; use --compile with the default mode for multi-GPU runs"
         )
     if get("sync_bn") and world_size > 1 and not wants_cuda:
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
@@ -465,11 +403,9 @@ def check_combinations(
     o: dict[str, Any], configs_class: type, nested: dict[str, type], typed: Collection[str] | None = None
 ) -> None:
     """
-    Settings that are fine one by one but not together; raises `UsageError`. `typed` are the keys given
-    this time, not by a recipe or a checkpoint (default: all of `o`); a setting that only applies with
-    another is refused only when typed, so a recipe's warm-up fraction may give way to typed steps, a
-    resumed run may keep a saved `compile_mode` after `compile=False`, and a checkpoint of a custom
-    network resumed as a preset is refused for its network, by the signature check.
+    Settings fine one by one but not together; raises `UsageError`. A setting that only applies with
+    another is refused only when `typed` this time (default: all of `o`), not by a recipe or checkpoint:
+    a recipe's warm-up fraction gives way to typed steps, a resumed run keeps its saved `compile_mode`.
     """
     get = _getter(o, configs_class, nested)
     typed = o.keys() if typed is None else typed
@@ -477,46 +413,31 @@ def check_combinations(
     check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
-    model, shortcut = get("model"), get("shortcut")
-    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
-    if architecture and model != "custom":
-        # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        raise UsageError(f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; "
-                         "add --model custom")  # fmt: skip
-    if str(model).startswith("plain") and shortcut not in ("preset", "none"):
-        raise UsageError(f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not "
-                         f"apply; use --model resnet{model[len('plain') :]} shortcut={shortcut}")  # fmt: skip
-    if model == "custom":
-        try:  # the model registry's own check of the three lists
-            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"custom model: {e}") from None
+    check_model_settings(get, typed)
 
 
 def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, spelling: str | None) -> Any:
-    """
-    One setting checked against its annotation (type), options and `RULES` (range). `spelling` is how
-    the user wrote it for messages (`None`: a Python value, `""`: `key=value` text).
-    """
-    cls, name = configs_class, key
-    head, dot, rest = key.partition(".")
-    if dot and head in nested:
-        cls, name = nested[head], rest
-    declared = annotations(cls)
+    """One setting checked against its annotation, options and `RULES`; `spelling` as in `_request`."""
+    head, dot, name = key.partition(".")
+    cls, name = (nested[head], name) if dot and head in nested else (configs_class, key)
+    declared = options.annotations(cls)
     if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
-        raise UsageError(f"unknown configuration '{key}'{suggest(key, _all_keys(configs_class, nested))}")
+        raise UsageError(
+            f"unknown configuration '{key}'{options.suggest(key, _all_keys(configs_class, nested))}"
+        )
     said = spelling or f"{key}={value!r}"
-    options, annotation = option_names(cls, name), declared[name]
-    if isinstance(value, str) and value in options:
+    choices, annotation = options.option_names(cls, name), declared[name]
+    if isinstance(value, str) and value in choices:
         return value
+    convert = options.convert_text if spelling is not None else options.convert_value
     try:
-        parsed = convert_text(value, annotation) if spelling is not None else convert_value(value, annotation)
+        parsed = convert(value, annotation)
     except (ValueError, SyntaxError, TypeError, KeyError):
-        choices = f" or one of: {', '.join(options)}" if options else ""
-        raise UsageError(f"{said}: expected {describe(annotation)}{choices}") from None
-    if parsed is NOT_A_VALUE:
-        expected = f"one of: {', '.join(options)}" if options else describe(annotation)
-        raise UsageError(f"{said}: expected {expected}{suggest(str(value), options)}")
+        named = f" or one of: {', '.join(choices)}" if choices else ""
+        raise UsageError(f"{said}: expected {options.describe(annotation)}{named}") from None
+    if parsed is options.NOT_A_VALUE:
+        expected = f"one of: {', '.join(choices)}" if choices else options.describe(annotation)
+        raise UsageError(f"{said}: expected {expected}{options.suggest(str(value), choices)}")
     problem = RULES[key](parsed) if key in RULES and parsed is not None else None
     if problem:
         raise UsageError(f"{said}: {problem}")
@@ -524,24 +445,24 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
 
 
 def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
-    keys = [k for k in annotations(configs_class) if k not in INTERNAL_KEYS]
+    keys = [k for k in options.annotations(configs_class) if k not in INTERNAL_KEYS]
     for head, cls in nested.items():
-        keys += [f"{head}.{k}" for k in annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
+        keys += [f"{head}.{k}" for k in options.annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
     return keys
 
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
     """What `--list-configs` prints: every settable key with its type, default and help."""
-    default, notes = _getter({}, configs_class, nested), {"": comments(configs_class)}
-    notes.update({head: comments(cls) for head, cls in nested.items()})
+    default, notes = _getter({}, configs_class, nested), {"": options.comments(configs_class)}
+    notes.update({head: options.comments(cls) for head, cls in nested.items()})
     lines = []
     for key in _all_keys(configs_class, nested):
         if key in nested:
             continue  # the sub-configurations themselves; their settings follow as `head.key`
         head, _, name = key.rpartition(".")
         cls = nested[head] if head else configs_class
-        annotation, options = annotations(cls)[name], option_names(cls, name)
-        kind = " or ".join(filter(None, [describe(annotation), ", ".join(options)]))
+        annotation, choices = options.annotations(cls)[name], options.option_names(cls, name)
+        kind = " or ".join(filter(None, [options.describe(annotation), ", ".join(choices)]))
         helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"
                  for f in FLAGS if f.key == key and not f.run]  # fmt: skip
         help_text = " ".join([notes[head].get(name, ""), *helps]).strip()

@@ -38,11 +38,13 @@ def start_line(
     )
 
 
-def estimate_line(seconds: float, steps: int, images_per_s: float, cpu_recipe_s: float | None = None) -> str:
+def estimate_line(
+    seconds: float, steps: int, images_per_s: float, cpu_recipe_s: float | None = None, cpu_caveat: str = ""
+) -> str:
     """The expected training time once the first steps are timed, with the CPU recipe's beside it."""
     line = f"estimated training time: {duration(seconds)} for {steps} steps at {images_per_s:.0f} images/s"
     if cpu_recipe_s is not None:
-        line += f"; --recipe cpu would take about {duration(cpu_recipe_s)}"
+        line += f"; --recipe cpu would take about {duration(cpu_recipe_s)}{cpu_caveat}"
     return line
 
 

@@ -1,12 +1,12 @@
 """
 # Starting and ending a run
 
-What the command line and the Python API (`experiments.cifar10.train`) both call, so the two run
-exactly the same code: [`run_training`](#run_training) computes the configuration before any folder
-exists (so bad input leaves nothing behind), checks the disk, restores a checkpoint, runs labml quietly
-around the [`Run`](trainer.html#Run), stops on SIGINT/SIGTERM/SIGHUP with a checkpoint to resume from, and
-writes `results.json`; [`run_evaluation`](#run_evaluation) measures a checkpoint;
-[`exit_status`](#exit_status) turns any `ExperimentError` into its one line and exit status.
+The command line and the Python API (`experiments.cifar10.train`) both run through here:
+[`run_training`](#run_training) computes the configuration before any folder exists (bad input leaves
+nothing behind), checks the disk, restores a checkpoint, runs the [`Run`](trainer.html#Run) inside a
+quiet labml run, saves on SIGINT, SIGTERM and SIGHUP, and writes `results.json`;
+[`run_evaluation`](#run_evaluation) measures a checkpoint; [`command`](#command) gives any
+`ExperimentError` its one line and exit status.
 """
 
 import contextlib
@@ -29,22 +29,21 @@ from labml.configs import BaseConfigs
 
 from experiments import checkpoint as ckpt
 from experiments import cli, distributed, run_folder
+from experiments.cli import Request
 from experiments.console import accuracy_line, end_line
 from experiments.distributed import World, destroy_process_group, init_process_group, world_from_environment
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import write_json
 from experiments.precision import choose_amp, machine
 from experiments.recipes import RECIPES
-from experiments.run_configs import Request
 from experiments.trainer import Diverged, Run, RunError, StopRequested, tta_views
 
 
 @dataclass
 class Results:
     """
-    What a run produced. `summary` is `results.json` (None when the run stopped before its end),
-    `history` the per-epoch records of `metrics.jsonl`, `stopped` why it stopped early (a signal's name,
-    `--stop-after-steps` or `time limit`), and `run_dir` its folder (None on ranks other than 0).
+    What a run produced: `results.json` (`None` if it stopped early), the records of `metrics.jsonl`, its
+    folder (`None` on ranks but 0), and why it stopped early (a signal, `--stop-after-steps`, `time limit`).
     """
 
     summary: dict[str, Any] | None
@@ -61,35 +60,35 @@ class Results:
         return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
 
 
-# The signals that stop a run with a checkpoint at the exact position: Ctrl+C, a scheduler's or `kill`'s
-# SIGTERM, and SIGHUP, which a closed SSH session or terminal sends (absent on Windows).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-# Exit statuses of a run that a signal stopped, as a shell reports a process killed by it.
+# Ctrl+C, a scheduler's or `kill`'s SIGTERM, and SIGHUP (a closed terminal; absent on Windows) stop a
+# run with a checkpoint, and it exits as a shell reports a process they killed.
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 STOP_STATUS = {signal.Signals(sig).name: 128 + sig for sig in STOP_SIGNALS}
 
 
 # ## Before training: labml, the disk, the data and the model
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """
-    Keep labml's set-up messages (a `Prepare …` line per computed setting, the commit, the configuration
-    table) off the screen: the run folder records them, and the console says what runs in one line.
-    """
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+def quiet() -> contextlib.AbstractContextManager[Any]:
+    """Keep labml's set-up messages off the screen: the run folder keeps them."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _existing(path: Path) -> tuple[Path, bool]:
+    """The closest path at or above `path` that exists (where creating it starts); is it a writable folder?"""
+    while not path.exists():
+        path = path.parent
+    # `os.access` answers for read-only file systems too (EROFS), not only for file modes.
+    return path, path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def check_writable(folder: Path, needed_bytes: int) -> None:
     """Fail before training if the run folder cannot be created or the disk is nearly full."""
-    existing = _nearest_existing(folder)
-    if not _writable_folder(existing):
+    existing, writable = _existing(folder)
+    if not writable:
         raise RunError(
             f"cannot write run logs under {existing} (not a writable folder); pass --logs-dir "
-            f"with a writable folder or fix its permissions"
+            "with a writable folder or fix its permissions"
         )
     free = shutil.disk_usage(existing).free
     if free < needed_bytes:
@@ -100,32 +99,15 @@ def check_writable(folder: Path, needed_bytes: int) -> None:
 
 
 def check_output_file(path: Path, flag: str) -> None:
-    """
-    Fail before anything trains if the file `flag` names could not be written at the end: a folder in
-    its place, a file where a folder of its path should be, or a folder (or file system) that is
-    read-only. Found after training, it would cost the run's results.
-    """
-    path = Path(path)
+    """Fail before anything trains if the file `flag` names could not be written at the end."""
     if path.is_dir():
         raise RunError(f"{flag} {path} is a folder; give a file path, e.g. {flag} {path / 'results.json'}")
-    existing = _nearest_existing(path.parent)
-    if not _writable_folder(existing):
+    existing, writable = _existing(path.parent)
+    if not writable:
         raise RunError(
-            f"cannot write {flag} {path}: {existing} is not a writable folder; give a path in a writable "
-            f"folder or fix its permissions"
+            f"cannot write {flag} {path}: {existing} is not a writable folder; give a path in a "
+            "writable folder or fix its permissions"
         )
-
-
-def _nearest_existing(path: Path) -> Path:
-    """`path`, or the closest folder above it that exists: where creating it would start."""
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def _writable_folder(path: Path) -> bool:
-    # `os.access` answers for read-only file systems too (EROFS), not only for file modes.
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def prepare(c: Any) -> None:
@@ -148,51 +130,37 @@ def prepare(c: Any) -> None:
         _ = c.optimizer, c.scheduler, c.epochs, c.iterations, c.channels_last, c.progress_every_s
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    """A failed allocation: CUDA's `OutOfMemoryError`, or the CPU allocator's `RuntimeError`."""
-    if isinstance(error, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-
-
 @contextlib.contextmanager
 def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
-    """
-    Turn running out of memory (most often a `--batch-size` too large for the machine) into one line
-    naming the setting, instead of the allocator's traceback. A run folder that holds no checkpoint yet
-    holds nothing to keep, and is removed rather than left empty.
-    """
+    """Out of memory as one line naming `--batch-size`; a run folder with no checkpoint yet is removed."""
     try:
         yield
-    except Exception as error:
-        if not _out_of_memory(error):
+    except (RuntimeError, MemoryError) as error:
+        on_cuda = isinstance(error, torch.OutOfMemoryError)
+        if not (on_cuda or isinstance(error, MemoryError) or "can't allocate memory" in str(error)):
             raise
         kept = ""
-        if run_dir is not None:
-            checkpoint = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
-            if checkpoint.exists():
-                kept = f"; the last checkpoint {checkpoint} is kept"
-            else:
-                shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir is not None and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
+            kept = f"; the last checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST} is kept"
+        elif run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         # The allocators' messages run to several lines; the size asked for is the useful part.
         asked = re.search(r"allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(error))
-        if asked is None:
-            reason = type(error).__name__
-        else:
+        reason = type(error).__name__
+        if asked:
             size = f"{int(asked[1]) / 2**20:.0f} MiB" if asked[1] else asked[2]
-            reason = f"{'CUDA' if isinstance(error, torch.OutOfMemoryError) else 'it'} asked for {size} more"
+            reason = f"{'CUDA' if on_cuda else 'it'} asked for {size} more"
         raise UsageError(
-            f"out of memory with --batch-size {batch_size} ({reason}){kept}; give a smaller --batch-size "
-            f"(the paper trains with 128)"
+            f"out of memory with --batch-size {batch_size} ({reason}){kept}; give a smaller "
+            "--batch-size (the paper trains with 128)"
         ) from None
 
 
 @contextlib.contextmanager
 def labml_run() -> Iterator[None]:
     """
-    labml's run context, quiet. On the way out labml appends to its run log; on a full disk that write
-    fails too, and its `OSError` would replace the trainer's own error, which names the file and the
-    fix. So when the run is already ending with an error, that error is the one reported.
+    labml's run, quiet. On the way out labml appends to its log; on a full disk that fails too, and its
+    `OSError` must not replace the trainer's own error, which names the file and the fix.
     """
     with quiet():
         watcher = experiment.start()
@@ -215,22 +183,19 @@ def labml_run() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_on_signals(run: Run) -> Iterator[None]:
-    """
-    The first SIGINT, SIGTERM or SIGHUP asks the run to stop after the current step and save; a second
-    one stops at once (the last complete checkpoint stays as it was). The previous handlers come back after.
-    """
+    """A first stop signal saves after the current step; a second quits at once (last checkpoint kept)."""
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if run.stop_reason is not None:
             raise KeyboardInterrupt()
         run.request_stop(name)
-        if run.world.is_main:
-            # After SIGHUP the terminal may be gone; failing to say so must not stop the save.
-            with contextlib.suppress(OSError):
+        # After SIGHUP the terminal may be gone; failing to say so must not stop the save.
+        with contextlib.suppress(OSError):
+            if run.world.is_main:
                 print(
-                    f"\n{name} received: saving a checkpoint after this step "
-                    f"(press Ctrl+C again to quit without saving)",
+                    f"\n{name} received: saving a checkpoint after this step (press Ctrl+C again to quit "
+                    "without saving)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -247,8 +212,7 @@ def stop_on_signals(run: Run) -> Iterator[None]:
 def _threads(n: int | None) -> Iterator[None]:
     # Restored afterwards, for callers that run several trainings in one process (degradation.py).
     before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    torch.set_num_threads(n or before)
     try:
         yield
     finally:
@@ -257,9 +221,7 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _logs(request: Request) -> Path:
     """Point labml at the logs folder (and the labml app, if asked) and return where runs are written."""
-    settings: dict[str, Any] = {}
-    if request.logs_dir is not None:
-        settings["experiments_path"] = str(request.logs_dir.resolve())
+    settings = {"experiments_path": str(request.logs_dir.resolve())} if request.logs_dir else {}
     if request.labml_url:
         settings["web_api"] = request.labml_url
     if settings:
@@ -280,69 +242,12 @@ def _compute(configs: type[BaseConfigs], settings: dict[str, Any], world: World,
     return c
 
 
-# ## Training and evaluating
-
-
-Fit = Callable[[Any, Run], dict[str, float]]
-
-
-def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
-    """
-    Train as `request` asks, from the start or from a checkpoint, to the end of the schedule or until
-    stopped, with `fit(c, run)` (the training script's). Raises an `ExperimentError` with a one-line message.
-    """
-    world = world_from_environment()
-    # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
-    # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
-    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
-    with _threads(request.threads):
-        try:
-            return _train(configs, nested, fit, request, world)
-        finally:
-            destroy_process_group()
-
-
-def _resumed_settings(
-    configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
-) -> dict[str, Any]:
-    """
-    A resumed run's settings: the checkpoint's with the new ones over them, given the checks the command
-    line leaves to a resume. If the checkpoint's own settings cannot run here (one written on a GPU
-    machine may ask for CUDA graphs) it is refused as a checkpoint; if only what was typed breaks them,
-    as a usage error.
-    """
-    # The checkpoint brings its random generators' state, so a new seed would be recorded and never used.
-    seed, saved_seed = request.settings.get("seed"), saved.get("seed", cli.config_default(configs, "seed"))
-    if seed is not None and seed != saved_seed:
-        raise UsageError(
-            f"--seed {seed} cannot apply to a resumed run: {path} continues its own random state "
-            f"(seed {saved_seed}); drop --seed, or start a new run"
-        )
-    merged = {**saved, **request.settings}
-
-    def problem(o: dict[str, Any], typed: Any, resumed: bool) -> str | None:
-        try:
-            cli.check_combinations(o, configs, nested, typed)
-            cli.check_hardware(o, configs, nested, world.size, request.wants_cuda, resumed=resumed)
-        except UsageError as e:
-            return str(e)
-        return None
-
-    typed_problem = problem(merged, request.settings.keys(), resumed=False)
-    if typed_problem is None:
-        return merged
-    if problem(saved, (), resumed=True) is None:
-        raise UsageError(typed_problem)
-    raise ckpt.CheckpointError(f"{path}: {problem(merged, request.settings.keys(), resumed=True)}")
-
-
 def checked_settings(
     configs: type, nested: dict[str, type], path: Path, state: dict[str, Any]
 ) -> dict[str, Any]:
     """
-    A loaded checkpoint's settings, through the command line's own checks before a resume or `--eval`
-    uses them. A value the command line would refuse (edited, or written by another version of the
-    trainer) is the file's fault: one line naming it, exit status 1.
+    A checkpoint's settings through the command line's checks before a resume or `--eval` uses them; a
+    value it would refuse (an edit, another version of the trainer) is the file's fault, exit status 1.
     """
     try:
         if not isinstance(state["config"], dict):
@@ -355,6 +260,58 @@ def checked_settings(
             f"another version of this trainer: use another checkpoint, or start a new run"
         ) from None
     return settings
+
+
+def _resumed_settings(
+    configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    The checkpoint's settings with the new ones over them, through the checks the command line leaves to
+    a resume: refused as a usage error if what was typed breaks them, else as the checkpoint's fault.
+    """
+    saved = checked_settings(configs, nested, path, saved)
+    # The checkpoint brings its random generators' state, so a new seed would be recorded and never used.
+    seed, saved_seed = request.settings.get("seed"), saved.get("seed", cli.config_default(configs, "seed"))
+    if seed is not None and seed != saved_seed:
+        raise UsageError(
+            f"--seed {seed} cannot apply to a resumed run: {path} continues its own random "
+            f"state (seed {saved_seed}); drop --seed, or start a new run"
+        )
+    merged = {**saved, **request.settings}
+
+    def problem(o: dict[str, Any], typed: Any) -> str | None:
+        try:
+            cli.check_combinations(o, configs, nested, typed)
+            cli.check_hardware(o, configs, nested, world.size, request.wants_cuda)
+        except UsageError as e:
+            return str(e)
+        return None
+
+    typed_problem = problem(merged, request.settings.keys())
+    if typed_problem is None:
+        return merged
+    if problem(saved, ()) is None:
+        raise UsageError(typed_problem)
+    raise ckpt.CheckpointError(f"{path}: {typed_problem}")
+
+
+# ## Training and evaluating
+
+
+Fit = Callable[[Any, Run], dict[str, float]]
+
+
+def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
+    """Train as `request` asks with the script's `fit(c, run)`; raises an `ExperimentError` (one line)."""
+    world = world_from_environment()
+    # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
+    # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
+    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+    with _threads(request.threads):
+        try:
+            return _train(configs, nested, fit, request, world)
+        finally:
+            destroy_process_group()
 
 
 def _train(
@@ -376,15 +333,13 @@ def _train(
         resumed_from = run_folder.checkpoint_to_continue(fixed_dir)
     if resumed_from is not None:
         saved = ckpt.load_checkpoint(resumed_from)
-        checked = checked_settings(configs, nested, resumed_from, saved)
         if fixed_dir is not None:
+            checked = checked_settings(configs, nested, resumed_from, saved)
             run_folder.check_same_run(resumed_from, checked, request.settings, configs, nested)
-        settings = _resumed_settings(configs, nested, request, world, resumed_from, checked)
-    # The console is ours, and metrics.jsonl the record; labml writes to its app only with an URL, and
-    # TensorBoard's event files (in the run folder's tensorboard/) only when asked.
+        settings = _resumed_settings(configs, nested, request, world, resumed_from, saved)
+    # The console and metrics.jsonl are ours; labml writes to its app or TensorBoard only when asked.
     writers = {"web_api"} if request.labml_url else set()
-    if request.tensorboard:
-        writers.add("tensorboard")
+    writers |= {"tensorboard"} if request.tensorboard else set()
     comment = f"resumed from {resumed_from}" if resumed_from else ""
     name, source = "cifar10", Path(sys.modules[fit.__module__].__file__ or "cifar10.py").resolve()
     create = {"name": name, "python_file": str(source), "writers": writers, "comment": comment}
@@ -393,9 +348,31 @@ def _train(
     c = _compute(configs, settings, world, **(create if world.is_main else {}))
     run_dir = (fixed_dir or experiments_path / name / experiment.get_uuid()) if world.is_main else None
     with memory_errors(c.batch_size, run_dir):
-        scores, run = _prepare_and_fit(
-            c, configs, fit, source, request, settings, run_dir, resumed_from, saved
-        )
+        prepare(c)
+        # Every rank read the checkpoint itself: all must have found the same one, with the same settings.
+        start = distributed.start_of(resumed_from, saved, run_folder.compared_settings(settings))
+        distributed.agree_on_start(start, world)
+        if run_dir is not None:
+            param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
+            check_writable(run_dir.parent, 4 * param_bytes + 2**20)
+        run = Run(
+            c, model_name=str(settings.get("model", cli.config_default(configs, "model"))), settings=settings,
+            run_dir=run_dir, stop_after_steps=request.stop_after_steps, time_limit_s=request.time_limit_s,
+            resumed_from=resumed_from, saved=saved,
+        )  # fmt: skip
+        if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
+            # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended
+            # its last epoch but died before writing results.json resumes to evaluate and write them.)
+            p = run.progress
+            raise UsageError(
+                f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to "
+                "train; to train it longer, give it more epochs, e.g. --resume "
+                f"{shlex.quote(str(request.resume))} --epochs {p.epoch + 10}"
+            )
+        with stop_on_signals(run), labml_run() if world.is_main else contextlib.nullcontext():
+            if world.is_main:
+                run.begin()
+            scores = _fit_or_stop(fit, c, run, source, request)
     if scores is None:
         return Results(None, run.progress.history, run_dir, stopped=run.stop_reason)
     summary = run.summary(scores)
@@ -409,46 +386,8 @@ def _train(
     return Results(summary, run.progress.history, run_dir)
 
 
-def _prepare_and_fit(
-    c: Any, configs: type[BaseConfigs], fit: Fit, source: Path, request: Request, settings: dict[str, Any],
-    run_dir: Path | None, resumed_from: Path | None, saved: dict[str, Any] | None,
-) -> tuple[dict[str, float] | None, Run]:  # fmt: skip
-    """Compute the data and the network, restore a checkpoint and train: the scores, `None` if stopped."""
-    world = c.world
-    prepare(c)
-    # Every rank read the checkpoint itself: they must all have found the same one, with the same settings.
-    start = distributed.start_of(resumed_from, saved, run_folder.compared_settings(settings))
-    distributed.agree_on_start(start, world)
-    if run_dir is not None:
-        param_bytes = sum(t.numel() * t.element_size() for t in c.model.state_dict().values())
-        check_writable(run_dir.parent, 4 * param_bytes + 2**20)
-    model_name = str(settings.get("model", cli.config_default(configs, "model")))
-    run = Run(
-        c, model_name=model_name, settings=settings, run_dir=run_dir,
-        stop_after_steps=request.stop_after_steps,
-        time_limit_s=request.time_limit_s, resumed_from=resumed_from, saved=saved,
-    )  # fmt: skip
-    if run.done and resumed_from is not None and (resumed_from.parent.parent / "results.json").exists():
-        # Nothing left to train: say so rather than open a new, empty run folder. (A run that ended its
-        # last epoch but died before writing results.json resumes to evaluate and write them.)
-        p = run.progress
-        raise UsageError(
-            f"{resumed_from} is a finished run ({p.epoch} epochs, {p.step} steps): nothing to train; "
-            f"to train it longer, give it more epochs, e.g. --resume {shlex.quote(str(request.resume))} "
-            f"--epochs {p.epoch + 10}"
-        )
-    with stop_on_signals(run):
-        if world.is_main:
-            with labml_run():
-                run.begin()
-                scores = _fit_or_stop(fit, c, run, source, request)
-        else:
-            scores = _fit_or_stop(fit, c, run, source, request)
-    return scores, run
-
-
 def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path, request: Request) -> dict[str, float] | None:
-    """Train to the end; on a stop request save where we are and say how to continue (then `None`)."""
+    """Train to the end; on a stop request save, say how to continue, and return `None`."""
     try:
         return fit(c, run)
     except StopRequested:
@@ -476,16 +415,12 @@ def _fit_or_stop(fit: Fit, c: Any, run: Run, source: Path, request: Request) -> 
 
 def continue_command(source: Path, run_dir: Path, request: Request) -> str:
     """
-    The command that continues a stopped run, quoted for a POSIX shell so that it can be pasted as it
-    is. The checkpoint brings the run's settings; what it does not keep is repeated: where runs and
-    results go, the device, the threads, the data folder (a relative path means this folder), and the
-    labml, TensorBoard and time-limit choices.
+    The shell command that continues a stopped run. The checkpoint brings the settings; the data folder,
+    the device and the run flags (but resume, eval and the debugging stop) are repeated.
     """
     # A fixed run folder continues with the same flag; any other run, with `--resume`.
     again = "--run-dir" if request.run_dir is not None else "--resume"
     argv = ["python", os.path.relpath(source), again, str(run_dir)]
-    if request.logs_dir is not None:
-        argv += ["--logs-dir", str(request.logs_dir)]
     settings = request.settings
     if "data_dir" in settings:
         argv += ["--data-dir", str(settings["data_dir"])]
@@ -493,15 +428,14 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
         argv += ["--device", "cpu"]
     elif "device.cuda_device" in settings and world_from_environment().size == 1:
         argv += ["--device", f"cuda:{settings['device.cuda_device']}"]
-    options = {
-        "--threads": request.threads, "--results": request.results, "--labml-url": request.labml_url,
-        "--time-limit": request.time_limit_s,
-    }  # fmt: skip
-    for flag, value in options.items():
-        if value is not None:
-            argv += [flag, str(value)]
-    if request.tensorboard:
-        argv.append("--tensorboard")
+    for flag in cli.REQUEST_FLAGS:
+        value = getattr(request, flag.key)
+        if (
+            flag.key not in ("resume", "run_dir", "eval", "stop_after_steps")
+            and value is not None
+            and value is not False
+        ):
+            argv += [flag.name] if flag.metavar is None else [flag.name, str(value)]
     return shlex.join(argv)
 
 
@@ -511,15 +445,16 @@ def run_evaluation(
     evaluate: Callable[..., dict[str, float]],
     request: Request,
 ) -> dict[str, Any]:
-    """
-    `--eval RUN`: rebuild the network a checkpoint describes and measure it on the test set. RUN is what
-    `--resume` takes: a checkpoint file, a run folder or a run's uuid.
-    """
+    """`--eval RUN` (what `--resume` takes): a checkpoint's network rebuilt and measured on the test set."""
     assert request.eval is not None
+    if request.results is not None:
+        check_output_file(request.results, "--results")
     path = ckpt.find_checkpoint(request.eval, _logs(request))
     saved = ckpt.load_checkpoint(path)
-    checked = checked_settings(configs, nested, path, saved)
-    settings = {**ckpt.evaluation_settings(checked), **request.settings}
+    settings = {
+        **ckpt.evaluation_settings(checked_settings(configs, nested, path, saved)),
+        **request.settings,
+    }
     with _threads(request.threads):
         c = _compute(configs, settings, World())
         with quiet():
@@ -538,7 +473,7 @@ def run_evaluation(
                 model.to(memory_format=torch.channels_last)
             amp = choose_amp(c.amp, c.device)
             scores = evaluate(
-                model, c.test_loader, amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
+                model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
             )
         results = {
             "checkpoint": str(path), "model": expected["model"], "weights": which,
@@ -556,54 +491,37 @@ def run_evaluation(
     return results
 
 
-def exit_status(run: Callable[[], Any]) -> int:
-    """Run what a command line asked for and turn the outcome into an exit status (errors: one line)."""
-    try:
-        outcome = run()
-    except ExperimentError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_status
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last complete checkpoint is unchanged", file=sys.stderr, flush=True)
-        return 128 + signal.SIGINT
-    return STOP_STATUS.get(outcome.stopped or "", 0) if isinstance(outcome, Results) else 0
-
-
 def command(
-    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Callable[[Any, Run], Any],
+    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Fit,
     evaluate: Callable[..., dict[str, float]],
 ) -> int:  # fmt: skip
-    """What a training script's `main` does with a parsed command line: train or evaluate, then exit."""
-    if request.eval is not None:
-
-        def checked_evaluation() -> dict[str, Any]:
-            if request.results is not None:
-                check_output_file(request.results, "--results")
-            return run_evaluation(configs, nested, evaluate, request)
-
-        status = exit_status(checked_evaluation)
-    else:
-        status = exit_status(lambda: run_training(configs, nested, fit, request))
-    return labml_sender_exit(status, request)
+    """What a script's `main` does with a parsed command line: train or evaluate; an error is one line."""
+    try:
+        if request.eval is None:
+            outcome = run_training(configs, nested, fit, request)
+            status = STOP_STATUS.get(outcome.stopped or "", 0)
+        else:
+            run_evaluation(configs, nested, evaluate, request)
+            status = 0
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        status = e.exit_status
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last complete checkpoint is unchanged", file=sys.stderr, flush=True)
+        status = 128 + signal.SIGINT
+    if request.labml_url:
+        # labml 0.4.168's sender thread retries an unreachable app forever and keeps the process alive,
+        # with no public switch; the run's own files are written, so end without waiting for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def checked(
     settings: dict[str, Any], configs: type, nested: dict[str, type], recipes: dict[str, Any], **options: Any
 ) -> Request:
-    """The Python API's settings checked as the command line's are; the flags by name go apart."""
-    run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
-    world = world_from_environment()
-    return cli.check(settings, configs, nested=nested, recipes=recipes, world=world, **options, **run)
-
-
-def labml_sender_exit(status: int, request: Request) -> int:
-    """
-    labml 0.4.168 sends to its app from a thread that keeps the process alive and retries forever when
-    the server cannot be reached, and has no public switch for it. On the command line, once the run's
-    own files are written and the output flushed, a run that used the app ends without waiting for it.
-    """
-    if request.labml_url:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    return status
+    """The Python API's settings (the run flags among them, by name) checked as the command line's are."""
+    return cli.check(
+        settings, configs, nested=nested, recipes=recipes, world=world_from_environment(), **options
+    )

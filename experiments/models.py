@@ -1,47 +1,23 @@
 """
 # Which network a run trains
 
-The trainer's `model` setting is a name from `resnet.list_models()`: a `resnet` preset, a `plainN`
-network (the CIFAR preset with `shortcut="none"`, the paper's plain baselines of Figure 6), `custom`,
-built from `n_blocks`, `n_channels` and `bottlenecks`, or `resnet9`, the fast DAWNBench network of
-`resnet/fast.py` (not a network from the paper). The names and the networks behind them live in the
-library (`resnet/registry.py`), so a run's `model` is also what `resnet.create_model` and `torch.hub`
-take. This module only turns the trainer's settings into that call; the command line uses it too, to
-reject a bad custom network before anything is read or written.
+The trainer's `model` is a name from `resnet.list_models()` (`resnet/registry.py`), so it is also what
+`resnet.create_model` and `torch.hub` take: a preset, a `plainN` network (the preset without shortcuts,
+Figure 6's plain baselines), `resnet9` (the DAWNBench network, not the paper's) or `custom`, built from
+`n_blocks`, `n_channels` and `bottlenecks`. This module turns the trainer's settings into that call, and
+holds the rules the command line checks them with.
 """
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import resnet
-from resnet.registry import PLAIN_NETWORKS
-
-__all__ = ["MODEL_NAMES", "PLAIN_NETWORKS", "build_model", "custom_trunk"]
+from experiments.errors import UsageError
+from experiments.options import Rule, one_of
+from resnet.registry import PLAIN_NETWORKS as PLAIN_NETWORKS  # re-exported for the trainer's readers
 
 # The first name is the trainer's default: ResNet-20, the paper's smallest CIFAR network.
 MODEL_NAMES = ["resnet20", *(name for name in resnet.list_models() if name != "resnet20")]
-
-
-def _library_shortcut(shortcut: str) -> dict[str, Any]:
-    # The trainer's `preset` means "the network's own choice", which the library gives when no shortcut
-    # is passed.
-    return {} if shortcut == "preset" else {"shortcut": shortcut}
-
-
-def custom_trunk(
-    n_blocks: list[int],
-    n_channels: list[int],
-    bottlenecks: list[int] | None,
-    shortcut: str,
-    zero_init_residual: bool = False,
-) -> resnet.ResNetBase:
-    """The trunk of the `custom` network (see `resnet.custom_resnet`); an empty `bottlenecks` is `None`."""
-    return resnet.custom_resnet(
-        list(n_blocks),
-        list(n_channels),
-        list(bottlenecks) if bottlenecks else None,
-        zero_init_residual=zero_init_residual,
-        **_library_shortcut(shortcut),
-    ).trunk
 
 
 def build_model(
@@ -55,18 +31,62 @@ def build_model(
     zero_init_residual: bool,
 ) -> resnet.ResNetClassifier | resnet.ResNet9:
     """
-    `resnet.create_model(name)` with the run's settings: a `resnet.ResNetClassifier`, or for `resnet9` a
-    `resnet.ResNet9`. The stages (`n_blocks`, `n_channels`, `bottlenecks`) reach only `custom`.
+    `resnet.create_model(name)` with the run's settings. The stages reach only `custom`, and the
+    trainer's `shortcut="preset"` (each network's own choice) is what the library does when given none.
     """
-    kwargs: dict[str, Any] = {
-        "num_classes": num_classes,
-        "zero_init_residual": zero_init_residual,
-        **_library_shortcut(shortcut),
-    }
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "zero_init_residual": zero_init_residual}
+    if shortcut != "preset":
+        kwargs["shortcut"] = shortcut
     if name == "custom":
-        kwargs.update(
-            n_blocks=list(n_blocks),
-            n_channels=list(n_channels),
-            bottlenecks=list(bottlenecks) if bottlenecks else None,
-        )
+        stages = {"n_blocks": n_blocks, "n_channels": n_channels, "bottlenecks": bottlenecks or None}
+        kwargs.update({key: list(value) if value else value for key, value in stages.items()})
     return resnet.create_model(name, **kwargs)
+
+
+def custom_trunk(
+    n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str
+) -> resnet.ResNetBase:
+    """The `custom` network's trunk; the command line builds it to check the three lists before a run."""
+    network = build_model(
+        "custom",
+        num_classes=10,
+        shortcut=shortcut,
+        n_blocks=n_blocks,
+        n_channels=n_channels,
+        bottlenecks=bottlenecks,
+        zero_init_residual=False,
+    )
+    return network.trunk
+
+
+def _positive_list(v: Any) -> str | None:
+    return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
+
+
+MODEL_RULES: dict[str, Rule] = {
+    # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
+    "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
+    **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
+}
+
+
+def check_model_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
+    """The network's settings together (`get` reads one); raises `UsageError`."""
+    model, shortcut = get("model"), get("shortcut")
+    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
+    if architecture and model != "custom":
+        # A preset fixes its own stages; accepting these and then ignoring them would train another net.
+        raise UsageError(
+            f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; add "
+            "--model custom"
+        )
+    if str(model).startswith("plain") and shortcut not in ("preset", "none"):
+        raise UsageError(
+            f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not apply; use "
+            f"--model resnet{model[len('plain') :]} shortcut={shortcut}"
+        )
+    if model == "custom":
+        try:  # the library's own check of the three lists
+            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"custom model: {e}") from None

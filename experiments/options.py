@@ -1,17 +1,14 @@
 """
-# What a setting is: its options, default, help and rules
+# What a setting is: its type, default, help, options and rules
 
 The command line ([`cli.py`](cli.html)) checks every setting against what the configuration classes
-declare, so it reads all of it from them: the annotation (the type), the default, the comment above the
-declaration (the help) and the names of the labml options that compute it. The rules (`at_least`,
-`within`, `one_of`) are written beside their subject: the data's in [`loader.py`](loader.html), the
-schedule's and optimizer's in [`recipes.py`](recipes.html), the rest in `cli.py`.
+declare: the annotation (the type), the default, the comment above the declaration (the help) and the
+labml options that can compute it. The rules (`at_least`, `within`, `one_of`) are written beside their
+subject: the data's in [`loader.py`](loader.html), the schedule's in [`recipes.py`](recipes.html).
 
-labml keeps the functions registered with `@option` in a private table of each configuration class. The
-command line needs their names: to accept `model=resnet56` or `scheduler=warmup_cosine`, to list the
-choices in an error, and to name a default (the first option registered). Rather than read labml's
-private table, a configuration class that extends [`RecordedOptions`](#RecordedOptions) notes each name
-as labml's public `option` decorator hands the function to the class's public `calc` hook.
+labml keeps the `@option` functions in a private table. Rather than read it, a configuration class that
+extends [`RecordedOptions`](#RecordedOptions) notes each option's name as labml's public `option`
+decorator hands the function to the class's public `calc` hook; the first one registered is the default.
 """
 
 import ast
@@ -22,7 +19,6 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from labml.configs import BaseConfigs
@@ -94,10 +90,7 @@ def annotations(cls: type) -> dict[str, Any]:
 
 
 def comments(cls: type) -> dict[str, str]:
-    """
-    Each setting's help: the comment right above its annotation in the class's source, so that the help
-    is written once, where the setting is declared.
-    """
+    """Each setting's help: the comment right above its declaration, so it is written once, there."""
     notes: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         try:
@@ -118,8 +111,8 @@ def comments(cls: type) -> dict[str, str]:
 
 # ## Text to a setting's type
 #
-# labml would store `epochs=abc` as the string `'abc'`; these turn a value into its annotated type or raise
-# (`ValueError`, `TypeError`, `SyntaxError`, `KeyError`), and `describe` says what was expected instead.
+# These turn a value into its annotated type or raise (`ValueError`, `TypeError`, `SyntaxError`,
+# `KeyError`); `describe` says what was expected instead.
 
 # What a conversion returns for an annotation that admits only option names (`model: nn.Module`).
 NOT_A_VALUE = object()
@@ -179,8 +172,7 @@ def describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is list:
         return "a list of numbers like [0.5,0.75]" if typing.get_args(annotation) == (float,) else \
             "a list of integers like [3,3,3]"  # fmt: skip
-    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string",
-             Path: "a path"}  # fmt: skip
+    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
     return names.get(annotation, "an option name")
 
 

@@ -1,16 +1,12 @@
 """
-# The settings of a run that are not the recipe
+# The settings of how a run computes
 
-Two small things every layer of the trainer shares, kept apart so that each layer can import them
-without importing the others: [`RunConfigs`](#RunConfigs), the labml configuration of how a run computes
-(device, number format, compilation, logging, seed), which the data's and the tutorial's configurations
-extend; and [`Request`](#Request), what a caller (the command line or `experiments.cifar10.train`) asks
-the [trainer](trainer.html) to do, after [`cli.py`](cli.html) has checked it.
+[`RunConfigs`](#RunConfigs) is the labml configuration of the device, number format, compilation,
+logging and seed, which the data's and the tutorial's configurations extend; it lives apart so that
+every layer of the trainer can import it without importing the others.
 """
 
 import platform
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,15 +16,12 @@ from labml_helpers.device import DeviceConfigs
 from experiments.distributed import World
 from experiments.options import RecordedOptions
 
-# ## The settings of how a run runs
-#
-# The training script's `Configs` extend these, as labml's experiments extend its trainer's configs. Apart
-# from `seed` (data order, augmentation, initial weights) and `ema_decay` (which weights are evaluated)
-# they change how fast and where a run computes, not what it computes.
-
 
 class RunConfigs(RecordedOptions):
-    """Hardware, number format, compilation, logging; settable from the command line like the rest."""
+    """
+    Settable like the rest; apart from `seed` and `ema_decay` they change how fast and where a run
+    computes, not what it computes.
+    """
 
     device: torch.device
     # Mixed precision: none, bf16, fp16, or auto (`experiments/precision.py`).
@@ -81,24 +74,3 @@ def _channels_last_auto(c: RunConfigs) -> bool:
 
 # The sub-configuration reachable as `device.*` on the command line.
 NESTED_CONFIGS: dict[str, type] = {"device": DeviceConfigs}
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a caller asks for, already checked (by `experiments.cli`): settings and how to run them."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    resume: str | None = None
-    # `--run-dir`: the run folder itself, which the same command continues (`run_folder.py`).
-    run_dir: Path | None = None
-    eval: str | None = None
-    results: Path | None = None
-    logs_dir: Path | None = None
-    labml_url: str | None = None
-    tensorboard: bool = False
-    stop_after_steps: int | None = None
-    time_limit_s: float | None = None
-    threads: int | None = None
-    # Whether the run goes to a GPU, decided once from the settings asked for and the machine; a resumed
-    # run's hardware checks need it again once the checkpoint's own settings are known.
-    wants_cuda: bool = False

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments import checkpoint as ckpt
+from experiments.cli import Request
 from experiments.errors import UsageError
 from experiments.options import config_default
-from experiments.run_configs import Request
 
 # Settings that say where the data is and how it is checked, or how often the console reports: a
 # restart may pass other values (another node's mount point) and still continue the same run.

@@ -28,7 +28,7 @@ from experiments import data as cifar_data
 from experiments.console import Console, epoch_line, estimate_line, start_line, status_line
 from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, state_hashes, sum_over_ranks
 from experiments.errors import ExperimentError
-from experiments.precision import choose_amp, machine, step_timer
+from experiments.precision import AmpChoice, choose_amp, cpu_bf16_units, machine, step_timer
 from experiments.recipes import RECIPES
 from experiments.run_configs import uses_cuda_graphs
 
@@ -283,11 +283,12 @@ class Run:
         seconds_per_step = (time.perf_counter() - self._timed[0]) / max(steps, 1)
         images_per_s = c.batch_size / max(seconds_per_step, 1e-9)
         if steps == ESTIMATE_AFTER_STEPS:
-            cpu_s = None
+            cpu_s, caveat = None, ""
             if gpu_sized_on_cpu(c) and self.model_name == "resnet20":
                 cpu_s = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES / images_per_s
+                caveat = cpu_recipe_caveat(self.amp)
             total_s = self.total_steps * seconds_per_step
-            self.console.line(estimate_line(total_s, self.total_steps, images_per_s, cpu_s))
+            self.console.line(estimate_line(total_s, self.total_steps, images_per_s, cpu_s, caveat))
         if p.step % c.log_every == 0:
             seen = p.sums["seen"].clamp(min=1)
             loss, accuracy = (p.sums["loss"] / seen).item(), (p.sums["correct"] / seen).item()
@@ -493,6 +494,19 @@ def gpu_sized_on_cpu(c: Any) -> bool:
     return (
         c.device.type == "cpu" and c.recipe != "cpu" and 2 * c.iterations * c.batch_size >= cpu_recipe_images
     )
+
+
+def cpu_recipe_caveat(amp: AmpChoice) -> str:
+    """
+    The `--recipe cpu` estimate is this run's speed, so it holds where the recipe's `amp=auto` would
+    compute in this run's format: float32 on a CPU without native bf16, the faster of bf16 and float32
+    on one with it (`precision.py`). Elsewhere the estimate says which format it assumed.
+    """
+    units = cpu_bf16_units()
+    if amp.requested == "auto" or (amp.chosen == "none" and not units):
+        return ""
+    auto = f"times bf16 against float32 on this CPU's {'+'.join(units)}" if units else "uses float32 here"
+    return f" in {'float32' if amp.chosen == 'none' else amp.chosen}, this run's format (its amp=auto {auto})"
 
 
 def tta_views(flip: bool, shift: int) -> int:

@@ -17,7 +17,7 @@ import yaml
 from synthetic_main import run_trainer, tiny_args, write_data
 
 import resnet
-from experiments import cifar10, cli, launch, loader, run_configs
+from experiments import cifar10, cli, launch, loader
 from experiments.checkpoint import load_checkpoint, save_checkpoint
 from experiments.distributed import World
 from experiments.precision import AMP_DTYPES
@@ -185,7 +185,7 @@ def test_eval_takes_a_run_folder_or_uuid_as_resume_does(reference: tuple[dict, P
     results, run_dir = reference
     logs = run_dir.parent.parent
     for name in (str(run_dir), run_dir.name):
-        request = run_configs.Request(eval=name, logs_dir=logs, threads=1)
+        request = cli.Request(eval=name, logs_dir=logs, threads=1)
         measured = launch.run_evaluation(cifar10.Configs, cifar10.NESTED_CONFIGS, cifar10.evaluate, request)
         assert measured["checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
         assert measured["test_accuracy"] == results["test_accuracy"]

@@ -4,7 +4,6 @@ ranges before any data is read or any folder is created, and a mistake exits wit
 message that says what was expected.
 """
 
-import shlex
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from experiments import cli
 from experiments.cifar10 import NESTED_CONFIGS, Configs, SGDConfigs
 from experiments.distributed import World
 from experiments.recipes import RECIPE_PURPOSES, RECIPES
-from experiments.run_configs import Request
 
 
 def parse(*argv: str, world_size: int = 1) -> dict:
@@ -455,19 +453,18 @@ def test_cutout_accepts_zero_to_the_image_size() -> None:
     assert parse("cutout=32")["cutout"] == 32
 
 
-def test_the_command_line_a_report_prints_runs_what_train_would() -> None:
-    # degradation.py and benchmarks/gpu.py call `train(**settings)` and print `cli.command_line(settings)`
-    # so the run can be repeated from a shell: parsing that line must give the very same request.
+def test_the_command_line_and_the_python_api_make_the_same_request() -> None:
+    # `train(**settings)` and the command line that spells the same settings run the very same request.
     settings = {
         "recipe": "fast", "device": "cpu", "logs_dir": Path("my runs"), "threads": 2, "model": "resnet56",
         "lr_milestones": [0.4, 0.8], "optimizer.learning_rate": 0.05, "stop_after_steps": 3,
         "tensorboard": False, "time_limit_s": 60.0, "verify_checksums": False, "data_dir": "CIFAR data",
         "results": None,
     }  # fmt: skip
-    line = cli.command_line(settings)
-    argv = shlex.split(line)
-    assert argv[:2] == ["python", "experiments/cifar10.py"]
-    from_line = cli.parse(argv[2:], Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=World())
+    argv = ["--recipe", "fast", "--device", "cpu", "--logs-dir", "my runs", "--threads", "2", "--model",
+            "resnet56", "lr_milestones=[0.4, 0.8]", "--lr", "0.05", "--stop-after-steps", "3",
+            "--time-limit", "60", "--no-verify-checksums", "--data-dir", "CIFAR data"]  # fmt: skip
+    from_line = cli.parse(argv, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=World())
     options = {key: settings.pop(key) for key in ("recipe", "device")}
     run = {key: settings.pop(key) for key in list(settings) if key in cli.RUN_OPTIONS}
     from_python = cli.check(settings, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, **options, **run)
@@ -504,8 +501,12 @@ def test_no_verify_checksums_is_the_flag_for_verify_checksums_false() -> None:
 def test_every_flag_is_declared_once_and_reaches_the_request() -> None:
     names = [flag.name for flag in cli.FLAGS]
     assert len(names) == len(set(names))
-    # The run options `train()` takes by name are exactly the run flags' fields of `Request`.
-    assert set(cli.RUN_OPTIONS) - {"cuda_graphs"} <= set(Request.__dataclass_fields__)
+    # `Request` is made from the run flags: a field for each that `train()` takes by name (`--cuda-graphs`
+    # becomes settings), typed as its flag converts it, and nothing else but the settings and the device.
+    fields = cli.Request.__dataclass_fields__
+    assert set(fields) == {*cli.RUN_OPTIONS, "settings", "wants_cuda"} - {"cuda_graphs"}
+    assert fields["threads"].type == int | None and fields["logs_dir"].type == Path | None
+    assert fields["tensorboard"].type is bool and cli.Request().tensorboard is False
     request = cli.parse(
         ["--threads", "1", "--stop-after-steps", "2", "--time-limit", "9.5", "--logs-dir", "L", "--results",
          "r.json", "--labml-url", "http://x", "--resume", "run"],

@@ -18,6 +18,7 @@ import torch
 from synthetic_main import SCRIPT, tiny_args, write_data
 
 from experiments import console, trainer
+from experiments.precision import AmpChoice
 
 EPOCHS = 2
 
@@ -163,6 +164,27 @@ def test_the_start_line_of_a_gpu_sized_recipe_on_a_cpu_names_the_cpu_recipe() ->
         "--recipe cpu would take about 2 h 13 min"
     )
     assert console.duration(45.4) == "45 s" and console.duration(725) == "12 min 5 s"
+
+
+@pytest.mark.parametrize(
+    ("requested", "chosen", "units", "caveat"),
+    [
+        ("none", "none", [], ""),  # without native bf16 the cpu recipe's amp=auto keeps float32 too
+        ("auto", "none", ["AMX"], ""),  # this run made the very choice the cpu recipe would make
+        ("auto", "bf16", ["AMX"], ""),
+        ("none", "none", ["AMX"],
+         " in float32, this run's format (its amp=auto times bf16 against float32 on this CPU's AMX)"),
+        ("bf16", "bf16", [], " in bf16, this run's format (its amp=auto uses float32 here)"),
+    ],
+)  # fmt: skip
+def test_the_cpu_recipe_estimate_names_the_number_format_where_amp_auto_may_choose_another(
+    monkeypatch: pytest.MonkeyPatch, requested: str, chosen: str, units: list[str], caveat: str
+) -> None:
+    # The estimate is this run's measured speed; the cpu recipe computes in what amp=auto picks.
+    monkeypatch.setattr(trainer, "cpu_bf16_units", lambda: units)
+    assert trainer.cpu_recipe_caveat(AmpChoice(requested, chosen, "why")) == caveat
+    line = console.estimate_line(3600, 100, 50.0, cpu_recipe_s=1800, cpu_caveat=caveat)
+    assert line.endswith("; --recipe cpu would take about 30 min 0 s" + caveat)
 
 
 def test_an_epoch_without_evaluation_shows_only_its_training_numbers() -> None:
