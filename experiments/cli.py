@@ -49,7 +49,7 @@ INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "step
 @dataclass(frozen=True)
 class Flag:
     """
-    One flag: the setting `key` it sets, or with `run` the [`Request`](#Request) field of type `kind`. A
+    One flag: the setting `key` it sets, or with `run` the `Request` field of type `kind`. A
     switch (no `metavar`) sets `value`; `const` is the value of a value left out.
     """
 

@@ -473,7 +473,7 @@ def run_evaluation(
                 model.to(memory_format=torch.channels_last)
             amp = choose_amp(c.amp, c.device)
             scores = evaluate(
-                model, c.test_loader, "test", amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
+                model, c.test_loader, amp_dtype=amp.dtype, flip_tta=c.flip_tta, shift_tta=c.shift_tta
             )
         results = {
             "checkpoint": str(path), "model": expected["model"], "weights": which,
