@@ -35,7 +35,8 @@ about 164. `cpu` keeps the paper's ResNet-20 and batch 128, and aims at its accu
 hour of training on two CPU cores with native bf16 (AMX or AVX512-BF16), with settings chosen on the
 45k/5k validation split only. Its further departures:
 
-* **25 epochs** at rate 0.2, 1.25M images against the paper's 64k × 128 = 8.2M: the time budget.
+* **30 epochs** at rate 0.2, 1.5M images against the paper's 64k × 128 = 8.2M: the time budget. The
+  test set is scored once, after the last epoch (`eval_every_epoch=false`), not after every epoch.
 * **One-pixel shift TTA** as well (`shift_tta=1`): six views, each one training could have drawn.
 * **`amp=auto`**: bf16 where the CPU has it natively and a timed step is faster; a number format the
   paper did not have. Elsewhere float32, several times slower: shorten the run with `--epochs`.
@@ -84,7 +85,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "batch_size": 128,
-        "epochs": 25,
+        "epochs": 30,
         "iterations": "from_epochs",
         "optimizer.learning_rate": 0.2,
         "optimizer.nesterov": True,
@@ -96,6 +97,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "flip_tta": True,
         "shift_tta": 1,
         "amp": "auto",
+        # The test set is scored once, after the last epoch: per-epoch scoring would cost the half hour
+        # a minute or more.
+        "eval_every_epoch": False,
     },
     "resnet9": {
         "model": "resnet9",
