@@ -64,6 +64,7 @@ READING_ORDER = (
     "experiments/cifar10.py",
     "experiments/degradation.py",
     "experiments/trainer.py",
+    "experiments/average.py",
     "experiments/launch.py",
     "experiments/loader.py",
     "experiments/data.py",

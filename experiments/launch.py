@@ -12,7 +12,6 @@ quiet labml run, saves on SIGINT, SIGTERM and SIGHUP, and writes `results.json`;
 import contextlib
 import io
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -36,7 +35,7 @@ from experiments.errors import ExperimentError, UsageError
 from experiments.files import write_json
 from experiments.precision import choose_amp, machine
 from experiments.recipes import RECIPES
-from experiments.trainer import Diverged, Run, RunError, StopRequested, tta_views
+from experiments.trainer import Diverged, Run, RunError, StopRequested, memory_errors, tta_views
 
 
 @dataclass
@@ -131,32 +130,6 @@ def prepare(c: Any) -> None:
 
 
 @contextlib.contextmanager
-def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
-    """Out of memory as one line naming `--batch-size`; a run folder with no checkpoint yet is removed."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as error:
-        on_cuda = isinstance(error, torch.OutOfMemoryError)
-        if not (on_cuda or isinstance(error, MemoryError) or "can't allocate memory" in str(error)):
-            raise
-        kept = ""
-        if run_dir is not None and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
-            kept = f"; the last checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST} is kept"
-        elif run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        # The allocators' messages run to several lines; the size asked for is the useful part.
-        asked = re.search(r"allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(error))
-        reason = type(error).__name__
-        if asked:
-            size = f"{int(asked[1]) / 2**20:.0f} MiB" if asked[1] else asked[2]
-            reason = f"{'CUDA' if on_cuda else 'it'} asked for {size} more"
-        raise UsageError(
-            f"out of memory with --batch-size {batch_size} ({reason}){kept}; give a smaller "
-            "--batch-size (the paper trains with 128)"
-        ) from None
-
-
-@contextlib.contextmanager
 def labml_run() -> Iterator[None]:
     """
     labml's run, quiet. On the way out labml appends to its log; on a full disk that fails too, and its
@@ -193,9 +166,9 @@ def stop_on_signals(run: Run) -> Iterator[None]:
         # After SIGHUP the terminal may be gone; failing to say so must not stop the save.
         with contextlib.suppress(OSError):
             if run.world.is_main:
+                again = "press Ctrl+C again to quit without saving"
                 print(
-                    f"\n{name} received: saving a checkpoint after this step (press Ctrl+C again to quit "
-                    "without saving)",
+                    f"\n{name} received: saving a checkpoint after this step ({again})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -428,13 +401,10 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
         argv += ["--device", "cpu"]
     elif "device.cuda_device" in settings and world_from_environment().size == 1:
         argv += ["--device", f"cuda:{settings['device.cuda_device']}"]
+    skipped = ("resume", "run_dir", "eval", "stop_after_steps")
     for flag in cli.REQUEST_FLAGS:
         value = getattr(request, flag.key)
-        if (
-            flag.key not in ("resume", "run_dir", "eval", "stop_after_steps")
-            and value is not None
-            and value is not False
-        ):
+        if flag.key not in skipped and value is not None and value is not False:
             argv += [flag.name] if flag.metavar is None else [flag.name, str(value)]
     return shlex.join(argv)
 

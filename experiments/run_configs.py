@@ -34,7 +34,7 @@ class RunConfigs(RecordedOptions):
     # Batch-norm statistics over all processes (GPUs only).
     sync_bn: bool = False
     # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
-    # decay per step, e.g. 0.999 (`trainer.WeightAverage`); 0 turns it off.
+    # decay per step, e.g. 0.999 (`average.WeightAverage`); 0 turns it off.
     ema_decay: float = 0.0
     # The console's status line every this many steps (a GPU would otherwise wait for the host every
     # step); when the output is not a terminal, at most once every `progress_every_s` seconds.

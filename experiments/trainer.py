@@ -2,16 +2,18 @@
 # One training run: the steps, the epochs, the checkpoints and the numbers
 
 [`cifar10.py`](cifar10.html) says what training *is*; a [`Run`](#Run) is what its loop calls to make that
-a run on a real machine. It wraps the network for several processes and `torch.compile`, holds the number
-format and its `GradScaler`, the [weight average](#WeightAverage) and the [`Progress`](#Progress), and
-turns steps and epochs into the console's lines, metrics, checkpoints and `results.json`. Between steps
-it stops cleanly on a request or at the first non-finite loss, all ranks together
-([`distributed.py`](distributed.html)). [`launch.py`](launch.html) starts and ends it.
+a run on a real machine. It wraps the network for several processes and `torch.compile`, holds the
+number format and its `GradScaler`, the [weight average](average.html#WeightAverage) and the
+[`Progress`](#Progress), and turns steps and epochs into the console's lines, metrics, checkpoints and
+`results.json`. Between steps it stops cleanly on a request or at the first non-finite loss, all ranks
+together ([`distributed.py`](distributed.html)). [`launch.py`](launch.html) starts and ends it.
 """
 
 import contextlib
 import json
 import math
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +23,13 @@ import torch
 import torch.nn as nn
 from labml import tracker
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from experiments import checkpoint as ckpt
 from experiments import data as cifar_data
+from experiments.average import WeightAverage
 from experiments.console import Console, epoch_line, estimate_line, start_line, status_line
 from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, state_hashes, sum_over_ranks
-from experiments.errors import ExperimentError
+from experiments.errors import ExperimentError, UsageError
 from experiments.precision import AmpChoice, choose_amp, cpu_bf16_units, machine, step_timer
 from experiments.recipes import RECIPES
 from experiments.run_configs import uses_cuda_graphs
@@ -45,51 +47,34 @@ class StopRequested(Exception):
     """A signal, `--stop-after-steps` or the time limit asked the run to stop; raised between steps."""
 
 
+@contextlib.contextmanager
+def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
+    """Out of memory as one line naming `--batch-size`; a run folder with no checkpoint yet is removed."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        on_cuda = isinstance(error, torch.OutOfMemoryError)
+        if not (on_cuda or isinstance(error, MemoryError) or "can't allocate memory" in str(error)):
+            raise
+        kept = ""
+        if run_dir is not None and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
+            kept = f"; the last checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST} is kept"
+        elif run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        # The allocators' messages run to several lines; the size asked for is the useful part.
+        asked = re.search(r"allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(error))
+        reason = type(error).__name__
+        if asked:
+            size = f"{int(asked[1]) / 2**20:.0f} MiB" if asked[1] else asked[2]
+            reason = f"{'CUDA' if on_cuda else 'it'} asked for {size} more"
+        raise UsageError(
+            f"out of memory with --batch-size {batch_size} ({reason}){kept}; give a smaller "
+            "--batch-size (the paper trains with 128)"
+        ) from None
+
+
 # Steps timed (after the first, which includes warm-up and compilation) before the estimate line.
 ESTIMATE_AFTER_STEPS = 10
-Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
-
-
-class WeightAverage(AveragedModel):
-    r"""
-    An exponential moving average of the weights, $\bar\theta_t = \beta_t \bar\theta_{t-1} + (1 - \beta_t)
-    \theta_t$, evaluated, checkpointed and `--eval`ed instead of the trained weights when `ema_decay` > 0:
-    near the end of a short schedule SGD's last iterate still jitters, and the average smooths that out.
-    PyTorch's `AveragedModel` keeps the copy; we add a **warm-up**, $\beta_t = \min(\beta, t / (9 + t))$,
-    since with $\beta = 0.999$ the average would remember early weights longer than a short run lasts, and
-    average batch norm's **buffers** with their weights (its integer batch counter is copied).
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}; 0.999 is a common choice")
-        super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
-        self.module.requires_grad_(False)
-        self.decay, self.updates = float(decay), 0
-
-    def decay_at(self, update: int) -> float:
-        """$\\beta_t$ for update number `update` (the first, `update=1`, copies)."""
-        return 0.0 if update <= 1 else min(self.decay, update / (9.0 + update))
-
-    def _average(self, averaged: Tensors, current: Tensors, count: torch.Tensor | int) -> None:
-        if averaged[0].is_floating_point():
-            get_ema_multi_avg_fn(self.decay_at(self.updates))(averaged, current, count)
-        else:
-            for mine, theirs in zip(averaged, current, strict=True):
-                mine.copy_(theirs)
-
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        self.update_parameters(model)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        """The averaged network's own state (loadable into a bare network) and the update count."""
-        return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        self.module.load_state_dict(state["model"])
-        self.updates = int(state["updates"])
-        self.n_averaged.fill_(self.updates)
 
 
 class Progress:

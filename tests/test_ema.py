@@ -1,5 +1,5 @@
 """
-The moving average of the weights (`experiments.trainer.WeightAverage`, PyTorch's `AveragedModel`)
+The moving average of the weights (`experiments.average.WeightAverage`, PyTorch's `AveragedModel`)
 against a hand computation of $\\bar\\theta_t = \\beta_t \\bar\\theta_{t-1} + (1 - \\beta_t) \\theta_t$
 with $\\beta_1 = 0$ (the first update copies) and $\\beta_t = \\min(\\beta, t / (9 + t))$ after it.
 """
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiments.trainer import WeightAverage
+from experiments.average import WeightAverage
 
 
 def small_network() -> nn.Module:
