@@ -470,10 +470,11 @@ def test_reading_order_is_tutorial_then_training_then_experiment_then_operations
     order = list(build.READING_ORDER)
     assert order[0] == "resnet/model.py"
     last_model_page = max(index for index, name in enumerate(order) if name.startswith("resnet/"))
-    assert order[last_model_page + 1 : last_model_page + 5] == [
+    assert order[last_model_page + 1 : last_model_page + 6] == [
         "experiments/cifar10.py",  # the training tutorial
         "experiments/degradation.py",  # the paper's central experiment, Figure 6, built on it
         "experiments/trainer.py",  # and the machinery the tutorial imports
+        "experiments/average.py",
         "experiments/launch.py",
     ]
     assert len(order) == len(set(order))

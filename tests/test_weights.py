@@ -6,11 +6,9 @@ code change, and a stray or broken record breaking nothing else.
 """
 
 import dataclasses
-import io
 import json
 import re
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -395,26 +393,3 @@ def _record() -> dict[str, object]:
         "command": "python experiments/cifar10.py --seed 0",
         "machine": "a test",
     }
-
-
-def test_the_shipped_safetensors_are_the_old_pickles_tensors_bit_for_bit() -> None:
-    # The pickle the package shipped before is in the repository's history; its SHA-256 is in the notes.
-    meta = resnet.ResNet20_Weights.CIFAR10.meta
-    (old_hash,) = re.findall(r"resnet20_cifar10\.pt \(SHA-256 ([0-9a-f]{64})\)", meta["notes"])
-    path = "resnet/weights/resnet20_cifar10.pt"
-    try:
-        removed = subprocess.run(
-            ["git", "rev-list", "-n", "1", "HEAD", "--", path], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        old = subprocess.run(["git", "show", f"{removed}^:{path}"], cwd=ROOT, capture_output=True).stdout
-    except OSError:
-        pytest.skip("git is not installed")
-    if not removed or pretrained.sha256_hex(old) != old_hash:
-        pytest.skip("this checkout's history does not reach the pickle (a shallow clone?)")
-    pickled = torch.load(io.BytesIO(old), weights_only=True)
-    shipped = parse_safetensors(resnet.ResNet20_Weights.CIFAR10.record.path.read_bytes())
-    assert shipped.keys() == pickled.keys()
-    for name, tensor in pickled.items():
-        assert shipped[name].dtype == tensor.dtype and shipped[name].shape == tensor.shape
-        bits = shipped[name].contiguous().view(-1).view(torch.uint8)
-        assert bits.equal(tensor.contiguous().view(-1).view(torch.uint8)), name
