@@ -81,3 +81,11 @@ def run_trainer(argv: list[str]) -> int:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     sys.exit(cifar10.main([*OWN_DATA, *sys.argv[1:]]))
+
+
+def trained_checkpoint(root: Path) -> Path:
+    """A real checkpoint: a one-epoch tiny run on synthetic data under `root`; its `last.pt`."""
+    data_dir = write_data(root / "data")
+    assert run_trainer(tiny_args(data_dir, root / "logs")) == 0
+    (run_dir,) = (root / "logs" / "cifar10").iterdir()
+    return run_dir / "checkpoints" / "last.pt"

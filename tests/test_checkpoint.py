@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from synthetic_main import run_trainer, tiny_args, write_data
+from synthetic_main import run_trainer, trained_checkpoint
 
 from experiments import checkpoint as ckpt
 from experiments import distributed
@@ -34,11 +34,7 @@ def minimal_state(value: float = 1.0) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real checkpoint from a one-epoch tiny run."""
-    root = tmp_path_factory.mktemp("trained")
-    data_dir = write_data(root / "data")
-    assert run_trainer(tiny_args(data_dir, root / "logs")) == 0
-    (run_dir,) = (root / "logs" / "cifar10").iterdir()
-    return run_dir / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("trained"))
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_main import TINY_STAGES, run_trainer, tiny_args, write_data
+from synthetic_main import TINY_STAGES, run_trainer, tiny_args, trained_checkpoint, write_data
 
 import resnet
 from experiments import checkpoint as ckpt
@@ -29,11 +29,7 @@ DAMAGED_TENSOR = "trunk.stages.1.0.conv1.weight"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real checkpoint from a one-epoch tiny run, in its run folder."""
-    root = tmp_path_factory.mktemp("trained")
-    data_dir = write_data(root / "data")
-    assert run_trainer(tiny_args(data_dir, root / "logs")) == 0
-    (run_dir,) = (root / "logs" / "cifar10").iterdir()
-    return run_dir / "checkpoints" / "last.pt"
+    return trained_checkpoint(tmp_path_factory.mktemp("trained"))
 
 
 def flip_bytes_in_tensor(path: Path, name: str, count: int = 64) -> None:
