@@ -239,10 +239,10 @@ def _resumed_settings(
     configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
 ) -> dict[str, Any]:
     """
-    The checkpoint's settings with the new ones over them, through the checks the command line leaves to
-    a resume: refused as a usage error if what was typed breaks them, else as the checkpoint's fault.
+    The checkpoint's settings (`saved`, already through [`checked_settings`](#checked_settings)) with the
+    new ones over them, through the checks the command line leaves to a resume: refused as a usage error
+    if what was typed breaks them, else as the checkpoint's fault.
     """
-    saved = checked_settings(configs, nested, path, saved)
     # The checkpoint brings its random generators' state, so a new seed would be recorded and never used.
     seed, saved_seed = request.settings.get("seed"), saved.get("seed", cli.config_default(configs, "seed"))
     if seed is not None and seed != saved_seed:
@@ -306,10 +306,10 @@ def _train(
         resumed_from = run_folder.checkpoint_to_continue(fixed_dir)
     if resumed_from is not None:
         saved = ckpt.load_checkpoint(resumed_from)
+        checked = checked_settings(configs, nested, resumed_from, saved)
         if fixed_dir is not None:
-            checked = checked_settings(configs, nested, resumed_from, saved)
             run_folder.check_same_run(resumed_from, checked, request.settings, configs, nested)
-        settings = _resumed_settings(configs, nested, request, world, resumed_from, saved)
+        settings = _resumed_settings(configs, nested, request, world, resumed_from, checked)
     # The console and metrics.jsonl are ours; labml writes to its app or TensorBoard only when asked.
     writers = {"web_api"} if request.labml_url else set()
     writers |= {"tensorboard"} if request.tensorboard else set()
