@@ -1,14 +1,10 @@
 """
 # Time to the paper's ResNet-20 accuracy
 
-```
-python -m benchmarks.time_to_accuracy --data-dir DATA_DIR [--seeds 0,1] [trainer options ...]
-python -m benchmarks.time_to_accuracy --runs logs/cifar10/<uuid> [...]   # runs that already finished
-```
-
-Trains the `cpu` recipe (or what the trainer options ask for) once per seed and prints, per run, the
-training time and images to first reach the target on the per-epoch test curve (watched only) and the
-final test accuracy, whose mean over seeds is the verdict. RESULTS.md explains the measurements.
+Trains the `cpu` recipe (or what the trainer options ask for) once per seed, or reads finished runs
+(`--runs`), and prints per run the training time and images to first reach the target on the per-epoch
+test curve (watched only) and the final test accuracy, whose mean over seeds is the verdict. RESULTS.md
+has the commands and explains the measurements.
 """
 
 import argparse
@@ -66,7 +62,7 @@ def _seed_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     epilog = "Other options go to experiments/cifar10.py, e.g. verify_checksums=false."
     p = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy", epilog=epilog,
-                                description=__doc__.split("\n\n")[2])  # fmt: skip
+                                description=__doc__.split("\n\n")[-1])  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (as for the trainer)")
     p.add_argument("--logs-dir", type=Path, default=Path("logs/time_to_accuracy"), help="where the runs go")
     # Comma-separated, so that trainer options such as verify_checksums=false may follow in any order.
