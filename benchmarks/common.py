@@ -18,8 +18,6 @@ import torch
 
 from experiments.precision import machine
 
-DEVICES = ("cpu", "cuda")
-
 
 def positive(text: str, least: int = 1) -> int:
     """An `argparse` type: a whole number of at least 1 (or `least`)."""
@@ -40,7 +38,9 @@ def names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> argparse.ArgumentParser:
+def parser(
+    doc: str | None, repeats: int, devices: Sequence[str] = ("cpu", "cuda")
+) -> argparse.ArgumentParser:
     """The flags every benchmark takes, spelt as the trainer spells them; `doc` less its title is the help."""
     description = (doc or "").split("\n", 2)[-1]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
