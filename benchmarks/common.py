@@ -18,8 +18,6 @@ import torch
 
 from experiments.precision import machine
 
-DEVICES = ("cpu", "cuda")
-
 
 def positive(text: str, least: int = 1) -> int:
     """An `argparse` type: a whole number of at least 1 (or `least`)."""
@@ -40,9 +38,11 @@ def names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> argparse.ArgumentParser:
+def parser(
+    doc: str | None, repeats: int, devices: Sequence[str] = ("cpu", "cuda")
+) -> argparse.ArgumentParser:
     """The flags every benchmark takes, spelt as the trainer spells them; `doc` less its title is the help."""
-    description = (doc or "").split("\n", 2)[-1].replace("```\n", "")
+    description = (doc or "").split("\n", 2)[-1]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     device = "cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu"
     p.add_argument("--device", choices=devices, default=device, help=f"where to measure (here: {device})")
@@ -53,7 +53,11 @@ def parser(doc: str | None, repeats: int, devices: Sequence[str] = DEVICES) -> a
 
 
 def start(p: argparse.ArgumentParser, args: argparse.Namespace, **quick: Any) -> torch.device:
-    """Apply `--quick`'s sizes, check the device, set the threads and print the `machine:` line."""
+    """
+    Apply `--quick`'s sizes, check the device, set the threads and print the `machine:` line: the
+    trainer's description of the machine (`precision.machine`), its cores, load and the time, kept as
+    `args.machine`.
+    """
     vars(args).update(quick if args.quick else {})
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False here; run with --device cpu")
@@ -62,20 +66,16 @@ def start(p: argparse.ArgumentParser, args: argparse.Namespace, **quick: Any) ->
     device = torch.device(args.device)
     if device.type == "cuda":  # cuDNN picks its fastest algorithm for fixed shapes, as the trainer lets it
         torch.backends.cudnn.benchmark = True
-    print(f"machine: {describe_machine(device)}", flush=True)
+    m, now = machine(device), datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    args.machine = (f"{m['device']}, CPU {m['cpu']} ({os.cpu_count()} cores), torch {m['torch']}, "
+                    f"Python {m['python']}, {load_average()}, {now}")  # fmt: skip
+    print(f"machine: {args.machine}", flush=True)
     return device
 
 
 def load_average(label: str = "load average") -> str:
     """The 1, 5 and 15 minute load averages: how busy the machine was while it was measured."""
     return " ".join([label, *(f"{load:.2f}" for load in getattr(os, "getloadavg", lambda: ())())])
-
-
-def describe_machine(device: torch.device) -> str:
-    """The trainer's description of the machine (`precision.machine`), its cores, load and the time."""
-    m, now = machine(device), datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{m['device']}, CPU {m['cpu']} ({os.cpu_count()} cores), torch {m['torch']}, "
-            f"Python {m['python']}, {load_average()}, {now}")  # fmt: skip
 
 
 def time_call(run: Callable[[], object], device: torch.device) -> float:

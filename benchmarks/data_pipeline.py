@@ -1,10 +1,6 @@
 """
 # Data pipeline: does the loader keep the model busy?
 
-```
-python -m benchmarks.data_pipeline --device cpu --batches 20 --repeats 5
-```
-
 Images/s of [`TensorBatches`](../experiments/loader.py) with the paper's augmentation, of a `DataLoader`
 over PIL images with torchvision's transforms, of a `resnet20` training step, and of each loader feeding
 that step, on synthetic `uint8` data of CIFAR-10's shape. BENCHMARKS.md, section 2.
@@ -62,21 +58,6 @@ def take(epoch: Callable[[int], Iterator[Batch]], count: int, device: torch.devi
     return run
 
 
-def train_step(device: torch.device, channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One `resnet20` SGD step per call, the demand side."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = resnet.resnet20().to(device, memory_format=layout)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        loss = F.cross_entropy(model(images.contiguous(memory_format=layout)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     p = common.parser(__doc__, repeats=5)
     p.add_argument("--images", type=positive, default=50_000, help="synthetic training-set size (50000)")
@@ -106,22 +87,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                             num_workers=workers, drop_last=True, persistent_workers=workers > 0,
                             pin_memory=device.type == "cuda")  # fmt: skip
         loaders[f"DataLoader+PIL workers={workers}"] = lambda _, loader=loader: iter(loader)
-    step, fixed = train_step(device, args.channels_last), next(tensor_batches.epoch(0))
+    # The demand side: one `resnet20` SGD step per batch.
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = resnet.resnet20().to(device, memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        loss = F.cross_entropy(model(images.contiguous(memory_format=layout)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    fixed = next(tensor_batches.epoch(0))
     pipelines = {f"supply: {n}": take(epochs, args.batches, device, None) for n, epochs in loaders.items()}
     pipelines[DEMAND] = take(lambda _: itertools.repeat(fixed), args.batches, device, step)
     for name, epochs in loaders.items():
         pipelines[f"end to end: {name} -> resnet20 step"] = take(epochs, args.batches, device, step)
     seconds = common.alternate(list(pipelines.values()), args.repeats, device)
-    summaries = [common.rate_summary(args.batches * args.batch_size, times) for times in seconds]
-    rates = {name: rate for name, (rate, _) in zip(pipelines, summaries, strict=True)}
+    images_timed = args.batches * args.batch_size
+    summaries = {
+        name: common.rate_summary(images_timed, t) for name, t in zip(pipelines, seconds, strict=True)
+    }
+    rates = {name: rate for name, (rate, _) in summaries.items()}
 
     print(f"\nimages/s, median of {args.repeats} alternating repeats of {args.batches} batches of "
           f"{args.batch_size}; {args.images} synthetic uint8 CIFAR images on {device.type}; "
           f"channels_last={args.channels_last}; {common.load_average()}")  # fmt: skip
-    rows = [
-        [name, f"{rate:.0f}", f"{spread:.0%}"]
-        for name, (rate, spread) in zip(pipelines, summaries, strict=True)
-    ]
+    rows = [[name, f"{rate:.0f}", f"{spread:.0%}"] for name, (rate, spread) in summaries.items()]
     print(common.table(["pipeline", "images/s", "spread"], rows) + "\n")
     for name in loaders:
         ratio = rates[f"supply: {name}"] / rates[DEMAND]

@@ -1,22 +1,17 @@
 """
 # All the GPU measurements, one after another
 
-```
-python -m benchmarks.gpu --out gpu-run                     # on a GPU machine
-python -m benchmarks.gpu --data-dir DATA --out gpu-run     # with CIFAR-10 in DATA/: time to accuracy too
-python -m benchmarks.gpu --quick --device cpu              # a smoke run of every step, tiny sizes
-```
-
-GPU time is lent for minutes: this runs `model_speed`, `data_pipeline` and the trainer's runs (each under
-its own `--time-limit`) in one go and ends with a table of verdicts. BENCHMARKS.md, "The GPU script".
+GPU time is lent for minutes: `python -m benchmarks.gpu --out gpu-run` (with `--data-dir DATA`, time to
+accuracy too; `--quick --device cpu`, a smoke run of every step) runs `model_speed`, `data_pipeline` and
+the trainer's runs (each under its own `--time-limit`) in one go and ends with a table of verdicts.
+BENCHMARKS.md, "The GPU script".
 """
 
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +36,14 @@ SPEED_CALLS = (
     ("resnet9 bf16", "resnet9", "channels_last", "bf16", "train,infer"),
     ("resnet20 bf16 compiled", "resnet20", "compile_channels_last", "bf16", "train"),
 )
+# The trainer runs, by label: the `cifar10.train` settings that make each what it is.
+TRAINER_RUNS: dict[str, dict[str, Any]] = {
+    "resnet9": {"model": "resnet9", "recipe": "resnet9"},
+    "resnet20 fast": {"model": "resnet20", "recipe": "fast"},
+    "resnet56 fast": {"model": "resnet56", "recipe": "fast"},
+    "resnet20 fast compiled": {"model": "resnet20", "recipe": "fast", "compile": True},
+    "resnet20 fast CUDA graphs": {"model": "resnet20", "recipe": "fast", "cuda_graphs": True},
+}
 
 
 class Row(NamedTuple):
@@ -90,41 +93,19 @@ def pipeline_step(device: torch.device, quick: bool, repeats: int = 5) -> StepRe
     ], {}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TrainerRun:
-    """One `cifar10.train` call: `model` with `--recipe recipe`, compiled or with CUDA graphs if asked."""
-
-    model: str
-    recipe: str
-    compile: bool = False
-    cuda_graphs: bool = False
-
-    @property
-    def label(self) -> str:
-        variant = "compiled" if self.compile else "CUDA graphs" if self.cuda_graphs else ""
-        recipe = "" if self.recipe == self.model else self.recipe
-        return " ".join(word for word in (self.model, recipe, variant) if word)
-
-    def settings(self, data_dir: Path, real: bool, quick: bool, device: torch.device, logs_dir: Path,
-                 time_limit_s: float) -> dict[str, Any]:  # fmt: skip
-        """The keyword arguments of its `cifar10.train` call; every epoch is tested, for time to target."""
-        settings: dict[str, Any] = dict(
-            model=self.model, recipe=self.recipe, device=device.type, data_dir=str(data_dir), download=False,
-            logs_dir=logs_dir, valid_split=0, eval_every_epoch=True, time_limit_s=time_limit_s,
-            **({"compile": True} if self.compile else {"cuda_graphs": True} if self.cuda_graphs else {}),
-        )  # fmt: skip
-        if not real:  # a few epochs give a steady rate; synthetic files cannot match the official md5 sums
-            settings.update(epochs=1 if quick else 3, verify_checksums=False)
-            settings.update({"batch_size": 64} if quick else {})
-        return settings
+def trainer_settings(run: dict[str, Any], data_dir: Path, real: bool, quick: bool, device: torch.device,
+                     logs_dir: Path, time_limit_s: float) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments of a `TRAINER_RUNS` run's `cifar10.train` call; every epoch is tested."""
+    settings = {**run, "device": device.type, "data_dir": str(data_dir), "download": False, "valid_split": 0,
+                "logs_dir": logs_dir, "eval_every_epoch": True, "time_limit_s": time_limit_s}  # fmt: skip
+    if not real:  # a few epochs give a steady rate; synthetic files cannot match the official md5 sums
+        settings.update(
+            epochs=1 if quick else 3, verify_checksums=False, **({"batch_size": 64} if quick else {})
+        )
+    return settings
 
 
-TRAINER_RUNS = (TrainerRun("resnet9", "resnet9"), TrainerRun("resnet20", "fast"),
-                TrainerRun("resnet56", "fast"), TrainerRun("resnet20", "fast", compile=True),
-                TrainerRun("resnet20", "fast", cuda_graphs=True))  # fmt: skip
-
-
-def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_images: int) -> StepResult:
+def train_step(label: str, settings: dict[str, Any], real: bool, train_images: int) -> StepResult:
     """One trainer run and its rows: speed, and on real data the final accuracy and the time to target."""
     before = counters["inductor"]["cudagraph_skips"]  # graphs inductor compiled but did not record
     results = cifar10.train(**settings)
@@ -133,9 +114,9 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
                "run_dir": str(results.run_dir), "results": results.summary, "history": history}  # fmt: skip
 
     def add(*cells: str) -> None:
-        rows.append(Row(f"trainer {run.label}", *cells))
+        rows.append(Row(f"trainer {label}", *cells))
 
-    if run.cuda_graphs:  # a graph torch.compile could not record shows only in a log line and this counter
+    if settings.get("cuda_graphs"):  # a graph torch.compile could not record shows only here and in a log
         declined = counters["inductor"]["cudagraph_skips"] - before
         add("graphs torch.compile declined to record as CUDA graphs", str(declined), "0",
             "pass" if declined == 0 else "fail")  # fmt: skip
@@ -145,7 +126,7 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
         add("train images/s, all epochs (incl. warm-up)", f"{history[-1]['train_images_per_s']:.0f}")
     if len(history) > 1:  # after the first epoch's warm-up and compilation: the steady rate
         add("train images/s, last epoch", f"{train_images / history[-1]['epoch_train_time_s']:.0f}")
-    accuracy, seconds = TARGETS[run.model]
+    accuracy, seconds = TARGETS[settings["model"]]
     final = "final test accuracy" + (f" (epoch {len(history)}, run stopped)" if stopped else "")
     to_target, limit = f"training time to {accuracy:.2%} (evaluation excluded)", f"<= {seconds:.0f} s"
     reached, unmeasured = common.first_reaching(history, accuracy), "not-measurable"
@@ -166,31 +147,6 @@ def train_step(run: TrainerRun, settings: dict[str, Any], real: bool, train_imag
     return "stopped" if stopped else "done", rows, details
 
 
-def run_steps(steps: list[tuple[str, str, str, Callable[[], StepResult]]],
-              time_limit: int) -> tuple[list[dict[str, Any]], list[Row]]:  # fmt: skip
-    """Each `(stage, name, why it is skipped or "", call)` in turn; one that fails costs only its rows."""
-    reports, rows = [], []
-    for stage, name, skip, call in steps:
-        report: dict[str, Any] = {"stage": stage, "name": name, "status": "skipped", "reason": skip,
-                                  "seconds": 0.0}  # fmt: skip
-        step_rows: list[Row] = []
-        if not skip:
-            print(f"\n=== {stage}: {name}", flush=True)
-            started = time.perf_counter()
-            try:
-                report["status"], step_rows, report["details"] = call()
-            except (Exception, SystemExit) as e:
-                report["status"], report["reason"] = "error", f"{type(e).__name__}: {e}"[:200]
-            report["seconds"] = time.perf_counter() - started
-        if report["status"] != "done":
-            reason = report["reason"] or f"stopped by its {time_limit} s time limit"
-            status = report["status"]
-            rows.append(Row(stage.replace("_", " "), name, f"{status}: {reason}", "-", status))
-        rows += step_rows
-        reports.append(report)
-    return reports, rows
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the steps in order, print the summary table last; returns what summary.json holds."""
     p = common.parser(__doc__, repeats=5)
@@ -207,15 +163,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--out {args.out} already holds a summary; choose another folder so the earlier one is kept")
     threads = torch.get_num_threads()
     device = common.start(p, args)
-    machine = common.describe_machine(device)
-    no_compile = "--no-compile" if args.no_compile else ""
-    no_compile = "torch.compile steps are left out with --quick" if args.quick else no_compile
+    no_compile = "torch.compile steps are left out with --quick" if args.quick else \
+        "--no-compile" if args.no_compile else ""  # fmt: skip
+    # Each step: (stage, name, why it is skipped or "", the call).
     steps = [("model_speed", name, no_compile if "compile" in call[1] else "",
               partial(speed_step, *call, device, args.quick, args.repeats))
              for name, *call in SPEED_CALLS if "model_speed" in args.stages]  # fmt: skip
     if "data_pipeline" in args.stages:
         pipeline = partial(pipeline_step, device, args.quick, args.repeats)
         steps.append(("data_pipeline", "TensorBatches vs resnet20", "", pipeline))
+    reports, rows = [], []
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as folder:
             logs_dir = args.out / "runs" if args.out is not None else Path(folder) / "logs"
@@ -224,27 +181,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 per_file = 16 if args.quick else 10_000 if device.type == "cuda" else 1_000
                 write_synthetic_cifar10(data_dir, n_per_train_batch=per_file, n_test=32, separable=True)
                 train_images = 5 * per_file
-            for run in TRAINER_RUNS if "trainer" in args.stages else ():
-                skip = "--cuda-graphs needs CUDA" if run.cuda_graphs and device.type != "cuda" else \
-                    no_compile if run.compile or run.cuda_graphs else ""  # fmt: skip
-                settings = run.settings(data_dir, real, args.quick, device, logs_dir, args.time_limit)
-                trainer = partial(train_step, run, settings, real, train_images)
-                steps.append(("trainer", run.label, skip, trainer))
-            reports, rows = run_steps(steps, args.time_limit)
+            for label, run in TRAINER_RUNS.items() if "trainer" in args.stages else ():
+                skip = "--cuda-graphs needs CUDA" if run.get("cuda_graphs") and device.type != "cuda" else \
+                    no_compile if run.get("compile") or run.get("cuda_graphs") else ""  # fmt: skip
+                settings = trainer_settings(
+                    run, data_dir, real, args.quick, device, logs_dir, args.time_limit
+                )
+                steps.append(
+                    ("trainer", label, skip, partial(train_step, label, settings, real, train_images))
+                )
+            for stage, name, skip, call in steps:  # one that fails costs only its own rows
+                report: dict[str, Any] = {"stage": stage, "name": name, "status": "skipped", "reason": skip,
+                                          "seconds": 0.0}  # fmt: skip
+                step_rows: list[Row] = []
+                if not skip:
+                    print(f"\n=== {stage}: {name}", flush=True)
+                    started = time.perf_counter()
+                    try:
+                        report["status"], step_rows, report["details"] = call()
+                    except (Exception, SystemExit) as e:
+                        report["status"], report["reason"] = "error", f"{type(e).__name__}: {e}"[:200]
+                    report["seconds"] = time.perf_counter() - started
+                if report["status"] != "done":
+                    reason = report["reason"] or f"stopped by its {args.time_limit} s time limit"
+                    rows.append(Row(stage.replace("_", " "), name, f"{report['status']}: {reason}", "-",
+                                    report["status"]))  # fmt: skip
+                rows += step_rows
+                reports.append(report)
     finally:
         torch.set_num_threads(threads)
     note = f"trainer runs on CIFAR-10 from {args.data_dir}" if real else \
         "trainer runs on synthetic CIFAR-10-format data: throughput only, accuracy means nothing"  # fmt: skip
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary = {"command": command, "machine": machine, "note": note, "steps": reports,
+    summary = {"command": command, "machine": args.machine, "note": note, "steps": reports,
                "rows": [row._asdict() for row in rows]}  # fmt: skip
     text = common.table(Row._fields, rows)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        markdown = f"# GPU benchmark\n\n{machine}\n\n`{command}`\n\n{note}\n\n{text}\n"
+        markdown = f"# GPU benchmark\n\n{args.machine}\n\n`{command}`\n\n{note}\n\n{text}\n"
         (args.out / "summary.md").write_text(markdown)
-    print(f"\n# Summary\nmachine: {machine}\n{note}\n{text}", flush=True)
+    print(f"\n# Summary\nmachine: {args.machine}\n{note}\n{text}", flush=True)
     return summary
 
 

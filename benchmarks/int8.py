@@ -1,15 +1,10 @@
 """
 # int8 against float32 and bfloat16 on the CPU
 
-```
-python -m benchmarks.int8 --data-dir ~/data --model resnet20 --threads 2
-python -m benchmarks.int8 --data-dir ~/data --model resnet20 --model resnet56=logs/run/checkpoint.pt
-```
-
 The same weights as float32, as bfloat16 and through `resnet.quantize_int8` (calibrated on the first
 `--calibration` training images): single-view CIFAR-10 test accuracy and images/s on one batch.
-`--model NAME` takes the shipped weights, `NAME=FILE` what `resnet.load_checkpoint` reads (a
-`.safetensors` file, a trainer checkpoint, a `save_pretrained` folder).
+`--model NAME` takes the shipped weights, `NAME=FILE` what `resnet.load_checkpoint` reads. BENCHMARKS.md,
+"int8 inference on the CPU".
 """
 
 import copy

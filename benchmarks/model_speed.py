@@ -1,13 +1,9 @@
 """
 # Model speed against reference implementations
 
-```
-python -m benchmarks.model_speed --device cuda --models resnet20,resnet9,resnet50 --amp bf16
-```
-
 Training steps and inference passes of our networks against a reference of the same architecture:
 `torchvision.models.resnetXX` for the ImageNet presets, the plain networks below for the CIFAR ones and
-`resnet9`. BENCHMARKS.md, section 1.
+`resnet9`. BENCHMARKS.md, section 1, has the commands and what they measured.
 """
 
 import itertools
@@ -32,50 +28,43 @@ IMAGENET_PRESETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"
 VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
 
 
-class ReferenceBlock(nn.Module):
-    """The basic block with functional ReLUs, no checks; option A: every other pixel, zero channels padded."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        extra = out_channels - in_channels  # zero channels, half before and half after
-        self.pad = (0, 0, 0, 0, extra // 2, extra - extra // 2) if stride != 1 or extra else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.pad is None else F.pad(x[:, :, ::2, ::2], self.pad)))
-
-
-class ReferenceCifarResNet(nn.Module):
-    """The $6n + 2$-layer network of §4.2 and nothing else: the bar our `resnet20` ... have to clear."""
-
-    def __init__(self, n: int, num_classes: int = 10):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
-        widths = itertools.pairwise([16] + [width for width in (16, 32, 64) for _ in range(n)])
-        # A stage's first block widens the map and halves it.
-        self.blocks = nn.Sequential(*(ReferenceBlock(a, b, 1 + (a != b)) for a, b in widths))
-        self.linear = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(F.relu(self.bn(self.conv(x))))
-        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True)]  # fmt: skip
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1,
+                 inplace: bool = True) -> list[nn.Module]:  # fmt: skip
+    return [nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=inplace)]  # fmt: skip
 
 
 class ReferenceResidual(nn.Sequential):
-    """ResNet-9's residual block: two convolutions on a branch, the identity added, a ReLU after the sum."""
+    """
+    The basic block as plain layers, no checks: two convolutions on the branch, the input added, a ReLU after
+    the sum. A block that widens the map and halves it adds option A's shortcut: every other pixel, zero
+    channels padded.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, inplace: bool = True):
+        # A block that widens the map halves it: stride 2 on its first convolution.
+        first = conv_bn_relu(in_channels, out_channels, 1 + (in_channels != out_channels), inplace)
+        super().__init__(*first, *conv_bn_relu(out_channels, out_channels)[:2])
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if out.shape != x.shape:
+            x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, out.shape[1] - x.shape[1]))
         # The sum is a fresh tensor, so rectifying it in place touches nothing the backward pass needs.
-        return F.relu(super().forward(x) + x, inplace=True)
+        return F.relu(out + x, inplace=self.inplace)
+
+
+def reference_cifar_resnet(n: int, num_classes: int = 10) -> nn.Sequential:
+    """
+    The $6n + 2$-layer network of §4.2 and nothing else: the bar our `resnet20` ... have to clear. Its ReLUs
+    allocate their output, as in the reference every CIFAR number in BENCHMARKS.md was measured against.
+    """
+    widths = itertools.pairwise([16] + [width for width in (16, 32, 64) for _ in range(n)])
+    return nn.Sequential(
+        *conv_bn_relu(3, 16, inplace=False), *(ReferenceResidual(a, b, inplace=False) for a, b in widths),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+    )  # fmt: skip
 
 
 class ReferenceScale(nn.Module):
@@ -87,14 +76,11 @@ class ReferenceScale(nn.Module):
 
 def reference_resnet9(num_classes: int = 10) -> nn.Sequential:
     """The DAWNBench ResNet-9 as one `nn.Sequential` with in-place ReLUs (a block's ReLU after the sum)."""
-
-    def residual(c: int) -> nn.Module:
-        return ReferenceResidual(*conv_bn_relu(c, c), *conv_bn_relu(c, c)[:2])
-
     return nn.Sequential(
-        *conv_bn_relu(3, 64), *conv_bn_relu(64, 128), nn.MaxPool2d(2), residual(128),
-        *conv_bn_relu(128, 256), nn.MaxPool2d(2), *conv_bn_relu(256, 512), nn.MaxPool2d(2), residual(512),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), ReferenceScale(),
+        *conv_bn_relu(3, 64), *conv_bn_relu(64, 128), nn.MaxPool2d(2), ReferenceResidual(128, 128),
+        *conv_bn_relu(128, 256), nn.MaxPool2d(2), *conv_bn_relu(256, 512), nn.MaxPool2d(2),
+        ReferenceResidual(512, 512), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        nn.Linear(512, num_classes, bias=False), ReferenceScale(),
     )  # fmt: skip
 
 
@@ -103,7 +89,7 @@ def build_pair(name: str) -> tuple[nn.Module, nn.Module, str]:
     if name == "resnet9":
         pair, described = (resnet.resnet9(), reference_resnet9()), "minimal ResNet-9 (nn.Sequential)"
     elif name in CIFAR_DEPTHS:
-        pair = resnet.PRESETS[name](), ReferenceCifarResNet(CIFAR_DEPTHS[name])
+        pair = resnet.PRESETS[name](), reference_cifar_resnet(CIFAR_DEPTHS[name])
         described = "minimal option-A CIFAR ResNet"
     else:
         pair = resnet.PRESETS[name](), getattr(torchvision.models, name)(weights=None)
@@ -173,10 +159,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="number format, as the trainer's")
     # fmt: on
     args = p.parse_args(argv)
-    if args.quick:  # resnet20 and resnet18, batch 4, 32x32, eager and channels_last, 2 repeats of 1 step
-        args.models, args.batch_size, args.image_size = ["resnet20", "resnet18"], 4, 32
-        args.variants, args.repeats, args.steps, args.warmup = ["eager", "channels_last"], 2, 1, 1
-    device = common.start(p, args)
+    device = common.start(p, args, models=["resnet20", "resnet18"], batch_size=4, image_size=32,
+                          variants=["eager", "channels_last"], repeats=2, steps=1, warmup=1)  # fmt: skip
     args.variants = [v for v in args.variants if not (args.no_compile and v.startswith("compile"))
                      and not (args.no_channels_last and "channels_last" in v)]  # fmt: skip
     if not args.variants:

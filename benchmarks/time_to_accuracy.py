@@ -1,14 +1,10 @@
 """
 # Time to the paper's ResNet-20 accuracy
 
-```
-python -m benchmarks.time_to_accuracy --data-dir DATA_DIR [--seeds 0,1] [trainer options ...]
-python -m benchmarks.time_to_accuracy --runs logs/cifar10/<uuid> [...]   # runs that already finished
-```
-
-Trains the `cpu` recipe (or what the trainer options ask for) once per seed and prints, per run, the
-training time and images to first reach the target on the per-epoch test curve (watched only) and the
-final test accuracy, whose mean over seeds is the verdict. RESULTS.md explains the measurements.
+Trains the `cpu` recipe (or what the trainer options ask for) once per seed, or reads finished runs
+(`--runs`), and prints per run the training time and images to first reach the target on the per-epoch
+test curve (watched only) and the final test accuracy, whose mean over seeds is the verdict. RESULTS.md
+has the commands and explains the measurements.
 """
 
 import argparse
@@ -26,7 +22,7 @@ PAPER_RESNET20_ACCURACY = 0.9125
 
 
 def summarize(run_dir: Path, target: float) -> dict[str, Any]:
-    """The numbers this benchmark prints, from one finished run folder."""
+    """A finished run's `results.json`, with when its per-epoch test curve first reached `target`."""
     metrics_path, results_path = run_dir / "metrics.jsonl", run_dir / "results.json"
     if not metrics_path.is_file() or not results_path.is_file():
         raise SystemExit(f"{run_dir} is not a finished run folder (needs metrics.jsonl and results.json)")
@@ -37,13 +33,9 @@ def summarize(run_dir: Path, target: float) -> dict[str, Any]:
                          "is measured on full-data runs only")  # fmt: skip
     crossing = first_reaching(records, target) or {}
     return {
-        "run_dir": str(run_dir), "seed": r["seed"], "recipe": r["recipe"], "epochs": r["epochs"],
-        "final_test_accuracy": r["test_accuracy"], "train_time_s": r["train_time_s"],
-        "images_seen": r["images_seen"], "images_per_s": r["train_images_per_s"],
-        "first_epoch_at_target": crossing.get("epoch"),
+        **r, "final_test_accuracy": r["test_accuracy"], "first_epoch_at_target": crossing.get("epoch"),
         "train_time_to_target_s": crossing.get("train_time_s"),
         "images_to_target": crossing["epoch"] * r["data"]["train_images"] if crossing else None,
-        "amp": r.get("amp"), "cpu": r.get("cpu"), "threads": r.get("threads"),
     }  # fmt: skip
 
 
@@ -66,7 +58,7 @@ def _seed_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     epilog = "Other options go to experiments/cifar10.py, e.g. verify_checksums=false."
     p = argparse.ArgumentParser(prog="python -m benchmarks.time_to_accuracy", epilog=epilog,
-                                description=__doc__.split("\n\n")[2])  # fmt: skip
+                                description=__doc__.split("\n\n")[-1])  # fmt: skip
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (as for the trainer)")
     p.add_argument("--logs-dir", type=Path, default=Path("logs/time_to_accuracy"), help="where the runs go")
     # Comma-separated, so that trainer options such as verify_checksums=false may follow in any order.
@@ -86,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         reached = "never reached on the per-epoch test curve" if r["first_epoch_at_target"] is None else (
             f"reached at epoch {r['first_epoch_at_target']} after {r['train_time_to_target_s'] / 60:.1f} min "
             f"of training and {r['images_to_target'] / 1e6:.2f}M images")  # fmt: skip
-        print(f"seed {r['seed']} ({r['recipe']}, {r['epochs']} epochs, amp {r['amp']}, {r['cpu']}, "
-              f"{r['threads']} threads): final test accuracy {r['final_test_accuracy']:.4f}; {reached}; "
+        print(f"seed {r['seed']} ({r['recipe']}, {r['epochs']} epochs, amp {r.get('amp')}, {r.get('cpu')}, "
+              f"{r.get('threads')} threads): final test accuracy {r['final_test_accuracy']:.4f}; {reached}; "
               f"whole run {r['train_time_s'] / 60:.1f} min, {r['images_seen'] / 1e6:.2f}M images "
-              f"({r['images_seen'] / PAPER_IMAGES:.3f}x the paper's 8.19M), {r['images_per_s']:.0f} "
+              f"({r['images_seen'] / PAPER_IMAGES:.3f}x the paper's 8.19M), {r['train_images_per_s']:.0f} "
               "images/s")  # fmt: skip
     mean = statistics.mean(r["final_test_accuracy"] for r in rows)
     verdict = "meets" if mean >= args.target else "misses"

@@ -1,10 +1,6 @@
 """
 # Trainer overhead: what the labml trainer costs per epoch
 
-```
-python -m benchmarks.trainer_overhead --device cpu --images 2560 --repeats 11
-```
-
 The second epoch of a two-epoch `cifar10.train(...)` run, by the trainer's own clock, against a bare
 PyTorch loop on the same network, settings, steps and `TensorBatches`, on synthetic images in CIFAR-10's
 file format: the overhead is the median of the paired ratios minus 1. BENCHMARKS.md, section 3.

@@ -1,14 +1,10 @@
 """
 # What the averaged weights and test-time views are worth, on the validation split
 
-```
-python -m benchmarks.valid_ablation logs/cifar10/<uuid> [key=value ...]
-```
-
-Scores a run trained with `ema_decay` and `--valid-split` on its own held-out images (rebuilt from its
-seed), with {trained, averaged} weights × {no flip, flip TTA} × `shift_tta` of 0, 1 and 2 pixels, so that
-a recipe keeps them on a measurement that never reads the test set. `key=value` overrides the run's data
-settings (e.g. `data_dir=...`, `verify_checksums=false`).
+`python -m benchmarks.valid_ablation RUN [key=value ...]` scores a run trained with `ema_decay` and
+`--valid-split` on its own held-out images (rebuilt from its seed), with {trained, averaged} weights ×
+{no flip, flip TTA} × `shift_tta` of 0, 1 and 2 pixels, so that a recipe keeps them on a measurement that
+never reads the test set. `key=value` overrides the run's data settings (`data_dir=...`).
 """
 
 import argparse
@@ -24,7 +20,7 @@ from experiments.launch import quiet
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.valid_ablation",
-                                description=__doc__.split("\n\n")[2])  # fmt: skip
+                                description=__doc__.split("\n\n")[-1])  # fmt: skip
     p.add_argument("run", type=Path, help="a run folder trained with ema_decay and --valid-split")
     p.add_argument("settings", nargs="*", metavar="key=value", help="data settings over the run's own")
     args = p.parse_args(argv)

@@ -56,18 +56,22 @@ def test_model_speed_compares_equal_architectures(name):
 
 
 def test_the_cifar_reference_has_the_papers_shape():
-    reference = model_speed.ReferenceCifarResNet(3)
-    assert len(reference.blocks) == 9
+    reference = model_speed.reference_cifar_resnet(3)
+    assert sum(isinstance(m, model_speed.ReferenceResidual) for m in reference) == 9
     assert reference(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_the_resnet9_reference_computes_the_same_function_as_ours():
+@pytest.mark.parametrize(
+    "name, described",
+    [("resnet9", "minimal ResNet-9 (nn.Sequential)"), ("resnet20", "minimal option-A CIFAR ResNet")],
+)
+def test_the_reference_computes_the_same_function_as_ours(name, described):
     """
     Equal parameter counts could hide a different layer order; equal outputs from the same weights cannot.
     Both list their parameters and buffers in the same order, so ours load into the reference one by one.
     """
-    ours, reference, described = model_speed.build_pair("resnet9")
-    assert described == "minimal ResNet-9 (nn.Sequential)" and isinstance(reference, torch.nn.Sequential)
+    ours, reference, what = model_speed.build_pair(name)
+    assert what == described and isinstance(reference, torch.nn.Sequential)
     ours_state, reference_state = ours.state_dict(), reference.state_dict()
     assert [t.shape for t in ours_state.values()] == [t.shape for t in reference_state.values()]
     reference.load_state_dict(dict(zip(reference_state, ours_state.values(), strict=True)))

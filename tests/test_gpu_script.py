@@ -47,7 +47,7 @@ def test_every_step_runs_in_order_and_only_the_compiled_ones_are_skipped(quick_r
     assert [(stage, name) for stage, name, _ in steps] == [
         *(("model_speed", call[0]) for call in gpu.SPEED_CALLS),
         ("data_pipeline", "TensorBatches vs resnet20"),
-        *(("trainer", run.label) for run in gpu.TRAINER_RUNS),
+        *(("trainer", label) for label in gpu.TRAINER_RUNS),
     ]
     for stage, name, status in steps:
         cuda_graphs = name == "resnet20 fast CUDA graphs"
@@ -160,10 +160,11 @@ def test_only_the_stages_asked_for_run(monkeypatch, capsys):
 
 def test_each_trainer_run_passes_its_recipe_flags_and_time_limit(tmp_path):
     cuda = torch.device("cuda")
-    runs = {run.label: run for run in gpu.TRAINER_RUNS}
+    runs = gpu.TRAINER_RUNS
     assert list(runs) == ["resnet9", "resnet20 fast", "resnet56 fast", "resnet20 fast compiled",
                           "resnet20 fast CUDA graphs"]  # fmt: skip
-    calls = {label: run.settings(tmp_path, True, False, cuda, tmp_path, 90) for label, run in runs.items()}
+    calls = {label: gpu.trainer_settings(run, tmp_path, True, False, cuda, tmp_path, 90)
+             for label, run in runs.items()}  # fmt: skip
     for label, settings in calls.items():
         assert settings["recipe"] == ("resnet9" if label == "resnet9" else "fast"), label
         # Real data: each recipe's own schedule and batch (time to accuracy needs them), every md5 checked.
@@ -219,10 +220,10 @@ def test_with_real_data_accuracy_and_time_to_target_get_a_verdict(tmp_path, monk
 
     write_synthetic_cifar10(tmp_path / "data", n_per_train_batch=16, n_test=32, separable=True)
     publish_digests_of(monkeypatch, *(tmp_path / "data" / write).iterdir())
-    run = gpu.TrainerRun("resnet20", "fast")
-    settings = {**run.settings(tmp_path / "data", True, False, torch.device("cpu"), tmp_path / "logs", 600),
+    run, cpu = gpu.TRAINER_RUNS["resnet20 fast"], torch.device("cpu")
+    settings = {**gpu.trainer_settings(run, tmp_path / "data", True, False, cpu, tmp_path / "logs", 600),
                 "epochs": 2, "batch_size": 64, "threads": 1}  # fmt: skip
-    status, rows, details = gpu.train_step(run, settings, True, 80)
+    status, rows, details = gpu.train_step("resnet20 fast", settings, True, 80)
     assert status == "done"
     by_metric = {row.metric: row for row in rows}
     accuracy = by_metric["final test accuracy"]
@@ -266,9 +267,9 @@ def test_real_data_verdicts_compare_the_run_with_resnet20s_targets(
     tmp_path, monkeypatch, accuracies, train_times, accuracy_verdict, time_value, time_verdict
 ):
     monkeypatch.setattr(gpu.cifar10, "train", stand_in_trainer(accuracies, train_times))
-    run = gpu.TrainerRun("resnet20", "fast")
-    settings = run.settings(tmp_path, True, False, torch.device("cuda"), tmp_path / "logs", 60)
-    status, rows, _ = gpu.train_step(run, settings, True, 50_000)
+    run = gpu.TRAINER_RUNS["resnet20 fast"]
+    settings = gpu.trainer_settings(run, tmp_path, True, False, torch.device("cuda"), tmp_path / "logs", 60)
+    status, rows, _ = gpu.train_step("resnet20 fast", settings, True, 50_000)
     assert status == "done"
     by_metric = {row.metric: row for row in rows}
     accuracy = by_metric["final test accuracy"]
@@ -292,9 +293,9 @@ def test_the_cuda_graphs_run_reports_graphs_compile_declined_to_record(tmp_path,
     monkeypatch.setattr(gpu.cifar10, "train", fake_train)
     # Graphs declined earlier in the same process (another step's compile) are not this run's.
     counters["inductor"]["cudagraph_skips"] += 5
-    run = gpu.TrainerRun("resnet20", "fast", cuda_graphs=True)
-    settings = run.settings(tmp_path, False, True, torch.device("cuda"), tmp_path / "logs", 60)
-    _, rows, _ = gpu.train_step(run, settings, False, 200)
+    run = gpu.TRAINER_RUNS["resnet20 fast CUDA graphs"]
+    settings = gpu.trainer_settings(run, tmp_path, False, True, torch.device("cuda"), tmp_path / "logs", 60)
+    _, rows, _ = gpu.train_step("resnet20 fast CUDA graphs", settings, False, 200)
     (row,) = [r for r in rows if r.metric == "graphs torch.compile declined to record as CUDA graphs"]
     assert row.value == str(skips) and row.verdict == ("pass" if skips == 0 else "fail")
 
