@@ -31,10 +31,8 @@ from resnet.pretrained import DATASETS, WEIGHTS_DIR, read_record, sha256_hex
 
 def describe_tta(flip: bool, shift: int) -> str | None:
     """How the trainer's test-time augmentation averages (`flip_tta`, `shift_tta`), in words; None without."""
-    if not flip and not shift:
-        return None
     parts = [*(["flip"] if flip else []), *([f"{shift}-pixel shift"] if shift else [])]
-    return f"{' + '.join(parts)}, {tta_views(flip, shift)} views"
+    return f"{' + '.join(parts)}, {tta_views(flip, shift)} views" if parts else None
 
 
 def write_weights(
