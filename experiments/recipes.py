@@ -133,14 +133,11 @@ def recipe_settings(recipes: dict[str, dict[str, Any]], paper: dict[str, Any]) -
 
     parts = []
     for name, recipe in recipes.items():
-        parts.append(f"{name}: {RECIPE_PURPOSES.get(name, '')}")
-        if name == "paper":
-            parts.append(f"  keeps {listed(paper)}")
         plain = {key: value for key, value in recipe.items() if key != "cuda"}
-        if plain:
-            parts.append(f"  sets {listed(plain)}")
-        if "cuda" in recipe:
-            parts.append(f"  and on CUDA {listed(recipe['cuda'])}")
+        keeps = f"\n  keeps {listed(paper)}" if name == "paper" else ""
+        sets = f"\n  sets {listed(plain)}" if plain else ""
+        cuda = f"\n  and on CUDA {listed(recipe['cuda'])}" if "cuda" in recipe else ""
+        parts.append(f"{name}: {RECIPE_PURPOSES.get(name, '')}{keeps}{sets}{cuda}")
     return "\n".join(parts)
 
 
