@@ -62,12 +62,12 @@ SHORT_RUN = {
 ON_GPU = {"amp": "bf16", "channels_last": True}
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
-    "fast": {**SHORT_RUN, "batch_size": 512, "epochs": 30, "optimizer.learning_rate": 0.4, "cuda": ON_GPU},
+    "fast": {"batch_size": 512, "epochs": 30, "optimizer.learning_rate": 0.4, **SHORT_RUN, "cuda": ON_GPU},
     "cpu": {
-        **SHORT_RUN,
         "batch_size": 128,
         "epochs": 30,
         "optimizer.learning_rate": 0.2,
+        **SHORT_RUN,
         "shift_tta": 1,
         "amp": "auto",
         # Scoring the test set after every epoch would cost the half hour a minute or more.
