@@ -12,20 +12,16 @@ could copy a shallower one and set its extra layers to the identity. Yet §4.2 a
 al. (2015) show a 56-layer *plain* network (the same stack of $3 \\times 3$ convolutions and batch
 normalisation, without shortcuts) ending with a **higher training error** than a 20-layer one. That is
 not overfitting, which would lower the training error, nor vanishing gradients, which batch
-normalisation prevents: it is an optimisation failure, the *degradation problem*. The solver struggles
-to reach the near-identity mappings the extra layers would need. Residual networks learn
-$\\mathcal{F}(x) = \\mathcal{H}(x) - x$ instead of $\\mathcal{H}(x)$, so "do nothing" is the easy default
-of zero weights, and the order flips back: **ResNet-56 has lower training and test error than
+normalisation prevents: it is an optimisation failure, the *degradation problem*. Residual networks
+learn $\\mathcal{F}(x) = \\mathcal{H}(x) - x$ instead of $\\mathcal{H}(x)$, so "do nothing" is the easy
+default of zero weights, and the order flips back: **ResNet-56 has lower training and test error than
 ResNet-20**.
 
-This script is one ordinary [trainer](cifar10.html) run per network, `cifar10.train(...)`, with the
-same settings for all: plain-20/32/44/56 (`--plain`) on the left, ResNet-20/32/44/56/110 (`--residual`)
-on the right. The residual networks keep option A (zero-padding shortcuts), which adds no parameters,
-so each plain network has exactly its residual twin's weights to learn. Each run evaluates the test set
-after every epoch, and [`plot.figure6`](plot.html#figure6) draws the errors from the run folders, with
-the numbers in a JSON file beside the PNG. Each network trains in a folder of its own under
-`--logs-dir`, so a session's end costs nothing: rerun the command and a finished network is read, an
-unfinished one resumed exactly from its checkpoint. The README lists the flags; RESULTS.md has the runs.
+Each network is one ordinary [trainer](cifar10.html) run, `cifar10.train(...)`, with the same settings
+for all and a folder of its own under `--logs-dir`: a rerun reads the finished networks and resumes the
+unfinished one exactly. The residual networks keep option A (zero-padding shortcuts, no parameters), so
+each plain network has exactly its twin's weights to learn. [`plot.figure6`](plot.html#figure6) draws
+the errors per epoch. The README lists the flags; RESULTS.md has the runs.
 """
 
 import argparse
@@ -39,14 +35,17 @@ from typing import Any
 if __package__ in (None, ""):  # `python experiments/degradation.py` puts `experiments/` on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cifar10, plot
+from experiments import cifar10, cli, plot
+from experiments.errors import ExperimentError
 from experiments.files import write_json
+from experiments.options import annotations
 
 PAPER_WIDTHS = (16, 32, 64)
 QUICK = {"train_subset": 5_000, "test_subset": 1_000, "epochs": 20}
-# The trainer's flags this script passes on, spelt as experiments/cifar10.py spells them.
-TRAINER_FLAGS = {"recipe": str, "data_dir": str, "device": str, "threads": int, "seed": int, "epochs": int,
-                 "batch_size": int, "lr": float, "amp": str}  # fmt: skip
+# The trainer's own flags (`cli.FLAGS`) pass through, checked by `cifar10.train`, except those that pick
+# the network, its folder, its time or what it scores: this script decides them for each network.
+TRAINER_FLAGS = [flag for flag in cli.FLAGS if flag.name not in ("--model", "--valid-split", "--resume",
+                 "--run-dir", "--eval", "--results", "--logs-dir", "--time-limit")]  # fmt: skip
 
 
 def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
@@ -62,27 +61,18 @@ def network(kind: str, depth: int, widths: tuple[int, ...]) -> tuple[str, dict[s
                   "shortcut": "none" if kind == "plain" else "A"}  # fmt: skip
 
 
-def find_run(logs_dir: Path) -> tuple[Path | None, bool]:
-    """The newest run folder under a network's own logs folder (or None), and whether it finished."""
-
-    def saved(run: Path) -> list[Path]:  # none in a run killed before its first checkpoint: it does not count
-        return [*run.glob("checkpoints/*.pt"), *run.glob("results.json")]
-
-    runs = [r for r in logs_dir.glob("*/*") if saved(r)]
-    finished = [r for r in runs if (r / "results.json").is_file()]
-    # Each resumption continues in a new folder: the newest checkpoint or result is the run's latest state.
-    newest = max(finished or runs, key=lambda r: max(f.stat().st_mtime for f in saved(r)), default=None)
-    return newest, bool(finished)
-
-
 def setting(text: str) -> tuple[str, Any]:
-    """A trainer `key=value`: a Python literal where it is one (`400`, `[3,3,3]`, `false`), else text."""
+    """
+    A trainer `key=value`: the text where the trainer declares text (`data_dir`), else the Python
+    literal it spells (`400`, `[3, 3, 3]`, `false`), else the text, for `cifar10.train` to refuse.
+    """
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    value = {"true": "True", "false": "False"}.get(value.lower(), value)
+    if annotations(cifar10.Configs).get(key) is str:
+        return key, value
     try:
-        return key, ast.literal_eval(value)
+        return key, ast.literal_eval({"true": "True", "false": "False"}.get(value.lower(), value))
     except (ValueError, SyntaxError):
         return key, value
 
@@ -100,17 +90,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plain-epochs", type=int, metavar="N", help="a shorter schedule for the plain networks")
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds for this call; rerun to resume")
     p.add_argument("--out", type=Path, help="the PNG; its JSON beside it (degradation[_quick].png)")
-    p.add_argument("--logs-dir", type=Path, default=Path("logs/degradation"), help="one folder per network")
-    for key, kind in TRAINER_FLAGS.items():
-        p.add_argument("--" + key.replace("_", "-"), type=kind, help="as for experiments/cifar10.py")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never download CIFAR-10")
+    p.add_argument("--logs-dir", type=Path, default=Path("logs/degradation"), help="a run folder per network")
     p.add_argument("settings", nargs="*", type=setting, metavar="key=value",
                    help="more trainer settings (not right after a list such as --plain 20 56)")
+    trainer = p.add_argument_group("the trainer's flags, as experiments/cifar10.py takes them")
+    for flag in TRAINER_FLAGS:
+        text = flag.help.partition(" (default")[0]
+        if flag.metavar is None:
+            trainer.add_argument(flag.name, dest=flag.key, action="store_const", const=flag.value, help=text)
+        else:
+            kind = flag.kind if flag.run else lambda text, key=flag.key: setting(f"{key}={text}")[1]
+            trainer.add_argument(flag.name, dest=flag.key, type=kind, metavar=flag.metavar, help=text)
     # fmt: on
     args = p.parse_args(argv)
-    for flag, value in (("--time-limit", args.time_limit), ("--plain-epochs", args.plain_epochs)):
-        if value is not None and not value > 0:
-            p.error(f"{flag} {value}: must be positive")
+    if args.time_limit is not None and not args.time_limit > 0:
+        p.error(f"--time-limit {args.time_limit}: must be positive")
     widths = args.widths = tuple(args.widths or ((8, 16, 32) if args.quick else PAPER_WIDTHS))
     plain = args.plain if args.plain is not None else [20, 56] if args.quick else [20, 32, 44, 56]
     residual = (
@@ -141,17 +135,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def trainer_settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
-    """What every network's run gets: the flags given, `key=value` settings, and a test score every epoch."""
-    # `--lr` is the optimizer's rate, as on the trainer's command line; the other flags are their keys.
-    flags = {"optimizer.learning_rate" if k == "lr" else k: getattr(args, k) for k in TRAINER_FLAGS}
-    settings = {**(QUICK if args.quick else {}), **{k: v for k, v in flags.items() if v is not None}}
-    if kind == "plain" and args.plain_epochs is not None:
-        settings["epochs"] = args.plain_epochs
-    always = {"download": args.download, "valid_split": 0, "eval_every_epoch": True}
-    return {**settings, **always, **dict(args.settings)}
-
-
 def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: tuple[int, ...]) -> str:
     """The data and widths, each half's schedule (and whether the plain one is shorter), the line styles."""
 
@@ -174,29 +157,30 @@ def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: tuple[int, ..
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume, or read) each network in turn, then write the JSON and draw the figure."""
     args = parse(argv)
+    flags = {f.key: getattr(args, f.key) for f in TRAINER_FLAGS if getattr(args, f.key) is not None}
+    # Every network scores the test set after every epoch: Figure 6's curves.
+    common = {**(QUICK if args.quick else {}), "valid_split": 0, "eval_every_epoch": True,
+              **dict(args.settings), **flags}  # fmt: skip
     started, runs = time.monotonic(), {}
     for kind, depth, name, model in args.networks:
-        run_dir, finished = (args.given[name], True) if name in args.given else find_run(args.logs_dir / name)
-        if not finished:
-            settings = {**trainer_settings(args, kind), **model, "logs_dir": args.logs_dir / name}
-            if run_dir is not None:
-                settings["resume"] = str(run_dir)
+        # The trainer's `run_dir`: the same call continues the run in it exactly, or starts it there.
+        run_dir = args.given.get(name, args.logs_dir / name)
+        if not (run_dir / "results.json").is_file():
+            settings = {**common, **model, "run_dir": run_dir}
+            if kind == "plain" and args.plain_epochs is not None:
+                settings["epochs"] = args.plain_epochs
             if args.time_limit is not None:
                 settings["time_limit_s"] = max(args.time_limit - (time.monotonic() - started), 1.0)
-            print(f"\n=== {name}: {'resuming ' + str(run_dir) if run_dir else 'training'}", flush=True)
+            print(f"\n=== {name} in {run_dir}", flush=True)
             try:
                 results = cifar10.train(**settings)
-            except Exception as e:  # the trainer's own errors say what to fix in one line; others are bugs
-                if not type(e).__module__.startswith("experiments."):
-                    raise
+            except ExperimentError as e:  # one line saying what to fix, and its exit status (2: a setting)
                 print(f"error: {name}: {e}", file=sys.stderr, flush=True)
-                return 1
-            run_dir = results.run_dir
-            if results.summary is None or run_dir is None:
+                return e.exit_status
+            if results.summary is None:
                 print(f"{name} stopped ({results.stopped}) in {run_dir}; run the same command again to "
                       f"resume it, and train the networks after it", flush=True)  # fmt: skip
                 return 1
-        assert run_dir is not None
         runs[name] = (kind, depth, run_dir)
     curves = {name: plot.read_run(run_dir, label=name) for name, (_, _, run_dir) in runs.items()}
     panels = {half: [(depth, curves[name]) for name, (kind, depth, _) in runs.items() if kind == k]

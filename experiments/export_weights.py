@@ -6,12 +6,10 @@ python -m experiments.export_weights logs/cifar10/<uuid> --dataset cifar10 \\
     --command "<the training command>" --machine "<cores, CPU or GPU>"
 ```
 
-Writes a finished run's network into `resnet/weights/` as `<network>_<dataset>.safetensors` (its
-tensors alone, with its name and options in the metadata) and `<network>_<dataset>.json`, its record
-(`resnet.pretrained.WeightRecord`: size and SHA-256 of the bytes written, single-view and TTA test
-accuracy, recipe, seed, command, machine). That is all a network needs to load by name; the README's
-"Trained weights" says how. A run with `ema_decay` reported its averaged weights, so those ship. Only a
-named network as its builder makes it can ship, and an existing file is never replaced.
+Writes a finished run's network (its averaged weights, when the run kept an average) into
+`resnet/weights/` as `<network>_<dataset>.safetensors` and its record, `<network>_<dataset>.json`
+(`resnet.pretrained.WeightRecord`); the README's "Trained weights" says how they load. Only a named
+network as its builder makes it can ship, and an existing file is never replaced.
 """
 
 import argparse
@@ -33,10 +31,8 @@ from resnet.pretrained import DATASETS, WEIGHTS_DIR, read_record, sha256_hex
 
 def describe_tta(flip: bool, shift: int) -> str | None:
     """How the trainer's test-time augmentation averages (`flip_tta`, `shift_tta`), in words; None without."""
-    if not flip and not shift:
-        return None
     parts = [*(["flip"] if flip else []), *([f"{shift}-pixel shift"] if shift else [])]
-    return f"{' + '.join(parts)}, {tta_views(flip, shift)} views"
+    return f"{' + '.join(parts)}, {tta_views(flip, shift)} views" if parts else None
 
 
 def write_weights(

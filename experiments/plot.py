@@ -6,10 +6,9 @@ python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out c
 ```
 
 [`draw`](#draw) plots each run's `metrics.jsonl` per epoch (training error, validation or else test
-error, learning rate), a line per run labelled by its recipe, network and seed or by `--labels`;
-[`figure6`](#figure6) draws the paper's Figure 6 from the same curves for
-[`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not squashed
-together against 100%.
+error, learning rate), a line per run; [`figure6`](#figure6) draws the paper's Figure 6 from the same
+curves for [`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not
+squashed together against 100%.
 """
 
 import argparse
@@ -22,11 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.errors import ExperimentError
 from experiments.files import atomic_write
-
-
-class PlotError(Exception):
-    """A run folder that cannot be drawn, with what to do about it."""
 
 
 @dataclass
@@ -49,14 +45,14 @@ def read_run(path: Path, label: str | None = None) -> Curve:
     folder = path.parent if path.name == "metrics.jsonl" else path
     metrics, results = folder / "metrics.jsonl", folder / "results.json"
     if not metrics.is_file():
-        raise PlotError(f"{folder} has no metrics.jsonl; pass a run folder such as logs/cifar10/<uuid>")
+        raise ExperimentError(f"{folder} has no metrics.jsonl; pass a run folder such as logs/cifar10/<uuid>")
     try:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         summary = json.loads(results.read_text()) if results.is_file() else None
     except json.JSONDecodeError as e:
-        raise PlotError(f"{folder}: a file there is not JSON ({e.msg} at line {e.lineno})") from None
+        raise ExperimentError(f"{folder}: a file there is not JSON ({e.msg} at line {e.lineno})") from None
     if not records:
-        raise PlotError(f"{metrics} is empty: the run has not finished an epoch yet")
+        raise ExperimentError(f"{metrics} is empty: the run has not finished an epoch yet")
     name = "valid" if any("valid_accuracy" in r for r in records) else "test"
     s = summary or {}
     label = label or (
@@ -111,17 +107,14 @@ def draw(curves: list[Curve], title: str | None = None) -> Any:
     return figure
 
 
-# One colour per depth, the same in both panels of Figure 6, so a depth is easy to follow across them.
-COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:gray")
-
-
 def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
     """
     Figure 6, a panel per entry of `panels` (plain, then residual): error in percent per epoch, training
     thin and dashed, test bold, one colour per depth; sized to stay legible at the README's width.
     """
     depths = sorted({depth for curves in panels.values() for depth, _ in curves})
-    colour = {depth: COLOURS[i % len(COLOURS)] for i, depth in enumerate(depths)}
+    # One colour per depth (matplotlib's cycle), the same in both panels: a depth is easy to follow.
+    colour = {depth: f"C{i % 10}" for i, depth in enumerate(depths)}
     figure, axes = _pyplot().subplots(1, len(panels), figsize=(11, 4.8), sharey=True, squeeze=False)
     for ax, (name, curves) in zip(axes[0], panels.items(), strict=True):
         for depth, curve in curves:
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [None] * len(args.runs)
     try:
         curves = [read_run(run, label) for run, label in zip(args.runs, labels, strict=True)]
-    except PlotError as e:
+    except ExperimentError as e:  # a run folder that cannot be drawn, and what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,58 +1,40 @@
 """
 # Training recipes and learning-rate schedules
 
-A *recipe* is everything about training that is not the network: batch size, optimizer, how the
-learning rate moves, how long to train; `resnet9` also picks its network. A recipe's `cuda` entry is
-what it adds on a GPU (bf16 and `channels_last`; bf16 is slow on most CPUs), and anything set on the
-command line beats the recipe. RESULTS.md has what each recipe reaches and the runs that chose it.
+A *recipe* is everything about training that is not the network (`resnet9` also picks its network).
+Its `cuda` entry applies on a GPU only (bf16 is slow on most CPUs), and anything typed beats it. The
+README lists each recipe's settings; RESULTS.md has what each reaches and the runs that chose it.
 
-## `paper`: §4.2 of He et al. (2015)
+**`paper`** (§4.2) is the [configuration's](cifar10.html#Configs) defaults. Its drops of the rate, at
+32k and 48k of 64k iterations, are fractions of the run (`lr_milestones=[0.5, 0.75]`), so that a
+shortened run keeps the paper's shape instead of staying at 0.1. ResNet-110's warm-up at 0.01 "until
+the training error is below 80% (about 400 iterations), and then go back to 0.1" is
+`lr_warmup_steps=400`; [`StepSchedule`](#StepSchedule) does go back (a popular reproduction forgets
+to), and refuses a warm-up that would reach the first drop and so never train at the full rate.
 
-§4.2's recipe is the [configuration's](cifar10.html#Configs) defaults, so this one is empty. Its
-drops of the rate, at 32k and 48k of 64k iterations, are stored as fractions of the run
-(`lr_milestones=[0.5, 0.75]`), so that a shortened run keeps the paper's shape instead of staying at
-0.1 throughout. ResNet-110's warm-up, 0.01 "until the training error is below 80% (about 400
-iterations), and then go back to 0.1", is `lr_warmup_steps=400`; [`StepSchedule`](#StepSchedule) does
-go back (a popular reproduction forgets to), and refuses a warm-up that would reach the first drop, as
-the run would then never train at the full rate.
+**`fast`** (batch 512 to keep a GPU busy, the rate scaled to 0.4) and **`cpu`** (the paper's ResNet-20
+at batch 128 and rate 0.2, in half an hour on two CPU cores with native bf16, its settings chosen on
+the 45k/5k validation split only) train 30 epochs instead of about 164, the time budget, and depart
+from §4.2 in the same ways, all for a short run:
 
-## `fast` and `cpu`: shorter runs
+* **a linear warm-up, then a cosine decay to 0**: no epochs wasted at a rate too high or too low, and
+  the larger rate cannot blow up the first steps. A warm-up that fills half a shortened run is warned
+  about once ([`WarmupThenDecay`](#WarmupThenDecay)), not rescaled behind the user's back;
+* **Nesterov momentum**, which tolerates the larger rate a little better;
+* **weight decay $5 \\times 10^{-4}$ and label smoothing 0.1**: a short run wants stronger
+  regularisation, and softened targets discourage over-confident logits;
+* **test-time augmentation** over each image and its mirror image; `cpu` adds one-pixel shifts (six
+  views, each one training could have drawn), scores the test set only after the last epoch, and
+  takes bf16 where the CPU has it natively and a timed step is faster (`amp=auto`).
 
-Both depart from §4.2 in the same ways, and for the same reasons:
-
-* **A linear warm-up, then a cosine decay to 0**, instead of the drops: a short run has no epochs to
-  waste at a rate too high or too low, and the warm-up keeps the larger rate from blowing up the first
-  steps. It lasts 200 *steps*; where that is half a shortened run or more,
-  [`WarmupThenDecay`](#WarmupThenDecay) warns once (`ScheduleWarning`, naming a warm-up that fits) and
-  runs as asked rather than rescale the schedule behind the user's back.
-* **Nesterov momentum** (still 0.9), which tolerates the larger rate a little better.
-* **Weight decay $5 \\times 10^{-4}$ and label smoothing 0.1**: a short run wants stronger
-  regularisation, and softened targets discourage over-confident logits.
-* **Flip test-time augmentation (TTA)**: the prediction averages each test image and its mirror image.
-
-`fast` is for a GPU: batch 512 keeps it busy, with the rate scaled to 0.4, for 30 epochs instead of
-about 164. `cpu` keeps the paper's ResNet-20 and batch 128, and aims at its accuracy within half an
-hour of training on two CPU cores with native bf16 (AMX or AVX512-BF16), with settings chosen on the
-45k/5k validation split only. Its further departures:
-
-* **30 epochs** at rate 0.2, 1.5M images against the paper's 64k × 128 = 8.2M: the time budget. The
-  test set is scored once, after the last epoch (`eval_every_epoch=false`), not after every epoch.
-* **One-pixel shift TTA** as well (`shift_tta=1`): six views, each one training could have drawn.
-* **`amp=auto`**: bf16 where the CPU has it natively and a timed step is faster; a number format the
-  paper did not have. Elsewhere float32, several times slower: shorten the run with `--epochs`.
-* `channels_last` (the default on x86 CPUs) changes the memory layout only, not the arithmetic.
-
-## `resnet9`: the DAWNBench recipe, with its network
-
-The ResNet-9 of [`resnet/fast.py`](../resnet/fast.py) with the 24-epoch schedule David Page trained it
-with to 94%: batch 512, Nesterov, weight decay $5 \\times 10^{-4}$, the rate climbing linearly from 0 to
-0.4 over the first 5/24 of the run (`lr_warmup_fraction`, so it stretches with `--epochs`) and falling
-linearly to 0, $8 \\times 8$ Cutout. Label smoothing 0.2 and flip TTA, nearly free, come from his later
-runs. (His rate and weight decay, given for a summed loss, come to these for our mean.) Smaller
-departures: crops pad with black, as the ResNet paper's do; Cutout squares may be clipped at the edges,
-as DeVries & Taylor's are; the epoch's last, smaller batch is trained on too.
-
-The weight average (`ema_decay`) is off in every recipe: a cosine decay already ends with tiny steps.
+**`resnet9`** is the ResNet-9 of [`resnet/fast.py`](../resnet/fast.py) with the 24-epoch schedule
+David Page trained it with to 94%: the rate climbs linearly from 0 over the first 5/24 of the run
+(`lr_warmup_fraction`, so it stretches with `--epochs`), then falls linearly to 0; $8 \\times 8$
+Cutout. Label smoothing 0.2 and flip TTA come from his later runs; his rate and weight decay, given for
+a summed loss, are converted for our mean. Crops pad with black, as the ResNet paper's do; Cutout
+squares may be clipped at the edges, as DeVries & Taylor's are; the epoch's last, smaller batch is
+trained on too. The weight average (`ema_decay`) is off in every recipe: a decay to 0 already ends
+with tiny steps.
 """
 
 import math
@@ -66,39 +48,29 @@ from labml.configs import option
 from experiments.errors import UsageError
 from experiments.options import RecordedOptions, Rule, at_least, within
 
+# What a short run changes in §4.2, the same for `fast` and `cpu` (the docstring says why).
+SHORT_RUN = {
+    "iterations": "from_epochs",
+    "optimizer.nesterov": True,
+    "optimizer.weight_decay": 5e-4,
+    "scheduler": "warmup_cosine",
+    "lr_warmup_steps": 200,
+    "lr_warmup_factor": 0.1,
+    "label_smoothing": 0.1,
+    "flip_tta": True,
+}
+ON_GPU = {"amp": "bf16", "channels_last": True}
 RECIPES: dict[str, dict[str, Any]] = {
-    # The paper's recipe is the configuration's defaults.
     "paper": {},
-    "fast": {
-        "batch_size": 512,
-        "epochs": 30,
-        "iterations": "from_epochs",
-        "optimizer.learning_rate": 0.4,
-        "optimizer.nesterov": True,
-        "optimizer.weight_decay": 5e-4,
-        "scheduler": "warmup_cosine",
-        "lr_warmup_steps": 200,
-        "lr_warmup_factor": 0.1,
-        "label_smoothing": 0.1,
-        "flip_tta": True,
-        "cuda": {"amp": "bf16", "channels_last": True},
-    },
+    "fast": {"batch_size": 512, "epochs": 30, "optimizer.learning_rate": 0.4, **SHORT_RUN, "cuda": ON_GPU},
     "cpu": {
         "batch_size": 128,
         "epochs": 30,
-        "iterations": "from_epochs",
         "optimizer.learning_rate": 0.2,
-        "optimizer.nesterov": True,
-        "optimizer.weight_decay": 5e-4,
-        "scheduler": "warmup_cosine",
-        "lr_warmup_steps": 200,
-        "lr_warmup_factor": 0.1,
-        "label_smoothing": 0.1,
-        "flip_tta": True,
+        **SHORT_RUN,
         "shift_tta": 1,
         "amp": "auto",
-        # The test set is scored once, after the last epoch: per-epoch scoring would cost the half hour
-        # a minute or more.
+        # Scoring the test set after every epoch would cost the half hour a minute or more.
         "eval_every_epoch": False,
     },
     "resnet9": {
@@ -116,12 +88,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.2,
         "cutout": 8,
         "flip_tta": True,
-        "cuda": {"amp": "bf16", "channels_last": True},
+        "cuda": ON_GPU,
     },
 }
 
-# What each recipe is for, one line each in `--help`; lengths and settings (`--help-recipes`) are read
-# from `RECIPES`, so the help and the recipes cannot disagree.
+# What each recipe is for, one line each in `--help`; `--help-recipes` reads the settings from `RECIPES`.
 RECIPE_PURPOSES = {
     "paper": "He et al. §4.2, the configuration's defaults",
     "fast": f"a short schedule for a GPU ({RECIPES['fast']['epochs']} epochs)",
@@ -135,17 +106,9 @@ PAPER_SETTINGS = (
 )  # fmt: skip
 
 
-def _settings_text(settings: dict[str, Any]) -> str:
-    return " ".join(
-        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in settings.items()
-    )
-
-
 def recipe_values(recipe: dict[str, Any], typed: dict[str, Any], *, on_cuda: bool) -> dict[str, Any]:
     """The settings a recipe gives a run, before what was `typed` (which beats them all) is laid over."""
     values = dict(recipe)
-    # A recipe's hardware settings (its "cuda" entry) only pay off on a GPU: bf16 is slow on most CPUs.
     cuda_values = values.pop("cuda", {})
     if on_cuda:
         values.update(cuda_values)
@@ -164,17 +127,17 @@ def recipe_summary(recipes: dict[str, dict[str, Any]]) -> list[str]:
 
 def recipe_settings(recipes: dict[str, dict[str, Any]], paper: dict[str, Any]) -> str:
     """Every recipe with the settings it changes and adds on CUDA; the paper's keeps `paper`'s defaults."""
+
+    def listed(settings: dict[str, Any]) -> str:
+        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+
     parts = []
     for name, recipe in recipes.items():
-        text = f"{name}: {RECIPE_PURPOSES.get(name, '')}"
-        if name == "paper":
-            text += f"\n  keeps {_settings_text(paper)}"
         plain = {key: value for key, value in recipe.items() if key != "cuda"}
-        if plain:
-            text += f"\n  sets {_settings_text(plain)}"
-        if "cuda" in recipe:
-            text += f"\n  and on CUDA {_settings_text(recipe['cuda'])}"
-        parts.append(text)
+        keeps = f"\n  keeps {listed(paper)}" if name == "paper" else ""
+        sets = f"\n  sets {listed(plain)}" if plain else ""
+        cuda = f"\n  and on CUDA {listed(recipe['cuda'])}" if "cuda" in recipe else ""
+        parts.append(f"{name}: {RECIPE_PURPOSES.get(name, '')}{keeps}{sets}{cuda}")
     return "\n".join(parts)
 
 
@@ -289,8 +252,10 @@ class WarmupThenDecay:
     ## Linear warm-up, then a decay to zero
 
     The multiplier climbs linearly from `warmup_factor` to 1 over `warmup_steps`, then a subclass's
-    `decay` curve of the progress (0 to 1) takes it down to 0 at `total_steps`, where it stays.
+    `decay(progress)` (progress from 0 to 1) takes it down to 0 at `total_steps`, where it stays.
     """
+
+    decay: Callable[[float], float]
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.1):
         self.total_steps = int(total_steps)
@@ -313,27 +278,16 @@ class WarmupThenDecay:
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         return self.decay(min(1.0, (step - self.warmup_steps) / decay_steps))
 
-    def decay(self, progress: float) -> float:
-        raise NotImplementedError
-
 
 class WarmupCosineSchedule(WarmupThenDecay):
-    """
-    ## Linear warm-up, then cosine decay
-
-    Half a cosine down to 0: most of the run at a high rate, a smooth anneal at the end.
-    """
+    """Half a cosine down to 0 after the warm-up: most of the run at a high rate, then a smooth anneal."""
 
     def decay(self, progress: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class WarmupLinearSchedule(WarmupThenDecay):
-    """
-    ## Linear warm-up, then linear decay
-
-    The DAWNBench recipes' triangle: a straight line down to 0, after a warm-up from 0 by default.
-    """
+    """The DAWNBench recipes' triangle: a straight line down to 0, after a warm-up from 0 by default."""
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.0):
         super().__init__(total_steps, warmup_steps, warmup_factor)

@@ -10,7 +10,6 @@ layout. Nothing depends on the machine's speed: runs are stopped by a step count
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,9 +57,9 @@ def test_one_run_per_network_and_a_figure_with_every_epoch(synthetic_cifar: Path
         assert n["epochs"] == [1, 2] and n["steps"] == [3, 6]  # 40 images in batches of 16
         assert len(n["train_error"]) == len(n["test_error"]) == 2
         assert all(0.0 <= e <= 1.0 for e in n["train_error"] + n["test_error"])
-        # Each network trained in a folder of its own, as an ordinary trainer run.
+        # Each network trained in a folder of its own, as an ordinary trainer run (`run_dir`).
         run = Path(n["run_dir"])
-        assert run.parent.parent == tmp_path / "logs" / n["network"]
+        assert run == tmp_path / "logs" / n["network"]
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [1 - r["test_accuracy"] for r in records] == pytest.approx(n["test_error"])
         configs = {k: v["computed"] for k, v in yaml.safe_load((run / "configs.yaml").read_text()).items()}
@@ -79,11 +78,13 @@ def test_a_stopped_network_is_resumed_by_the_next_invocation_and_ends_as_an_unin
     # The first invocation stops plain-8 after 4 of its 6 steps, as a time limit or a session's end would.
     assert degradation.main(argv(synthetic_cifar, tmp_path, "stop_after_steps=4")) == 1
     assert "plain-8 stopped" in capsys.readouterr().out and not (tmp_path / "fig.json").exists()
-    (stopped,) = (tmp_path / "logs" / "plain-8").glob("*/*")
+    stopped = tmp_path / "logs" / "plain-8"
+    assert (stopped / "checkpoints" / "last.pt").is_file() and not (stopped / "results.json").exists()
     assert not (tmp_path / "logs" / "plain-14").exists(), "the networks after a stopped one wait"
     assert degradation.main(argv(synthetic_cifar, tmp_path)) == 0
     resumed = json.loads((tmp_path / "fig.json").read_text())["networks"][0]
-    assert resumed["summary"]["resumed_from"].startswith(str(stopped))
+    # Continued from its checkpoint, in its own folder.
+    assert resumed["summary"]["resumed_from"].startswith(str(stopped)) and resumed["run_dir"] == str(stopped)
     # The same network trained without a stop, in another logs folder, ends at the same errors.
     assert degradation.main(argv(synthetic_cifar, tmp_path, logs="straight")) == 0
     straight = json.loads((tmp_path / "fig.json").read_text())["networks"][0]
@@ -106,26 +107,36 @@ def test_finished_networks_are_read_not_retrained(
     assert json.loads((tmp_path / "fig.json").read_text()) == first and (tmp_path / "fig.png").exists()
 
 
-def test_a_networks_run_is_found_in_its_own_folder(tmp_path: Path) -> None:
-    logs = tmp_path / "plain-20"
-    assert degradation.find_run(logs) == (None, False)
-    # Killed before its first checkpoint was complete: only the temporary file of an atomic write.
-    (logs / "cifar10" / "a" / "checkpoints").mkdir(parents=True)
-    (logs / "cifar10" / "a" / "checkpoints" / ".last.pt.tmp-123").write_bytes(b"half")
-    assert degradation.find_run(logs) == (None, False)
-    (logs / "cifar10" / "b" / "checkpoints").mkdir(parents=True)
-    (logs / "cifar10" / "b" / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
-    assert degradation.find_run(logs) == (logs / "cifar10" / "b", False)  # to be resumed
-    # Its resumption, in a folder of its own, has the later checkpoint (a folder's own time says nothing).
-    (logs / "cifar10" / "0" / "checkpoints").mkdir(parents=True)
-    (logs / "cifar10" / "0" / "checkpoints" / "last.pt").write_bytes(b"later")
-    os.utime(logs / "cifar10" / "b" / "checkpoints" / "last.pt", (1, 1))
-    os.utime(logs / "cifar10" / "0", (2e9, 2e9))
-    os.utime(logs / "cifar10" / "b", (3e9, 3e9))
-    assert degradation.find_run(logs) == (logs / "cifar10" / "0", False)
-    (logs / "cifar10" / "c").mkdir()
-    (logs / "cifar10" / "c" / "results.json").write_text("{}")
-    assert degradation.find_run(logs) == (logs / "cifar10" / "c", True)  # finished: to be read
+def test_each_network_is_a_run_folder_the_trainer_continues_and_a_finished_one_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    seen: list[dict] = []
+
+    def stopped(**settings: object) -> SimpleNamespace:
+        seen.append(settings)
+        return SimpleNamespace(summary=None, run_dir=settings["run_dir"], stopped="time limit")
+
+    monkeypatch.setattr(degradation.cifar10, "train", stopped)
+    logs = tmp_path / "logs"
+    write_run(logs / "plain-20", [0.5], [0.5], 1)  # finished: read, never trained again
+    args = [
+        "--plain",
+        "20",
+        "56",
+        "--residual",
+        "20",
+        "--out",
+        str(tmp_path / "f.png"),
+        "--logs-dir",
+        str(logs),
+    ]
+    assert degradation.main(args) == 1
+    # The next network is handed to the trainer as its own run folder, which the trainer continues from
+    # its checkpoint, or starts (again) when it has none: this script picks no checkpoint and no new folder.
+    (settings,) = seen
+    assert settings["run_dir"] == logs / "plain-56" and settings["model"] == "plain56"
+    assert "resume" not in settings and "logs_dir" not in settings
+    assert "plain-56 stopped (time limit)" in capsys.readouterr().out
 
 
 def write_run(folder: Path, train_errors: list[float], test_errors: list[float | None], epochs: int) -> Path:
@@ -173,17 +184,27 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
 
     monkeypatch.setattr(degradation.cifar10, "train", stopped_by_its_time_limit)
     args = ["--quick", "--recipe", "cpu", "--time-limit", "600", "--plain-epochs", "5", "lr_warmup_steps=3",
-            "verify_checksums=false", "--out", str(tmp_path / "f.png"),
-            "--logs-dir", str(tmp_path / "logs")]  # fmt: skip
+            "--no-verify-checksums", "--lr", "0.05", "--seed", "3", "--data-dir", "2024", "--out",
+            str(tmp_path / "f.png"), "--logs-dir", str(tmp_path / "logs")]  # fmt: skip
     assert degradation.main(args) == 1
     assert "run the same command again to resume it" in capsys.readouterr().out
     (settings,) = seen
-    assert 0 < settings["time_limit_s"] <= 600 and "resume" not in settings
+    assert 0 < settings["time_limit_s"] <= 600 and settings["run_dir"] == tmp_path / "logs" / "plain-20"
     assert settings["model"] == "custom" and settings["n_channels"] == [8, 16, 32]  # --quick: half width
     assert (settings["train_subset"], settings["test_subset"], settings["epochs"]) == (5_000, 1_000, 5)
     assert settings["lr_warmup_steps"] == 3 and settings["verify_checksums"] is False
+    # The trainer's flags as the trainer takes them: a number where its setting is one, text for a path.
+    assert (settings["optimizer.learning_rate"], settings["seed"], settings["data_dir"]) == (0.05, 3, "2024")
     assert settings["recipe"] == "cpu"
     assert settings["eval_every_epoch"] is True and settings["valid_split"] == 0
+
+
+def exit_status(args: list[str]) -> int:
+    """What the command exits with: argparse's own refusals exit, the trainer's are returned."""
+    try:
+        return degradation.main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
 
 
 @pytest.mark.parametrize(
@@ -197,15 +218,18 @@ def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
         (["--runs", "resnet20=."], "a finished run (with its results.json)"),
         (["epochs"], "key=value"),
         (["--time-limit", "0"], "--time-limit 0.0: must be positive"),
-        (["--plain-epochs", "-1"], "--plain-epochs -1: must be positive"),
+        # The trainer's settings are checked by the trainer, and the error names the network.
+        (["--plain-epochs", "-1"], "error: plain-20: epochs=-1: must be at least 1"),
+        (["--amp", "fp8"], "error: plain-20: amp='fp8': must be one of none, auto"),
+        (["epochs=abc"], "error: plain-20: epochs='abc': expected a whole number"),
+        (["--threads", "two"], "--threads: invalid int value: 'two'"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_fix(bad: list[str], message: str, tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        degradation.main(
-            ["--quick", "--out", str(tmp_path / "x.png"), "--logs-dir", str(tmp_path / "l"), *bad]
-        )
-    assert exit_info.value.code == 2
+    status = exit_status(
+        ["--quick", "--out", str(tmp_path / "x.png"), "--logs-dir", str(tmp_path / "l"), *bad]
+    )
+    assert status == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "l").exists()
 
@@ -268,6 +292,8 @@ def test_trainer_settings_are_read_as_the_trainer_types_them() -> None:
     assert degradation.setting("verify_checksums=false") == ("verify_checksums", False)
     assert degradation.setting("n_blocks=[1, 1, 1]") == ("n_blocks", [1, 1, 1])
     assert degradation.setting("data_dir=/data/cifar") == ("data_dir", "/data/cifar")
+    # A text setting stays text even where it looks like a number: the trainer's default says which.
+    assert degradation.setting("data_dir=2024") == ("data_dir", "2024")
 
 
 def curve(label: str, depth: int) -> tuple[int, plot.Curve]:
