@@ -137,9 +137,7 @@ class TensorBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`(images, labels)` of batches `start_batch, …` of `epoch`: images in `dtype`, labels `int64`."""
         if not 0 <= start_batch <= len(self):
-            raise ValueError(
-                f"start_batch must be in 0..{len(self)} for epoch of {len(self)} batches, got {start_batch}"
-            )
+            raise ValueError(f"start_batch must be in 0..{len(self)}, the epoch's batches; got {start_batch}")
         self._sampler.set_epoch(epoch)
         order = torch.tensor(list(self._sampler), dtype=torch.int64).to(self.device)
         return self._batches(epoch, order, start_batch)
@@ -168,9 +166,8 @@ class TensorBatches:
         # A hash rather than `seed + epoch + batch`, so that neighbouring (epoch, batch) pairs never share
         # a stream, e.g. epoch 1 batch 0 and epoch 0 batch 1.
         key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
-        generator = torch.Generator().manual_seed(
-            int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        )
+        stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        generator = torch.Generator().manual_seed(stream)
         rows = [
             torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
             torch.randint(0, 2, (1, n), generator=generator),
