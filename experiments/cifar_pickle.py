@@ -5,14 +5,12 @@ r"""
 with only numpy's array rebuilder, `ndarray` and `dtype` allowed, a file could still hand numpy's
 `__setstate__` a dtype with a hidden object field, and numpy took eight "pixel" bytes for a pointer.
 
-So nothing here unpickles. `pickletools.genops`, the standard library's opcode reader, splits the file
-into opcodes, and [`read_pickle`](#read_pickle) evaluates the few that CIFAR-10 files use: dicts, lists,
-tuples, ints, strings, and numpy's pattern for an array, *recognised by its shape*, from which we take a
-shape, an integer dtype code and raw bytes, check them, and build the array with `np.frombuffer`.
-Anything else raises `NotCifarPickle` before it is built. Both spellings of protocol 2 are read: the
-official files' (Python 2's `cPickle`: byte strings as `str`, numpy 1's `numpy.core.multiarray`) and
-Python 3's, which [`experiments.synthetic`](synthetic.py) writes (bytes as `_codecs.encode(text,
-"latin1")` calls, which we do ourselves; numpy 2's `numpy._core.multiarray`).
+So nothing here unpickles: [`read_pickle`](#read_pickle) evaluates the opcodes `pickletools.genops`
+reads that CIFAR-10 files use (dicts, lists, tuples, ints, strings) and recognises numpy's pattern for
+an array by its shape, taking a shape, an integer dtype code and raw bytes that it checks and turns
+into an array with `np.frombuffer`. Anything else raises `NotCifarPickle` before it is built. Both
+spellings of protocol 2 are read: the official files' (Python 2's `cPickle`, numpy 1) and Python 3's,
+which [`experiments.synthetic`](synthetic.py) writes (bytes as `_codecs.encode(text, "latin1")` calls).
 """
 
 from __future__ import annotations

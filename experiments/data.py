@@ -1,20 +1,14 @@
 r"""
 # CIFAR-10 on disk: finding it, checking it, reading it
 
-The paper trains on CIFAR-10's 50,000 training images and reports error on its 10,000 test images,
-holding out 5,000 training images to choose settings (§4.2). This module turns what the user has on
-disk into `uint8` tensors (150 MB for the training set, a quarter of `float32`, so the loader can park
-it all on the GPU and normalise each batch as it draws it); [`experiments.loader`](loader.py) batches
-and augments them. It reads `data_dir/cifar-10-batches-py/`, else unpacks the official archive
-`data_dir/cifar-10-python.tar.gz` next to itself, else downloads that archive when allowed.
-
-torchvision supplies the md5 sums and the download; the rest is ours, for the guarantees the README's
-*Reliability* section lists. Every file is checked before training starts, so a fault is one `DataError`
-line naming the file and the fix rather than an `UnpicklingError` an hour in. Each file is read once and
-the md5 is of the bytes then parsed or unpacked, so a file swapped after its check changes nothing. The
-pickles are parsed by [`experiments.cifar_pickle`](cifar_pickle.py), never unpickled. Downloading and
-unpacking happen in private staging folders, renamed into place only when complete, so no interrupted
-run leaves half an archive or a half-filled `cifar-10-batches-py/` that a later run would trust.
+This module turns what the user has on disk into `uint8` tensors (a quarter of `float32`, so the
+[loader](loader.py) can keep the whole set on the GPU): `data_dir/cifar-10-batches-py/`, else the official
+archive `data_dir/cifar-10-python.tar.gz` unpacked, else that archive downloaded when allowed.
+torchvision supplies the md5 sums and the download; the rest is ours for the guarantees the README's
+*Reliability* section lists: every file is checked before training starts, a fault is one `DataError`
+line naming the file and the fix, each file is read once and its md5 is of the bytes then parsed (by
+[`experiments.cifar_pickle`](cifar_pickle.py)) or unpacked, and downloads and unpacking happen in
+private staging folders renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -80,10 +74,7 @@ class DataError(ExperimentError):
 
 @dataclass(frozen=True)
 class CifarArrays:
-    """
-    CIFAR-10 as tensors: images `uint8` `[n, 3, 32, 32]` (R, G, B), labels `int64` `[n]` in 0..9, for
-    the 50,000 training and 10,000 test images; `classes` are the names from `batches.meta` by label.
-    """
+    """Images `uint8` `[n, 3, 32, 32]` (R, G, B), labels `int64` `[n]` in 0..9; `classes` by label."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -100,10 +91,7 @@ def default_data_dir() -> Path:
 
 
 def data_root(data_dir: str | Path) -> Path:
-    """
-    The folder that holds `cifar-10-batches-py/`. Naming that folder itself instead is an easy slip (it
-    is the one with the data in it), so such a path means its parent, unless it holds one of its own.
-    """
+    """The folder holding `cifar-10-batches-py/`; naming that folder itself (a slip) means its parent."""
     where = Path(data_dir)
     if where.name == BATCHES_FOLDER and not (where / BATCHES_FOLDER).exists():
         return where.parent
@@ -112,25 +100,26 @@ def data_root(data_dir: str | Path) -> Path:
 
 def load_cifar10(data_dir: Path, *, download: bool = True, verify_checksums: bool = True) -> CifarArrays:
     """
-    Read CIFAR-10 from `data_dir` (the folder holding `cifar-10-batches-py/` or the archive, or that
-    folder itself: see `data_root`), unpacking or, with `download`, downloading the archive if needed.
-
-    `verify_checksums=False` skips only the md5 sums, for data *meant* to differ from the official files
-    in their format (e.g. written by [`experiments.synthetic`](synthetic.py)); every other check stays.
-    Raises `DataError`; nothing in `data_dir` changes except that `cifar-10-batches-py/` (and, when
-    downloading, the archive) may be added.
+    Read CIFAR-10 from `data_dir` (see `data_root`), unpacking or, with `download`, downloading the
+    archive if needed. `verify_checksums=False` skips only the md5 sums, for data *meant* to differ from
+    the official files (e.g. written by [`experiments.synthetic`](synthetic.py)). Raises `DataError`;
+    nothing in `data_dir` changes except that `cifar-10-batches-py/` (and the archive) may be added.
     """
     data_dir = data_root(data_dir)
-    folder = data_dir / BATCHES_FOLDER
-    archive = data_dir / ARCHIVE_NAME
-    if _exists(data_dir):
+    folder, archive = data_dir / BATCHES_FOLDER, data_dir / ARCHIVE_NAME
+    try:
+        present = data_dir.exists()
+    except PermissionError:
+        raise _denied(data_dir, "checked") from None
+    # Once `data_dir` is a folder this user may search, looking inside it cannot be denied.
+    if present:
         _check_folder(data_dir)
-    if not _exists(folder):
-        if not _exists(archive) and not download:
-            fix = f"put {ARCHIVE_NAME} from {CIFAR10_URL} (or the folder it unpacks to) into {data_dir}"
-            problem = f"no CIFAR-10 here (neither {BATCHES_FOLDER}/ nor {ARCHIVE_NAME})"
-            raise DataError(data_dir, problem, f"{fix}, or allow downloading")
-        if not _exists(archive):
+    if not folder.exists():
+        if not archive.exists():
+            if not download:
+                fix = f"put {ARCHIVE_NAME} from {CIFAR10_URL} (or the folder it unpacks to) into {data_dir}"
+                problem = f"no CIFAR-10 here (neither {BATCHES_FOLDER}/ nor {ARCHIVE_NAME})"
+                raise DataError(data_dir, problem, f"{fix}, or allow downloading")
             _download_archive(data_dir, verify=verify_checksums)
         _extract_archive(archive, data_dir, verify=verify_checksums)
     return _read_batches(folder, verify=verify_checksums)
@@ -145,8 +134,6 @@ def split_validation(
     Classes are not balanced: 5,000 draws from 50,000 give each about 500 anyway.
     """
     n = len(images)
-    if len(labels) != n:
-        raise ValueError(f"split_validation got {n} images but {len(labels)} labels; pass matching tensors")
     if not 0 <= n_valid < n:
         raise ValueError(f"n_valid must be in 0..{n - 1} for {n} images, got {n_valid}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -157,9 +144,8 @@ def split_validation(
 
 def class_balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """
-    Indices of `n` images (`1 <= n <= len(labels)`), as close to `n / 10` per class as the classes
-    allow, drawn by `seed`, in file order. On small subsets an unbalanced draw would shift an error
-    curve for reasons that have nothing to do with the network.
+    Indices of `n` images, as close to `n / 10` per class as the classes allow, drawn by `seed`, in file
+    order: on small subsets an unbalanced draw would shift an error curve for reasons other than the network.
     """
     if not 1 <= n <= len(labels):
         raise ValueError(f"asked for {n} images but the set holds only {len(labels)}")
@@ -183,13 +169,6 @@ def _denied(path: Path, action: str = "read") -> DataError:
     return DataError(path, f"cannot be {action} (permission denied)", fix)
 
 
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except PermissionError:
-        raise _denied(path, "checked") from None
-
-
 def _check_folder(folder: Path) -> list[Path]:
     """What `folder` holds, once it is known to be a folder this user may read."""
     if not folder.is_dir():
@@ -202,22 +181,20 @@ def _check_folder(folder: Path) -> list[Path]:
     raise _denied(folder)
 
 
+_REFILL = (
+    f"put the files from {ARCHIVE_NAME} there, or move the folder away and run again "
+    "so it is unpacked or downloaded afresh"
+)
+
+
 def _read_batches(folder: Path, *, verify: bool) -> CifarArrays:
-    refill = (
-        f"put the files from {ARCHIVE_NAME} there, or move the folder away and run again "
-        "so it is unpacked or downloaded afresh"
-    )
     if not _check_folder(folder):
-        raise DataError(folder, "is empty", refill)
-    missing = [name for name in (*TRAIN_FILES, TEST_FILE, META_FILE) if not (folder / name).is_file()]
-    if missing:
-        raise DataError(folder / missing[0], f"is missing (missing: {', '.join(missing)})", refill)
+        raise DataError(folder, "is empty", _REFILL)
     classes = _read_meta(folder / META_FILE, verify=verify)
     train = [_read_batch(folder / name, verify=verify) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE, verify=verify)
-    train_images = np.concatenate([images for images, _ in train])
     return CifarArrays(
-        train_images=torch.from_numpy(train_images.reshape(-1, 3, 32, 32)),
+        train_images=torch.from_numpy(np.concatenate([images for images, _ in train]).reshape(-1, 3, 32, 32)),
         train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
         test_images=torch.from_numpy(test_images.reshape(-1, 3, 32, 32)),
         test_labels=torch.from_numpy(test_labels),
@@ -241,7 +218,7 @@ def _read_batch(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     fix = _replace_fix(path)
     if "data" not in entry or "labels" not in entry:
         raise DataError(path, "has no 'data' and 'labels' entries, so it is not a CIFAR-10 batch", fix)
-    images = entry["data"]
+    images, labels = entry["data"], entry["labels"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
         is_array = isinstance(images, np.ndarray)
         found = f"{images.dtype} {list(images.shape)}" if is_array else type(images).__name__
@@ -249,15 +226,13 @@ def _read_batch(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     if images.shape[1] != _IMAGE_VALUES or images.shape[0] == 0:
         problem = f"holds images of shape {list(images.shape)}, expected [n>0, {_IMAGE_VALUES}]"
         raise DataError(path, problem, fix)
-    labels = entry["labels"]
-    if isinstance(labels, np.ndarray) and labels.ndim == 1:  # integer arrays only: the parser saw to it
+    if isinstance(labels, np.ndarray):  # integer arrays only (the parser saw to it); nested lists are refused
         labels = labels.tolist()
     if not isinstance(labels, list) or not all(type(label) is int for label in labels):
         raise DataError(path, "has labels that are not a flat list of integers", fix)
     if len(labels) != len(images):
         raise DataError(path, f"has {len(images)} images but {len(labels)} labels", fix)
-    out_of_range = [label for label in labels if not 0 <= label < NUM_CLASSES]
-    if out_of_range:
+    if out_of_range := [label for label in labels if not 0 <= label < NUM_CLASSES]:
         raise DataError(path, f"has labels outside 0..{NUM_CLASSES - 1} (e.g. {out_of_range[0]})", fix)
     # The parser built `images` itself, writable and C-contiguous, so torch can share its memory.
     return images, np.array(labels, dtype=np.int64)
@@ -291,6 +266,8 @@ def _read_bytes(path: Path, *, verify: bool) -> bytes:
     try:
         with open(path, "rb") as file:
             raw = file.read()
+    except FileNotFoundError:
+        raise DataError(path, "is missing", _REFILL) from None
     except PermissionError:
         raise _denied(path) from None
     except OSError as error:
@@ -313,10 +290,7 @@ def _md5_mismatch(path: Path, raw: bytes) -> str | None:
 
 
 def _extract_archive(archive: Path, data_dir: Path, *, verify: bool) -> None:
-    """
-    Unpack `archive` (read once: its md5 and the unpacking use the same bytes) so that
-    `data_dir/cifar-10-batches-py/` appears complete, or not at all.
-    """
+    """Unpack `archive` (md5 and unpacking use the same bytes): the folder appears whole or not at all."""
     raw = _read_bytes(archive, verify=verify)
     corrupt_fix = f"move {archive} away and run again to download it afresh, or put the official file there"
     try:
@@ -370,9 +344,8 @@ def _unsafe(member: tarfile.TarInfo) -> str | None:
 
 def _download_archive(data_dir: Path, *, verify: bool) -> None:
     """
-    Fetch the official archive with torchvision's `download_url` into a staging folder; it becomes
-    `data_dir/cifar-10-python.tar.gz` only once complete and (when `verify`) of the official md5. On
-    failure the staging folder and any folders this call created are removed.
+    Fetch the archive with torchvision's `download_url` into a staging folder, kept only once complete
+    and (when `verify`) of the official md5; on failure every folder this call created is removed.
     """
     from torchvision.datasets.utils import download_url
 
@@ -427,10 +400,10 @@ def _download_archive(data_dir: Path, *, verify: bool) -> None:
 # ## The images a run uses
 
 
-def _subset(
+def subset(
     images: torch.Tensor, labels: torch.Tensor, n: int, key: str, seed: int, data_dir: Path, held_out: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The class-balanced subset of `n` images that `key` (`train_subset`/`test_subset`) asks for; 0: all."""
+    """The class-balanced subset of `n` images the setting `key` asks for (0: all), refused in one line."""
     if n == 0:
         return images, labels
     if n > len(labels):
@@ -439,27 +412,3 @@ def _subset(
         raise DataError(data_dir, problem, f"ask for at most {len(labels)} (0 uses all)")
     index = class_balanced_subset(labels, n, seed)
     return images[index], labels[index]
-
-
-def training_images(
-    d: CifarArrays, *, valid_split: int, train_subset: int, seed: int, data_dir: Path
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
-    """
-    The images to train on and, with `valid_split`, the held-out validation images, which do not depend
-    on `train_subset`: runs on subsets of different sizes validate on the same images.
-    """
-    if valid_split == 0:
-        return _subset(d.train_images, d.train_labels, train_subset, "train_subset", seed, data_dir), None
-    if valid_split >= len(d.train_images):
-        problem = f"valid_split={valid_split} leaves no training images (the set has {len(d.train_images)})"
-        raise DataError(data_dir, problem, f"hold out fewer, e.g. --valid-split {len(d.train_images) // 10}")
-    train_x, train_y, valid_x, valid_y = split_validation(d.train_images, d.train_labels, valid_split, seed)
-    train = _subset(train_x, train_y, train_subset, "train_subset", seed, data_dir, held_out=valid_split)
-    return train, (valid_x, valid_y)
-
-
-def test_images(
-    d: CifarArrays, *, test_subset: int, seed: int, data_dir: Path
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test images to measure on; a subset is drawn with another seed than the training subset's."""
-    return _subset(d.test_images, d.test_labels, test_subset, "test_subset", seed + 1, data_dir)

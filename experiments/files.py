@@ -1,10 +1,9 @@
 """
 # Files a reader never sees half-written
 
-Checkpoints, `results.json` and the degradation figure and its JSON are written into a temporary file
-beside the target, flushed to disk, then renamed over it with `os.replace`, atomic within a folder on
-POSIX: a reader (a resumed run, a plot, a person) sees the old file or the new one, never a mixture,
-and a crash mid-write, even `kill -9`, leaves the old file and at worst a stray `.tmp-` file.
+Checkpoints, `results.json` and the degradation figure are written to a temporary file beside the
+target, synced, then renamed over it (`os.replace`, atomic within a folder on POSIX): a reader sees the
+old file or the new one, and a crash mid-write, even `kill -9`, leaves the old file.
 """
 
 import contextlib

@@ -1,33 +1,22 @@
 r"""
 # Batches straight from a tensor on the training device
 
-CIFAR-10 fits whole in memory: 50,000 images of $3 \times 32 \times 32$ bytes are about 150 MB. So
-instead of a `DataLoader` whose workers decode one PIL image at a time, `TensorBatches` moves the `uint8`
-set to the training device once and builds every batch there with a handful of tensor operations: gather
-the batch, crop and flip it with one more gather, scale to normalised floats. The interpreter does the
-same few calls for a batch of 8 or of 1024 (a test counts them), and on a GPU the images cross the PCIe
-bus once.
+CIFAR-10 fits whole in memory (50,000 images of $3 \times 32 \times 32$ bytes, about 150 MB), so instead
+of a `DataLoader` decoding one PIL image at a time, `TensorBatches` moves the `uint8` set to the device
+once and builds every batch there with a handful of tensor operations, the same few calls for a batch
+of 8 or of 1024 (a test counts them).
 
-## Augmentation (§4.2)
+**Augmentation (§4.2):** "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from
+the padded image or its horizontal flip." The padding is black; crop and flip are one gather per batch.
+Not from the paper and off unless `cutout` is set: *Cutout* (DeVries & Taylor, 2017) blanks a random
+`cutout` × `cutout` square of each image after normalisation (so it takes the mean colour), centred
+anywhere, so it may hang over an edge.
 
-> 4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the padded image or its
-> horizontal flip.
-
-The padding is black (zero before normalisation). A crop at offset $(d_y, d_x) \in \{0, \dots, 8\}^2$
-takes output pixel $(i, j)$ from input pixel $(i + d_y - 4, j + d_x - 4)$, or zero outside the image; a
-flip reverses $j$ first; both become one index computation per batch. Not from the paper and off unless
-`cutout` is set: *Cutout* (DeVries & Taylor, 2017) blanks a random `cutout` × `cutout` square of each
-training image after normalisation (so it takes the mean colour), centred anywhere on the image, so it
-may hang over an edge; the ResNet-9 recipe's short schedules use it as their main regulariser.
-
-## Everything is a pure function of (seed, epoch, batch)
-
-An epoch's order comes from `torch.utils.data.DistributedSampler` seeded by `seed + epoch`; batch $b$'s
-crops and flips from a generator seeded by a hash of (seed, epoch, rank, $b$). Nothing carries over from
-one batch to the next, so a run stopped after batch $k$ resumes with `epoch(e, start_batch=k)` and sees
-exactly the batches it would have seen, and since CPU generators draw the random numbers, CPU and GPU get
-the same batches. With `world_size > 1` each rank takes its own slice of the shuffled order, as the
-sampler gives it: disjoint, padded by a few repeats so every rank runs the same number of steps.
+**Everything is a pure function of (seed, epoch, batch):** the order comes from a `DistributedSampler`
+seeded by `seed + epoch`, the crops and flips from a CPU generator seeded by a hash of (seed, epoch,
+rank, batch). So a run stopped after batch $k$ resumes with `epoch(e, start_batch=k)` and sees exactly
+the batches it would have seen, on CPU or GPU; with `world_size > 1` each rank takes the sampler's
+disjoint slice, padded so every rank runs the same number of steps.
 """
 
 import hashlib
@@ -112,13 +101,8 @@ class TensorBatches:
         self._scale = 1.0 / (255.0 * std)
         self._shift = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / std
         # The sampler only ever sees indices, so a `range` stands in for a data set.
-        self._sampler = DistributedSampler(
-            range(len(images)),
-            num_replicas=self.world_size,
-            rank=self.rank,
-            shuffle=self.shuffle,
-            seed=self.seed,
-        )
+        order = range(len(images))
+        self._sampler = DistributedSampler(order, self.world_size, self.rank, self.shuffle, self.seed)
 
     @property
     def images_per_epoch(self) -> int:
@@ -126,10 +110,7 @@ class TensorBatches:
         return len(self) * self.batch_size if self.drop_last else self._sampler.num_samples
 
     def translate(self, images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-        """
-        A batch of this loader's images moved `dx` pixels right and `dy` down, onto black as in training's
-        zero-padded crops: for shifts of at most `PAD` pixels, one of the crops training could have drawn.
-        """
+        """A batch moved `dx` right and `dy` down onto black: within `PAD`, a crop training could draw."""
         height, width = images.shape[2:]
         out = torch.empty_like(images)
         out.copy_((-self._shift).to(images.dtype).expand_as(images))
@@ -139,10 +120,7 @@ class TensorBatches:
         return out
 
     def views(self, images: torch.Tensor, flip: bool, shift: int = 0) -> list[torch.Tensor]:
-        """
-        The test-time views of a batch: the images, with `shift` also moved `shift` pixels down-right and
-        up-left (`translate`), and with `flip` the mirror image of each of those.
-        """
+        """The batch, with `shift` also moved down-right and up-left, with `flip` each of those mirrored."""
         views = [images]
         if shift:
             views += [self.translate(images, shift, shift), self.translate(images, -shift, -shift)]
@@ -157,14 +135,9 @@ class TensorBatches:
         return math.ceil(self._sampler.num_samples / self.batch_size)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """
-        Yield `(images, labels)` for batches `start_batch, start_batch + 1, …` of epoch `epoch`: images
-        `[batch, C, H, W]` in `dtype`, labels `int64 [batch]`, both on `device`.
-        """
+        """`(images, labels)` of batches `start_batch, …` of `epoch`: images in `dtype`, labels `int64`."""
         if not 0 <= start_batch <= len(self):
-            raise ValueError(
-                f"start_batch must be in 0..{len(self)} for epoch of {len(self)} batches, got {start_batch}"
-            )
+            raise ValueError(f"start_batch must be in 0..{len(self)}, the epoch's batches; got {start_batch}")
         self._sampler.set_epoch(epoch)
         order = torch.tensor(list(self._sampler), dtype=torch.int64).to(self.device)
         return self._batches(epoch, order, start_batch)
@@ -178,23 +151,23 @@ class TensorBatches:
             if self.augment:
                 draws = self._random_draws(len(index), images.shape[2:], epoch, batch)
                 images = self._crop_and_flip(images, draws)
-            images = self._normalise(images)
+            images = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             if self.augment and self.cutout:
                 images = self._cut_out(images, draws)
             yield images, self.labels[index]
 
     def _random_draws(self, n: int, size: torch.Size, epoch: int, batch: int) -> torch.Tensor:
         """
-        Everything random about a batch, as rows of one `[3 or 5, n]` tensor, copied to the device at
-        once: crop offsets (rows 0, 1), flips (row 2) and Cutout's centres (rows 3, 4), drawn last so
-        that turning Cutout on leaves every batch's crops and flips as they were.
+        A batch's crop offsets (rows 0, 1), flips (row 2) and Cutout centres (rows 3, 4, drawn last so
+        that Cutout leaves the crops and flips as they were), copied to the device as one tensor.
         """
         # A hash rather than `seed + epoch + batch`, so that neighbouring (epoch, batch) pairs never share
         # a stream, e.g. epoch 1 batch 0 and epoch 0 batch 1.
         key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
-        generator = torch.Generator().manual_seed(
-            int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        )
+        stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        generator = torch.Generator().manual_seed(stream)
         rows = [
             torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
             torch.randint(0, 2, (1, n), generator=generator),
@@ -229,18 +202,9 @@ class TensorBatches:
         in_columns = (columns >= 0) & (columns < self.cutout)
         return images.masked_fill_((in_rows[:, :, None] & in_columns[:, None, :])[:, None], 0)
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
-        if self.channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
 
-
-# ## CIFAR-10 as a run's configuration
-#
-# The settings and labml options that turn the files on disk into a run's three loaders, shared by every
-# training script here as labml's own experiments share its `CIFAR10Configs`. The training tutorial
-# ([`cifar10.py`](cifar10.html)) extends this class.
+# ## CIFAR-10 as a run's configuration: the settings and labml options behind a run's three loaders,
+# extended by the training tutorial ([`cifar10.py`](cifar10.html)) as labml's `CIFAR10Configs` is.
 
 
 # The paper's split for choosing settings: 45k images to train on, 5k held out (§4.2).
@@ -335,17 +299,28 @@ def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, t
 
 @option([CifarDataConfigs.train_loader, CifarDataConfigs.valid_loader])
 def _train_valid_loaders(c: CifarDataConfigs) -> tuple[TensorBatches, TensorBatches | None]:
+    # The held-out images do not depend on `train_subset`: runs on subsets of any size validate alike.
     where = data_root(c.data_dir)
-    selection = dict(valid_split=c.valid_split, train_subset=c.train_subset, seed=c.seed, data_dir=where)
-    train, valid = cifar_data.training_images(c.dataset, **selection)
-    return _loader(c, train, train=True), (_loader(c, valid, train=False) if valid else None)
+    images, labels = c.dataset.train_images, c.dataset.train_labels
+    valid = None
+    if c.valid_split >= len(images):
+        problem = f"valid_split={c.valid_split} leaves no training images (the set has {len(images)})"
+        raise cifar_data.DataError(where, problem, f"hold out fewer, e.g. --valid-split {len(images) // 10}")
+    if c.valid_split:
+        images, labels, valid_images, valid_labels = cifar_data.split_validation(
+            images, labels, c.valid_split, c.seed
+        )
+        valid = _loader(c, (valid_images, valid_labels), train=False)
+    train = cifar_data.subset(images, labels, c.train_subset, "train_subset", c.seed, where, c.valid_split)
+    return _loader(c, train, train=True), valid
 
 
 @option(CifarDataConfigs.test_loader)
 def _test_loader(c: CifarDataConfigs) -> TensorBatches:
-    test = cifar_data.test_images(
-        c.dataset, test_subset=c.test_subset, seed=c.seed, data_dir=data_root(c.data_dir)
-    )
+    d = c.dataset
+    # A subset is drawn with another seed than the training subset's.
+    where = data_root(c.data_dir)
+    test = cifar_data.subset(d.test_images, d.test_labels, c.test_subset, "test_subset", c.seed + 1, where)
     return _loader(c, test, train=False)
 
 

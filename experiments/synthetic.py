@@ -1,23 +1,14 @@
 r"""
 # CIFAR-10's file layout, written for images that are not CIFAR-10
 
-The loader ([`experiments.data`](data.py)) reads one layout, the official `cifar-10-batches-py/`, and
-this is the one writer of that layout for other images: the tests', the degradation experiment's
-stand-in and the benchmarks'. So everything that is not CIFAR-10 goes through the loader and all its
-checks, read with `verify_checksums=False`, the setting for data meant to differ from the official files.
-
-The folder holds `data_batch_1` … `data_batch_5` and `test_batch`, each a pickled dict with `data`
-(`uint8` `[n, 3072]`: per image 1024 red, then 1024 green, then 1024 blue values, each plane row-major),
-`labels` (a list of ints), `batch_label` and `filenames`; and `batches.meta`, with the images per batch,
-the ten class names in label order and the values per image. The official files are Python 2 `cPickle`
-pickles at protocol 2; we write the same dicts with Python 3's `pickle.dumps(..., protocol=2)`, a
-spelling [`experiments.cifar_pickle`](cifar_pickle.py) reads too (`tests/test_data.py` keeps a batch in
-the official spelling to check that road).
-
-[`write_synthetic_cifar10`](#write_synthetic_cifar10) fills it with either uniform random pixels
-(`separable=False`, to check that bytes land in the right place) or, with `separable=True`, a flat
-colour per class plus a little noise, which even a tiny network learns in a few steps and which survives
-crops and flips: throughput measured on it is real, accuracy means nothing.
+The one writer of the official `cifar-10-batches-py/` layout for other images (the tests', the
+degradation experiment's stand-in, the benchmarks'), so that they go through the loader
+([`experiments.data`](data.py)) and all its checks, read with `verify_checksums=False`. Each batch file
+is a pickled dict with `data` (`uint8` `[n, 3072]`: per image 1024 red, 1024 green, then 1024 blue
+values, each plane row-major), `labels` (a list of ints), `batch_label` and `filenames`; `batches.meta`
+holds the ten class names. The official files are Python 2 `cPickle` pickles at protocol 2; we write the
+same dicts with Python 3's `pickle.dumps(..., protocol=2)`, which
+[`experiments.cifar_pickle`](cifar_pickle.py) reads too.
 """
 
 from __future__ import annotations
@@ -52,7 +43,6 @@ def write_cifar10_folder(
     """
     Write `root/cifar-10-batches-py/` and return it: five `train_batches` and the `test` batch, each
     `(images, labels)` with images uint8 `[n, 3072]` in CIFAR's plane order or `[n, 3, 32, 32]`.
-    `experiments.data.load_cifar10(root, verify_checksums=False)` reads it.
     """
     if len(train_batches) != len(TRAIN_FILES):
         raise ValueError(f"CIFAR-10 has {len(TRAIN_FILES)} training batches, got {len(train_batches)}")
@@ -61,11 +51,7 @@ def write_cifar10_folder(
     for i, (name, (images, labels)) in enumerate(zip(TRAIN_FILES, train_batches, strict=True)):
         write_batch_file(folder / name, images, labels, f"training batch {i + 1} of 5")
     write_batch_file(folder / TEST_FILE, *test, "testing batch 1 of 1")
-    meta = {
-        "num_cases_per_batch": len(train_batches[0][0]),
-        "label_names": list(CLASS_NAMES),
-        "num_vis": 3072,
-    }
+    meta = {"num_cases_per_batch": len(train_batches[0][0]), "label_names": [*CLASS_NAMES], "num_vis": 3072}
     (folder / META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
     return folder
 
@@ -77,8 +63,9 @@ _PALETTE = np.array([list(bytes.fromhex(colour)) for colour in _PALETTE_HEX.spli
 
 def synthetic_batch(n: int, *, separable: bool, seed: int) -> tuple[np.ndarray, list[int]]:
     """
-    `n` images, `data` uint8 `[n, 3072]` in CIFAR's plane order, and `labels`, which cycle through
-    0..9 before shuffling, so every class appears once `n >= 10`.
+    `n` images, uint8 `[n, 3072]`, and labels that cycle through 0..9 before shuffling (every class
+    appears once `n >= 10`): uniform random pixels, or with `separable` a flat colour per class plus a
+    little noise, which a tiny network learns in a few steps and which survives crops and flips.
     """
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 10)
@@ -105,10 +92,6 @@ def synthetic_arrays(
 def write_synthetic_cifar10(
     root: Path, *, n_per_train_batch: int = 20, n_test: int = 20, separable: bool = False, seed: int = 0
 ) -> Path:
-    """
-    Write `root/cifar-10-batches-py/` (creating `root` if needed) and return it: five training batches
-    of `n_per_train_batch` images (the real ones hold 10,000) and `n_test` test images, reproducible
-    from `seed`; `separable` gives each class its own colour, so a model learns it quickly.
-    """
+    """Write `root/cifar-10-batches-py/` of `synthetic_arrays(...)` and return it."""
     arrays = synthetic_arrays(n_per_train_batch, n_test, separable=separable, seed=seed)
     return write_cifar10_folder(root, [arrays[name] for name in TRAIN_FILES], arrays[TEST_FILE])
