@@ -10,7 +10,10 @@ of 8 or of 1024 (a test counts them).
 the padded image or its horizontal flip." The padding is black; crop and flip are one gather per batch.
 Not from the paper and off unless `cutout` is set: *Cutout* (DeVries & Taylor, 2017) blanks a random
 `cutout` × `cutout` square of each image after normalisation (so it takes the mean colour), centred
-anywhere, so it may hang over an edge.
+anywhere, so it may hang over an edge. Also off by default, *progressive image size*: the first
+`small_crop_epochs` epochs train on random `small_crop` × `small_crop` crops of the padded image, which
+cost about (small_crop / 32)² of a full image's arithmetic; the network, global-average-pooled, takes
+any size, and the later full-size epochs let its batch-norm statistics settle on the size it is tested at.
 
 **Everything is a pure function of (seed, epoch, batch):** the order comes from a `DistributedSampler`
 seeded by `seed + epoch`, the crops and flips from a CPU generator seeded by a hash of (seed, epoch,
@@ -57,6 +60,8 @@ class TensorBatches:
     * `channels_last`: hand out batches in NHWC memory layout, which convolutions on recent GPUs prefer.
     * `dtype`: float type of the images handed out (`torch.float32`, or `bfloat16`/`float16`).
     * `cutout`: side of the square Cutout blanks in each augmented image; 0 (the default) is off.
+    * `small_crop`, `small_crop_epochs`: the side of the random crops of epochs before
+      `small_crop_epochs` (progressive image size); 0 (the default) crops at the image's own size.
     """
 
     images: torch.Tensor
@@ -75,6 +80,8 @@ class TensorBatches:
     channels_last: bool = False
     dtype: torch.dtype = torch.float32
     cutout: int = 0
+    small_crop: int = 0
+    small_crop_epochs: int = 0
 
     def __post_init__(self) -> None:
         images, labels, size = self.images, self.labels, min(self.images.shape[2:], default=0)
@@ -91,6 +98,9 @@ class TensorBatches:
             raise ValueError(f"mean and std need {images.shape[1]} entries each and std > 0, {problem}")
         if not 0 <= self.cutout <= size:
             raise ValueError(f"cutout must be between 0 (off) and the image size {size}, got {self.cutout}")
+        if not 0 <= self.small_crop <= size or self.small_crop_epochs < 0:
+            problem = f"got {self.small_crop} and {self.small_crop_epochs}"
+            raise ValueError(f"small_crop must be in 0..{size} and small_crop_epochs at least 0, {problem}")
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point type, got {self.dtype}")
         self.device = torch.device(self.device)
@@ -149,8 +159,9 @@ class TensorBatches:
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = self.images[index]
             if self.augment:
-                draws = self._random_draws(len(index), images.shape[2:], epoch, batch)
-                images = self._crop_and_flip(images, draws)
+                crop = self.crop_size(epoch)
+                draws = self._random_draws(len(index), crop, epoch, batch)
+                images = self._crop_and_flip(images, draws, crop)
             images = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -158,7 +169,14 @@ class TensorBatches:
                 images = self._cut_out(images, draws)
             yield images, self.labels[index]
 
-    def _random_draws(self, n: int, size: torch.Size, epoch: int, batch: int) -> torch.Tensor:
+    def crop_size(self, epoch: int) -> tuple[int, int]:
+        """The (height, width) of epoch `epoch`'s training crops: `small_crop` early on, else the image's."""
+        if self.small_crop and epoch < self.small_crop_epochs:
+            return self.small_crop, self.small_crop
+        height, width = self.images.shape[2:]
+        return height, width
+
+    def _random_draws(self, n: int, size: tuple[int, int], epoch: int, batch: int) -> torch.Tensor:
         """
         A batch's crop offsets (rows 0, 1), flips (row 2) and Cutout centres (rows 3, 4, drawn last so
         that Cutout leaves the crops and flips as they were), copied to the device as one tensor.
@@ -168,17 +186,21 @@ class TensorBatches:
         key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
         stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
         generator = torch.Generator().manual_seed(stream)
+        # A smaller crop has more places to start in the padded image; at full size, 2 * PAD + 1.
+        room = 2 * PAD + 1 + self.images.shape[2] - size[0]
         rows = [
-            torch.randint(0, 2 * PAD + 1, (2, n), generator=generator),
+            torch.randint(0, room, (2, n), generator=generator),
             torch.randint(0, 2, (1, n), generator=generator),
         ]
         if self.cutout:
             rows += [torch.randint(0, side, (1, n), generator=generator) for side in size]
         return torch.cat(rows).to(self.device)
 
-    def _crop_and_flip(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """A random crop of the zero-padded batch, mirrored for a random half: one gather does both."""
-        n, channels, height, width = images.shape
+    def _crop_and_flip(
+        self, images: torch.Tensor, draws: torch.Tensor, crop: tuple[int, int]
+    ) -> torch.Tensor:
+        """A random `crop` of the zero-padded batch, mirrored for a random half: one gather does both."""
+        (n, channels), (height, width) = images.shape[:2], crop
         offsets, flip = draws[:2], draws[2].bool()
         padded = F.pad(images, (PAD, PAD, PAD, PAD))
         rows = offsets[0, :, None] + torch.arange(height, device=self.device)
@@ -233,6 +255,10 @@ class CifarDataConfigs(RunConfigs, RecordedOptions):
     augment: bool = True
     # Side of the square Cutout blanks in each training image; 0 is off (the paper has no Cutout).
     cutout: int = 0
+    # Progressive image size (not in the paper): the first `small_crop_epochs` epochs train on random
+    # `small_crop` × `small_crop` crops, cheaper per image; 0 is off.
+    small_crop: int = 0
+    small_crop_epochs: int = 0
     dataset: Any
     train_loader: TensorBatches
     valid_loader: TensorBatches | None
@@ -252,6 +278,9 @@ DATA_RULES: dict[str, Rule] = {
     "test_subset": within(0, cifar_data.TEST_IMAGES, high_inclusive=True),
     **dict.fromkeys(("batch_size", "eval_batch_size"), at_least(1)),
     "cutout": within(0, 32, high_inclusive=True),  # a larger square than the image blanks all of it
+    # ResNet-20's last stage sees a quarter of the side: below 8 pixels it would see less than 2×2.
+    "small_crop": lambda v: None if v == 0 or 8 <= v <= 32 else "must be 0 (off) or 8..32 pixels",
+    "small_crop_epochs": at_least(0),
     "shift_tta": within(0, PAD, high_inclusive=True),  # training crops move an image at most PAD pixels
     "data_dir": lambda v: None if v else "must not be empty",
 }
@@ -259,6 +288,11 @@ DATA_RULES: dict[str, Rule] = {
 
 def check_data_settings(get: Callable[[str], Any]) -> None:
     """The data settings together (`get` reads a setting); raises `UsageError`."""
+    if bool(get("small_crop")) != bool(get("small_crop_epochs")):
+        raise UsageError(
+            f"small_crop={get('small_crop')} small_crop_epochs={get('small_crop_epochs')}: progressive "
+            "image size needs both, e.g. small_crop=24 small_crop_epochs=10 (or neither)"
+        )
     left = cifar_data.TRAIN_IMAGES - get("valid_split")
     if get("train_subset") > left:
         raise UsageError(
@@ -287,6 +321,8 @@ def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, t
         shuffle=train,
         augment=train and c.augment,
         cutout=c.cutout if train else 0,
+        small_crop=c.small_crop if train else 0,
+        small_crop_epochs=c.small_crop_epochs if train else 0,
         device=c.device,
         seed=c.seed,
         mean=CIFAR10_MEAN,

@@ -756,3 +756,29 @@ def test_without_test_time_views_only_the_single_view_is_reported() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     scores = cifar10.evaluate(model, batches, amp_dtype=None, flip_tta=False)
     assert set(scores) == {"loss", "accuracy"}
+
+
+def test_progressive_image_size_trains_small_crops_first_then_full_size_ones(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two epochs, the first on 16x16 crops: the network (global-average-pooled) takes both sizes, and the
+    # run ends, is evaluated at the full 32x32 and records the setting.
+    shapes: list[tuple[int, ...]] = []
+    real_epoch = loader.TensorBatches.epoch
+
+    def recording_epoch(self, epoch: int, start_batch: int = 0):
+        for images, labels in real_epoch(self, epoch, start_batch):
+            shapes.append((epoch, self.augment, *images.shape[2:]))
+            yield images, labels
+
+    monkeypatch.setattr(loader.TensorBatches, "epoch", recording_epoch)
+    results_path = tmp_path / "results.json"
+    argv = tiny_args(data_dir, tmp_path / "logs", "small_crop=16", "small_crop_epochs=1", epochs=2)
+    assert run_trainer([*argv, "--results", str(results_path)]) == 0
+    training = {(epoch, height, width) for epoch, augment, height, width in shapes if augment}
+    assert training == {(0, 16, 16), (1, 32, 32)}
+    assert {(h, w) for _, augment, h, w in shapes if not augment} == {(32, 32)}
+    results = json.loads(results_path.read_text())
+    assert results["epochs"] == 2 and results["test_accuracy"] is not None
+    configs = yaml.safe_load((Path(results["run_dir"]) / "configs.yaml").read_text())
+    assert configs["small_crop"]["computed"] == 16 and configs["small_crop_epochs"]["computed"] == 1

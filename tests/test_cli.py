@@ -73,6 +73,10 @@ BAD_COMMAND_LINES = [
     (["lr_warmup_steps=from_epochs"], "lr_warmup_steps"),
     (["cutout=-1"], "cutout"),
     (["cutout=2.5"], "cutout"),
+    (["small_crop=4", "small_crop_epochs=3"], "small_crop='4': must be 0 (off) or 8..32 pixels"),
+    (["small_crop=24"], "progressive image size needs both, e.g. small_crop=24 small_crop_epochs=10"),
+    (["small_crop_epochs=5"], "progressive image size needs both"),
+    (["small_crop_epochs=-1"], "small_crop_epochs"),
     # Bounds of the official set, checked before the data are read.
     (["--valid-split", "60000"], "--valid-split 60000: must be in [0, 50000)"),
     (["valid_split=60000"], "valid_split='60000': must be in [0, 50000)"),
@@ -451,6 +455,11 @@ def test_a_warm_up_given_in_steps_or_fraction_replaces_the_resnet9_recipes() -> 
 def test_cutout_accepts_zero_to_the_image_size() -> None:
     assert parse("cutout=0")["cutout"] == 0
     assert parse("cutout=32")["cutout"] == 32
+
+
+def test_progressive_image_size_takes_a_crop_side_and_its_epochs() -> None:
+    overrides = parse("small_crop=24", "small_crop_epochs=10")
+    assert (overrides["small_crop"], overrides["small_crop_epochs"]) == (24, 10)
 
 
 def test_the_command_line_and_the_python_api_make_the_same_request() -> None:

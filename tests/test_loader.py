@@ -154,6 +154,52 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it() -> None
     assert any((top, left) != (4, 4) for top, left, _ in seen), "some crops must reach into the padding"
 
 
+def test_small_crops_are_windows_of_the_padded_image_in_the_early_epochs_only() -> None:
+    # Progressive image size: epochs before `small_crop_epochs` hand out 24x24 windows of the zero-padded
+    # image (from any of 17x17 places), later epochs the paper's 32x32 ones, as the full-size loader does.
+    rows = torch.arange(1, 33, dtype=torch.uint8).view(32, 1).expand(32, 32)
+    columns = torch.arange(1, 33, dtype=torch.uint8).view(1, 32).expand(32, 32)
+    image = torch.stack([rows, columns, torch.full((32, 32), 200, dtype=torch.uint8)])
+    copies = image.expand(64, 3, 32, 32).contiguous()
+    arguments = dict(batch_size=64, shuffle=False, augment=True, device="cpu", seed=0, mean=(0, 0, 0),
+                     std=(1 / 255,) * 3)  # fmt: skip
+    labels = torch.zeros(64, dtype=torch.int64)
+    progressive = TensorBatches(copies, labels, small_crop=24, small_crop_epochs=2, **arguments)
+    full = TensorBatches(copies, labels, **arguments)
+    assert progressive.crop_size(1) == (24, 24) and progressive.crop_size(2) == (32, 32)
+    crops, _ = next(progressive.epoch(1))
+    assert crops.shape == (64, 3, 24, 24)
+    padded = torch.zeros(3, 40, 40, dtype=torch.float32)
+    padded[:, 4:36, 4:36] = image
+    places = set()
+    for crop in crops.round():
+        windows = {
+            (top, left, flipped): padded[:, top : top + 24, left : left + 24].flip(-1)
+            if flipped
+            else padded[:, top : top + 24, left : left + 24]
+            for top in range(17)
+            for left in range(17)
+            for flipped in (False, True)
+        }
+        matches = [place for place, expected in windows.items() if torch.equal(crop, expected)]
+        assert len(matches) == 1, "every output must be exactly one 24x24 window of the padded image"
+        places.add(matches[0][:2])
+    assert any(top > 8 or left > 8 for top, left in places), "small crops start beyond the full size's 9"
+    # From `small_crop_epochs` on, the batches are the full-size loader's, draw for draw.
+    assert_same_batches(list(progressive.epoch(2)), list(full.epoch(2)))
+    # Resuming inside a small-crop epoch gives the tail of the uninterrupted epoch.
+    smaller = TensorBatches(
+        copies, labels, small_crop=24, small_crop_epochs=2, **{**arguments, "batch_size": 16}
+    )
+    assert_same_batches(list(smaller.epoch(0, start_batch=2)), list(smaller.epoch(0))[2:])
+
+
+@pytest.mark.parametrize("overrides", [dict(small_crop=33), dict(small_crop=-1), dict(small_crop_epochs=-1)])
+def test_a_small_crop_outside_the_image_is_refused(images: torch.Tensor, overrides: dict) -> None:
+    with pytest.raises(ValueError, match="small_crop must be in 0..32"):
+        make(images, **overrides)
+
+
 def test_world_size_two_gives_disjoint_shards_that_cover_the_set(images: torch.Tensor) -> None:
     shards = [
         torch.cat([labels for _, labels in make(images, rank=rank, world_size=2).epoch(3)]).tolist()
