@@ -87,12 +87,12 @@ class Progress:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.step = self.epoch = self.batch = self.train_images = 0
-        self.sums = self._zero_sums()
+        self.sums = self.zero_sums()
         self.history: list[dict[str, Any]] = []
         self.train_time_s = self._elapsed_before = 0.0
         self._started = time.perf_counter()
 
-    def _zero_sums(self) -> dict[str, torch.Tensor]:
+    def zero_sums(self) -> dict[str, torch.Tensor]:
         # Summed on the device in 64 bits: the epoch's mean is exact, and no step waits for the host.
         types = {"loss": torch.float64, "correct": torch.int64, "seen": torch.int64}
         return {key: torch.zeros((), dtype=dtype, device=self.device) for key, dtype in types.items()}
@@ -109,7 +109,7 @@ class Progress:
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        self.epoch, self.batch, self.sums = self.epoch + 1, 0, self._zero_sums()
+        self.epoch, self.batch, self.sums = self.epoch + 1, 0, self.zero_sums()
 
     @property
     def elapsed_s(self) -> float:
@@ -192,6 +192,8 @@ class Run:
                 ckpt.restore_checkpoint(
                     resumed_from, saved, self._parts(), self.signature, len(c.train_loader)
                 )
+            if not self.world.is_main:  # the saved sums are all ranks' total: rank 0 carries them on
+                self.progress.sums = self.progress.zero_sums()
         self._started = time.perf_counter()
         self._timed: tuple[float, int] | None = None  # (clock, step) after this process's first step
 
@@ -365,13 +367,18 @@ class Run:
         return ckpt.RunParts(self.network, c.optimizer, c.scheduler, scaler, self.ema, self.progress)
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
+        """
+        Every rank calls this; rank 0 writes the checkpoint, and a failed write stops the run and keeps
+        the previous file. Each rank holds the sums of its own share of a partial epoch, so the checkpoint
+        keeps their total, which the resumed epoch's record then includes as an uninterrupted one would.
+        """
+        sums = {k: sum_over_ranks(v, self.world).cpu() for k, v in self.progress.sums.items()}
         if self.checkpoint_path is None:
             return
         try:
             with _writing(f"could not write checkpoint {self.checkpoint_path}", self._kept):
                 state = ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
-                ckpt.save_checkpoint(self.checkpoint_path, state)
+                ckpt.save_checkpoint(self.checkpoint_path, {**state, "epoch_sums": sums})
         except Exception as e:
             # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError ("unexpected
             # pos"), raised while closing the half-written file. The temporary file is gone and the previous
