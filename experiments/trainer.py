@@ -147,8 +147,8 @@ class Run:
         self.console = Console(every_s=c.progress_every_s)
         self.network: nn.Module = c.model
         self.signature = ckpt.model_signature(model_name, c.num_classes, self.network)
-        # `amp=auto` is decided once, by timing a copy of the network (`precision.py`). With several
-        # processes each would measure on its own and might disagree, so they keep float32.
+        # `amp=auto` times a copy of the network (`precision.py`); several processes might disagree, so
+        # they keep float32.
         shape = (c.batch_size, 3, 32, 32)
         measure = step_timer(self.network, shape, c.num_classes, self.device, c.channels_last)
         self.amp = choose_amp(c.amp, self.device, None if self.world.is_distributed else measure)
@@ -202,9 +202,8 @@ class Run:
 
     def batches(self, loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """
-        The batches left in the current epoch (after a resume, those after the last step taken), ending
-        at the run's last iteration. Between steps it stops the run (all ranks together) on a stop request
-        or a non-finite loss. The training clock runs while this does.
+        The epoch's batches not yet trained, up to the run's last iteration; between steps it stops the
+        run (all ranks together) on a request or a non-finite loss. The training clock runs meanwhile.
         """
         progress = self.progress
         start = time.perf_counter()
