@@ -1,21 +1,16 @@
 """
 # Checkpoints that survive crashes and cannot run code
 
-A run can be killed at any moment, so the last checkpoint must always be whole, and loading one must do
-nothing but load numbers. Checkpoints are written atomically ([`files.py`](files.html)) and loaded with
-`torch.load(weights_only=True)`, which rebuilds tensors and plain containers, never objects or code.
-Every checkpoint records a SHA-256 of its other entries (the library's
-[`checkpoint_digest`](../resnet/loading.html#checkpoint_digest), so the trainer and
-`resnet.load_checkpoint` check the same thing), checked over the very tensors just parsed: a flipped bit
-in a weight still loads, but not unnoticed. Every way a file can be wrong is a `CheckpointError`, one line
-naming the file and the fix. [`checkpoint_state`](#checkpoint_state) writes every entry and
-[`restore_checkpoint`](#restore_checkpoint) reads each back, so the two cannot drift apart.
+A run can be killed at any moment, so the last checkpoint must always be whole ([`files.py`](files.html)
+writes atomically), and loading one must do nothing but load numbers (`torch.load(weights_only=True)`).
+Each records a SHA-256 of its other entries ([`checkpoint_digest`](../resnet/loading.html), which
+`resnet.load_checkpoint` checks too), checked over the very tensors just parsed. Every way a file can be
+wrong is a `CheckpointError`: one line naming the file and the fix.
 """
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -39,8 +34,9 @@ class CheckpointError(ExperimentError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` and its digest to `path` atomically; errors (a full disk) propagate."""
-    state = {**state, TRAINER_DIGEST: checkpoint_digest(state)}
+    """Write `state` with our format, version and digest to `path` atomically; errors propagate."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    state[TRAINER_DIGEST] = checkpoint_digest(state)
     atomic_write(path, lambda f: torch.save(state, f))
 
 
@@ -153,37 +149,11 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
 
 # ## What a checkpoint holds
 #
-# The run's state is that of its parts, each with `state_dict`/`load_state_dict`: the network, the
-# optimizer, the schedule, the fp16 loss scaler and the weight average when the run has them, and its
-# [`Progress`](trainer.html#Progress) (where it stopped, the partial epoch's sums, the history, the
-# clocks). Random states are PyTorch's alone: the loader draws each batch from its own generator seeded
-# by (seed, epoch, batch), and nothing in a run uses Python's `random`.
-
-
-class Stateful(Protocol):
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class RunParts:
-    """The parts of a run whose state a checkpoint holds; `scaler` and `ema` only when the run has them."""
-
-    model: Stateful
-    optimizer: Stateful
-    scheduler: Stateful
-    scaler: Stateful | None
-    ema: Stateful | None
-    progress: Stateful
-
-
-def rng_state() -> dict[str, Any]:
-    """PyTorch's random number generators' states, as tensors (weights-only loadable)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# The state of each of the run's parts (`None` for a part the run does not have), its
+# [`Progress`](trainer.html#Progress)'s entries, PyTorch's random states (the loader seeds each batch's
+# generator by seed, epoch and batch, and nothing uses Python's `random`), the settings and the signature.
+PARTS = ("model", "optimizer", "scheduler", "scaler", "ema", "progress")
+Parts = dict[str, Any]  # the run's part under each name of `PARTS`, or `None`
 
 
 def run_config(settings: dict[str, Any]) -> dict[str, Any]:
@@ -191,29 +161,22 @@ def run_config(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if not k.startswith("device.")}
 
 
-def checkpoint_state(parts: RunParts, settings: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to continue exactly here; only tensors, numbers, strings and containers."""
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-        "ema": parts.ema.state_dict() if parts.ema is not None else None,
-        # `position`, `epoch_sums`, `history` and `timing`.
-        **parts.progress.state_dict(),
-        "rng": rng_state(),
-        "config": run_config(settings),
-        "signature": signature,
-    }
+def checkpoint_state(parts: Parts, settings: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to continue exactly here, from the run's `PARTS`: tensors, numbers and text."""
+    states = {name: None if part is None else part.state_dict() for name, part in parts.items()}
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    # The progress's entries are `position`, `epoch_sums`, `history` and `timing`.
+    progress = states.pop("progress")
+    return {**states, **progress, "rng": rng, "config": run_config(settings), "signature": signature}
 
 
 def restore_checkpoint(
-    path: Path, state: dict[str, Any], parts: RunParts, signature: dict[str, Any], batches_per_epoch: int
+    path: Path, state: dict[str, Any], parts: Parts, signature: dict[str, Any], batches_per_epoch: int
 ) -> None:
     """
-    Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's parts, or refuse it in one
+    Load a [`load_checkpoint`](#load_checkpoint)ed `state` into the run's `PARTS`, or refuse it in one
     line. A checkpoint taken later in an epoch than this run's `batches_per_epoch` cannot continue exactly.
     """
     check_network(path, state, signature)
@@ -222,19 +185,15 @@ def restore_checkpoint(
             f"{path} stopped at batch {batch} of an epoch that now has {batches_per_epoch} batches; "
             f"resume with the same data and batch size"
         )
-    if parts.ema is not None and state.get("ema") is None:
+    if parts["ema"] is not None and state.get("ema") is None:
         raise CheckpointError(
             f"{path} has no averaged weights, but this run sets ema_decay; resume without changing ema_decay"
         )
     try:
-        parts.model.load_state_dict(state["model"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.scheduler.load_state_dict(state["scheduler"])
-        if parts.scaler is not None and state.get("scaler"):
-            parts.scaler.load_state_dict(state["scaler"])
-        if parts.ema is not None:
-            parts.ema.load_state_dict(state["ema"])
-        parts.progress.load_state_dict(state)
+        for name, part in parts.items():
+            # An fp16 run keeps a fresh loss scale when the checkpoint has none; progress reads the top level.
+            if part is not None and (name != "scaler" or state.get("scaler")):
+                part.load_state_dict(state if name == "progress" else state[name])
         torch.set_rng_state(state["rng"]["torch"])
         cuda = state["rng"].get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

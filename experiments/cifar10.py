@@ -9,13 +9,11 @@ python experiments/cifar10.py --resume <run>
 python experiments/cifar10.py --eval <ckpt.pt>
 ```
 
-The [model tutorial](../resnet/model.html) builds the networks; this one trains them as §4.2 of the
-paper does. [`Configs`](#Configs) holds every setting, the paper's value its default; `@option` functions
-build the data, network, optimizer and schedule on first use; `key=value` on the command line changes any
-setting ([`cli.py`](cli.html) checks it first). Then come [one epoch](#train_epoch), [an
-evaluation](#evaluate) and [the run](#fit). The rest of a real run (several processes, checkpoints, exact
-resumption, stops, the console, metrics files) is in [`trainer.py`](trainer.html), as labml's trainer
-serves its experiments.
+The [model tutorial](../resnet/model.html) builds the networks; this one trains them as §4.2 does.
+[`Configs`](#Configs) holds every setting with the paper's value as default, `@option` functions build
+the parts on first use, and `key=value` on the command line changes any setting. Then come [one
+epoch](#train_epoch), [an evaluation](#evaluate) and [the run](#fit); the rest of a real run (processes,
+checkpoints, exact resumption, the console) is [`trainer.py`](trainer.html)'s.
 """
 
 import math
@@ -48,9 +46,9 @@ class Configs(CifarDataConfigs):
 
     The defaults are §4.2's recipe for ResNet-20: mini-batches of 128, SGD with learning rate 0.1,
     momentum 0.9 and weight decay $10^{-4}$ ([`SGDConfigs`](recipes.html#SGDConfigs)), the rate divided
-    by 10 at 32k and 48k iterations, and the end at 64k. The data settings come from
-    [`CifarDataConfigs`](loader.html#CifarDataConfigs), the device, number format and seed from
-    [`RunConfigs`](run_configs.html#RunConfigs).
+    by 10 at 32k and 48k iterations, and the end at 64k. The data ([`CifarDataConfigs`](loader.html)):
+    50k training images (45k with `valid_split=5000`, the paper's split for choosing settings), 10k test
+    images, and §4.2's augmentation, 4 pixels of padding, a random 32×32 crop and a random flip.
     """
 
     # A name from `resnet.list_models()` (`plainN` drops the shortcuts), or `custom`, built from the
@@ -86,19 +84,11 @@ class Configs(CifarDataConfigs):
     recipe: str = "paper"
 
 
-# ### The data
-#
-# [`CifarDataConfigs`](loader.html#CifarDataConfigs): 50k training images (45k with `valid_split=5000`,
-# the paper's split for choosing settings) and 10k test images, augmented as §4.2 says: "4 pixels are
-# padded on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip".
-
-
 # ### The network, the optimizer and the schedule
 #
-# The network is the library's; the classification head (global average pooling and a 10-way
-# fully-connected layer, §4.2) is part of every preset. The paper states its schedule in *iterations*,
-# mini-batch steps, not epochs, so the scheduler moves on once per mini-batch: an epoch is 352 steps with
-# 45k training images and 391 with 50k, and either way the rate drops at steps 32,000 and 48,000.
+# The network is the library's, head included (global average pooling, a 10-way layer). The paper counts
+# its schedule in *iterations* (mini-batch steps), so the scheduler moves once per step: an epoch is 391
+# steps with 50k images and 352 with 45k, and either way the rate drops at steps 32,000 and 48,000.
 @option(Configs.epochs, "from_iterations")
 def _epochs_from_iterations(c: Configs) -> int:
     return math.ceil(c.iterations / c.steps_per_epoch)
@@ -159,14 +149,12 @@ def train_epoch(c: Configs, run: Run) -> None:
     """
     ## One epoch
 
-    A *step* is one mini-batch of 128 images (§4.2): the network's prediction, the cross-entropy loss
-    against the labels, its gradient by back-propagation, one SGD update, and the schedule one step on. In
-    training mode batch norm normalises with each mini-batch's own statistics (§3.4) and updates its
-    running averages for evaluation. `run.batches` yields the epoch's batches not yet trained, and stops
-    the run between steps when asked to or when the loss is no longer finite; `run.after_step` counts the
-    step. The three `scaler` lines read the same in every number format: with fp16, `torch.amp.GradScaler`
-    scales the loss so that small gradients do not underflow, unscales before the update and skips a step
-    whose gradients overflowed; otherwise they are a plain `loss.backward()` and `optimizer.step()`.
+    A *step* is one mini-batch of 128 images (§4.2): the prediction, the cross-entropy loss, its gradient
+    by back-propagation, one SGD update, and the schedule one step on. In training mode batch norm uses
+    each mini-batch's own statistics (§3.4). `run.batches` yields the batches not yet trained and stops
+    the run between steps when asked to or when the loss is not finite; `run.after_step` counts the step.
+    With fp16 the `scaler` scales the loss so small gradients do not underflow, unscales before the update
+    and skips a step whose gradients overflowed; in other formats its lines are a plain backward and step.
     """
     run.model.train()
     for images, labels in run.batches(c.train_loader):
@@ -190,17 +178,12 @@ def evaluate(
     """
     ## Evaluation
 
-    Mean cross-entropy and accuracy of `model` over every image of `loader`, in evaluation mode: batch
-    norm uses its running statistics, so the result does not depend on how images are batched. The loss
-    has no label smoothing, so runs with and without it compare.
-
-    `loss` and `accuracy` are always the paper's protocol: "the single view of the original 32×32
-    image" (§4.2). Test-time augmentation is reported beside them, never instead of them: with
-    `flip_tta` the logits of an image and its mirror image are averaged (CIFAR's classes look the same
-    mirrored), and `shift_tta=k` adds the image moved $k$ pixels diagonally each way, two of the crops
-    training showed; their average gives `loss_tta` and `accuracy_tta`. The first view is the image
-    itself, so the single-view numbers cost nothing extra. `before_batch` runs before each batch (a
-    stopping run stops there).
+    Mean cross-entropy (without label smoothing, so runs with and without it compare) and accuracy of
+    `model` over every image of `loader`. In evaluation mode batch norm uses its running statistics, so
+    the result does not depend on the batching. `loss` and `accuracy` are the paper's protocol, "the
+    single view of the original 32×32 image" (§4.2); test-time views are reported beside them as
+    `loss_tta` and `accuracy_tta`: the mirror image with `flip_tta`, and with `shift_tta=k` the image
+    moved $k$ pixels diagonally each way, crops training showed. `before_batch` runs before each batch.
     """
     model.eval()
     tta = flip_tta or shift_tta > 0
@@ -235,10 +218,9 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
     """
     ## The run
 
-    Epochs of training until the schedule ends, each followed by an evaluation: on the held-out
-    validation images when there are some (the paper chooses its settings on a 45k/5k split), otherwise
-    on the test set, only to watch the curve as Figure 6 does. The test set never chooses anything:
-    the result is the final epoch's network, never the best epoch's. Returns its test scores.
+    Epochs of training until the schedule ends, each followed by an evaluation on the validation images
+    if there are some, else on the test set, only to watch the curve as Figure 6 does. The test set never
+    chooses anything: the result is the final network, never the best epoch's. Returns its test scores.
     """
 
     def score(loader: TensorBatches) -> dict[str, float]:
@@ -274,22 +256,20 @@ def train(*, recipe: str | None = None, device: str | None = None, **settings: A
     """
     if "eval" in settings:
         raise cli.UsageError("train() trains; to measure a checkpoint use evaluate_checkpoint(path, ...)")
-    return launch.run_training(Configs, NESTED_CONFIGS, fit, _checked(settings, recipe=recipe, device=device))
+    request = launch.checked(settings, Configs, NESTED_CONFIGS, RECIPES, recipe=recipe, device=device)
+    return launch.run_training(Configs, NESTED_CONFIGS, fit, request)
 
 
 def evaluate_checkpoint(path: str | Path, **settings: Any) -> dict[str, Any]:
     """What `--eval PATH` does: the checkpoint's network on the whole test set (or `test_subset=`)."""
-    return launch.run_evaluation(Configs, NESTED_CONFIGS, evaluate, _checked({**settings, "eval": str(path)}))
+    request = launch.checked({**settings, "eval": str(path)}, Configs, NESTED_CONFIGS, RECIPES)
+    return launch.run_evaluation(Configs, NESTED_CONFIGS, evaluate, request)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: parse and check it (exit 2 on bad input), then train or evaluate."""
     request = cli.parse(argv, Configs, nested=NESTED_CONFIGS, recipes=RECIPES, world=world_from_environment())
     return launch.command(request, Configs, NESTED_CONFIGS, fit, evaluate)
-
-
-def _checked(settings: dict[str, Any], **options: Any) -> cli.Request:
-    return launch.checked(settings, Configs, NESTED_CONFIGS, RECIPES, **options)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
 """
 # What a run prints
 
-One start line, one estimate line once the first steps are timed, a status line of at most 100 columns
-(redrawn in place on a terminal, printed whole every `progress_every_s` seconds anywhere else, so
-`tail -f` shows progress), one line per epoch and one at the end: the README's "What a run prints".
-Every line is a plain function of numbers, so tests compare text without running anything or reading a
-clock; [`Console`](#Console) decides only where the lines go.
+The lines of the README's "What a run prints", each a plain function of numbers, so that tests compare
+text without running anything or reading a clock; [`Console`](#Console) decides only where they go.
 """
 
 import sys
@@ -97,9 +94,8 @@ def accuracy_line(results: dict[str, Any]) -> str:
 
 class Console:
     """
-    Where the lines go. On a terminal (`live`) the status line is redrawn in place after a carriage
-    return; otherwise it is printed whole at most every `every_s` seconds (0: every time). `clock` is
-    replaceable so that tests never depend on how fast the machine is.
+    Where the lines go. On a terminal the status line is redrawn in place; elsewhere (a file, `tail -f`)
+    it is printed whole at most every `every_s` seconds. Tests replace the `clock`.
     """
 
     def __init__(

@@ -1,40 +1,15 @@
 """
 # Several processes, one model
 
-`torchrun --nproc_per_node=N experiments/cifar10.py ...` starts N copies of the trainer and tells each
-its `RANK`, `LOCAL_RANK` and `WORLD_SIZE` through environment variables. Each copy reads its own share
-of every epoch (the loader takes each rank's indices from a `DistributedSampler`), computes
-gradients on it, and `DistributedDataParallel` averages the gradients across copies before each
-optimizer step, so all copies hold the same weights after every step.
+`torchrun` starts one copy of the trainer per process and tells each its `RANK`, `LOCAL_RANK` and
+`WORLD_SIZE`. Each copy trains on its own share of every batch (the loader shards each epoch) and
+`DistributedDataParallel` averages the gradients, so all copies hold the same weights after every step;
+only rank 0 prints and writes files. The README's "Several GPUs" and "Several machines, and restarts"
+say what one step equals, how several machines start and restart, and what is tested.
 
-Only rank 0 talks to the user: it prints progress, writes the run folder, checkpoints and
-`results.json`. The other ranks compute and stay quiet.
-
-`--batch-size` is the *global* batch: with N processes each takes `batch_size / N` images per step, so
-the recipe does not change with the number of GPUs. What a multi-process step equals, exactly: one
-process that averages the losses of the N per-rank batches, each normalised with batch-norm statistics
-of its own images, keeping rank 0's running statistics (DDP broadcasts rank 0's buffers before every
-forward pass). `tests/test_cifar10_ddp.py` rebuilds that in one process and finds the same weights up to
-float rounding. With `--sync-bn` (GPUs only: PyTorch's `SyncBatchNorm` has no CPU implementation) the
-statistics span all ranks, and N processes × `b/N` images approximate one process with batch `b`.
-
-Decisions that must be the same on every rank (stop because of a signal, stop because the loss went
-non-finite) are made with an all-reduce, so no rank waits forever for a partner that already left.
-
-## Several machines
-
-`torchrun --nnodes=M --nproc-per-node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT` on each of M
-machines (or one `srun` that starts them) makes one world of M × N ranks; nothing above changes. Two
-things do, and this module decides both. The data must be prepared once per machine before anyone reads
-it: [`local_leader_first`](#local_leader_first) lets local rank 0 of each node download and unpack while
-the node's other ranks wait. And every rank must start from the same point: each reads the checkpoint
-itself, so a run folder that one node sees and another does not would split the run;
-[`agree_on_start`](#agree_on_start) compares what each rank found, and the settings it was given, before
-the first step. When a worker dies, `torchrun --max-restarts` starts the same command on every node again;
-with `--run-dir` that command continues from the folder's last checkpoint
-([`run_folder.py`](run_folder.html)). (Set `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` for restarts: with
-the store PyTorch shares between rendezvous rounds, a restarted round failed or hung in our test; the
-README's multi-machine section says what was seen.)
+This module holds what every rank must decide alike: when to stop, who prepares the data on each
+machine, and where the run starts. A rank that acted alone would leave the others waiting forever in
+their next collective, so each decision is one collective that all ranks take part in.
 """
 
 import contextlib
@@ -51,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from experiments.errors import ExperimentError, UsageError
-from resnet.loading import TRAINER_DIGEST
+from resnet.loading import TRAINER_DIGEST, checkpoint_digest
 
 
 @dataclass(frozen=True)
@@ -90,69 +65,33 @@ def init_process_group(world: World, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
 
 
-# How long the last process-group threads get to let go of their work before the interpreter exits.
-GLOO_SETTLE_S = 0.2
-
-
 def destroy_process_group() -> None:
     """
-    Shut the process group down, then wait a moment. A gloo worker thread lets go of a finished
-    collective (and of the Python tensors in it, which takes the GIL) only after the caller has been
-    told it finished. On a busy machine that thread may not have run again by the time a short script
-    reaches interpreter shutdown, and then it aborts the process ("terminate called without an active
-    exception"; a few percent of 2-process CPU runs on a loaded machine). Sleeping releases the GIL and
-    the CPU, so the thread finishes first.
+    Shut the process group down, then sleep a moment: a gloo thread still letting go of its last
+    collective needs the GIL, and a script that reaches interpreter shutdown first aborts ("terminate
+    called without an active exception", a few percent of 2-process CPU runs on a loaded machine).
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-        time.sleep(GLOO_SETTLE_S)
+        time.sleep(0.2)
 
 
-def any_rank(flag: torch.Tensor, world: World) -> torch.Tensor:
-    """Element-wise maximum over all ranks of a small tensor: a flag set on any rank is set on all."""
-    if world.is_distributed:
-        flag = flag.clone()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag
-
-
-def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Sum of a tensor over all ranks (epoch loss sums and counts)."""
+def sum_over_ranks(values: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:
+    """`values` summed (or with `op="max"`, their element-wise maximum) over all ranks."""
     if world.is_distributed:
         values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return values
 
 
 def state_hash(model: torch.nn.Module) -> str:
-    """A SHA-256 of every tensor in the model's state, to compare weights across processes."""
-    return tensors_hash(model.state_dict())
-
-
-def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """A SHA-256 of named tensors: their names, and their bytes in a fixed order."""
+    """A SHA-256 of the names and bytes of every tensor in the model's state, to compare weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
+    for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
-
-def state_hashes(state_hash: str, world: World) -> list[str]:
-    """Every rank's weight hash, gathered on all ranks, to prove they agree."""
-    if not world.is_distributed:
-        return [state_hash]
-    gathered: list[str] = [""] * world.size
-    dist.all_gather_object(gathered, state_hash)
-    return gathered
-
-
-# ## Stopping together
-#
-# A rank that stops on its own leaves the others waiting forever in their next all-reduce. So a rank
-# never acts on a signal or a diverged loss alone: every few steps all ranks exchange two numbers, "has
-# anyone been asked to stop?" and "what is the first step at which anyone saw a non-finite loss?", and
-# all of them act on the answer together.
 
 # "No non-finite loss seen yet": larger than any step, so that the first bad step is a minimum.
 NO_BAD_STEP = 2**62
@@ -163,20 +102,14 @@ def agree_on_stop(
 ) -> tuple[bool, int | None]:
     """
     Whether any rank was asked to stop, and the first step at which any rank's loss was non-finite
-    (`None` when none was). `first_bad_step` is a tensor on this rank's device holding `NO_BAD_STEP`
-    or the step, so that checking it costs no host synchronisation until this exchange.
+    (`None` if none). `first_bad_step` stays on the device (`NO_BAD_STEP` or the step) until this
+    exchange, so watching the loss costs no host synchronisation.
     """
-    device = first_bad_step.device
-    flags = torch.stack(
-        [torch.tensor(1.0 if stop_requested else 0.0, device=device), -first_bad_step.to(torch.float32)]
-    )
+    flag = torch.tensor(1.0 if stop_requested else 0.0, device=first_bad_step.device)
     # Negated, "the smallest bad step" becomes a maximum, which one all-reduce finds with the stop flag.
-    flags = any_rank(flags, world)
+    flags = sum_over_ranks(torch.stack([flag, -first_bad_step.to(torch.float32)]), world, "max")
     bad = int(-flags[1].item())
     return bool(flags[0].item() > 0), (bad if bad < NO_BAD_STEP else None)
-
-
-# ## Several machines: the data once per node, one starting point for all
 
 
 class PreparationFailed(ExperimentError):
@@ -187,79 +120,57 @@ class PreparationFailed(ExperimentError):
 def local_leader_first(world: World, device: torch.device) -> Iterator[None]:
     """
     Run the body (reading the data, which may download and unpack it) on local rank 0 of every node
-    first, and on the node's other ranks once all of those have finished. Two ranks on a node never
-    download or unpack into the same folder at once, and the waiting ranks find the data ready. Local
-    ranks 0 of different nodes may still share a folder (a network file system); `data.py` makes that
-    safe, as it does for separate runs started together on one folder.
-
-    The wait is an all-reduce rather than a barrier so that it carries one bit: if a leader's body
-    fails, every other rank stops with a one-line error instead of waiting for a partner that is gone
-    (or reading a folder it left half-checked). Every rank takes part exactly once.
+    first, and on the node's other ranks once all of those have finished, so they find the data ready.
+    (Leaders of different nodes may still share a folder; `data.py` makes that safe.) The wait is an
+    all-reduce rather than a barrier so that it carries one bit: if a leader fails, every rank stops
+    with one line instead of waiting for a partner that is gone.
     """
     if not world.is_distributed:
         yield
         return
-
-    def exchange(failed: bool) -> bool:
-        flag = torch.tensor([1.0 if failed else 0.0], device=device)
-        return bool(any_rank(flag, world).item() > 0)
-
-    failed_elsewhere = PreparationFailed(
-        f"rank {world.rank}: local rank 0 of a node could not prepare the data, so this rank stops too; "
-        f"that rank's own error (in its node's output) says what to fix"
-    )
-    if world.local_rank == 0:
-        try:
+    failed = leader = world.local_rank == 0  # until the leader's body has finished
+    try:
+        if leader:
             yield
-        except BaseException:
-            exchange(failed=True)
-            raise
-        # A leader that succeeded stops as well when another node's failed, rather than train alone.
-        if exchange(failed=False):
-            raise failed_elsewhere
-        return
-    if exchange(failed=False):
-        raise failed_elsewhere
-    yield
+            failed = False
+    finally:
+        # Every rank takes part exactly once, the leaders after their body (also when it raised).
+        flag = torch.tensor([1.0 if failed else 0.0], device=device)
+        failed_somewhere = bool(sum_over_ranks(flag, world, "max").item() > 0)
+    if failed_somewhere:
+        raise PreparationFailed(
+            f"rank {world.rank}: local rank 0 of a node could not prepare the data, so this rank stops "
+            f"too; that rank's own error (in its node's output) says what to fix"
+        )
+    if not leader:
+        yield
 
 
-@dataclass(frozen=True)
-class Start:
-    """
-    Where one rank starts: the checkpoint it continues (`None` for a new run) with its digest and step,
-    and a digest of the settings it was given. Equal on every rank, or the run would split.
-    """
-
-    checkpoint: str | None
-    checkpoint_digest: str | None
-    step: int
-    settings_digest: str
-    host: str = ""
+# Where one rank starts: what it found to continue, and a digest of its settings (`start_of`).
+Start = dict[str, Any]
 
 
 def start_of(checkpoint: Path | None, saved: dict[str, Any] | None, settings: dict[str, Any]) -> Start:
     """
-    This rank's [`Start`](#Start): `saved` is the loaded checkpoint at path `checkpoint` (both `None`
-    for a new run); `settings` those to compare between ranks, without what may differ between machines
-    (the data's folder, the device).
+    This rank's start: `saved` is the checkpoint loaded from `checkpoint` (both `None` for a new run),
+    `settings` those every rank must share (not the data's folder or the device, which may differ).
     """
     text = repr(sorted((key, repr(value)) for key, value in settings.items()))
-    # Checkpoints of version 3 carry a digest of everything in them; older ones, only their weights'.
-    digest = None if saved is None else str(saved.get(TRAINER_DIGEST) or tensors_hash(saved["model"]))
     step = 0 if saved is None else int(saved["position"]["step"])
-    return Start(
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        checkpoint_digest=digest,
-        step=step,
-        settings_digest=hashlib.sha256(text.encode()).hexdigest(),
-        host=socket.gethostname(),
-    )
+    what = f"continues {checkpoint} at step {step}" if saved else "finds no checkpoint and starts a new run"
+    return {
+        # Checkpoints of version 3 carry the digest `load_checkpoint` checked; older ones are hashed here.
+        "found": None if saved is None else (saved.get(TRAINER_DIGEST) or checkpoint_digest(saved), step),
+        "what": what,
+        "settings": hashlib.sha256(text.encode()).hexdigest(),
+        "host": socket.gethostname(),
+    }
 
 
 def agree_on_start(start: Start, world: World) -> None:
     """
     Refuse to train unless every rank continues the same checkpoint (or none) with the same settings.
-    Every rank gathers every rank's `Start` and decides alike, so all stop together with the same line
+    Every rank gathers every rank's start and decides alike, so all stop together with the same line
     (exit status 2: the folder or the command is what must change).
     """
     if not world.is_distributed:
@@ -268,21 +179,14 @@ def agree_on_start(start: Start, world: World) -> None:
     dist.all_gather_object(gathered, start)
     first = gathered[0]
     for rank, other in enumerate(gathered):
-        where = f"rank {rank} (host {other.host})"
-        if (other.checkpoint_digest, other.step) != (first.checkpoint_digest, first.step):
+        where, rank_0 = f"rank {rank} (host {other['host']})", f"rank 0 (host {first['host']})"
+        if other["found"] != first["found"]:
             raise UsageError(
-                f"{where} {_describe(other)}, but rank 0 (host {first.host}) {_describe(first)}; every rank "
-                f"reads the checkpoint itself, so the run folder (--run-dir or --resume) must be on storage "
-                f"every node sees at the same path, e.g. a network file system"
+                f"{where} {other['what']}, but {rank_0} {first['what']}; every rank reads the checkpoint "
+                f"itself, so the run folder (--run-dir or --resume) must be on storage every node sees at "
+                f"the same path, e.g. a network file system"
             )
-        if other.settings_digest != first.settings_digest:
+        if other["settings"] != first["settings"]:
             raise UsageError(
-                f"{where} was given other settings than rank 0 (host {first.host}); start every node with "
-                f"the same command"
+                f"{where} was given other settings than {rank_0}; start every node with the same command"
             )
-
-
-def _describe(start: Start) -> str:
-    if start.checkpoint is None:
-        return "finds no checkpoint and starts a new run"
-    return f"continues {start.checkpoint} at step {start.step}"

@@ -1,11 +1,10 @@
 """
 # Choosing the number format: `amp=auto`
 
-Whether mixed precision pays depends on the hardware. bf16 is nearly always faster on a GPU with bf16
-units and on a CPU with native bf16 instructions (AMX, AVX512-BF16), but a CPU without them emulates it
-through float32 and trains several times *slower*. So `amp=auto` decides once, before training, as the
-README's "Number format" says: bf16 on a GPU that supports it, float32 on a CPU without native bf16, and
-on a CPU with it whichever format a few timed steps of the actual network found faster.
+Whether mixed precision pays depends on the hardware: a CPU without native bf16 instructions (AMX,
+AVX512-BF16) emulates it through float32 and trains several times *slower*. So `amp=auto` decides once,
+before training (the README's "Number format"): bf16 on a GPU that supports it, float32 on a CPU without
+native bf16, and on a CPU with it whichever format a few timed steps of the actual network found faster.
 """
 
 import copy
@@ -54,19 +53,13 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_bf16_units() -> list[str]:
-    """
-    The native bf16 instruction sets the kernel reports for this CPU. Where it reports nothing (not
-    Linux) the answer is none, and `auto` keeps float32: never slower than emulated bf16.
-    """
+    """The native bf16 instruction sets Linux reports for this CPU (elsewhere none: `auto` keeps float32)."""
     flags = _cpuinfo().get("flags", "").split()
     return [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
 
 
 def machine(device: torch.device) -> dict[str, str | int]:
-    """
-    The one description of where a run computes, for the console and every results file: the device
-    (with the GPU's name, or the CPU threads), the CPU's model name, the thread count and the software.
-    """
+    """The one description of where a run computes, for the console and every results file."""
     threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
@@ -111,8 +104,7 @@ def step_timer(
 ) -> Measure:  # fmt: skip
     """
     A `measure` for `choose_amp`: seconds per forward + backward step of a *copy* of `model` on random
-    images. The copy and a private random generator leave the run's weights, batch-norm statistics and
-    random streams as they were, so `amp=auto` does not change what the run computes.
+    images from a private generator, so that `amp=auto` changes nothing the run computes.
     """
 
     def measure(dtype: torch.dtype | None) -> float:

@@ -1,27 +1,10 @@
 """
 # A run folder that the same command continues
 
-Without `--run-dir`, every start is a new run: labml names a new folder under `--logs-dir`, and carrying
-on after a stop takes `--resume RUN`, a different command. A launcher that restarts failed workers
-cannot type that. `torchrun --max-restarts=N`, a SLURM job requeued after preemption, a shell loop
-around a flaky machine: each runs the *same command* again. `--run-dir DIR` makes that command resume:
-
-* on a folder that does not exist yet, or is empty, the run starts there;
-* on a folder whose run left a checkpoint, it continues from it exactly as `--resume DIR` would (the
-  same restored state, so the same weights as a run that never stopped), in the same folder;
-* on a folder whose run stopped before its first checkpoint, it starts again there (nothing was kept).
-
-A checkpoint is written only whole (into a temporary file, then renamed: [`files.py`](files.html)), so
-the file a restart finds is the last *complete* one, whatever instant a worker was killed at; one that
-is damaged on disk fails its digest and is refused in one line, never trained on.
-
-What it refuses, each in one line with exit status 2 before anything is written: a path that is a
-file, a folder that holds things other than a run, a folder whose run was started with other settings
-than the ones typed now (a typo must not quietly continue someone else's run, or start it anew), and
-`--resume`, `--eval` or `--logs-dir` beside it. The settings typed are compared with the run's; those
-not typed are the run's own, as with `--resume`. Only where the data lies and how often the console
-reports may differ, since they can change from one machine or attempt to the next without changing
-what is trained.
+`torchrun --max-restarts`, a requeued SLURM job or a shell loop reruns the *same command*, which cannot
+say `--resume RUN`. With `--run-dir DIR` that command continues DIR's last complete checkpoint exactly as
+`--resume DIR` would, in the same folder, or starts the run there when DIR is new, empty, or holds no
+checkpoint yet. The README's "Several machines, and restarts" lists what it refuses and how it is tested.
 """
 
 from pathlib import Path
@@ -42,9 +25,8 @@ RUN_FILES = ("run.yaml", ckpt.CHECKPOINT_DIR, "metrics.jsonl")
 
 def check_request(request: Request) -> Path | None:
     """
-    The run folder `--run-dir` names, made absolute, or `None` without the flag. Refuses a path that
-    is not a new folder, an empty one or a run's. (The flags that cannot go with it are refused with
-    the command line's other combinations, in `cli.py`.)
+    The absolute folder `--run-dir` names (`None` without it), if it is new, empty or a run's. (`cli.py`
+    refuses the flags that cannot go with it.)
     """
     if request.run_dir is None:
         return None
@@ -76,17 +58,9 @@ def check_same_run(
     Refuse to continue the checkpoint at `path`, whose run has the (checked) settings `saved`, with a
     command that typed other ones. A setting the run never set had its declared default.
     """
-    for key, value in ckpt.run_config(typed).items():
-        if key in PLACE_SETTINGS:
-            continue
+    for key, value in compared_settings(typed).items():
         head, dot, name = key.partition(".")
-        before = (
-            saved[key]
-            if key in saved
-            else config_default(nested[head], name)
-            if dot
-            else config_default(configs, key)
-        )
+        before = saved.get(key, config_default(nested[head], name) if dot else config_default(configs, key))
         if before != value:
             run_dir = path.parent.parent
             raise UsageError(
@@ -98,14 +72,10 @@ def check_same_run(
 
 def labml_place(run_dir: Path) -> dict[str, Any]:
     """
-    What `labml.experiment.create` needs to put its run into `run_dir` itself (rank 0 calls it, just
-    before). labml places a run at `<experiments path>/<name>/<uuid>`, and `pathlib` drops everything
-    before an absolute part, so an absolute name (the parent folder) and the folder's own name as the
-    uuid give exactly `run_dir`. The tags, which labml would derive from the name, stay the experiment's.
-
-    labml records the process that started a run in `pids/0.pid` and refuses to start a run whose
-    file exists. A killed attempt never removes its own, so the one left by an earlier attempt is
-    cleared here: the folder is continued on purpose, and that process is gone (or on another node).
+    What `labml.experiment.create` needs to put its run into `run_dir` (rank 0 calls it, just before).
+    labml places a run at `<experiments path>/<name>/<uuid>`, and `pathlib` drops everything before an
+    absolute part, so the absolute parent as name and the folder's own name as uuid give `run_dir`. An
+    earlier, killed attempt leaves labml's `pids/0.pid`, which would refuse the start: it goes.
     """
     (run_dir / "pids" / "0.pid").unlink(missing_ok=True)
     return {"name": str(run_dir.parent), "uuid": run_dir.name, "tags": {"cifar10"}}

@@ -1,12 +1,11 @@
 """
 # One training run: the steps, the epochs, the checkpoints and the numbers
 
-[`cifar10.py`](cifar10.html) says what training *is*; a [`Run`](#Run) is what its loop calls to make that
-a run on a real machine. It wraps the network for several processes and `torch.compile`, holds the
-number format and its `GradScaler`, the [weight average](average.html#WeightAverage) and the
-[`Progress`](#Progress), and turns steps and epochs into the console's lines, metrics, checkpoints and
-`results.json`. Between steps it stops cleanly on a request or at the first non-finite loss, all ranks
-together ([`distributed.py`](distributed.html)). [`launch.py`](launch.html) starts and ends it.
+[`cifar10.py`](cifar10.html) says what training *is*; a [`Run`](#Run) makes that a run on a real machine.
+It wraps the network for several processes and `torch.compile`, holds the number format, the [weight
+average](average.html) and the [`Progress`](#Progress), turns steps and epochs into console lines,
+metrics, checkpoints and `results.json`, and stops between steps on a request or at the first non-finite
+loss, all ranks together ([`distributed.py`](distributed.html)).
 """
 
 import contextlib
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from labml import tracker
 from torch.nn.parallel import DistributedDataParallel
@@ -28,7 +28,7 @@ from experiments import checkpoint as ckpt
 from experiments import data as cifar_data
 from experiments.average import WeightAverage
 from experiments.console import Console, epoch_line, estimate_line, start_line, status_line
-from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, state_hashes, sum_over_ranks
+from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, sum_over_ranks
 from experiments.errors import ExperimentError, UsageError
 from experiments.precision import AmpChoice, choose_amp, cpu_bf16_units, machine, step_timer
 from experiments.recipes import RECIPES
@@ -79,37 +79,22 @@ ESTIMATE_AFTER_STEPS = 10
 
 class Progress:
     """
-    Where a run is (the next step is batch `batch` of epoch `epoch`), the partial epoch's sums (so a
-    resumed epoch reports the mean an uninterrupted one would), the history and the clocks, which count
-    across resumptions. The checkpoint saves and restores it like a module.
+    Where a run is (the next step is batch `batch` of epoch `epoch`), this rank's sums over the partial
+    epoch, the history and the clocks, which count across resumptions; saved and restored like a module.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.step = self.epoch = self.batch = self.train_images = 0
-        self.sums = self._zero_sums()
+        self.sums = self.zero_sums()
         self.history: list[dict[str, Any]] = []
         self.train_time_s = self._elapsed_before = 0.0
         self._started = time.perf_counter()
 
-    def _zero_sums(self) -> dict[str, torch.Tensor]:
+    def zero_sums(self) -> dict[str, torch.Tensor]:
         # Summed on the device in 64 bits: the epoch's mean is exact, and no step waits for the host.
         types = {"loss": torch.float64, "correct": torch.int64, "seen": torch.int64}
         return {key: torch.zeros((), dtype=dtype, device=self.device) for key, dtype in types.items()}
-
-    def add_step(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, world_size: int
-    ) -> None:
-        n = labels.shape[0]
-        self.sums["loss"] += loss.double() * n
-        self.sums["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
-        self.sums["seen"] += n
-        self.train_images += n * world_size
-        self.step, self.batch = self.step + 1, self.batch + 1
-
-    def end_epoch(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        self.epoch, self.batch, self.sums = self.epoch + 1, 0, self._zero_sums()
 
     @property
     def elapsed_s(self) -> float:
@@ -150,7 +135,7 @@ class Run:
     def __init__(
         self, c: Any, *, model_name: str, settings: dict[str, Any], run_dir: Path | None,
         stop_after_steps: int | None = None, time_limit_s: float | None = None,
-        resumed_from: Path | None = None, saved: dict[str, Any] | None = None, console: Console | None = None,
+        resumed_from: Path | None = None, saved: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.c, self.world, self.device = c, c.world, c.device
         self.model_name, self.settings, self.run_dir = model_name, settings, run_dir
@@ -159,11 +144,11 @@ class Run:
         self._kept = (  # what to do after a failed write, which leaves the last good checkpoint in place
             f"the last good checkpoint is kept: free space or fix permissions, then --resume {run_dir}"
         )
-        self.console = console or Console(every_s=c.progress_every_s)
+        self.console = Console(every_s=c.progress_every_s)
         self.network: nn.Module = c.model
         self.signature = ckpt.model_signature(model_name, c.num_classes, self.network)
-        # `amp=auto` is decided once, by timing a copy of the network (`precision.py`). With several
-        # processes each would measure on its own and might disagree, so they keep float32.
+        # `amp=auto` times a copy of the network (`precision.py`); several processes might disagree, so
+        # they keep float32.
         shape = (c.batch_size, 3, 32, 32)
         measure = step_timer(self.network, shape, c.num_classes, self.device, c.channels_last)
         self.amp = choose_amp(c.amp, self.device, None if self.world.is_distributed else measure)
@@ -181,6 +166,10 @@ class Run:
             self.model = torch.compile(self.model, mode=c.compile_mode)
         # Copied from the network as the steps train it (with synchronised batch norm, if swapped in).
         self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
+        # What evaluation measures: the average of the weights when the run keeps one.
+        self.eval_model = self.ema.module if self.ema is not None else self.model
+        # The run's length in steps: whichever of `iterations` and `epochs` ends it first.
+        self.total_steps = min(c.iterations, c.epochs * len(c.train_loader))
         self.progress = Progress(self.device)
         self.stop_reason: str | None = None
         self._first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=self.device)
@@ -192,17 +181,14 @@ class Run:
                 ckpt.restore_checkpoint(
                     resumed_from, saved, self._parts(), self.signature, len(c.train_loader)
                 )
+            if not self.world.is_main:  # the saved sums are all ranks' total: rank 0 carries them on
+                self.progress.sums = self.progress.zero_sums()
         self._started = time.perf_counter()
         self._timed: tuple[float, int] | None = None  # (clock, step) after this process's first step
 
     def autocast(self) -> torch.autocast:
         """bf16 or fp16 for the forward pass when the run asks for it; a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp.dtype, enabled=self.amp.dtype is not None)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """What evaluation measures: the average of the weights when the run keeps one."""
-        return self.ema.module if self.ema is not None else self.model
 
     # ### Steps
 
@@ -216,9 +202,8 @@ class Run:
 
     def batches(self, loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """
-        The batches left in the current epoch (after a resume, those after the last step taken), ending
-        at the run's last iteration. Between steps it stops the run (all ranks together) on a stop request
-        or a non-finite loss. The training clock runs while this does.
+        The epoch's batches not yet trained, up to the run's last iteration; between steps it stops the
+        run (all ranks together) on a request or a non-finite loss. The training clock runs meanwhile.
         """
         progress = self.progress
         start = time.perf_counter()
@@ -250,7 +235,12 @@ class Run:
         self._first_bad_step = torch.where(first, progress.step, self._first_bad_step)
         if self.ema is not None:
             self.ema.update(self.network)
-        progress.add_step(loss, logits, labels, self.world.size)
+        n = labels.shape[0]
+        progress.sums["loss"] += loss.double() * n
+        progress.sums["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
+        progress.sums["seen"] += n
+        progress.train_images += n * self.world.size
+        progress.step, progress.batch = progress.step + 1, progress.batch + 1
         if self.stop_after_steps is not None and progress.step >= self.stop_after_steps:
             self.request_stop("--stop-after-steps")
         if self.time_limit_s is not None and time.perf_counter() - self._started >= self.time_limit_s:
@@ -282,11 +272,6 @@ class Run:
                 left_s = (self.total_steps - p.step) * seconds_per_step
                 line = status_line(p.step, self.total_steps, loss, accuracy, images_per_s, left_s)
                 self.console.status(line)
-
-    @property
-    def total_steps(self) -> int:
-        """The run's length in steps: whichever of `iterations` and `epochs` ends it first."""
-        return min(self.c.iterations, self.c.epochs * len(self.c.train_loader))
 
     def _agree_on_stop(self) -> None:
         stop, first_bad = agree_on_stop(self.stop_reason is not None, self._first_bad_step, self.world)
@@ -340,7 +325,8 @@ class Run:
             "train_time_s": progress.train_time_s,
             "train_images_per_s": progress.train_images_per_s,
         }
-        progress.end_epoch(record)
+        progress.history.append(record)
+        progress.epoch, progress.batch, progress.sums = progress.epoch + 1, 0, progress.zero_sums()
         if self.world.is_main:
             scalars = {
                 k.replace("_", ".", 1): v for k, v in record.items() if k.endswith(("loss", "accuracy"))
@@ -359,26 +345,24 @@ class Run:
     def checkpoint_path(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
 
-    def _parts(self) -> ckpt.RunParts:
+    def _parts(self) -> ckpt.Parts:
+        """The parts whose state a checkpoint holds: `scaler` and `ema` are `None` when the run has none."""
         scaler = self.scaler if self.scaler.is_enabled() else None
-        c = self.c
-        return ckpt.RunParts(self.network, c.optimizer, c.scheduler, scaler, self.ema, self.progress)
+        parts = (self.network, self.c.optimizer, self.c.scheduler, scaler, self.ema, self.progress)
+        return dict(zip(ckpt.PARTS, parts, strict=True))
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint; a failed write stops the run and keeps the previous file."""
+        """
+        Every rank calls this; rank 0 writes the checkpoint, and a failed write stops the run and keeps
+        the previous file. Each rank holds the sums of its own share of a partial epoch, so the checkpoint
+        keeps their total, which the resumed epoch's record then includes as an uninterrupted one would.
+        """
+        sums = {k: sum_over_ranks(v, self.world).cpu() for k, v in self.progress.sums.items()}
         if self.checkpoint_path is None:
             return
-        try:
-            with _writing(f"could not write checkpoint {self.checkpoint_path}", self._kept):
-                state = ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
-                ckpt.save_checkpoint(self.checkpoint_path, state)
-        except Exception as e:
-            # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError ("unexpected
-            # pos"), raised while closing the half-written file. The temporary file is gone and the previous
-            # checkpoint untouched, so it is the quit the user asked for.
-            if _interrupted(e):
-                raise KeyboardInterrupt() from None
-            raise
+        with _writing(f"could not write checkpoint {self.checkpoint_path}", self._kept):
+            state = ckpt.checkpoint_state(self._parts(), self.settings, self.signature)
+            ckpt.save_checkpoint(self.checkpoint_path, {**state, "epoch_sums": sums})
 
     def begin(self) -> None:
         """Rank 0, inside labml's run: the checkpoint folder, the metrics so far and the start line."""
@@ -401,14 +385,15 @@ class Run:
         """`results.json`: the final numbers, and everything needed to tell what they measured."""
         c, progress = self.c, self.progress
         last = progress.history[-1] if progress.history else {}
-        hashes = state_hashes(state_hash(self.network), self.world)
+        hashes = [state_hash(self.network)] * self.world.size
+        if self.world.is_distributed:  # every rank's, to prove they agree
+            dist.all_gather_object(hashes, hashes[0])
         return {
             "model": self.model_name, "recipe": c.recipe, "seed": c.seed, "num_classes": c.num_classes,
             "parameters": sum(p.numel() for p in self.network.parameters()),
             "epochs": progress.epoch, "steps": progress.step, "batch_size": c.batch_size,
-            **{k: last.get(k) for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")},
-            "valid_loss_tta": last.get("valid_loss_tta"),
-            "valid_accuracy_tta": last.get("valid_accuracy_tta"),
+            **{k: last.get(k) for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                                        "valid_loss_tta", "valid_accuracy_tta")},
             # The paper's protocol, one view of each test image; the test-time views' average beside it
             # (None when the recipe uses none).
             "test_loss": test["loss"], "test_accuracy": test["accuracy"],
@@ -441,8 +426,15 @@ def _writing(what: str, advice: str) -> Iterator[None]:
     """A failed write as one line: what could not be written, why (the system's words), and what to do."""
     try:
         yield
-    except OSError as e:
-        raise RunError(f"{what} ({e.strerror or e}); {advice}") from None
+    except Exception as e:
+        # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError ("unexpected
+        # pos") while it closes the half-written file. The temporary file is gone and the previous
+        # checkpoint untouched, so it is the quit the user asked for.
+        if _interrupted(e):
+            raise KeyboardInterrupt() from None
+        if isinstance(e, OSError):
+            raise RunError(f"{what} ({e.strerror or e}); {advice}") from None
+        raise
 
 
 def _interrupted(error: BaseException | None) -> bool:
@@ -454,10 +446,9 @@ def _interrupted(error: BaseException | None) -> bool:
 def _settings_kept(optimizer: torch.optim.Optimizer, scheduler: Any) -> Iterator[None]:
     """
     A checkpoint restored inside this keeps the optimizer's and schedule's *settings* the run was built
-    with: `load_state_dict` brings back the saved ones too (rates, weight decay, momentum, the schedule's
-    base rates and drop steps), and `--resume RUN --lr 0.01` or `--epochs 6` would train the old values.
-    Only the state (momentum buffers, the step reached) comes from the checkpoint; unchanged settings
-    give back the saved values, so a plain resume stays bit for bit.
+    with (rates, weight decay, momentum, the schedule's drops), which `load_state_dict` would bring back
+    too: `--resume RUN --lr 0.01` trains at 0.01. Only the state (momentum buffers, the step reached)
+    comes from the checkpoint, and unchanged settings are the saved ones, so a plain resume stays exact.
     """
     groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     schedule = scheduler.state_dict()

@@ -224,7 +224,7 @@ def test_a_checkpoint_from_later_in_an_epoch_than_this_data_has_is_refused() -> 
         position={"step": 5, "epoch": 0, "batch": 5},
         optimizer={},
         scheduler={},
-        rng=ckpt.rng_state(),
+        rng={"torch": torch.get_rng_state()},
     )
     loaded: list[str] = []
 
@@ -238,7 +238,7 @@ def test_a_checkpoint_from_later_in_an_epoch_than_this_data_has_is_refused() -> 
         def load_state_dict(self, state: dict) -> None:
             loaded.append(self.name)
 
-    parts = ckpt.RunParts(Part("model"), Part("optimizer"), Part("scheduler"), None, None, Part("progress"))
+    parts = {name: Part(name) for name in ckpt.PARTS} | {"scaler": None, "ema": None}
     signature = state["signature"]
     ckpt.restore_checkpoint(Path("last.pt"), state, parts, signature, batches_per_epoch=5)
     with pytest.raises(CheckpointError, match=r"last.pt stopped at batch 5 of an epoch that now has 3 "):

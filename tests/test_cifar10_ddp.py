@@ -188,3 +188,28 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tm
     assert text.count(f"stopped at step {step} ") == 1, text[-3000:]
     assert 5 <= step < 500 * 5 and not (run_dir / "results.json").exists()
     assert f"--resume {run_dir}" in text
+
+
+def test_an_epoch_resumed_mid_way_reports_the_uninterrupted_training_loss_and_accuracy(
+    tmp_path: Path,
+) -> None:
+    # Each rank sums the loss and accuracy of its own share of an epoch; a checkpoint taken mid-epoch
+    # must keep all ranks' partial sums, or the resumed epoch's record counts one rank's share twice.
+    # A batch of 16 gives 20 steps per epoch; the ranks agree on a stop every 10th step, so a stop asked
+    # for at step 3 takes effect at step 10, half-way through the epoch.
+    data_dir = write_data(tmp_path / "data")
+    uninterrupted = tmp_path / "uninterrupted.json"
+    torchrun(tiny_args(data_dir, tmp_path / "a", "--batch-size", "16", "--results", str(uninterrupted)), 600)
+    stopped = tiny_args(data_dir, tmp_path / "b", "--batch-size", "16", "--stop-after-steps", "3")
+    assert "stopped at step 10 (epoch 1, batch 10)" in torchrun(stopped, 600).stdout
+    (run_dir,) = (tmp_path / "b" / "cifar10").iterdir()
+    resumed = tmp_path / "resumed.json"
+    # The checkpoint brings the settings; the data folder and the device are this machine's.
+    again = ["--data-dir", str(data_dir), "--logs-dir", str(tmp_path / "b"), "--device", "cpu"]
+    torchrun([*again, "--resume", str(run_dir), "--results", str(resumed)], 600)
+    expected, got = json.loads(uninterrupted.read_text()), json.loads(resumed.read_text())
+    assert got["resumed_from"] is not None and got["steps"] == expected["steps"] == 20
+    assert got["train_accuracy"] == expected["train_accuracy"]
+    # The loss sums are float64 added in another order: equal up to float64 rounding.
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-12, abs=0)
+    assert got["weights_sha256"] == expected["weights_sha256"]
