@@ -155,13 +155,11 @@ def parse(
     layout = parser.add_mutually_exclusive_group()
     for flag in FLAGS:
         where = layout if flag.key == "channels_last" else parser
-        text = _help(flag, configs_class, nested)
         if flag.metavar is None:
-            where.add_argument(flag.name, dest=flag.name, action="store_const", const=flag.value, help=text)
+            how = {"action": "store_const", "const": flag.value}
         else:
-            nargs = "?" if flag.const is not None else None
-            where.add_argument(flag.name, dest=flag.name, nargs=nargs, const=flag.const, metavar=flag.metavar,
-                               help=text)  # fmt: skip
+            how = {"nargs": "?" if flag.const else None, "const": flag.const, "metavar": flag.metavar}
+        where.add_argument(flag.name, dest=flag.name, help=_help(flag, configs_class, nested), **how)
     parser.add_argument("--help-recipes", action="store_true", help="print every recipe's settings")
     parser.add_argument("--list-configs", action="store_true", help="print every key=value setting")
     words: list[str] = []
@@ -212,10 +210,7 @@ def check(
     world: World | None = None,
     **run: Any,
 ) -> Request:
-    """
-    The Python API's [`parse`](#parse): settings (`epochs=3`) and run flags by name (`RUN_OPTIONS`);
-    `recipe` and `device` take what their flags take. Raises `UsageError` where `parse` exits with 2.
-    """
+    """The Python API's [`parse`](#parse): settings and run flags by name; raises `UsageError`."""
     settings = dict(settings)
     run.update({key: settings.pop(key) for key in list(settings) if key in RUN_OPTIONS})
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
@@ -304,7 +299,7 @@ def _request(
             elif f.kind in (int, float) and type(value) not in (f.kind, int):
                 raise TypeError(value)
         except (ValueError, TypeError):
-            raise UsageError(f"{f.name} {value}: expected {options.describe(f.kind)}") from None
+            raise UsageError(f"{f.name} {value!r}: expected {options.describe(f.kind)}") from None
         problem = RULES[f.key](value) if f.key in RULES else None
         if problem:
             raise UsageError(f"{f.name} {problem}, got {value}")
@@ -372,10 +367,7 @@ def check_combinations(
     if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
-        raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
-            "processes; use --compile with the default mode for multi-GPU runs"
-        )
+        raise UsageError("--cuda-graphs is not verified with several processes; use --compile alone there")
     if get("sync_bn") and world_size > 1 and not wants_cuda:
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
 
@@ -385,9 +377,8 @@ def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, s
     cls, name = options.declaring(configs_class, key, nested)
     declared = options.annotations(cls)
     if name not in declared or key in INTERNAL_KEYS:
-        raise UsageError(
-            f"unknown configuration '{key}'{options.suggest(key, _all_keys(configs_class, nested))}"
-        )
+        known = _all_keys(configs_class, nested)
+        raise UsageError(f"unknown configuration '{key}'{options.suggest(key, known)}")
     choices, annotation = options.option_names(cls, name), declared[name]
     if isinstance(value, str) and value in choices:
         return value

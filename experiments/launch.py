@@ -2,10 +2,9 @@
 # Starting and ending a run
 
 The command line and the Python API both run through here: [`run_training`](#run_training) checks the
-disk and the checkpoint before any folder exists, runs the [`Run`](trainer.html#Run) inside a quiet
-labml run, saves on SIGINT, SIGTERM and SIGHUP, and writes `results.json`;
-[`run_evaluation`](#run_evaluation) measures a checkpoint; [`command`](#command) turns an
-`ExperimentError` into one line and its exit status.
+disk and the checkpoint before any folder exists, runs the [`Run`](trainer.html#Run) in a quiet labml
+run, saves on a stop signal and writes `results.json`; [`run_evaluation`](#run_evaluation) measures a
+checkpoint; [`command`](#command) turns an `ExperimentError` into one line and its exit status.
 """
 
 import contextlib
@@ -104,10 +103,8 @@ def labml_run() -> Iterator[None]:
         with quiet():
             watcher.__exit__(None, None, None)
     except OSError as e:
-        raise RunError(
-            f"labml could not write its run log ({e.strerror or e}); free some space under "
-            f"{lab.get_experiments_path()}"
-        ) from None
+        where = lab.get_experiments_path()
+        raise RunError(f"labml could not write its log ({e.strerror or e}); free space in {where}") from None
 
 
 @contextlib.contextmanager
@@ -232,11 +229,10 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
             check_writable(fixed_dir or experiments_path, "--logs-dir")
             if request.results is not None:
                 check_writable(request.results, "--results")
-        settings, saved, resumed_from = dict(request.settings), None, None
-        if request.resume is not None:
+        settings, saved = dict(request.settings), None
+        resumed_from = run_folder.checkpoint_to_continue(fixed_dir) if fixed_dir else None
+        if request.resume is not None:  # (never with `--run-dir`)
             resumed_from = ckpt.find_checkpoint(request.resume, experiments_path)
-        elif fixed_dir is not None:
-            resumed_from = run_folder.checkpoint_to_continue(fixed_dir)
         if resumed_from is not None:
             saved, checked = checked_settings(configs, nested, resumed_from)
             if fixed_dir is not None:

@@ -37,14 +37,6 @@ def build_model(
     return resnet.create_model(name, **kwargs)
 
 
-def custom_trunk(
-    n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str
-) -> resnet.ResNetBase:
-    """The `custom` network's trunk; the command line builds it to check the three lists before a run."""
-    stages = {"n_blocks": n_blocks, "n_channels": n_channels, "bottlenecks": bottlenecks}
-    return build_model("custom", num_classes=10, shortcut=shortcut, zero_init_residual=False, **stages).trunk
-
-
 MODEL_RULES: dict[str, Rule] = {
     # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
     "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
@@ -58,20 +50,18 @@ MODEL_RULES: dict[str, Rule] = {
 def check_model_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
     """The network's settings together (`get` reads one); raises `UsageError`."""
     model, shortcut = get("model"), get("shortcut")
-    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
-    if architecture and model != "custom":
+    stages = ", ".join(k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed)
+    if stages and model != "custom":
         # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        raise UsageError(
-            f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; add "
-            "--model custom"
-        )
+        raise UsageError(f"{stages} only apply to model=custom, not {model}; add --model custom")
     if str(model).startswith("plain") and shortcut not in ("preset", "none"):
         raise UsageError(
             f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not apply; use "
             f"--model resnet{model[len('plain') :]} shortcut={shortcut}"
         )
     if model == "custom":
+        lists = {key: get(key) for key in ("n_blocks", "n_channels", "bottlenecks")}
         try:  # the library's own check of the three lists
-            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
+            build_model("custom", num_classes=10, shortcut=shortcut, zero_init_residual=False, **lists)
         except (ValueError, TypeError) as e:
             raise UsageError(f"custom model: {e}") from None
