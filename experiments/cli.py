@@ -233,8 +233,8 @@ def _request(
     text: bool,
 ) -> Request:
     """
-    Settings as `(value, spelling)` pairs (spelling `""`: `key=value` text, a flag's words for its text,
-    `None` for a Python value) and the run flags (`text` from the command line) checked into a `Request`.
+    Settings as `(value, spelling)` pairs (`""`: `key=value` text, a flag's words for its text, `None` for
+    a Python value) and the run flags (`text` from the command line), checked into a `Request`.
     """
     user, device = dict(user), run.get("device")
     if device == "cpu":
@@ -340,9 +340,8 @@ def check_combinations(
     hardware: tuple[int, bool] | None = None,
 ) -> None:
     """
-    Settings fine one by one but not together and, given `hardware` (processes, CUDA wanted), what they
-    ask of the machine. One that only applies with another is refused only when `typed` now, not by a
-    recipe or checkpoint: a recipe's warm-up fraction gives way to typed steps.
+    Settings fine one by one but not together and (given `hardware`: processes, CUDA wanted) what they ask
+    of the machine. One that only applies with another is refused only when `typed`, not by a recipe.
     """
     get = _getter(o, configs_class, nested)
     check_schedule_settings(get, typed)

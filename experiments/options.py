@@ -87,10 +87,7 @@ def config_default(configs_class: type, key: str, nested: dict[str, type] | None
 
 def annotations(cls: type) -> dict[str, Any]:
     """The settings of `cls` and its bases, with their annotations."""
-    merged: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(klass.__dict__.get("__annotations__", {}))
-    return {k: v for k, v in merged.items() if not k.startswith("_")}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if not k.startswith("_")}
 
 
 @functools.cache
@@ -120,11 +117,7 @@ BOOLEANS = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(("fal
 
 
 def convert(value: Any, annotation: Any, *, text: bool = False) -> Any:
-    """
-    A value of the annotated type, from command-line `text` or a Python value; raises (`ValueError`,
-    `TypeError`, `SyntaxError`, `KeyError`) for anything else, and for an annotation that only admits
-    option names (`model: nn.Module`).
-    """
+    """`value` (command-line `text`, or Python) as the annotated type; raises if it is not one of those."""
     inner = _optional_of(annotation)
     if text:
         value, kind = value.strip(), inner or annotation
