@@ -21,20 +21,13 @@ from typing import Any
 import torch
 
 from experiments import options
+from experiments import recipes as recipe_book
 from experiments.distributed import World, world_from_environment
 from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
 from experiments.models import MODEL_RULES, check_model_settings
 from experiments.options import Rule, at_least, config_default, one_of, within
 from experiments.precision import AMP_CHOICES
-from experiments.recipes import (
-    PAPER_SETTINGS,
-    SCHEDULE_RULES,
-    check_schedule_settings,
-    recipe_settings,
-    recipe_summary,
-    recipe_values,
-)
 from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, uses_cuda_graphs
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
@@ -114,7 +107,7 @@ Request = make_dataclass(
 # What each setting may be beyond its type; the data's, schedule's and network's rules live with them.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
-    **SCHEDULE_RULES,
+    **recipe_book.SCHEDULE_RULES,
     **MODEL_RULES,
     **dict.fromkeys(("log_every", "threads", "stop_after_steps"), at_least(1)),
     # torch and numpy seed their generators with at most 64 and 32 bits; the epoch is added to the seed.
@@ -137,7 +130,7 @@ def parse(
     world: World | None = None,
 ) -> Request:
     """Parse and check the command line; a mistake prints two lines and exits with status 2."""
-    summary = "\n".join(f"  {line}" for line in recipe_summary(recipes))
+    summary = "\n".join(f"  {line}" for line in recipe_book.recipe_summary(recipes))
     # A short help: one line a flag, one a recipe. A mistake raises, to be reported in one line.
     parser = argparse.ArgumentParser(
         prog="experiments/cifar10.py",
@@ -177,8 +170,8 @@ def parse(
             close = difflib.get_close_matches(word, [*FLAGS_BY_NAME, "--help-recipes", "--list-configs"], n=1)
             raise UsageError(f"unknown option {word}" + (f"; did you mean {close[0]}?" if close else ""))
         if args.help_recipes or args.list_configs:
-            paper = {key: config_default(configs_class, key, nested) for key in PAPER_SETTINGS}
-            listing = recipe_settings(recipes, paper) if args.help_recipes else None
+            paper = {key: config_default(configs_class, key, nested) for key in recipe_book.PAPER_SETTINGS}
+            listing = recipe_book.recipe_settings(recipes, paper) if args.help_recipes else None
             print(listing or _configs_text(configs_class, nested))
             raise SystemExit(0)
         user: dict[str, tuple[Any, str | None]] = {}
@@ -270,7 +263,7 @@ def _request(
         overrides["recipe"] = recipe
     # The one place that decides whether this run wants a GPU.
     wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
-    overrides = {**recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
+    overrides = {**recipe_book.recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
     if run.get("resume") is None:
@@ -344,7 +337,7 @@ def check_combinations(
     of the machine. One that only applies with another is refused only when `typed`, not by a recipe.
     """
     get = _getter(o, configs_class, nested)
-    check_schedule_settings(get, typed)
+    recipe_book.check_schedule_settings(get, typed)
     check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")

@@ -28,7 +28,7 @@ from experiments import checkpoint as ckpt
 from experiments import cli, distributed, run_folder
 from experiments.cli import Request
 from experiments.console import accuracy_line, end_line
-from experiments.distributed import World, destroy_process_group, init_process_group, world_from_environment
+from experiments.distributed import World
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import write_json
 from experiments.precision import choose_amp, machine
@@ -139,7 +139,7 @@ def _process(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-        destroy_process_group()
+        distributed.destroy_process_group()
 
 
 def _logs(request: Request) -> Path:
@@ -212,11 +212,12 @@ def _resumed_settings(
 
 
 Fit = Callable[[Any, Run], dict[str, float]]
+Evaluate = Callable[..., dict[str, float]]
 
 
 def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, request: Request) -> Results:
     """Train as `request` asks with the script's `fit(c, run)`; raises an `ExperimentError` (one line)."""
-    world = world_from_environment()
+    world = distributed.world_from_environment()
     # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
     # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
@@ -252,7 +253,7 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
             # The data and the network are computed before the run folder exists: input errors leave nothing.
             with quiet():
                 torch.manual_seed(c.seed)
-                init_process_group(c.world, c.device)
+                distributed.init_process_group(c.world, c.device)
                 if c.device.type == "cuda":
                     # cuDNN picks the fastest convolution algorithm for our fixed input shapes; the choice can
                     # vary between runs, so GPU runs are not bit-for-bit reproducible (CPU runs are).
@@ -329,7 +330,7 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
         argv += ["--data-dir", str(settings["data_dir"])]
     if settings.get("device.use_cuda") is False:
         argv += ["--device", "cpu"]
-    elif "device.cuda_device" in settings and world_from_environment().size == 1:
+    elif "device.cuda_device" in settings and distributed.world_from_environment().size == 1:
         argv += ["--device", f"cuda:{settings['device.cuda_device']}"]
     for flag in cli.REQUEST_FLAGS:
         value = getattr(request, flag.key)
@@ -339,10 +340,7 @@ def continue_command(source: Path, run_dir: Path, request: Request) -> str:
 
 
 def run_evaluation(
-    configs: type[BaseConfigs],
-    nested: dict[str, type],
-    evaluate: Callable[..., dict[str, float]],
-    request: Request,
+    configs: type[BaseConfigs], nested: dict[str, type], evaluate: Evaluate, request: Request
 ) -> dict[str, Any]:
     """`--eval RUN` (what `--resume` takes): a checkpoint's network rebuilt and measured on the test set."""
     if request.results is not None:
@@ -384,9 +382,8 @@ def run_evaluation(
 
 
 def command(
-    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Fit,
-    evaluate: Callable[..., dict[str, float]],
-) -> int:  # fmt: skip
+    request: Request, configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, evaluate: Evaluate
+) -> int:
     """What a script's `main` does with a parsed command line: train or evaluate; an error is one line."""
     try:
         if request.eval is None:
