@@ -292,7 +292,8 @@ def _request(
             elif f.kind in (int, float) and type(value) not in (f.kind, int):
                 raise TypeError(value)
         except (ValueError, TypeError):
-            raise UsageError(f"{f.name} {value!r}: expected {options.describe(f.kind)}") from None
+            shown = value if text else repr(value)  # as typed, or as Python spells it
+            raise UsageError(f"{f.name} {shown}: expected {options.describe(f.kind)}") from None
         problem = RULES[f.key](value) if f.key in RULES else None
         if problem:
             raise UsageError(f"{f.name} {problem}, got {value}")
