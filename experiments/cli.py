@@ -1,11 +1,10 @@
 """
 # The command line, checked before anything happens
 
-labml trusts overrides: a misspelled key is ignored, and `epochs=abc` stays `'abc'` until the loop trips
-over it. Here the command line and the Python API's keywords are checked against the configuration
-classes ([`options.py`](options.html)) *before* any data is read or any folder is made; a mistake is
-two lines and exit status 2. Each flag is declared once, a [`Flag`](#Flag) in `FLAGS`; every setting
-is also `key=value` (`--list-configs`). Precedence: recipe < `key=value` < flags.
+labml trusts overrides (a misspelled key is ignored, `epochs=abc` stays text), so the command line and the
+Python API are checked here against the configuration classes ([`options.py`](options.html)) before any
+data is read or folder made. Each flag is one [`Flag`](#Flag) in `FLAGS`; precedence: recipe <
+`key=value` < flags.
 """
 
 import argparse
@@ -17,29 +16,19 @@ import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from experiments import options
-from experiments.distributed import World
+from experiments import recipes as recipe_book
+from experiments.distributed import World, world_from_environment
 from experiments.errors import UsageError
 from experiments.loader import DATA_RULES, PAPER_VALID_SPLIT, check_data_settings
 from experiments.models import MODEL_RULES, check_model_settings
 from experiments.options import Rule, at_least, config_default, one_of, within
 from experiments.precision import AMP_CHOICES
-from experiments.recipes import (
-    PAPER_SETTINGS,
-    SCHEDULE_RULES,
-    check_schedule_settings,
-    recipe_settings,
-    recipe_summary,
-    recipe_values,
-)
 from experiments.run_configs import COMPILE_MODES, CUDA_GRAPHS_MODE, uses_cuda_graphs
-
-# `config_default` and `UsageError` are re-exported: other scripts read them from here.
-__all__ = ["FLAGS", "RUN_OPTIONS", "Request", "UsageError", "check", "config_default", "parse"]
 
 # Computed inside the trainer; setting them from outside would bypass the data and model wiring.
 INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "steps_per_epoch", "world",
@@ -48,10 +37,7 @@ INTERNAL_KEYS = {"dataset", "train_loader", "valid_loader", "test_loader", "step
 
 @dataclass(frozen=True)
 class Flag:
-    """
-    One flag: the setting `key` it sets, or with `run` the `Request` field of type `kind`. A
-    switch (no `metavar`) sets `value`; `const` is the value of a value left out.
-    """
+    """The setting `key` a flag sets (with `run`, a `Request` field); a switch (no `metavar`) sets `value`."""
 
     name: str
     key: str
@@ -106,8 +92,7 @@ RUN_OPTIONS = tuple(flag.key for flag in FLAGS if flag.run and flag.key not in (
 # The run flags a `Request` carries; `--cuda-graphs` becomes settings, as `--recipe` and `--device` do.
 REQUEST_FLAGS = [flag for flag in FLAGS if flag.key in RUN_OPTIONS and flag.key != "cuda_graphs"]
 
-# What a caller asks for, once checked: settings, whether the run goes to a GPU (decided once), and a
-# field per run flag, so that a new run option is one row of `FLAGS`.
+# What a caller asks for, checked: the settings, whether it wants a GPU, and a field per run flag.
 Request = make_dataclass(
     "Request",
     [
@@ -119,11 +104,10 @@ Request = make_dataclass(
 )
 
 
-# What each setting may be beyond its type (numbers are also finite: `options.convert_value`): the data's,
-# the schedule's and the network's rules live with their subjects, the machine's and the run's here.
+# What each setting may be beyond its type; the data's, schedule's and network's rules live with them.
 RULES: dict[str, Rule] = {
     **DATA_RULES,
-    **SCHEDULE_RULES,
+    **recipe_book.SCHEDULE_RULES,
     **MODEL_RULES,
     **dict.fromkeys(("log_every", "threads", "stop_after_steps"), at_least(1)),
     # torch and numpy seed their generators with at most 64 and 32 bits; the epoch is added to the seed.
@@ -137,55 +121,6 @@ RULES: dict[str, Rule] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is a `UsageError` (one line) instead of its usage block and exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def build_parser(recipes: dict[str, dict[str, Any]], configs_class: type, nested: dict[str, type]) -> _Parser:
-    """The flags of `FLAGS`, with a short help: one line a flag, one a recipe."""
-    default = _getter({}, configs_class, nested)
-    summary = "\n".join(f"  {line}" for line in recipe_summary(recipes))
-    parser = _Parser(
-        prog="experiments/cifar10.py",
-        usage="%(prog)s [flags] [key=value ...]",
-        description="Train a ResNet on CIFAR-10 (He et al., 2015). Defaults: ResNet-20 and the paper's "
-        "recipe, 64k iterations (hours on a CPU; --recipe cpu is the short one).",
-        epilog=f"recipes (--help-recipes lists their settings):\n{summary}\n"
-        "key=value sets any configuration, e.g. model=custom n_blocks=[2,2,2]; --list-configs lists them.\n"
-        "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [flags].",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="any configuration setting")
-    layout = parser.add_mutually_exclusive_group()
-    for flag in FLAGS:
-        where = layout if flag.key == "channels_last" else parser
-        text = flag.help.format(default=default(flag.key), paper_iterations=default("iterations"))
-        if flag.metavar is None:
-            where.add_argument(flag.name, dest=flag.name, action="store_const", const=flag.value, help=text)
-        else:
-            nargs = "?" if flag.const is not None else None
-            where.add_argument(flag.name, dest=flag.name, nargs=nargs, const=flag.const, metavar=flag.metavar,
-                               help=text)  # fmt: skip
-    parser.add_argument("--help-recipes", action="store_true", help="print every recipe's settings")
-    parser.add_argument("--list-configs", action="store_true", help="print every key=value setting")
-    return parser
-
-
-def join_lists(argv: list[str]) -> list[str]:
-    """`n_blocks=[2,` `2,` `2]` (a list the shell split at its spaces) joined back into one argument."""
-    joined: list[str] = []
-    for word in argv:
-        if joined and joined[-1].count("[") > joined[-1].count("]") and "=" in joined[-1]:
-            joined[-1] += " " + word
-        else:
-            joined.append(word)
-    return joined
-
-
 def parse(
     argv: list[str] | None,
     configs_class: type,
@@ -195,17 +130,48 @@ def parse(
     world: World | None = None,
 ) -> Request:
     """Parse and check the command line; a mistake prints two lines and exits with status 2."""
-    parser = build_parser(recipes, configs_class, nested)
+    summary = "\n".join(f"  {line}" for line in recipe_book.recipe_summary(recipes))
+    # A short help: one line a flag, one a recipe. A mistake raises, to be reported in one line.
+    parser = argparse.ArgumentParser(
+        prog="experiments/cifar10.py",
+        usage="%(prog)s [flags] [key=value ...]",
+        description="Train a ResNet on CIFAR-10 (He et al., 2015). Defaults: ResNet-20 and the paper's "
+        "recipe, 64k iterations (hours on a CPU; --recipe cpu is the short one).",
+        epilog=f"recipes (--help-recipes lists their settings):\n{summary}\n"
+        "key=value sets any configuration, e.g. model=custom n_blocks=[2,2,2]; --list-configs lists them.\n"
+        "Several GPUs: torchrun --nproc_per_node=N experiments/cifar10.py [flags].",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="any configuration setting")
+    layout = parser.add_mutually_exclusive_group()
+    for flag in FLAGS:
+        where = layout if flag.key == "channels_last" else parser
+        if flag.metavar is None:
+            how = {"action": "store_const", "const": flag.value}
+        else:
+            how = {"nargs": "?" if flag.const else None, "const": flag.const, "metavar": flag.metavar}
+        where.add_argument(flag.name, dest=flag.name, help=_help(flag, configs_class, nested), **how)
+    parser.add_argument("--help-recipes", action="store_true", help="print every recipe's settings")
+    parser.add_argument("--list-configs", action="store_true", help="print every key=value setting")
+    words: list[str] = []
+    for word in sys.argv[1:] if argv is None else argv:
+        # `n_blocks=[2,` `2,` `2]`: a list the shell split at its spaces, joined back into one setting.
+        if words and words[-1].count("[") > words[-1].count("]") and "=" in words[-1]:
+            words[-1] += " " + word
+        else:
+            words.append(word)
     try:
         # Intermixed: `key=value` settings may come before, between or after the flags.
-        args, unknown = parser.parse_known_intermixed_args(join_lists(sys.argv[1:] if argv is None else argv))
+        args, unknown = parser.parse_known_intermixed_args(words)
         if unknown:
             word = unknown[0].partition("=")[0]
             close = difflib.get_close_matches(word, [*FLAGS_BY_NAME, "--help-recipes", "--list-configs"], n=1)
             raise UsageError(f"unknown option {word}" + (f"; did you mean {close[0]}?" if close else ""))
         if args.help_recipes or args.list_configs:
-            paper = {key: _getter({}, configs_class, nested)(key) for key in PAPER_SETTINGS}
-            listing = recipe_settings(recipes, paper) if args.help_recipes else None
+            paper = {key: config_default(configs_class, key, nested) for key in recipe_book.PAPER_SETTINGS}
+            listing = recipe_book.recipe_settings(recipes, paper) if args.help_recipes else None
             print(listing or _configs_text(configs_class, nested))
             raise SystemExit(0)
         user: dict[str, tuple[Any, str | None]] = {}
@@ -217,18 +183,13 @@ def parse(
         run: dict[str, Any] = {}
         for flag in FLAGS:
             value = getattr(args, flag.name)
-            if value is None:
-                continue
-            if not flag.run:
+            if value is not None and flag.run:
+                run[flag.key] = value
+            elif value is not None:
                 # The text goes through the same checks as `key=value`, and errors name the flag.
                 user[flag.key] = (value, f"{flag.name} {value}") if isinstance(value, str) else (value, None)
-                continue
-            try:
-                run[flag.key] = value if flag.metavar is None else flag.kind(value)
-            except ValueError:
-                raise UsageError(f"{flag.name} {value}: expected {options.describe(flag.kind)}") from None
-        return _request(user, configs_class, nested, recipes, world or World(), run)
-    except UsageError as e:
+        return _request(user, configs_class, nested, recipes, world or World(), run, text=True)
+    except (UsageError, argparse.ArgumentError) as e:
         print(f"{parser.prog}: error: {e}\nusage: {parser.format_usage()[7:].strip()} "
               "(--help: the flags, --list-configs: every setting)", file=sys.stderr)  # fmt: skip
         raise SystemExit(2) from None
@@ -237,29 +198,21 @@ def parse(
 def check(
     settings: dict[str, Any],
     configs_class: type,
-    *,
     nested: dict[str, type],
     recipes: dict[str, dict[str, Any]],
     world: World | None = None,
     **run: Any,
 ) -> Request:
-    """
-    The Python API's [`parse`](#parse): settings (`epochs=3`) and run flags by name (`RUN_OPTIONS`);
-    `recipe` and `device` take what their flags take. Raises `UsageError` where `parse` exits with 2.
-    """
+    """The Python API's [`parse`](#parse): settings and run flags by name; raises `UsageError`."""
     settings = dict(settings)
     run.update({key: settings.pop(key) for key in list(settings) if key in RUN_OPTIONS})
     known = [*_all_keys(configs_class, nested), *RUN_OPTIONS]
-    for key in [*run, *settings]:
+    for key in settings:
         if key not in known:
             raise UsageError(f"unknown setting {key!r}{options.suggest(key, known)}")
-    for flag in FLAGS:
-        value = run.get(flag.key)
-        if flag.kind in (int, float) and value is not None and type(value) not in (flag.kind, int):
-            raise UsageError(f"{flag.key} must be {options.describe(flag.kind)}, got {value!r}")
     # A path is as good as its text for the settings that are strings (`data_dir`).
     user = {key: (str(v) if isinstance(v, os.PathLike) else v, None) for key, v in settings.items()}
-    return _request(user, configs_class, nested, recipes, world or World(), run)
+    return _request(user, configs_class, nested, recipes, world or world_from_environment(), run, text=False)
 
 
 def _request(
@@ -269,14 +222,26 @@ def _request(
     recipes: dict[str, dict[str, Any]],
     world: World,
     run: dict[str, Any],
+    *,
+    text: bool,
 ) -> Request:
     """
-    Settings as `(value, spelling)` pairs (spelling `""`: `key=value` text, a flag's words for its text,
-    `None` for a Python value) and the run flags, checked and resolved into a `Request`.
+    Settings as `(value, spelling)` pairs (`""`: `key=value` text, a flag's words for its text, `None` for
+    a Python value) and the run flags (`text` from the command line), checked into a `Request`.
     """
     user, device = dict(user), run.get("device")
-    if device is not None:
-        user.update({k: (v, None) for k, v in _device_overrides(device).items()})
+    if device == "cpu":
+        user["device.use_cuda"] = (False, None)
+    elif device is not None:
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise UsageError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available to PyTorch here; use --device cpu")
+        count = torch.cuda.device_count()
+        if int(index or 0) >= count:
+            raise UsageError(f"--device {device}: there are only {count} CUDA devices (0..{count - 1})")
+        user.update({"device.use_cuda": (True, None), "device.cuda_device": (int(index or 0), None)})
     if "epochs" in user:
         # An explicit number of epochs sets the length; the paper's 64k iterations no longer apply.
         user.setdefault("iterations", ("from_epochs", None))
@@ -298,18 +263,12 @@ def _request(
         overrides["recipe"] = recipe
     # The one place that decides whether this run wants a GPU.
     wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
-    overrides = {**recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
+    overrides = {**recipe_book.recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:
         overrides.setdefault("device.cuda_device", world.local_rank)  # torchrun's LOCAL_RANK picks the GPU
     if run.get("resume") is None:
         # A resumed run is checked once the checkpoint's settings are merged in (`launch`).
-        check_combinations(overrides, configs_class, nested, typed)
-        check_hardware(overrides, configs_class, nested, world.size, wants_cuda)
-    for flag in FLAGS:
-        value = run.get(flag.key)
-        problem = RULES[flag.key](value) if flag.run and flag.key in RULES and value is not None else None
-        if problem:
-            raise UsageError(f"{flag.name} {problem}, got {value}")
+        check_combinations(overrides, configs_class, nested, typed, (world.size, wants_cuda))
     if run.get("resume") is not None and run.get("eval") is not None:
         raise UsageError("--resume and --eval exclude each other: --eval only measures a checkpoint")
     if run.get("run_dir") is not None:
@@ -322,8 +281,23 @@ def _request(
         raise UsageError("--tensorboard records training curves, and --eval trains nothing; drop one")
     if run.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UsageError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"')
-    given = [f for f in REQUEST_FLAGS if run.get(f.key) is not None]
-    fields = {f.key: f.kind(run[f.key]) if f.metavar else run[f.key] for f in given}
+    fields = {f.key: run[f.key] for f in REQUEST_FLAGS if run.get(f.key) is not None}
+    for f in REQUEST_FLAGS:
+        value = fields.get(f.key)
+        if value is None or f.metavar is None:
+            continue
+        try:
+            if text:
+                value = f.kind(value)
+            elif f.kind in (int, float) and type(value) not in (f.kind, int):
+                raise TypeError(value)
+        except (ValueError, TypeError):
+            shown = value if text else repr(value)  # as typed, or as Python spells it
+            raise UsageError(f"{f.name} {shown}: expected {options.describe(f.kind)}") from None
+        problem = RULES[f.key](value) if f.key in RULES else None
+        if problem:
+            raise UsageError(f"{f.name} {problem}, got {value}")
+        fields[f.key] = f.kind(value)
     return Request(settings=overrides, wants_cuda=wants_cuda, **fields)
 
 
@@ -343,40 +317,35 @@ def check_saved(
     checked = {key: _check(configs_class, nested, key, value, None) for key, value in settings.items()}
     if "recipe" in checked:
         _check_recipe(checked["recipe"], recipes)
+    check_combinations(checked, configs_class, nested, typed=())
     return checked
-
-
-def _device_overrides(device: str) -> dict[str, Any]:
-    if device == "cpu":
-        return {"device.use_cuda": False}
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise UsageError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available to PyTorch here; use --device cpu")
-    n, count = int(index or 0), torch.cuda.device_count()
-    if n >= count:
-        raise UsageError(f"--device {device}: there are only {count} CUDA devices (0..{count - 1})")
-    return {"device.use_cuda": True, "device.cuda_device": n}
 
 
 def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> Callable[[str], Any]:
     """A setting's value: the one given, else the configuration's declared default."""
-
-    def get(key: str) -> Any:
-        if key in o:
-            return o[key]
-        head, dot, name = key.partition(".")
-        return config_default(nested[head], name) if dot else config_default(configs_class, key)
-
-    return get
+    return lambda key: o[key] if key in o else config_default(configs_class, key, nested)
 
 
-def check_hardware(
-    o: dict[str, Any], configs_class: type, nested: dict[str, type], world_size: int, wants_cuda: bool
+def check_combinations(
+    o: dict[str, Any],
+    configs_class: type,
+    nested: dict[str, type],
+    typed: Collection[str],
+    hardware: tuple[int, bool] | None = None,
 ) -> None:
-    """What the settings ask of the machine and the number of processes; raises `UsageError`."""
+    """
+    Settings fine one by one but not together and (given `hardware`: processes, CUDA wanted) what they ask
+    of the machine. One that only applies with another is refused only when `typed`, not by a recipe.
+    """
     get = _getter(o, configs_class, nested)
+    recipe_book.check_schedule_settings(get, typed)
+    check_data_settings(get)
+    if "compile_mode" in typed and not get("compile"):
+        raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
+    check_model_settings(get, typed)
+    if hardware is None:
+        return
+    world_size, wants_cuda = hardware
     if o.get("device.use_cuda") is True and not torch.cuda.is_available():
         raise UsageError("device.use_cuda=True: no CUDA GPU is available to PyTorch here")
     if get("batch_size") % world_size:
@@ -391,82 +360,58 @@ def check_hardware(
     if cuda_graphs and world_size > 1:
         # PyTorch has open reports of CUDA graph trees failing under DistributedDataParallel, and we have
         # not run the combination; better a clear refusal than a crash minutes into a multi-GPU run.
-        raise UsageError(
-            f"--cuda-graphs (compile_mode={CUDA_GRAPHS_MODE}) has not been verified with several "
-            "processes; use --compile with the default mode for multi-GPU runs"
-        )
+        raise UsageError("--cuda-graphs is not verified with several processes; use --compile alone there")
     if get("sync_bn") and world_size > 1 and not wants_cuda:
         raise UsageError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on CPU processes")
 
 
-def check_combinations(
-    o: dict[str, Any], configs_class: type, nested: dict[str, type], typed: Collection[str] | None = None
-) -> None:
-    """
-    Settings fine one by one but not together; raises `UsageError`. A setting that only applies with
-    another is refused only when `typed` this time (default: all of `o`), not by a recipe or checkpoint:
-    a recipe's warm-up fraction gives way to typed steps, a resumed run keeps its saved `compile_mode`.
-    """
-    get = _getter(o, configs_class, nested)
-    typed = o.keys() if typed is None else typed
-    check_schedule_settings(get, typed)
-    check_data_settings(get)
-    if "compile_mode" in typed and not get("compile"):
-        raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
-    check_model_settings(get, typed)
-
-
 def _check(configs_class: type, nested: dict[str, type], key: str, value: Any, spelling: str | None) -> Any:
     """One setting checked against its annotation, options and `RULES`; `spelling` as in `_request`."""
-    head, dot, name = key.partition(".")
-    cls, name = (nested[head], name) if dot and head in nested else (configs_class, key)
+    cls, name = options.declaring(configs_class, key, nested)
     declared = options.annotations(cls)
-    if (dot and head not in nested) or name not in declared or key in INTERNAL_KEYS:
-        raise UsageError(
-            f"unknown configuration '{key}'{options.suggest(key, _all_keys(configs_class, nested))}"
-        )
-    said = spelling or f"{key}={value!r}"
+    if name not in declared or key in INTERNAL_KEYS:
+        known = _all_keys(configs_class, nested)
+        raise UsageError(f"unknown configuration '{key}'{options.suggest(key, known)}")
     choices, annotation = options.option_names(cls, name), declared[name]
     if isinstance(value, str) and value in choices:
         return value
-    convert = options.convert_text if spelling is not None else options.convert_value
     try:
-        parsed = convert(value, annotation)
+        parsed = options.convert(value, annotation, text=spelling is not None)
     except (ValueError, SyntaxError, TypeError, KeyError):
-        named = f" or one of: {', '.join(choices)}" if choices else ""
-        raise UsageError(f"{said}: expected {options.describe(annotation)}{named}") from None
-    if parsed is options.NOT_A_VALUE:
-        expected = f"one of: {', '.join(choices)}" if choices else options.describe(annotation)
-        raise UsageError(f"{said}: expected {expected}{options.suggest(str(value), choices)}")
+        named = f"one of: {', '.join(choices)}" if choices else ""
+        expected = " or ".join(filter(None, [options.describe(annotation), named]))
+        said = spelling or f"{key}={value!r}"
+        raise UsageError(f"{said}: expected {expected}{options.suggest(str(value), choices)}") from None
     problem = RULES[key](parsed) if key in RULES and parsed is not None else None
     if problem:
-        raise UsageError(f"{said}: {problem}")
+        raise UsageError(f"{spelling or f'{key}={value!r}'}: {problem}")
     return parsed
 
 
 def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
-    keys = [k for k in options.annotations(configs_class) if k not in INTERNAL_KEYS]
+    keys = [*options.annotations(configs_class)]
     for head, cls in nested.items():
-        keys += [f"{head}.{k}" for k in options.annotations(cls) if f"{head}.{k}" not in INTERNAL_KEYS]
-    return keys
+        keys += [f"{head}.{k}" for k in options.annotations(cls)]
+    return [key for key in keys if key not in INTERNAL_KEYS]
+
+
+def _help(flag: Flag, configs_class: type, nested: dict[str, type]) -> str:
+    """A flag's help, with its setting's declared default."""
+    default = _getter({}, configs_class, nested)
+    return flag.help.format(default=default(flag.key), paper_iterations=default("iterations"))
 
 
 def _configs_text(configs_class: type, nested: dict[str, type]) -> str:
     """What `--list-configs` prints: every settable key with its type, default and help."""
-    default, notes = _getter({}, configs_class, nested), {"": options.comments(configs_class)}
-    notes.update({head: options.comments(cls) for head, cls in nested.items()})
     lines = []
     for key in _all_keys(configs_class, nested):
         if key in nested:
             continue  # the sub-configurations themselves; their settings follow as `head.key`
-        head, _, name = key.rpartition(".")
-        cls = nested[head] if head else configs_class
+        cls, name = options.declaring(configs_class, key, nested)
         annotation, choices = options.annotations(cls)[name], options.option_names(cls, name)
         kind = " or ".join(filter(None, [options.describe(annotation), ", ".join(choices)]))
-        helps = [f"{f.name}: {f.help.format(default=default(key), paper_iterations=default('iterations'))}"
-                 for f in FLAGS if f.key == key and not f.run]  # fmt: skip
-        help_text = " ".join([notes[head].get(name, ""), *helps]).strip()
-        lines.append(
-            f"{key}={default(key)!s}  [{kind.replace('an option name or ', '')}]  {help_text}".rstrip()
-        )
+        helps = [f"{f.name}: {_help(f, configs_class, nested)}" for f in FLAGS if f.key == key and not f.run]
+        help_text = " ".join([options.comments(cls).get(name, ""), *helps]).strip()
+        default = config_default(configs_class, key, nested)
+        lines.append(f"{key}={default!s}  [{kind}]  {help_text}".rstrip())
     return "\n".join(lines)

@@ -1,11 +1,8 @@
 """
 # Which network a run trains
 
-The trainer's `model` is a name from `resnet.list_models()` (`resnet/registry.py`), so it is also what
-`resnet.create_model` and `torch.hub` take: a preset, a `plainN` network (the preset without shortcuts,
-Figure 6's plain baselines), `resnet9` (the DAWNBench network, not the paper's) or `custom`, built from
-`n_blocks`, `n_channels` and `bottlenecks`. This module turns the trainer's settings into that call, and
-holds the rules the command line checks them with.
+The trainer's `model` is a name of `resnet.list_models()`, what `resnet.create_model` and `torch.hub`
+take too; `custom` is built from `n_blocks`, `n_channels` and `bottlenecks`.
 """
 
 from collections.abc import Callable, Collection
@@ -30,10 +27,7 @@ def build_model(
     bottlenecks: list[int] | None,
     zero_init_residual: bool,
 ) -> resnet.ResNetClassifier | resnet.ResNet9:
-    """
-    `resnet.create_model(name)` with the run's settings. The stages reach only `custom`, and the
-    trainer's `shortcut="preset"` (each network's own choice) is what the library does when given none.
-    """
+    """`resnet.create_model(name)`; `shortcut="preset"` leaves each network its own shortcut option."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "zero_init_residual": zero_init_residual}
     if shortcut != "preset":
         kwargs["shortcut"] = shortcut
@@ -43,50 +37,31 @@ def build_model(
     return resnet.create_model(name, **kwargs)
 
 
-def custom_trunk(
-    n_blocks: list[int], n_channels: list[int], bottlenecks: list[int] | None, shortcut: str
-) -> resnet.ResNetBase:
-    """The `custom` network's trunk; the command line builds it to check the three lists before a run."""
-    network = build_model(
-        "custom",
-        num_classes=10,
-        shortcut=shortcut,
-        n_blocks=n_blocks,
-        n_channels=n_channels,
-        bottlenecks=bottlenecks,
-        zero_init_residual=False,
-    )
-    return network.trunk
-
-
-def _positive_list(v: Any) -> str | None:
-    return None if len(v) > 0 and all(x >= 1 for x in v) else "must be a non-empty list of positive integers"
-
-
 MODEL_RULES: dict[str, Rule] = {
     # `preset`: each network keeps its own shortcut option (A for the CIFAR networks).
     "shortcut": one_of(("preset", *resnet.SHORTCUTS)),
-    **dict.fromkeys(("n_blocks", "n_channels", "bottlenecks"), _positive_list),
+    **dict.fromkeys(
+        ("n_blocks", "n_channels", "bottlenecks"),
+        lambda v: None if v and min(v) >= 1 else "must be a non-empty list of positive integers",
+    ),
 }
 
 
 def check_model_settings(get: Callable[[str], Any], typed: Collection[str]) -> None:
     """The network's settings together (`get` reads one); raises `UsageError`."""
     model, shortcut = get("model"), get("shortcut")
-    architecture = [k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed]
-    if architecture and model != "custom":
+    stages = ", ".join(k for k in ("n_blocks", "n_channels", "bottlenecks") if k in typed)
+    if stages and model != "custom":
         # A preset fixes its own stages; accepting these and then ignoring them would train another net.
-        raise UsageError(
-            f"{', '.join(architecture)} only apply to model=custom, but the model is {model}; add "
-            "--model custom"
-        )
+        raise UsageError(f"{stages} only apply to model=custom, not {model}; add --model custom")
     if str(model).startswith("plain") and shortcut not in ("preset", "none"):
         raise UsageError(
             f"{model} is a plain network without shortcuts, so shortcut={shortcut} does not apply; use "
             f"--model resnet{model[len('plain') :]} shortcut={shortcut}"
         )
     if model == "custom":
+        lists = {key: get(key) for key in ("n_blocks", "n_channels", "bottlenecks")}
         try:  # the library's own check of the three lists
-            custom_trunk(get("n_blocks"), get("n_channels"), get("bottlenecks"), shortcut)
+            build_model("custom", num_classes=10, shortcut=shortcut, zero_init_residual=False, **lists)
         except (ValueError, TypeError) as e:
             raise UsageError(f"custom model: {e}") from None

@@ -2,17 +2,14 @@
 # What a setting is: its type, default, help, options and rules
 
 The command line ([`cli.py`](cli.html)) checks every setting against what the configuration classes
-declare: the annotation (the type), the default, the comment above the declaration (the help) and the
-labml options that can compute it. The rules (`at_least`, `within`, `one_of`) are written beside their
-subject: the data's in [`loader.py`](loader.html), the schedule's in [`recipes.py`](recipes.html).
-
-labml keeps the `@option` functions in a private table. Rather than read it, a configuration class that
-extends [`RecordedOptions`](#RecordedOptions) notes each option's name as labml's public `option`
-decorator hands the function to the class's public `calc` hook; the first one registered is the default.
+declare: the annotation, the default, the comment above the declaration (the help) and the labml
+options that can compute it. labml keeps its options in a private table, so a class that extends
+[`RecordedOptions`](#RecordedOptions) notes each name as labml's public `calc` hook registers it.
 """
 
 import ast
 import difflib
+import functools
 import inspect
 import math
 import re
@@ -71,51 +68,42 @@ def option_names(cls: type, key: str) -> list[str]:
     return names
 
 
-def config_default(configs_class: type, key: str) -> Any:
+def declaring(configs_class: type, key: str, nested: dict[str, type]) -> tuple[type, str]:
+    """The class that declares `key`, and the name there (`optimizer.momentum`: a nested class's)."""
+    head, dot, name = key.partition(".")
+    return (nested[head], name) if dot and head in nested else (configs_class, key)
+
+
+def config_default(configs_class: type, key: str, nested: dict[str, type] | None = None) -> Any:
     """`key`'s default as the configuration class declares it (a value, or its first option's name)."""
-    for klass in configs_class.__mro__:
+    cls, key = declaring(configs_class, key, nested or {})
+    for klass in cls.__mro__:
         item = klass.__dict__.get(key)
         if getattr(item, "has_value", False):
             return item.value
-    options = option_names(configs_class, key)
+    options = option_names(cls, key)
     return options[0] if options else None
 
 
 def annotations(cls: type) -> dict[str, Any]:
     """The settings of `cls` and its bases, with their annotations."""
-    merged: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(klass.__dict__.get("__annotations__", {}))
-    return {k: v for k, v in merged.items() if not k.startswith("_")}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if not k.startswith("_")}
 
 
+@functools.cache
 def comments(cls: type) -> dict[str, str]:
     """Each setting's help: the comment right above its declaration, so it is written once, there."""
     notes: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         try:
-            lines = inspect.getsource(klass).splitlines()
+            source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        block: list[str] = []
-        for line in map(str.strip, lines):
-            field = re.match(r"^(\w+)\s*:", line)
-            if line.startswith("#"):
-                block.append(line.lstrip("#").strip())
-                continue
-            if field and block and field.group(1) in klass.__dict__.get("__annotations__", {}):
-                notes[field.group(1)] = " ".join(block)
-            block = []
+        # A run of comment lines, then the line that declares `name:`.
+        for block, name in re.findall(r"((?:^[ \t]*#.*\n)+)[ \t]*(\w+)[ \t]*:", source, re.MULTILINE):
+            if name in klass.__dict__.get("__annotations__", {}):
+                notes[name] = " ".join(line.strip().lstrip("#").strip() for line in block.splitlines())
     return notes
-
-
-# ## Text to a setting's type
-#
-# These turn a value into its annotated type or raise (`ValueError`, `TypeError`, `SyntaxError`,
-# `KeyError`); `describe` says what was expected instead.
-
-# What a conversion returns for an annotation that admits only option names (`model: nn.Module`).
-NOT_A_VALUE = object()
 
 
 def _optional_of(annotation: Any) -> Any:
@@ -125,29 +113,23 @@ def _optional_of(annotation: Any) -> Any:
     return None
 
 
-def convert_text(text: str, annotation: Any) -> Any:
-    """Text to the annotated type; `NOT_A_VALUE` when the annotation only admits option names."""
-    inner, text = _optional_of(annotation), text.strip()
-    if inner is not None:
-        return None if text in ("None", "none", "null") else convert_text(text, inner)
-    if annotation is bool:
-        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
-                 "off": False}  # fmt: skip
-        return words[text.lower()]  # a KeyError, like the other conversions' errors, says "expected ..."
-    if annotation is str:
-        return text
-    if annotation in (int, float) or typing.get_origin(annotation) is list:
-        # `inf` and `nan` would pass every range check (nan compares false) and ruin the run silently.
-        value = float(text) if annotation is float else ast.literal_eval(text)
-        return convert_value(value, annotation)
-    return NOT_A_VALUE
+BOOLEANS = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(("false", "0", "no", "off"), False)
 
 
-def convert_value(value: Any, annotation: Any) -> Any:
-    """Check a value that already has a Python type (from the Python API or a literal list)."""
+def convert(value: Any, annotation: Any, *, text: bool = False) -> Any:
+    """`value` (command-line `text`, or Python) as the annotated type; raises if it is not one of those."""
     inner = _optional_of(annotation)
+    if text:
+        value, kind = value.strip(), inner or annotation
+        if inner is not None and value in ("None", "none", "null"):
+            return None
+        if kind is bool:
+            return BOOLEANS[value.lower()]
+        if kind is not str:
+            # `inf` and `nan` would pass every range check (nan compares false) and ruin the run silently.
+            value = float(value) if kind is float else ast.literal_eval(value)
     if inner is not None:
-        return None if value is None else convert_value(value, inner)
+        return None if value is None else convert(value, inner)
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError(value)
@@ -160,20 +142,20 @@ def convert_value(value: Any, annotation: Any) -> Any:
         (item,) = typing.get_args(annotation) or (int,)
         if not isinstance(value, (list, tuple)):
             raise TypeError(value)
-        return [convert_value(v, item) for v in value]
-    return NOT_A_VALUE
+        return [convert(v, item) for v in value]
+    raise TypeError(value)
 
 
 def describe(annotation: Any) -> str:
-    """What an annotation admits, in words for an error message."""
+    """What an annotation admits, in words for an error message ("" for option names only)."""
     inner = _optional_of(annotation)
     if inner is not None:
-        return f"{describe(inner)} or None"
+        return " or ".join(filter(None, [describe(inner), "None"]))
     if typing.get_origin(annotation) is list:
         return "a list of numbers like [0.5,0.75]" if typing.get_args(annotation) == (float,) else \
             "a list of integers like [3,3,3]"  # fmt: skip
     names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "a string"}
-    return names.get(annotation, "an option name")
+    return names.get(annotation, "")
 
 
 def suggest(word: str, candidates: list[str]) -> str:

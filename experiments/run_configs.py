@@ -1,9 +1,8 @@
 """
 # The settings of how a run computes
 
-[`RunConfigs`](#RunConfigs) is the labml configuration of the device, number format, compilation,
-logging and seed, which the data's and the tutorial's configurations extend; it lives apart so that
-every layer of the trainer can import it without importing the others.
+The device, number format, compilation, logging and seed, which the data's and the tutorial's
+configurations extend; apart, so that every layer of the trainer can import it.
 """
 
 import platform
@@ -18,10 +17,7 @@ from experiments.options import RecordedOptions
 
 
 class RunConfigs(RecordedOptions):
-    """
-    Settable like the rest; apart from `seed` and `ema_decay` they change how fast and where a run
-    computes, not what it computes.
-    """
+    """Apart from `seed` and `ema_decay`, these change how fast and where a run computes, not what."""
 
     device: torch.device
     # Mixed precision: none, bf16, fp16, or auto (`experiments/precision.py`).
@@ -46,13 +42,13 @@ class RunConfigs(RecordedOptions):
     world: Any = World()
 
 
-# `torch.compile`'s modes; the one in `CUDA_GRAPHS_MODE` records each step as CUDA graphs to replay.
+# `torch.compile`'s modes; `CUDA_GRAPHS_MODE` records each step as CUDA graphs to replay.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPHS_MODE = "reduce-overhead"
 
 
 def uses_cuda_graphs(compile: bool, compile_mode: str) -> bool:
-    """Whether a run with these settings replays CUDA graphs; the command line and the trainer both ask."""
+    """Whether a run with these settings replays CUDA graphs (the command line and the trainer ask)."""
     return bool(compile) and compile_mode == CUDA_GRAPHS_MODE
 
 

@@ -92,6 +92,18 @@ def test_a_time_limit_must_be_positive() -> None:
         cifar10.train(time_limit_s=0)
 
 
+def test_a_run_flag_of_the_wrong_type_is_named_by_its_flag() -> None:
+    # The Python API's run flags are checked where the command line's text is converted (`cli._request`).
+    with pytest.raises(cli.UsageError, match=r"^--threads 2\.5: expected a whole number$"):
+        cifar10.train(threads=2.5)
+    with pytest.raises(cli.UsageError, match=r"^--stop-after-steps '3': expected a whole number$"):
+        cifar10.train(stop_after_steps="3")
+    with pytest.raises(cli.UsageError, match=r"^--time-limit True: expected a finite number$"):
+        cifar10.train(time_limit_s=True)
+    with pytest.raises(cli.UsageError, match=r"^--threads must be at least 1, got 0$"):
+        cifar10.train(threads=0)
+
+
 def test_evaluating_a_checkpoint_from_python_is_what_eval_does(data_dir: Path, tmp_path: Path) -> None:
     results = api_train(data_dir, tmp_path / "logs", epochs=1)
     assert results.checkpoint is not None

@@ -58,7 +58,7 @@ BAD_COMMAND_LINES = [
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "nesterov"),
     (["--stop-after-steps", "0"], "--stop-after-steps"),
     (["--threads", "0"], "--threads"),
-    (["--threads", "two"], "--threads"),
+    (["--threads", "two"], "--threads two: expected a whole number"),
     (["train_subset=-1"], "train_subset"),
     (["test_subset=-10"], "test_subset"),
     (["train_subset=half"], "train_subset"),

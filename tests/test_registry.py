@@ -1,5 +1,7 @@
 """Every network the trainer trains is built by name from the library, and a misspelt name gets a hint."""
 
+from typing import Any
+
 import pytest
 import torch
 from synthetic_main import TINY_STAGES
@@ -143,10 +145,17 @@ def test_the_trainer_builds_what_create_model_builds(name: str) -> None:
     assert torch.equal(trained.eval()(x), library.eval()(x))
 
 
-def test_the_custom_trunk_check_still_names_the_bad_argument() -> None:
+def test_the_custom_network_check_still_names_the_bad_argument() -> None:
+    # What the command line builds to check `model=custom`'s three lists (`models.check_model_settings`).
+    def custom(**stages: Any) -> torch.nn.Module:
+        return models.build_model(
+            "custom", num_classes=10, shortcut="preset", zero_init_residual=False, **stages
+        )
+
     with pytest.raises(ValueError, match=r"n_blocks\[1\] must be a positive int, got 0"):
-        models.custom_trunk([1, 0], [8, 16], None, "preset")
-    assert models.custom_trunk([1, 1], [8, 16], [], "preset").stages[0][0].shortcut is not None
+        custom(n_blocks=[1, 0], n_channels=[8, 16], bottlenecks=None)
+    network = custom(n_blocks=[1, 1], n_channels=[8, 16], bottlenecks=[])
+    assert network.trunk.stages[0][0].shortcut is not None
 
 
 # ## Keyword arguments, filters and weights by name
