@@ -220,7 +220,9 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
 
     Epochs of training until the schedule ends, each followed by an evaluation on the validation images
     if there are some, else on the test set, only to watch the curve as Figure 6 does. The test set never
-    chooses anything: the result is the final network, never the best epoch's. Returns its test scores.
+    chooses anything: the result is the final network, never the best epoch's. Returns its test scores,
+    or nothing (`{}`) for a run with a validation split: such a run is for choosing settings, so it never
+    reads the test set (`--eval` scores its checkpoint there when asked).
     """
 
     def score(loader: TensorBatches) -> dict[str, float]:
@@ -240,6 +242,8 @@ def fit(c: Configs, run: Run) -> dict[str, float]:
             scores = score(loader)
             test = scores if name == "test" else None
         run.end_epoch({f"{name}_{key}": value for key, value in scores.items()})
+    if c.valid_loader is not None:
+        return {}
     return test if test is not None else score(c.test_loader)
 
 

@@ -74,21 +74,30 @@ def _accuracy(scores: dict[str, Any], split: str) -> str:
 
 def end_line(results: dict[str, Any]) -> str:
     """The line a finished run ends with, from its `results.json`."""
-    valid = ""
-    if results.get("valid_loss") is not None:
-        valid = f"valid loss {results['valid_loss']:.4f} {_accuracy(results, 'valid')}, "
+    scores = [
+        f"{split} loss {results[f'{split}_loss']:.4f} {_accuracy(results, split)}"
+        for split in ("valid", "test")
+        if results.get(f"{split}_loss") is not None
+    ]
     return (
         f"Finished {results['epochs']} epochs ({results['steps']} steps) in {results['wall_time_s']:.1f} s, "
-        f"{results['train_time_s']:.1f} s of it training; {valid}"
-        f"test loss {results['test_loss']:.4f} {_accuracy(results, 'test')}"
+        f"{results['train_time_s']:.1f} s of it training; {', '.join(scores)}"
     )
 
 
 def accuracy_line(results: dict[str, Any]) -> str:
-    """The last line of a run or `--eval`: the paper's single view, then the test-time average if any."""
-    line = f"test accuracy: {results['test_accuracy']:.4f} (single view)"
-    if results.get("test_accuracy_tta") is not None:
-        line += f"; {results['test_accuracy_tta']:.4f} averaged over {results['tta_views']} test-time views"
+    """
+    The last line of a run or `--eval`: the paper's single view, then the test-time average if any; a
+    validation run's are its validation images', as it never reads the test set.
+    """
+    split = "test" if results.get("test_accuracy") is not None else "valid"
+    line = f"{split} accuracy: {results[f'{split}_accuracy']:.4f} (single view)"
+    if results.get(f"{split}_accuracy_tta") is not None:
+        line += (
+            f"; {results[f'{split}_accuracy_tta']:.4f} averaged over {results['tta_views']} test-time views"
+        )
+    if split == "valid":
+        line += " (a validation run leaves the test set unread; --eval RUN scores it)"
     return line
 
 

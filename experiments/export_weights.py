@@ -85,6 +85,11 @@ def export(
     # The weights the run's results were measured with (the average, when the run kept one).
     weights, _ = evaluation_weights(saved)
     data = results.get("data", {})
+    if data.get("valid_split"):
+        raise SystemExit(
+            f"{run_dir} held out {data['valid_split']} training images to validate on and has no test "
+            "accuracy; ship a run trained on all of them (without --valid-split)"
+        )
     views = describe_tta(bool(data.get("flip_tta")), int(data.get("shift_tta") or 0))
     if "test_accuracy_tta" in results or views is None:
         # Since single view came first (2026-12-06) `test_accuracy` is the paper's one view, with the

@@ -47,7 +47,9 @@ class Results:
 
     @property
     def test_accuracy(self) -> float | None:
-        return None if self.summary is None else float(self.summary["test_accuracy"])
+        """The single-view test accuracy; `None` if the run stopped early or held out a validation split."""
+        accuracy = None if self.summary is None else self.summary["test_accuracy"]
+        return None if accuracy is None else float(accuracy)
 
     @property
     def checkpoint(self) -> Path | None:

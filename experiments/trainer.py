@@ -382,7 +382,7 @@ class Run:
         self.console.line(line)
 
     def summary(self, test: dict[str, float]) -> dict[str, Any]:
-        """`results.json`: the final numbers, and everything needed to tell what they measured."""
+        """`results.json`: the final numbers (`test` is `{}` on a validation run), and what they measured."""
         c, progress = self.c, self.progress
         last = progress.history[-1] if progress.history else {}
         hashes = [state_hash(self.network)] * self.world.size
@@ -396,7 +396,7 @@ class Run:
                                         "valid_loss_tta", "valid_accuracy_tta")},
             # The paper's protocol, one view of each test image; the test-time views' average beside it
             # (None when the recipe uses none).
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_loss": test.get("loss"), "test_accuracy": test.get("accuracy"),
             "test_loss_tta": test.get("loss_tta"), "test_accuracy_tta": test.get("accuracy_tta"),
             "tta_views": tta_views(c.flip_tta, c.shift_tta),
             "wall_time_s": progress.elapsed_s, "train_time_s": progress.train_time_s,

@@ -312,14 +312,29 @@ def test_the_fast_recipe_runs_on_cpu_without_bf16(
     assert computed["optimizer.nesterov"] is True and computed["optimizer.learning_rate"] == 0.4
 
 
-def test_the_validation_split_replaces_the_test_set_in_per_epoch_metrics(
-    data_dir: Path, tmp_path: Path
+def test_a_validation_run_never_reads_the_test_set(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    # Settings are chosen on the validation split; the test set is scored once per final run, so a
+    # validation run scores its held-out images only, and `--eval` reads the test set when asked.
+    scored: list[int] = []
+    real_evaluate = cifar10.evaluate
+
+    def counting_evaluate(model, loader, **kwargs):
+        scored.append(loader.images_per_epoch)
+        return real_evaluate(model, loader, **kwargs)
+
+    monkeypatch.setattr(cifar10, "evaluate", counting_evaluate)
     status, results, run_dir = train(data_dir, tmp_path / "logs", "--valid-split", "64", epochs=1)
     assert status == 0
-    assert results["valid_accuracy"] is not None and results["test_accuracy"] is not None
+    assert scored == [64], "only the 64 held-out images are scored, once"
+    assert results["valid_accuracy"] is not None and results["data"]["valid_images"] == 64
+    assert results["test_accuracy"] is None and results["test_loss"] is None
     (metrics,) = epoch_metrics(run_dir)
     assert "valid_accuracy" in metrics and "test_accuracy" not in metrics
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"valid accuracy: {results['valid_accuracy']:.4f} (single view)")
+    assert "--eval RUN scores it" in last
 
 
 def test_a_resumed_run_keeps_its_recipe_without_repeating_the_flag(data_dir: Path, tmp_path: Path) -> None:

@@ -381,6 +381,20 @@ def test_export_asks_for_the_single_view_accuracy_of_an_older_tta_run(
     assert record["tta_views"] == "flip + 1-pixel shift, 6 views"
 
 
+def test_export_refuses_a_validation_run_which_has_no_test_accuracy(
+    resnet20_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(resnet20_run, run)
+    results = json.loads((run / "results.json").read_text())
+    results["data"]["valid_split"] = 5000
+    results["test_accuracy"] = results["test_loss"] = None
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match=r"held out 5000 training images .*\(without --valid-split\)"):
+        export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_export_command_passes_every_flag_to_the_record(
     resnet20_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
