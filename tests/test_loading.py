@@ -339,15 +339,25 @@ def test_an_exported_run_loads_by_name_with_no_code_change(
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
 
 
-def test_export_takes_both_accuracies_of_a_tta_run_single_view_first(
-    resnet20_run: Path, tmp_path: Path
-) -> None:
+def run_with_results(resnet20_run: Path, tmp_path: Path, **changes: object) -> tuple[Path, dict]:
+    """A copy of the trained run with `changes` in its results.json (`data` merged), and the old results."""
     run = tmp_path / "run"
     shutil.copytree(resnet20_run, run)
     results = json.loads((run / "results.json").read_text())
-    results["data"].update(flip_tta=True, shift_tta=1)
-    results["test_accuracy_tta"] = 0.75
-    (run / "results.json").write_text(json.dumps(results))
+    edited = {**results, **changes, "data": {**results["data"], **changes.get("data", {})}}
+    (run / "results.json").write_text(json.dumps({k: v for k, v in edited.items() if v is not DROP}))
+    return run, results
+
+
+DROP = object()
+
+
+def test_export_takes_both_accuracies_of_a_tta_run_single_view_first(
+    resnet20_run: Path, tmp_path: Path
+) -> None:
+    run, results = run_with_results(
+        resnet20_run, tmp_path, data={"flip_tta": True, "shift_tta": 1}, test_accuracy_tta=0.75
+    )
     record = json.loads(
         export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
         .with_suffix(".json")
@@ -362,13 +372,10 @@ def test_export_takes_both_accuracies_of_a_tta_run_single_view_first(
 def test_export_asks_for_the_single_view_accuracy_of_an_older_tta_run(
     resnet20_run: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(resnet20_run, run)
-    results = json.loads((run / "results.json").read_text())
-    results["data"].update(flip_tta=True, shift_tta=1)
     # Before single view came first, results.json had one accuracy: the test-time average.
-    del results["test_accuracy_tta"]
-    (run / "results.json").write_text(json.dumps(results))
+    run, results = run_with_results(
+        resnet20_run, tmp_path, data={"flip_tta": True, "shift_tta": 1}, test_accuracy_tta=DROP
+    )
     with pytest.raises(
         SystemExit, match=r"has only the TTA accuracy \(flip \+ 1-pixel shift, 6 views\); .*--single-view"
     ):
@@ -384,12 +391,9 @@ def test_export_asks_for_the_single_view_accuracy_of_an_older_tta_run(
 def test_export_refuses_a_validation_run_which_has_no_test_accuracy(
     resnet20_run: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(resnet20_run, run)
-    results = json.loads((run / "results.json").read_text())
-    results["data"]["valid_split"] = 5000
-    results["test_accuracy"] = results["test_loss"] = None
-    (run / "results.json").write_text(json.dumps(results))
+    run, _ = run_with_results(
+        resnet20_run, tmp_path, data={"valid_split": 5000}, test_accuracy=None, test_loss=None
+    )
     with pytest.raises(SystemExit, match=r"held out 5000 training images .*\(without --valid-split\)"):
         export_weights.export(run, "cifar10", "cmd", "a test", tmp_path / "out")
     assert not (tmp_path / "out").exists()
