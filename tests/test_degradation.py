@@ -107,16 +107,22 @@ def test_finished_networks_are_read_not_retrained(
     assert json.loads((tmp_path / "fig.json").read_text()) == first and (tmp_path / "fig.png").exists()
 
 
-def test_each_network_is_a_run_folder_the_trainer_continues_and_a_finished_one_is_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def stop_every_run_at_its_time_limit(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Replaces the trainer with one that stops every run at once; the list collects each run's settings."""
     seen: list[dict] = []
 
     def stopped(**settings: object) -> SimpleNamespace:
         seen.append(settings)
-        return SimpleNamespace(summary=None, run_dir=settings["run_dir"], stopped="time limit")
+        return SimpleNamespace(summary=None, history=[], run_dir=settings["run_dir"], stopped="time limit")
 
     monkeypatch.setattr(degradation.cifar10, "train", stopped)
+    return seen
+
+
+def test_each_network_is_a_run_folder_the_trainer_continues_and_a_finished_one_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    seen = stop_every_run_at_its_time_limit(monkeypatch)
     logs = tmp_path / "logs"
     write_run(logs / "plain-20", [0.5], [0.5], 1)  # finished: read, never trained again
     args = [
@@ -176,13 +182,7 @@ def test_the_figure_can_be_built_from_existing_run_folders(
 def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    seen: list[dict] = []
-
-    def stopped_by_its_time_limit(**settings: object) -> SimpleNamespace:
-        seen.append(settings)
-        return SimpleNamespace(summary=None, history=[], run_dir=tmp_path / "run", stopped="time limit")
-
-    monkeypatch.setattr(degradation.cifar10, "train", stopped_by_its_time_limit)
+    seen = stop_every_run_at_its_time_limit(monkeypatch)
     args = ["--quick", "--recipe", "cpu", "--time-limit", "600", "--plain-epochs", "5", "lr_warmup_steps=3",
             "--no-verify-checksums", "--lr", "0.05", "--seed", "3", "--data-dir", "2024", "--out",
             str(tmp_path / "f.png"), "--logs-dir", str(tmp_path / "logs")]  # fmt: skip
