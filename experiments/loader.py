@@ -186,12 +186,13 @@ class TensorBatches:
         key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
         stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
         generator = torch.Generator().manual_seed(stream)
-        # A smaller crop has more places to start in the padded image; at full size, 2 * PAD + 1.
-        room = 2 * PAD + 1 + self.images.shape[2] - size[0]
+        # A smaller crop has more places to start in the padded image; at full size, 2 * PAD + 1. One
+        # draw per axis takes the same numbers from the stream as one draw of both would.
         rows = [
-            torch.randint(0, room, (2, n), generator=generator),
-            torch.randint(0, 2, (1, n), generator=generator),
+            torch.randint(0, 2 * PAD + 1 + side - crop, (1, n), generator=generator)
+            for side, crop in zip(self.images.shape[2:], size, strict=True)
         ]
+        rows.append(torch.randint(0, 2, (1, n), generator=generator))
         if self.cutout:
             rows += [torch.randint(0, side, (1, n), generator=generator) for side in size]
         return torch.cat(rows).to(self.device)

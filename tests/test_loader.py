@@ -194,6 +194,37 @@ def test_small_crops_are_windows_of_the_padded_image_in_the_early_epochs_only() 
     assert_same_batches(list(smaller.epoch(0, start_batch=2)), list(smaller.epoch(0))[2:])
 
 
+def test_small_crops_of_a_wide_image_start_anywhere_along_each_axis() -> None:
+    # 16 rows by 32 columns, cropped to 16x16: 9 places down (as at full size) but 25 across, so each
+    # axis must draw from its own range.
+    rows = torch.arange(1, 17, dtype=torch.uint8).view(16, 1).expand(16, 32)
+    columns = torch.arange(1, 33, dtype=torch.uint8).view(1, 32).expand(16, 32)
+    image = torch.stack([rows, columns, torch.full((16, 32), 200, dtype=torch.uint8)])
+    loader = TensorBatches(image.expand(64, 3, 16, 32).contiguous(), torch.zeros(64, dtype=torch.int64),
+                           batch_size=64, shuffle=False, augment=True, device="cpu", seed=0, mean=(0, 0, 0),
+                           std=(1 / 255,) * 3, small_crop=16, small_crop_epochs=1)  # fmt: skip
+    crops, _ = next(loader.epoch(0))
+    padded = torch.zeros(3, 24, 40, dtype=torch.float32)
+    padded[:, 4:20, 4:36] = image
+    places = set()
+    for crop in crops.round():
+        matches = [
+            (top, left)
+            for top in range(9)
+            for left in range(25)
+            for flipped in (False, True)
+            if torch.equal(
+                crop,
+                padded[:, top : top + 16, left : left + 16].flip(-1)
+                if flipped
+                else padded[:, top : top + 16, left : left + 16],
+            )  # fmt: skip
+        ]
+        assert len(matches) == 1, "every output must be exactly one 16x16 window of the padded image"
+        places.add(matches[0])
+    assert max(left for _, left in places) > 8, "crops must start beyond the height's range across"
+
+
 @pytest.mark.parametrize("overrides", [dict(small_crop=33), dict(small_crop=-1), dict(small_crop_epochs=-1)])
 def test_a_small_crop_outside_the_image_is_refused(images: torch.Tensor, overrides: dict) -> None:
     with pytest.raises(ValueError, match="small_crop must be in 0..32"):
