@@ -106,11 +106,14 @@ def test_start_batch_beyond_the_epoch_is_refused(images: torch.Tensor) -> None:
         make(images).epoch(0, start_batch=4)
 
 
-def window(image: torch.Tensor, top: int, left: int, flipped: bool) -> torch.Tensor:
-    """The paper's crop, written out by hand: zero-pad by 4, cut 32x32 at (top, left), maybe mirror."""
-    padded = torch.zeros(3, 40, 40, dtype=torch.float32)
-    padded[:, 4:36, 4:36] = image
-    crop = padded[:, top : top + 32, left : left + 32]
+def window(
+    image: torch.Tensor, top: int, left: int, flipped: bool, size: tuple[int, int] = (32, 32)
+) -> torch.Tensor:
+    """The paper's crop, written out by hand: zero-pad by 4, cut `size` at (top, left), maybe mirror."""
+    channels, height, width = image.shape
+    padded = torch.zeros(channels, height + 8, width + 8, dtype=torch.float32)
+    padded[:, 4 : 4 + height, 4 : 4 + width] = image
+    crop = padded[:, top : top + size[0], left : left + size[1]]
     return crop.flip(-1) if flipped else crop
 
 
@@ -204,8 +207,6 @@ def test_small_crops_of_a_wide_image_start_anywhere_along_each_axis() -> None:
                            batch_size=64, shuffle=False, augment=True, device="cpu", seed=0, mean=(0, 0, 0),
                            std=(1 / 255,) * 3, small_crop=16, small_crop_epochs=1)  # fmt: skip
     crops, _ = next(loader.epoch(0))
-    padded = torch.zeros(3, 24, 40, dtype=torch.float32)
-    padded[:, 4:20, 4:36] = image
     places = set()
     for crop in crops.round():
         matches = [
@@ -213,12 +214,7 @@ def test_small_crops_of_a_wide_image_start_anywhere_along_each_axis() -> None:
             for top in range(9)
             for left in range(25)
             for flipped in (False, True)
-            if torch.equal(
-                crop,
-                padded[:, top : top + 16, left : left + 16].flip(-1)
-                if flipped
-                else padded[:, top : top + 16, left : left + 16],
-            )  # fmt: skip
+            if torch.equal(crop, window(image, top, left, flipped, size=(16, 16)))
         ]
         assert len(matches) == 1, "every output must be exactly one 16x16 window of the padded image"
         places.add(matches[0])
