@@ -48,10 +48,10 @@ def test_int8_benchmark_prints_accuracy_and_speed_of_every_version(tmp_path, cap
 
 
 def test_a_model_without_shipped_weights_needs_a_file(tmp_path):
-    with pytest.raises(SystemExit, match="resnet44 has no trained weights.*use --model resnet44=FILE"):
-        int8.load_network("resnet44")
+    with pytest.raises(SystemExit, match="resnet1202 has no trained weights.*use --model resnet1202=FILE"):
+        int8.load_network("resnet1202")
     with pytest.raises(SystemExit, match="cannot read .*missing.pt.*check the path") as stopped:
-        int8.load_network(f"resnet44={tmp_path / 'missing.pt'}")
+        int8.load_network(f"resnet1202={tmp_path / 'missing.pt'}")
     assert "\n" not in str(stopped.value.code)
 
 
