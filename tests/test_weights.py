@@ -8,6 +8,7 @@ code change, and a stray or broken record breaking nothing else.
 import dataclasses
 import json
 import re
+import shlex
 import shutil
 import warnings
 from pathlib import Path
@@ -116,15 +117,27 @@ def test_every_weight_is_found_by_its_name(weights: resnet.WeightsEnum) -> None:
     assert weights.transforms() is pretrained.DATASETS[weights.dataset].transform
 
 
-def test_the_shipped_weights_come_from_the_cpu_recipe_as_it_now_runs() -> None:
-    # The record's command must train as long as `--recipe cpu` trains today: if the recipe's length
-    # changes, the shipped weights no longer are "the cpu recipe's" and must be retrained.
+@pytest.mark.parametrize("weights", ALL_WEIGHTS, ids=repr)
+def test_every_record_command_trains_what_the_record_says(weights: resnet.WeightsEnum) -> None:
+    # The command is read by the trainer's own parser (a resumed run's record gives the first process's
+    # command, then ", then" and the resume): it must be accepted as it stands, and train the record's
+    # network with its recipe and seed, scored with the views the record names.
+    from experiments import cli
+    from experiments.cifar10 import NESTED_CONFIGS, Configs
     from experiments.recipes import RECIPES
 
-    meta = resnet.ResNet20_Weights.CIFAR10.meta
-    epochs = re.search(r"--epochs (\d+)", meta["command"])
-    assert epochs is not None and int(epochs.group(1)) == RECIPES[meta["recipe"]]["epochs"]
-    assert meta["tta_views"] == describe_tta(flip=True, shift=1) == "flip + 1-pixel shift, 6 views"
+    meta = weights.meta
+    words = shlex.split(meta["command"].partition(", then ")[0])
+    assert words[:2] == ["python", "experiments/cifar10.py"]
+    settings = cli.parse(words[2:], Configs, nested=NESTED_CONFIGS, recipes=RECIPES).settings
+    assert settings["model"] == weights.network and settings["recipe"] == meta["recipe"]
+    assert settings["seed"] == meta["seed"]
+    assert meta["tta_views"] == describe_tta(flip=settings["flip_tta"], shift=settings["shift_tta"])
+    # Every shipped depth comes from the same family: the `cpu` recipe, lengthened (in epochs of all
+    # 50,000 images, or in iterations), never shortened.
+    steps = settings.get("iterations")
+    images = steps * settings["batch_size"] if isinstance(steps, int) else settings["epochs"] * 50_000
+    assert meta["recipe"] == "cpu" and images >= RECIPES["cpu"]["epochs"] * 50_000
 
 
 def test_multiply_adds_are_counted_not_typed() -> None:
