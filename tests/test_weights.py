@@ -136,8 +136,9 @@ def test_every_record_command_trains_what_the_record_says(weights: resnet.Weight
     # Every shipped depth comes from the same family: the `cpu` recipe, lengthened (in epochs of all
     # 50,000 images, or in iterations), never shortened.
     steps = settings.get("iterations")
-    images = steps * settings["batch_size"] if isinstance(steps, int) else settings["epochs"] * 50_000
-    assert meta["recipe"] == "cpu" and images >= RECIPES["cpu"]["epochs"] * 50_000
+    epoch = cifar_data.TRAIN_IMAGES
+    images = steps * settings["batch_size"] if isinstance(steps, int) else settings["epochs"] * epoch
+    assert meta["recipe"] == "cpu" and images >= RECIPES["cpu"]["epochs"] * epoch
 
 
 def test_multiply_adds_are_counted_not_typed() -> None:
