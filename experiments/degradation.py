@@ -122,9 +122,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for item in args.runs:
         name, _, path = item.partition("=")
         match = next((n for n in names if n.lower().replace("-", "") == name.lower().replace("-", "")), None)
-        if match is None or not (Path(path) / "results.json").is_file():
-            p.error(f"--runs {item}: expected NETWORK=RUN_FOLDER, a finished run (with its results.json) of "
-                    f"one of {', '.join(names)}")  # fmt: skip
+        if match is None or not finished(Path(path)):
+            p.error(f"--runs {item}: expected NETWORK=RUN_FOLDER, a finished run (with its results.json) or "
+                    f"the JSON `python -m experiments.plot` wrote for it, of one of "
+                    f"{', '.join(names)}")  # fmt: skip
         args.given[match] = Path(path)
     args.out = args.out or Path("degradation_quick.png" if args.quick else "degradation.png")
     if args.out.suffix.lower() != ".png" or not args.out.parent.is_dir():
@@ -133,6 +134,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if importlib.util.find_spec("matplotlib") is None:
         p.error('the figure needs matplotlib, which is not installed: pip install -e ".[plot]"')
     return args
+
+
+def finished(run: Path) -> bool:
+    """A run folder with its results, or the curve JSON of a finished run (kept when its folder is gone)."""
+    if run.suffix == ".json":
+        try:
+            return plot.read_curve(run).summary is not None
+        except ExperimentError:
+            return False
+    return (run / "results.json").is_file()
 
 
 def title(panels: dict[str, list[tuple[int, plot.Curve]]], widths: tuple[int, ...]) -> str:
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, depth, name, model in args.networks:
         # The trainer's `run_dir`: the same call continues the run in it exactly, or starts it there.
         run_dir = args.given.get(name, args.logs_dir / name)
-        if not (run_dir / "results.json").is_file():
+        if not finished(run_dir):
             settings = {**common, **model, "run_dir": run_dir}
             if kind == "plain" and args.plain_epochs is not None:
                 settings["epochs"] = args.plain_epochs

@@ -9,6 +9,11 @@ python -m experiments.plot logs/cifar10/<uuid> [logs/cifar10/<uuid> ...] --out c
 error, learning rate), a line per run; [`figure6`](#figure6) draws the paper's Figure 6 from the same
 curves for [`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not
 squashed together against 100%.
+
+Beside the PNG goes its JSON (`curves.json`), the numbers drawn. A run folder lives on one machine's
+disk, and a machine can be gone by the next session; a few kilobytes of JSON committed next to the
+figure keep the curve. The JSON of a single run is read back wherever a run folder is accepted, here
+and in `degradation.py --runs`, so a figure can be drawn again from curves whose folders are lost.
 """
 
 import argparse
@@ -17,12 +22,12 @@ import importlib.util
 import json
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments.errors import ExperimentError
-from experiments.files import atomic_write
+from experiments.files import atomic_write, write_json
 
 
 @dataclass
@@ -41,7 +46,9 @@ class Curve:
 
 
 def read_run(path: Path, label: str | None = None) -> Curve:
-    """A run folder (or its `metrics.jsonl`) as a `Curve`."""
+    """A run folder (or its `metrics.jsonl`, or the JSON `main` wrote for one run) as a `Curve`."""
+    if path.suffix == ".json":
+        return read_curve(path, label)
     folder = path.parent if path.name == "metrics.jsonl" else path
     metrics, results = folder / "metrics.jsonl", folder / "results.json"
     if not metrics.is_file():
@@ -64,6 +71,27 @@ def read_run(path: Path, label: str | None = None) -> Curve:
         [1.0 - float(r[f"{name}_accuracy"]) if f"{name}_accuracy" in r else None for r in records],
         [float(r["lr"]) for r in records], summary,
     )  # fmt: skip
+
+
+def read_curve(path: Path, label: str | None = None) -> Curve:
+    """The one curve in a JSON that `main` wrote: a figure of several runs has no single answer."""
+    try:
+        curves = json.loads(path.read_text())["curves"]
+        (c,) = curves
+        curve = Curve(  # every field converted, so that a hand-edited file fails here and not in matplotlib
+            str(c["label"]), [int(x) for x in c["epochs"]], [int(x) for x in c["steps"]],
+            [float(x) for x in c["train_error"]], str(c["eval_name"]),
+            [None if x is None else float(x) for x in c["eval_error"]], [float(x) for x in c["lr"]],
+            None if c["summary"] is None else dict(c["summary"]),
+        )  # fmt: skip
+        if not curve.epochs or len({len(v) for v in (curve.epochs, curve.steps, curve.train_error,
+                                                        curve.eval_error, curve.lr)}) != 1:  # fmt: skip
+            raise ValueError("the per-epoch lists differ in length")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ExperimentError(f"{path} is not the JSON of one run written by `python -m experiments.plot RUN "
+                              f"--out NAME.png`; draw that run alone to get one") from None  # fmt: skip
+    curve.label = label or curve.label
+    return curve
 
 
 def _pyplot() -> Any:
@@ -136,8 +164,10 @@ def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.split("\n\n")[2])
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders or metrics.jsonl")
-    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (curves.png)")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="run folders, metrics.jsonl, or the JSON this wrote for one run")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("curves.png"),
+                        help="PNG to write (curves.png); its numbers go beside it (curves.json)")  # fmt: skip
     parser.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
     parser.add_argument("--title", help="a title over the panels")
     args = parser.parse_args(argv)
@@ -151,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as e:  # a run folder that cannot be drawn, and what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: give a .png path (its JSON goes beside it)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # The numbers first, so that a failure to draw leaves the curves kept.
+    write_json(args.out.with_suffix(".json"), {"curves": [asdict(c) for c in curves]})
     save(draw(curves, args.title), args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
 
 

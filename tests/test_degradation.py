@@ -10,6 +10,7 @@ layout. Nothing depends on the machine's speed: runs are stopped by a step count
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -177,6 +178,31 @@ def test_the_figure_can_be_built_from_existing_run_folders(
     assert "plain networks (a shorter schedule): cpu recipe, 2 epochs of batch 128" in summary["title"]
     assert "residual networks: cpu recipe, 3 epochs of batch 128" in summary["title"]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_network_can_come_from_the_curve_json_of_a_run_whose_folder_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(degradation.cifar10, "train", lambda **s: pytest.fail("nothing should train"))
+    plain = write_run(tmp_path / "p20", [0.5, 0.3], [0.5, 0.4], 3)
+    r20 = write_run(tmp_path / "r20", [0.5, 0.3, 0.2], [0.6, None, 0.3], 3)
+    kept = tmp_path / "kept" / "resnet20.png"
+    assert plot.main([str(r20), "--out", str(kept)]) == 0
+    shutil.rmtree(r20)
+    out = tmp_path / "figure6.png"
+    status = degradation.main(["--plain", "20", "--residual", "20", "--out", str(out), "--runs",
+                               f"plain20={plain}", f"resnet20={kept.with_suffix('.json')}"])  # fmt: skip
+    assert status == 0
+    networks = json.loads(out.with_suffix(".json").read_text())["networks"]
+    assert networks[1]["test_error"] == [0.6, None, pytest.approx(0.3)]
+    assert networks[1]["summary"]["epochs"] == 3
+    # A curve JSON of a run that never finished has no results: it cannot stand for a finished network.
+    unfinished = write_run(tmp_path / "u", [0.5], [0.5], 1)
+    (unfinished / "results.json").unlink()
+    assert plot.main([str(unfinished), "--out", str(tmp_path / "u.png")]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.parse(["--plain", "20", "--residual", "20", "--runs", f"plain20={tmp_path / 'u.json'}"])
+    assert exit_info.value.code == 2
 
 
 def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(

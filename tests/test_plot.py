@@ -76,6 +76,53 @@ def test_the_script_draws_a_png_with_one_line_per_run(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_curves_json_of_one_run_stands_in_for_its_folder(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "a", [0.5, 0.8, 0.9])
+    out = tmp_path / "kept" / "a.png"
+    assert plot.main([str(run), "--out", str(out)]) == 0
+    kept = out.with_suffix(".json")
+    # The folder can go: the JSON gives the same curve, results included, and draws again.
+    assert plot.read_run(kept) == plot.read_run(run)
+    assert plot.read_run(kept, label="ResNet-20").label == "ResNet-20"
+    again = tmp_path / "again.png"
+    assert plot.main([str(kept), "--out", str(again)]) == 0
+    assert json.loads(again.with_suffix(".json").read_text()) == json.loads(kept.read_text())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        '{"curves": []}',
+        '{"runs": [1]}',
+        '{"curves": [{"label": "x"}]}',
+    ],
+)
+def test_a_curves_json_that_is_not_one_run_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert plot.main([str(bad), "--out", str(tmp_path / "x.png")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "is not the JSON of one run" in error[0]
+
+
+def test_a_curves_json_of_two_runs_or_uneven_lists_is_refused(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path / "a", [0.5, 0.8]), write_run(tmp_path / "b", [0.4, 0.7])]
+    both = tmp_path / "both.png"
+    assert plot.main([str(r) for r in runs] + ["--out", str(both)]) == 0
+    with pytest.raises(plot.ExperimentError, match="one run"):
+        plot.read_run(both.with_suffix(".json"))
+    one = tmp_path / "one.png"
+    assert plot.main([str(runs[0]), "--out", str(one)]) == 0
+    record = json.loads(one.with_suffix(".json").read_text())
+    record["curves"][0]["lr"].pop()
+    one.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(plot.ExperimentError, match="one run"):
+        plot.read_run(one.with_suffix(".json"))
+
+
 def test_a_folder_without_metrics_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     assert plot.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")]) == 1
