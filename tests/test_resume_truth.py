@@ -93,6 +93,35 @@ def test_a_new_seed_for_a_resumed_run_is_refused_in_one_line(
     assert [p.name for p in (logs / "cifar10").iterdir()] == [stopped.name]
 
 
+@pytest.mark.parametrize(
+    ("typed", "refused"),
+    [
+        (["--batch-size", "32"], "--batch-size 32"),
+        (["--valid-split", "64"], "--valid-split 64"),
+        (["train_subset=128"], "train_subset=128"),
+        (["--model", "resnet20"], "--model resnet20"),
+        (["n_blocks=[2, 2, 2]"], "n_blocks=[2, 2, 2]"),
+        (["ema_decay=0.9"], "ema_decay=0.9"),
+    ],
+)
+def test_what_the_checkpoint_fixes_cannot_be_typed_with_resume(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, typed: list[str], refused: str
+) -> None:
+    # The saved position counts batches of the run's own split and size, and the weights fit its own
+    # network: a new value would be recorded while the old one trained, or would mix validation images
+    # into training. Refused in one line, exit status 2, before a run folder is made.
+    logs = tmp_path / "logs"
+    assert run_trainer(tiny_args(data_dir, logs, "--stop-after-steps", "2", epochs=2)) == 0
+    stopped = only_run(logs)
+    capsys.readouterr()
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(stopped), *typed]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"error: {refused} cannot apply to a resumed run" in error[0]
+    assert [p.name for p in (logs / "cifar10").iterdir()] == [stopped.name]
+    # The value it already has is no change, and resumes.
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(stopped), "--batch-size", "64"]) == 0
+
+
 def test_a_longer_resumed_cosine_run_decays_over_its_new_length(data_dir: Path, tmp_path: Path) -> None:
     # A cosine that reached zero at the end of 3 epochs climbs back to where a 6-epoch cosine is at
     # step 15 (half the base rate) and decays to zero again over the new length.
