@@ -16,7 +16,13 @@ import torch
 
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import atomic_write
-from resnet.loading import TRAINER_DIGEST, checkpoint_damage, checkpoint_digest, intact_alternative
+from resnet.loading import (
+    TRAINER_DEFAULTS,
+    TRAINER_DIGEST,
+    checkpoint_damage,
+    checkpoint_digest,
+    intact_alternative,
+)
 
 # Tells our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
@@ -31,6 +37,17 @@ LAST = "last.pt"
 
 class CheckpointError(ExperimentError):
     """A checkpoint that cannot be used; its message is one line naming the file and the fix."""
+
+
+# What a checkpoint fixes for the rest of its run, so that a new value typed with `--resume` would be
+# recorded and never honestly used: its random state, the network its weights belong to, and the data
+# split and batch its saved position counts in (a new split would train on validation images).
+FIXED_BY_CHECKPOINT = {
+    "seed": "its random state",
+    **{key: "the network its weights fit" for key in ("model", *TRAINER_DEFAULTS)},
+    **{key: "how its data is split and batched" for key in ("batch_size", "train_subset", "valid_split")},
+    "ema_decay": "whether it averages its weights",
+}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -187,7 +204,8 @@ def restore_checkpoint(
         )
     if parts["ema"] is not None and state.get("ema") is None:
         raise CheckpointError(
-            f"{path} has no averaged weights, but this run sets ema_decay; resume without changing ema_decay"
+            f"{path} has no averaged weights, though its settings set ema_decay; it was edited or written by "
+            f"another version of this trainer: use another checkpoint, or start a new run"
         )
     try:
         for name, part in parts.items():

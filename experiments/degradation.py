@@ -140,9 +140,11 @@ def finished(run: Path) -> bool:
     """A run folder with its results, or the curve JSON of a finished run (kept when its folder is gone)."""
     if run.suffix == ".json":
         try:
-            return plot.read_curve(run).summary is not None
+            summary = plot.read_curve(run).summary
         except ExperimentError:
             return False
+        # What the figure's title reads from a finished run's results.
+        return summary is not None and {"recipe", "epochs", "batch_size", "data"} <= summary.keys()
     return (run / "results.json").is_file()
 
 

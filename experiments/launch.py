@@ -190,30 +190,20 @@ def checked_settings(
     return state, settings
 
 
-# What a checkpoint fixes for the rest of its run, so that a new value typed with `--resume` would be
-# recorded and never honestly used: its random state, the network its weights belong to, and the data
-# split and batch its saved position counts in (a new split would train on validation images).
-NETWORK = ("model", "num_classes", "shortcut", "n_blocks", "n_channels", "bottlenecks", "zero_init_residual")
-FIXED_BY_CHECKPOINT = {
-    "seed": "its random state",
-    **{key: "the network its weights fit" for key in NETWORK},
-    **{key: "how its data is split and batched" for key in ("batch_size", "train_subset", "valid_split")},
-    "ema_decay": "whether it averages its weights",
-}
-
-
 def _resumed_settings(
     configs: type, nested: dict[str, type], request: Request, world: World, path: Path, saved: dict[str, Any]
 ) -> dict[str, Any]:
     """The checkpoint's settings under the typed ones, checked: a misfit is the user's or the file's fault."""
-    for key, held in FIXED_BY_CHECKPOINT.items():
-        typed, kept = request.settings.get(key), saved.get(key, cli.config_default(configs, key))
-        if typed is not None and typed != kept:
+    for key, held in ckpt.FIXED_BY_CHECKPOINT.items():
+        kept = saved.get(key, cli.config_default(configs, key))
+        if key in request.settings and (typed := request.settings[key]) != kept:
             flag = next((f.name for f in cli.FLAGS if f.key == key and f.metavar), None)
             setting = f"{flag} {typed}" if flag else f"{key}={typed}"
+            # A recipe typed with --resume brings values of its own: name it as their source.
+            source = " (or the --recipe that sets it)" if "recipe" in request.settings else ""
             raise UsageError(
                 f"{setting} cannot apply to a resumed run: {path} fixes {held} ({key}={kept}); drop "
-                f"{flag or key}, or start a new run"
+                f"{flag or key}{source}, or start a new run"
             )
     merged, hardware = {**saved, **request.settings}, (world.size, request.wants_cuda)
     try:

@@ -12,14 +12,15 @@ squashed together against 100%.
 
 Beside the PNG goes its JSON (`curves.json`), the numbers drawn. A run folder lives on one machine's
 disk, and a machine can be gone by the next session; a few kilobytes of JSON committed next to the
-figure keep the curve. The JSON of a single run is read back wherever a run folder is accepted, here
-and in `degradation.py --runs`, so a figure can be drawn again from curves whose folders are lost.
+figure keep the curve. The JSON of a single run is read back in place of its folder, here and in
+`degradation.py --runs`, so a figure can be drawn again from curves whose folders are lost.
 """
 
 import argparse
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
@@ -78,20 +79,33 @@ def read_curve(path: Path, label: str | None = None) -> Curve:
     try:
         curves = json.loads(path.read_text())["curves"]
         (c,) = curves
-        curve = Curve(  # every field converted, so that a hand-edited file fails here and not in matplotlib
-            str(c["label"]), [int(x) for x in c["epochs"]], [int(x) for x in c["steps"]],
-            [float(x) for x in c["train_error"]], str(c["eval_name"]),
-            [None if x is None else float(x) for x in c["eval_error"]], [float(x) for x in c["lr"]],
-            None if c["summary"] is None else dict(c["summary"]),
-        )  # fmt: skip
-        if not curve.epochs or len({len(v) for v in (curve.epochs, curve.steps, curve.train_error,
-                                                        curve.eval_error, curve.lr)}) != 1:  # fmt: skip
-            raise ValueError("the per-epoch lists differ in length")
+        # Every field checked for its exact type, so that a hand-edited file fails here, not in matplotlib.
+        curve = Curve(c["label"], _numbers(c["epochs"], int), _numbers(c["steps"], int),
+                      _numbers(c["train_error"], float), c["eval_name"],
+                      [None if x is None else _number(x, float) for x in c["eval_error"]],
+                      _numbers(c["lr"], float), c["summary"])  # fmt: skip
+        lengths = {len(v) for v in (curve.epochs, curve.steps, curve.train_error, curve.eval_error, curve.lr)}
+        if not curve.epochs or len(lengths) != 1 or not isinstance(curve.label, str) or not isinstance(
+                curve.eval_name, str) or not isinstance(curve.summary, dict | None):  # fmt: skip
+            raise ValueError("not one run's curve")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise ExperimentError(f"{path} is not the JSON of one run written by `python -m experiments.plot RUN "
                               f"--out NAME.png`; draw that run alone to get one") from None  # fmt: skip
     curve.label = label or curve.label
     return curve
+
+
+def _number(x: Any, kind: type) -> Any:
+    """`x` if it is a finite number of `kind` (an int counts as a float; a bool is never a number)."""
+    if isinstance(x, bool) or not isinstance(x, int if kind is int else int | float) or not math.isfinite(x):
+        raise ValueError(f"{x!r} is not a finite {kind.__name__}")
+    return kind(x)
+
+
+def _numbers(xs: Any, kind: type) -> list[Any]:
+    if not isinstance(xs, list):
+        raise ValueError("not a list")
+    return [_number(x, kind) for x in xs]
 
 
 def _pyplot() -> Any:
@@ -175,14 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--labels gives {len(args.labels)} labels for {len(args.runs)} runs; give one per run")
     if importlib.util.find_spec("matplotlib") is None:
         parser.error('drawing needs matplotlib: pip install -e ".[plot]"')
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: give a .png path (its JSON goes beside it)")
+    # The JSON beside the PNG must never replace a kept curve it is drawn from.
+    if any(run.resolve() == args.out.with_suffix(".json").resolve() for run in args.runs):
+        parser.error(f"--out {args.out}: its JSON would overwrite an input; give another name")
     labels = args.labels or [None] * len(args.runs)
     try:
         curves = [read_run(run, label) for run, label in zip(args.runs, labels, strict=True)]
     except ExperimentError as e:  # a run folder that cannot be drawn, and what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.out.suffix.lower() != ".png":
-        parser.error(f"--out {args.out}: give a .png path (its JSON goes beside it)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The numbers first, so that a failure to draw leaves the curves kept.
     write_json(args.out.with_suffix(".json"), {"curves": [asdict(c) for c in curves]})

@@ -63,10 +63,13 @@ def check_same_run(
         before = saved.get(key, config_default(nested[head], name) if dot else config_default(configs, key))
         if before != value:
             run_dir = path.parent.parent
+            # `--resume` can change a setting in a new folder, except what the checkpoint fixes.
+            change = f", or --resume {run_dir} {key}=... to change it in a new folder"
+            change = "" if key in ckpt.FIXED_BY_CHECKPOINT else change
             raise UsageError(
                 f"--run-dir {run_dir} holds a run with {key}={before!r}, but this command sets "
                 f"{key}={value!r}; repeat the run's own command to continue it, give another --run-dir "
-                f"for a new run, or --resume {run_dir} {key}=... to change it in a new folder"
+                f"for a new run{change}"
             )
 
 

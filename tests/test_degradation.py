@@ -203,6 +203,14 @@ def test_a_network_can_come_from_the_curve_json_of_a_run_whose_folder_is_gone(
     with pytest.raises(SystemExit) as exit_info:
         degradation.parse(["--plain", "20", "--residual", "20", "--runs", f"plain20={tmp_path / 'u.json'}"])
     assert exit_info.value.code == 2
+    # Nor can one whose results lack what the figure's title reads.
+    record = json.loads(kept.with_suffix(".json").read_text())
+    del record["curves"][0]["summary"]["batch_size"]
+    kept.with_suffix(".json").write_text(json.dumps(record))
+    given = f"resnet20={kept.with_suffix('.json')}"
+    with pytest.raises(SystemExit) as exit_info:
+        degradation.parse(["--plain", "20", "--residual", "20", "--runs", given])
+    assert exit_info.value.code == 2
 
 
 def test_the_time_limit_is_shared_by_the_runs_and_a_stop_ends_the_invocation(

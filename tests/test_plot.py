@@ -123,6 +123,32 @@ def test_a_curves_json_of_two_runs_or_uneven_lists_is_refused(tmp_path: Path) ->
         plot.read_run(one.with_suffix(".json"))
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epochs", [1.9, 2]), ("steps", ["3", 20]), ("train_error", [float("nan"), 0.1]), ("epochs", [True, 2]),
+     ("lr", "0.1"), ("summary", [["epochs", 2]]), ("label", 3)],
+)  # fmt: skip
+def test_a_hand_edited_curve_is_refused_not_drawn(tmp_path: Path, field: str, value: object) -> None:
+    out = tmp_path / "a.png"
+    assert plot.main([str(write_run(tmp_path / "a", [0.5, 0.8])), "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    record["curves"][0][field] = value
+    out.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(plot.ExperimentError, match="is not the JSON of one run"):
+        plot.read_run(out.with_suffix(".json"))
+
+
+def test_the_json_beside_the_png_never_overwrites_a_curve_it_draws(tmp_path: Path) -> None:
+    out = tmp_path / "a.png"
+    assert plot.main([str(write_run(tmp_path / "a", [0.5, 0.8])), "--out", str(out)]) == 0
+    kept = out.read_bytes(), out.with_suffix(".json").read_bytes()
+    other = write_run(tmp_path / "b", [0.4, 0.7])
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([str(out.with_suffix(".json")), str(other), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == kept
+
+
 def test_a_folder_without_metrics_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     assert plot.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")]) == 1
