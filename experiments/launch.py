@@ -195,7 +195,7 @@ def _resumed_settings(
 ) -> dict[str, Any]:
     """The checkpoint's settings under the typed ones, checked: a misfit is the user's or the file's fault."""
     for key, held in ckpt.FIXED_BY_CHECKPOINT.items():
-        kept = saved.get(key, cli.config_default(configs, key))
+        kept = saved.get(key, cli.config_default(configs, key, nested))
         if key in request.settings and (typed := request.settings[key]) != kept:
             flag = next((f.name for f in cli.FLAGS if f.key == key and f.metavar), None)
             setting = f"{flag} {typed}" if flag else f"{key}={typed}"

@@ -59,8 +59,7 @@ def check_same_run(
     command that typed other ones. A setting the run never set had its declared default.
     """
     for key, value in compared_settings(typed).items():
-        head, dot, name = key.partition(".")
-        before = saved.get(key, config_default(nested[head], name) if dot else config_default(configs, key))
+        before = saved.get(key, config_default(configs, key, nested))
         if before != value:
             run_dir = path.parent.parent
             # `--resume` can change a setting in a new folder, except what the checkpoint fixes.
