@@ -166,9 +166,7 @@ class Run:
             self.model = torch.compile(self.model, mode=c.compile_mode)
         # Copied from the network as the steps train it (with synchronised batch norm, if swapped in).
         self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
-        # What evaluation measures: the average of the weights when the run keeps one.
         self.eval_model = self.ema.module if self.ema is not None else self.model
-        # The run's length in steps: whichever of `iterations` and `epochs` ends it first.
         self.total_steps = min(c.iterations, c.epochs * len(c.train_loader))
         self.progress = Progress(self.device)
         self.stop_reason: str | None = None
@@ -251,8 +249,7 @@ class Run:
     def _report_step(self) -> None:
         """The estimate once the first steps are timed, and the status line every `log_every` steps."""
         p, c = self.progress, self.c
-        if self._timed is None:
-            # The first step pays for warm-up and compilation; the clock starts after it.
+        if self._timed is None:  # the clock starts after the first step (ESTIMATE_AFTER_STEPS)
             self._timed = (time.perf_counter(), p.step)
         steps = p.step - self._timed[1]
         seconds_per_step = (time.perf_counter() - self._timed[0]) / max(steps, 1)
@@ -353,9 +350,8 @@ class Run:
 
     def save(self) -> None:
         """
-        Every rank calls this; rank 0 writes the checkpoint, and a failed write stops the run and keeps
-        the previous file. Each rank holds the sums of its own share of a partial epoch, so the checkpoint
-        keeps their total, which the resumed epoch's record then includes as an uninterrupted one would.
+        Every rank calls this; rank 0 writes the checkpoint (a failed write stops the run, keeping the
+        previous file) with all ranks' sums over a partial epoch, as an uninterrupted epoch counts them.
         """
         sums = {k: sum_over_ranks(v, self.world).cpu() for k, v in self.progress.sums.items()}
         if self.checkpoint_path is None:
@@ -466,10 +462,8 @@ def _settings_kept(optimizer: torch.optim.Optimizer, scheduler: Any) -> Iterator
 
 def gpu_sized_on_cpu(c: Any) -> bool:
     """A CPU run of another recipe that trains at least half the images the `cpu` recipe trains."""
-    cpu_recipe_images = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES
-    return (
-        c.device.type == "cpu" and c.recipe != "cpu" and 2 * c.iterations * c.batch_size >= cpu_recipe_images
-    )
+    cpu_images = RECIPES["cpu"]["epochs"] * cifar_data.TRAIN_IMAGES
+    return c.device.type == "cpu" and c.recipe != "cpu" and 2 * c.iterations * c.batch_size >= cpu_images
 
 
 def cpu_recipe_caveat(amp: AmpChoice) -> str:
