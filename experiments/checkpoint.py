@@ -30,7 +30,6 @@ FORMAT = "resnet-annotated/cifar10-checkpoint"
 # Version 2 dropped Python's `random` state, which version 1 files still hold and is ignored.
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-# The newest checkpoint of a run is `<run folder>/checkpoints/last.pt`.
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 

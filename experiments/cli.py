@@ -261,7 +261,6 @@ def _request(
     if recipe != default_recipe or "recipe" in overrides:
         # Leaving the default out lets a resumed run keep its own; a `--recipe` flag beats `recipe=`.
         overrides["recipe"] = recipe
-    # The one place that decides whether this run wants a GPU.
     wants_cuda = bool(overrides.get("device.use_cuda", True)) and torch.cuda.is_available()
     overrides = {**recipe_book.recipe_values(recipes[recipe], overrides, on_cuda=wants_cuda), **overrides}
     if world.is_distributed and wants_cuda:

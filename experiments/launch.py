@@ -168,7 +168,6 @@ def _compute(configs: type[BaseConfigs], settings: dict[str, Any], world: World,
 
 
 def _placed(c: Any) -> torch.nn.Module:
-    """The configuration's network on its device, in its memory layout."""
     model = c.model.to(c.device)
     return model.to(memory_format=torch.channels_last) if c.channels_last else model
 
@@ -229,7 +228,6 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
     with _process(request.threads):
         experiments_path = _logs(request)
-        # `--run-dir`: a fixed run folder, which the same command continues from its checkpoint.
         fixed_dir = run_folder.check_request(request)
         if world.is_main:
             # Both output places are checked before the data or the network is touched.
