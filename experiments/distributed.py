@@ -1,11 +1,9 @@
 """
 # Several processes, one model
 
-`torchrun` starts one copy of the trainer per process and tells each its `RANK`, `LOCAL_RANK` and
-`WORLD_SIZE`. Each copy trains on its own share of every batch (the loader shards each epoch) and
-`DistributedDataParallel` averages the gradients, so all copies hold the same weights after every step;
-only rank 0 prints and writes files. The README's "Several GPUs" and "Several machines, and restarts"
-say what one step equals, how several machines start and restart, and what is tested.
+`torchrun` starts one trainer per process (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`); each trains on its share
+of every batch and `DistributedDataParallel` averages the gradients, so all hold the same weights; only
+rank 0 prints and writes files (the README's "Several GPUs" and "Several machines, and restarts").
 
 This module holds what every rank must decide alike: when to stop, who prepares the data on each
 machine, and where the run starts. A rank that acted alone would leave the others waiting forever in
@@ -55,7 +53,6 @@ def world_from_environment() -> World:
 
 
 def init_process_group(world: World, device: torch.device) -> None:
-    """NCCL between GPUs, gloo between CPU processes."""
     if not world.is_distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
