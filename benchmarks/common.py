@@ -54,9 +54,8 @@ def parser(
 
 def start(p: argparse.ArgumentParser, args: argparse.Namespace, **quick: Any) -> torch.device:
     """
-    Apply `--quick`'s sizes, check the device, set the threads and print the `machine:` line: the
-    trainer's description of the machine (`precision.machine`), its cores, load and the time, kept as
-    `args.machine`.
+    Apply `--quick`'s sizes, check the device, set the threads and print the `machine:` line, kept as
+    `args.machine`: the trainer's `precision.machine`, the cores, the load and the time.
     """
     vars(args).update(quick if args.quick else {})
     if args.device == "cuda" and not torch.cuda.is_available():

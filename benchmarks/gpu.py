@@ -187,9 +187,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 settings = trainer_settings(
                     run, data_dir, real, args.quick, device, logs_dir, args.time_limit
                 )
-                steps.append(
-                    ("trainer", label, skip, partial(train_step, label, settings, real, train_images))
-                )
+                call = partial(train_step, label, settings, real, train_images)
+                steps.append(("trainer", label, skip, call))
             for stage, name, skip, call in steps:  # one that fails costs only its own rows
                 report: dict[str, Any] = {"stage": stage, "name": name, "status": "skipped", "reason": skip,
                                           "seconds": 0.0}  # fmt: skip

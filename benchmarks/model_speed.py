@@ -36,9 +36,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1,
 
 class ReferenceResidual(nn.Sequential):
     """
-    The basic block as plain layers, no checks: two convolutions on the branch, the input added, a ReLU after
-    the sum. A block that widens the map and halves it adds option A's shortcut: every other pixel, zero
-    channels padded.
+    The basic block as plain layers, no checks: two convolutions, the input added, a ReLU after the sum; a
+    block that widens and halves the map adds option A's shortcut (every other pixel, zero channels padded).
     """
 
     def __init__(self, in_channels: int, out_channels: int, inplace: bool = True):
