@@ -64,9 +64,8 @@ def init_process_group(world: World, device: torch.device) -> None:
 
 def destroy_process_group() -> None:
     """
-    Shut the process group down, then sleep a moment: a gloo thread still letting go of its last
-    collective needs the GIL, and a script that reaches interpreter shutdown first aborts ("terminate
-    called without an active exception", a few percent of 2-process CPU runs on a loaded machine).
+    Shut the process group down, then sleep a moment: a gloo thread letting go of its last collective
+    needs the GIL, and a script at interpreter shutdown first aborts ("terminate called without...").
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -116,11 +115,10 @@ class PreparationFailed(ExperimentError):
 @contextlib.contextmanager
 def local_leader_first(world: World, device: torch.device) -> Iterator[None]:
     """
-    Run the body (reading the data, which may download and unpack it) on local rank 0 of every node
-    first, and on the node's other ranks once all of those have finished, so they find the data ready.
-    (Leaders of different nodes may still share a folder; `data.py` makes that safe.) The wait is an
-    all-reduce rather than a barrier so that it carries one bit: if a leader fails, every rank stops
-    with one line instead of waiting for a partner that is gone.
+    Run the body (reading, maybe downloading and unpacking, the data) on local rank 0 of every node first,
+    and on the other ranks once all of those have finished, so they find the data ready (leaders of several
+    nodes may share a folder: `data.py` makes that safe). The wait is an all-reduce, not a barrier, so it
+    carries one bit: if a leader fails, every rank stops with one line instead of waiting for a lost partner.
     """
     if not world.is_distributed:
         yield
