@@ -18,10 +18,9 @@ default of zero weights, and the order flips back: **ResNet-56 has lower trainin
 ResNet-20**.
 
 Each network is one ordinary [trainer](cifar10.html) run, `cifar10.train(...)`, with the same settings
-for all and a folder of its own under `--logs-dir`: a rerun reads the finished networks and resumes the
-unfinished one exactly. The residual networks keep option A (zero-padding shortcuts, no parameters), so
-each plain network has exactly its twin's weights to learn. [`plot.figure6`](plot.html#figure6) draws
-the errors per epoch. The README lists the flags; RESULTS.md has the runs.
+for all, in a folder of its own under `--logs-dir` that a rerun resumes (the README lists the flags). The
+residual networks keep option A (zero-padding shortcuts, no parameters), so each plain network has exactly
+its twin's weights to learn. [`plot.figure6`](plot.html#figure6) draws the errors per epoch.
 """
 
 import argparse

@@ -10,10 +10,9 @@ error, learning rate), a line per run; [`figure6`](#figure6) draws the paper's F
 curves for [`degradation.py`](degradation.html). Errors, as in the paper, so that two good runs are not
 squashed together against 100%.
 
-Beside the PNG goes its JSON (`curves.json`), the numbers drawn. A run folder lives on one machine's
-disk, and a machine can be gone by the next session; a few kilobytes of JSON committed next to the
-figure keep the curve. The JSON of a single run is read back in place of its folder, here and in
-`degradation.py --runs`, so a figure can be drawn again from curves whose folders are lost.
+Beside the PNG goes its JSON (`curves.json`), the numbers drawn: a run folder lives on one machine's disk,
+which can be gone by the next session, but JSON committed beside the figure keeps the curve. One run's JSON
+is read back in place of its folder, here and in `degradation.py --runs`.
 """
 
 import argparse

@@ -6,9 +6,8 @@ degradation experiment's stand-in, the benchmarks'), so that they go through the
 ([`experiments.data`](data.py)) and all its checks, read with `verify_checksums=False`. Each batch file
 is a pickled dict with `data` (`uint8` `[n, 3072]`: per image 1024 red, 1024 green, then 1024 blue
 values, each plane row-major), `labels` (a list of ints), `batch_label` and `filenames`; `batches.meta`
-holds the ten class names. The official files are Python 2 `cPickle` pickles at protocol 2; we write the
-same dicts with Python 3's `pickle.dumps(..., protocol=2)`, which
-[`experiments.cifar_pickle`](cifar_pickle.py) reads too.
+holds the ten class names. We pickle them at the official files' protocol 2, with Python 3's `pickle`
+([`experiments.cifar_pickle`](cifar_pickle.py) reads both).
 """
 
 from __future__ import annotations
