@@ -65,7 +65,7 @@ def init_process_group(world: World, device: torch.device) -> None:
 def destroy_process_group() -> None:
     """
     Shut the process group down, then sleep a moment: a gloo thread letting go of its last collective
-    needs the GIL, and a script at interpreter shutdown first aborts ("terminate called without...").
+    needs the GIL; a script reaching shutdown first aborts ("terminate called without an active exception").
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
