@@ -62,6 +62,8 @@ class TensorBatches:
     * `cutout`: side of the square Cutout blanks in each augmented image; 0 (the default) is off.
     * `small_crop`, `small_crop_epochs`: the side of the random crops of epochs before
       `small_crop_epochs` (progressive image size); 0 (the default) crops at the image's own size.
+    * `alternate_flips`: mirror each image in every other epoch, from a random first epoch, instead of
+      tossing a fresh coin each epoch (off by default; not in the paper).
     """
 
     images: torch.Tensor
@@ -82,6 +84,7 @@ class TensorBatches:
     cutout: int = 0
     small_crop: int = 0
     small_crop_epochs: int = 0
+    alternate_flips: bool = False
 
     def __post_init__(self) -> None:
         images, labels, size = self.images, self.labels, min(self.images.shape[2:], default=0)
@@ -113,6 +116,12 @@ class TensorBatches:
         # The sampler only ever sees indices, so a `range` stands in for a data set.
         order = range(len(images))
         self._sampler = DistributedSampler(order, self.world_size, self.rank, self.shuffle, self.seed)
+        # Alternating flips (Jordan, 2024, airbench): a coin per image decides epoch 0, and every later
+        # epoch mirrors exactly the images the one before did not, so two epochs in a row never show an
+        # image the same way round. The coins depend on the seed alone: every rank, and a resumed run,
+        # draws the same ones.
+        coins = torch.Generator().manual_seed(_stream(f"{self.seed}/flips"))
+        self._first_flips = torch.randint(0, 2, (len(images),), generator=coins).to(self.device)
 
     @property
     def images_per_epoch(self) -> int:
@@ -161,6 +170,8 @@ class TensorBatches:
             if self.augment:
                 crop = self.crop_size(epoch)
                 draws = self._random_draws(len(index), crop, epoch, batch)
+                if self.alternate_flips:  # the other draws stay as they were: only the coins change
+                    draws[2] = self._first_flips[index] ^ (epoch % 2)
                 images = self._crop_and_flip(images, draws, crop)
             images = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)
             if self.channels_last:
@@ -183,9 +194,7 @@ class TensorBatches:
         """
         # A hash rather than `seed + epoch + batch`, so that neighbouring (epoch, batch) pairs never share
         # a stream, e.g. epoch 1 batch 0 and epoch 0 batch 1.
-        key = f"{self.seed}/{epoch}/{self.rank}/{batch}".encode()
-        stream = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        generator = torch.Generator().manual_seed(stream)
+        generator = torch.Generator().manual_seed(_stream(f"{self.seed}/{epoch}/{self.rank}/{batch}"))
         # A smaller crop has more places to start in the padded image; at full size, 2 * PAD + 1. One
         # draw per axis takes the same numbers from the stream as one draw of both would.
         rows = [
@@ -226,6 +235,11 @@ class TensorBatches:
         return images.masked_fill_((in_rows[:, :, None] & in_columns[:, None, :])[:, None], 0)
 
 
+def _stream(key: str) -> int:
+    """A generator seed from a text key: a hash, so that similar keys never share a stream."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
 # ## CIFAR-10 as a run's configuration: the settings and labml options behind a run's three loaders,
 # extended by the training tutorial ([`cifar10.py`](cifar10.html)) as labml's `CIFAR10Configs` is.
 
@@ -260,6 +274,8 @@ class CifarDataConfigs(RunConfigs, RecordedOptions):
     # `small_crop` × `small_crop` crops, cheaper per image; 0 is off.
     small_crop: int = 0
     small_crop_epochs: int = 0
+    # Mirror each training image in every other epoch instead of at random (airbench's alternating flip).
+    alternate_flips: bool = False
     dataset: Any
     train_loader: TensorBatches
     valid_loader: TensorBatches | None
@@ -324,6 +340,7 @@ def _loader(c: CifarDataConfigs, images: tuple[torch.Tensor, torch.Tensor], *, t
         cutout=c.cutout if train else 0,
         small_crop=c.small_crop if train else 0,
         small_crop_epochs=c.small_crop_epochs if train else 0,
+        alternate_flips=train and c.alternate_flips,
         device=c.device,
         seed=c.seed,
         mean=CIFAR10_MEAN,

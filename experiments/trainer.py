@@ -410,7 +410,7 @@ class Run:
                 "train_images": c.train_loader.images_per_epoch * self.world.size,
                 "valid_images": c.valid_loader.images_per_epoch if c.valid_loader else 0,
                 "test_images": c.test_loader.images_per_epoch, "augment": c.augment, "cutout": c.cutout,
-                "flip_tta": c.flip_tta, "shift_tta": c.shift_tta,
+                "alternate_flips": c.alternate_flips, "flip_tta": c.flip_tta, "shift_tta": c.shift_tta,
             },
             "label_smoothing": c.label_smoothing, "images_seen": progress.train_images,
             **machine(self.device),

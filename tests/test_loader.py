@@ -157,6 +157,34 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors_it() -> None
     assert any((top, left) != (4, 4) for top, left, _ in seen), "some crops must reach into the padding"
 
 
+def flipped_per_image(alternate: bool, epochs: int) -> torch.Tensor:
+    """`[epochs, 64]`: whether each of 64 shuffled images came out mirrored in each epoch."""
+    # Column numbers 1..32 in channel 0 show the direction; channel 1 holds the image's index.
+    columns = torch.arange(1, 33, dtype=torch.uint8).view(1, 32).expand(32, 32)
+    images = torch.stack([torch.stack([columns, torch.full((32, 32), i + 1, dtype=torch.uint8)])
+                          for i in range(64)])  # fmt: skip
+    loader = TensorBatches(images, torch.zeros(64, dtype=torch.int64), batch_size=16, shuffle=True,
+                           augment=True, device="cpu", seed=3, mean=(0, 0), std=(1 / 255,) * 2,
+                           alternate_flips=alternate)  # fmt: skip
+    flipped = torch.zeros(epochs, 64, dtype=torch.bool)
+    for epoch in range(epochs):
+        for batch, _ in loader.epoch(epoch):
+            for crop in batch.round():
+                row = crop[0, 16][crop[0, 16] > 0]
+                flipped[epoch, int(crop[1].max()) - 1] = bool((row.diff() < 0).all())
+    return flipped
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch() -> None:
+    flipped = flipped_per_image(alternate=True, epochs=4)
+    # Epoch 0 is a coin per image; each later epoch is exactly the opposite of the one before.
+    assert 10 < int(flipped[0].sum()) < 54
+    assert torch.equal(flipped[1:], ~flipped[:-1])
+    # The default tosses a fresh coin each epoch: some image is mirrored (or not) twice in a row.
+    random = flipped_per_image(alternate=False, epochs=4)
+    assert (random[1:] == random[:-1]).any()
+
+
 def test_small_crops_are_windows_of_the_padded_image_in_the_early_epochs_only() -> None:
     # Progressive image size: epochs before `small_crop_epochs` hand out 24x24 windows of the zero-padded
     # image (from any of 17x17 places), later epochs the paper's 32x32 ones, as the full-size loader does.
