@@ -360,6 +360,16 @@ def test_figure_6_has_the_papers_layout_and_is_legible_at_readme_width() -> None
     assert 0 <= box.x0 and box.x1 <= figure.bbox.width and figure._suptitle.get_text().count("\n") >= 1
 
 
+def test_figure_6_stops_its_axis_at_30_percent_unless_a_run_ends_higher() -> None:
+    # The early epochs' errors (90% here) would squash the end, where the curves part.
+    low = plot.Curve(
+        "ResNet-20", [1, 2, 3], [10, 20, 30], [0.9, 0.2, 0.05], "test", [0.9, None, 0.08], [0.1] * 3
+    )
+    assert plot.figure6({"plain": [(20, low)], "residual": [(20, low)]}, "t").axes[0].get_ylim() == (0, 30)
+    # A run that ends at 40% test error (a short or subset run) keeps half as much again above it.
+    assert plot.figure6({"plain": [curve("plain-20", 20)]}, "t").axes[0].get_ylim() == (0, 60)
+
+
 def test_subset_is_class_balanced_and_fixed_by_the_seed() -> None:
     labels = torch.arange(1_000) % 10
     labels[:300] = 3  # an unbalanced source
