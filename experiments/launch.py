@@ -226,7 +226,7 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
     # With fp16, GradScaler skips a step whose gradients overflowed while the schedule still counts it,
     # as the paper counts iterations; PyTorch warns about that order once, and it is not a mistake here.
     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
-    with _process(request.threads):
+    with _process(request.threads), contextlib.ExitStack() as held:
         experiments_path = _logs(request)
         fixed_dir = run_folder.check_request(request)
         if world.is_main:
@@ -234,6 +234,8 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
             check_writable(fixed_dir or experiments_path, "--logs-dir")
             if request.results is not None:
                 check_writable(request.results, "--results")
+            if fixed_dir is not None:
+                held.enter_context(run_folder.held(fixed_dir))
         settings, saved = dict(request.settings), None
         resumed_from = run_folder.checkpoint_to_continue(fixed_dir) if fixed_dir else None
         if request.resume is not None:  # (never with `--run-dir`)

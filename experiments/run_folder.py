@@ -7,8 +7,17 @@ say `--resume RUN`. With `--run-dir DIR` that command continues DIR's last compl
 checkpoint yet. The README's "Several machines, and restarts" lists what it refuses and how it is tested.
 """
 
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no guard against a second command (README)
+    fcntl = None  # type: ignore[assignment]
 
 from experiments import checkpoint as ckpt
 from experiments.cli import Request
@@ -19,8 +28,11 @@ from experiments.options import config_default
 # restart may pass other values (another node's mount point) and still continue the same run.
 PLACE_SETTINGS = ("data_dir", "download", "verify_checksums", "log_every", "progress_every_s")
 
+# Held by the process that trains in the folder, and named after it; the kernel lets go when it dies.
+LOCK = "run.lock"
+
 # What labml, or a run of ours, leaves in a run folder: a folder with anything else is not one.
-RUN_FILES = ("run.yaml", ckpt.CHECKPOINT_DIR, "metrics.jsonl")
+RUN_FILES = ("run.yaml", ckpt.CHECKPOINT_DIR, "metrics.jsonl", LOCK)
 
 
 def check_request(request: Request) -> Path | None:
@@ -43,6 +55,41 @@ def check_request(request: Request) -> Path | None:
                 f"or empty folder, or a run folder, so that nothing of yours is mixed with the run's"
             )
     return run_dir
+
+
+@contextlib.contextmanager
+def held(run_dir: Path) -> Iterator[None]:
+    """
+    Rank 0 holds `run_dir` while it trains: the same command started twice (a job requeued while the
+    first still runs) would otherwise train twice into one folder, each overwriting the other's files.
+    The lock is the kernel's, so a killed process (the restart case) leaves none behind. A folder this
+    call made goes again if the run never started in it.
+    """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    try:
+        with open(path, "a+") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    raise UsageError(
+                        f"--run-dir {run_dir} is in use by {holder}, still running; wait for it to end "
+                        "(or stop it: it saves a checkpoint), then run this command again"
+                    ) from None
+                except OSError:
+                    pass  # a file system without locks (some network mounts): nothing to hold
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            f.flush()
+            yield
+    finally:
+        if made and run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= {LOCK}:
+            path.unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def checkpoint_to_continue(run_dir: Path) -> Path | None:

@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from synthetic_main import SCRIPT, TINY_MODEL, run_trainer, write_data
 
 from experiments import data as cifar_data
-from experiments import distributed
+from experiments import distributed, run_folder
 from experiments.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint
 from experiments.distributed import PreparationFailed, World, agree_on_start, start_of
 from experiments.errors import UsageError
@@ -155,6 +155,39 @@ def test_run_dir_refusals_are_one_line_and_touch_nothing(
     else:
         assert len(err) == 1 and err[0].startswith(f"error: --run-dir {target} "), err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == listing
+
+
+def test_a_run_dir_in_use_by_a_running_command_is_refused_until_it_ends(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    assert run_trainer(run_dir_args(data_dir, run_dir, "--stop-after-steps", "3")) == 0
+    checkpoint = run_dir / CHECKPOINT_DIR / LAST
+    before = checkpoint.read_bytes()
+    capsys.readouterr()
+    # The same command started again while the first still trains (here: holds the folder's lock).
+    with open(run_dir / run_folder.LOCK, "a+") as first:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first.truncate(0)
+        first.write("pid 12345 on node7")
+        first.flush()
+        assert run_trainer(run_dir_args(data_dir, run_dir)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--run-dir {run_dir} is in use by pid 12345 on node7" in err[0], err
+        assert checkpoint.read_bytes() == before
+    # Once it has ended (the kernel lets go of a dead process's lock too), the command continues the run.
+    assert run_trainer(run_dir_args(data_dir, run_dir)) == 0
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 10
+
+
+def test_a_new_run_dir_whose_run_never_started_is_not_left_behind(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "new" / "run"
+    # A setting only the configuration can refuse (after the folder is held): nothing may stay behind.
+    assert run_trainer(run_dir_args(data_dir, run_dir, "--data-dir", str(tmp_path / "nowhere"),
+                                    "--no-download")) == 1  # fmt: skip
+    assert not run_dir.exists()
 
 
 def test_a_run_dir_whose_run_died_before_its_first_checkpoint_starts_again(
