@@ -120,8 +120,10 @@ class TensorBatches:
         # epoch mirrors exactly the images the one before did not, so two epochs in a row never show an
         # image the same way round. The coins depend on the seed alone: every rank, and a resumed run,
         # draws the same ones.
-        coins = torch.Generator().manual_seed(_stream(f"{self.seed}/flips"))
-        self._first_flips = torch.randint(0, 2, (len(images),), generator=coins).to(self.device)
+        self._first_flips: torch.Tensor | None = None
+        if self.alternate_flips:
+            coins = torch.Generator().manual_seed(_stream(f"{self.seed}/flips"))
+            self._first_flips = torch.randint(0, 2, (len(images),), generator=coins).to(self.device)
 
     @property
     def images_per_epoch(self) -> int:
@@ -170,7 +172,7 @@ class TensorBatches:
             if self.augment:
                 crop = self.crop_size(epoch)
                 draws = self._random_draws(len(index), crop, epoch, batch)
-                if self.alternate_flips:  # the other draws stay as they were: only the coins change
+                if self._first_flips is not None:  # the other draws stay as they were: only the coins change
                     draws[2] = self._first_flips[index] ^ (epoch % 2)
                 images = self._crop_and_flip(images, draws, crop)
             images = images.to(torch.float32).mul_(self._scale).sub_(self._shift).to(self.dtype)

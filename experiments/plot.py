@@ -172,9 +172,7 @@ def figure6(panels: dict[str, list[tuple[int, Curve]]], title: str) -> Any:
     # The first epochs' errors, high and noisy at a large learning rate, would squash the end, where the
     # curves part, to a sliver: the axis stops at 30% (the paper's at 20%), higher for runs that end high.
     curves = [curve for pairs in panels.values() for _, curve in pairs]
-    last = [100 * c.train_error[-1] for c in curves] + [
-        evaluated(c)[1][-1] for c in curves if evaluated(c)[0]
-    ]
+    last = [100 * c.train_error[-1] for c in curves] + [ys[-1] for _, ys in map(evaluated, curves) if ys]
     axes[0][0].set_ylim(0, max(30, 5 * math.ceil(1.5 * max(last, default=0) / 5)))
     figure.suptitle("\n".join(textwrap.fill(line, 110) for line in title.splitlines()), fontsize=11)
     figure.tight_layout()
