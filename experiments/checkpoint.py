@@ -46,6 +46,7 @@ FIXED_BY_CHECKPOINT = {
     **{key: "the network its weights fit" for key in ("model", *TRAINER_DEFAULTS)},
     **{key: "how its data is split and batched" for key in ("batch_size", "train_subset", "valid_split")},
     "ema_decay": "whether it averages its weights",
+    "lookahead_every": "whether it keeps Lookahead's slow weights",
 }
 
 
@@ -168,7 +169,7 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
 # The state of each of the run's parts (`None` for a part the run does not have), its
 # [`Progress`](trainer.html#Progress)'s entries, PyTorch's random states (the loader seeds each batch's
 # generator by seed, epoch and batch, and nothing uses Python's `random`), the settings and the signature.
-PARTS = ("model", "optimizer", "scheduler", "scaler", "ema", "progress")
+PARTS = ("model", "optimizer", "scheduler", "scaler", "ema", "lookahead", "progress")
 Parts = dict[str, Any]  # the run's part under each name of `PARTS`, or `None`
 
 
@@ -201,11 +202,12 @@ def restore_checkpoint(
             f"{path} stopped at batch {batch} of an epoch that now has {batches_per_epoch} batches; "
             f"resume with the same data and batch size"
         )
-    if parts["ema"] is not None and state.get("ema") is None:
-        raise CheckpointError(
-            f"{path} has no averaged weights, though its settings set ema_decay; it was edited or written by "
-            f"another version of this trainer: use another checkpoint, or start a new run"
-        )
+    for part, setting in (("ema", "ema_decay"), ("lookahead", "lookahead_every")):
+        if parts[part] is not None and state.get(part) is None:
+            raise CheckpointError(
+                f"{path} has no {part} weights, though its settings set {setting}; it was edited or written "
+                f"by another version of this trainer: use another checkpoint, or start a new run"
+            )
     try:
         for name, part in parts.items():
             # An fp16 run keeps a fresh loss scale when the checkpoint has none; progress reads the top level.

@@ -114,6 +114,8 @@ RULES: dict[str, Rule] = {
     "seed": within(0, 2**32),
     "num_classes": at_least(10),  # CIFAR-10's labels run 0..9
     "ema_decay": within(0, 1),
+    "lookahead_every": at_least(0),
+    "lookahead_decay": within(0, 1),
     "amp": one_of(AMP_CHOICES),
     "compile_mode": one_of(COMPILE_MODES),
     "device.cuda_device": at_least(0),

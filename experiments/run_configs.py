@@ -17,7 +17,7 @@ from experiments.options import RecordedOptions
 
 
 class RunConfigs(RecordedOptions):
-    """Apart from `seed` and `ema_decay`, these change how fast and where a run computes, not what."""
+    """Apart from `seed` and the averages, these change how fast and where a run computes, not what."""
 
     device: torch.device
     # Mixed precision: none, bf16, fp16, or auto (`experiments/precision.py`).
@@ -32,6 +32,10 @@ class RunConfigs(RecordedOptions):
     # Evaluate (and checkpoint, and report) an exponential moving average of the weights with this
     # decay per step, e.g. 0.999 (`average.WeightAverage`); 0 turns it off.
     ema_decay: float = 0.0
+    # Lookahead (`average.Lookahead`): every `lookahead_every` steps (0 turns it off) the weights are
+    # pulled back to a slow average of themselves, which keeps up to `lookahead_decay` of its past.
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.95**5
     # The console's status line every this many steps (a GPU would otherwise wait for the host every
     # step); when the output is not a terminal, at most once every `progress_every_s` seconds.
     log_every: int = 20

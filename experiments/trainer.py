@@ -3,9 +3,9 @@
 
 [`cifar10.py`](cifar10.html) says what training *is*; a [`Run`](#Run) makes that a run on a real machine.
 It wraps the network for several processes and `torch.compile`, holds the number format, the [weight
-average](average.html) and the [`Progress`](#Progress), turns steps and epochs into console lines,
-metrics, checkpoints and `results.json`, and stops between steps on a request or at the first non-finite
-loss, all ranks together ([`distributed.py`](distributed.html)).
+average and Lookahead](average.html) and the [`Progress`](#Progress), turns steps and epochs into
+console lines, metrics, checkpoints and `results.json`, and stops between steps on a request or at the
+first non-finite loss, all ranks together ([`distributed.py`](distributed.html)).
 """
 
 import contextlib
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from experiments import checkpoint as ckpt
 from experiments import data as cifar_data
-from experiments.average import WeightAverage
+from experiments.average import Lookahead, WeightAverage
 from experiments.console import Console, epoch_line, estimate_line, start_line, status_line
 from experiments.distributed import NO_BAD_STEP, agree_on_stop, state_hash, sum_over_ranks
 from experiments.errors import ExperimentError, UsageError
@@ -168,6 +168,11 @@ class Run:
         self.ema = WeightAverage(self.network, c.ema_decay) if c.ema_decay > 0 else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
         self.total_steps = min(c.iterations, c.epochs * len(c.train_loader))
+        self.lookahead = (
+            Lookahead(self.network, c.lookahead_every, c.lookahead_decay, self.total_steps)
+            if c.lookahead_every > 0
+            else None
+        )
         self.progress = Progress(self.device)
         self.stop_reason: str | None = None
         self._first_bad_step = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=self.device)
@@ -225,12 +230,14 @@ class Run:
             progress.train_time_s += time.perf_counter() - start
 
     def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count a finished step: epoch sums, the weight average, the divergence watch and the console."""
+        """Count a finished step: epoch sums, the averages, the divergence watch and the console."""
         loss = loss.detach().float()
         progress = self.progress
         # Remember the first step whose loss is not finite, without waiting for the device to say so.
         first = ~torch.isfinite(loss) & (self._first_bad_step == NO_BAD_STEP)
         self._first_bad_step = torch.where(first, progress.step, self._first_bad_step)
+        if self.lookahead is not None:  # before the average, which then sees the weights that train on
+            self.lookahead.after_step(self.network, progress.step + 1)
         if self.ema is not None:
             self.ema.update(self.network)
         n = labels.shape[0]
@@ -343,9 +350,10 @@ class Run:
         return None if self.run_dir is None else self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
 
     def _parts(self) -> ckpt.Parts:
-        """The parts whose state a checkpoint holds: `scaler` and `ema` are `None` when the run has none."""
+        """The parts whose state a checkpoint holds: `scaler`, `ema`, `lookahead` are `None` when unused."""
         scaler = self.scaler if self.scaler.is_enabled() else None
-        parts = (self.network, self.c.optimizer, self.c.scheduler, scaler, self.ema, self.progress)
+        c = self.c
+        parts = (self.network, c.optimizer, c.scheduler, scaler, self.ema, self.lookahead, self.progress)
         return dict(zip(ckpt.PARTS, parts, strict=True))
 
     def save(self) -> None:
@@ -402,6 +410,7 @@ class Run:
             "cutout": c.cutout,
             # With an average, the valid/test numbers are the averaged network's.
             "ema_decay": c.ema_decay, "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
+            "lookahead_every": c.lookahead_every, "lookahead_decay": c.lookahead_decay,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             # What the numbers were measured on, so a subset run can never pass for a full one.

@@ -240,7 +240,7 @@ def test_a_checkpoint_from_later_in_an_epoch_than_this_data_has_is_refused() -> 
         def load_state_dict(self, state: dict) -> None:
             loaded.append(self.name)
 
-    parts = {name: Part(name) for name in ckpt.PARTS} | {"scaler": None, "ema": None}
+    parts = {name: Part(name) for name in ckpt.PARTS} | {"scaler": None, "ema": None, "lookahead": None}
     signature = state["signature"]
     ckpt.restore_checkpoint(Path("last.pt"), state, parts, signature, batches_per_epoch=5)
     with pytest.raises(CheckpointError, match=r"last.pt stopped at batch 5 of an epoch that now has 3 "):

@@ -102,6 +102,7 @@ def test_a_new_seed_for_a_resumed_run_is_refused_in_one_line(
         (["--model", "resnet20"], "--model resnet20"),
         (["n_blocks=[2, 2, 2]"], "n_blocks=[2, 2, 2]"),
         (["ema_decay=0.9"], "ema_decay=0.9"),
+        (["lookahead_every=2"], "lookahead_every=2"),
     ],
 )
 def test_what_the_checkpoint_fixes_cannot_be_typed_with_resume(
