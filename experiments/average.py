@@ -64,10 +64,11 @@ class Lookahead:
 
     Zhang et al.'s Lookahead (2019) in the form the fastest CIFAR-10 trainers use (Keller Jordan's
     airbench): besides the network's *fast* weights $\theta$, which SGD trains, it keeps *slow* weights
-    $\phi$. Every `every` steps, and after the last, the slow weights move part of the way towards the fast
-    ones, $\phi \leftarrow \beta_t \phi + (1 - \beta_t) \theta$, and the fast ones start again from there,
-    $\theta \leftarrow \phi$. The pull smooths SGD's jitter inside the run, not only at its end as a
-    weight average does, and the network that is evaluated and saved is the ordinary one.
+    $\phi$. Every `every` steps the slow weights move part of the way towards the fast ones,
+    $\phi \leftarrow \beta_t \phi + (1 - \beta_t) \theta$, and the fast ones start again from there,
+    $\theta \leftarrow \phi$. After the last step the network takes the slow weights (as airbench does:
+    steps since the last pull are dropped, not blended in). The pull smooths SGD's jitter inside the run,
+    not only at its end as a weight average does, and the network evaluated and saved is the ordinary one.
 
     $\beta_t = \beta (t / T)^3$ at step $t$ of $T$: no pull while the rate is high and the weights must
     travel, and a growing one as the schedule decays (airbench's $\beta = 0.95^5$ every 5 steps).
@@ -86,13 +87,15 @@ class Lookahead:
 
     @torch.no_grad()
     def after_step(self, network: nn.Module, step: int) -> None:
-        """Pull `network` to the slow weights if step number `step` (from 1) is one the pulls fall on."""
-        if step % self.every and step < self.total_steps:
+        """Pull on every `every`-th step (from 1); after the last, the network takes the slow weights."""
+        pull, last = step % self.every == 0, step >= self.total_steps
+        if not (pull or last):
             return
         weight = 1.0 - self.decay_at(step)
         state = network.state_dict()
         for name, slow in self.slow.items():
-            slow.lerp_(state[name], weight)
+            if pull:
+                slow.lerp_(state[name], weight)
             state[name].copy_(slow)
 
     def state_dict(self) -> dict[str, Any]:

@@ -343,6 +343,8 @@ def check_combinations(
     check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
         raise UsageError(f"compile_mode={o['compile_mode']} only applies with --compile")
+    if "lookahead_decay" in typed and not get("lookahead_every"):
+        raise UsageError("lookahead_decay only applies with Lookahead on: give lookahead_every=5, say")
     check_model_settings(get, typed)
     if hardware is None:
         return

@@ -33,8 +33,9 @@ class RunConfigs(RecordedOptions):
     # decay per step, e.g. 0.999 (`average.WeightAverage`); 0 turns it off.
     ema_decay: float = 0.0
     # Lookahead (`average.Lookahead`): every `lookahead_every` steps (0 turns it off) the weights are
-    # pulled back to a slow average of themselves, which keeps up to `lookahead_decay` of its past.
+    # pulled back to a slow average of themselves.
     lookahead_every: int = 0
+    # How much of its past the slow average keeps at the end of the run (airbench's 0.95**5).
     lookahead_decay: float = 0.95**5
     # The console's status line every this many steps (a GPU would otherwise wait for the host every
     # step); when the output is not a terminal, at most once every `progress_every_s` seconds.

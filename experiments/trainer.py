@@ -410,7 +410,8 @@ class Run:
             "cutout": c.cutout,
             # With an average, the valid/test numbers are the averaged network's.
             "ema_decay": c.ema_decay, "weights_sha256": hashes[0], "ranks_agree": len(set(hashes)) == 1,
-            "lookahead_every": c.lookahead_every, "lookahead_decay": c.lookahead_decay,
+            "lookahead_every": c.lookahead_every,
+            "lookahead_decay": c.lookahead_decay if c.lookahead_every else None,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             # What the numbers were measured on, so a subset run can never pass for a full one.

@@ -37,10 +37,11 @@ def test_the_pulls_follow_the_formula_on_every_kth_step_and_the_last() -> None:
         fast = {name: t.double().clone() for name, t in model.state_dict().items()}
         lookahead.after_step(model, t)
         state = model.state_dict()
-        if t in (3, 6, 7):  # every third step, and the last although 7 is not a multiple of 3
+        if t in (3, 6, 7):  # every third step; after the last (7), only the slow weights are taken
             beta = 0.5 * (t / total) ** 3
             for name in slow:
-                slow[name] = beta * slow[name] + (1 - beta) * fast[name]
+                if t != 7:
+                    slow[name] = beta * slow[name] + (1 - beta) * fast[name]
                 assert torch.allclose(state[name].double(), slow[name], atol=1e-6), (t, name)
                 assert torch.equal(state[name], lookahead.slow[name]), (t, name)
         else:  # between pulls the trained weights are left alone
@@ -87,6 +88,7 @@ def test_a_lookahead_run_resumes_exactly_slow_weights_included(data_dir: Path, t
     )
     reference = json.loads(results.read_text())
     assert (reference["lookahead_every"], reference["lookahead_decay"]) == (3, 0.6)
+    # The last step (10) is not a multiple of 3: the steps since the pull at 9 are dropped.
     reference_state = load_checkpoint(only_run(reference_logs) / "checkpoints" / "last.pt")
     # The last step pulled: the network the run reported is its slow weights.
     for name, slow in reference_state["lookahead"]["slow"].items():
@@ -150,4 +152,14 @@ def test_bad_lookahead_settings_are_one_line_errors(
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 2 and error[1].startswith("usage:"), error
     assert setting.split("=")[0] in error[0] and message in error[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_lookahead_decay_without_lookahead_is_refused(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # It would be recorded and never used.
+    assert run_trainer(tiny_args(data_dir, tmp_path / "logs", "lookahead_decay=0.5")) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "lookahead_decay only applies with Lookahead on: give lookahead_every=5" in error[0]
     assert not (tmp_path / "logs").exists()
