@@ -83,9 +83,14 @@ if __name__ == "__main__":
     sys.exit(cifar10.main([*OWN_DATA, *sys.argv[1:]]))
 
 
+def only_run(logs: Path) -> Path:
+    """The one run folder a `--logs-dir` holds (it fails if there are more or none)."""
+    (run_dir,) = (logs / "cifar10").iterdir()
+    return run_dir
+
+
 def trained_checkpoint(root: Path) -> Path:
     """A real checkpoint: a one-epoch tiny run on synthetic data under `root`; its `last.pt`."""
     data_dir = write_data(root / "data")
     assert run_trainer(tiny_args(data_dir, root / "logs")) == 0
-    (run_dir,) = (root / "logs" / "cifar10").iterdir()
-    return run_dir / "checkpoints" / "last.pt"
+    return only_run(root / "logs") / "checkpoints" / "last.pt"

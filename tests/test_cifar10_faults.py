@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_main import SCRIPT, run_trainer, tiny_args, write_data
+from synthetic_main import SCRIPT, only_run, run_trainer, tiny_args, write_data
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from experiments import checkpoint as ckpt
@@ -74,11 +74,6 @@ def resume(run_dir: Path, tmp_path: Path, *extra: str) -> dict:
     )
     assert status == 0
     return json.loads(results.read_text())
-
-
-def only_run(logs: Path) -> Path:
-    (run_dir,) = (logs / "cifar10").iterdir()
-    return run_dir
 
 
 class Output:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from synthetic_main import run_trainer, tiny_args, write_data
+from synthetic_main import only_run, run_trainer, tiny_args, write_data
 
 from experiments.average import Lookahead
 from experiments.checkpoint import load_checkpoint, save_checkpoint
@@ -71,11 +71,6 @@ def test_the_state_round_trips_and_bad_settings_are_refused() -> None:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_data(tmp_path_factory.mktemp("cifar"))
-
-
-def only_run(logs: Path) -> Path:
-    (run_dir,) = (logs / "cifar10").iterdir()
-    return run_dir
 
 
 def test_a_lookahead_run_resumes_exactly_slow_weights_included(data_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic_main import run_trainer, tiny_args, write_data
+from synthetic_main import only_run, run_trainer, tiny_args, write_data
 
 from experiments.checkpoint import load_checkpoint
 
@@ -17,11 +17,6 @@ from experiments.checkpoint import load_checkpoint
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_data(tmp_path_factory.mktemp("cifar"))
-
-
-def only_run(logs: Path) -> Path:
-    (run_dir,) = (logs / "cifar10").iterdir()
-    return run_dir
 
 
 def metrics(run_dir: Path) -> list[dict]:
