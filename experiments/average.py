@@ -99,7 +99,8 @@ class Lookahead:
             state[name].copy_(slow)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"slow": dict(self.slow), "every": self.every, "decay": self.decay}
+        # Only the slow weights: `every` and `decay` are the run's settings, which the checkpoint keeps.
+        return {"slow": dict(self.slow)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["slow"].keys() != self.slow.keys():
