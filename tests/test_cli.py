@@ -218,7 +218,7 @@ def test_help_recipes_lists_every_setting_of_every_recipe(capsys: pytest.Capture
             if key != "cuda":
                 setting = f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
                 assert setting in described, (name, setting)
-    assert "epochs=30" in text.split("cpu: ", 1)[1].split("resnet9: ")[0]
+    assert f"epochs={RECIPES['cpu']['epochs']}" in text.split("cpu: ", 1)[1].split("resnet9: ")[0]
 
 
 def test_list_configs_prints_every_settable_key_with_its_type_default_and_help(
