@@ -4,7 +4,7 @@
 ```
 python experiments/cifar10.py                    # ResNet-20, §4.2
 python experiments/cifar10.py --model resnet56 --valid-split
-python experiments/cifar10.py --recipe cpu       # 25 epochs; recipes.py lists how it departs from §4.2
+python experiments/cifar10.py --recipe cpu       # 39 epochs; recipes.py lists how it departs from §4.2
 python experiments/cifar10.py --resume <run>
 python experiments/cifar10.py --eval <ckpt.pt>
 ```

@@ -2,7 +2,8 @@
 # The degradation problem: plain networks against residual networks (Figure 6)
 
 ```
-python experiments/degradation.py --data-dir DATA --recipe cpu --time-limit 10000   # rerun to resume
+python experiments/degradation.py --data-dir DATA --recipe cpu --epochs 41 flip_tta=false shift_tta=0 \\
+    --time-limit 10000                                                   # again until it draws
 python experiments/degradation.py --data-dir DATA --quick              # a subset at half width
 python experiments/degradation.py --runs resnet20=logs/cifar10/<uuid> ... --out figure6.png
 ```

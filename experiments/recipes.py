@@ -13,8 +13,8 @@ the training error is below 80% (about 400 iterations), and then go back to 0.1"
 to), and refuses a warm-up that would reach the first drop and so never train at the full rate.
 
 **`fast`** (batch 512 to keep a GPU busy, the rate scaled to 0.4) and **`cpu`** (the paper's ResNet-20
-at batch 128 and rate 0.2, in half an hour on two CPU cores with native bf16, its settings chosen on
-the 45k/5k validation split only) train 30 and 39 epochs, respectively, instead of about 164, the
+at batch 128 and rate 0.2, sized for half an hour on two CPU cores with native bf16, its settings
+chosen on the 45k/5k validation split only) train 30 and 39 epochs, respectively, instead of about 164, the
 time budget, and depart from §4.2 in the same ways, all for a short run:
 
 * **a linear warm-up, then a cosine decay to 0**: no epochs wasted at a rate too high or too low, and
