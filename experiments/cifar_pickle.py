@@ -8,9 +8,11 @@ with only numpy's array rebuilder, `ndarray` and `dtype` allowed, a file could s
 So nothing here unpickles: [`read_pickle`](#read_pickle) evaluates the opcodes `pickletools.genops`
 reads that CIFAR-10 files use (dicts, lists, tuples, ints, strings) and recognises numpy's pattern for
 an array by its shape, taking a shape, an integer dtype code and raw bytes that it checks and turns
-into an array with `np.frombuffer`. Anything else raises `NotCifarPickle` before it is built. Both
-spellings of protocol 2 are read: the official files' (Python 2's `cPickle`, numpy 1) and Python 3's,
-which [`experiments.synthetic`](synthetic.py) writes (bytes as `_codecs.encode(text, "latin1")` calls).
+into an array with `np.frombuffer`. Anything else raises `NotCifarPickle` before it is built, and so
+does a file that would build more arrays and byte strings than its own size can account for (see
+[`_Allowance`](#_Allowance)). Both spellings of protocol 2 are read: the official files' (Python 2's
+`cPickle`, numpy 1) and Python 3's, which [`experiments.synthetic`](synthetic.py) writes (bytes as
+`_codecs.encode(text, "latin1")` calls).
 """
 
 from __future__ import annotations
@@ -59,6 +61,34 @@ class _Promise:
     value: np.ndarray | np.dtype | None = None
 
 
+class _Allowance:
+    """
+    How many more bytes of arrays and byte strings one file may have us build.
+
+    A pickle may fetch a value it has already put down (BINGET) for two bytes, so without a bound a
+    file holding one megabyte string could ask for that string as thousands of one-megabyte arrays.
+    Refusing a string's second use would also refuse legitimate sharing (CPython keeps one object for
+    `b""` and every one-byte string), so we count bytes instead. Each byte of a CIFAR-10 file becomes at
+    most two bytes that we build: Python 2 writes an array's contents as a string that becomes the
+    array; Python 3 writes them as UTF-8 text, at least as long as the bytes it encodes, that becomes
+    bytes and then the array. Twice the file's size is therefore enough for anything either writer
+    makes, and a file that needs more can only be reusing its own data.
+    """
+
+    def __init__(self, file_size: int) -> None:
+        self.limit = 2 * file_size
+        self.left = self.limit
+
+    def spend(self, size: int) -> None:
+        """Charge `size` bytes before they are allocated; refuse the file if it has run out."""
+        if size > self.left:
+            raise NotCifarPickle(
+                f"asks for more than {self.limit:,} bytes of arrays and byte strings (twice its own size) "
+                "by reusing its data, which no CIFAR-10 file does"
+            )
+        self.left -= size
+
+
 def _settled(value: Any) -> Any:
     if isinstance(value, _Promise):
         if value.value is None:
@@ -67,7 +97,7 @@ def _settled(value: Any) -> Any:
     return value
 
 
-def _reduce(function: Any, args: Any) -> Any:
+def _reduce(function: Any, args: Any, allowance: _Allowance) -> Any:
     """The calls the two writers make, each recognised by its arguments and done by us."""
     if not isinstance(function, _Name) or not isinstance(args, tuple):
         raise NotCifarPickle("calls something other than one of numpy's rebuilders")
@@ -82,13 +112,14 @@ def _reduce(function: Any, args: Any) -> Any:
             raise NotCifarPickle(f"asks for a dtype {args[0]!r}, expected uint8 images or integer labels")
         return _Promise("dtype", args[0])
     if key == _ENCODE and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1":
+        allowance.spend(len(args[0]))  # latin-1 text encodes to one byte a character
         return args[0].encode("latin1")  # raises for text beyond latin-1: then it is no byte string
     if key == _EMPTY_BYTES and args == ():
         return b""
     raise NotCifarPickle(f"calls {'.'.join(key)} as no CIFAR-10 file does")
 
 
-def _build(promise: Any, state: Any) -> None:
+def _build(promise: Any, state: Any, allowance: _Allowance) -> None:
     """Describe a promised dtype or array from the BUILD state, checking every part of it."""
     if not isinstance(promise, _Promise) or promise.value is not None or not isinstance(state, tuple):
         raise NotCifarPickle("sets the state of something other than a new numpy array or dtype")
@@ -107,11 +138,13 @@ def _build(promise: Any, state: Any) -> None:
     sizes_ok = isinstance(shape, tuple) and all(type(size) is int and size >= 0 for size in shape)
     if not sizes_ok or not 1 <= len(shape) <= 4:  # at most [n, 3, 32, 32]; batches must be [n, 3072]
         raise NotCifarPickle(f"describes an array of shape {shape!r}")
-    raw = raw.encode("latin1") if isinstance(raw, str) else raw  # Python 2's str, as latin-1 text
     # Python's integers do not overflow and `raw` is already in memory, so a shape claiming more
-    # elements than the file has bytes allocates nothing.
+    # elements than the file has bytes allocates nothing. Python 2's str is latin-1 text: one byte a
+    # character, so its length is the array's size in bytes too.
     if math.prod(shape) * dtype.itemsize != len(raw):
         raise NotCifarPickle(f"claims shape {list(shape)} of {dtype} but holds {len(raw)} bytes")
+    allowance.spend(len(raw))
+    raw = raw.encode("latin1") if isinstance(raw, str) else raw
     promise.value = np.frombuffer(raw, dtype).reshape(shape).copy()
 
 
@@ -120,6 +153,12 @@ _NEW = {"NONE": lambda: None, "NEWTRUE": lambda: True, "NEWFALSE": lambda: False
 _NEW.update(EMPTY_DICT=dict, EMPTY_LIST=list, EMPTY_TUPLE=tuple)
 # Opcodes whose argument is the value: ints and strings.
 _LITERALS = {"BININT", "BININT1", "BININT2", "LONG1", "SHORT_BINSTRING", "BINSTRING", "BINUNICODE"}
+
+# Small values cost memory by their numbers too: an empty list is one byte of the file and about sixty
+# bytes built. A batch of 10,000 images is about 30,000 opcodes (a name, a label and a memo entry each),
+# so this bound leaves room for sets of one's own fifty times larger and caps what a file of tiny values
+# can have us build at a few hundred megabytes.
+MAX_OPCODES = 1_500_000
 
 
 def read_pickle(raw: bytes) -> Any:
@@ -131,6 +170,7 @@ def read_pickle(raw: bytes) -> Any:
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
+    allowance = _Allowance(len(raw))
 
     def pop(count: int) -> list[Any]:
         if count > len(stack):
@@ -139,7 +179,9 @@ def read_pickle(raw: bytes) -> Any:
         del stack[len(stack) - count :]
         return items
 
-    for opcode, arg, position in pickletools.genops(io.BytesIO(raw)):
+    for count, (opcode, arg, position) in enumerate(pickletools.genops(io.BytesIO(raw))):
+        if count >= MAX_OPCODES:
+            raise NotCifarPickle(f"holds more than {MAX_OPCODES:,} values, which no CIFAR-10 file needs")
         name = opcode.name
         if position == 0 and name != "PROTO":  # every protocol-2 pickle opens so: this is no pickle
             raise ValueError("the bytes do not start as a pickle does")
@@ -183,10 +225,10 @@ def read_pickle(raw: bytes) -> Any:
         elif name == "REDUCE":
             function, args = stack[-2:] if len(stack) >= 2 else (None, None)
             del stack[-2:]
-            stack.append(_reduce(function, args))
+            stack.append(_reduce(function, args, allowance))
         elif name == "BUILD":
             state = stack.pop()
-            _build(stack[-1], state)
+            _build(stack[-1], state, allowance)
         elif name == "STOP":
             if len(stack) != 1 or marks:
                 raise ValueError("the pickle ends with a stack that does not hold exactly one value")

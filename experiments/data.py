@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import socket
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -53,6 +54,13 @@ NUM_CLASSES = 10
 TRAIN_IMAGES = 50_000
 TEST_IMAGES = 10_000
 _IMAGE_VALUES = 3 * 32 * 32
+# The most bytes one file may hold, checked before it is read, so that the wrong file under a right name
+# (a disk image, a video) is refused in one line instead of filling memory, where parsing could take up
+# to twice as much again. The official batches are 31 MB and the archive 170 MB: twice a batch leaves
+# room for sets of one's own with larger batches, and the archive may hold seven such files, as
+# CIFAR-10's does.
+_MAX_FILE_BYTES = 64 * 2**20
+_MAX_ARCHIVE_BYTES = 7 * _MAX_FILE_BYTES
 
 
 def official_md5() -> dict[str, str]:
@@ -262,18 +270,41 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
 
 
 def _read_bytes(path: Path, *, verify: bool) -> bytes:
-    """The whole file, in one read; when `verify`, only if those bytes have the published md5 sum."""
+    """
+    The whole of a regular file, in one read of the size it has when opened; when `verify`, only if those
+    bytes have the published md5 sum. The caller parses or unpacks exactly the bytes returned.
+    """
+    official = f"replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL})"
+    limit = _MAX_ARCHIVE_BYTES if path.name == ARCHIVE_NAME else _MAX_FILE_BYTES
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
+        # Opening a named pipe would wait for a writer, perhaps forever; O_NONBLOCK returns at once, and
+        # a regular file, the only kind read below, reads the same with it. (Windows has no such flag, and
+        # no named pipes among its files.)
+        nonblocking = getattr(os, "O_NONBLOCK", 0)
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | nonblocking)) as file:
+            # The open file's own status, not the path's: a file swapped in after a check cannot pass it.
+            status = os.fstat(file.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                # /dev/zero never ends and a pipe may never answer: refused here, not a MemoryError or a hang.
+                kinds = {"c": "device", "b": "device", "p": "named pipe", "s": "socket"}
+                kind = kinds.get(stat.filemode(status.st_mode)[0], "special file")
+                problem = f"is a {kind}, not a regular file"
+                raise DataError(path, problem, f"{official}; a symbolic link must point to a regular file")
+            if status.st_size > limit:
+                problem = f"holds {status.st_size:,} bytes, more than the {limit:,} any CIFAR-10 file needs"
+                raise DataError(path, problem, f"it is not CIFAR-10: {official}")
+            # Exactly the size seen: a file still growing cannot make us read more than was checked.
+            raw = file.read(status.st_size)
     except FileNotFoundError:
         raise DataError(path, "is missing", _REFILL) from None
     except PermissionError:
         raise _denied(path) from None
     except OSError as error:
         raise DataError(path, f"cannot be read ({error.strerror})", "check the disk and the file") from None
+    if len(raw) != status.st_size:
+        problem = f"shrank from {status.st_size:,} to {len(raw):,} bytes while being read"
+        raise DataError(path, problem, "let whatever is writing to the data folder finish, then run again")
     if verify and (mismatch := _md5_mismatch(path, raw)):
-        official = f"replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL})"
         own = "for data in CIFAR-10's format that is meant to differ, pass verify_checksums=false"
         raise DataError(path, mismatch, f"the file is damaged or not the official one: {official}; {own}")
     return raw

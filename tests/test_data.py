@@ -32,6 +32,7 @@ import sys
 import tarfile
 import threading
 import time
+import tracemalloc
 import urllib.parse
 import urllib.request
 import warnings
@@ -43,8 +44,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import data
-from experiments.cifar_pickle import read_pickle
+from experiments import cifar_pickle, data
+from experiments.cifar_pickle import NotCifarPickle, read_pickle
 from experiments.data import DataError, load_cifar10, split_validation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -233,6 +234,22 @@ def test_the_parser_reads_what_python_3_writes_as_the_unpickler_does() -> None:
         assert parsed[code].dtype.itemsize == reference[code].dtype.itemsize
         assert parsed[code].tolist() == reference[code].tolist()
         assert parsed[code].flags.writeable and parsed[code].flags.c_contiguous
+
+
+def test_the_parser_builds_what_python_3_writes_at_its_most_compact() -> None:
+    # The parser builds at most twice a file's size. Python 3 comes closest: bytes below 0x80 take one
+    # byte of UTF-8 text each, which becomes a byte string and then the array. CPython also shares one
+    # object for `b""` and for each one-byte string, so a legitimate file may use the same bytes twice.
+    value = {
+        "data": np.zeros((20, 3072), np.uint8),
+        "shared": [np.array([7], np.uint8), np.array([7], np.uint8), np.zeros(0, np.uint8)] * 2,
+    }
+    blob = pickle.dumps(value, protocol=2)
+    built = 2 * value["data"].nbytes  # the text's bytes, then the array
+    assert built > 0.99 * (2 * len(blob)), "within 1% of the allowance: as compact as Python 3 writes"
+    parsed = read_pickle(blob)
+    assert np.array_equal(parsed["data"], value["data"])
+    assert [array.tolist() for array in parsed["shared"]] == [[7], [7], []] * 2
 
 
 # ## Checksums on: the path every real user takes
@@ -555,8 +572,10 @@ def p_file(body: bytes) -> bytes:
     return b"\x80\x02" + body + b"."
 
 
-def hostile_batch(data: bytes, labels: bytes = p_list(*[p_int(0)] * 20)) -> bytes:
-    return p_file(p_dict(batch_label=p_str(b"b"), labels=labels, data=data, filenames=p_list()))
+def hostile_batch(
+    data: bytes, labels: bytes = p_list(*[p_int(0)] * 20), filenames: bytes = p_list()
+) -> bytes:
+    return p_file(p_dict(batch_label=p_str(b"b"), labels=labels, data=data, filenames=filenames))
 
 
 def hostile_meta(names: list[bytes]) -> bytes:
@@ -564,6 +583,25 @@ def hostile_meta(names: list[bytes]) -> bytes:
 
 
 PIXELS = bytes(20 * 3072)
+REUSES = 1000  # how often the cases below ask for the same bytes again: 61 MB from a file of 0.3 MB
+
+
+def p_reused_as_arrays(raw: bytes, times: int) -> bytes:
+    """A list of `times` arrays, all from the one string `raw`: stored in the memo once, then fetched."""
+    state = p_int(1), p_tuple(p_int(len(raw))), UINT8, b"\x89"
+    first = NEW_ARRAY + p_tuple(*state, p_str(raw) + b"q\x01") + b"b"  # BINPUT 1
+    again = NEW_ARRAY + p_tuple(*state, b"h\x01") + b"b"  # BINGET 1
+    return p_list(first, *[again] * (times - 1))
+
+
+def p_reused_as_bytes(raw: bytes, times: int) -> bytes:
+    """A list of `times` byte strings, Python 3's `_codecs.encode` calls on the one text `raw`."""
+    encode, latin1 = p_global("_codecs", "encode"), p_str(b"latin1")
+    first = encode + p_tuple(p_str(raw) + b"q\x01", latin1) + b"R"
+    again = encode + p_tuple(b"h\x01", latin1) + b"R"
+    return p_list(first, *[again] * (times - 1))
+
+
 OBJECT = p_dtype("O8", b"N", b"N", b"N", -1, -1, 63)
 # An object field at offset 0 of an 8-byte void dtype whose flags (0) claim it holds no objects.
 OBJECT_FIELD = p_dtype("V8", b"N", p_tuple(p_str(b"a")), p_dict(a=p_tuple(OBJECT, p_int(0))), 8, 1, 0)
@@ -659,6 +697,15 @@ HOSTILE: dict[str, tuple[str, bytes]] = {
         "batches.meta",
         p_file(p_global("builtins", "eval") + p_tuple(p_str(b"open('SENTINEL', 'w')")) + b"R"),
     ),
+    # A batch otherwise fine: the loader never looks at `filenames`, so only the parser can refuse these.
+    "the pixels reused as many arrays": (
+        "data_batch_2",
+        hostile_batch(p_array((20, 3072), UINT8, PIXELS), filenames=p_reused_as_arrays(PIXELS, REUSES)),
+    ),
+    "one text reused as many byte strings": (
+        "test_batch",
+        hostile_batch(p_array((20, 3072), UINT8, PIXELS), filenames=p_reused_as_bytes(PIXELS, REUSES)),
+    ),
 }
 
 LOAD_HOSTILE_SCRIPT = """
@@ -721,6 +768,38 @@ def test_a_hostile_file_is_refused_in_one_line(
     assert "\n" not in message and "Fix:" in message
     refusals = ("is not a CIFAR-10 file", "class names that are not text", "not a flat list of integers")
     assert any(refusal in message for refusal in refusals), message
+
+
+@pytest.mark.parametrize("reuse", [p_reused_as_arrays, p_reused_as_bytes], ids=["arrays", "byte strings"])
+def test_bytes_reused_from_the_memo_are_refused_before_they_fill_memory(
+    reuse: Callable[[bytes, int], bytes],
+) -> None:
+    blob = p_file(reuse(PIXELS, REUSES))
+    tracemalloc.start()  # numpy reports its arrays' memory to tracemalloc too
+    try:
+        with pytest.raises(NotCifarPickle, match=r"^asks for more than [\d,]+ bytes .* reusing its data"):
+            read_pickle(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # What was built stays within the allowance: nowhere near the 61 MB the file asks for.
+    assert peak < 5 * len(blob) < len(PIXELS) * REUSES / 50, f"peak {peak:,} bytes for {len(blob):,}"
+
+
+def test_a_file_of_countless_tiny_values_is_refused_before_they_fill_memory() -> None:
+    # One byte of file per empty list, ~60 bytes each once built: only the count of values bounds it.
+    count = cifar_pickle.MAX_OPCODES + 1
+    blob = b"\x80\x02(" + b"]" * count + b"l."  # PROTO 2, MARK, EMPTY_LIST..., LIST, STOP
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            NotCifarPickle, match=r"^holds more than [\d,]+ values, which no CIFAR-10 file needs"
+        ):
+            read_pickle(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"peak {peak:,} bytes"
 
 
 CIFAR10_SCRIPT = REPO_ROOT / "experiments" / "cifar10.py"
@@ -858,6 +937,99 @@ def test_an_archive_swapped_after_it_is_read_cannot_change_what_is_unpacked(
     for member in members:
         assert (tmp_path / data.BATCHES_FOLDER / member.name).read_bytes() == member.read_bytes()
     assert arrays.train_images.shape == (20, 3, 32, 32)
+
+
+def change_after_fstat(monkeypatch: pytest.MonkeyPatch, path: Path, change: Callable[[Path], None]) -> None:
+    """Apply `change` to `path` on disk once the loader has taken the status of its open file."""
+    real_fstat = os.fstat
+    inode = path.stat().st_ino
+    changed: list[bool] = []
+
+    def fstat_then_change(descriptor: int) -> os.stat_result:
+        status = real_fstat(descriptor)
+        if status.st_ino == inode and not changed:
+            changed.append(True)
+            change(path)
+        return status
+
+    monkeypatch.setattr(data.os, "fstat", fstat_then_change)
+
+
+def test_a_batch_that_grows_while_it_is_read_loads_as_it_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    synthetic.publish_digests_of(monkeypatch, *folder.iterdir())
+    verified = load_cifar10(tmp_path, download=False)
+    with_more = lambda path: path.write_bytes(path.read_bytes() + b"more")  # noqa: E731
+    change_after_fstat(monkeypatch, folder / "data_batch_3", with_more)
+    arrays = load_cifar10(tmp_path, download=False)  # checksums on: the md5 is of the bytes parsed
+    assert torch.equal(arrays.train_images, verified.train_images)
+
+
+def test_a_batch_that_shrinks_while_it_is_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path, n_per_train_batch=4, n_test=6)
+    change_after_fstat(monkeypatch, folder / "test_batch", truncate)
+    error = load_expecting_error(tmp_path, download=False, verify_checksums=False)
+    assert str(error).startswith(f"{folder / 'test_batch'}: shrank from ")
+
+
+# ## Only regular files, and only as large as CIFAR-10's
+#
+# Reading a file whole is safe only when it has an end, and one that fits in memory. A link to a device
+# such as /dev/zero never ends, and opening a named pipe waits for a writer that may never come; a file
+# far larger than any in CIFAR-10 is the wrong file. Each is refused in one line before it is read.
+
+
+def test_a_link_to_a_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    # The report linked /dev/zero. /dev/null is refused by the same check (both are character devices),
+    # but should the check ever go, reading it ends at once instead of filling the test machine's memory.
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    (folder / "batches.meta").unlink()
+    (folder / "batches.meta").symlink_to("/dev/null")
+    error = load_expecting_error(tmp_path, verify_checksums=False)
+    assert str(error).startswith(f"{folder / 'batches.meta'}: is a device, not a regular file. Fix: ")
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    folder = synthetic.write_synthetic_cifar10(tmp_path)
+    pipe = folder / "data_batch_4"
+    pipe.unlink()
+    os.mkfifo(pipe)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            outcome.append(load_expecting_error(tmp_path, verify_checksums=False))
+        except BaseException as failure:  # noqa: BLE001 - a failed check, handed to the test's thread
+            outcome.append(failure)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=20)
+    if loader.is_alive():
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # a writer that leaves at once frees the reader
+        loader.join()
+        pytest.fail("the loader waited for something to write to a named pipe")
+    (error,) = outcome
+    if not isinstance(error, DataError):
+        raise error
+    assert str(error).startswith(f"{pipe}: is a named pipe, not a regular file. Fix: ")
+
+
+@pytest.mark.parametrize("name", ["data_batch_1", data.ARCHIVE_NAME])
+def test_a_file_larger_than_cifar_10_needs_is_refused_before_it_is_read(tmp_path: Path, name: str) -> None:
+    if name == data.ARCHIVE_NAME:
+        path, limit = tmp_path / name, data._MAX_ARCHIVE_BYTES
+    else:
+        path, limit = synthetic.write_synthetic_cifar10(tmp_path) / name, data._MAX_FILE_BYTES
+    # Sparse: the file claims its size without the test writing it, and is read only if not refused.
+    with open(path, "wb") as file:
+        file.truncate(limit + 1)
+    error = load_expecting_error(tmp_path, download=False, verify_checksums=False)
+    assert str(error).startswith(f"{path}: holds {limit + 1:,} bytes, more than the {limit:,} ")
 
 
 def test_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
