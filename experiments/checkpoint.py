@@ -2,13 +2,17 @@
 # Checkpoints that survive crashes and cannot run code
 
 A run can be killed at any moment, so the last checkpoint must always be whole ([`files.py`](files.html)
-writes atomically), and loading one must do nothing but load numbers (`torch.load(weights_only=True)`).
-Each records a SHA-256 of its other entries ([`checkpoint_digest`](../resnet/loading.html), which
-`resnet.load_checkpoint` checks too), checked over the very tensors just parsed. Every way a file can be
-wrong is a `CheckpointError`: one line naming the file and the fix.
+writes atomically), and loading one must do nothing but load numbers (`torch.load(weights_only=True)`,
+through the library's [`load_weights_only`](../resnet/loading.html), which first refuses an archive
+`torch.save` did not write). Each records a SHA-256 of its other entries
+([`checkpoint_digest`](../resnet/loading.html), which `resnet.load_checkpoint` checks too), checked over
+the very tensors just parsed, and each entry must have the shape its writer gives it
+([`malformed`](#malformed)). Every way a file can be wrong is a `CheckpointError`: one line naming the
+file and the fix.
 """
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +21,15 @@ import torch
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import atomic_write
 from resnet.loading import (
+    MAX_FILE_BYTES,
     TRAINER_DEFAULTS,
     TRAINER_DIGEST,
     checkpoint_damage,
     checkpoint_digest,
     intact_alternative,
+    load_weights_only,
 )
+from resnet.pretrained import read_regular_file
 
 # Tells our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"
@@ -71,7 +78,13 @@ def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_regular_file(path, MAX_FILE_BYTES, "a checkpoint")
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror or e}); check the path") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} {e}; pass the last.pt of a run folder") from None
+    try:
+        state = load_weights_only(raw)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         if isinstance(e, pickle.UnpicklingError):  # what `weights_only` refuses to construct or call
@@ -97,6 +110,11 @@ def load_checkpoint(path: Path, *, advise: bool = True) -> dict[str, Any]:
     for key in ("model", "config", "signature", "position"):
         if key not in state:
             raise CheckpointError(f"{path} is incomplete: it has no '{key}' entry")
+    if problem := malformed(state):
+        raise CheckpointError(
+            f"{path} is malformed: {problem}; it was edited or written by another version of this "
+            f"trainer: use another checkpoint, or start a new run"
+        )
     return state
 
 
@@ -171,6 +189,93 @@ def find_checkpoint(reference: str, logs_dir: Path) -> Path:
 # generator by seed, epoch and batch, and nothing uses Python's `random`), the settings and the signature.
 PARTS = ("model", "optimizer", "scheduler", "scaler", "ema", "lookahead", "progress")
 Parts = dict[str, Any]  # the run's part under each name of `PARTS`, or `None`
+
+
+# ### The shape of each entry
+#
+# A checkpoint whose digest matches is not damaged, but it may still have been edited (the digest is
+# rewritten with it) or written by another version. Its entries are checked here, once, against what
+# their writers (`checkpoint_state`, each part's `state_dict`) give them, so that `--resume`, `--eval` and
+# `export_weights.py` refuse such a file in one line before any of it is used, instead of failing part
+# way through (a `history` that is not a list fails only after the first new epoch, its run folder
+# made). The settings (`config`) are checked like a command line's, by `launch.checked_settings`.
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_tensors(value: Any) -> bool:
+    """A state dict: tensors by name."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _is_signature(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("model"), str)
+        and _is_count(value.get("num_classes"))
+        and isinstance(shapes := value.get("shapes"), dict)
+        and all(isinstance(s, list) and all(_is_count(n) for n in s) for s in shapes.values())
+    )
+
+
+def _is_history(value: Any) -> bool:
+    """One record per epoch, as `metrics.jsonl` holds them; the next epoch reads the last one's time."""
+    scalars = (int, float, str, type(None))
+    return isinstance(value, list) and all(
+        isinstance(record, dict)
+        and _is_number(record.get("train_time_s"))
+        and all(isinstance(k, str) and isinstance(v, scalars) for k, v in record.items())
+        for record in value
+    )
+
+
+def _is_rng(value: Any) -> bool:
+    """PyTorch's CPU generator state, and the GPUs' when the run had them."""
+    cuda = value.get("cuda") if isinstance(value, dict) else None
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("torch"), torch.ByteTensor)
+        and (cuda is None or (isinstance(cuda, list) and all(isinstance(t, torch.ByteTensor) for t in cuda)))
+    )
+
+
+# Each entry's test and what it must be, in words. `model`, `signature` and `position` are in every
+# checkpoint; the others are tested when present (a run without the part saves `None` for it).
+_ENTRY_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (_is_tensors, "a state dict (tensors by name)"),
+    "ema": (
+        lambda v: v is None or (isinstance(v, dict) and _is_tensors(v.get("model"))),
+        "null or a weight average ({'model': a state dict, ...})",
+    ),
+    "lookahead": (
+        lambda v: v is None or (isinstance(v, dict) and _is_tensors(v.get("slow"))),
+        "null or Lookahead's {'slow': a state dict}",
+    ),
+    "signature": (_is_signature, "{'model': a name, 'num_classes': a count, 'shapes': {name: [sizes]}}"),
+    "position": (
+        lambda v: isinstance(v, dict) and all(_is_count(v.get(k)) for k in ("step", "epoch", "batch")),
+        "{'step', 'epoch', 'batch': counts}",
+    ),
+    "epoch_sums": (_is_tensors, "tensors by name"),
+    "history": (_is_history, "a list of epoch records (numbers and text by name, with 'train_time_s')"),
+    "rng": (_is_rng, "{'torch': a byte tensor, 'cuda': a list of them or absent}"),
+}
+
+
+def malformed(state: dict[str, Any]) -> str | None:
+    """What in a parsed checkpoint does not have the shape its writer gives it, in words, or `None`."""
+    for entry, (fits, expected) in _ENTRY_SHAPES.items():
+        if entry in state and not fits(state[entry]):
+            return f"its '{entry}' entry is not {expected}"
+    return None
 
 
 def run_config(settings: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,11 @@ network from any of them, by the name and options each records:
 
 Every one of these files comes from outside, so none of them chooses what gets constructed beyond a
 registered network and its declared options (each checked for its type,
-[`registry.check_untrusted_options`](registry.html#check_untrusted_options)). Each file is read once
-and those bytes are parsed; a trainer checkpoint, a pickle, is parsed with `weights_only=True`, which
-builds tensors and plain containers only. The network is first built on the `meta` device, which
+[`registry.check_untrusted_options`](registry.html#check_untrusted_options)). Each file is read once,
+only if it is a regular file of at most `MAX_FILE_BYTES`, and those bytes are parsed; a trainer
+checkpoint, a pickle in a zip archive, is parsed with `weights_only=True`, which builds tensors and
+plain containers only, and only once its archive is known to hold nothing compressed
+([`load_weights_only`](#load_weights_only)). The network is first built on the `meta` device, which
 allocates nothing, and compared with the file's tensors, so a file that asks for a huge network it
 does not hold is refused before any memory is spent on it.
 
@@ -33,6 +35,8 @@ import json
 import os
 import pickle
 import re
+import struct
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_VERSION = 1
 _MAX_CONFIG_BYTES = 1 << 16
+# The largest weight file or checkpoint read whole, 4 GiB: a checkpoint of the largest preset, ResNet-152
+# (its weights, their momentum, a weight average and Lookahead's slow weights), is about a quarter of it.
+# A larger file, or one that never ends (a link to `/dev/zero`), is refused before a byte of it is read.
+MAX_FILE_BYTES = 1 << 32
 
 
 class LoadError(ValueError):
@@ -170,16 +178,23 @@ def _tensor_shapes(source: nn.Module | dict[str, torch.Tensor]) -> dict[str, tup
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def _build_checked(name: str, options: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> Model:
-    """The registered network `name`, built only once its shapes are known to be the file's tensors'."""
+def _checked_options(name: str, options: Any, source: str) -> dict[str, Any]:
+    """A file's network `name` and `options`, checked against the registry before anything uses them."""
     try:
         registry.model_builder(name)
     except ValueError as e:
         raise LoadError(f"{source}: {e}") from None
     try:
-        options = registry.check_untrusted_options(name, options, source)
+        return registry.check_untrusted_options(name, options, source)
     except ValueError as e:
         raise LoadError(str(e)) from None
+
+
+def _build_checked(name: str, options: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> Model:
+    """
+    The registered network `name`, built only once its shapes are known to be the file's tensors'
+    (`options` already [checked](#_checked_options)).
+    """
     # Each block holds at least two tensors: more blocks than the file has tensors cannot be it, and
     # are refused before even a meta build loops over them.
     if sum(options.get("n_blocks") or []) > len(state):
@@ -203,9 +218,11 @@ def _read_bytes(path: Path, what: str) -> bytes:
             f"{path} is a folder without {CONFIG_NAME}; pass a {what} or a save_pretrained folder"
         )
     try:
-        return path.read_bytes()
+        return weight_files.read_regular_file(path, MAX_FILE_BYTES, f"a {what}")
     except OSError as e:
         raise LoadError(f"cannot read {path} ({e.strerror or e}); check the path") from None
+    except ValueError as e:
+        raise LoadError(f"{path} {e}; check the path") from None
 
 
 def _parse(raw: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -226,6 +243,11 @@ def _from_weights_file(raw: bytes, source: str) -> tuple[str, dict[str, Any], di
         options = json.loads(metadata.get("options", "{}"))
     except json.JSONDecodeError:
         raise LoadError(f"{source}: its metadata's options are not JSON") from None
+    except RecursionError:
+        # Python's JSON parser recurses once per `[` or `{`; a network's options nest two levels at most.
+        raise LoadError(
+            f"{source}: its metadata's options nest too deeply to be a network's options"
+        ) from None
     return metadata["network"], options, state
 
 
@@ -332,9 +354,73 @@ def intact_alternative(path: Path, is_intact: Callable[[Path], bool]) -> str:
     return f"no other intact checkpoint is in {folder}: resume from an earlier run's checkpoint, or retrain"
 
 
+# ## Reading what `torch.save` wrote
+#
+# A trainer checkpoint is a zip archive: a pickle and one entry per tensor's storage. `torch.save` stores
+# every entry as it is, but the zip format also allows compressed entries, which PyTorch's reader inflates
+# before anything is checked: a 100 KB file can hold 100 MB of zeros. So before `torch.load` sees the
+# bytes, Python's `zipfile` reads the archive's directory, and every entry must be stored uncompressed, as
+# `torch.save` writes it, and all of them together must fit in the file.
+#
+# That check only means something if PyTorch's reader follows the same directory. PyTorch's reader
+# looks where the records at the archive's end say the directory starts; `zipfile` looks right before
+# those records, which is where it lies in an archive appended to other bytes. Where the two places
+# differ, each reader could follow a directory of its own. So the end records must be those `torch.save`
+# writes (APPNOTE.TXT 4.3.14-4.3.16: a zip64 end record, its locator, then the end record, with no
+# comment), and the directory must end where they begin. Anything but a zip archive is refused too:
+# `torch.load` would read it in the format of PyTorch before 1.6, which the trainer never wrote.
+
+_ZIP_START = b"PK\x03\x04"
+_END = struct.Struct("<4s4H2LH")  # signature, 4 disk and entry counts, directory size and offset, comment
+_END64_LOCATOR = struct.Struct("<4sLQL")  # signature, disk, offset of the zip64 end record, disks
+_END64 = struct.Struct("<4sQ2H2L4Q")  # signature, size, 2 versions, 2 disks, 2 counts, directory size, offset
+
+
+def _archive_problem(raw: bytes) -> str | None:
+    """Why `raw` is not a zip archive as `torch.save` writes one, in words, or `None` when it is."""
+    if not raw.startswith(_ZIP_START) or len(raw) < _END.size:
+        return "it is not the zip archive torch.save writes"
+    end = len(raw) - _END.size
+    signature, *_, size, offset, comment = _END.unpack_from(raw, end)
+    if signature != b"PK\x05\x06" or comment:
+        return "its zip archive does not end as torch.save ends one"
+    locator = end - _END64_LOCATOR.size
+    if locator >= _END64.size and raw.startswith(b"PK\x06\x07", locator):
+        _, _, end64, _ = _END64_LOCATOR.unpack_from(raw, locator)
+        end = locator - _END64.size
+        signature, *_, size, offset = _END64.unpack_from(raw, end)
+        if signature != b"PK\x06\x06" or end64 != end:
+            return "its zip64 end record is not where its locator says"
+    if offset + size != end:
+        return "its zip directory is not where the archive's end says"
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            entries = archive.infolist()
+    except Exception as e:  # noqa: BLE001 - zipfile raises several error types for bad bytes
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return f"its zip directory cannot be read ({reason})"
+    if any(e.compress_type != zipfile.ZIP_STORED or e.compress_size != e.file_size for e in entries):
+        return "it has compressed entries, which torch.save never writes"
+    if sum(e.file_size for e in entries) > len(raw):
+        return "its entries claim more bytes than the file holds"
+    return None
+
+
+def load_weights_only(raw: bytes) -> Any:
+    """
+    What `torch.save` wrote into `raw`, loaded with `weights_only=True`, its tensors on the CPU, once its
+    archive is known to be as `torch.save` writes it. Raises `pickle.UnpicklingError` for a pickle that
+    would construct objects or call code, and another exception (a `ValueError` for an archive
+    `torch.save` did not write) for anything else that is not such a file: each caller words the two.
+    """
+    if problem := _archive_problem(raw):
+        raise ValueError(problem)
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
 def _trainer_file_intact(path: Path) -> bool:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(weight_files.read_regular_file(path, MAX_FILE_BYTES, "a checkpoint"))
     except Exception:  # noqa: BLE001 - a candidate that cannot be read is simply not the alternative
         return False
     return (
@@ -344,7 +430,7 @@ def _trainer_file_intact(path: Path) -> bool:
 
 def _from_trainer_checkpoint(raw: bytes, source: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     try:
-        saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        saved = load_weights_only(raw)
     except pickle.UnpicklingError:
         # `weights_only=True` refuses pickles that would construct objects or call functions.
         raise LoadError(
@@ -377,11 +463,10 @@ def _from_trainer_checkpoint(raw: bytes, source: str) -> tuple[str, dict[str, An
 
 
 def _is_safetensors(raw: bytes) -> bool:
-    try:
-        weight_files.read_safetensors_metadata(raw)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return True
+    # A safetensors file opens with its header's length (8 bytes) and the header, a JSON object; a
+    # `torch.save` archive with "PK". Told apart by these bytes alone, a header that is cut short or
+    # nests a million deep is reported as a broken safetensors header, not parsed as a pickle.
+    return raw[8:9] == b"{"
 
 
 def _read_network_file(path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -405,6 +490,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Model:
         name, options, state = _read_folder(path)
     else:
         name, options, state = _read_network_file(path)
+    options = _checked_options(name, options, str(path))
     if model is None:
         return _build_checked(name, options, state, str(path))
     built = network_config(model)

@@ -31,7 +31,9 @@ wrong predictions is the format: safetensors carries no code.
 
 import hashlib
 import json
+import os
 import re
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -263,22 +265,44 @@ def shipped_weights(known_networks: Sequence[str]) -> dict[str, list[str]]:
     return {network: found[network] for network in known_networks if network in found}
 
 
+def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """
+    The bytes of the regular file at `path`, read once and never more than `max_bytes`, which `what`
+    (`"a config.json"`) names in the refusal. A path can name something that is not a file of bytes:
+    a link to `/dev/zero` would be read until memory runs out, and opening a FIFO waits for a writer
+    forever. So the file is opened without waiting, and unless the open file is regular, and its size
+    at most `max_bytes`, nothing is read. Those refusals raise `ValueError` in words that follow the
+    file's name; a failure to open or read raises the `OSError`, for the caller to word.
+    """
+    # `O_NONBLOCK` only changes how a FIFO or device opens; a regular file reads as usual. (Windows has
+    # no `O_NONBLOCK`, and needs `O_BINARY` to read bytes as they are.)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(path, flags)
+    with open(descriptor, "rb") as f:
+        # The open file's own status: the path may be replaced by another file after it was opened.
+        status = os.fstat(f.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError(
+                f"is not a regular file (but a folder, device, pipe or socket), so it is not {what}"
+            )
+        if status.st_size > max_bytes:
+            raise ValueError(f"is larger than {max_bytes} bytes, so it is not {what}")
+        return f.read(status.st_size)
+
+
 def read_small_json(path: Path, max_bytes: int, what: str) -> Any:
     """
     The JSON value in `path`, read once and never more than `max_bytes` (an untrusted file cannot make
     us read a huge one). A problem raises `ValueError` in words that follow the file's name.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+        raw = read_regular_file(path, max_bytes, what)
     except OSError as e:
         raise ValueError(f"cannot be read ({e.strerror or e})") from None
-    if len(raw) > max_bytes:
-        raise ValueError(f"is larger than {max_bytes} bytes, so it is not {what}")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"is not valid JSON ({_first_line(e)})") from None
 
 
 def read_record(network: str, dataset: str, folder: Path | None = None) -> WeightRecord:
@@ -343,8 +367,14 @@ def read_safetensors_metadata(raw: bytes) -> dict[str, str]:
         raise ValueError("too short to be a safetensors file")
     (length,) = struct.unpack("<Q", raw[:8])
     if length > len(raw) - 8:
-        raise ValueError("its header is longer than the file")
-    header = json.loads(raw[8 : 8 + length])
+        raise ValueError(
+            f"its header claims {length} bytes, more than the file holds: it is truncated or malformed"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + length])
+    except RecursionError:
+        # Python's JSON parser recurses once per `[` or `{`; a real header nests three levels deep.
+        raise ValueError("its header nests lists or objects too deeply to be a safetensors header") from None
     metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
@@ -356,10 +386,17 @@ def read_safetensors_metadata(raw: bytes) -> dict[str, str]:
 def parse_weights(raw: bytes, source: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata from safetensors bytes; anything unparsable is one line naming `source`."""
     try:
-        return parse_safetensors(raw), read_safetensors_metadata(raw)
+        # The metadata first: its checks of the header name what is wrong in our words.
+        metadata = read_safetensors_metadata(raw)
+        return parse_safetensors(raw), metadata
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad bytes
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{source} is not a readable safetensors file ({reason})") from None
+        raise WeightsError(f"{source} is not a readable safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message cut to one short line, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def sha256_hex(data: bytes) -> str:
@@ -372,11 +409,14 @@ def read_weights(record: WeightRecord) -> dict[str, torch.Tensor]:
     record, then those same bytes parsed.
     """
     try:
-        raw = record.path.read_bytes()
+        # Never more than the record's size: a longer file cannot match it, and is not read whole.
+        raw = read_regular_file(record.path, record.file_size, "the weight file its record describes")
     except OSError as e:
         raise WeightsError(
             f"{record.path} cannot be read ({e.strerror or e}); reinstall the package"
         ) from None
+    except ValueError as e:
+        raise WeightsError(f"{record.path} {e}; reinstall the package") from None
     if len(raw) != record.file_size or sha256_hex(raw) != record.sha256:
         raise WeightsError(
             f"{record.path} ({len(raw)} bytes) does not match its record ({record.file_size} bytes, "

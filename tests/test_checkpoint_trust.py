@@ -9,7 +9,13 @@ of 0, an unknown network, text for a number, settings only the trainer sets) end
 status 1, the file's fault, as the same values typed on the command line would end with status 2.
 """
 
+import io
+import os
 import shutil
+import struct
+import threading
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,3 +264,177 @@ def test_a_value_no_checkpoint_holds_is_refused_by_the_digest_check(trained: Pat
         ckpt.load_checkpoint(path)
     with pytest.raises(resnet.LoadError, match=message):
         resnet.load_checkpoint(path)
+
+
+# ## What a checkpoint file may be before it is parsed
+#
+# `torch.load` trusts the zip archive it is given: a compressed entry is inflated before anything is
+# checked, and a path is read whatever it names. Both loaders refuse such files in one line first.
+
+
+def deflated(path: Path, out: Path) -> Path:
+    """`path`'s archive written again with every entry compressed, as `torch.save` never writes one."""
+    with zipfile.ZipFile(path) as original, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as copy:
+        for name in original.namelist():
+            copy.writestr(name, original.read(name))
+    return out
+
+
+def test_torch_save_stores_every_entry_uncompressed(trained: Path) -> None:
+    # What the archive check relies on: the trainer's files, and torch.save's own, compress nothing.
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(1000), "names": ["a", "b"], "n": 3}, buffer)
+    for archive in (zipfile.ZipFile(trained), zipfile.ZipFile(buffer)):
+        assert {entry.compress_type for entry in archive.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_a_compressed_archive_is_refused_before_torch_inflates_it(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = deflated(trained, tmp_path / "last.pt")
+    assert path.stat().st_size < trained.stat().st_size  # it would expand when inflated
+
+    def inflates(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load was given a compressed archive")
+
+    monkeypatch.setattr(torch, "load", inflates)
+    message = "it has compressed entries, which torch.save never writes"
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(resnet.LoadError, match=message):
+        resnet.load_checkpoint(path)
+
+
+def test_a_compressed_checkpoint_beside_a_damaged_one_is_not_named_as_intact(
+    trained: Path, damaged: Path, capsys: pytest.CaptureFixture
+) -> None:
+    deflated(trained, damaged.parent / "epoch1.pt")
+    with pytest.raises(ckpt.CheckpointError, match="no other intact checkpoint"):
+        ckpt.load_checkpoint(damaged)
+    with pytest.raises(resnet.LoadError, match="no other intact checkpoint"):
+        resnet.load_checkpoint(damaged)
+
+
+def test_an_archive_whose_directory_is_not_where_its_end_says_is_refused(
+    trained: Path, tmp_path: Path
+) -> None:
+    # Bytes slipped in before the directory: Python's zipfile still finds it (where it lies), PyTorch's
+    # reader looks where the end records say. Checking one directory while torch reads another is useless.
+    directory = zipfile.ZipFile(trained).start_dir
+    raw = bytearray(trained.read_bytes())
+    raw[directory:directory] = bytes(64)
+    shifted = tmp_path / "shifted.pt"
+    shifted.write_bytes(raw)
+    # The same, with the zip64 locator (the 20 bytes before the last 22) pointing at its moved record.
+    locator = len(raw) - 42
+    (record,) = struct.unpack_from("<Q", raw, locator + 8)
+    struct.pack_into("<Q", raw, locator + 8, record + 64)
+    relocated = tmp_path / "relocated.pt"
+    relocated.write_bytes(raw)
+    assert zipfile.ZipFile(relocated).namelist() == zipfile.ZipFile(trained).namelist()
+    prefixed = tmp_path / "prefixed.pt"
+    prefixed.write_bytes(b"#!/bin/sh\n" + trained.read_bytes())
+    for path, message in (
+        (shifted, "its zip64 end record is not where its locator says"),
+        (relocated, "its zip directory is not where the archive's end says"),
+        (prefixed, "it is not the zip archive torch.save writes"),
+    ):
+        with pytest.raises(ckpt.CheckpointError, match=message):
+            ckpt.load_checkpoint(path)
+        with pytest.raises(resnet.LoadError, match=message):
+            resnet.load_checkpoint(path)
+
+
+def finishes(load: Callable[[Path], object], path: Path) -> BaseException | None:
+    """What `load(path)` raised, waiting at most 20 s: a loader that opens a FIFO blocks for ever."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            load(path)
+            raised.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            raised.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert raised, "the load never returned"
+    return raised[0]
+
+
+def test_a_path_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    zero = tmp_path / "zero.pt"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    for path in (zero, fifo):
+        for load, error in (
+            (ckpt.load_checkpoint, ckpt.CheckpointError),
+            (resnet.load_checkpoint, resnet.LoadError),
+        ):
+            refused = finishes(load, path)
+            assert isinstance(refused, error) and "\n" not in str(refused), refused
+            assert f"{path} is not a regular file" in str(refused)
+
+
+def test_a_file_larger_than_any_checkpoint_is_refused_unread(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(loading.MAX_FILE_BYTES + 1)  # sparse: it takes no disk space
+    with pytest.raises(ckpt.CheckpointError, match=f"is larger than {loading.MAX_FILE_BYTES} bytes"):
+        ckpt.load_checkpoint(huge)
+    with pytest.raises(resnet.LoadError, match=f"is larger than {loading.MAX_FILE_BYTES} bytes"):
+        resnet.load_checkpoint(huge)
+
+
+# ## Entries of the wrong shape
+#
+# Each edit is written with the trainer's own writer, so its digest matches: nothing is damaged, but a
+# resume or `--eval` would crash part way through on what the entry holds.
+MALFORMED = [
+    pytest.param("model", "x", id="model-text"),
+    pytest.param("model", {"w": 1}, id="model-number"),
+    pytest.param("signature", "x", id="signature-text"),
+    pytest.param("signature", {"model": "custom", "num_classes": 10, "shapes": [1]}, id="shapes-list"),
+    pytest.param("position", {}, id="position-empty"),
+    pytest.param("position", {"step": "3", "epoch": 0, "batch": 0}, id="position-text"),
+    pytest.param("position", {"step": -1, "epoch": 0, "batch": 0}, id="position-negative"),
+    pytest.param("ema", [1], id="ema-list"),
+    pytest.param("ema", {"model": "x", "updates": 1}, id="ema-model-text"),
+    pytest.param("lookahead", {"slow": [1]}, id="lookahead-list"),
+    pytest.param("history", "x", id="history-text"),
+    pytest.param("history", [{"epoch": 1}], id="history-without-time"),
+    pytest.param("epoch_sums", "x", id="epoch-sums-text"),
+    pytest.param("rng", [1], id="rng-list"),
+    pytest.param("rng", {"torch": torch.zeros(3), "cuda": "x"}, id="rng-floats"),
+]
+
+
+@pytest.mark.parametrize("entry, value", MALFORMED)
+def test_an_entry_of_the_wrong_shape_is_refused_in_one_line(
+    entry: str, value: object, trained: Path, tmp_path: Path
+) -> None:
+    state = ckpt.load_checkpoint(trained)
+    state[entry] = value
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, state)
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        ckpt.load_checkpoint(path)
+    message = str(refused.value)
+    assert "\n" not in message and f"{path} is malformed: its '{entry}' entry is not" in message
+
+
+@pytest.mark.parametrize("how, entry, value", [("--resume", "history", "x"), ("--eval", "ema", [1])])
+def test_resume_and_eval_refuse_a_malformed_entry_before_making_a_run_folder(
+    how: str, entry: str, value: object, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    state = ckpt.load_checkpoint(trained)
+    state[entry] = value
+    path = tmp_path / "edited" / "last.pt"
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, state)
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), how, str(path)]) == 1
+    assert f"its '{entry}' entry is not" in one_error_line(capsys)
+    assert not (logs / "cifar10").exists()

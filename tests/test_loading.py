@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
 import types
 import warnings
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save as serialize_safetensors
 from synthetic_main import TINY_STAGES, run_trainer, tiny_args, write_data
 
 import resnet
@@ -279,6 +281,95 @@ def test_config_json_and_weights_must_agree(tmp_path: Path) -> None:
     shutil.copy(resnet.save_pretrained(resnet.resnet32(), tmp_path / "other") / "model.safetensors", folder)
     with pytest.raises(resnet.LoadError, match="holds resnet32, but .*config.json says resnet20"):
         resnet.from_pretrained(folder)
+
+
+# ## Hostile files end in one line
+#
+# A weight file's header and its options are JSON from outside, and Python's JSON parser recurses once
+# per bracket: nesting them deeply must not escape as a `RecursionError`.
+
+
+def safetensors_file(header: bytes, length: int | None = None) -> bytes:
+    """Safetensors bytes: the 8-byte length (the header's own, unless `length`) and `header`."""
+    return struct.pack("<Q", len(header) if length is None else length) + header
+
+
+def weights_with_options(network: str, options: str) -> bytes:
+    """resnet20's tensors in a weight file whose metadata names `network` with `options` as written."""
+    metadata = {"format": loading.WEIGHTS_FORMAT, "network": network, "options": options}
+    return serialize_safetensors(resnet.resnet20().state_dict(), metadata)
+
+
+DEEP = 200_000
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        pytest.param(
+            safetensors_file(b"{}", length=2**63),
+            f"is not a readable safetensors file (its header claims {2**63} bytes, more than the file "
+            "holds: it is truncated or malformed)",
+            id="header-length-2**63",
+        ),
+        pytest.param(
+            safetensors_file(b'{"__metadata__":' + b"[" * DEEP + b"]" * DEEP + b"}"),
+            "is not a readable safetensors file (its header nests lists or objects too deeply",
+            id="deep-metadata",
+        ),
+        pytest.param(
+            safetensors_file(b"[" * DEEP + b"]" * DEEP),
+            "is neither a safetensors weight file nor a readable trainer checkpoint",
+            id="deep-header",
+        ),
+        pytest.param(
+            weights_with_options("resnet20", "[" * DEEP + "]" * DEEP),
+            "its metadata's options nest too deeply to be a network's options",
+            id="deep-options",
+        ),
+    ],
+)
+def test_a_malformed_weight_file_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(resnet.LoadError, match=re.escape(message)) as caught:
+        resnet.load_checkpoint(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_options_that_are_not_a_table_are_refused_when_loading_into_a_network(tmp_path: Path) -> None:
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(weights_with_options("resnet56", "[1]"))
+    with pytest.raises(resnet.LoadError, match=re.escape("the options of resnet56 must be a JSON object")):
+        resnet.load_checkpoint(path, resnet.resnet20())
+
+
+def test_a_weights_file_linked_to_a_device_is_refused_unread(tmp_path: Path) -> None:
+    folder = resnet.save_pretrained(resnet.resnet20(), tmp_path / "hub")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(resnet.LoadError, match="model.safetensors is not a regular file") as caught:
+        resnet.from_pretrained(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_shipped_weight_file_is_read_no_further_than_its_record_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, copy)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", copy)
+    path = copy / "resnet20_cifar10.safetensors"
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    longer = f"is larger than {size} bytes, so it is not the weight file its record describes; reinstall"
+    with pytest.raises(resnet.WeightsError, match=longer):
+        resnet.resnet20(weights="cifar10")
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    with pytest.raises(resnet.WeightsError, match="is not a regular file"):
+        resnet.resnet20(weights="cifar10")
 
 
 # ## The README
