@@ -322,7 +322,7 @@ def check_saved(
     return checked
 
 
-def _getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> Callable[[str], Any]:
+def getter(o: dict[str, Any], configs_class: type, nested: dict[str, type]) -> Callable[[str], Any]:
     """A setting's value: the one given, else the configuration's declared default."""
     return lambda key: o[key] if key in o else config_default(configs_class, key, nested)
 
@@ -338,7 +338,7 @@ def check_combinations(
     Settings fine one by one but not together and (given `hardware`: processes, CUDA wanted) what they ask
     of the machine. One that only applies with another is refused only when `typed`, not by a recipe.
     """
-    get = _getter(o, configs_class, nested)
+    get = getter(o, configs_class, nested)
     recipe_book.check_schedule_settings(get, typed)
     check_data_settings(get)
     if "compile_mode" in typed and not get("compile"):
@@ -400,7 +400,7 @@ def _all_keys(configs_class: type, nested: dict[str, type]) -> list[str]:
 
 def _help(flag: Flag, configs_class: type, nested: dict[str, type]) -> str:
     """A flag's help, with its setting's declared default."""
-    default = _getter({}, configs_class, nested)
+    default = getter({}, configs_class, nested)
     return flag.help.format(default=default(flag.key), paper_iterations=default("iterations"))
 
 

@@ -19,7 +19,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        # A fresh file, never one found there: a link planted under this name would otherwise take the
+        # write to wherever it points (removing a link removes only the link). Where removing fails (a
+        # read-only file system), creating fails too, with the error that says why.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

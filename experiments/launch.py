@@ -31,6 +31,7 @@ from experiments.console import accuracy_line, end_line
 from experiments.distributed import World
 from experiments.errors import ExperimentError, UsageError
 from experiments.files import write_json
+from experiments.models import build_model
 from experiments.precision import choose_amp, machine
 from experiments.recipes import RECIPES
 from experiments.trainer import Diverged, Run, RunError, StopRequested, memory_errors, tta_views
@@ -186,7 +187,41 @@ def checked_settings(
             f"{path} holds settings the command line refuses ({e}); it was edited or written by "
             f"another version of this trainer: use another checkpoint, or start a new run"
         ) from None
+    _check_network_size(path, state, settings, configs, nested)
+    # The file may say where its run's data was, to be read and checked; whether to check the data and
+    # whether to download are this command's alone: a checkpoint from elsewhere must not turn the md5
+    # check off, nor pick a folder to write a download into.
+    settings = {key: value for key, value in settings.items() if key not in ("verify_checksums", "download")}
+    if "data_dir" in settings:
+        settings["download"] = False
     return state, settings
+
+
+def _check_network_size(
+    path: Path, state: dict[str, Any], settings: dict[str, Any], configs: type, nested: dict[str, type]
+) -> None:
+    """
+    Refuse a checkpoint whose settings describe another network than the weights it holds, before that
+    network is built: built on the meta device, it takes no memory, so settings edited to ask for a huge
+    network cannot make this process allocate more than the file itself holds.
+    """
+    get = cli.getter(settings, configs, nested)
+    with torch.device("meta"):
+        network = build_model(
+            get("model"), num_classes=get("num_classes"), shortcut=get("shortcut"), n_blocks=get("n_blocks"),
+            n_channels=get("n_channels"), bottlenecks=get("bottlenecks"), zero_init_residual=False,
+        )  # fmt: skip
+    held = state.get("model")
+    held_shapes = (
+        {name: list(t.shape) for name, t in held.items() if isinstance(t, torch.Tensor)}
+        if isinstance(held, dict)
+        else None
+    )
+    if held_shapes != {name: list(t.shape) for name, t in network.state_dict().items()}:
+        raise ckpt.CheckpointError(
+            f"{path} holds weights that do not fit the network its settings describe ({get('model')}); it "
+            f"was edited or written by another version of this trainer: use another checkpoint"
+        )
 
 
 def _resumed_settings(
@@ -229,6 +264,8 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
     with _process(request.threads), contextlib.ExitStack() as held:
         experiments_path = _logs(request)
         fixed_dir = run_folder.check_request(request)
+        # labml's own folders are always new; a `--run-dir` may be one the user had before this command.
+        made_here = fixed_dir is None or not fixed_dir.exists()
         if world.is_main:
             # Both output places are checked before the data or the network is touched.
             check_writable(fixed_dir or experiments_path, "--logs-dir")
@@ -255,7 +292,7 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
             create.update(run_folder.labml_place(fixed_dir))
         c = _compute(configs, settings, world, **(create if world.is_main else {}))
         run_dir = (fixed_dir or experiments_path / name / experiment.get_uuid()) if world.is_main else None
-        with memory_errors(c.batch_size, run_dir):
+        with memory_errors(c.batch_size, run_dir, made_here=made_here):
             # The data and the network are computed before the run folder exists: input errors leave nothing.
             with quiet():
                 torch.manual_seed(c.seed)
@@ -328,12 +365,18 @@ def run_training(configs: type[BaseConfigs], nested: dict[str, type], fit: Fit, 
 
 
 def continue_command(source: Path, run_dir: Path, request: Request) -> str:
-    """The shell command that continues a stopped run: the checkpoint brings its settings, not its flags."""
+    """
+    The shell command that continues a stopped run: the checkpoint brings its settings but not its flags,
+    nor whether the data is checked and downloaded.
+    """
     again = "--run-dir" if request.run_dir is not None else "--resume"
     argv = ["python", os.path.relpath(source), again, str(run_dir)]
     settings = request.settings
     if "data_dir" in settings:
         argv += ["--data-dir", str(settings["data_dir"])]
+    # A checkpoint never brings these two (`checked_settings`): the command that continues says them again.
+    checks = ("download", "verify_checksums")
+    argv += [f"{key}={str(settings[key]).lower()}" for key in checks if key in settings]
     if settings.get("device.use_cuda") is False:
         argv += ["--device", "cpu"]
     elif "device.cuda_device" in settings and distributed.world_from_environment().size == 1:

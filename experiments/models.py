@@ -8,6 +8,8 @@ take too; `custom` is built from `n_blocks`, `n_channels` and `bottlenecks`.
 from collections.abc import Callable, Collection
 from typing import Any
 
+import torch
+
 import resnet
 from experiments.errors import UsageError
 from experiments.options import Rule, one_of
@@ -61,7 +63,8 @@ def check_model_settings(get: Callable[[str], Any], typed: Collection[str]) -> N
         )
     if model == "custom":
         lists = {key: get(key) for key in ("n_blocks", "n_channels", "bottlenecks")}
-        try:  # the library's own check of the three lists
-            build_model("custom", num_classes=10, shortcut=shortcut, zero_init_residual=False, **lists)
+        try:  # the library's own check of the three lists, on the meta device: the stages take no memory
+            with torch.device("meta"):
+                build_model("custom", num_classes=10, shortcut=shortcut, zero_init_residual=False, **lists)
         except (ValueError, TypeError) as e:
             raise UsageError(f"custom model: {e}") from None

@@ -31,8 +31,32 @@ PLACE_SETTINGS = ("data_dir", "download", "verify_checksums", "log_every", "prog
 # Held by the process that trains in the folder, and named after it; the kernel lets go when it dies.
 LOCK = "run.lock"
 
-# What labml, or a run of ours, leaves in a run folder: a folder with anything else is not one.
-RUN_FILES = ("run.yaml", ckpt.CHECKPOINT_DIR, "metrics.jsonl", LOCK)
+# What an attempt killed before labml started leaves (our lock, labml's pid folder): still a run's folder.
+EARLY_FILES = {LOCK, "pids"}
+
+
+def is_run_folder(folder: Path) -> bool:
+    """
+    Whether `folder` holds a run: labml's `run.yaml`, our last checkpoint, or only what an attempt killed
+    early leaves. A name as common as `metrics.jsonl` or `checkpoints` alone does not make one.
+    """
+    names = {entry.name for entry in folder.iterdir()}
+    last = folder / ckpt.CHECKPOINT_DIR / ckpt.LAST
+    return (folder / "run.yaml").is_file() or last.is_file() or names <= EARLY_FILES
+
+
+def links_inside(folder: Path) -> list[Path]:
+    """
+    The symbolic links among `folder`'s entries and theirs: the run and labml write to those entries by
+    name, and a link (in a run folder from elsewhere, say) would send that write to any file it names.
+    """
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            found.append(entry)
+        elif entry.is_dir():
+            found += [inner for inner in sorted(entry.iterdir()) if inner.is_symlink()]
+    return found
 
 
 def check_request(request: Request) -> Path | None:
@@ -48,11 +72,16 @@ def check_request(request: Request) -> Path | None:
     if run_dir.parent == run_dir:
         raise UsageError(f"--run-dir {run_dir} is the root of the file system; give a folder inside it")
     if run_dir.is_dir():
-        names = {entry.name for entry in run_dir.iterdir()}
-        if names and not names & set(RUN_FILES):
+        if not is_run_folder(run_dir):
+            first = min(entry.name for entry in run_dir.iterdir())
             raise UsageError(
-                f"--run-dir {run_dir} holds other files and no run ({sorted(names)[0]}, ...); give a new "
-                f"or empty folder, or a run folder, so that nothing of yours is mixed with the run's"
+                f"--run-dir {run_dir} holds other files and no run ({first}, ...); give a new or empty "
+                f"folder, or a run folder, so that nothing of yours is mixed with the run's"
+            )
+        if links := links_inside(run_dir):
+            raise UsageError(
+                f"--run-dir {run_dir} holds a symbolic link ({links[0]}) that the run would write through; "
+                f"remove the link, or give a new folder"
             )
     return run_dir
 
@@ -69,7 +98,8 @@ def held(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
     try:
-        with open(path, "a+") as f:
+        # Never through a link: the check above ran before, and the file could have changed since.
+        with open(path, "a+", opener=_no_follow) as f:
             if fcntl is not None:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,6 +120,11 @@ def held(run_dir: Path) -> Iterator[None]:
         if made and run_dir.is_dir() and {entry.name for entry in run_dir.iterdir()} <= {LOCK}:
             path.unlink(missing_ok=True)
             run_dir.rmdir()
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """`open`'s opener that refuses a symbolic link at `path` (`O_NOFOLLOW` where the system has it)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
 
 def checkpoint_to_continue(run_dir: Path) -> Path | None:

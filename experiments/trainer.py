@@ -48,8 +48,11 @@ class StopRequested(Exception):
 
 
 @contextlib.contextmanager
-def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
-    """Out of memory as one line naming `--batch-size`; a run folder with no checkpoint yet is removed."""
+def memory_errors(batch_size: int, run_dir: Path | None, *, made_here: bool) -> Iterator[None]:
+    """
+    Out of memory as one line naming `--batch-size`. A run folder with no checkpoint yet goes, but only
+    if this process `made_here`: a `--run-dir` that existed before may hold what its owner had.
+    """
     try:
         yield
     except (RuntimeError, MemoryError) as error:
@@ -59,7 +62,7 @@ def memory_errors(batch_size: int, run_dir: Path | None) -> Iterator[None]:
         kept = ""
         if run_dir is not None and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
             kept = f"; the last checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST} is kept"
-        elif run_dir is not None:
+        elif run_dir is not None and made_here:
             shutil.rmtree(run_dir, ignore_errors=True)
         # The allocators' messages run to several lines; the size asked for is the useful part.
         asked = re.search(r"allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)", str(error))
