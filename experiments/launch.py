@@ -35,6 +35,7 @@ from experiments.models import build_model
 from experiments.precision import choose_amp, machine
 from experiments.recipes import RECIPES
 from experiments.trainer import Diverged, Run, RunError, StopRequested, memory_errors, tta_views
+from resnet.loading import too_many_blocks
 
 
 @dataclass
@@ -181,6 +182,9 @@ def checked_settings(
     try:
         if not isinstance(state["config"], dict):
             raise UsageError(f"they are a {type(state['config']).__name__}, not a table of settings")
+        if too_many_blocks(state["config"].get("n_blocks"), len(state["model"])):
+            # Checked first: the settings' own checks build the network, which takes a moment a block.
+            raise UsageError(f"n_blocks asks for more blocks than the {len(state['model'])} tensors it holds")
         settings = cli.check_saved(ckpt.saved_settings(state), configs, nested, RECIPES)
     except UsageError as e:
         raise ckpt.CheckpointError(
@@ -188,13 +192,22 @@ def checked_settings(
             f"another version of this trainer: use another checkpoint, or start a new run"
         ) from None
     _check_network_size(path, state, settings, configs, nested)
-    # The file may say where its run's data was, to be read and checked; whether to check the data and
-    # whether to download are this command's alone: a checkpoint from elsewhere must not turn the md5
-    # check off, nor pick a folder to write a download into.
-    settings = {key: value for key, value in settings.items() if key not in ("verify_checksums", "download")}
-    if "data_dir" in settings:
-        settings["download"] = False
-    return state, settings
+    # Whether to check the data and whether to download are this command's alone (`under_typed`).
+    checks = ("verify_checksums", "download")
+    return state, {key: value for key, value in settings.items() if key not in checks}
+
+
+def under_typed(saved: dict[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
+    """
+    A checkpoint's (checked) settings with the typed ones laid over them. The file may say where its
+    run's data was, to be read and checked against the md5 sums, but a checkpoint from elsewhere must
+    not pick a folder to download into: downloading there takes a typed `download`, and a typed
+    `--data-dir` is the user's own choice, downloaded into as on a new run.
+    """
+    merged = {**saved, **typed}
+    if "data_dir" in saved and not typed.keys() & {"data_dir", "download"}:
+        merged["download"] = False
+    return merged
 
 
 def _check_network_size(
@@ -239,7 +252,7 @@ def _resumed_settings(
                 f"{setting} cannot apply to a resumed run: {path} fixes {held} ({key}={kept}); drop "
                 f"{flag or key}{source}, or start a new run"
             )
-    merged, hardware = {**saved, **request.settings}, (world.size, request.wants_cuda)
+    merged, hardware = under_typed(saved, request.settings), (world.size, request.wants_cuda)
     try:
         cli.check_combinations(merged, configs, nested, request.settings.keys(), hardware)
     except UsageError as e:
@@ -396,7 +409,7 @@ def run_evaluation(
         check_writable(request.results, "--results")
     path = ckpt.find_checkpoint(request.eval, _logs(request))
     saved, checked = checked_settings(configs, nested, path)
-    settings = {**ckpt.evaluation_settings(checked), **request.settings}
+    settings = under_typed(ckpt.evaluation_settings(checked), request.settings)
     with _process(request.threads):
         c = _compute(configs, settings, World())
         with quiet():

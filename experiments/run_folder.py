@@ -31,8 +31,9 @@ PLACE_SETTINGS = ("data_dir", "download", "verify_checksums", "log_every", "prog
 # Held by the process that trains in the folder, and named after it; the kernel lets go when it dies.
 LOCK = "run.lock"
 
-# What an attempt killed before labml started leaves (our lock, labml's pid folder): still a run's folder.
-EARLY_FILES = {LOCK, "pids"}
+# What an attempt killed before labml wrote `run.yaml` leaves (our lock, labml's pid and TensorBoard
+# folders): still a run's folder.
+EARLY_FILES = {LOCK, "pids", "tensorboard"}
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -47,15 +48,17 @@ def is_run_folder(folder: Path) -> bool:
 
 def links_inside(folder: Path) -> list[Path]:
     """
-    The symbolic links among `folder`'s entries and theirs: the run and labml write to those entries by
-    name, and a link (in a run folder from elsewhere, say) would send that write to any file it names.
+    The symbolic links to anything but a folder among `folder`'s entries and theirs: the run and labml
+    write to those entries by name, and a link to a file (in a run folder from elsewhere, say) would send
+    that write over whatever file it names. A link to a folder only says where the run's own files go
+    (`checkpoints` on a cluster's scratch disk, commonly), and what that folder holds is checked too.
     """
     found = []
     for entry in sorted(folder.iterdir()):
-        if entry.is_symlink():
+        if entry.is_symlink() and not entry.is_dir():
             found.append(entry)
         elif entry.is_dir():
-            found += [inner for inner in sorted(entry.iterdir()) if inner.is_symlink()]
+            found += [inner for inner in sorted(entry.iterdir()) if inner.is_symlink() and not inner.is_dir()]
     return found
 
 

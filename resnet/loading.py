@@ -29,6 +29,7 @@ if there is one. The digest is taken over the tensors and values just parsed, th
 It detects damage, not a deliberate edit: whoever can rewrite the file can rewrite its digest too.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -110,7 +111,11 @@ def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another folder")
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "wb") as f:
+        # A fresh file, never one found under this name: a planted link would take the write to wherever
+        # it points (removing a link removes only the link; where removing fails, creating fails too).
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        with open(temporary, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -195,9 +200,7 @@ def _build_checked(name: str, options: dict[str, Any], state: dict[str, torch.Te
     The registered network `name`, built only once its shapes are known to be the file's tensors'
     (`options` already [checked](#_checked_options)).
     """
-    # Each block holds at least two tensors: more blocks than the file has tensors cannot be it, and
-    # are refused before even a meta build loops over them.
-    if sum(options.get("n_blocks") or []) > len(state):
+    if too_many_blocks(options.get("n_blocks"), len(state)):
         raise LoadError(f"{source}: n_blocks={options['n_blocks']} asks for more blocks than the file holds")
     try:
         skeleton = _on_meta(name, options)
@@ -415,7 +418,46 @@ def load_weights_only(raw: bytes) -> Any:
     """
     if problem := _archive_problem(raw):
         raise ValueError(problem)
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    loaded = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    _check_within(loaded, len(raw))
+    return loaded
+
+
+def _check_within(loaded: Any, size: int) -> None:
+    """
+    Refuse what `torch.load` built from `size` bytes if it is more than those bytes can hold, before
+    anything reads it whole (the digest, a copy to the device). A pickle may give a tensor a zero
+    stride, so that one stored element stands for any number of them, or fetch one list again and
+    again into lists of lists, so that a small file reaches an object more often than it has bytes:
+    either would fill memory or keep us hashing for hours, and `torch.save` writes neither.
+    """
+    pending, visits = [loaded], 0
+    while pending:
+        item = pending.pop()
+        visits += 1
+        if visits > size:
+            raise ValueError("it reaches its values more often than it has bytes, as torch.save never does")
+        # (A sparse tensor has no one storage to measure; the digest refuses it without reading it whole.)
+        if isinstance(item, torch.Tensor) and item.layout == torch.strided:
+            if item.numel() * item.element_size() > item.untyped_storage().nbytes():
+                raise ValueError(
+                    f"it holds a tensor of shape {list(item.shape)} with more elements than its storage, "
+                    "which torch.save never writes"
+                )
+        elif isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending += list(item)
+
+
+def too_many_blocks(n_blocks: Any, tensors: int) -> bool:
+    """
+    Whether `n_blocks` (a file's option) asks for more blocks than a file of `tensors` tensors can hold:
+    each block holds at least two, so such a file cannot be that network, and even building it on the
+    meta device would loop over every block asked for first.
+    """
+    counts = n_blocks if isinstance(n_blocks, list) else []
+    return sum(n for n in counts if type(n) is int and n > 0) > tensors
 
 
 def _trainer_file_intact(path: Path) -> bool:

@@ -288,6 +288,52 @@ def test_torch_save_stores_every_entry_uncompressed(trained: Path) -> None:
         assert {entry.compress_type for entry in archive.infolist()} == {zipfile.ZIP_STORED}
 
 
+@pytest.mark.parametrize(
+    "value", [{}, [], torch.zeros(0), {"w": torch.zeros(3)}], ids=["dict", "list", "empty", "small"]
+)
+def test_the_archive_check_accepts_what_torch_save_writes_however_small(value: object) -> None:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    assert loading.load_weights_only(buffer.getvalue()) is not None
+
+
+def with_extra(trained: Path, path: Path, extra: object) -> Path:
+    """
+    The trained checkpoint with `extra` added under a new key. Its digest no longer matches, but the
+    refusal must come first: computing the digest is what would read the value whole.
+    """
+    state = torch.load(trained, weights_only=True)
+    state["extra"] = extra
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        # One stored float standing for 2^40 of them: a copy (the digest makes one) would take 4 TiB.
+        (torch.zeros(1).expand(2**20, 2**20), "with more elements than its storage"),
+        # Twenty references to one list, nested five deep: 3.2M visits from a few kilobytes more (nine
+        # deep would keep the digest busy for hours; five is enough to pass the file's size and fail fast).
+        ("nested", "reaches its values more often than it has bytes"),
+    ],
+    ids=["zero-stride", "shared-lists"],
+)
+def test_a_file_that_stands_for_more_than_it_holds_is_refused_before_it_is_read_whole(
+    extra: object, message: str, trained: Path, tmp_path: Path
+) -> None:
+    if extra == "nested":
+        nested: list = [0]
+        for _ in range(5):
+            nested = [nested] * 20
+        extra = nested
+    path = with_extra(trained, tmp_path / "last.pt", extra)
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(resnet.LoadError, match=message):
+        resnet.load_checkpoint(path)
+
+
 def test_a_compressed_archive_is_refused_before_torch_inflates_it(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -807,6 +807,45 @@ def test_a_batch_too_large_for_memory_is_one_line_and_leaves_no_empty_run_folder
     assert "MiB more" in err[0] and "give a smaller --batch-size" in err[0]
 
 
+OUT_OF_MEMORY_IN_RUN_DIR = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from synthetic_main import run_trainer, tiny_args
+from experiments.synthetic import write_synthetic_cifar10
+data, logs, run_dir = Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+write_synthetic_cifar10(data, n_per_train_batch=2000, n_test=20)
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+args = [a for a in tiny_args(data, logs, "--batch-size", "10000000", "--threads", "1") if a != "--logs-dir"]
+args.remove(str(logs))
+status = run_trainer([*args, "--run-dir", str(run_dir)])
+print(json.dumps({"status": status, "kept": run_dir.exists()}))
+"""
+
+
+@pytest.mark.parametrize("before", ["new", "an earlier attempt's"])
+def test_out_of_memory_in_a_run_dir_removes_it_only_if_this_command_made_it(
+    tmp_path: Path, before: str
+) -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads its own address-space size from /proc")
+    run_dir = tmp_path / "run"
+    if before != "new":  # what a command killed before labml started leaves: the next one goes on there
+        (run_dir / "pids").mkdir(parents=True)
+        (run_dir / "run.lock").write_text("pid 1 on node7")
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_MEMORY_IN_RUN_DIR, str(Path(SCRIPT).parent), str(tmp_path / "data"),
+         str(tmp_path / "logs"), str(run_dir)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-3000:]
+    assert json.loads(lines[-1]) == {"status": 2, "kept": before != "new"}
+    if before != "new":
+        assert (run_dir / "pids").is_dir()
+
+
 def test_the_printed_continue_command_pastes_as_it_is(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

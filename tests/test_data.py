@@ -802,6 +802,16 @@ def test_a_file_of_countless_tiny_values_is_refused_before_they_fill_memory() ->
     assert peak < 200 * 2**20, f"peak {peak:,} bytes"
 
 
+def test_an_archive_member_larger_than_any_cifar10_file_is_not_unpacked() -> None:
+    # With checksums off, a compressed archive of one's own is unpacked unverified: a member claiming
+    # gigabytes (a gzip bomb) is refused before it reaches the disk.
+    member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    member.size = data._MAX_FILE_BYTES + 1
+    assert "more than any CIFAR-10 file holds" in (data._unsafe(member) or "")
+    member.size = data._MAX_FILE_BYTES
+    assert data._unsafe(member) is None
+
+
 CIFAR10_SCRIPT = REPO_ROOT / "experiments" / "cifar10.py"
 REPRODUCTION = HOSTILE["object field in a dtype claiming none"][1]
 

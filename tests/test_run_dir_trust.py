@@ -96,8 +96,8 @@ def test_out_of_memory_removes_only_a_run_folder_this_command_made(tmp_path: Pat
 # ## Symbolic links inside a run folder
 
 
-@pytest.mark.parametrize("linked", ["metrics.jsonl", "run.lock", "checkpoints", "checkpoints/last.pt"])
-def test_a_link_inside_a_run_folder_is_refused_and_its_target_untouched(
+@pytest.mark.parametrize("linked", ["metrics.jsonl", "run.lock", "checkpoints/last.pt", "configs.yaml"])
+def test_a_link_to_a_file_inside_a_run_folder_is_refused_and_its_target_untouched(
     linked: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run_dir = tmp_path / "run"
@@ -107,20 +107,26 @@ def test_a_link_inside_a_run_folder_is_refused_and_its_target_untouched(
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
     entry = run_dir / linked
-    if linked == "checkpoints":
-        # The run's checkpoints move to the victim's folder, and the folder's name links there.
-        for saved in entry.iterdir():
-            saved.rename(victim / saved.name)
-        entry.rmdir()
-        entry.symlink_to(victim, target_is_directory=True)
-    else:
-        entry.unlink()
-        entry.symlink_to(victim / "precious.txt")
+    entry.unlink(missing_ok=True)
+    entry.symlink_to(victim / "precious.txt")
     before, kept = listing(victim), listing(run_dir)
     assert run_trainer(run_dir_args(data_dir, run_dir)) == 2
     line = one_error_line(capsys)
     assert f"--run-dir {run_dir} holds a symbolic link ({entry})" in line and "remove the link" in line
     assert listing(victim) == before and listing(run_dir) == kept
+
+
+def test_a_checkpoints_folder_linked_to_a_scratch_disk_is_where_the_run_goes_on(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # The common cluster layout: the run folder on the home disk, its checkpoints on scratch.
+    run_dir, scratch = tmp_path / "run", tmp_path / "scratch"
+    assert run_trainer(run_dir_args(data_dir, run_dir, "--stop-after-steps", "2")) == 0
+    (run_dir / ckpt.CHECKPOINT_DIR).rename(scratch)
+    (run_dir / ckpt.CHECKPOINT_DIR).symlink_to(scratch, target_is_directory=True)
+    stopped = ckpt.load_checkpoint(scratch / ckpt.LAST)["position"]["step"]
+    assert run_trainer(run_dir_args(data_dir, run_dir)) == 0
+    assert ckpt.load_checkpoint(scratch / ckpt.LAST)["position"]["step"] > stopped
 
 
 def test_an_atomic_write_never_writes_through_a_link_planted_under_its_temporary_name(tmp_path: Path) -> None:
@@ -166,8 +172,11 @@ def test_a_checkpoint_never_turns_the_md5_check_off_nor_downloads(
     nowhere = tmp_path / "chosen" / "by" / "the file"
     path = edited(trained, tmp_path, {"data_dir": str(nowhere), "download": True, "verify_checksums": False})
     saved, settings = launch.checked_settings(cifar10.Configs, cifar10.NESTED_CONFIGS, path)
-    assert settings["data_dir"] == str(nowhere) and settings["download"] is False
-    assert "verify_checksums" not in settings
+    assert settings["data_dir"] == str(nowhere) and not settings.keys() & {"download", "verify_checksums"}
+    # The file's folder is only read; a folder the user types is theirs, downloaded into as on a new run.
+    assert launch.under_typed(settings, {})["download"] is False
+    assert "download" not in launch.under_typed(settings, {"data_dir": "mine"})
+    assert launch.under_typed(settings, {"download": True})["download"] is True
     # The same through the command line, without `synthetic_main`'s verify_checksums=False: the data
     # folder is only looked in, never created or downloaded into.
     assert cifar10.main(["--eval", str(path), "--device", "cpu"]) == 1
@@ -186,5 +195,15 @@ def test_an_early_attempts_leftovers_still_make_a_run_folder(tmp_path: Path) -> 
     # What a command killed before labml started leaves: the next one must go on there, not refuse.
     folder = tmp_path / "run"
     (folder / "pids").mkdir(parents=True)
+    (folder / "tensorboard").mkdir()
     (folder / run_folder.LOCK).write_text("pid 1 on node")
     assert run_folder.is_run_folder(folder)
+
+
+def test_settings_asking_for_more_blocks_than_the_weights_hold_are_refused_at_once(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Even on the meta device, building ten million blocks would take hours: counted before any build.
+    path = edited(trained, tmp_path, {"n_blocks": [10_000_000, 1, 1]})
+    assert run_trainer(["--logs-dir", str(tmp_path / "logs"), "--eval", str(path)]) == 1
+    assert "n_blocks asks for more blocks than the" in one_error_line(capsys)
