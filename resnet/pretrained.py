@@ -282,12 +282,22 @@ def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
         # The open file's own status: the path may be replaced by another file after it was opened.
         status = os.fstat(f.fileno())
         if not stat.S_ISREG(status.st_mode):
-            raise ValueError(
-                f"is not a regular file (but a folder, device, pipe or socket), so it is not {what}"
-            )
+            kind = _KINDS.get(stat.S_IFMT(status.st_mode), "special file")
+            raise ValueError(f"is a {kind}, not a regular file, so it is not {what}")
         if status.st_size > max_bytes:
             raise ValueError(f"is larger than {max_bytes} bytes, so it is not {what}")
-        return f.read(status.st_size)
+        # Exactly the size seen: a file still growing cannot make us read more than was checked.
+        raw = f.read(status.st_size)
+    if len(raw) != status.st_size:
+        raise ValueError(f"shrank from {status.st_size:,} to {len(raw):,} bytes while being read")
+    return raw
+
+
+# What a path that is not a regular file names, in the words of the refusal.
+_KINDS = {
+    stat.S_IFDIR: "folder", stat.S_IFCHR: "device", stat.S_IFBLK: "device", stat.S_IFIFO: "named pipe",
+    stat.S_IFSOCK: "socket",
+}  # fmt: skip
 
 
 def read_small_json(path: Path, max_bytes: int, what: str) -> Any:

@@ -421,7 +421,8 @@ def test_a_path_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> 
         ):
             refused = finishes(load, path)
             assert isinstance(refused, error) and "\n" not in str(refused), refused
-            assert f"{path} is not a regular file" in str(refused)
+            kind = "device" if path == zero else "named pipe"
+            assert f"{path} is a {kind}, not a regular file" in str(refused)
 
 
 def test_a_file_larger_than_any_checkpoint_is_refused_unread(tmp_path: Path) -> None:

@@ -348,7 +348,7 @@ def test_a_weights_file_linked_to_a_device_is_refused_unread(tmp_path: Path) -> 
     folder = resnet.save_pretrained(resnet.resnet20(), tmp_path / "hub")
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors").symlink_to("/dev/zero")
-    with pytest.raises(resnet.LoadError, match="model.safetensors is not a regular file") as caught:
+    with pytest.raises(resnet.LoadError, match="model.safetensors is a device, not a regular file") as caught:
         resnet.from_pretrained(folder)
     assert "\n" not in str(caught.value)
 
@@ -368,7 +368,7 @@ def test_a_shipped_weight_file_is_read_no_further_than_its_record_says(
         resnet.resnet20(weights="cifar10")
     path.unlink()
     path.symlink_to("/dev/zero")
-    with pytest.raises(resnet.WeightsError, match="is not a regular file"):
+    with pytest.raises(resnet.WeightsError, match="is a device, not a regular file"):
         resnet.resnet20(weights="cifar10")
 
 
