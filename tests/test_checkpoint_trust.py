@@ -61,6 +61,14 @@ def damaged(trained: Path, tmp_path: Path) -> Path:
     return path
 
 
+def both_refuse(path: Path, message: str) -> None:
+    """The trainer's loader and the library's each refuse `path` with an error matching `message`."""
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(resnet.LoadError, match=message):
+        resnet.load_checkpoint(path)
+
+
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -260,10 +268,7 @@ def test_a_value_no_checkpoint_holds_is_refused_by_the_digest_check(trained: Pat
     path = tmp_path / "sparse.pt"
     torch.save(state, path)
     message = "holds something no checkpoint of this trainer holds"
-    with pytest.raises(ckpt.CheckpointError, match=message):
-        ckpt.load_checkpoint(path)
-    with pytest.raises(resnet.LoadError, match=message):
-        resnet.load_checkpoint(path)
+    both_refuse(path, message)
 
 
 # ## What a checkpoint file may be before it is parsed
@@ -328,10 +333,7 @@ def test_a_file_that_stands_for_more_than_it_holds_is_refused_before_it_is_read_
             nested = [nested] * 20
         extra = nested
     path = with_extra(trained, tmp_path / "last.pt", extra)
-    with pytest.raises(ckpt.CheckpointError, match=message):
-        ckpt.load_checkpoint(path)
-    with pytest.raises(resnet.LoadError, match=message):
-        resnet.load_checkpoint(path)
+    both_refuse(path, message)
 
 
 def test_a_compressed_archive_is_refused_before_torch_inflates_it(
@@ -345,10 +347,7 @@ def test_a_compressed_archive_is_refused_before_torch_inflates_it(
 
     monkeypatch.setattr(torch, "load", inflates)
     message = "it has compressed entries, which torch.save never writes"
-    with pytest.raises(ckpt.CheckpointError, match=message):
-        ckpt.load_checkpoint(path)
-    with pytest.raises(resnet.LoadError, match=message):
-        resnet.load_checkpoint(path)
+    both_refuse(path, message)
 
 
 def test_a_compressed_checkpoint_beside_a_damaged_one_is_not_named_as_intact(
@@ -385,10 +384,7 @@ def test_an_archive_whose_directory_is_not_where_its_end_says_is_refused(
         (relocated, "its zip directory is not where the archive's end says"),
         (prefixed, "it is not the zip archive torch.save writes"),
     ):
-        with pytest.raises(ckpt.CheckpointError, match=message):
-            ckpt.load_checkpoint(path)
-        with pytest.raises(resnet.LoadError, match=message):
-            resnet.load_checkpoint(path)
+        both_refuse(path, message)
 
 
 def finishes(load: Callable[[Path], object], path: Path) -> BaseException | None:
