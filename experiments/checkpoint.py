@@ -318,12 +318,29 @@ def restore_checkpoint(
             # An fp16 run keeps a fresh loss scale when the checkpoint has none; progress reads the top level.
             if part is not None and (name != "scaler" or state.get("scaler")):
                 part.load_state_dict(state if name == "progress" else state[name])
+        if parts["optimizer"] is not None and (misfit := optimizer_misfit(parts["optimizer"])):
+            raise ValueError(misfit)
         torch.set_rng_state(state["rng"]["torch"])
         cuda = state["rng"].get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path} does not fit this run ({str(e).splitlines()[0][:160]})") from None
+
+
+def optimizer_misfit(optimizer: torch.optim.Optimizer) -> str | None:
+    """
+    What in a just-loaded optimizer state does not fit its parameters, or `None`. PyTorch loads a momentum
+    buffer of any shape without a word, and the run would then fail at its first step with a traceback,
+    after its folder exists; a buffer must have its parameter's shape.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    shape = list(value.shape)
+                    return f"its optimizer's {key} of shape {shape} fits no parameter of this network"
+    return None
 
 
 def evaluation_weights(state: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -481,3 +481,20 @@ def test_resume_and_eval_refuse_a_malformed_entry_before_making_a_run_folder(
     assert run_trainer(["--logs-dir", str(logs), how, str(path)]) == 1
     assert f"its '{entry}' entry is not" in one_error_line(capsys)
     assert not (logs / "cifar10").exists()
+
+
+def test_a_momentum_buffer_of_another_shape_is_refused_before_the_run_starts(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # PyTorch loads it without a word; the first step would then fail with a traceback in a new folder.
+    state = ckpt.load_checkpoint(trained)
+    buffer = state["optimizer"]["state"][0]["momentum_buffer"]
+    state["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(buffer.numel() + 1)
+    path = tmp_path / "edited" / "last.pt"
+    path.parent.mkdir()
+    ckpt.save_checkpoint(path, state)
+    logs = tmp_path / "logs"
+    assert run_trainer(["--logs-dir", str(logs), "--resume", str(path)]) == 1
+    line = one_error_line(capsys)
+    assert f"{path} does not fit this run" in line and "momentum_buffer of shape" in line
+    assert not (logs / "cifar10").exists()
