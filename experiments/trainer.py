@@ -441,9 +441,18 @@ def _writing(what: str, advice: str) -> Iterator[None]:
         # checkpoint untouched, so it is the quit the user asked for.
         if _interrupted(e):
             raise KeyboardInterrupt() from None
-        if isinstance(e, OSError):
-            raise RunError(f"{what} ({e.strerror or e}); {advice}") from None
+        # A disk that fills up inside `torch.save` raises the OSError while writing, and then torch's
+        # writer its own RuntimeError ("unexpected pos") while closing the file: the first says why.
+        if (cause := _first_os_error(e)) is not None:
+            raise RunError(f"{what} ({cause.strerror or cause}); {advice}") from None
         raise
+
+
+def _first_os_error(error: BaseException | None) -> OSError | None:
+    """`error` itself if it is an `OSError`, else the first one among the exceptions it was raised in."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__context__
+    return error
 
 
 def _interrupted(error: BaseException | None) -> bool:

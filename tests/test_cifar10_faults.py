@@ -890,3 +890,24 @@ def test_every_test_the_readme_reliability_section_names_exists() -> None:
     assert len(named) >= 20 and not named - defined, sorted(named - defined)
     files = set(re.findall(r"`(tests/test_\w+\.py)`", section))
     assert files and all((root / f).exists() for f in files)
+
+
+def test_a_disk_that_fills_up_inside_torch_save_is_reported_by_its_cause(tmp_path: Path) -> None:
+    # Met on a real full disk (2026-12-07): the file's write failed with ENOSPC inside torch.save
+    # (`write_record("data.pkl", ...)`), and torch's writer then raised its own RuntimeError while closing
+    # the archive, the OSError only in its context. That chain, as torch raised it:
+    import errno
+
+    from experiments import trainer
+
+    target = tmp_path / "last.pt"
+    with pytest.raises(trainer.RunError, match=r"^could not write .*\(No space left on device\); keep"):
+        with trainer._writing(f"could not write checkpoint {target}", "keep the last"):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904
+    # Anything else still propagates as itself.
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        with trainer._writing(f"could not write checkpoint {target}", "keep the last"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
