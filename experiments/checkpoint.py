@@ -318,7 +318,8 @@ def restore_checkpoint(
             # An fp16 run keeps a fresh loss scale when the checkpoint has none; progress reads the top level.
             if part is not None and (name != "scaler" or state.get("scaler")):
                 part.load_state_dict(state if name == "progress" else state[name])
-        if parts["optimizer"] is not None and (misfit := optimizer_misfit(parts["optimizer"])):
+        optimizer = parts["optimizer"]
+        if isinstance(optimizer, torch.optim.Optimizer) and (misfit := optimizer_misfit(optimizer)):
             raise ValueError(misfit)
         torch.set_rng_state(state["rng"]["torch"])
         cuda = state["rng"].get("cuda")
