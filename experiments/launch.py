@@ -36,6 +36,7 @@ from experiments.precision import choose_amp, machine
 from experiments.recipes import RECIPES
 from experiments.trainer import Diverged, Run, RunError, StopRequested, memory_errors, tta_views
 from resnet.loading import too_many_blocks
+from resnet.registry import first_difference
 
 
 @dataclass
@@ -224,16 +225,15 @@ def _check_network_size(
             get("model"), num_classes=get("num_classes"), shortcut=get("shortcut"), n_blocks=get("n_blocks"),
             n_channels=get("n_channels"), bottlenecks=get("bottlenecks"), zero_init_residual=False,
         )  # fmt: skip
-    held = state.get("model")
-    held_shapes = (
-        {name: list(t.shape) for name, t in held.items() if isinstance(t, torch.Tensor)}
-        if isinstance(held, dict)
-        else None
+    # `load_checkpoint` has made sure `model` is tensors by name; the library words the first misfit.
+    own, held = (
+        {name: tuple(t.shape) for name, t in s.items()} for s in (network.state_dict(), state["model"])
     )
-    if held_shapes != {name: list(t.shape) for name, t in network.state_dict().items()}:
+    if difference := first_difference(own, held):
         raise ckpt.CheckpointError(
-            f"{path} holds weights that do not fit the network its settings describe ({get('model')}); it "
-            f"was edited or written by another version of this trainer: use another checkpoint"
+            f"{path} holds weights that do not fit the network its settings describe ({get('model')}: "
+            f"{difference}); it was edited or written by another version of this trainer: use another "
+            "checkpoint"
         )
 
 
