@@ -58,6 +58,7 @@ READING_ORDER = (
     "resnet/registry.py",
     "resnet/pretrained.py",
     "resnet/loading.py",
+    "resnet/files.py",
     "resnet/quantize.py",
     "resnet/module.py",
     "resnet/__init__.py",

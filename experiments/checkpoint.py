@@ -1,9 +1,10 @@
 """
 # Checkpoints that survive crashes and cannot run code
 
-A run can be killed at any moment, so the last checkpoint must always be whole ([`files.py`](files.html)
-writes atomically), and loading one must do nothing but load numbers (`torch.load(weights_only=True)`,
-through the library's [`load_weights_only`](../resnet/loading.html), which first refuses an archive
+A run can be killed at any moment, so the last checkpoint must always be whole (the library's
+[`atomic_write`](../resnet/files.html#atomic_write) writes it), and loading one must do nothing but
+load numbers (`torch.load(weights_only=True)`, through the library's
+[`load_weights_only`](../resnet/loading.html), which first refuses an archive
 `torch.save` did not write). Each records a SHA-256 of its other entries
 ([`checkpoint_digest`](../resnet/loading.html), which `resnet.load_checkpoint` checks too), checked over
 the very tensors just parsed, and each entry must have the shape its writer gives it
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from experiments.errors import ExperimentError, UsageError
-from experiments.files import atomic_write
+from resnet.files import atomic_write, read_regular_file
 from resnet.loading import (
     MAX_FILE_BYTES,
     TRAINER_DEFAULTS,
@@ -29,7 +30,6 @@ from resnet.loading import (
     intact_alternative,
     load_weights_only,
 )
-from resnet.pretrained import read_regular_file
 
 # Tells our files from any other pickle.
 FORMAT = "resnet-annotated/cifar10-checkpoint"

@@ -20,7 +20,6 @@ import io
 import os
 import shutil
 import socket
-import stat
 import tarfile
 import tempfile
 import zlib
@@ -33,6 +32,7 @@ import torch
 
 from experiments.cifar_pickle import NotCifarPickle, read_pickle
 from experiments.errors import ExperimentError
+from resnet.files import RefusedFile, read_regular_file
 
 # The training set's per-channel statistics live in the installed package, so that code classifying
 # with trained weights normalises exactly as training did.
@@ -271,39 +271,29 @@ def _load_entry(path: Path, *, verify: bool) -> dict[str, Any]:
 
 def _read_bytes(path: Path, *, verify: bool) -> bytes:
     """
-    The whole of a regular file, in one read of the size it has when opened; when `verify`, only if those
-    bytes have the published md5 sum. The caller parses or unpacks exactly the bytes returned.
+    The whole of a regular file, read once by the library's
+    [`read_regular_file`](../resnet/files.html#read_regular_file); when `verify`, only if those bytes
+    have the published md5 sum. The caller parses or unpacks exactly the bytes returned.
     """
     official = f"replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL})"
     limit = _MAX_ARCHIVE_BYTES if path.name == ARCHIVE_NAME else _MAX_FILE_BYTES
     try:
-        # Opening a named pipe would wait for a writer, perhaps forever; O_NONBLOCK returns at once, and
-        # a regular file, the only kind read below, reads the same with it. (Windows has no such flag, and
-        # no named pipes among its files.)
-        nonblocking = getattr(os, "O_NONBLOCK", 0)
-        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | nonblocking)) as file:
-            # The open file's own status, not the path's: a file swapped in after a check cannot pass it.
-            status = os.fstat(file.fileno())
-            if not stat.S_ISREG(status.st_mode):
-                # /dev/zero never ends and a pipe may never answer: refused here, not a MemoryError or a hang.
-                kinds = {"c": "device", "b": "device", "p": "named pipe", "s": "socket"}
-                kind = kinds.get(stat.filemode(status.st_mode)[0], "special file")
-                problem = f"is a {kind}, not a regular file"
-                raise DataError(path, problem, f"{official}; a symbolic link must point to a regular file")
-            if status.st_size > limit:
-                problem = f"holds {status.st_size:,} bytes, more than the {limit:,} any CIFAR-10 file needs"
-                raise DataError(path, problem, f"it is not CIFAR-10: {official}")
-            # Exactly the size seen: a file still growing cannot make us read more than was checked.
-            raw = file.read(status.st_size)
+        what = "the CIFAR-10 archive" if path.name == ARCHIVE_NAME else "a CIFAR-10 file"
+        raw = read_regular_file(path, limit, what)
     except FileNotFoundError:
         raise DataError(path, "is missing", _REFILL) from None
     except PermissionError:
         raise _denied(path) from None
     except OSError as error:
         raise DataError(path, f"cannot be read ({error.strerror})", "check the disk and the file") from None
-    if len(raw) != status.st_size:
-        problem = f"shrank from {status.st_size:,} to {len(raw):,} bytes while being read"
-        raise DataError(path, problem, "let whatever is writing to the data folder finish, then run again")
+    except RefusedFile as refused:
+        fixes = {
+            # /dev/zero never ends and a pipe may never answer: refused, not a MemoryError or a hang.
+            "kind": f"{official}; a symbolic link must point to a regular file",
+            "size": official,
+            "shrank": "let whatever is writing to the data folder finish, then run again",
+        }
+        raise DataError(path, str(refused), fixes[refused.reason]) from None
     if verify and (mismatch := _md5_mismatch(path, raw)):
         own = "for data in CIFAR-10's format that is meant to differ, pass verify_checksums=false"
         raise DataError(path, mismatch, f"the file is damaged or not the official one: {official}; {own}")

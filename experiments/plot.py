@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.errors import ExperimentError
-from experiments.files import atomic_write, write_json
+from experiments.files import write_json
+from resnet.files import atomic_write
 
 
 @dataclass

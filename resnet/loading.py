@@ -29,11 +29,9 @@ if there is one. The digest is taken over the tensors and values just parsed, th
 It detects damage, not a deliberate edit: whoever can rewrite the file can rewrite its digest too.
 """
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import pickle
 import re
 import struct
@@ -48,6 +46,7 @@ from torch import nn
 
 from resnet import pretrained as weight_files
 from resnet import registry
+from resnet.files import atomic_write, read_regular_file
 from resnet.registry import Model
 
 # `experiments/checkpoint.py`'s FORMAT: the library reads the trainer's schema without importing the
@@ -106,22 +105,10 @@ def weights_bytes(state: dict[str, torch.Tensor], network: str, options: dict[st
 
 
 def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write `data` to `path` whole or not at all (a temporary file renamed over it)."""
+    """Write `data` to `path` whole or not at all; an existing file only when `overwrite`."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another folder")
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        # A fresh file, never one found under this name: a planted link would take the write to wherever
-        # it points (removing a link removes only the link; where removing fails, creating fails too).
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        with open(temporary, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _saveable_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
@@ -221,7 +208,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
             f"{path} is a folder without {CONFIG_NAME}; pass a {what} or a save_pretrained folder"
         )
     try:
-        return weight_files.read_regular_file(path, MAX_FILE_BYTES, f"a {what}")
+        return read_regular_file(path, MAX_FILE_BYTES, f"a {what}")
     except OSError as e:
         raise LoadError(f"cannot read {path} ({e.strerror or e}); check the path") from None
     except ValueError as e:
@@ -462,7 +449,7 @@ def too_many_blocks(n_blocks: Any, tensors: int) -> bool:
 
 def _trainer_file_intact(path: Path) -> bool:
     try:
-        state = load_weights_only(weight_files.read_regular_file(path, MAX_FILE_BYTES, "a checkpoint"))
+        state = load_weights_only(read_regular_file(path, MAX_FILE_BYTES, "a checkpoint"))
     except Exception:  # noqa: BLE001 - a candidate that cannot be read is simply not the alternative
         return False
     return (

@@ -31,9 +31,7 @@ wrong predictions is the format: safetensors carries no code.
 
 import hashlib
 import json
-import os
 import re
-import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -44,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as parse_safetensors
+
+from resnet.files import read_regular_file
 
 # Per-channel statistics of the 50,000 CIFAR-10 training images, on a 0..1 scale.
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -263,41 +263,6 @@ def shipped_weights(known_networks: Sequence[str]) -> dict[str, list[str]]:
         if match and match.group(1) in known_networks and match.group(2) in DATASETS:
             found.setdefault(match.group(1), []).append(match.group(2))
     return {network: found[network] for network in known_networks if network in found}
-
-
-def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
-    """
-    The bytes of the regular file at `path`, read once and never more than `max_bytes`, which `what`
-    (`"a config.json"`) names in the refusal. A path can name something that is not a file of bytes:
-    a link to `/dev/zero` would be read until memory runs out, and opening a FIFO waits for a writer
-    forever. So the file is opened without waiting, and unless the open file is regular, and its size
-    at most `max_bytes`, nothing is read. Those refusals raise `ValueError` in words that follow the
-    file's name; a failure to open or read raises the `OSError`, for the caller to word.
-    """
-    # `O_NONBLOCK` only changes how a FIFO or device opens; a regular file reads as usual. (Windows has
-    # no `O_NONBLOCK`, and needs `O_BINARY` to read bytes as they are.)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags)
-    with open(descriptor, "rb") as f:
-        # The open file's own status: the path may be replaced by another file after it was opened.
-        status = os.fstat(f.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(status.st_mode), "special file")
-            raise ValueError(f"is a {kind}, not a regular file, so it is not {what}")
-        if status.st_size > max_bytes:
-            raise ValueError(f"is larger than {max_bytes} bytes, so it is not {what}")
-        # Exactly the size seen: a file still growing cannot make us read more than was checked.
-        raw = f.read(status.st_size)
-    if len(raw) != status.st_size:
-        raise ValueError(f"shrank from {status.st_size:,} to {len(raw):,} bytes while being read")
-    return raw
-
-
-# What a path that is not a regular file names, in the words of the refusal.
-_KINDS = {
-    stat.S_IFDIR: "folder", stat.S_IFCHR: "device", stat.S_IFBLK: "device", stat.S_IFIFO: "named pipe",
-    stat.S_IFSOCK: "socket",
-}  # fmt: skip
 
 
 def read_small_json(path: Path, max_bytes: int, what: str) -> Any:

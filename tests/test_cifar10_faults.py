@@ -704,7 +704,7 @@ def test_atomic_write_reports_the_write_error_not_its_clean_up(
 ) -> None:
     import errno
 
-    from experiments.files import atomic_write
+    from resnet.files import atomic_write
 
     def clean_up_fails(self: Path, missing_ok: bool = False) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(self))

@@ -14,7 +14,6 @@ loader fails its test instead of ending the test session.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import http.server
 import io
@@ -884,20 +883,20 @@ def test_the_reported_attack_is_refused_by_eval(tmp_path: Path) -> None:
 
 def swap_after_first_open(monkeypatch: pytest.MonkeyPatch, path: Path, replacement: bytes) -> list[str]:
     """Put `replacement` in place of `path` once anything opens it; returns the modes it was opened in."""
-    real_open = builtins.open
+    real_open = os.open
     opened: list[str] = []
 
-    def watching_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
-        handle = real_open(file, mode, *args, **kwargs)
-        if isinstance(file, (str, os.PathLike)) and Path(file).absolute() == path.absolute():
-            opened.append(mode)
+    def watching_open(file: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        descriptor = real_open(file, flags, *args, **kwargs)
+        if Path(file).absolute() == path.absolute():
+            opened.append("rb" if flags & (os.O_WRONLY | os.O_RDWR) == 0 else "w")
             if len(opened) == 1:
                 staged = path.with_name(path.name + ".swapped-in")
                 staged.write_bytes(replacement)
                 os.replace(staged, path)
-        return handle
+        return descriptor
 
-    monkeypatch.setattr(builtins, "open", watching_open)
+    monkeypatch.setattr(os, "open", watching_open)
     return opened
 
 
@@ -1000,7 +999,10 @@ def test_a_link_to_a_device_is_refused_in_one_line(tmp_path: Path) -> None:
     (folder / "batches.meta").unlink()
     (folder / "batches.meta").symlink_to("/dev/null")
     error = load_expecting_error(tmp_path, verify_checksums=False)
-    assert str(error).startswith(f"{folder / 'batches.meta'}: is a device, not a regular file. Fix: ")
+    assert str(error).startswith(
+        f"{folder / 'batches.meta'}: is a device, not a regular file, so it is not a CIFAR-10 file. Fix: "
+    )
+    assert "a symbolic link must point to a regular file" in str(error)
 
 
 def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
@@ -1026,7 +1028,9 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) ->
     (error,) = outcome
     if not isinstance(error, DataError):
         raise error
-    assert str(error).startswith(f"{pipe}: is a named pipe, not a regular file. Fix: ")
+    assert str(error).startswith(
+        f"{pipe}: is a named pipe, not a regular file, so it is not a CIFAR-10 file. Fix: "
+    )
 
 
 @pytest.mark.parametrize("name", ["data_batch_1", data.ARCHIVE_NAME])
@@ -1039,7 +1043,10 @@ def test_a_file_larger_than_cifar_10_needs_is_refused_before_it_is_read(tmp_path
     with open(path, "wb") as file:
         file.truncate(limit + 1)
     error = load_expecting_error(tmp_path, download=False, verify_checksums=False)
-    assert str(error).startswith(f"{path}: holds {limit + 1:,} bytes, more than the {limit:,} ")
+    what = "the CIFAR-10 archive" if name == data.ARCHIVE_NAME else "a CIFAR-10 file"
+    assert str(error).startswith(
+        f"{path}: holds {limit + 1:,} bytes, over the {limit:,} allowed for {what}. Fix: "
+    )
 
 
 def test_md5_mismatch_when_verifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1136,12 +1143,14 @@ def test_folder_the_os_says_is_unreadable(tmp_path: Path, monkeypatch: pytest.Mo
 def test_file_whose_open_is_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = synthetic.write_synthetic_cifar10(tmp_path)
 
-    def denying_open(path: Path, *args, **kwargs) -> io.BufferedReader:
+    real_open = os.open
+
+    def denying_open(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
         if Path(path).name == "data_batch_2":
             raise PermissionError(13, "Permission denied", str(path))
-        return open(path, *args, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(data, "open", denying_open, raising=False)
+    monkeypatch.setattr(os, "open", denying_open)
     error = load_expecting_error(tmp_path, verify_checksums=False)
     assert "permission denied" in str(error) and str(folder / "data_batch_2") in str(error)
 

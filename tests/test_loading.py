@@ -363,7 +363,7 @@ def test_a_shipped_weight_file_is_read_no_further_than_its_record_says(
     size = path.stat().st_size
     with open(path, "ab") as f:
         f.write(b"\0")
-    longer = f"is larger than {size} bytes, so it is not the weight file its record describes; reinstall"
+    longer = f"holds {size + 1:,} bytes, over the {size:,} allowed for the weight file its record describes"
     with pytest.raises(resnet.WeightsError, match=longer):
         resnet.resnet20(weights="cifar10")
     path.unlink()

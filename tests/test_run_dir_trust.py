@@ -19,9 +19,9 @@ from experiments import checkpoint as ckpt
 from experiments import cifar10, cli, launch, run_folder
 from experiments.distributed import World
 from experiments.errors import UsageError
-from experiments.files import atomic_write
 from experiments.recipes import RECIPES
 from experiments.trainer import memory_errors
+from resnet.files import atomic_write
 
 
 def run_dir_args(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
