@@ -276,9 +276,10 @@ def _read_bytes(path: Path, *, verify: bool) -> bytes:
     have the published md5 sum. The caller parses or unpacks exactly the bytes returned.
     """
     official = f"replace it with the file from {ARCHIVE_NAME} ({CIFAR10_URL})"
-    limit = _MAX_ARCHIVE_BYTES if path.name == ARCHIVE_NAME else _MAX_FILE_BYTES
+    archive = path.name == ARCHIVE_NAME
+    limit = _MAX_ARCHIVE_BYTES if archive else _MAX_FILE_BYTES
+    what = "the CIFAR-10 archive" if archive else "a CIFAR-10 file"
     try:
-        what = "the CIFAR-10 archive" if path.name == ARCHIVE_NAME else "a CIFAR-10 file"
         raw = read_regular_file(path, limit, what)
     except FileNotFoundError:
         raise DataError(path, "is missing", _REFILL) from None
