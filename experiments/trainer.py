@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -430,6 +430,9 @@ class Run:
         }  # fmt: skip
 
 
+_E = TypeVar("_E", bound=BaseException)
+
+
 @contextlib.contextmanager
 def _writing(what: str, advice: str) -> Iterator[None]:
     """A failed write as one line: what could not be written, why (the system's words), and what to do."""
@@ -439,25 +442,21 @@ def _writing(what: str, advice: str) -> Iterator[None]:
         # A second Ctrl+C inside torch's writer surfaces as the writer's own RuntimeError ("unexpected
         # pos") while it closes the half-written file. The temporary file is gone and the previous
         # checkpoint untouched, so it is the quit the user asked for.
-        if _interrupted(e):
+        if _raised_in(e, KeyboardInterrupt) is not None:
             raise KeyboardInterrupt() from None
         # A disk that fills up inside `torch.save` raises the OSError while writing, and then torch's
         # writer its own RuntimeError ("unexpected pos") while closing the file: the first says why.
-        if (cause := _first_os_error(e)) is not None:
+        if (cause := _raised_in(e, OSError)) is not None:
             raise RunError(f"{what} ({cause.strerror or cause}); {advice}") from None
         raise
 
 
-def _first_os_error(error: BaseException | None) -> OSError | None:
-    """`error` itself if it is an `OSError`, else the first one among the exceptions it was raised in."""
-    while error is not None and not isinstance(error, OSError):
-        error = error.__context__
-    return error
-
-
-def _interrupted(error: BaseException | None) -> bool:
-    """Whether `error` is a `KeyboardInterrupt` or was raised while one was being handled."""
-    return error is not None and (isinstance(error, KeyboardInterrupt) or _interrupted(error.__context__))
+def _raised_in(error: BaseException, kind: type[_E]) -> _E | None:
+    """`error` if it is a `kind`, else the first `kind` among the exceptions it was raised while handling."""
+    current: BaseException | None = error
+    while current is not None and not isinstance(current, kind):
+        current = current.__context__
+    return current
 
 
 @contextlib.contextmanager
